@@ -1,0 +1,269 @@
+//! Types shared by the eBPF programs and the userspace agent: map keys, map values and
+//! constants. Everything here is `#[repr(C)]`, plain old data, and the single definition of
+//! the layout both sides use.
+//!
+//! # How a packet is judged (the map design)
+//!
+//! All addresses are 16 bytes: IPv6 as is, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so one
+//! set of maps serves both families.
+//!
+//! The policy lives twice in the maps, in two *slots*; `ZT_ACTIVE` says which one the
+//! datapath uses. A push writes the inactive slot, then flips the active index with one 4-byte
+//! write, so no packet is ever judged by a mix of two policies.
+//!
+//! 1. identity: `HOSTS` (exact /32 and /128, hash) then `CIDRS` (LPM trie) give the
+//!    [`SegmentInfo`] of the source and of the destination; a miss is segment [`SEG_WORLD`].
+//! 2. pair: `PAIRS[(slot, src, dst)]` gives a *profile* (the set of rules that can match this
+//!    pair of segments). On a miss, the flags of the two segments say which wildcard entry holds
+//!    the answer: `(src, ANY)` if the source has [`SEG_F_SRC_WILD`], else `(ANY, dst)` if the
+//!    destination has [`SEG_F_DST_WILD`], else the slot's `any_any` profile. The compiler writes
+//!    explicit pairs wherever two wildcard entries would both apply, so at most two lookups.
+//! 3. ports: `PORTS` (LPM trie) keyed by (profile, protocol, port) gives the [`Verdict`]; the
+//!    compiler has already merged overlapping rules (deny beats allow), so the entries never
+//!    overlap. A miss is the slot's default action.
+//!
+//! No step loops over rules: the cost does not depend on the size of the policy.
+#![no_std]
+
+/// A 16-byte address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+pub type Addr = [u8; 16];
+
+/// The reserved segment of every address that is in no named segment.
+pub const SEG_WORLD: u32 = 0;
+/// The wildcard segment in [`PairKey`] (`*` in a rule).
+pub const SEG_ANY: u32 = u32::MAX;
+/// "No profile" in [`SlotConfig::any_any`].
+pub const PROFILE_NONE: u32 = u32::MAX;
+/// Profile ids carry their slot in the top bit so the two slots never share `PORTS` keys.
+pub const PROFILE_SLOT_SHIFT: u32 = 31;
+
+/// A `(segment, ANY)` entry exists in `PAIRS` for this segment as a source.
+pub const SEG_F_SRC_WILD: u32 = 1;
+/// An `(ANY, segment)` entry exists in `PAIRS` for this segment as a destination.
+pub const SEG_F_DST_WILD: u32 = 2;
+
+pub const ACTION_ALLOW: u32 = 1;
+pub const ACTION_DENY: u32 = 2;
+
+/// Protocol numbers as the datapath keys them. ICMPv6 is folded into [`PROTO_ICMP`] and its
+/// echo types into ICMPv4's, so a rule's `icmp` means both families.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+/// The "port" of an ICMP packet is its type; echo request is 8 (ICMPv6 128 is mapped to 8).
+pub const ICMP_ECHO_REQUEST: u16 = 8;
+pub const ICMP_ECHO_REPLY: u16 = 0;
+
+/// Number of bits of `(protocol << 16) | port` in a `PORTS` key, after the profile's 32.
+pub const PORT_KEY_BITS: u32 = 24;
+/// Bits of the slot prefix in a `CIDRS` key, before the 128 bits of the address.
+pub const CIDR_SLOT_BITS: u32 = 32;
+
+/// Value of `HOSTS` and `CIDRS`: the identity of an address in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Segment id, 1.. for named segments ([`SEG_WORLD`] is never stored).
+    pub id: u32,
+    /// [`SEG_F_SRC_WILD`] | [`SEG_F_DST_WILD`].
+    pub flags: u32,
+}
+
+/// Key of `HOSTS`: an exact address in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub slot: u32,
+    pub addr: Addr,
+}
+
+/// Data of a `CIDRS` LPM key: the slot (big endian) then the address; the key's prefix length
+/// is [`CIDR_SLOT_BITS`] + the CIDR's length in IPv6 space (IPv4 /n is /96+n).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrData {
+    pub slot: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Key of `PAIRS`. `src`/`dst` may be [`SEG_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub slot: u32,
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// Data of a `PORTS` LPM key: profile (big endian), protocol, port (big endian), padding.
+/// The prefix length is 32 + the number of leading bits of `(proto << 16) | port` that matter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortData {
+    pub profile: [u8; 4],
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub _pad: u8,
+}
+
+/// Value of `PORTS`: what to do, and which rule (1-based index in the policy) decided it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: u32,
+    pub rule: u32,
+}
+
+/// Per-slot settings, `SLOTS[slot]`. Written only while the slot is inactive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`] when no rule matches.
+    pub default_action: u32,
+    /// Policy revision; a conntrack entry verified under another revision is judged again.
+    pub revision: u32,
+    /// Profile of the `(*, *)` rules, or [`PROFILE_NONE`].
+    pub any_any: u32,
+    /// [`SegmentInfo::flags`] of the `world` segment (addresses found in no map).
+    pub world_flags: u32,
+}
+
+/// Conntrack key: one entry per direction of a flow (the reply entry has the tuple reversed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// For ICMP echo both ports hold the echo identifier.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The entry is the reply direction of the flow (its key is the reversed original tuple).
+pub const CT_F_REPLY: u32 = 1;
+/// A TCP FIN or RST was seen: the entry uses the short closing timeout.
+pub const CT_F_CLOSING: u32 = 2;
+/// A TCP flow that has seen traffic in both directions.
+pub const CT_F_SEEN_REPLY: u32 = 4;
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most every [`CT_REFRESH_NS`]).
+    pub last_seen: u64,
+    /// Policy revision that last allowed this flow.
+    pub revision: u32,
+    pub flags: u32,
+    /// The rule that allowed the flow (1-based; 0 = default allow).
+    pub rule: u32,
+    pub _pad: u32,
+}
+
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const CT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const CT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+pub const CT_TIMEOUT_ICMP_NS: u64 = 30 * 1_000_000_000;
+
+/// Key of `FRAGS`: one IP datagram whose first fragment was allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Fragments of an allowed datagram are accepted for this long after its first fragment.
+pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+
+/// Indexes of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Packet of a tracked flow (conntrack hit).
+    pub const PASS_TRACKED: u32 = 0;
+    /// New flow allowed by a rule or by default allow.
+    pub const PASS_POLICY: u32 = 1;
+    /// Not IP (ARP, ...): passed.
+    pub const PASS_NON_IP: u32 = 2;
+    /// ICMPv6 neighbour discovery / MLD: passed.
+    pub const PASS_NDP: u32 = 3;
+    /// Non-first fragment of an allowed datagram.
+    pub const PASS_FRAGMENT: u32 = 4;
+    /// ICMP error about a tracked flow.
+    pub const PASS_ICMP_ERROR: u32 = 5;
+    /// Denied by a deny rule.
+    pub const DROP_RULE: u32 = 6;
+    /// Denied because no rule allowed it (default deny).
+    pub const DROP_DEFAULT: u32 = 7;
+    /// Headers could not be parsed or the packet is truncated.
+    pub const DROP_MALFORMED: u32 = 8;
+    /// Non-first fragment of a datagram whose first fragment was not allowed.
+    pub const DROP_FRAGMENT: u32 = 9;
+    /// A tracked flow that the current policy no longer allows.
+    pub const DROP_REVOKED: u32 = 10;
+    /// No policy has been installed yet: everything IP is dropped (fail closed).
+    pub const DROP_NO_POLICY: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_tracked",
+        "pass_policy",
+        "pass_non_ip",
+        "pass_ndp",
+        "pass_fragment",
+        "pass_icmp_error",
+        "drop_rule",
+        "drop_default",
+        "drop_malformed",
+        "drop_fragment",
+        "drop_revoked",
+        "drop_no_policy",
+    ];
+}
+
+/// `ACTIVE_SLOT[0]` holds 1 + the slot in force, and `NO_POLICY` (0, what a new array map
+/// holds) before the first push. Every change (0->1, 1<->2) is in the low byte only, so a
+/// reader never sees a torn value.
+pub const NO_POLICY: u32 = 0;
+
+/// Map names, as the programs declare them and the agent pins them.
+pub mod maps {
+    pub const ACTIVE_SLOT: &str = "ZT_ACTIVE";
+    pub const SLOTS: &str = "ZT_SLOTS";
+    pub const HOSTS: &str = "ZT_HOSTS";
+    pub const CIDRS: &str = "ZT_CIDRS";
+    pub const PAIRS: &str = "ZT_PAIRS";
+    pub const PORTS: &str = "ZT_PORTS";
+    pub const CONNTRACK: &str = "ZT_CT";
+    pub const FRAGS: &str = "ZT_FRAGS";
+    pub const COUNTERS: &str = "ZT_COUNTERS";
+}
+
+/// Program names in the object file.
+pub mod programs {
+    pub const INGRESS: &str = "zt_ingress";
+    pub const EGRESS: &str = "zt_egress";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] structs of integers and byte arrays with explicit
+    // padding fields, so every bit pattern is valid and there is no uninitialised padding.
+    unsafe impl aya::Pod for SegmentInfo {}
+    unsafe impl aya::Pod for HostKey {}
+    unsafe impl aya::Pod for CidrData {}
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for PortData {}
+    unsafe impl aya::Pod for Verdict {}
+    unsafe impl aya::Pod for SlotConfig {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+}

@@ -1,0 +1,76 @@
+//! Connection tracking: one LRU entry per direction of an allowed flow, so that a packet of
+//! either direction is found with a single lookup. Entries remember the policy revision that
+//! allowed them; under a newer policy the flow is judged again (revocation).
+use agent_common::{
+    CT_F_CLOSING, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
+    CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP,
+};
+
+use crate::{
+    maps::CONNTRACK,
+    parse::{TCP_FIN, TCP_RST},
+};
+
+#[inline(always)]
+pub fn reversed(k: &CtKey) -> CtKey {
+    CtKey { src: k.dst, dst: k.src, sport: k.dport, dport: k.sport, proto: k.proto, _pad: [0; 3] }
+}
+
+#[inline(always)]
+fn timeout(v: &CtValue, proto: u8) -> u64 {
+    match proto {
+        PROTO_TCP if v.flags & CT_F_CLOSING != 0 => CT_TIMEOUT_TCP_CLOSING_NS,
+        PROTO_TCP => CT_TIMEOUT_TCP_NS,
+        PROTO_ICMP => CT_TIMEOUT_ICMP_NS,
+        _ => CT_TIMEOUT_UDP_NS,
+    }
+}
+
+/// The live entry for `k`, if any (expired entries count as absent).
+#[inline(always)]
+pub fn lookup(k: &CtKey, now: u64) -> Option<*mut CtValue> {
+    let v = CONNTRACK.get_ptr_mut(k)?;
+    // SAFETY: valid map value pointer for this program run.
+    let val = unsafe { &*v };
+    if now.saturating_sub(val.last_seen) > timeout(val, k.proto) {
+        return None;
+    }
+    Some(v)
+}
+
+/// Marks `v` as used now, and closing after a FIN or RST. Refreshes at most once a second so
+/// a busy flow does not write shared memory on every packet.
+#[inline(always)]
+pub fn touch(v: *mut CtValue, now: u64, tcp_flags: u8) {
+    // SAFETY: valid map value pointer; racing writers store equivalent values.
+    let val = unsafe { &mut *v };
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        val.flags |= CT_F_CLOSING;
+        val.last_seen = now;
+    } else if now.wrapping_sub(val.last_seen) > CT_REFRESH_NS {
+        val.last_seen = now;
+    }
+}
+
+/// The original direction's tuple of the flow an entry belongs to.
+#[inline(always)]
+pub fn original(k: &CtKey, v: &CtValue) -> CtKey {
+    if v.flags & CT_F_REPLY != 0 { reversed(k) } else { *k }
+}
+
+/// Starts tracking an allowed flow whose first packet has key `k`. (A subprogram: keeps the
+/// two values and the reversed key off the caller's stack.)
+#[inline(never)]
+pub fn create(k: &CtKey, now: u64, revision: u32, rule: u32) {
+    let v = CtValue { last_seen: now, revision, flags: 0, rule, _pad: 0 };
+    let _ = CONNTRACK.insert(k, &v, 0);
+    let r = CtValue { flags: CT_F_REPLY, ..v };
+    let _ = CONNTRACK.insert(&reversed(k), &r, 0);
+}
+
+/// Stops tracking the flow `orig` (both directions).
+#[inline(always)]
+pub fn remove(orig: &CtKey) {
+    let _ = CONNTRACK.remove(orig);
+    let _ = CONNTRACK.remove(&reversed(orig));
+}

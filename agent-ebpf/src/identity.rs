@@ -1,0 +1,19 @@
+//! Identity: the segment of an address, by exact host match first, then longest prefix.
+use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_WORLD, SegmentInfo};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::maps::{CIDRS, HOSTS};
+
+#[inline(always)]
+pub fn segment_of(slot: u32, world_flags: u32, addr: &Addr) -> SegmentInfo {
+    let host = HostKey { slot, addr: *addr };
+    if let Some(info) = HOSTS.get_ptr(&host) {
+        // SAFETY: the map value outlives this program run (RCU); SegmentInfo is Copy.
+        return unsafe { *info };
+    }
+    let key = Key::new(CIDR_SLOT_BITS + 128, CidrData { slot: slot.to_be_bytes(), addr: *addr });
+    match CIDRS.get(&key) {
+        Some(info) => *info,
+        None => SegmentInfo { id: SEG_WORLD, flags: world_flags },
+    }
+}

@@ -1,0 +1,171 @@
+//! The ztagent datapath: one XDP program for ingress and one TC (clsact) program for egress,
+//! sharing maps and the same decision pipeline:
+//!
+//! parse -> (non-IP, neighbour discovery: pass) -> fragments -> ICMP errors -> conntrack ->
+//! policy (identity, pair, ports) -> track the new flow or drop.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod identity;
+mod maps;
+mod parse;
+mod policy;
+
+use agent_common::{
+    ACTION_ALLOW, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP,
+    counter,
+};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use maps::{ACTIVE, FRAGS, SLOTS, count, now};
+use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
+
+/// Ingress: judged before the kernel allocates anything for the packet.
+#[xdp]
+pub fn zt_ingress(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    if enforce(ctx.data(), ctx.data_end(), len) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// How much of a socket buffer must be linear for the parser to see every header it reads.
+const TC_PULL_LEN: usize = 128;
+
+/// Egress: what a workload on this host sends.
+#[classifier]
+pub fn zt_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+    if ctx.data_end() - ctx.data() < want {
+        // Headers of a non-linear buffer: make them directly readable. On failure the parser
+        // sees a short packet and drops it as malformed: fail closed.
+        let _ = ctx.pull_data(want as u32);
+    }
+    if enforce(ctx.data(), ctx.data_end(), len) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+}
+
+/// true = pass, false = drop. Every outcome is counted.
+#[inline(always)]
+fn enforce(data: usize, data_end: usize, len: usize) -> bool {
+    let mut pkt = Packet::new();
+    if parse::parse(data, data_end, len, &mut pkt).is_err() {
+        count(counter::DROP_MALFORMED);
+        return false;
+    }
+    match pkt.kind {
+        Kind::NonIp => {
+            count(counter::PASS_NON_IP);
+            return true;
+        }
+        Kind::Ndp => {
+            count(counter::PASS_NDP);
+            return true;
+        }
+        _ => {}
+    }
+    // Read the active slot once: this packet is judged by that policy only.
+    let slot = match ACTIVE.get(0) {
+        Some(&s) if s == 1 || s == 2 => s - 1,
+        _ => {
+            count(counter::DROP_NO_POLICY);
+            return false;
+        }
+    };
+    let Some(cfg) = SLOTS.get(slot) else {
+        count(counter::DROP_NO_POLICY);
+        return false;
+    };
+    let now = now();
+    if pkt.kind == Kind::LaterFragment {
+        return later_fragment(&pkt, now);
+    }
+    if pkt.kind == Kind::IcmpError && conntrack::lookup(&pkt.inner, now).is_some() {
+        count(counter::PASS_ICMP_ERROR);
+        return true;
+    }
+
+    let key = &pkt.tuple;
+    let syn = pkt.tuple.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A SYN always starts a new connection, judged afresh by the policy in force.
+    if !syn && let Some(v) = conntrack::lookup(key, now) {
+        // SAFETY: valid map value pointer for this program run.
+        let val = unsafe { &mut *v };
+        if val.revision != cfg.revision {
+            // The policy changed since this flow was allowed: judge it again.
+            let orig = conntrack::original(key, val);
+            let port = if orig.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { orig.dport };
+            let j = policy::judge(slot, cfg, &orig, port);
+            if j.action != ACTION_ALLOW {
+                conntrack::remove(&orig);
+                count(counter::DROP_REVOKED);
+                return false;
+            }
+            val.revision = cfg.revision;
+            val.rule = j.rule;
+        }
+        conntrack::touch(v, now, pkt.tcp_flags);
+        first_fragment(&pkt, now);
+        count(counter::PASS_TRACKED);
+        return true;
+    }
+
+    let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
+    if j.action != ACTION_ALLOW {
+        count(if j.rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
+        return false;
+    }
+    // Echo replies and ICMP errors belong to other flows; everything else starts one.
+    let starts_flow = pkt.kind == Kind::Ip
+        && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
+    if starts_flow {
+        conntrack::create(key, now, cfg.revision, j.rule);
+    }
+    first_fragment(&pkt, now);
+    count(counter::PASS_POLICY);
+    true
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Packet, id: u32) -> FragKey {
+    FragKey { src: pkt.tuple.src, dst: pkt.tuple.dst, id, proto: pkt.tuple.proto, _pad: [0; 3] }
+}
+
+/// Remembers an allowed first fragment so the rest of its datagram may follow.
+#[inline(always)]
+fn first_fragment(pkt: &Packet, now: u64) {
+    if let Some(id) = pkt.frag_id {
+        let _ = FRAGS.insert(&frag_key(pkt, id), &now, 0);
+    }
+}
+
+/// A fragment without L4 header passes only if its datagram's first fragment was allowed.
+#[inline(always)]
+fn later_fragment(pkt: &Packet, now: u64) -> bool {
+    let seen = pkt.frag_id.and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
+    // SAFETY: valid map value pointer for this program run.
+    if let Some(t) = seen
+        && now.saturating_sub(unsafe { *t }) <= FRAG_TIMEOUT_NS
+    {
+        count(counter::PASS_FRAGMENT);
+        return true;
+    }
+    count(counter::DROP_FRAGMENT);
+    false
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,66 @@
+//! Every BPF map of the datapath. All are pinned by name under the agent's bpffs directory, so
+//! enforcement outlives the daemon and a restarted daemon finds the same state. The sizes here
+//! are defaults; the agent sets the real ones from its configuration before loading. The
+//! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
+//! same.
+use agent_common::{
+    CidrData, CtKey, CtValue, FragKey, HostKey, PairKey, PortData, SegmentInfo, SlotConfig,
+    Verdict, counter,
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+
+/// `[0]`: 1 + the slot in force, or `NO_POLICY` (0) before the first push.
+#[map(name = "ZT_ACTIVE")]
+pub static ACTIVE: Array<u32> = Array::pinned(1, 0);
+
+/// Per-slot settings (default action, revision, wildcard profile).
+#[map(name = "ZT_SLOTS")]
+pub static SLOTS: Array<SlotConfig> = Array::pinned(2, 0);
+
+/// Exact host addresses (/32, /128) -> segment, checked before the trie.
+#[map(name = "ZT_HOSTS")]
+pub static HOSTS: HashMap<HostKey, SegmentInfo> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
+
+/// CIDRs -> segment, longest prefix wins.
+#[map(name = "ZT_CIDRS")]
+pub static CIDRS: LpmTrie<CidrData, SegmentInfo> = LpmTrie::pinned(65536, 0);
+
+/// (slot, source segment, destination segment) -> profile.
+#[map(name = "ZT_PAIRS")]
+pub static PAIRS: HashMap<PairKey, u32> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
+
+/// (profile, protocol, port) -> verdict; entries never overlap.
+#[map(name = "ZT_PORTS")]
+pub static PORTS: LpmTrie<PortData, Verdict> = LpmTrie::pinned(262144, 0);
+
+/// Connection tracking, one entry per direction.
+#[map(name = "ZT_CT")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+
+/// Datagrams whose first fragment was allowed -> time it was seen.
+#[map(name = "ZT_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(16384, 0);
+
+/// Packet counters by outcome (see `agent_common::counter`).
+#[map(name = "ZT_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Monotonic time for timeouts. The coarse clock (jiffies resolution) is enough for timeouts
+/// measured in seconds and is cheaper than `bpf_ktime_get_ns`.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper with no arguments, available to every program type.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
+}

@@ -1,0 +1,47 @@
+//! Policy: (source segment, destination segment, protocol, port) -> verdict, in a fixed number
+//! of lookups whatever the size of the policy (see `agent_common` for the map design).
+use agent_common::{
+    PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD,
+    SlotConfig, Verdict,
+};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::{
+    identity::segment_of,
+    maps::{PAIRS, PORTS},
+    parse::Tuple,
+};
+
+#[inline(always)]
+fn pair(slot: u32, src: u32, dst: u32) -> Option<u32> {
+    // SAFETY: u32 values are plain data; the pointer is valid for this program run.
+    PAIRS.get_ptr(&PairKey { slot, src, dst }).map(|p| unsafe { *p })
+}
+
+/// Judges a new flow given as the tuple of its first packet and the port policy sees.
+/// A BPF subprogram of its own (not inlined): its lookup keys then live in its own stack frame
+/// instead of adding to the caller's, which would exceed the 512-byte limit.
+#[inline(never)]
+pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Verdict {
+    let src = segment_of(slot, cfg.world_flags, &t.src);
+    let dst = segment_of(slot, cfg.world_flags, &t.dst);
+    // The compiler wrote explicit pairs wherever both wildcard entries would apply, so the
+    // first hit in this order is the complete answer.
+    let profile = match pair(slot, src.id, dst.id) {
+        Some(p) => p,
+        None if src.flags & SEG_F_SRC_WILD != 0 => pair(slot, src.id, SEG_ANY).unwrap_or(PROFILE_NONE),
+        None if dst.flags & SEG_F_DST_WILD != 0 => pair(slot, SEG_ANY, dst.id).unwrap_or(PROFILE_NONE),
+        None => cfg.any_any,
+    };
+    let default = Verdict { action: cfg.default_action, rule: 0 };
+    if profile == PROFILE_NONE {
+        default
+    } else {
+        let port = port.to_be_bytes();
+        let data = PortData { profile: profile.to_be_bytes(), proto: t.proto, port, _pad: 0 };
+        match PORTS.get(&Key::new(32 + agent_common::PORT_KEY_BITS, data)) {
+            Some(v) => *v,
+            None => default,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The control socket: a Unix stream socket carrying one JSON request line and JSON reply
+//! lines. The daemon serves it; the CLI is its client.
+use std::{io, net::IpAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/ztagent/ztagent.sock";
+/// The largest request the daemon reads (a policy of ~100,000 CIDRs is a few MB).
+pub const MAX_REQUEST: u64 = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Validate and install a policy file's text; `origin` names it in messages.
+    Push { origin: String, source: String },
+    /// The policy in force.
+    Get,
+    /// The verdict for one flow under the policy in force.
+    Check(Flow),
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number (6 tcp, 17 udp, 1 icmp).
+    pub proto: u8,
+    /// Destination port; for ICMP the type (8 = echo request).
+    pub port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Pushed(PushResult),
+    Policy { revision: u32, policy: serde_json::Value },
+    Check(CheckResult),
+    Status(Status),
+    Error { message: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PushResult {
+    pub revision: u32,
+    pub segments: usize,
+    pub rules: usize,
+    /// Map entries written into the kernel.
+    pub entries: usize,
+}
+
+/// A verdict and what decided it (`ztagent check -o json` prints this object).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckResult {
+    /// "allow" or "deny".
+    pub verdict: String,
+    /// The deciding rule's name, or null when the default action decided.
+    pub rule: Option<String>,
+    pub src_segment: String,
+    pub dst_segment: String,
+    /// The policy revision judged against (live checks only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub revision: Option<u32>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub revision: u32,
+    pub pin_path: String,
+    pub interfaces: Vec<Interface>,
+    /// Packets by outcome since the maps were created.
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    pub ingress: crate::datapath::Attachment,
+    pub egress: crate::datapath::Attachment,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path}: {source} (is `ztagent run` running?)")]
+    Connect { path: String, source: io::Error },
+    #[error("the agent at {path} closed the connection without answering")]
+    NoReply { path: String },
+    #[error("the agent's answer could not be read: {0}")]
+    Protocol(String),
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends one request and returns the first reply.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
+    let path = socket.display().to_string();
+    let timeout = Duration::from_secs(60);
+    let work = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: path.clone(), source })?;
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        let n = reader.read_line(&mut answer).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if n == 0 {
+            return Err(ClientError::NoReply { path: path.clone() });
+        }
+        serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// Reads one request line of at most [`MAX_REQUEST`] bytes.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(reader: R) -> Result<Request, String> {
+    let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST + 1));
+    let mut buf = Vec::new();
+    let n = limited.read_until(b'\n', &mut buf).await.map_err(|e| format!("cannot read the request: {e}"))?;
+    if n as u64 > MAX_REQUEST {
+        return Err(format!("request larger than {MAX_REQUEST} bytes"));
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
+}
+
+pub async fn write_reply<W: tokio::io::AsyncWrite + Unpin>(mut w: W, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}

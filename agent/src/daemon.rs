@@ -1,0 +1,210 @@
+//! `ztagent run`: load the datapath, install the policy, attach to the interfaces, and serve
+//! the control socket until told to stop. Enforcement does not stop with the daemon: programs,
+//! links and maps stay pinned (`ztagent uninstall` removes them).
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use aya::programs::xdp::XdpMode;
+use tokio::net::UnixListener;
+
+use crate::{
+    control::{self, CheckResult, Flow, Interface, PushResult, Reply, Request, Status},
+    datapath::{Datapath, Limits, PinLayout, error_chain},
+    mapwriter::MapWriter,
+    policy::{self, CompiledPolicy, Policy},
+};
+
+pub struct Config {
+    pub ifaces: Vec<String>,
+    pub policy: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub pins: PinLayout,
+    pub xdp_mode: XdpMode,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error(transparent)]
+    Write(#[from] crate::mapwriter::WriteError),
+    #[error("the policy {0} is invalid:\n{1}")]
+    Policy(String, policy::Diagnostics),
+    #[error("cannot serve the control socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+}
+
+/// The policy in force, as the agent knows it.
+struct Installed {
+    revision: u32,
+    policy: Policy,
+    compiled: CompiledPolicy,
+}
+
+struct State {
+    writer: MapWriter,
+    datapath: Datapath,
+    installed: Option<Installed>,
+    interfaces: Vec<Interface>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
+    let writer = MapWriter::new(&mut datapath.ebpf)?;
+    let mut state = State { writer, datapath, installed: None, interfaces: Vec::new() };
+
+    // Policy first, then attach: the interfaces are never enforced with an empty policy
+    // (which would drop everything) when a policy was given.
+    if let Some(path) = &cfg.policy {
+        let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
+        let r = install(&mut state, parsed)?;
+        tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
+    } else if state.writer.active_slot().is_some() {
+        tracing::info!(revision = state.writer.revision(), "keeping the policy already in the kernel");
+    } else {
+        tracing::warn!("no policy given: every IP packet on the enforced interfaces is dropped until one is pushed");
+    }
+    for iface in &cfg.ifaces {
+        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode)?;
+        tracing::info!(iface = %iface, ?ingress, ?egress, "enforcing");
+        state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
+    }
+
+    let listener = bind(&cfg.socket)?;
+    tracing::info!(socket = %cfg.socket.display(), "control socket ready");
+    let shared: Shared = Arc::new(Mutex::new(state));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { serve(stream, shared).await });
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    let _ = fs::remove_file(&cfg.socket);
+    tracing::info!(
+        "stopping; enforcement stays in place (pinned under {}); `ztagent uninstall` removes it",
+        cfg.pins.root.display()
+    );
+    Ok(())
+}
+
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Socket { path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket file left by a dead agent is in the way; a live agent would still answer.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError> {
+    let compiled = policy::compile(&parsed);
+    let written = state.writer.apply(&compiled)?;
+    let result = PushResult {
+        revision: written.revision,
+        segments: parsed.segments.len(),
+        rules: parsed.rules.len(),
+        entries: written.entries,
+    };
+    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled });
+    Ok(result)
+}
+
+async fn serve(stream: tokio::net::UnixStream, shared: Shared) {
+    let (read, write) = stream.into_split();
+    let reply = match control::read_request(read).await {
+        Ok(req) => {
+            let shared = shared.clone();
+            // Map writes are blocking syscalls: keep them off the async workers.
+            tokio::task::spawn_blocking(move || handle(req, &shared))
+                .await
+                .unwrap_or_else(|e| Reply::Error { message: format!("internal error: {e}") })
+        }
+        Err(message) => Reply::Error { message },
+    };
+    if let Err(e) = control::write_reply(write, &reply).await {
+        tracing::debug!("client went away: {e}");
+    }
+}
+
+fn handle(req: Request, shared: &Shared) -> Reply {
+    let mut state = match shared.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match req {
+        Request::Push { origin, source } => match policy::parse(&source, &origin) {
+            Err(d) => Reply::Error { message: format!("the policy is invalid:\n{d}") },
+            Ok(parsed) => match install(&mut state, parsed) {
+                Ok(r) => {
+                    tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
+                    Reply::Pushed(r)
+                }
+                Err(e) => Reply::Error { message: e.to_string() },
+            },
+        },
+        Request::Get => match &state.installed {
+            Some(i) => match serde_json::from_str(&i.policy.to_json()) {
+                Ok(policy) => Reply::Policy { revision: i.revision, policy },
+                Err(e) => Reply::Error { message: format!("internal error: {e}") },
+            },
+            None => Reply::Error { message: "this agent has not been given a policy yet; push one with `ztagent policy push FILE`".into() },
+        },
+        Request::Check(flow) => match &state.installed {
+            Some(i) => {
+                let mut r = check(&i.compiled, &flow);
+                r.revision = Some(i.revision);
+                Reply::Check(r)
+            }
+            None => Reply::Error { message: "this agent has no policy yet: every IP packet is dropped".into() },
+        },
+        Request::Status => {
+            let counters = match state.datapath.counters() {
+                Ok(c) => c.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                Err(e) => return Reply::Error { message: error_chain(&e) },
+            };
+            Reply::Status(Status {
+                revision: state.writer.revision(),
+                pin_path: state.datapath.pins.root.display().to_string(),
+                interfaces: state
+                    .interfaces
+                    .iter()
+                    .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress })
+                    .collect(),
+                counters,
+            })
+        }
+    }
+}
+
+/// The verdict the datapath gives `flow` under `compiled`, with names.
+pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
+    let d = compiled.lookup(flow.src, flow.dst, flow.proto, flow.port);
+    CheckResult {
+        verdict: if d.action == agent_common::ACTION_ALLOW { "allow" } else { "deny" }.into(),
+        rule: compiled.rule_name(d.rule).map(str::to_string),
+        src_segment: compiled.segment_name(d.src_segment).unwrap_or("?").to_string(),
+        dst_segment: compiled.segment_name(d.dst_segment).unwrap_or("?").to_string(),
+        revision: None,
+    }
+}

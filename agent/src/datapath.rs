@@ -1,0 +1,277 @@
+//! The kernel side as the agent sees it: mount bpffs, load the eBPF object with its maps pinned
+//! under the pin directory, and attach the programs to interfaces, adopting links a previous
+//! agent pinned (an atomic program replacement, so there is no instant without enforcement).
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{counter, maps, programs};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::{XdpLink, XdpMode},
+    },
+};
+
+/// The compiled eBPF object, built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztagent"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ztagent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot mount bpffs at {path}: {source} (are you root?)")]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("{path} is not on a bpffs file system; mount one there or pick another --pin-path")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it normally")]
+    NoObject,
+    #[error("cannot load the eBPF programs into the kernel: {0}")]
+    Load(String),
+    #[error("interface {iface} does not exist in this network namespace")]
+    NoInterface { iface: String },
+    #[error("cannot attach to {iface}: {message}")]
+    Attach { iface: String, message: String },
+    #[error("cannot read map {name}: {message}")]
+    Map { name: &'static str, message: String },
+}
+
+/// Map sizes, from the agent's configuration.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub hosts: u32,
+    pub cidrs: u32,
+    pub pairs: u32,
+    pub ports: u32,
+    pub conntrack: u32,
+    pub frags: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Each policy map holds two slots (the policy in force and the one being written).
+        Limits {
+            hosts: 262_144,
+            cidrs: 262_144,
+            pairs: 262_144,
+            ports: 1_048_576,
+            conntrack: 262_144,
+            frags: 16_384,
+        }
+    }
+}
+
+/// Where the agent keeps its pins: `DIR/maps/<MAP>` and `DIR/links/<hook>@<iface>`.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    pub root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PinLayout { root: root.into() }
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    /// bpffs refuses dots in names; interface names may hold dots but never colons.
+    fn link(&self, iface: &str, hook: &str) -> PathBuf {
+        self.links().join(format!("{hook}@{}", iface.replace('.', ":")))
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted yet,
+/// as production agents do; otherwise checks that the pin directory is on bpffs.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
+    let default_mount = Path::new("/sys/fs/bpf");
+    if pin_root.starts_with(default_mount) && !is_bpffs(default_mount) {
+        let target = CString::new("/sys/fs/bpf").expect("no NUL");
+        let fstype = CString::new("bpf").expect("no NUL");
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(DatapathError::Mount {
+                path: default_mount.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    for dir in [pin_root.to_path_buf(), pin_root.join("maps"), pin_root.join("links")] {
+        fs::create_dir_all(&dir).map_err(|source| DatapathError::CreateDir { path: dir.clone(), source })?;
+    }
+    if !is_bpffs(pin_root) {
+        return Err(DatapathError::NotBpffs { path: pin_root.into() });
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs into a zeroed struct with a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Attaches `$prog` through the link pinned at `$pin` by an earlier agent (updating it in place
+/// to this program: no instant without enforcement), or else with `$attach` and pins the new
+/// link. The two program types share no trait for this in aya, hence a macro.
+macro_rules! attach_or_adopt {
+    ($prog:ident, $link:ty, $pin:expr, $err:ident, $attach:expr) => {{
+        let pin: PathBuf = $pin;
+        let old = PinnedLink::from_pin(&pin).ok().and_then(|p| <$link>::try_from(FdLink::from(p)).ok());
+        match old.map(|link| $prog.attach_to_link(link)) {
+            Some(Ok(_)) => Attachment::Adopted,
+            other => {
+                if other.is_some() {
+                    // The pinned link is stale (its interface went away): start afresh.
+                    let _ = fs::remove_file(&pin);
+                }
+                let id = $attach.map_err(|e| $err(error_chain(&e)))?;
+                let link: FdLink = $prog
+                    .take_link(id)
+                    .map_err(|e| $err(error_chain(&e)))?
+                    .try_into()
+                    .map_err(|e: LinkError| $err(format!("the link cannot be pinned ({e}); XDP links need Linux 5.9 and TCX 6.6")))?;
+                link.pin(&pin).map_err(|e| $err(error_chain(&e)))?;
+                Attachment::Attached
+            }
+        }
+    }};
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub pins: PinLayout,
+}
+
+/// How a program came to be attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    /// A new link was created and pinned.
+    Attached,
+    /// A link pinned by an earlier agent was updated in place to the new program.
+    Adopted,
+}
+
+impl Datapath {
+    /// Loads the programs; maps pinned by an earlier agent are reused, with their contents.
+    pub fn load(pins: PinLayout, limits: &Limits) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        ensure_bpffs(&pins.root)?;
+        let map_dir = pins.maps();
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&map_dir)
+            .map_max_entries(maps::HOSTS, limits.hosts)
+            .map_max_entries(maps::CIDRS, limits.cidrs)
+            .map_max_entries(maps::PAIRS, limits.pairs)
+            .map_max_entries(maps::PORTS, limits.ports)
+            .map_max_entries(maps::CONNTRACK, limits.conntrack)
+            .map_max_entries(maps::FRAGS, limits.frags);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
+        xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, programs::EGRESS)?;
+        tc.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        Ok(Datapath { ebpf, pins })
+    }
+
+    /// Attaches ingress (XDP) and egress (TC) enforcement to `iface`, or takes over the links
+    /// an earlier agent left pinned for it.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<[Attachment; 2], DatapathError> {
+        let err = |message: String| DatapathError::Attach { iface: iface.into(), message };
+        let c = CString::new(iface).map_err(|_| DatapathError::NoInterface { iface: iface.into() })?;
+        // SAFETY: valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            return Err(DatapathError::NoInterface { iface: iface.into() });
+        }
+
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::INGRESS)?;
+        let ingress = attach_or_adopt!(xdp, XdpLink, self.pins.link(iface, "xdp"), err, xdp.attach(iface, mode));
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::EGRESS)?;
+        let egress = attach_or_adopt!(
+            tc,
+            SchedClassifierLink,
+            self.pins.link(iface, "tc-egress"),
+            err,
+            tc.attach(iface, TcAttachType::Egress)
+        );
+        Ok([ingress, egress])
+    }
+
+    /// Packet counters by outcome, summed over CPUs, in `counter::NAMES` order.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        let map = self.ebpf.map(maps::COUNTERS).ok_or(DatapathError::Map {
+            name: maps::COUNTERS,
+            message: "missing".into(),
+        })?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
+            .map_err(|e| DatapathError::Map { name: maps::COUNTERS, message: e.to_string() })?;
+        (0..counter::COUNT)
+            .map(|i| {
+                let v = arr
+                    .get(&i, 0)
+                    .map_err(|e| DatapathError::Map { name: maps::COUNTERS, message: e.to_string() })?;
+                Ok((counter::NAMES[i as usize], v.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| DatapathError::Load(format!("program {name} missing from the object")))
+}
+
+/// Detaches everything the agent pinned under `pins` and removes the pins.
+pub fn uninstall(pins: &PinLayout) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for dir in [pins.links(), pins.maps()] {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+        fs::remove_dir(&dir)?;
+    }
+    if pins.root.exists() {
+        fs::remove_dir(&pins.root)?;
+    }
+    Ok(removed)
+}
+
+/// All the causes of an error in one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,12 @@
+//! ztagent: the userspace agent. The binary (`src/main.rs`) is the daemon and the CLI; this
+//! library holds what it is made of, in the order data flows:
+//!
+//! policy file -> [`policy`] (validated model, compiled map image) -> [`mapwriter`] (the one
+//! writer of the kernel maps, atomic per push) -> kernel ([`datapath`] loads and attaches the
+//! programs). [`daemon`] ties them together behind the [`control`] socket the CLI talks to.
+
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod mapwriter;
+pub mod policy;

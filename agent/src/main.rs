@@ -1,0 +1,289 @@
+//! `ztagent`: the daemon (`run`) and the CLI that drives it, in one binary.
+use std::{
+    io::IsTerminal,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use aya::programs::xdp::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use ztagent::{
+    control::{self, CheckResult, Flow, Reply, Request},
+    daemon,
+    datapath::{self, Limits, PinLayout},
+    policy,
+};
+
+#[derive(Parser)]
+#[command(name = "ztagent", version, about = "Zero-trust enforcement agent: identity microsegmentation in the kernel (XDP + TC)")]
+struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "ZTAGENT_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the enforcement daemon on the given interfaces.
+    Run {
+        /// An interface to enforce (ingress XDP + egress TC); repeat for several.
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// The policy to install before attaching; without it, the policy already in the
+        /// kernel is kept, or everything IP is dropped until one is pushed.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// bpffs directory for the pinned maps and links.
+        #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+        /// Log level (error, warn, info, debug, trace), or a tracing filter.
+        #[arg(long, env = "ZTAGENT_LOG", default_value = "info")]
+        log: String,
+        /// Capacity of the CIDR map (both policy slots together).
+        #[arg(long, default_value_t = Limits::default().cidrs)]
+        max_cidrs: u32,
+        /// Capacity of the connection-tracking map (two entries per flow).
+        #[arg(long, default_value_t = Limits::default().conntrack)]
+        max_conntrack: u32,
+    },
+    /// Work with policy files and the policy in force.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The verdict for a flow, and the rule that decides it.
+    Check {
+        #[arg(long)]
+        src: IpAddr,
+        #[arg(long)]
+        dst: IpAddr,
+        /// Destination port (required for tcp and udp).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// Judge against this file instead of the running agent's policy.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// The agent's interfaces, policy revision and packet counters.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Detach and unpin everything the agent left under the pin directory.
+    Uninstall {
+        #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file offline; prints FILE:LINE:COL: message for each problem.
+    Validate { file: PathBuf },
+    /// Validate a policy file and install it in the running agent, atomically.
+    Push { file: PathBuf },
+    /// Print the policy in force.
+    Get {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    let socket = cli.socket;
+    match cli.command {
+        Command::Run { ifaces, policy, pin_path, xdp_mode, log, max_cidrs, max_conntrack } => {
+            init_logging(&log);
+            let cfg = daemon::Config {
+                ifaces,
+                policy,
+                socket,
+                pins: PinLayout::new(pin_path),
+                xdp_mode: match xdp_mode {
+                    Mode::Auto => XdpMode::Default,
+                    Mode::Native => XdpMode::Driver,
+                    Mode::Generic => XdpMode::Skb,
+                },
+                limits: Limits { cidrs: max_cidrs, conntrack: max_conntrack, ..Limits::default() },
+            };
+            daemon::run(cfg).await.map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Validate { file }) => match policy::load(&file) {
+            Ok(p) => {
+                let s = policy::compile(&p).summary();
+                println!("{}: valid ({s})", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Policy(PolicyCommand::Push { file }) => {
+            // Validate locally first for positions relative to the user's file; the agent
+            // validates again (it trusts no client).
+            let source = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let origin = file.display().to_string();
+            if let Err(d) = policy::parse(&source, &origin) {
+                eprintln!("{d}");
+                return Ok(ExitCode::FAILURE);
+            }
+            match call(&socket, &Request::Push { origin, source }).await? {
+                Reply::Pushed(r) => {
+                    println!(
+                        "revision {}: {} segments, {} rules, {} map entries written",
+                        r.revision, r.segments, r.rules, r.entries
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Policy(PolicyCommand::Get { output }) => match call(&socket, &Request::Get).await? {
+            Reply::Policy { revision, policy } => {
+                if output == Format::Json {
+                    println!("{}", serde_json::json!({ "revision": revision, "policy": policy }));
+                } else {
+                    let p: policy::Policy = policy::parse(&policy.to_string(), "agent")
+                        .map_err(|d| format!("the agent sent a policy this CLI cannot read:\n{d}"))?;
+                    println!("# revision: {revision}\n{}", p.to_yaml());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+        Command::Check { src, dst, port, proto, policy: file, output } => {
+            let (proto, port) = match (proto, port) {
+                (Proto::Icmp, _) => (agent_common::PROTO_ICMP, agent_common::ICMP_ECHO_REQUEST),
+                (Proto::Tcp, Some(p)) => (agent_common::PROTO_TCP, p),
+                (Proto::Udp, Some(p)) => (agent_common::PROTO_UDP, p),
+                (_, None) => return Err("--port is required for tcp and udp".into()),
+            };
+            if (src.is_ipv4()) != (dst.is_ipv4()) {
+                return Err("--src and --dst must be of the same address family".into());
+            }
+            let flow = Flow { src, dst, proto, port };
+            let result = match file {
+                Some(path) => {
+                    let p = policy::load(&path).map_err(|d| format!("the policy is invalid:\n{d}"))?;
+                    daemon::check(&policy::compile(&p), &flow)
+                }
+                None => match call(&socket, &Request::Check(flow)).await? {
+                    Reply::Check(r) => r,
+                    other => return unexpected(other),
+                },
+            };
+            print_check(&result, output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { output } => match call(&socket, &Request::Status).await? {
+            Reply::Status(s) => {
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+                } else {
+                    println!("policy revision: {}\npin path: {}", s.revision, s.pin_path);
+                    for i in &s.interfaces {
+                        println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                    }
+                    println!("packets:");
+                    for (name, n) in &s.counters {
+                        println!("  {name:<18} {n}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+        Command::Uninstall { pin_path } => {
+            let removed = datapath::uninstall(&PinLayout::new(&pin_path))
+                .map_err(|e| format!("cannot remove the pins under {}: {e}", pin_path.display()))?;
+            println!("removed {} pins under {}; enforcement detached", removed.len(), pin_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
+    match control::call(socket, req).await.map_err(|e| e.to_string())? {
+        Reply::Error { message } => Err(message),
+        r => Ok(r),
+    }
+}
+
+fn unexpected(r: Reply) -> Result<ExitCode, String> {
+    Err(format!("the agent gave an unexpected answer: {r:?}"))
+}
+
+fn print_check(r: &CheckResult, output: Output) {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let by = r.rule.as_deref().map_or("default action".to_string(), |n| format!("rule {n}"));
+    let colour = std::io::stdout().is_terminal();
+    let verdict = match (colour, r.verdict.as_str()) {
+        (true, "allow") => "\x1b[32mallow\x1b[0m".to_string(),
+        (true, _) => "\x1b[31mdeny\x1b[0m".to_string(),
+        (false, v) => v.to_string(),
+    };
+    println!("{verdict} ({} -> {}) by {by}", r.src_segment, r.dst_segment);
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
