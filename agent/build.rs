@@ -6,7 +6,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let object = out_dir.join("ztagent");
+    let object = out_dir.join("ztagent-ebpf");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         if !object.exists() {

@@ -249,6 +249,8 @@ pub mod maps {
 pub mod programs {
     pub const INGRESS: &str = "zt_ingress";
     pub const EGRESS: &str = "zt_egress";
+    /// An empty XDP program, the benchmark's baseline.
+    pub const BASELINE: &str = "zt_baseline";
 }
 
 #[cfg(feature = "user")]

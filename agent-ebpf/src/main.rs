@@ -35,6 +35,13 @@ pub fn zt_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Does nothing but pass: the benchmark's baseline, measured in the same run as the real
+/// programs so that costs are compared as ratios. Never attached by the agent.
+#[xdp]
+pub fn zt_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// How much of a socket buffer must be linear for the parser to see every header it reads.
 const TC_PULL_LEN: usize = 128;
 

@@ -20,7 +20,7 @@ use aya::{
 };
 
 /// The compiled eBPF object, built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztagent"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztagent-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ztagent";

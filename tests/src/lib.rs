@@ -1,1 +1,396 @@
+//! Harness for the kernel tests: network namespaces, veth links and bridges, agents, servers
+//! and probes. Every resource has a unique name and a guard that removes it on drop, also when
+//! a test fails. Traffic goes only between namespaces the test created.
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface names are at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The release binaries built by `cargo xtask test` (next to this test's executable).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run the tests through `cargo xtask test`", p.display());
+    p
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+    /// Runs `cmd` inside the namespace (network only, host mounts).
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .arg("--")
+            .args(cmd)
+            .output()
+            .expect("nsenter")
+    }
+    /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+fn enter(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd affects only the calling thread for CLONE_NEWNET.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Creates a veth pair `a` (in `na`) <-> `b` (in `nb`), both up.
+pub fn veth(na: &Netns, a: &str, nb: &Netns, b: &str) {
+    sh(&["ip", "link", "add", a, "netns", &na.name, "type", "veth", "peer", "name", b, "netns", &nb.name]);
+    na.ip(&["link", "set", a, "up"]);
+    nb.ip(&["link", "set", b, "up"]);
+}
+
+/// A host of the test topology: a namespace with one interface and its addresses.
+pub struct Host {
+    pub ns: Netns,
+    pub iface: String,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+/// A star of hosts on one Ethernet segment: a bridge in a switch namespace, one veth per host.
+/// The `ports` are the switch's interfaces facing each host.
+pub struct Lan {
+    pub hosts: Vec<Host>,
+    pub switch: Netns,
+}
+
+impl Lan {
+    /// `hosts` = (IPv4, IPv6) per host; both on a /16 (fd20::/16 for IPv6), so all are on-link.
+    pub fn new(hosts: &[(&str, &str)]) -> Lan {
+        let switch = Netns::new("zs");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut out = Vec::new();
+        for (v4, v6) in hosts {
+            let ns = Netns::new("zh");
+            let iface = unique("h");
+            let port = unique("p");
+            veth(&ns, &iface, &switch, &port);
+            switch.ip(&["link", "set", &port, "master", "br0"]);
+            ns.ip(&["addr", "add", &format!("{v4}/16"), "dev", &iface]);
+            ns.ip(&["addr", "add", &format!("{v6}/16"), "dev", &iface, "nodad"]);
+            out.push(Host { ns, iface, v4: v4.parse().unwrap(), v6: v6.parse().unwrap() });
+        }
+        Lan { hosts: out, switch }
+    }
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("ztagent-test-"));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `ztagent run` in a namespace, with its own socket and bpffs pins. On drop it is stopped
+/// (by its pid) and everything it pinned is removed.
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+    pub pins: PathBuf,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    pub fn start(ns: &Netns, ifaces: &[&str], policy: Option<&Path>) -> Agent {
+        let dir = TempDir::new();
+        let socket = dir.0.join("ztagent.sock");
+        let pins = PathBuf::from("/sys/fs/bpf").join(unique("zt-test-"));
+        let log = dir.0.join("agent.log");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(&socket).arg("run");
+        for i in ifaces {
+            cmd.args(["--iface", i]);
+        }
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        cmd.arg("--pin-path").arg(&pins).arg("--log").arg("debug");
+        let out = File::create(&log).unwrap();
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let child = cmd.spawn().expect("spawn ztagent");
+        let mut agent = Agent { child, socket, pins, log, _dir: dir };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ztagent exited ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ztagent did not open its socket within 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ztagent --socket S ARGS...` (the CLI, from the host).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("ztagent")).arg("--socket").arg(&self.socket).args(args).output().expect("run ztagent")
+    }
+
+    /// Pushes a policy file; panics if the push fails.
+    pub fn push(&self, policy: &Path) -> String {
+        let out = self.cli(&["policy", "push", policy.to_str().unwrap()]);
+        assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Packet counters from `ztagent status -o json`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = self.cli(&["status", "-o", "json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .and_then(|c| c[1].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// Kills the daemon with SIGKILL (enforcement must stay).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(bin("ztagent"))
+            .args(["uninstall", "--pin-path"])
+            .arg(&self.pins)
+            .stdout(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// Servers in a namespace: TCP (greets "hi" then echoes lines) and UDP (echoes, counts per
+/// port). Stopped and joined on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub udp_received: Arc<Vec<(u16, AtomicU64)>>,
+}
+
+impl Servers {
+    pub fn start(ns: &Netns, tcp: &[u16], udp: &[u16]) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<Vec<(u16, AtomicU64)>> = Arc::new(udp.iter().map(|p| (*p, AtomicU64::new(0))).collect());
+        let mut threads = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for &port in tcp {
+            let (stop, path, tx) = (stop.clone(), ns.path(), tx.clone());
+            threads.push(std::thread::spawn(move || {
+                enter(&path);
+                let l = TcpListener::bind(("::", port)).expect("bind tcp");
+                l.set_nonblocking(true).unwrap();
+                tx.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            let stop = stop.clone();
+                            std::thread::spawn(move || tcp_echo(s, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+        }
+        for (i, &port) in udp.iter().enumerate() {
+            let (stop, path, tx, counts) = (stop.clone(), ns.path(), tx.clone(), counts.clone());
+            threads.push(std::thread::spawn(move || {
+                enter(&path);
+                let s = UdpSocket::bind(("::", port)).expect("bind udp");
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                tx.send(()).unwrap();
+                let mut buf = [0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        counts[i].1.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            }));
+        }
+        for _ in 0..tcp.len() + udp.len() {
+            rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        }
+        Servers { stop, threads, udp_received: counts }
+    }
+
+    pub fn udp_count(&self, port: u16) -> u64 {
+        self.udp_received.iter().find(|(p, _)| *p == port).map_or(0, |(_, c)| c.load(Ordering::Relaxed))
+    }
+}
+
+fn tcp_echo(mut s: TcpStream, stop: &AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    if s.write_all(b"hi\n").is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `dst:port` and reads the server's greeting.
+pub fn tcp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_millis(700)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).is_ok() && &buf == b"hi\n"
+    })
+}
+
+/// Sends a datagram from `ns` to `dst:port` and waits for its echo (up to 3 tries).
+pub fn udp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
+    ns.run(move || {
+        let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut buf = [0u8; 64];
+        (0..3).any(|_| {
+            let _ = s.send_to(b"ping", SocketAddr::new(dst, port));
+            matches!(s.recv_from(&mut buf), Ok((4, _)))
+        })
+    })
+}
+
+/// One ICMP echo (ping) from `ns` to `dst`, waiting up to a second.
+pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
+    let out = ns.exec(&["ping", "-c", "1", "-W", "1", &dst.to_string()]);
+    out.status.success()
+}

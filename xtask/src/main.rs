@@ -1,1 +1,206 @@
-fn main(){}
+//! `cargo xtask setup | test | demo | bench`: the project's own bootstrap and the commands the
+//! README promises. Every step is idempotent and quick when its work is already done.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker)
+    /// and mount bpffs.
+    Setup,
+    /// Set up, build, and run every test, the privileged kernel tests included.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the demo: namespaces, the agent, real traffic, verdicts.
+    Demo,
+    /// Set up, build, and measure the per-packet cost of the programs (BPF_PROG_TEST_RUN).
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
+/// scapy to craft fragments and malformed frames, nftables as the benchmark's reference,
+/// bpftool to inspect what is loaded.
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool"];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Test { args } => {
+            setup()?;
+            build_release()?;
+            // Unit tests, then the kernel tests; the kernel tests share one machine's network
+            // namespaces and BPF, each test isolating itself by unique names.
+            let mut cmd = Command::new(cargo());
+            cmd.args(["test", "--release"]).args(&args);
+            run(&mut cmd)
+        }
+        Cmd::Demo => {
+            setup()?;
+            build_release()?;
+            run(Command::new(root.join("target/release/ztdemo")).arg(root.join("examples/policy.yaml")))
+        }
+        Cmd::Bench { args } => {
+            setup()?;
+            build_release()?;
+            run(Command::new(root.join("target/release/ztbench")).args(&args))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn build_release() -> Result<()> {
+    run(Command::new(cargo()).args(["build", "--release", "--bins"]))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn step(msg: &str) {
+    eprintln!("setup: {msg}");
+}
+
+fn setup() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("ztagent's tests and demo load BPF programs and create network namespaces: run as root");
+    }
+    apt_packages()?;
+    nightly()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages {missing:?}"));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The eBPF crate is built with nightly (`-Z build-std=core`), which needs rust-src. An
+/// existing nightly is kept as it is: bpf-linker must match its LLVM.
+fn nightly() -> Result<()> {
+    let has_nightly = output(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|l| l.lines().any(|t| t.starts_with("nightly")));
+    if !has_nightly {
+        step("installing a nightly toolchain with rust-src");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly does not run")?;
+    if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists() {
+        step("adding rust-src to nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker built against the LLVM shared library inside the nightly toolchain (there is no
+/// prebuilt one for this LLVM here). An installed bpf-linker is kept when it runs and links
+/// exactly nightly's libLLVM.
+fn bpf_linker() -> Result<()> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV failed")?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly does not say its LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_string();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("no nightly sysroot")?;
+    let libdir = Path::new(&sysroot).join("lib");
+    let lib = std::fs::read_dir(&libdir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", libdir.display()))?;
+
+    let installed = output(Command::new("sh").args(["-c", "command -v bpf-linker"]));
+    if let Some(path) = installed
+        && output(Command::new(&path).arg("--version")).is_some()
+        && output(Command::new("readelf").args(["-d", &path])).is_some_and(|d| d.contains(&format!("[{lib}]")))
+    {
+        return Ok(());
+    }
+    // A stable directory (not /tmp): the binary records it as its runpath.
+    let home = env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let prefix = PathBuf::from(home).join(format!(".local/share/ztagent/llvm-{major}"));
+    let d = prefix.join("lib");
+    std::fs::create_dir_all(&d)?;
+    for link in ["libLLVM.so", lib.as_str()] {
+        let p = d.join(link);
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(libdir.join(&lib), &p)?;
+    }
+    step(&format!("building bpf-linker against nightly's LLVM {llvm} (a few minutes, once)"));
+    run(Command::new(cargo())
+        .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn bpffs() -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/mounts")?
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf"));
+    if !mounted {
+        step("mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}

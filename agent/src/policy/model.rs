@@ -1,0 +1,394 @@
+//! The validated policy model, and its serialization back to the file format.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use agent_common::{ACTION_ALLOW, ACTION_DENY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+/// The only policy file version this agent understands.
+pub const POLICY_VERSION: u32 = 1;
+
+/// What happens to a packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl Action {
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`], as the maps store it.
+    pub fn code(self) -> u32 {
+        match self {
+            Action::Allow => ACTION_ALLOW,
+            Action::Deny => ACTION_DENY,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A named set of addresses: the identity of those addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// A segment as a rule names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SegRef {
+    /// `*`: any address.
+    Any,
+    /// `world`: any address in no segment.
+    World,
+    /// A named segment: index in [`Policy::segments`].
+    Named(usize),
+}
+
+/// The name `*` in `from`/`to`.
+pub const ANY_NAME: &str = "*";
+/// The name of the segment of addresses in no named segment.
+pub const WORLD_NAME: &str = "world";
+
+/// A transport protocol with ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One entry of a rule's `ports`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortSpec {
+    /// `tcp` / `udp`: every port of the protocol (port 0 included).
+    All(Proto),
+    /// `N/tcp` (when `lo == hi`) or `LO-HI/tcp`, `1 <= lo <= hi <= 65535`.
+    Range { proto: Proto, lo: u16, hi: u16 },
+    /// `icmp`: ICMP and ICMPv6 echo request.
+    Icmp,
+}
+
+/// Why a port spec is invalid (the message is completed with the spec by the validator).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortSpecError {
+    #[error("port {0} is out of range; ports are 1 to 65535")]
+    OutOfRange(u64),
+    #[error("the port range is reversed; did you mean `{lo}-{hi}/{proto}`?")]
+    Reversed {
+        lo: u16,
+        hi: u16,
+        proto: &'static str,
+    },
+    #[error("unknown protocol `{0}`; expected tcp or udp")]
+    UnknownProto(String),
+    #[error("expected N/tcp, N/udp, LO-HI/tcp, LO-HI/udp, tcp, udp or icmp")]
+    Syntax,
+}
+
+impl PortSpec {
+    /// The inclusive range of 24-bit port keys (`(proto << 16) | port`) this spec covers.
+    pub fn key_range(&self) -> (u32, u32) {
+        match *self {
+            PortSpec::All(p) => {
+                let base = u32::from(p.number()) << 16;
+                (base, base | 0xffff)
+            }
+            PortSpec::Range { proto, lo, hi } => {
+                let base = u32::from(proto.number()) << 16;
+                (base | u32::from(lo), base | u32::from(hi))
+            }
+            PortSpec::Icmp => {
+                let k = (u32::from(PROTO_ICMP) << 16) | u32::from(agent_common::ICMP_ECHO_REQUEST);
+                (k, k)
+            }
+        }
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = PortSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let proto_of = |p: &str| match p.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(PortSpecError::UnknownProto(p.to_owned())),
+        };
+        match s.to_ascii_lowercase().as_str() {
+            "icmp" => return Ok(PortSpec::Icmp),
+            "tcp" => return Ok(PortSpec::All(Proto::Tcp)),
+            "udp" => return Ok(PortSpec::All(Proto::Udp)),
+            _ => {}
+        }
+        let (ports, proto) = s.split_once('/').ok_or(PortSpecError::Syntax)?;
+        let (lo, hi) = match ports.split_once('-') {
+            Some((lo, hi)) => (parse_port(lo)?, parse_port(hi)?),
+            None => {
+                let p = parse_port(ports)?;
+                (p, p)
+            }
+        };
+        if proto.is_empty() || !proto.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(PortSpecError::Syntax);
+        }
+        let proto = proto_of(proto)?;
+        if lo > hi {
+            return Err(PortSpecError::Reversed {
+                lo: hi,
+                hi: lo,
+                proto: proto.as_str(),
+            });
+        }
+        Ok(PortSpec::Range { proto, lo, hi })
+    }
+}
+
+/// A decimal port number, 1..=65535.
+fn parse_port(s: &str) -> Result<u16, PortSpecError> {
+    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PortSpecError::Syntax);
+    }
+    let n: u64 = s.parse().map_err(|_| PortSpecError::Syntax)?;
+    match u16::try_from(n) {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => Err(PortSpecError::OutOfRange(n)),
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PortSpec::All(p) => f.write_str(p.as_str()),
+            PortSpec::Range { proto, lo, hi } if lo == hi => write!(f, "{lo}/{}", proto.as_str()),
+            PortSpec::Range { proto, lo, hi } => write!(f, "{lo}-{hi}/{}", proto.as_str()),
+            PortSpec::Icmp => f.write_str("icmp"),
+        }
+    }
+}
+
+impl Serialize for PortSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One rule. A packet matches it if its source is in `from`, its destination in `to`, and its
+/// protocol and port in `ports` (absent = everything).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub description: Option<String>,
+    pub from: Vec<SegRef>,
+    pub to: Vec<SegRef>,
+    pub ports: Option<Vec<PortSpec>>,
+    pub action: Action,
+}
+
+/// A validated policy. Rule ids in the maps and in decisions are 1-based indexes of `rules`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// What happens when no rule matches.
+    pub default_action: Action,
+    /// In file order; segment id = index + 1 (0 is `world`).
+    pub segments: Vec<Segment>,
+    /// In file order.
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The name of a segment reference as the file spells it.
+    pub fn seg_ref_name(&self, r: SegRef) -> String {
+        match r {
+            SegRef::Any => ANY_NAME.to_owned(),
+            SegRef::World => WORLD_NAME.to_owned(),
+            SegRef::Named(i) => match self.segments.get(i) {
+                Some(s) => s.name.clone(),
+                // Only reachable for a hand-built policy with a dangling index.
+                None => format!("#{i}"),
+            },
+        }
+    }
+
+    /// The index of the named segment.
+    pub fn segment_index(&self, name: &str) -> Option<usize> {
+        self.segments.iter().position(|s| s.name == name)
+    }
+
+    /// The policy in the file format, as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing strings, numbers, lists and string-keyed maps cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The policy in the file format, as YAML.
+    pub fn to_yaml(&self) -> String {
+        match serde_saphyr::to_string(self) {
+            Ok(s) => s,
+            // Not expected; JSON is valid YAML, so this is still a correct answer.
+            Err(_) => self.to_json(),
+        }
+    }
+}
+
+// ---- serialization: a mirror of the file structure ------------------------------------------
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    version: u32,
+    #[serde(rename = "defaultAction")]
+    default_action: Action,
+    segments: SegmentsOut<'a>,
+    rules: Vec<RuleOut>,
+}
+
+/// `segments` is a mapping in file order.
+struct SegmentsOut<'a>(&'a [Segment]);
+
+#[derive(Serialize)]
+struct SegmentOut {
+    cidrs: Vec<String>,
+}
+
+impl Serialize for SegmentsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for seg in self.0 {
+            let cidrs = seg.cidrs.iter().map(|c| c.to_string()).collect();
+            m.serialize_entry(&seg.name, &SegmentOut { cidrs })?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+struct RuleOut {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    from: Vec<String>,
+    to: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<Vec<PortSpec>>,
+    action: Action,
+}
+
+impl Serialize for Policy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let names = |refs: &[SegRef]| refs.iter().map(|r| self.seg_ref_name(*r)).collect();
+        FileOut {
+            version: POLICY_VERSION,
+            default_action: self.default_action,
+            segments: SegmentsOut(&self.segments),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleOut {
+                    name: r.name.clone(),
+                    description: r.description.clone(),
+                    from: names(&r.from),
+                    to: names(&r.to),
+                    ports: r.ports.clone(),
+                    action: r.action,
+                })
+                .collect(),
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        let ok = |s: &str| s.parse::<PortSpec>().unwrap();
+        assert_eq!(
+            ok("443/tcp"),
+            PortSpec::Range {
+                proto: Proto::Tcp,
+                lo: 443,
+                hi: 443
+            }
+        );
+        assert_eq!(
+            ok("8000-8099/udp"),
+            PortSpec::Range {
+                proto: Proto::Udp,
+                lo: 8000,
+                hi: 8099
+            }
+        );
+        assert_eq!(ok("tcp"), PortSpec::All(Proto::Tcp));
+        assert_eq!(ok("icmp"), PortSpec::Icmp);
+        assert_eq!(
+            ok("65535/tcp").key_range(),
+            (6 << 16 | 65535, 6 << 16 | 65535)
+        );
+        assert_eq!(ok("udp").key_range(), (17 << 16, 17 << 16 | 65535));
+        assert_eq!(ok("icmp").key_range(), (1 << 16 | 8, 1 << 16 | 8));
+        let err = |s: &str| s.parse::<PortSpec>().unwrap_err();
+        assert_eq!(err("0/tcp"), PortSpecError::OutOfRange(0));
+        assert_eq!(err("65536/tcp"), PortSpecError::OutOfRange(65536));
+        assert_eq!(err("99999999999999999999/tcp"), PortSpecError::Syntax);
+        assert_eq!(
+            err("20-10/tcp"),
+            PortSpecError::Reversed {
+                lo: 10,
+                hi: 20,
+                proto: "tcp"
+            }
+        );
+        assert_eq!(err("53/sctp"), PortSpecError::UnknownProto("sctp".into()));
+        for bad in [
+            "",
+            "/tcp",
+            "443",
+            "443/",
+            "-1/tcp",
+            "+1/tcp",
+            "1-/tcp",
+            "1-2-3/tcp",
+            " 1/tcp",
+            "icmp/8",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad:?}");
+        }
+        for s in ["443/tcp", "1-1024/udp", "tcp", "udp", "icmp"] {
+            assert_eq!(ok(s).to_string(), s);
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! From text to a validated [`Policy`], reporting every problem with its position.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use super::diag::{Diagnostic, Diagnostics, quote, suggest};
+use super::model::{
+    ANY_NAME, Action, POLICY_VERSION, Policy, PortSpec, Rule, SegRef, Segment, WORLD_NAME,
+};
+use super::node::{Node, Pos, Value, parse_tree};
+
+/// Parses and validates a policy (YAML, or JSON if the first non-blank character is `{`).
+/// `origin` names the text in diagnostics (usually the file path).
+pub fn parse(text: &str, origin: &str) -> Result<Policy, Diagnostics> {
+    let mut v = Validator {
+        origin,
+        diags: Vec::new(),
+    };
+    let root = match parse_tree(text) {
+        Ok(root) => root,
+        Err(e) => {
+            v.err(e.pos, e.message);
+            return Err(v.finish());
+        }
+    };
+    let policy = v.policy(&root);
+    if v.diags.is_empty() {
+        Ok(policy)
+    } else {
+        Err(v.finish())
+    }
+}
+
+/// Reads and validates a policy file. Read errors and invalid UTF-8 are diagnostics too.
+pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
+    let origin = path.display().to_string();
+    let one = |line, col, message: String| {
+        Diagnostics(vec![Diagnostic {
+            origin: origin.clone(),
+            line,
+            col,
+            message,
+        }])
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| one(1, 1, format!("cannot read the policy file: {e}")))?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(text, &origin),
+        Err(e) => {
+            // The prefix before the bad byte is valid UTF-8: count lines and characters in it.
+            let good = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+            Err(one(
+                line,
+                col,
+                format!("the file is not valid UTF-8 (byte 0x{byte:02x})"),
+            ))
+        }
+    }
+}
+
+const TOP_FIELDS: &[&str] = &["version", "defaultAction", "segments", "rules"];
+const SEGMENT_FIELDS: &[&str] = &["cidrs"];
+const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action"];
+
+/// The known fields of one mapping, with their value nodes.
+struct Fields<'n> {
+    /// Position of the mapping itself, for "missing field" errors.
+    pos: Pos,
+    found: Vec<(&'static str, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.found.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// Where a CIDR was first listed, to report duplicates.
+struct CidrSeen {
+    text: String,
+    segment: usize,
+    line: usize,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, pos: Pos, message: impl Into<String>) {
+        let pos = pos.or(Pos::START);
+        self.diags.push(Diagnostic {
+            origin: self.origin.to_owned(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> Diagnostics {
+        Diagnostics(self.diags).sorted()
+    }
+
+    /// Checks that `node` is a mapping whose keys are strings from `allowed`, each at most once.
+    /// Reports the problems; returns the fields it could read (`None` if not a mapping).
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &'static [&'static str],
+    ) -> Option<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            return None;
+        };
+        let mut fields = Fields {
+            pos: node.pos,
+            found: Vec::new(),
+        };
+        for (k, v) in entries {
+            let Value::Str(key) = &k.value else {
+                self.err(
+                    k.pos,
+                    format!("keys of {what} must be strings, not {}", k.value.kind()),
+                );
+                continue;
+            };
+            let Some(name) = allowed.iter().find(|a| **a == key.as_str()) else {
+                let hint = match suggest(key, allowed.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!(
+                        "expected {}",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                self.err(
+                    k.pos,
+                    format!("unknown field {} in {what}; {hint}", quote(key)),
+                );
+                continue;
+            };
+            if fields.get(name).is_some() {
+                // The YAML parser already rejects duplicate keys; this covers the JSON fallback.
+                self.err(k.pos, format!("duplicate field `{name}` in {what}"));
+                continue;
+            }
+            fields.found.push((name, v));
+        }
+        Some(fields)
+    }
+
+    fn policy(&mut self, root: &Node) -> Policy {
+        let mut policy = Policy::default();
+        let Some(top) = self.fields(root, "the policy", TOP_FIELDS) else {
+            let msg = match root.value {
+                Value::Null => "the policy is empty; expected a mapping with `version`, \
+                                `segments` and `rules`"
+                    .to_owned(),
+                ref v => format!(
+                    "the policy must be a mapping with `version`, `segments` and `rules`, not {}",
+                    v.kind()
+                ),
+            };
+            self.err(root.pos, msg);
+            return policy;
+        };
+
+        match top.get("version") {
+            None => self.err(
+                top.pos,
+                format!("missing `version`; add `version: {POLICY_VERSION}`"),
+            ),
+            Some(n) => match n.value {
+                Value::Int(v) if v == i128::from(POLICY_VERSION) => {}
+                Value::Int(v) => self.err(
+                    n.pos,
+                    format!(
+                        "unsupported policy version {v}; this agent reads version {POLICY_VERSION}"
+                    ),
+                ),
+                Value::Float(f) => self.err(
+                    n.pos,
+                    format!("`version` must be the whole number {POLICY_VERSION}, not {f:?}"),
+                ),
+                ref v => self.err(
+                    n.pos,
+                    format!(
+                        "`version` must be the number {POLICY_VERSION}, not {}",
+                        v.kind()
+                    ),
+                ),
+            },
+        }
+
+        if let Some(n) = top.get("defaultAction")
+            && let Some(a) = self.action(n, "defaultAction")
+        {
+            policy.default_action = a;
+        }
+
+        if let Some(n) = top.get("segments") {
+            policy.segments = self.segments(n);
+        }
+        if let Some(n) = top.get("rules") {
+            policy.rules = self.rules(n, &policy.segments);
+        }
+        policy
+    }
+
+    fn action(&mut self, n: &Node, field: &str) -> Option<Action> {
+        match &n.value {
+            Value::Str(s) if s == "allow" => Some(Action::Allow),
+            Value::Str(s) if s == "deny" => Some(Action::Deny),
+            Value::Str(s) => {
+                self.err(
+                    n.pos,
+                    format!("`{field}` must be `allow` or `deny`, not {}", quote(s)),
+                );
+                None
+            }
+            v => {
+                self.err(
+                    n.pos,
+                    format!("`{field}` must be `allow` or `deny`, not {}", v.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Every segment whose name is usable gets an index, even if its CIDRs have problems, so
+    /// that rules naming it do not also report "unknown segment".
+    fn segments(&mut self, n: &Node) -> Vec<Segment> {
+        let entries = match &n.value {
+            Value::Map(e) => e.as_slice(),
+            Value::Null => &[],
+            v => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "`segments` must be a mapping from segment name to {{ cidrs: [...] }}, not {}",
+                        v.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut name_lines: HashMap<String, usize> = HashMap::new();
+        // Normalised (prefix length in IPv6 space, 16-byte network) -> first listing.
+        let mut seen: HashMap<(u32, [u8; 16]), CidrSeen> = HashMap::new();
+        for (k, v) in entries {
+            let name = match &k.value {
+                Value::Str(s) => s.clone(),
+                other => {
+                    self.err(
+                        k.pos,
+                        format!(
+                            "a segment name must be a string (quote it), not {}",
+                            other.kind()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if name.is_empty() {
+                self.err(k.pos, "a segment name must not be empty");
+                continue;
+            }
+            if name == WORLD_NAME {
+                self.err(
+                    k.pos,
+                    "the segment name `world` is reserved: it means every address in no segment",
+                );
+                continue;
+            }
+            if name == ANY_NAME {
+                self.err(
+                    k.pos,
+                    "the segment name `*` is reserved: it means any address",
+                );
+                continue;
+            }
+            if let Some(line) = name_lines.get(&name) {
+                // Only reachable through the JSON fallback (YAML rejects duplicate keys).
+                self.err(
+                    k.pos,
+                    format!(
+                        "duplicate segment {} (first defined on line {line})",
+                        quote(&name)
+                    ),
+                );
+                continue;
+            }
+            name_lines.insert(name.clone(), k.pos.line);
+            let index = segments.len();
+            let mut cidrs = Vec::new();
+            match self.fields(v, &format!("segment {}", quote(&name)), SEGMENT_FIELDS) {
+                None => self.err(
+                    v.pos.or(k.pos),
+                    format!(
+                        "segment {} must be a mapping like {{ cidrs: [10.0.0.0/8] }}, not {}",
+                        quote(&name),
+                        v.value.kind()
+                    ),
+                ),
+                Some(f) => match f.get("cidrs") {
+                    None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(&name))),
+                    Some(list) => {
+                        cidrs = self.cidrs(list, index, &segments, &name, &mut seen);
+                    }
+                },
+            }
+            segments.push(Segment { name, cidrs });
+        }
+        segments
+    }
+
+    fn cidrs(
+        &mut self,
+        list: &Node,
+        index: usize,
+        segments: &[Segment],
+        name: &str,
+        seen: &mut HashMap<(u32, [u8; 16]), CidrSeen>,
+    ) -> Vec<IpNet> {
+        let items = match &list.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            v => {
+                self.err(
+                    list.pos,
+                    format!("`cidrs` must be a list of CIDRs, not {}", v.kind()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Value::Str(text) = &item.value else {
+                self.err(
+                    item.pos,
+                    format!(
+                        "a CIDR must be a string like 10.0.0.0/8, not {}",
+                        item.value.kind()
+                    ),
+                );
+                continue;
+            };
+            let net = match parse_cidr(text) {
+                Ok(net) => net,
+                Err(msg) => {
+                    self.err(item.pos, msg);
+                    continue;
+                }
+            };
+            let key = super::compile::cidr_key(&net);
+            match seen.get(&key) {
+                Some(first) => {
+                    let same_text = first.text == net.to_string();
+                    let what = if same_text {
+                        quote(text)
+                    } else {
+                        format!("{} (the same network as `{}`)", quote(text), first.text)
+                    };
+                    let msg = if first.segment == index {
+                        format!("{what} is listed twice in segment {}", quote(name))
+                    } else {
+                        let other = segments.get(first.segment).map_or("?", |s| s.name.as_str());
+                        format!(
+                            "{what} is already in segment {} (line {}); a network can be in only one segment",
+                            quote(other),
+                            first.line
+                        )
+                    };
+                    self.err(item.pos, msg);
+                }
+                None => {
+                    seen.insert(
+                        key,
+                        CidrSeen {
+                            text: net.to_string(),
+                            segment: index,
+                            line: item.pos.line,
+                        },
+                    );
+                    out.push(net);
+                }
+            }
+        }
+        out
+    }
+
+    fn rules(&mut self, n: &Node, segments: &[Segment]) -> Vec<Rule> {
+        let items = match &n.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            v => {
+                self.err(
+                    n.pos,
+                    format!("`rules` must be a list of rules, not {}", v.kind()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let Some(f) = self.fields(item, "a rule", RULE_FIELDS) else {
+                self.err(
+                    item.pos,
+                    format!(
+                        "a rule must be a mapping with `name`, `from`, `to` and `action`, not {}",
+                        item.value.kind()
+                    ),
+                );
+                continue;
+            };
+            let name = match f.get("name") {
+                None => {
+                    self.err(f.pos, "this rule has no `name`");
+                    String::new()
+                }
+                Some(n) => match &n.value {
+                    Value::Str(s) if s.is_empty() => {
+                        self.err(n.pos, "a rule name must not be empty");
+                        String::new()
+                    }
+                    Value::Str(s) => {
+                        if let Some(line) = names.get(s) {
+                            self.err(
+                                n.pos,
+                                format!(
+                                    "duplicate rule name {} (first used on line {line})",
+                                    quote(s)
+                                ),
+                            );
+                        } else {
+                            names.insert(s.clone(), n.pos.line);
+                        }
+                        s.clone()
+                    }
+                    v => {
+                        self.err(
+                            n.pos,
+                            format!("a rule name must be a string, not {}", v.kind()),
+                        );
+                        String::new()
+                    }
+                },
+            };
+            let rule_label = if name.is_empty() {
+                "this rule".to_owned()
+            } else {
+                format!("rule {}", quote(&name))
+            };
+            let description = match f.get("description") {
+                None => None,
+                Some(n) => match &n.value {
+                    Value::Str(s) => Some(s.clone()),
+                    v => {
+                        self.err(
+                            n.pos,
+                            format!("`description` must be a string, not {}", v.kind()),
+                        );
+                        None
+                    }
+                },
+            };
+            let from = self.seg_refs(&f, "from", &rule_label, segments);
+            let to = self.seg_refs(&f, "to", &rule_label, segments);
+            let ports = f.get("ports").map(|n| self.ports(n));
+            let action = match f.get("action") {
+                None => {
+                    self.err(
+                        f.pos,
+                        format!(
+                            "{rule_label} has no `action`; add `action: allow` or `action: deny`"
+                        ),
+                    );
+                    Action::Deny
+                }
+                Some(n) => self.action(n, "action").unwrap_or_default(),
+            };
+            rules.push(Rule {
+                name,
+                description,
+                from,
+                to,
+                ports,
+                action,
+            });
+        }
+        rules
+    }
+
+    fn seg_refs(
+        &mut self,
+        f: &Fields<'_>,
+        field: &str,
+        rule: &str,
+        segments: &[Segment],
+    ) -> Vec<SegRef> {
+        let Some(n) = f.get(field) else {
+            self.err(
+                f.pos,
+                format!("{rule} has no `{field}`; list segment names, or \"*\" for any address"),
+            );
+            return Vec::new();
+        };
+        let items = match &n.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Str(s) => {
+                self.err(n.pos, format!("`{field}` must be a list; write [{s}]"));
+                return Vec::new();
+            }
+            v => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "`{field}` must be a list of segment names, not {}",
+                        v.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.err(
+                n.pos,
+                format!("`{field}` is empty; list at least one segment, or \"*\" for any address"),
+            );
+        }
+        let mut out = Vec::new();
+        for item in items {
+            let Value::Str(s) = &item.value else {
+                self.err(
+                    item.pos,
+                    format!("a segment name must be a string, not {}", item.value.kind()),
+                );
+                continue;
+            };
+            let r = if s == ANY_NAME {
+                SegRef::Any
+            } else if s == WORLD_NAME {
+                SegRef::World
+            } else if let Some(i) = segments.iter().position(|seg| seg.name == *s) {
+                SegRef::Named(i)
+            } else {
+                let known = segments
+                    .iter()
+                    .map(|seg| seg.name.as_str())
+                    .chain([WORLD_NAME]);
+                let hint = match suggest(s, known) {
+                    Some(g) => format!("; did you mean {}?", quote(g)),
+                    None => String::new(),
+                };
+                self.err(
+                    item.pos,
+                    format!("unknown segment {} in `{field}`{hint}", quote(s)),
+                );
+                continue;
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    fn ports(&mut self, n: &Node) -> Vec<PortSpec> {
+        let items = match &n.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            v => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "`ports` must be a list like [\"443/tcp\"], not {}",
+                        v.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.err(
+                n.pos,
+                "`ports` is empty, so the rule could never match; remove it to match every port",
+            );
+        }
+        let mut out = Vec::new();
+        for item in items {
+            match &item.value {
+                Value::Str(s) => match PortSpec::from_str(s) {
+                    Ok(p) => out.push(p),
+                    Err(e) => self.err(item.pos, format!("invalid port spec {}: {e}", quote(s))),
+                },
+                Value::Int(p) => self.err(
+                    item.pos,
+                    format!("port {p} needs a protocol: write \"{p}/tcp\" or \"{p}/udp\""),
+                ),
+                v => self.err(
+                    item.pos,
+                    format!(
+                        "a port spec must be a string such as \"443/tcp\", not {}",
+                        v.kind()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Parses one CIDR. The message of the error is a complete diagnostic sentence.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = IpNet::from_str(text) {
+        let trunc = net.trunc();
+        if trunc != net {
+            return Err(format!(
+                "{} has host bits set; did you mean {trunc}?",
+                quote(text)
+            ));
+        }
+        return Ok(net);
+    }
+    if let Ok(ip) = IpAddr::from_str(text) {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        return Err(format!(
+            "{} is an address, not a CIDR; write {ip}/{len} for a single address",
+            quote(text)
+        ));
+    }
+    if let Some((addr, len)) = text.split_once('/')
+        && let Ok(ip) = IpAddr::from_str(addr)
+        && !len.is_empty()
+        && len.bytes().all(|b| b.is_ascii_digit())
+    {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        return Err(format!(
+            "invalid CIDR {}: the prefix length must be at most {max} for an IPv{} address",
+            quote(text),
+            if ip.is_ipv4() { 4 } else { 6 }
+        ));
+    }
+    Err(format!(
+        "invalid CIDR {}; expected an address and a prefix length such as 10.0.0.0/8 or fd00::/64",
+        quote(text)
+    ))
+}
