@@ -36,12 +36,14 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The release binaries built by `cargo xtask test` (next to this test's executable).
+/// A binary built by `cargo xtask test` next to this executable (target/<profile>/, or its
+/// parent when this is a test in target/<profile>/deps/).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run the tests through `cargo xtask test`", p.display());
+    assert!(p.exists(), "{} is missing: build with `cargo xtask test` (or demo, bench)", p.display());
     p
 }
 
