@@ -396,3 +396,117 @@ pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
     let out = ns.exec(&["ping", "-c", "1", "-W", "1", &dst.to_string()]);
     out.status.success()
 }
+
+/// The datapath loaded into the kernel in this process (not attached anywhere), with its pins
+/// under a unique bpffs directory removed on drop: for `Program::test_run` with crafted frames.
+pub struct Loaded {
+    pub datapath: ztagent::datapath::Datapath,
+    pub writer: ztagent::mapwriter::MapWriter,
+}
+
+impl Loaded {
+    pub fn new(limits: &ztagent::datapath::Limits) -> Loaded {
+        let pins = ztagent::datapath::PinLayout::new(PathBuf::from("/sys/fs/bpf").join(unique("zt-load-")));
+        let mut datapath = ztagent::datapath::Datapath::load(pins, limits).expect("load the datapath");
+        let writer = ztagent::mapwriter::MapWriter::new(&mut datapath.ebpf).expect("policy maps");
+        Loaded { datapath, writer }
+    }
+
+    /// Installs a policy given as YAML text.
+    pub fn apply(&mut self, yaml: &str) {
+        let p = ztagent::policy::parse(yaml, "test").unwrap_or_else(|d| panic!("bad test policy:\n{d}"));
+        self.writer.apply(&ztagent::policy::compile(&p)).expect("apply policy");
+    }
+
+    /// Runs the program `name` (XDP or TC) once on `frame`; returns its return value.
+    pub fn run(&mut self, name: &str, frame: &[u8]) -> u32 {
+        self.try_run(name, frame).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"))
+    }
+
+    /// As [`Loaded::run`], or the kernel's refusal to run the program on this frame.
+    pub fn try_run(&mut self, name: &str, frame: &[u8]) -> Result<u32, String> {
+        use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        let prog = self.datapath.ebpf.program_mut(name).expect("program");
+        let r = match <&mut Xdp>::try_from(&mut *prog) {
+            Ok(x) => x.test_run(opts),
+            Err(_) => <&mut SchedClassifier>::try_from(prog).expect("XDP or TC program").test_run(opts),
+        };
+        r.map(|r| r.return_value).map_err(|e| ztagent::datapath::error_chain(&e))
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        let all = self.datapath.counters().expect("counters");
+        all.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = ztagent::datapath::uninstall(&self.datapath.pins);
+    }
+}
+
+/// Crafted frames for test runs and benchmarks.
+pub mod frame {
+    pub const ETH_IP: u16 = 0x0800;
+    pub const ETH_IPV6: u16 = 0x86DD;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_ACK: u8 = 0x10;
+
+    /// Ethernet header with optional VLAN tags (outer first), then `ethertype`.
+    pub fn eth(tags: &[u16], ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        for (i, _) in tags.iter().enumerate() {
+            let tpid: u16 = if i == 0 && tags.len() > 1 { 0x88A8 } else { 0x8100 };
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t
+    }
+
+    /// IPv4 header (with `options`, a multiple of 4 bytes) and payload `l4`.
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], frag: u16, l4: &[u8]) -> Vec<u8> {
+        let ihl = 20 + options.len();
+        let mut h = vec![0u8; 20];
+        h[0] = 0x40 | (ihl / 4) as u8;
+        h[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&7u16.to_be_bytes());
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        h.extend_from_slice(options);
+        h.extend_from_slice(l4);
+        h
+    }
+
+    /// IPv6 header followed by `ext` (already chained) and `l4`; `next` is the first header.
+    pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        h[6] = next;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&src);
+        h[24..40].copy_from_slice(&dst);
+        h.extend_from_slice(ext);
+        h.extend_from_slice(l4);
+        h
+    }
+
+    pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+}
