@@ -185,9 +185,14 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ns: &Netns, ifaces: &[&str], policy: Option<&Path>) -> Agent {
+        Self::start_with_pins(ns, ifaces, policy, &PathBuf::from("/sys/fs/bpf").join(unique("zt-test-")))
+    }
+
+    /// As [`Agent::start`], on a given pin directory (e.g. one a killed agent left).
+    pub fn start_with_pins(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
-        let pins = PathBuf::from("/sys/fs/bpf").join(unique("zt-test-"));
+        let pins = pins.to_path_buf();
         let log = dir.0.join("agent.log");
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(&socket).arg("run");
@@ -259,8 +264,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: signalling the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling the pid of a child we spawned and have not reaped (so the pid
+            // cannot have been reused).
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));

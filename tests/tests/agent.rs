@@ -1,0 +1,77 @@
+//! The daemon's control plane against the real kernel: push, get and live check; a rejected
+//! push changes nothing; SIGKILL leaves enforcement in place and a restart adopts it.
+use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok};
+
+const POLICY: &str = r#"
+version: 1
+segments:
+  frontend: { cidrs: [10.20.1.0/24] }
+  payments: { cidrs: [10.20.2.10/32] }
+rules:
+  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
+"#;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn push_get_check_and_rejected_pushes() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
+
+    let got = json(&agent.cli(&["policy", "get", "-o", "json"]));
+    assert_eq!(got["revision"], 1);
+    assert_eq!(got["policy"]["rules"][0]["name"], "web");
+    let yaml = agent.cli(&["policy", "get"]);
+    assert!(String::from_utf8_lossy(&yaml.stdout).contains("frontend"), "policy get (yaml) lacks the segments");
+
+    // Live check agrees with the kernel, before and after a push.
+    let live = |port: &str| json(&agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", port, "-o", "json"]));
+    assert_eq!((live("443")["verdict"].as_str(), live("443")["revision"].as_u64()), (Some("allow"), Some(1)));
+    assert_eq!(live("8443")["verdict"], "deny");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&frontend.ns, payments.v4, 8443));
+
+    let more = dir.file("more.yaml", &POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#));
+    let out = agent.push(&more);
+    assert!(out.starts_with("revision 2:"), "{out}");
+    assert_eq!(live("8443")["verdict"], "allow");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8443));
+
+    // An invalid policy is refused with its positions; nothing changes.
+    let bad = dir.file("bad.yaml", &POLICY.replace("10.20.2.10/32", "10.20.2.300/32"));
+    let refused = agent.cli(&["policy", "push", bad.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.yaml:5:"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(json(&agent.cli(&["policy", "get", "-o", "json"]))["revision"], 2);
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8443));
+}
+
+#[test]
+fn sigkill_keeps_enforcement_and_a_restart_adopts_it() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")]);
+    let (payments, frontend, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = TempDir::new();
+    let policy = dir.file("p.yaml", POLICY);
+    let mut agent = Agent::start(&payments.ns, &[&payments.iface], Some(&policy));
+    let _srv = Servers::start(&payments.ns, &[443], &[]);
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&attacker.ns, payments.v4, 443));
+
+    agent.kill();
+    // No daemon: the pinned programs still enforce the policy.
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "allowed traffic stopped with the daemon");
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 443), "denied traffic passed without the daemon");
+
+    // A new daemon on the same pins, without a policy, keeps the one in the kernel and takes
+    // over the links in place.
+    let restarted = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
+    let status = json(&restarted.cli(&["status", "-o", "json"]));
+    assert_eq!(status["revision"], 1);
+    assert_eq!(status["interfaces"][0]["ingress"], "adopted");
+    assert_eq!(status["interfaces"][0]["egress"], "adopted");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&attacker.ns, payments.v4, 443));
+}
