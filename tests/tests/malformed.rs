@@ -128,3 +128,38 @@ fn malformed_and_truncated_packets_are_dropped_and_counted() {
     // The well-formed original still passes.
     assert_eq!(dp.run(INGRESS, &good), XDP_PASS);
 }
+
+/// ICMP errors quoting a tracked flow pass with it (path-MTU discovery keeps working); errors
+/// quoting anything else are judged by policy like any other packet.
+#[test]
+fn icmp_errors_of_tracked_flows_pass() {
+    let mut dp = Loaded::new(&Limits::default());
+    dp.apply(POLICY);
+    let router = [10, 20, 9, 1];
+    // Track frontend:40000 -> payments:443.
+    assert_eq!(dp.run(INGRESS, &cat(&[&eth(&[], ETH_IP), &ipv4(FRONT, PAY, 6, &[], 0, &tcp(40000, 443, TCP_SYN))])), XDP_PASS);
+    // "Fragmentation needed" from a router, quoting a packet of the flow (either direction).
+    let frag_needed = |inner_src, inner_dst, sport, dport| {
+        let quoted = ipv4(inner_src, inner_dst, 6, &[], 0, &tcp(sport, dport, 0x10)[..8]);
+        let icmp = cat(&[&[3u8, 4, 0, 0, 0, 0, 0x05, 0xdc], &quoted]);
+        cat(&[&eth(&[], ETH_IP), &ipv4(router, PAY, 1, &[], 0, &icmp)])
+    };
+    assert_eq!(dp.run(INGRESS, &frag_needed(PAY, FRONT, 443, 40000)), XDP_PASS);
+    assert_eq!(dp.run(INGRESS, &frag_needed(FRONT, PAY, 40000, 443)), XDP_PASS);
+    assert_eq!(dp.counter("pass_icmp_error"), 2);
+    // An error about a flow nobody tracks is judged by policy: the router is `world`: denied.
+    assert_eq!(dp.run(INGRESS, &frag_needed(PAY, FRONT, 443, 40001)), XDP_DROP);
+
+    // ICMPv6 "packet too big" likewise.
+    let (f6, p6, r6) = (v6(5, 1), v6(0x10, 2), v6(1, 9));
+    let syn6 = cat(&[&eth(&[], ETH_IPV6), &ipv6(f6, p6, 6, &[], &tcp(40000, 443, TCP_SYN))]);
+    assert_eq!(dp.run(INGRESS, &syn6), XDP_PASS);
+    let too_big = |sport| {
+        let quoted = ipv6(p6, f6, 6, &[], &tcp(443, sport, 0x10)[..8]);
+        let icmp = cat(&[&[2u8, 0, 0, 0, 0, 0, 0x05, 0x00], &quoted]);
+        cat(&[&eth(&[], ETH_IPV6), &ipv6(r6, p6, 58, &[], &icmp)])
+    };
+    assert_eq!(dp.run(INGRESS, &too_big(40000)), XDP_PASS);
+    assert_eq!(dp.run(INGRESS, &too_big(40001)), XDP_DROP);
+    assert_eq!(dp.counter("pass_icmp_error"), 3);
+}

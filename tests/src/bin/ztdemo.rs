@@ -1,1 +1,708 @@
-fn main(){}
+//! `cargo xtask demo`: a throw-away topology of network namespaces (a `payments` server and
+//! `frontend`, `batch` and `attacker` clients on one bridge), the agent on the server with the
+//! example policy, real traffic, and for every attempt what the kernel did and why
+//! (`ztagent check`). Then a policy push that revokes an open connection, the agent's counters,
+//! and agents on the clients stopping lateral movement. Everything it creates is removed on
+//! exit (the harness guards), also when it fails or is interrupted with Ctrl-C.
+//!
+//! Usage (as root): `ztdemo [POLICY]` (default: examples/policy.yaml). Exit status 0 when the
+//! kernel did exactly what the policy says, 1 otherwise.
+use std::{
+    fs,
+    io::{IsTerminal, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use integration_tests::{Agent, Host, Lan, Servers, TempDir, bin, ping_ok, tcp_ok, udp_ok};
+
+/// The hosts, in `Lan` order: name, IPv4, IPv6. The first one is the server.
+const HOSTS: [(&str, &str, &str); 4] = [
+    ("payments", "10.20.2.10", "fd20:2::10"),
+    ("frontend", "10.20.1.2", "fd20:1::2"),
+    ("batch", "10.20.3.2", "fd20:3::2"),
+    ("attacker", "10.20.9.2", "fd20:9::2"),
+];
+const PAYMENTS: usize = 0;
+const FRONTEND: usize = 1;
+const BATCH: usize = 2;
+const ATTACKER: usize = 3;
+
+const SERVER_TCP: &[u16] = &[443, 8080, 8081, 22];
+const SERVER_UDP: &[u16] = &[53];
+
+/// How often the long-lived connection of the push section exchanges a line.
+const TALK_PERIOD: Duration = Duration::from_millis(100);
+/// An open connection must be cut within this long after a push that revokes it.
+const REVOKE_LIMIT: Duration = Duration::from_secs(1);
+
+/// The push section's second policy, used only if the given policy is not the example (the
+/// range to remove is not found in it).
+const POLICY_V2_FALLBACK: &str = r#"# The demo policy with frontend's 8000-8099/tcp removed.
+version: 1
+defaultAction: deny
+segments:
+  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
+  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
+  batch:    { cidrs: [10.20.3.0/24, "fd20:3::/64"] }
+rules:
+  - name: frontend-calls-payments
+    from: [frontend]
+    to: [payments]
+    ports: ["443/tcp", "53/udp", "icmp"]
+    action: allow
+  - name: batch-pings-payments
+    from: [batch]
+    to: [payments]
+    ports: ["icmp"]
+    action: allow
+  - name: nobody-reaches-admin-port
+    from: ["*"]
+    to: [payments]
+    ports: ["8081/tcp"]
+    action: deny
+"#;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C (or SIGTERM) stops the demo at the next step, so that the guards still clean up.
+fn catch_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn step() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let policy = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml"));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("ztdemo: must run as root (it creates network namespaces and loads BPF programs)");
+        return ExitCode::from(2);
+    }
+    catch_signals();
+    let st = Style(std::io::stdout().is_terminal());
+    let started = Instant::now();
+    // Every guard lives inside `demo`, so all of them are dropped before the check below.
+    let result = demo(&policy, st);
+    let leftovers = leftovers();
+    let mut failed = false;
+    match result {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => {
+            failed = true;
+            println!("\n{}", st.alarm("!!! THE KERNEL AND THE POLICY DISAGREE !!!"));
+            for p in &problems {
+                println!("{}", st.alarm(&format!("!!! {p}")));
+            }
+        }
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            failed = true;
+            println!("\n{}", st.alarm("!!! interrupted"));
+        }
+        Err(e) => {
+            failed = true;
+            println!("\n{}", st.alarm(&format!("!!! the demo stopped: {e:#}")));
+        }
+    }
+    println!("\n{}", st.bold("== Clean-up =="));
+    if leftovers.is_empty() {
+        println!("  namespaces, agents, BPF pins and temporary files removed; nothing left behind");
+    } else {
+        failed = true;
+        println!("{}", st.alarm(&format!("!!! left behind: {}", leftovers.join(", "))));
+    }
+    println!("  demo took {:.1} s", started.elapsed().as_secs_f64());
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let policy = fs::canonicalize(policy).with_context(|| format!("cannot open the policy {}", policy.display()))?;
+    let valid = Command::new(bin("ztagent")).args(["policy", "validate"]).arg(&policy).output()?;
+    if !valid.status.success() {
+        bail!("the policy is invalid:\n{}", String::from_utf8_lossy(&valid.stderr));
+    }
+
+    // ---- 1. Topology ------------------------------------------------------------------
+    header(st, 1, "Topology: four hosts (network namespaces) on one bridge");
+    let lan = Lan::new(&HOSTS.map(|(_, v4, v6)| (v4, v6)));
+    let payments = &lan.hosts[PAYMENTS];
+    let _servers = Servers::start(&payments.ns, SERVER_TCP, SERVER_UDP);
+    for (i, h) in lan.hosts.iter().enumerate() {
+        let segment = if i == PAYMENTS {
+            check_file(&policy, lan.hosts[FRONTEND].v4, h.v4, Probe::Icmp)?.dst_segment
+        } else {
+            check_file(&policy, h.v4, payments.v4, Probe::Icmp)?.src_segment
+        };
+        let role = if i == PAYMENTS {
+            let ports: Vec<String> = SERVER_TCP
+                .iter()
+                .map(|p| format!("tcp/{p}"))
+                .chain(SERVER_UDP.iter().map(|p| format!("udp/{p}")))
+                .collect();
+            format!("server: {}", ports.join(" "))
+        } else {
+            "client".to_string()
+        };
+        println!("  {:<8}  {:<10}  {:<10}  segment {segment:<8}  {role}", HOSTS[i].0, h.v4, h.v6);
+    }
+    println!("  policy: {}", String::from_utf8_lossy(&valid.stdout).trim());
+    step()?;
+    let t = Instant::now();
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&policy));
+    println!(
+        "  ztagent run --iface {} --policy {} on payments: enforcing (XDP ingress + TC egress) after {:.1} s",
+        payments.iface,
+        policy.file_name().unwrap_or_default().to_string_lossy(),
+        t.elapsed().as_secs_f64()
+    );
+    step()?;
+
+    // ---- 2. Traffic -------------------------------------------------------------------
+    header(st, 2, "Traffic to payments: what the kernel did, and why (ztagent check)");
+    use Probe::*;
+    let plan: &[(usize, bool, &[Probe])] = &[
+        (FRONTEND, false, &[Tcp(443), Tcp(8080), Tcp(8081), Tcp(22), Udp(53), Icmp]),
+        (FRONTEND, true, &[Tcp(443), Tcp(8081)]),
+        (BATCH, false, &[Tcp(443), Tcp(8080), Udp(53), Icmp]),
+        (BATCH, true, &[Icmp]),
+        (ATTACKER, false, &[Tcp(443), Tcp(8080), Tcp(22), Udp(53), Icmp]),
+        (ATTACKER, true, &[Tcp(443)]),
+    ];
+    let mut cases = Vec::new();
+    for &(client, v6, probes) in plan {
+        for &p in probes {
+            cases.push((client, v6, p));
+        }
+    }
+    // All probes at once (a denied one waits for its timeout); printed in order.
+    let attempts: Vec<Result<Attempt>> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|&(client, v6, probe)| {
+                let (lan, policy) = (&lan, &policy);
+                s.spawn(move || {
+                    Attempt::run(lan, client, PAYMENTS, v6, probe, |src, dst| check_file(policy, src, dst, probe))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+    });
+    let (mut allowed, mut denied) = (0, 0);
+    let mut last_client = usize::MAX;
+    for a in attempts {
+        let a = a?;
+        if a.from != last_client && last_client != usize::MAX {
+            println!();
+        }
+        last_client = a.from;
+        if a.why.allow {
+            allowed += 1
+        } else {
+            denied += 1
+        }
+        a.print(st, &mut problems, "");
+    }
+    let verdict = if problems.is_empty() {
+        st.green("the kernel did what `ztagent check` said every time")
+    } else {
+        st.alarm(&format!("{} DISAGREEMENTS between the kernel and `ztagent check`", problems.len()))
+    };
+    println!("  {} attempts: {allowed} allowed, {denied} denied; {verdict}", allowed + denied);
+    step()?;
+
+    // ---- 3. Policy push and revocation --------------------------------------------------
+    header(st, 3, "Policy push: revoke frontend -> payments:8080 while a connection is open");
+    let dir = TempDir::new();
+    let source = fs::read_to_string(&policy)?;
+    let removed = "\"8000-8099/tcp\", ";
+    let v2_text = if source.contains(removed) {
+        source.replace(removed, "")
+    } else {
+        println!("  ({} has no {removed:?}: using the built-in second policy)", policy.display());
+        POLICY_V2_FALLBACK.to_string()
+    };
+    let v2 = dir.file("policy-v2.yaml", &v2_text);
+    println!("  new policy {}: frontend-calls-payments loses 8000-8099/tcp, keeps 443/tcp, 53/udp, icmp", v2.display());
+    revocation(&lan, &agent, &v2, st, &mut problems)?;
+    step()?;
+    for probe in [Tcp(8080), Tcp(443)] {
+        let live = |src, dst| check_live(&agent, src, dst, probe);
+        Attempt::run(&lan, FRONTEND, PAYMENTS, false, probe, live)?.print(st, &mut problems, "");
+    }
+    println!("\n  ztagent status:");
+    let status = agent.cli(&["status"]);
+    if !status.status.success() {
+        bail!("ztagent status failed: {}", String::from_utf8_lossy(&status.stderr));
+    }
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("    {line}");
+    }
+    step()?;
+
+    // ---- 4. Lateral movement ------------------------------------------------------------
+    header(st, 4, "Lateral movement: agents on frontend and batch too (the attacker runs none)");
+    // Back to the example policy everywhere.
+    agent.push(&policy);
+    let client_agents: Vec<Agent> = std::thread::scope(|s| {
+        let handles: Vec<_> = [FRONTEND, BATCH]
+            .iter()
+            .map(|&i| {
+                let (h, policy) = (&lan.hosts[i], &policy);
+                s.spawn(move || Agent::start(&h.ns, &[&h.iface], Some(policy)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("agent start thread")).collect()
+    });
+    println!("  ztagent run on frontend and batch with {} (payments back on it too)", policy.display());
+    let frontend = &lan.hosts[FRONTEND];
+    let _frontend_servers = Servers::start(&frontend.ns, &[443, 8080], &[]);
+    println!("  frontend serves tcp/443 and tcp/8080");
+    let agents: [(usize, &Agent); 3] = [(PAYMENTS, &agent), (FRONTEND, &client_agents[0]), (BATCH, &client_agents[1])];
+    let lateral: &[(usize, usize, bool, Probe)] = &[
+        (ATTACKER, FRONTEND, false, Tcp(8080)),
+        (ATTACKER, FRONTEND, true, Icmp),
+        (BATCH, FRONTEND, false, Tcp(443)),
+        (BATCH, FRONTEND, true, Tcp(8080)),
+        (FRONTEND, PAYMENTS, true, Tcp(443)),
+    ];
+    // One at a time, so that the agents' drop counters tell which one dropped it.
+    for &(from, to, v6, probe) in lateral {
+        step()?;
+        let before: Vec<u64> = agents.iter().map(|(_, a)| drops(a)).collect::<Result<_>>()?;
+        let a = Attempt::run(&lan, from, to, v6, probe, |src, dst| check_file(&policy, src, dst, probe))?;
+        let after: Vec<u64> = agents.iter().map(|(_, a)| drops(a)).collect::<Result<_>>()?;
+        let by: Vec<String> = agents
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a > b)
+            .map(|((i, _), _)| {
+                let side = if *i == to {
+                    "ingress"
+                } else if *i == from {
+                    "egress"
+                } else {
+                    "?"
+                };
+                format!("{} agent ({side})", possessive(HOSTS[*i].0))
+            })
+            .collect();
+        let note = if !by.is_empty() {
+            format!("  dropped by {}", by.join(", "))
+        } else if a.got_through {
+            let managed = |i: usize| agents.iter().any(|(j, _)| *j == i);
+            let mut passed = Vec::new();
+            if managed(from) {
+                passed.push(format!("{} egress", possessive(HOSTS[from].0)));
+            }
+            if managed(to) {
+                passed.push(format!("{} ingress", possessive(HOSTS[to].0)));
+            }
+            format!("  passed {}", passed.join(" and "))
+        } else {
+            String::new()
+        };
+        a.print(st, &mut problems, &note);
+    }
+    Ok(problems)
+}
+
+/// The push section's measured part: an open connection, the push, and when it was cut.
+fn revocation(lan: &Lan, agent: &Agent, v2: &Path, st: Style, problems: &mut Vec<String>) -> Result<()> {
+    let (frontend, payments) = (&lan.hosts[FRONTEND], &lan.hosts[PAYMENTS]);
+    let dst = SocketAddr::new(payments.v4, 8080);
+    // A socket opened in the frontend namespace stays there whichever thread uses it.
+    let mut stream = frontend
+        .ns
+        .run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(1)))
+        .context("frontend cannot connect to payments:8080 under the first policy")?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut hi = [0u8; 3];
+    stream.read_exact(&mut hi).context("no greeting from payments:8080")?;
+    let log = Arc::new(Mutex::new(Talk::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let talker = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || talk(stream, &stop, &log))
+    };
+    let echoed = |log: &Mutex<Talk>| log.lock().unwrap().echoed.iter().flatten().count();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while echoed(&log) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sent, ok) = {
+        let l = log.lock().unwrap();
+        (l.sent.len(), l.echoed.iter().flatten().count())
+    };
+    println!(
+        "  frontend -> payments {dst}: connected; a line every {} ms, {ok} of {sent} echoed so far",
+        TALK_PERIOD.as_millis()
+    );
+    let t0 = Instant::now();
+    let pushed = agent.push(v2);
+    let push_took = t0.elapsed();
+    println!("  ztagent policy push: {} ({} ms)", pushed.trim(), push_took.as_millis());
+    std::thread::sleep(REVOKE_LIMIT + Duration::from_millis(600));
+    stop.store(true, Ordering::SeqCst);
+    let _ = talker.join();
+    let end = Instant::now();
+    let l = log.lock().unwrap();
+    let ms = |t: Instant| -> i128 {
+        if t >= t0 { t.duration_since(t0).as_millis() as i128 } else { -(t0.duration_since(t).as_millis() as i128) }
+    };
+    if ok == 0 {
+        problems.push("the connection to payments:8080 exchanged nothing before the push".into());
+        println!("  {}", st.alarm("!!! nothing was echoed before the push"));
+        return Ok(());
+    }
+    // TCP delivers in order: every line after the last echoed one went unanswered.
+    let last = l.echoed.iter().rposition(Option::is_some).unwrap_or(0);
+    let first_lost = last + 1;
+    let settled = end - Duration::from_millis(300); // lines younger than this may still be echoed
+    match l.sent.get(first_lost) {
+        Some(&t) if t <= settled => {
+            let silent = end.duration_since(t);
+            let unanswered = l.sent.len() - first_lost;
+            let cut = ms(t);
+            println!(
+                "  last echo: line {last} (sent at {:+} ms); line {first_lost} (sent at {cut:+} ms) and all {} after it: no answer for {:.1} s",
+                ms(l.sent[last]),
+                unanswered - 1,
+                silent.as_secs_f64()
+            );
+            if let Some(e) = &l.error {
+                println!("  (the client socket reported: {e})");
+            }
+            if cut >= 0 && cut as u128 <= REVOKE_LIMIT.as_millis() {
+                println!(
+                    "  => {} the established connection was cut within {cut} ms of the push (limit {} ms); drop_revoked: {}",
+                    st.green("REVOKED:"),
+                    REVOKE_LIMIT.as_millis(),
+                    counters(agent, &["drop_revoked"])?
+                );
+            } else {
+                let msg = format!(
+                    "the established connection was cut {cut} ms after the push (limit {} ms)",
+                    REVOKE_LIMIT.as_millis()
+                );
+                println!("  {}", st.alarm(&format!("!!! {msg}")));
+                problems.push(msg);
+            }
+        }
+        _ => {
+            let msg = format!(
+                "the established connection to payments:8080 was NOT cut: line {last} (sent at {:+} ms after the push) was still echoed",
+                ms(l.sent[last])
+            );
+            println!("  {}", st.alarm(&format!("!!! {msg}")));
+            problems.push(msg);
+        }
+    }
+    Ok(())
+}
+
+/// What the talker thread saw: when each line was sent, and when its echo came back.
+#[derive(Default)]
+struct Talk {
+    sent: Vec<Instant>,
+    echoed: Vec<Option<Instant>>,
+    error: Option<String>,
+}
+
+/// Sends "line N" every `TALK_PERIOD` and records the echoes, until `stop`.
+fn talk(mut s: TcpStream, stop: &AtomicBool, log: &Mutex<Talk>) {
+    let mut next = Instant::now();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= next {
+            let seq = log.lock().unwrap().sent.len();
+            if let Err(e) = s.write_all(format!("line {seq}\n").as_bytes()) {
+                log.lock().unwrap().error = Some(e.to_string());
+                return;
+            }
+            let mut l = log.lock().unwrap();
+            l.sent.push(now);
+            l.echoed.push(None);
+            next += TALK_PERIOD;
+            continue;
+        }
+        let wait = (next - now).min(Duration::from_millis(50)).max(Duration::from_millis(1));
+        let _ = s.set_read_timeout(Some(wait));
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                log.lock().unwrap().error = Some("closed by payments".into());
+                return;
+            }
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let seq = std::str::from_utf8(&line)
+                        .ok()
+                        .and_then(|l| l.trim().strip_prefix("line "))
+                        .and_then(|n| n.parse::<usize>().ok());
+                    let mut l = log.lock().unwrap();
+                    if let Some(slot) = seq.and_then(|n| l.echoed.get_mut(n)) {
+                        *slot = Some(Instant::now());
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => {
+                log.lock().unwrap().error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    Tcp(u16),
+    Udp(u16),
+    Icmp,
+}
+
+impl Probe {
+    fn proto_port(self) -> (&'static str, u16) {
+        match self {
+            Probe::Tcp(p) => ("tcp", p),
+            Probe::Udp(p) => ("udp", p),
+            Probe::Icmp => ("icmp", 0),
+        }
+    }
+    fn label(self) -> String {
+        match self {
+            Probe::Icmp => "icmp echo".into(),
+            p => {
+                let (proto, port) = p.proto_port();
+                format!("{proto}/{port}")
+            }
+        }
+    }
+    /// Real traffic from `host` to `dst`: true when it got through (and back).
+    fn observe(self, host: &Host, dst: IpAddr) -> bool {
+        match self {
+            Probe::Tcp(p) => tcp_ok(&host.ns, dst, p),
+            Probe::Udp(p) => udp_ok(&host.ns, dst, p),
+            Probe::Icmp => ping_ok(&host.ns, dst),
+        }
+    }
+}
+
+/// `ztagent check` for one flow.
+struct Why {
+    allow: bool,
+    rule: Option<String>,
+    src_segment: String,
+    dst_segment: String,
+    revision: Option<u64>,
+}
+
+fn check_args(src: IpAddr, dst: IpAddr, probe: Probe) -> Vec<String> {
+    let (proto, port) = probe.proto_port();
+    [
+        "check",
+        "-o",
+        "json",
+        "--proto",
+        proto,
+        "--src",
+        &src.to_string(),
+        "--dst",
+        &dst.to_string(),
+        "--port",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Judged offline against a policy file.
+fn check_file(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> Result<Why> {
+    let out = Command::new(bin("ztagent")).args(check_args(src, dst, probe)).arg("--policy").arg(policy).output()?;
+    parse_check(out)
+}
+
+/// Judged by the running agent, against the policy in force.
+fn check_live(agent: &Agent, src: IpAddr, dst: IpAddr, probe: Probe) -> Result<Why> {
+    let args = check_args(src, dst, probe);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    parse_check(agent.cli(&args))
+}
+
+fn parse_check(out: std::process::Output) -> Result<Why> {
+    if !out.status.success() {
+        bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ztagent check -o json")?;
+    let allow = match v["verdict"].as_str() {
+        Some("allow") => true,
+        Some("deny") => false,
+        other => bail!("ztagent check gave the verdict {other:?}"),
+    };
+    Ok(Why {
+        allow,
+        rule: v["rule"].as_str().map(String::from),
+        src_segment: v["src_segment"].as_str().unwrap_or("?").into(),
+        dst_segment: v["dst_segment"].as_str().unwrap_or("?").into(),
+        revision: v["revision"].as_u64(),
+    })
+}
+
+/// One attempt: the policy's word and the kernel's deed.
+struct Attempt {
+    from: usize,
+    to: usize,
+    dst: IpAddr,
+    probe: Probe,
+    why: Why,
+    got_through: bool,
+}
+
+impl Attempt {
+    fn run(
+        lan: &Lan,
+        from: usize,
+        to: usize,
+        v6: bool,
+        probe: Probe,
+        check: impl FnOnce(IpAddr, IpAddr) -> Result<Why>,
+    ) -> Result<Attempt> {
+        let (src, dst) = (&lan.hosts[from], &lan.hosts[to]);
+        let (s, d) = if v6 { (src.v6, dst.v6) } else { (src.v4, dst.v4) };
+        let why = check(s, d)?;
+        let got_through = probe.observe(src, d);
+        Ok(Attempt { from, to, dst: d, probe, why, got_through })
+    }
+
+    fn print(&self, st: Style, problems: &mut Vec<String>, note: &str) {
+        let observed = match (self.got_through, self.probe) {
+            (false, _) => "no answer",
+            (true, Probe::Tcp(_)) => "connected",
+            (true, _) => "answered",
+        };
+        let verdict = if self.why.allow { st.green("ALLOW") } else { st.red("DENY ") };
+        let by = match (&self.why.rule, self.why.allow) {
+            (Some(r), _) => format!("rule {r}"),
+            (None, true) => "default allow".into(),
+            (None, false) => "default deny".into(),
+        };
+        let revision = self.why.revision.map(|r| format!(" [revision {r}]")).unwrap_or_default();
+        println!(
+            "  {:<8} -> {:<8} {:<10}  {:<9}  {observed:<9}  {verdict}  {by} ({} -> {}){revision}{note}",
+            HOSTS[self.from].0,
+            HOSTS[self.to].0,
+            self.dst,
+            self.probe.label(),
+            self.why.src_segment,
+            self.why.dst_segment,
+        );
+        if self.got_through != self.why.allow {
+            let msg = format!(
+                "MISMATCH: {} -> {} {} {}: the kernel {}, `ztagent check` says {}",
+                HOSTS[self.from].0,
+                HOSTS[self.to].0,
+                self.dst,
+                self.probe.label(),
+                if self.got_through { "let it through" } else { "dropped it" },
+                if self.why.allow { "allow" } else { "deny" },
+            );
+            println!("  {}", st.alarm(&format!("!!! {msg} !!!")));
+            problems.push(msg);
+        }
+    }
+}
+
+/// The sum of an agent's packet counters named in `names` (`ztagent status -o json`).
+fn counters(agent: &Agent, names: &[&str]) -> Result<u64> {
+    let out = agent.cli(&["status", "-o", "json"]);
+    if !out.status.success() {
+        bail!("ztagent status failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let all = v["counters"].as_array().context("no counters in ztagent status")?;
+    Ok(all.iter().filter(|c| c[0].as_str().is_some_and(|n| names.contains(&n))).filter_map(|c| c[1].as_u64()).sum())
+}
+
+/// Packets an agent has dropped for any reason a policy gives.
+fn drops(agent: &Agent) -> Result<u64> {
+    counters(agent, &["drop_rule", "drop_default", "drop_revoked"])
+}
+
+/// What this process created and did not remove (names from `integration_tests::unique`).
+fn leftovers() -> Vec<String> {
+    let tag = format!("{}x", std::process::id() % 100_000);
+    let mut left = Vec::new();
+    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    for line in String::from_utf8_lossy(&netns).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&format!("zs{tag}")) || name.starts_with(&format!("zh{tag}")) {
+            left.push(format!("netns {name}"));
+        }
+    }
+    for (dir, prefix) in [(PathBuf::from("/sys/fs/bpf"), "zt-test-"), (std::env::temp_dir(), "ztagent-test-")] {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!("{prefix}{tag}")) {
+                left.push(e.path().display().to_string());
+            }
+        }
+    }
+    left
+}
+
+fn possessive(name: &str) -> String {
+    if name.ends_with('s') { format!("{name}'") } else { format!("{name}'s") }
+}
+
+fn header(st: Style, n: u32, title: &str) {
+    println!("\n{}", st.bold(&format!("== {n}. {title} ==")));
+}
+
+/// ANSI colours, only when stdout is a terminal.
+#[derive(Clone, Copy)]
+struct Style(bool);
+
+impl Style {
+    fn paint(self, code: &str, s: &str) -> String {
+        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    }
+    fn green(self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    fn red(self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    fn bold(self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    fn alarm(self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+}
