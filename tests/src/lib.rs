@@ -405,6 +405,94 @@ pub fn ping_ok(ns: &Netns, dst: IpAddr) -> bool {
     out.status.success()
 }
 
+/// One kind of real traffic that tests and the demo send.
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    Tcp(u16),
+    Udp(u16),
+    Icmp,
+}
+
+impl Probe {
+    pub fn proto_port(self) -> (&'static str, u16) {
+        match self {
+            Probe::Tcp(p) => ("tcp", p),
+            Probe::Udp(p) => ("udp", p),
+            Probe::Icmp => ("icmp", 0),
+        }
+    }
+    pub fn label(self) -> String {
+        match self {
+            Probe::Icmp => "icmp echo".into(),
+            p => {
+                let (proto, port) = p.proto_port();
+                format!("{proto}/{port}")
+            }
+        }
+    }
+    /// Real traffic from `ns` to `dst`: true when it got through (and back).
+    pub fn observe(self, ns: &Netns, dst: IpAddr) -> bool {
+        match self {
+            Probe::Tcp(p) => tcp_ok(ns, dst, p),
+            Probe::Udp(p) => udp_ok(ns, dst, p),
+            Probe::Icmp => ping_ok(ns, dst),
+        }
+    }
+}
+
+/// What `ztagent check -o json` says about one flow.
+pub struct Why {
+    pub allow: bool,
+    pub rule: Option<String>,
+    pub src_segment: String,
+    pub dst_segment: String,
+    pub revision: Option<u64>,
+}
+
+pub fn check_args(src: IpAddr, dst: IpAddr, probe: Probe) -> Vec<String> {
+    let (proto, port) = probe.proto_port();
+    [
+        "check",
+        "-o",
+        "json",
+        "--proto",
+        proto,
+        "--src",
+        &src.to_string(),
+        "--dst",
+        &dst.to_string(),
+        "--port",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Judged offline against a policy file.
+pub fn check_file(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> anyhow::Result<Why> {
+    let out = Command::new(bin("ztagent")).args(check_args(src, dst, probe)).arg("--policy").arg(policy).output()?;
+    parse_check(out)
+}
+
+pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
+    if !out.status.success() {
+        anyhow::bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("ztagent check -o json: {e}"))?;
+    let allow = match v["verdict"].as_str() {
+        Some("allow") => true,
+        Some("deny") => false,
+        other => anyhow::bail!("ztagent check gave the verdict {other:?}"),
+    };
+    Ok(Why {
+        allow,
+        rule: v["rule"].as_str().map(String::from),
+        src_segment: v["src_segment"].as_str().unwrap_or("?").into(),
+        dst_segment: v["dst_segment"].as_str().unwrap_or("?").into(),
+        revision: v["revision"].as_u64(),
+    })
+}
+
 /// The datapath loaded into the kernel in this process (not attached anywhere), with its pins
 /// under a unique bpffs directory removed on drop: for `Program::test_run` with crafted frames.
 pub struct Loaded {

@@ -5,45 +5,10 @@
 //! clients' egress.
 use std::{net::IpAddr, path::Path};
 
-use integration_tests::{Agent, Host, Lan, Servers, bin, ping_ok, tcp_ok, udp_ok};
+use integration_tests::{Agent, Lan, Probe, Servers, check_file};
 
 const TCP: &[u16] = &[443, 8080, 8081, 22];
 const UDP: &[u16] = &[53, 5353];
-
-#[derive(Clone, Copy, Debug)]
-enum Probe {
-    Tcp(u16),
-    Udp(u16),
-    Icmp,
-}
-
-fn expected(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> bool {
-    let (proto, port) = match probe {
-        Probe::Tcp(p) => ("tcp", p),
-        Probe::Udp(p) => ("udp", p),
-        Probe::Icmp => ("icmp", 0),
-    };
-    let out = std::process::Command::new(bin("ztagent"))
-        .args(["check", "--policy", policy.to_str().unwrap(), "-o", "json", "--proto", proto])
-        .args(["--src", &src.to_string(), "--dst", &dst.to_string(), "--port", &port.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "check failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    match v["verdict"].as_str() {
-        Some("allow") => true,
-        Some("deny") => false,
-        other => panic!("check gave verdict {other:?}"),
-    }
-}
-
-fn observed(client: &Host, dst: IpAddr, probe: Probe) -> bool {
-    match probe {
-        Probe::Tcp(p) => tcp_ok(&client.ns, dst, p),
-        Probe::Udp(p) => udp_ok(&client.ns, dst, p),
-        Probe::Icmp => ping_ok(&client.ns, dst),
-    }
-}
 
 fn topology() -> Lan {
     Lan::new(&[
@@ -71,8 +36,8 @@ fn run_matrix(lan: &Lan, policy: &Path) -> (Vec<String>, usize, usize) {
             .iter()
             .map(|&(client, src, dst, p)| {
                 s.spawn(move || {
-                    let want = expected(policy, src, dst, p);
-                    let got = observed(client, dst, p);
+                    let want = check_file(policy, src, dst, p).expect("ztagent check").allow;
+                    let got = p.observe(&client.ns, dst);
                     (format!("{src} -> {dst} {p:?}"), want, got)
                 })
             })

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use integration_tests::{Agent, Host, Lan, Servers, TempDir, bin, ping_ok, tcp_ok, udp_ok};
+use integration_tests::{Agent, Lan, Probe, Servers, TempDir, Why, bin, check_args, check_file, parse_check};
 
 /// The hosts, in `Lan` order: name, IPv4, IPv6. The first one is the server.
 const HOSTS: [(&str, &str, &str); 4] = [
@@ -482,98 +482,11 @@ fn talk(mut s: TcpStream, stop: &AtomicBool, log: &Mutex<Talk>) {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Probe {
-    Tcp(u16),
-    Udp(u16),
-    Icmp,
-}
-
-impl Probe {
-    fn proto_port(self) -> (&'static str, u16) {
-        match self {
-            Probe::Tcp(p) => ("tcp", p),
-            Probe::Udp(p) => ("udp", p),
-            Probe::Icmp => ("icmp", 0),
-        }
-    }
-    fn label(self) -> String {
-        match self {
-            Probe::Icmp => "icmp echo".into(),
-            p => {
-                let (proto, port) = p.proto_port();
-                format!("{proto}/{port}")
-            }
-        }
-    }
-    /// Real traffic from `host` to `dst`: true when it got through (and back).
-    fn observe(self, host: &Host, dst: IpAddr) -> bool {
-        match self {
-            Probe::Tcp(p) => tcp_ok(&host.ns, dst, p),
-            Probe::Udp(p) => udp_ok(&host.ns, dst, p),
-            Probe::Icmp => ping_ok(&host.ns, dst),
-        }
-    }
-}
-
-/// `ztagent check` for one flow.
-struct Why {
-    allow: bool,
-    rule: Option<String>,
-    src_segment: String,
-    dst_segment: String,
-    revision: Option<u64>,
-}
-
-fn check_args(src: IpAddr, dst: IpAddr, probe: Probe) -> Vec<String> {
-    let (proto, port) = probe.proto_port();
-    [
-        "check",
-        "-o",
-        "json",
-        "--proto",
-        proto,
-        "--src",
-        &src.to_string(),
-        "--dst",
-        &dst.to_string(),
-        "--port",
-        &port.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// Judged offline against a policy file.
-fn check_file(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> Result<Why> {
-    let out = Command::new(bin("ztagent")).args(check_args(src, dst, probe)).arg("--policy").arg(policy).output()?;
-    parse_check(out)
-}
-
 /// Judged by the running agent, against the policy in force.
 fn check_live(agent: &Agent, src: IpAddr, dst: IpAddr, probe: Probe) -> Result<Why> {
     let args = check_args(src, dst, probe);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     parse_check(agent.cli(&args))
-}
-
-fn parse_check(out: std::process::Output) -> Result<Why> {
-    if !out.status.success() {
-        bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ztagent check -o json")?;
-    let allow = match v["verdict"].as_str() {
-        Some("allow") => true,
-        Some("deny") => false,
-        other => bail!("ztagent check gave the verdict {other:?}"),
-    };
-    Ok(Why {
-        allow,
-        rule: v["rule"].as_str().map(String::from),
-        src_segment: v["src_segment"].as_str().unwrap_or("?").into(),
-        dst_segment: v["dst_segment"].as_str().unwrap_or("?").into(),
-        revision: v["revision"].as_u64(),
-    })
 }
 
 /// One attempt: the policy's word and the kernel's deed.
@@ -598,7 +511,7 @@ impl Attempt {
         let (src, dst) = (&lan.hosts[from], &lan.hosts[to]);
         let (s, d) = if v6 { (src.v6, dst.v6) } else { (src.v4, dst.v4) };
         let why = check(s, d)?;
-        let got_through = probe.observe(src, d);
+        let got_through = probe.observe(&src.ns, d);
         Ok(Attempt { from, to, dst: d, probe, why, got_through })
     }
 
