@@ -107,12 +107,15 @@ pub struct PortData {
     pub _pad: u8,
 }
 
-/// Value of `PORTS`: what to do, and which rule (1-based index in the policy) decided it.
+/// Value of `PORTS`: what to do, which rule (1-based index in the policy) decided it, and
+/// which rate limit (1-based index into the policy's `rateLimits`, 0 = none) bounds it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
     pub action: u32,
     pub rule: u32,
+    pub limit: u32,
+    pub _pad: u32,
 }
 
 /// Per-slot settings, `SLOTS[slot]`. Written only while the slot is inactive.

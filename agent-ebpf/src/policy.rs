@@ -33,7 +33,7 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Verdict {
         None if dst.flags & SEG_F_DST_WILD != 0 => pair(slot, SEG_ANY, dst.id).unwrap_or(PROFILE_NONE),
         None => cfg.any_any,
     };
-    let default = Verdict { action: cfg.default_action, rule: 0 };
+    let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, _pad: 0 };
     if profile == PROFILE_NONE {
         default
     } else {

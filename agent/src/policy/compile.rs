@@ -185,10 +185,6 @@ impl Sides {
             to,
         }
     }
-
-    fn matches(&self, src: u32, dst: u32) -> bool {
-        (self.from_any || self.from.contains(&src)) && (self.to_any || self.to.contains(&dst))
-    }
 }
 
 /// The segment id a reference names (`None` for `*` or a dangling index).
@@ -217,6 +213,7 @@ pub(crate) fn combine(policy: &Policy, rules: impl IntoIterator<Item = usize>) -
         let verdict = Verdict {
             action: policy.rules[i].action.code(),
             rule: rule_id(i),
+            ..Default::default()
         };
         match policy.rules[i].action {
             Action::Deny => return Some(verdict),
@@ -250,40 +247,44 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     }
 
     // Pair -> rules (indexes, increasing). (s, ANY) and (ANY, d) sort after the explicit
-    // pairs of the same source since SEG_ANY is u32::MAX.
-    let mut pair_rules: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-    let mut explicit: BTreeSet<(u32, u32)> = BTreeSet::new();
-    for s in &sides {
-        for &a in &s.from {
-            for &b in &s.to {
-                explicit.insert((a, b));
+    // pairs of the same source since SEG_ANY is u32::MAX. One pass files every rule under what
+    // it names (both sides, one side, or neither); a pair's rules are then the merge of its own
+    // lists, so the cost follows the policy's size, not pairs x rules.
+    let mut direct: HashMap<(u32, u32), Vec<usize>> = HashMap::new();
+    let mut by_src: HashMap<u32, Vec<usize>> = HashMap::new(); // named source, `to: *`
+    let mut by_dst: HashMap<u32, Vec<usize>> = HashMap::new(); // `from: *`, named destination
+    let mut any_any_rules: Vec<usize> = Vec::new();
+    for (i, s) in sides.iter().enumerate() {
+        match (s.from_any, s.to_any) {
+            (false, false) => {
+                for &a in &s.from {
+                    for &b in &s.to {
+                        direct.entry((a, b)).or_default().push(i);
+                    }
+                }
             }
+            (false, true) => s.from.iter().for_each(|&a| by_src.entry(a).or_default().push(i)),
+            (true, false) => s.to.iter().for_each(|&b| by_dst.entry(b).or_default().push(i)),
+            (true, true) => any_any_rules.push(i),
         }
     }
-    for &a in &src_wild {
-        for &b in &dst_wild {
-            explicit.insert((a, b));
-        }
-    }
-    for &(a, b) in &explicit {
-        let rules = (0..sides.len())
-            .filter(|&i| sides[i].matches(a, b))
-            .collect();
+    let merged = |lists: &[Option<&Vec<usize>>]| -> Vec<usize> {
+        let mut v: Vec<usize> = lists.iter().flatten().flat_map(|l| l.iter().copied()).collect();
+        v.sort_unstable();
+        v
+    };
+    let mut pair_rules: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+    let explicit = direct.keys().copied().chain(src_wild.iter().flat_map(|&a| dst_wild.iter().map(move |&b| (a, b))));
+    for (a, b) in explicit.collect::<BTreeSet<_>>() {
+        let rules = merged(&[direct.get(&(a, b)), by_src.get(&a), by_dst.get(&b), Some(&any_any_rules)]);
         pair_rules.insert((a, b), rules);
     }
     for &a in &src_wild {
-        let rules = (0..sides.len())
-            .filter(|&i| sides[i].to_any && (sides[i].from_any || sides[i].from.contains(&a)));
-        pair_rules.insert((a, SEG_ANY), rules.collect());
+        pair_rules.insert((a, SEG_ANY), merged(&[by_src.get(&a), Some(&any_any_rules)]));
     }
     for &b in &dst_wild {
-        let rules = (0..sides.len())
-            .filter(|&i| sides[i].from_any && (sides[i].to_any || sides[i].to.contains(&b)));
-        pair_rules.insert((SEG_ANY, b), rules.collect());
+        pair_rules.insert((SEG_ANY, b), merged(&[by_dst.get(&b), Some(&any_any_rules)]));
     }
-    let any_any_rules: Vec<usize> = (0..sides.len())
-        .filter(|&i| sides[i].from_any && sides[i].to_any)
-        .collect();
 
     // Profiles: identical rule sets share one.
     let mut profiles: Vec<Vec<usize>> = Vec::new();

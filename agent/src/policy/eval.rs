@@ -163,6 +163,7 @@ impl Lookup<'_> {
         let default = Verdict {
             action: self.policy.default_action,
             rule: 0,
+            ..Default::default()
         };
         let Some(profile) = self.profile(src, dst) else {
             return default;
@@ -249,6 +250,7 @@ pub(crate) fn naive_verdict(policy: &Policy, src: u32, dst: u32, key: u32) -> Ve
     combine(policy, matching.map(|(i, _)| i)).unwrap_or(Verdict {
         action: policy.default_action.code(),
         rule: 0,
+        ..Default::default()
     })
 }
 

@@ -143,6 +143,7 @@ fn example_policy() {
     let v = Verdict {
         action: ACTION_ALLOW,
         rule: 1,
+        ..Default::default()
     };
     let mut expect = vec![
         PortEntry {
