@@ -22,7 +22,9 @@
 //!    compiler has already merged overlapping rules (deny beats allow), so the entries never
 //!    overlap. A miss is the slot's default action.
 //!
-//! No step loops over rules: the cost does not depend on the size of the policy.
+//! No step loops over rules: the cost does not depend on the size of the policy. A denial is
+//! remembered in `DENIED` with the revision it was decided under, so further packets of a
+//! denied flow cost one lookup until the next push.
 #![no_std]
 
 /// A 16-byte address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -183,6 +185,27 @@ pub struct FragKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of `DENIED`: what policy judges of a packet (the source port plays no part), so every
+/// packet of a denied flow, and of a scan from one source, finds the verdict in one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `DENIED`: the revision the denial was decided under (any other revision means
+/// "judge again") and the deciding rule (0 = default deny).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyValue {
+    pub revision: u32,
+    pub rule: u32,
+}
+
 /// Fragments of an allowed datagram are accepted for this long after its first fragment.
 pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
@@ -245,6 +268,7 @@ pub mod maps {
     pub const PORTS: &str = "ZT_PORTS";
     pub const CONNTRACK: &str = "ZT_CT";
     pub const FRAGS: &str = "ZT_FRAGS";
+    pub const DENIED: &str = "ZT_DENIED";
     pub const COUNTERS: &str = "ZT_COUNTERS";
 }
 
@@ -271,4 +295,6 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for DenyKey {}
+    unsafe impl aya::Pod for DenyValue {}
 }

@@ -2,7 +2,8 @@
 //! sharing maps and the same decision pipeline:
 //!
 //! parse -> (non-IP, neighbour discovery: pass) -> fragments -> ICMP errors -> conntrack ->
-//! policy (identity, pair, ports) -> track the new flow or drop.
+//! recent denials -> policy (identity, pair, ports) -> track the new flow, or remember the
+//! denial and drop.
 #![no_std]
 #![no_main]
 
@@ -13,7 +14,7 @@ mod parse;
 mod policy;
 
 use agent_common::{
-    ACTION_ALLOW, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP,
+    ACTION_ALLOW, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP,
     counter,
 };
 use aya_ebpf::{
@@ -21,7 +22,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use maps::{ACTIVE, FRAGS, SLOTS, count, now};
+use maps::{ACTIVE, DENIED, FRAGS, SLOTS, count, now};
 use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 
 /// Ingress: judged before the kernel allocates anything for the packet.
@@ -123,8 +124,25 @@ fn enforce(data: usize, data_end: usize, len: usize) -> bool {
         return true;
     }
 
+    // A flow denied under this revision already: no need to judge it again.
+    let deny_key = DenyKey {
+        src: pkt.tuple.src,
+        dst: pkt.tuple.dst,
+        port: pkt.policy_port,
+        proto: pkt.tuple.proto,
+        _pad: 0,
+    };
+    if let Some(d) = DENIED.get_ptr(&deny_key) {
+        // SAFETY: valid map value pointer for this program run; plain data.
+        let d = unsafe { *d };
+        if d.revision == cfg.revision {
+            count(if d.rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
+            return false;
+        }
+    }
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     if j.action != ACTION_ALLOW {
+        let _ = DENIED.insert(&deny_key, &DenyValue { revision: cfg.revision, rule: j.rule }, 0);
         count(if j.rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
         return false;
     }

@@ -4,11 +4,11 @@
 //! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
 //! same.
 use agent_common::{
-    CidrData, CtKey, CtValue, FragKey, HostKey, PairKey, PortData, SegmentInfo, SlotConfig,
+    CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, PairKey, PortData, SegmentInfo, SlotConfig,
     Verdict, counter,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -44,6 +44,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0)
 /// Datagrams whose first fragment was allowed -> time it was seen.
 #[map(name = "ZT_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(16384, 0);
+
+/// Recent denials (see `agent_common::DenyKey`). Per-CPU LRU lists: a flood of denied
+/// packets from many sources churns this cache, never the conntrack table.
+#[map(name = "ZT_DENIED")]
+pub static DENIED: LruHashMap<DenyKey, DenyValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
 
 /// Packet counters by outcome (see `agent_common::counter`).
 #[map(name = "ZT_COUNTERS")]

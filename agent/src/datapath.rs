@@ -54,6 +54,7 @@ pub struct Limits {
     pub ports: u32,
     pub conntrack: u32,
     pub frags: u32,
+    pub denied: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +67,7 @@ impl Default for Limits {
             ports: 1_048_576,
             conntrack: 262_144,
             frags: 16_384,
+            denied: 65_536,
         }
     }
 }
@@ -186,7 +188,8 @@ impl Datapath {
             .map_max_entries(maps::PAIRS, limits.pairs)
             .map_max_entries(maps::PORTS, limits.ports)
             .map_max_entries(maps::CONNTRACK, limits.conntrack)
-            .map_max_entries(maps::FRAGS, limits.frags);
+            .map_max_entries(maps::FRAGS, limits.frags)
+            .map_max_entries(maps::DENIED, limits.denied);
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;

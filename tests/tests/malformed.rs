@@ -163,3 +163,20 @@ fn icmp_errors_of_tracked_flows_pass() {
     assert_eq!(dp.run(INGRESS, &too_big(40001)), XDP_DROP);
     assert_eq!(dp.counter("pass_icmp_error"), 3);
 }
+
+/// A denial is remembered for the repeat packets of its flow, and forgotten by the next push.
+#[test]
+fn a_remembered_denial_ends_with_the_policy_that_made_it() {
+    let mut dp = Loaded::new(&Limits::default());
+    dp.apply(POLICY);
+    let ack = |port| cat(&[&eth(&[], ETH_IP), &ipv4(FRONT, PAY, 6, &[], 0, &tcp(40010, port, 0x10))]);
+    for _ in 0..3 {
+        assert_eq!(dp.run(INGRESS, &ack(8443)), XDP_DROP);
+    }
+    assert_eq!(dp.counter("drop_default"), 3);
+    dp.apply(&POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#));
+    assert_eq!(dp.run(INGRESS, &ack(8443)), XDP_PASS, "a denial outlived the policy that made it");
+    dp.apply(POLICY);
+    assert_eq!(dp.run(INGRESS, &ack(8443)), XDP_DROP, "revocation of the flow allowed a moment ago");
+    assert_eq!(dp.counter("drop_revoked"), 1);
+}
