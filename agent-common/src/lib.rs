@@ -165,7 +165,9 @@ pub struct CtValue {
     pub flags: u32,
     /// The rule that allowed the flow (1-based; 0 = default allow).
     pub rule: u32,
-    pub _pad: u32,
+    /// The rate limit its packets count against (1-based in the slot's policy; 0 = none).
+    /// Set on the original direction's entry only: replies are the other side's traffic.
+    pub limit: u32,
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -206,6 +208,66 @@ pub struct DenyValue {
     pub rule: u32,
 }
 
+/// Rate limits: at most this many per policy; `LIMITS` and `LIMIT_STATS` hold two slots of
+/// them (index = slot * MAX_LIMITS + limit id - 1).
+pub const MAX_LIMITS: u32 = 1024;
+/// Bucket clocks run in ticks of 1/256 ns (ns << TICK_SHIFT), so that byte costs keep their
+/// precision; all comparisons use wrapping differences, so the clock may wrap.
+pub const TICK_SHIFT: u32 = 8;
+
+/// The three buckets of a limit, by index in [`LimitConfig::buckets`].
+pub const BUCKET_PACKETS: usize = 0;
+pub const BUCKET_CONNECTIONS: usize = 1;
+pub const BUCKET_BYTES: usize = 2;
+
+/// One GCRA bucket: each unit (packet, new connection, byte) moves the bucket's theoretical
+/// arrival time `cost` ticks ahead; a unit is admitted while that time stays within
+/// `tolerance` ticks (= burst x cost) of now. `cost` 0 = no such bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketConfig {
+    pub cost: u64,
+    pub tolerance: u64,
+}
+
+/// `LIMITS[slot * MAX_LIMITS + id - 1]`: one rate limit of a slot's policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitConfig {
+    /// Identifies the limit across pushes: unchanged limits keep their buckets.
+    pub fingerprint: u64,
+    pub buckets: [BucketConfig; 3],
+    /// 1: one bucket per source address; 0: one for the whole segment.
+    pub per_address: u32,
+    pub _pad: u32,
+}
+
+/// Key of the bucket maps (`BUCKETS` for segment scope, with `addr` zero; `ADDR_BUCKETS`,
+/// an LRU map, for address scope). Value: the bucket's theoretical arrival time in ticks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    pub fingerprint: u64,
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: Addr,
+}
+
+/// Per-CPU `LIMIT_STATS[slot * MAX_LIMITS + id - 1]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitStats {
+    pub packets_passed: u64,
+    pub packets_dropped: u64,
+    pub connections_passed: u64,
+    pub connections_dropped: u64,
+    pub bytes_passed: u64,
+    pub bytes_dropped: u64,
+    /// Per-address buckets created (minus the live ones: evicted ones).
+    pub buckets_created: u64,
+    pub _pad: u64,
+}
+
 /// Fragments of an allowed datagram are accepted for this long after its first fragment.
 pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
@@ -235,7 +297,9 @@ pub mod counter {
     pub const DROP_REVOKED: u32 = 10;
     /// No policy has been installed yet: everything IP is dropped (fail closed).
     pub const DROP_NO_POLICY: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Allowed by policy, over its identity's rate limit.
+    pub const DROP_RATE_LIMIT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_tracked",
@@ -250,6 +314,7 @@ pub mod counter {
         "drop_fragment",
         "drop_revoked",
         "drop_no_policy",
+        "drop_rate_limit",
     ];
 }
 
@@ -269,6 +334,10 @@ pub mod maps {
     pub const CONNTRACK: &str = "ZT_CT";
     pub const FRAGS: &str = "ZT_FRAGS";
     pub const DENIED: &str = "ZT_DENIED";
+    pub const LIMITS: &str = "ZT_LIMITS";
+    pub const BUCKETS: &str = "ZT_BUCKETS";
+    pub const ADDR_BUCKETS: &str = "ZT_ADDR_BUCKETS";
+    pub const LIMIT_STATS: &str = "ZT_LIMIT_STATS";
     pub const COUNTERS: &str = "ZT_COUNTERS";
 }
 
@@ -297,4 +366,8 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for DenyKey {}
     unsafe impl aya::Pod for DenyValue {}
+    unsafe impl aya::Pod for BucketConfig {}
+    unsafe impl aya::Pod for LimitConfig {}
+    unsafe impl aya::Pod for BucketKey {}
+    unsafe impl aya::Pod for LimitStats {}
 }

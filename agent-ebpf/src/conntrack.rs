@@ -58,13 +58,14 @@ pub fn original(k: &CtKey, v: &CtValue) -> CtKey {
     if v.flags & CT_F_REPLY != 0 { reversed(k) } else { *k }
 }
 
-/// Starts tracking an allowed flow whose first packet has key `k`. (A subprogram: keeps the
-/// two values and the reversed key off the caller's stack.)
+/// Starts tracking an allowed flow whose first packet has key `k`; its packets count against
+/// rate limit `limit` (0 = none). (A subprogram: keeps the two values and the reversed key off
+/// the caller's stack.)
 #[inline(never)]
-pub fn create(k: &CtKey, now: u64, revision: u32, rule: u32) {
-    let v = CtValue { last_seen: now, revision, flags: 0, rule, _pad: 0 };
+pub fn create(k: &CtKey, now: u64, revision: u32, rule: u32, limit: u32) {
+    let v = CtValue { last_seen: now, revision, flags: 0, rule, limit };
     let _ = CONNTRACK.insert(k, &v, 0);
-    let r = CtValue { flags: CT_F_REPLY, ..v };
+    let r = CtValue { flags: CT_F_REPLY, limit: 0, ..v };
     let _ = CONNTRACK.insert(&reversed(k), &r, 0);
 }
 

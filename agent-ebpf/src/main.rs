@@ -6,15 +6,20 @@
 //! denial and drop.
 #![no_std]
 #![no_main]
+// Compare-and-exchange on map values (rate-limit buckets): core's atomics lack it on BPF,
+// the intrinsic lowers to BPF_CMPXCHG. The eBPF crate is always built with nightly.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod conntrack;
 mod identity;
 mod maps;
 mod parse;
 mod policy;
+mod ratelimit;
 
 use agent_common::{
-    ACTION_ALLOW, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP,
+    ACTION_ALLOW, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter,
 };
 use aya_ebpf::{
@@ -29,7 +34,7 @@ use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 #[xdp]
 pub fn zt_ingress(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if enforce(ctx.data(), ctx.data_end(), len) {
+    if enforce::<true>(ctx.data(), ctx.data_end(), len) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -56,12 +61,12 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
         // sees a short packet and drops it as malformed: fail closed.
         let _ = ctx.pull_data(want as u32);
     }
-    if enforce(ctx.data(), ctx.data_end(), len) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+    if enforce::<false>(ctx.data(), ctx.data_end(), len) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
 }
 
-/// true = pass, false = drop. Every outcome is counted.
+/// true = pass, false = drop. Every outcome is counted. Rate limits apply at ingress only.
 #[inline(always)]
-fn enforce(data: usize, data_end: usize, len: usize) -> bool {
+fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> bool {
     let mut pkt = Packet::new();
     if parse::parse(data, data_end, len, &mut pkt).is_err() {
         count(counter::DROP_MALFORMED);
@@ -117,6 +122,13 @@ fn enforce(data: usize, data_end: usize, len: usize) -> bool {
             }
             val.revision = cfg.revision;
             val.rule = j.rule;
+            if val.flags & CT_F_REPLY == 0 {
+                val.limit = j.limit;
+            }
+        }
+        if INGRESS && val.limit != 0 && !ratelimit::admit(slot, val.limit, &key.src, len as u64, false) {
+            count(counter::DROP_RATE_LIMIT);
+            return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
         first_fragment(&pkt, now);
@@ -149,8 +161,16 @@ fn enforce(data: usize, data_end: usize, len: usize) -> bool {
     // Echo replies and ICMP errors belong to other flows; everything else starts one.
     let starts_flow = pkt.kind == Kind::Ip
         && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
+    if INGRESS && j.limit != 0 {
+        // A new TCP connection or UDP flow also takes from the connections bucket.
+        let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
+        if !ratelimit::admit(slot, j.limit, &key.src, len as u64, new_conn) {
+            count(counter::DROP_RATE_LIMIT);
+            return false;
+        }
+    }
     if starts_flow {
-        conntrack::create(key, now, cfg.revision, j.rule);
+        conntrack::create(key, now, cfg.revision, j.rule, j.limit);
     }
     first_fragment(&pkt, now);
     count(counter::PASS_POLICY);

@@ -4,8 +4,8 @@
 //! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
 //! same.
 use agent_common::{
-    CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, PairKey, PortData, SegmentInfo, SlotConfig,
-    Verdict, counter,
+    BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
+    LimitStats, MAX_LIMITS, PairKey, PortData, SegmentInfo, SlotConfig, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -49,6 +49,23 @@ pub static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(16384, 0);
 /// packets from many sources churns this cache, never the conntrack table.
 #[map(name = "ZT_DENIED")]
 pub static DENIED: LruHashMap<DenyKey, DenyValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+
+/// Rate limits of both slots (index = slot * MAX_LIMITS + id - 1).
+#[map(name = "ZT_LIMITS")]
+pub static LIMITS: Array<LimitConfig> = Array::pinned(2 * MAX_LIMITS, 0);
+
+/// Segment-scope buckets: theoretical arrival time (ticks) per (limit, kind).
+#[map(name = "ZT_BUCKETS")]
+pub static BUCKETS: HashMap<BucketKey, u64> = HashMap::pinned(3 * 2 * MAX_LIMITS, 0);
+
+/// Address-scope buckets, per (limit, kind, source address): an LRU map, so a scan from a
+/// million addresses evicts old buckets instead of exhausting memory.
+#[map(name = "ZT_ADDR_BUCKETS")]
+pub static ADDR_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::pinned(65536, 0);
+
+/// Per-limit outcomes, per CPU.
+#[map(name = "ZT_LIMIT_STATS")]
+pub static LIMIT_STATS: PerCpuArray<LimitStats> = PerCpuArray::pinned(2 * MAX_LIMITS, 0);
 
 /// Packet counters by outcome (see `agent_common::counter`).
 #[map(name = "ZT_COUNTERS")]

@@ -62,6 +62,9 @@ pub struct CheckResult {
     pub rule: Option<String>,
     pub src_segment: String,
     pub dst_segment: String,
+    /// The rate limit the flow's packets count against, if any (allowed flows only).
+    #[serde(default)]
+    pub rate_limit: Option<String>,
     /// The policy revision judged against (live checks only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub revision: Option<u32>,
@@ -74,6 +77,32 @@ pub struct Status {
     pub interfaces: Vec<Interface>,
     /// Packets by outcome since the maps were created.
     pub counters: Vec<(String, u64)>,
+    /// The rate limits in force.
+    #[serde(default)]
+    pub limits: Vec<LimitStatus>,
+}
+
+/// One rate limit: configuration, state, and what it did since it was installed unchanged.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LimitStatus {
+    pub name: String,
+    /// "segment" or "address".
+    pub scope: String,
+    /// e.g. "2000/second, burst 400"; null when the limit has no such bucket.
+    pub packets: Option<String>,
+    pub connections: Option<String>,
+    pub bytes: Option<String>,
+    /// Packet tokens available now (segment scope, packets bucket); null otherwise.
+    pub packet_tokens: Option<f64>,
+    /// Live per-address buckets (address scope) and how many were evicted to make room.
+    pub address_buckets: usize,
+    pub evicted: u64,
+    pub packets_passed: u64,
+    pub packets_dropped: u64,
+    pub connections_passed: u64,
+    pub connections_dropped: u64,
+    pub bytes_passed: u64,
+    pub bytes_dropped: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

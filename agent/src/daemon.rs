@@ -11,8 +11,10 @@ use std::{
 use aya::programs::xdp::XdpMode;
 use tokio::net::UnixListener;
 
+use agent_common::{BUCKET_PACKETS, TICK_SHIFT};
+
 use crate::{
-    control::{self, CheckResult, Flow, Interface, PushResult, Reply, Request, Status},
+    control::{self, CheckResult, Flow, Interface, LimitStatus, PushResult, Reply, Request, Status},
     datapath::{Datapath, Limits, PinLayout, error_chain},
     mapwriter::MapWriter,
     policy::{self, CompiledPolicy, Policy},
@@ -183,7 +185,9 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 Ok(c) => c.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 Err(e) => return Reply::Error { message: error_chain(&e) },
             };
+            let limits = state.installed.as_ref().map_or_else(Vec::new, |i| limit_status(&state.writer, &i.compiled));
             Reply::Status(Status {
+                limits,
                 revision: state.writer.revision(),
                 pin_path: state.datapath.pins.root.display().to_string(),
                 interfaces: state
@@ -205,6 +209,59 @@ pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
         rule: compiled.rule_name(d.rule).map(str::to_string),
         src_segment: compiled.segment_name(d.src_segment).unwrap_or("?").to_string(),
         dst_segment: compiled.segment_name(d.dst_segment).unwrap_or("?").to_string(),
+        rate_limit: compiled.limit_name(d.limit).map(str::to_string),
         revision: None,
     }
+}
+
+/// The state of every rate limit in force, read from the kernel.
+fn limit_status(writer: &MapWriter, compiled: &CompiledPolicy) -> Vec<LimitStatus> {
+    let describe = |b: &Option<policy::Bucket>| {
+        b.as_ref().map(|b| {
+            let per = match b.per_seconds {
+                1 => "second",
+                60 => "minute",
+                _ => "hour",
+            };
+            format!("{}/{per}, burst {}", b.rate, b.burst)
+        })
+    };
+    // SAFETY: clock_gettime into a zeroed timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    let now_ns = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let now = now_ns << TICK_SHIFT;
+    compiled
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (cfg, stats) = writer.limit_stats(i).unwrap_or_default();
+            let (tat, live) = writer.bucket_state(l.fingerprint, BUCKET_PACKETS);
+            let packets = cfg.buckets[BUCKET_PACKETS];
+            // GCRA: the bucket's clock runs ahead of now by what has been spent.
+            let packet_tokens = (!l.per_address && packets.cost != 0).then(|| {
+                let spent = tat.map_or(0, |t| (t.wrapping_sub(now) as i64).max(0) as u64);
+                packets.tolerance.saturating_sub(spent) as f64 / packets.cost as f64
+            });
+            LimitStatus {
+                name: l.name.clone(),
+                scope: if l.per_address { "address" } else { "segment" }.into(),
+                packets: describe(&l.packets),
+                connections: describe(&l.connections),
+                bytes: describe(&l.bytes),
+                packet_tokens,
+                address_buckets: live,
+                evicted: stats.buckets_created.saturating_sub(live as u64),
+                packets_passed: stats.packets_passed,
+                packets_dropped: stats.packets_dropped,
+                connections_passed: stats.connections_passed,
+                connections_dropped: stats.connections_dropped,
+                bytes_passed: stats.bytes_passed,
+                bytes_dropped: stats.bytes_dropped,
+            }
+        })
+        .collect()
 }

@@ -242,6 +242,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     for (name, n) in &s.counters {
                         println!("  {name:<18} {n}");
                     }
+                    for l in &s.limits {
+                        let buckets = [("packets", &l.packets), ("connections", &l.connections), ("bytes", &l.bytes)]
+                            .iter()
+                            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        println!("rate limit {} (scope {}): {buckets}", l.name, l.scope);
+                        if let Some(t) = l.packet_tokens {
+                            println!("  packet tokens now  {t:.1}");
+                        }
+                        if l.scope == "address" {
+                            println!("  address buckets    {} live, {} evicted", l.address_buckets, l.evicted);
+                        }
+                        println!("  packets            {} admitted, {} dropped", l.packets_passed, l.packets_dropped);
+                        println!("  connections        {} admitted, {} dropped", l.connections_passed, l.connections_dropped);
+                        println!("  bytes              {} admitted, {} dropped", l.bytes_passed, l.bytes_dropped);
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -279,7 +296,8 @@ fn print_check(r: &CheckResult, output: Output) {
         (true, _) => "\x1b[31mdeny\x1b[0m".to_string(),
         (false, v) => v.to_string(),
     };
-    println!("{verdict} ({} -> {}) by {by}", r.src_segment, r.dst_segment);
+    let limit = r.rate_limit.as_deref().map_or(String::new(), |l| format!(", rate limit {l}"));
+    println!("{verdict} ({} -> {}) by {by}{limit}", r.src_segment, r.dst_segment);
 }
 
 fn init_logging(filter: &str) {

@@ -5,16 +5,19 @@
 //! force.
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+
 use agent_common::{
-    CIDR_SLOT_BITS, CidrData, HostKey, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey,
-    PortData, SegmentInfo, SlotConfig, Verdict, maps,
+    BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats,
+    MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SegmentInfo, SlotConfig,
+    TICK_SHIFT, Verdict, maps,
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 
-use crate::policy::CompiledPolicy;
+use crate::policy::{Bucket, CompiledPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -41,6 +44,10 @@ pub struct MapWriter {
     cidrs: LpmTrie<MapData, CidrData, SegmentInfo>,
     pairs: HashMap<MapData, PairKey, u32>,
     ports: LpmTrie<MapData, PortData, Verdict>,
+    limits: Array<MapData, LimitConfig>,
+    buckets: HashMap<MapData, BucketKey, u64>,
+    addr_buckets: HashMap<MapData, BucketKey, u64>,
+    limit_stats: PerCpuArray<MapData, LimitStats>,
     last_flip: Option<Instant>,
 }
 
@@ -75,6 +82,10 @@ impl MapWriter {
             cidrs: take(ebpf, maps::CIDRS)?,
             pairs: take(ebpf, maps::PAIRS)?,
             ports: take(ebpf, maps::PORTS)?,
+            limits: take(ebpf, maps::LIMITS)?,
+            buckets: take(ebpf, maps::BUCKETS)?,
+            addr_buckets: take(ebpf, maps::ADDR_BUCKETS)?,
+            limit_stats: take(ebpf, maps::LIMIT_STATS)?,
             last_flip: None,
         })
     }
@@ -117,6 +128,10 @@ impl MapWriter {
                 return Err(e);
             }
         };
+        if let Err(e) = self.fill_limits(slot, active, policy) {
+            let _ = self.clear(slot);
+            return Err(e);
+        }
         let cfg = SlotConfig {
             default_action: policy.default_action,
             revision,
@@ -128,6 +143,17 @@ impl MapWriter {
         // concurrent reader cannot see a torn value.
         self.active.set(0, slot + 1, 0).map_err(full(maps::ACTIVE_SLOT))?;
         self.last_flip = Some(Instant::now());
+        // Buckets of limits the new policy no longer has: removed with the limit. (Packets
+        // still judged by the old slot may recreate one for a moment; the next push removes
+        // it.) Unchanged limits keep theirs: same fingerprint, same buckets.
+        let live: HashSet<u64> = policy.limits.iter().map(|l| l.fingerprint).collect();
+        for map in [&mut self.buckets, &mut self.addr_buckets] {
+            let stale: Vec<BucketKey> =
+                map.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.fingerprint)).collect();
+            for k in &stale {
+                let _ = map.remove(k);
+            }
+        }
         Ok(Written { revision, slot, entries, removed })
     }
 
@@ -157,6 +183,86 @@ impl MapWriter {
             n += self.ports.remove(k).is_ok() as usize;
         }
         Ok(n)
+    }
+
+    /// Writes the rate limits of `p` into `slot`. Counters of a limit that was already in
+    /// force (same fingerprint) carry over; new limits start from zero.
+    fn fill_limits(&mut self, slot: u32, active: Option<u32>, p: &CompiledPolicy) -> Result<(), WriteError> {
+        if p.limits.len() > MAX_LIMITS as usize {
+            return Err(WriteError::Full {
+                map: maps::LIMITS,
+                message: format!("{} rate limits, at most {MAX_LIMITS}", p.limits.len()),
+            });
+        }
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n);
+        let zero = || {
+            PerCpuValues::try_from(vec![LimitStats::default(); cpus])
+                .map_err(|e| WriteError::Map { map: maps::LIMIT_STATS, message: e.to_string() })
+        };
+        let old: Vec<(u64, u32)> = match active {
+            Some(a) => (0..MAX_LIMITS)
+                .map_while(|i| self.limits.get(&(a * MAX_LIMITS + i), 0).ok().map(|c| (c.fingerprint, a * MAX_LIMITS + i)))
+                .take_while(|(f, _)| *f != 0)
+                .collect(),
+            None => Vec::new(),
+        };
+        for (i, l) in p.limits.iter().enumerate() {
+            let index = slot * MAX_LIMITS + i as u32;
+            let ticks = |b: &Option<Bucket>| {
+                // A cost below one tick would read as "no bucket": at least 1.
+                b.as_ref().map_or(BucketConfig::default(), |b| BucketConfig {
+                    cost: (b.cost_fp16 >> (16 - TICK_SHIFT)).max(1),
+                    tolerance: b.tolerance_fp16 >> (16 - TICK_SHIFT),
+                })
+            };
+            let cfg = LimitConfig {
+                fingerprint: l.fingerprint,
+                buckets: [ticks(&l.packets), ticks(&l.connections), ticks(&l.bytes)],
+                per_address: l.per_address as u32,
+                _pad: 0,
+            };
+            self.limits.set(index, cfg, 0).map_err(full(maps::LIMITS))?;
+            let carried = old.iter().find(|(f, _)| *f == l.fingerprint).and_then(|(_, j)| self.limit_stats.get(j, 0).ok());
+            let stats = match carried {
+                Some(v) => v,
+                None => zero()?,
+            };
+            self.limit_stats.set(index, stats, 0).map_err(full(maps::LIMIT_STATS))?;
+        }
+        // Terminate the list (a zero fingerprint), so a later push reads only live entries.
+        if (p.limits.len() as u32) < MAX_LIMITS {
+            let index = slot * MAX_LIMITS + p.limits.len() as u32;
+            self.limits.set(index, LimitConfig::default(), 0).map_err(full(maps::LIMITS))?;
+        }
+        Ok(())
+    }
+
+    /// The rate limits in force: (index in the policy, config, stats summed over CPUs).
+    pub fn limit_stats(&self, id: usize) -> Option<(LimitConfig, LimitStats)> {
+        let slot = self.active_slot()?;
+        let index = slot * MAX_LIMITS + id as u32;
+        let cfg = self.limits.get(&index, 0).ok()?;
+        let per_cpu = self.limit_stats.get(&index, 0).ok()?;
+        let sum = per_cpu.iter().fold(LimitStats::default(), |a, s| LimitStats {
+            packets_passed: a.packets_passed + s.packets_passed,
+            packets_dropped: a.packets_dropped + s.packets_dropped,
+            connections_passed: a.connections_passed + s.connections_passed,
+            connections_dropped: a.connections_dropped + s.connections_dropped,
+            bytes_passed: a.bytes_passed + s.bytes_passed,
+            bytes_dropped: a.bytes_dropped + s.bytes_dropped,
+            buckets_created: a.buckets_created + s.buckets_created,
+            _pad: 0,
+        });
+        Some((cfg, sum))
+    }
+
+    /// The theoretical arrival time (ticks) of a segment-scope bucket, if it exists, and the
+    /// number of live per-address buckets of a limit.
+    pub fn bucket_state(&self, fingerprint: u64, kind: usize) -> (Option<u64>, usize) {
+        let key = BucketKey { fingerprint, kind: kind as u32, _pad: 0, addr: [0; 16] };
+        let tat = self.buckets.get(&key, 0).ok();
+        let live = self.addr_buckets.keys().filter_map(Result::ok).filter(|k| k.fingerprint == fingerprint && k.kind == kind as u32).count();
+        (tat, live)
     }
 
     fn fill(&mut self, slot: u32, p: &CompiledPolicy) -> Result<usize, WriteError> {

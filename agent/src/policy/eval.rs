@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use agent_common::{
-    Addr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PORT_KEY_BITS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict,
+    ACTION_ALLOW, Addr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PORT_KEY_BITS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD,
+    SegmentInfo, Verdict,
 };
 
-use super::compile::{CompiledPolicy, cidr_key, combine, rule_ranges, seg_id};
+use super::compile::{CompiledPolicy, cidr_key, combine, limit_ranges, rule_ranges, seg_id};
 use super::model::{Policy, SegRef};
 
 /// The decision for one packet.
@@ -20,6 +21,9 @@ pub struct Decision {
     pub action: u32,
     /// 1-based rule id, or 0 for the default action.
     pub rule: u32,
+    /// 1-based id of the rate limit that bounds the packet, or 0 for none (always 0 when the
+    /// packet is denied).
+    pub limit: u32,
     pub src_segment: u32,
     pub dst_segment: u32,
 }
@@ -123,6 +127,7 @@ impl Lookup<'_> {
         Decision {
             action: v.action,
             rule: v.rule,
+            limit: v.limit,
             src_segment: s.id,
             dst_segment: d.id,
         }
@@ -206,7 +211,10 @@ fn mask_key(key: u32, bits: u32) -> u32 {
 /// segments' CIDRs (first listed on a tie), else world; a rule matches if the source segment
 /// is in `from` (or `from` has `*`), the destination in `to` (or `*`) and a port spec covers
 /// the packet (or the rule has no `ports`); the first matching deny decides, else the first
-/// matching allow, else the default action (rule 0).
+/// matching allow, else the default action (rule 0). If the packet is allowed, the first rate
+/// limit (file order) whose `from` is the source segment, whose `to` holds the destination (or
+/// is absent or has `*`) and whose ports cover the packet (or are absent) bounds it (`limit`,
+/// 1-based; 0 if none).
 pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Decision {
     let s = naive_segment(policy, src);
     let d = naive_segment(policy, dst);
@@ -214,6 +222,7 @@ pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port
     Decision {
         action: v.action,
         rule: v.rule,
+        limit: v.limit,
         src_segment: s,
         dst_segment: d,
     }
@@ -233,25 +242,36 @@ fn naive_segment(policy: &Policy, ip: IpAddr) -> u32 {
     best.map_or(SEG_WORLD, |(_, id)| id)
 }
 
-/// The verdict of the rules for segments `src`, `dst` and a port key.
+/// The verdict of the rules, and the bounding rate limit, for segments `src`, `dst` and a port
+/// key: a loop over every rule, then (if allowed) over every limit.
 pub(crate) fn naive_verdict(policy: &Policy, src: u32, dst: u32, key: u32) -> Verdict {
     let n = policy.segments.len();
     let side = |refs: &[SegRef], id: u32| {
         refs.iter()
             .any(|r| *r == SegRef::Any || seg_id(*r, n) == Some(id))
     };
-    let matching = policy.rules.iter().enumerate().filter(|(_, r)| {
-        side(&r.from, src)
-            && side(&r.to, dst)
-            && rule_ranges(r)
-                .iter()
-                .any(|&(lo, hi)| lo <= key && key <= hi)
-    });
-    combine(policy, matching.map(|(i, _)| i)).unwrap_or(Verdict {
+    let covers = |ranges: Vec<(u32, u32)>| ranges.iter().any(|&(lo, hi)| lo <= key && key <= hi);
+    let matching = policy
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| side(&r.from, src) && side(&r.to, dst) && covers(rule_ranges(r)));
+    let mut verdict = combine(policy, matching.map(|(i, _)| i)).unwrap_or(Verdict {
         action: policy.default_action.code(),
         rule: 0,
         ..Default::default()
-    })
+    });
+    // Written independently of the compiler's `piece_verdict`, as the reference.
+    if verdict.action == ACTION_ALLOW
+        && let Some(i) = policy.rate_limits.iter().position(|l| {
+            side(&[l.from], src)
+                && l.to.as_deref().is_none_or(|to| side(to, dst))
+                && covers(limit_ranges(l))
+        })
+    {
+        verdict.limit = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    }
+    verdict
 }
 
 #[cfg(test)]

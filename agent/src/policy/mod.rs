@@ -22,7 +22,20 @@
 //!     to: [payments]
 //!     ports: ["443/tcp", "8000-8099/tcp", "53/udp", "tcp", "udp", "icmp"]  # absent = all
 //!     action: allow          # a matching deny always beats a matching allow
+//! rateLimits:                # optional; bounds what the rules (or defaultAction) allow
+//!   - name: frontend-to-payments
+//!     from: frontend         # ONE source segment, or world
+//!     to: [payments]         # absent = every destination ("*" and world allowed)
+//!     ports: ["443/tcp"]     # as in rules; absent = every port and protocol
+//!     packets:     { rate: 2000, per: second, burst: 400 }   # per: second | minute | hour
+//!     connections: { rate: 600, per: minute, burst: 20 }     # new TCP connections, UDP flows
+//!     bytes:       { rate: 50000000, per: second, burst: 5000000 }  # burst >= 1500
+//!     scope: segment         # segment (default): one bucket set; address: one per address
 //! ```
+//!
+//! A packet counts against the first rate limit (file order) that matches it; a rate limit
+//! never allows what the rules deny. See [`CompiledLimit`] and [`Bucket`] for what the
+//! datapath gets.
 
 mod compile;
 mod diag;
@@ -35,11 +48,14 @@ mod validate;
 mod tests;
 
 pub use agent_common::{Addr, SegmentInfo, Verdict};
-pub use compile::{CompiledPolicy, PortEntry, Summary, compile};
+pub use compile::{
+    Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint,
+};
 pub use diag::{Diagnostic, Diagnostics};
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use model::{
-    ANY_NAME, Action, POLICY_VERSION, Policy, PortSpec, PortSpecError, Proto, Rule, SegRef,
-    Segment, WORLD_NAME,
+    ANY_NAME, Action, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
+    POLICY_VERSION, Per, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
+    WORLD_NAME,
 };
 pub use validate::{load, parse};

@@ -217,7 +217,116 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// A validated policy. Rule ids in the maps and in decisions are 1-based indexes of `rules`.
+/// The unit of time of a bucket's `rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl Per {
+    /// The length of the unit in seconds.
+    pub fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+        }
+    }
+
+    /// `second`, `minute` or `hour`.
+    pub fn from_name(s: &str) -> Option<Per> {
+        match s {
+            "second" => Some(Per::Second),
+            "minute" => Some(Per::Minute),
+            "hour" => Some(Per::Hour),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Per {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The largest accepted `rate` (in any unit). At 10^12 per second one unit still costs 65.5
+/// fixed-point nanoseconds (`ns << 16`), so the rounding error of the cost stays below 1%.
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+/// The longest accepted refill time of a bucket, `burst * per / rate`, in seconds (24 hours).
+/// It bounds the bucket's tolerance (`burst * cost`) to `86400e9 << 16` ≈ 5.66e18, below 2^63,
+/// so the datapath's clock arithmetic in `ns << 16` never overflows (see
+/// [`Bucket`](super::Bucket)).
+pub const MAX_REFILL_SECONDS: u64 = 24 * 3600;
+/// The smallest accepted `bytes.burst`: a bucket smaller than a full-size (1500-byte) packet
+/// could never admit one.
+pub const MIN_BYTES_BURST: u64 = 1500;
+
+/// One token bucket of a rate limit, as configured: on average `rate` units per `per`, with
+/// bursts of up to `burst` units. Validated: `1 <= rate <= MAX_RATE`, `burst >= 1` (`bytes`:
+/// `>= MIN_BYTES_BURST`) and `burst * per / rate <= MAX_REFILL_SECONDS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BucketSpec {
+    pub rate: u64,
+    pub per: Per,
+    pub burst: u64,
+}
+
+/// Who shares a rate limit's buckets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    /// One set of buckets shared by every address of the source segment.
+    #[default]
+    Segment,
+    /// One set of buckets per source address.
+    Address,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Segment => "segment",
+            LimitScope::Address => "address",
+        }
+    }
+}
+
+/// A rate limit: bounds the traffic the rules (or the default action) allow from one source
+/// identity. A packet counts against the first rate limit (file order) whose `from` is its
+/// source segment, whose `to` holds its destination segment (absent or `*`: any) and whose
+/// `ports` cover it (absent: every port and protocol). A limit never allows what is denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    /// One segment: [`SegRef::Named`] or [`SegRef::World`] (validation rejects `*`).
+    pub from: SegRef,
+    /// `None`: every destination.
+    pub to: Option<Vec<SegRef>>,
+    /// `None`: every port and protocol.
+    pub ports: Option<Vec<PortSpec>>,
+    /// Packets.
+    pub packets: Option<BucketSpec>,
+    /// New TCP connections (SYN) and new UDP flows.
+    pub connections: Option<BucketSpec>,
+    /// Bytes (the length of each counted packet).
+    pub bytes: Option<BucketSpec>,
+    pub scope: LimitScope,
+}
+
+/// A validated policy. Rule ids in the maps and in decisions are 1-based indexes of `rules`;
+/// rate limit ids are 1-based indexes of `rate_limits` (0 = no limit).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// What happens when no rule matches.
@@ -226,6 +335,8 @@ pub struct Policy {
     pub segments: Vec<Segment>,
     /// In file order.
     pub rules: Vec<Rule>,
+    /// In file order (`rateLimits`; absent = none).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Policy {
@@ -272,6 +383,8 @@ struct FileOut<'a> {
     default_action: Action,
     segments: SegmentsOut<'a>,
     rules: Vec<RuleOut>,
+    #[serde(rename = "rateLimits", skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<RateLimitOut>,
 }
 
 /// `segments` is a mapping in file order.
@@ -305,6 +418,40 @@ struct RuleOut {
     action: Action,
 }
 
+#[derive(Serialize)]
+struct RateLimitOut {
+    name: String,
+    from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<Vec<PortSpec>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packets: Option<BucketOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections: Option<BucketOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<BucketOut>,
+    scope: LimitScope,
+}
+
+#[derive(Serialize)]
+struct BucketOut {
+    rate: u64,
+    per: Per,
+    burst: u64,
+}
+
+impl From<&BucketSpec> for BucketOut {
+    fn from(b: &BucketSpec) -> Self {
+        BucketOut {
+            rate: b.rate,
+            per: b.per,
+            burst: b.burst,
+        }
+    }
+}
+
 impl Serialize for Policy {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let names = |refs: &[SegRef]| refs.iter().map(|r| self.seg_ref_name(*r)).collect();
@@ -322,6 +469,20 @@ impl Serialize for Policy {
                     to: names(&r.to),
                     ports: r.ports.clone(),
                     action: r.action,
+                })
+                .collect(),
+            rate_limits: self
+                .rate_limits
+                .iter()
+                .map(|l| RateLimitOut {
+                    name: l.name.clone(),
+                    from: self.seg_ref_name(l.from),
+                    to: l.to.as_deref().map(&names),
+                    ports: l.ports.clone(),
+                    packets: l.packets.as_ref().map(BucketOut::from),
+                    connections: l.connections.as_ref().map(BucketOut::from),
+                    bytes: l.bytes.as_ref().map(BucketOut::from),
+                    scope: l.scope,
                 })
                 .collect(),
         }

@@ -10,6 +10,7 @@ use agent_common::{
 };
 
 use super::compile::PORT_SPACE;
+use super::compile::limit_fingerprint;
 use super::eval::naive_verdict;
 use super::*;
 
@@ -1100,11 +1101,61 @@ fn random_policy(rng: &mut Rng) -> Policy {
     } else {
         Action::Deny
     };
+    let mut rate_limits = Vec::new();
+    for i in 0..rng.below(5) {
+        rate_limits.push(random_limit(rng, format!("l{i}"), nseg, &side));
+    }
     Policy {
         default_action,
         segments,
         rules,
+        rate_limits,
     }
+}
+
+/// A random valid rate limit: `from` one segment or world, `to` absent or a list that may hold
+/// `*`, `ports` absent or a list, at least one bucket.
+fn random_limit(
+    rng: &mut Rng,
+    name: String,
+    nseg: usize,
+    side: &dyn Fn(&mut Rng) -> Vec<SegRef>,
+) -> RateLimit {
+    let from = if nseg == 0 || rng.chance(4) {
+        SegRef::World
+    } else {
+        SegRef::Named(rng.below(nseg))
+    };
+    let to = (!rng.chance(3)).then(|| side(rng));
+    let ports = (!rng.chance(3)).then(|| {
+        let n = 1 + rng.below(3);
+        (0..n).map(|_| rng.pick(PORTS).parse().unwrap()).collect()
+    });
+    let per = *rng.pick(&[Per::Second, Per::Minute, Per::Hour]);
+    let bucket = |rng: &mut Rng, min: u64| {
+        let rate = min + rng.below(100_000) as u64;
+        // burst <= rate: the bucket refills within one `per`, at most an hour.
+        let burst = min + rng.below((rate - min + 1) as usize) as u64;
+        BucketSpec { rate, per, burst }
+    };
+    let mut limit = RateLimit {
+        name,
+        from,
+        to,
+        ports,
+        packets: rng.chance(2).then(|| bucket(rng, 1)),
+        connections: rng.chance(2).then(|| bucket(rng, 1)),
+        bytes: rng.chance(2).then(|| bucket(rng, MIN_BYTES_BURST)),
+        scope: if rng.chance(2) {
+            LimitScope::Segment
+        } else {
+            LimitScope::Address
+        },
+    };
+    if limit.packets.is_none() && limit.connections.is_none() && limit.bytes.is_none() {
+        limit.packets = Some(bucket(rng, 1));
+    }
+    limit
 }
 
 /// Structural invariants of the compiler's output.
@@ -1128,8 +1179,31 @@ fn check_compiled(p: &Policy, c: &CompiledPolicy) {
         assert!(e.bits <= 24 && e.value < PORT_SPACE);
         let size = 1u32 << (24 - e.bits);
         assert_eq!(e.value % size, 0, "bits beyond the prefix must be zero");
-        assert!(e.verdict.rule >= 1 && e.verdict.rule as usize <= p.rules.len());
+        let v = e.verdict;
+        assert!(v.rule as usize <= p.rules.len() && v.limit as usize <= p.rate_limits.len());
+        if v.rule == 0 {
+            // Only default-allow traffic bounded by a limit needs an entry without a rule.
+            assert_eq!(p.default_action, Action::Allow);
+            assert!(v.action == ACTION_ALLOW && v.limit >= 1, "{v:?}");
+        }
+        if v.action == ACTION_DENY {
+            assert_eq!(v.limit, 0, "a denied packet is never counted");
+        }
         per_profile[e.profile as usize].push((e.value, e.value + size - 1));
+    }
+    assert_eq!(c.limits.len(), p.rate_limits.len());
+    let fingerprints: BTreeSet<u64> = c.limits.iter().map(|l| l.fingerprint).collect();
+    assert_eq!(
+        fingerprints.len(),
+        c.limits.len(),
+        "distinct limits, distinct fingerprints"
+    );
+    for (l, cl) in p.rate_limits.iter().zip(&c.limits) {
+        assert_eq!(cl.name, l.name);
+        assert_eq!(cl.per_address, l.scope == LimitScope::Address);
+        assert_eq!(cl.packets.is_some(), l.packets.is_some());
+        assert_eq!(cl.connections.is_some(), l.connections.is_some());
+        assert_eq!(cl.bytes.is_some(), l.bytes.is_some());
     }
     for ranges in &mut per_profile {
         ranges.sort_unstable();
@@ -1143,6 +1217,7 @@ fn check_compiled(p: &Policy, c: &CompiledPolicy) {
 #[test]
 fn compiled_lookup_matches_reference() {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let (mut limited, mut total) = (0, 0);
     for round in 0..300 {
         let p = random_policy(&mut rng);
         let c = compile(&p);
@@ -1159,6 +1234,8 @@ fn compiled_lookup_matches_reference() {
             };
             let naive = evaluate_naive(&p, src, dst, proto, port);
             let got = idx.lookup(src, dst, proto, port);
+            total += 1;
+            limited += usize::from(got.limit != 0);
             assert_eq!(
                 got,
                 naive,
@@ -1174,6 +1251,11 @@ fn compiled_lookup_matches_reference() {
         );
         assert_eq!(parse(&p.to_json(), "json").unwrap(), p);
     }
+    // The random policies exercise the limits (not only limit 0).
+    assert!(
+        limited * 20 > total,
+        "{limited} of {total} decisions limited"
+    );
 }
 
 /// For every pair of segments and every port key that can change the outcome, the datapath's
@@ -1188,10 +1270,13 @@ fn pair_scheme_is_exact_for_every_pair() {
         // Port keys at and around every boundary of every rule (the verdict is constant
         // between boundaries), plus the ends of the space.
         let mut keys: BTreeSet<u32> = [0, PORT_SPACE - 1].into();
-        for r in &p.rules {
-            for (lo, hi) in super::compile::rule_ranges(r) {
-                keys.extend([lo, hi, lo.saturating_sub(1), (hi + 1).min(PORT_SPACE - 1)]);
-            }
+        let ranges = p
+            .rules
+            .iter()
+            .flat_map(super::compile::rule_ranges)
+            .chain(p.rate_limits.iter().flat_map(super::compile::limit_ranges));
+        for (lo, hi) in ranges {
+            keys.extend([lo, hi, lo.saturating_sub(1), (hi + 1).min(PORT_SPACE - 1)]);
         }
         // The SegmentInfo the datapath would see for each segment id (only segments with an
         // address can be seen at all).
@@ -1243,4 +1328,833 @@ fn segments_without_addresses_and_empty_policies() {
         verdict(decide(&p, "1.1.1.1", "2.2.2.2", PROTO_TCP, 80)),
         allow(0)
     );
+}
+
+// ---- rate limits --------------------------------------------------------------------------
+
+const LIMITS: &str = r#"version: 1
+defaultAction: deny
+segments:
+  frontend: { cidrs: [10.20.1.0/24] }
+  payments: { cidrs: [10.20.2.0/24] }
+  batch:    { cidrs: [10.20.3.0/24] }
+rules:
+  - { name: web, from: [frontend], to: [payments, batch], ports: [tcp, udp], action: allow }
+  - { name: no-telnet, from: ["*"], to: ["*"], ports: ["23/tcp"], action: deny }
+rateLimits:
+  - name: frontend-to-payments
+    from: frontend
+    to: [payments]
+    ports: ["443/tcp"]
+    packets:     { rate: 2000, per: second, burst: 400 }
+    connections: { rate: 600,  per: minute, burst: 20 }
+    bytes:       { rate: 50000000, per: second, burst: 5000000 }
+  - name: frontend-anywhere
+    from: frontend
+    connections: { rate: 100, per: second, burst: 10 }
+    scope: address
+  - name: frontend-udp
+    from: frontend
+    to: ["*"]
+    ports: [udp]
+    packets: { rate: 10, per: hour, burst: 10 }
+"#;
+
+fn limit_of(d: Decision) -> (u32, u32, u32) {
+    (d.action, d.rule, d.limit)
+}
+
+#[test]
+fn first_matching_limit_wins() {
+    let p = ok(LIMITS);
+    assert_eq!(p.rate_limits.len(), 3);
+    let l = &p.rate_limits[0];
+    assert_eq!(
+        (l.from, l.to.clone(), l.scope),
+        (
+            SegRef::Named(0),
+            Some(vec![SegRef::Named(1)]),
+            LimitScope::Segment
+        )
+    );
+    assert_eq!(
+        l.packets,
+        Some(BucketSpec {
+            rate: 2000,
+            per: Per::Second,
+            burst: 400
+        })
+    );
+    assert_eq!(p.rate_limits[1].to, None);
+    assert_eq!(p.rate_limits[1].ports, None);
+    let (f, pay, batch) = ("10.20.1.5", "10.20.2.5", "10.20.3.5");
+    let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
+    // 443/tcp to payments: the first limit, although the second also matches.
+    assert_eq!(v(f, pay, PROTO_TCP, 443), (ACTION_ALLOW, 1, 1));
+    // Other ports: the second (no `to`, no `ports`) matches before the third.
+    assert_eq!(v(f, pay, PROTO_TCP, 444), (ACTION_ALLOW, 1, 2));
+    assert_eq!(v(f, pay, PROTO_UDP, 53), (ACTION_ALLOW, 1, 2));
+    assert_eq!(v(f, batch, PROTO_TCP, 443), (ACTION_ALLOW, 1, 2));
+    // Denied: never counted, whatever matches.
+    assert_eq!(v(f, pay, PROTO_TCP, 23), (ACTION_DENY, 2, 0));
+    assert_eq!(v(f, "8.8.8.8", PROTO_UDP, 53), (ACTION_DENY, 0, 0));
+    assert_eq!(v(f, pay, PROTO_ICMP, 8), (ACTION_DENY, 0, 0));
+    // Other sources are not limited.
+    assert_eq!(v(pay, f, PROTO_TCP, 443), (ACTION_DENY, 0, 0));
+
+    // With the catch-all limit moved last, the third one wins for UDP.
+    let mut q = p.clone();
+    let catch_all = q.rate_limits.remove(1);
+    q.rate_limits.push(catch_all);
+    let v = |src, dst, proto, port| limit_of(decide(&q, src, dst, proto, port));
+    assert_eq!(v(f, pay, PROTO_UDP, 53), (ACTION_ALLOW, 1, 2));
+    assert_eq!(v(f, pay, PROTO_TCP, 443), (ACTION_ALLOW, 1, 1));
+    assert_eq!(v(f, pay, PROTO_TCP, 444), (ACTION_ALLOW, 1, 3));
+
+    let c = compile(&p);
+    assert_eq!(c.limit_name(1), Some("frontend-to-payments"));
+    assert_eq!(c.limit_name(3), Some("frontend-udp"));
+    assert_eq!(c.limit_name(0), None);
+    assert_eq!(c.limit_name(4), None);
+    // The port partition of (frontend, payments) is split at the limits' boundaries.
+    let verdict = |rule, limit| Verdict {
+        action: ACTION_ALLOW,
+        rule,
+        limit,
+        ..Default::default()
+    };
+    let profile = c
+        .pairs
+        .iter()
+        .find(|&&(s, d, _)| (s, d) == (1, 2))
+        .unwrap()
+        .2;
+    let entries: Vec<(u32, u32, Verdict)> = c
+        .ports
+        .iter()
+        .filter(|e| e.profile == profile)
+        .map(|e| (e.bits, e.value, e.verdict))
+        .collect();
+    assert!(
+        entries.contains(&(24, (6 << 16) | 443, verdict(1, 1))),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&(24, (6 << 16) | 442, verdict(1, 2))),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&(8, 17 << 16, verdict(1, 2))),
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn limits_on_default_allow_traffic() {
+    let p = ok(r#"
+version: 1
+defaultAction: allow
+segments:
+  a: { cidrs: [10.0.1.0/24] }
+  b: { cidrs: [10.0.2.0/24] }
+rules:
+  - { name: no-smtp, from: [a], to: ["*"], ports: ["25/tcp"], action: deny }
+  - { name: web, from: [a], to: [b], ports: ["80/tcp"], action: allow }
+rateLimits:
+  - { name: a-out, from: a, to: [world], ports: [tcp], packets: { rate: 5, per: second, burst: 5 } }
+  - { name: from-world, from: world, to: [b], connections: { rate: 5, per: minute, burst: 1 } }
+"#);
+    let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
+    // No rule matches, the default allows, the limit bounds it.
+    assert_eq!(
+        v("10.0.1.1", "1.1.1.1", PROTO_TCP, 443),
+        (ACTION_ALLOW, 0, 1)
+    );
+    assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 0), (ACTION_ALLOW, 0, 1));
+    // Not covered by the limit's ports: default allow, no limit.
+    assert_eq!(
+        v("10.0.1.1", "1.1.1.1", PROTO_UDP, 443),
+        (ACTION_ALLOW, 0, 0)
+    );
+    // Denied by a rule: no limit.
+    assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 25), (ACTION_DENY, 1, 0));
+    // Allowed by a rule that no limit matches.
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
+        (ACTION_ALLOW, 2, 0)
+    );
+    // `from: world`.
+    assert_eq!(
+        v("8.8.8.8", "10.0.2.1", PROTO_UDP, 53),
+        (ACTION_ALLOW, 0, 2)
+    );
+    assert_eq!(
+        v("8.8.8.8", "10.0.1.1", PROTO_UDP, 53),
+        (ACTION_ALLOW, 0, 0)
+    );
+    let c = compile(&p);
+    assert!(
+        c.ports.iter().any(|e| e.verdict.rule == 0
+            && e.verdict.action == ACTION_ALLOW
+            && e.verdict.limit == 1)
+    );
+    // The profile of (world, b) holds only a limit, and still gets its entry.
+    assert!(c.pairs.iter().any(|&(s, d, _)| (s, d) == (0, 2)));
+}
+
+#[test]
+fn no_limit_on_denied_traffic() {
+    // Default deny: where no rule allows, a limit needs (and gets) no entry.
+    let p = ok(r#"
+version: 1
+segments:
+  a: { cidrs: [10.0.1.0/24] }
+  b: { cidrs: [10.0.2.0/24] }
+rules:
+  - { name: web, from: [a], to: [b], ports: ["80/tcp"], action: allow }
+  - { name: no-8080, from: [a], to: [b], ports: ["8080/tcp"], action: deny }
+rateLimits:
+  - { name: lim, from: a, packets: { rate: 5, per: second, burst: 5 } }
+"#);
+    let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
+        (ACTION_ALLOW, 1, 1)
+    );
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 8080),
+        (ACTION_DENY, 2, 0)
+    );
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 81),
+        (ACTION_DENY, 0, 0)
+    );
+    assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 80), (ACTION_DENY, 0, 0));
+    let c = compile(&p);
+    assert!(
+        c.ports
+            .iter()
+            .all(|e| (e.verdict.action == ACTION_ALLOW) == (e.verdict.limit == 1))
+    );
+    // Only 80/tcp (allowed, limited) and 8080/tcp (denied) have entries.
+    assert_eq!(c.ports.len(), 2, "{:?}", c.ports);
+    // The limit without `to` makes `a` a wildcard source, as a rule with `to: ["*"]` would.
+    assert_eq!(c.cidrs[0].2.flags, SEG_F_SRC_WILD);
+    assert!(c.pairs.iter().any(|&(s, d, _)| (s, d) == (1, SEG_ANY)));
+}
+
+#[test]
+fn limits_in_the_pair_scheme() {
+    // A wildcard-source limit meets a wildcard-destination rule: the pair must be explicit.
+    let p = ok(r#"
+version: 1
+defaultAction: allow
+segments:
+  web: { cidrs: [10.0.1.0/24] }
+  db: { cidrs: [10.0.2.0/24] }
+rules:
+  - { name: to-db, from: ["*"], to: [db], ports: ["5432/tcp"], action: allow }
+  - { name: no-ssh, from: ["*"], to: [db], ports: ["22/tcp"], action: deny }
+rateLimits:
+  - { name: web, from: web, bytes: { rate: 1000000, per: second, burst: 100000 } }
+"#);
+    let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 5432),
+        (ACTION_ALLOW, 1, 1)
+    );
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 22),
+        (ACTION_DENY, 2, 0)
+    );
+    assert_eq!(
+        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
+        (ACTION_ALLOW, 0, 1)
+    );
+    assert_eq!(
+        v("10.0.1.1", "9.9.9.9", PROTO_TCP, 80),
+        (ACTION_ALLOW, 0, 1)
+    );
+    assert_eq!(v("9.9.9.9", "10.0.2.1", PROTO_TCP, 22), (ACTION_DENY, 2, 0));
+    assert_eq!(
+        v("10.0.2.1", "10.0.2.2", PROTO_TCP, 5432),
+        (ACTION_ALLOW, 1, 0)
+    );
+    assert_eq!(
+        v("10.0.2.1", "9.9.9.9", PROTO_TCP, 80),
+        (ACTION_ALLOW, 0, 0)
+    );
+    let c = compile(&p);
+    let keys: Vec<(u32, u32)> = c.pairs.iter().map(|&(s, d, _)| (s, d)).collect();
+    assert_eq!(keys, vec![(1, 2), (1, SEG_ANY), (SEG_ANY, 2)]);
+    assert_eq!(c.any_any, None);
+}
+
+#[test]
+fn address_scope_flag() {
+    let c = compile(&ok(LIMITS));
+    let flags: Vec<bool> = c.limits.iter().map(|l| l.per_address).collect();
+    assert_eq!(flags, [false, true, false]);
+    let l = &c.limits[0];
+    assert_eq!(l.name, "frontend-to-payments");
+    assert!(l.packets.is_some() && l.connections.is_some() && l.bytes.is_some());
+    assert!(c.limits[1].packets.is_none() && c.limits[1].bytes.is_none());
+}
+
+#[test]
+fn fixed_point_costs() {
+    let c = compile(&ok(LIMITS));
+    let l = &c.limits[0];
+    // 2000/s: 500000 ns per packet.
+    assert_eq!(
+        l.packets,
+        Some(Bucket {
+            rate: 2000,
+            per_seconds: 1,
+            burst: 400,
+            cost_fp16: 500_000 << 16,
+            tolerance_fp16: 400 * (500_000 << 16),
+        })
+    );
+    // 600/minute: 100 ms per connection.
+    let conn = l.connections.unwrap();
+    assert_eq!(conn.per_seconds, 60);
+    assert_eq!(conn.cost_fp16, 100_000_000 << 16);
+    assert_eq!(conn.tolerance_fp16, 20 * (100_000_000 << 16));
+    // 50 MB/s: 20 ns per byte.
+    let bytes = l.bytes.unwrap();
+    assert_eq!(bytes.cost_fp16, 20 << 16);
+    assert_eq!(bytes.tolerance_fp16, 5_000_000 * (20 << 16));
+    // 10/hour: 360 s per packet.
+    assert_eq!(
+        c.limits[2].packets.unwrap().cost_fp16,
+        360_000_000_000 << 16
+    );
+    // Rounding to the nearest: 3/s is 333333333.33.. ns = 21845333333333.33.. << 16 units;
+    // 7/s is 142857142.857.. ns = 9362285714285.71.. units.
+    assert_eq!(Bucket::new(3, 1, 1).cost_fp16, 21_845_333_333_333);
+    assert_eq!(Bucket::new(7, 1, 1).cost_fp16, 9_362_285_714_286);
+    // The extremes validation accepts: no overflow, tolerance below 2^63.
+    let slow = Bucket::new(1, 3600, 24);
+    assert_eq!(slow.cost_fp16, 3_600_000_000_000 << 16);
+    assert_eq!(slow.tolerance_fp16, 86_400_000_000_000 << 16);
+    assert!(slow.tolerance_fp16 < 1 << 63);
+    let fast = Bucket::new(MAX_RATE, 1, MAX_RATE * MAX_REFILL_SECONDS);
+    assert_eq!(fast.cost_fp16, 66);
+    assert!(fast.tolerance_fp16 < 1 << 63 && fast.tolerance_fp16 >= fast.cost_fp16);
+    // Out of range (hand-built policies): saturates, never panics.
+    assert_eq!(Bucket::new(1, 3600, u64::MAX).tolerance_fp16, u64::MAX);
+    assert_eq!(Bucket::new(0, 1, 1).cost_fp16, 1_000_000_000 << 16);
+    assert_eq!(Bucket::new(u64::MAX, 1, 1).cost_fp16, 0);
+}
+
+#[test]
+fn refill_bound_is_exact() {
+    let limit = |b: &str| {
+        format!(
+            "version: 1\nsegments:\n  a: {{ cidrs: [10.0.0.0/8] }}\nrateLimits:\n  - {{ name: x, from: a, {b} }}\n"
+        )
+    };
+    // Refilling in exactly 24 hours is accepted; one more unit is not.
+    let p = ok(&limit("packets: { rate: 1, per: hour, burst: 24 }"));
+    assert_eq!(
+        compile(&p).limits[0].packets.unwrap().tolerance_fp16,
+        86_400_000_000_000 << 16
+    );
+    assert_eq!(
+        one_err(&limit("packets: { rate: 1, per: hour, burst: 25 }")),
+        (
+            5,
+            63,
+            "a burst of 25 at 1 per hour takes about 25 hours to refill; at most 24 hours is \
+             supported: lower `burst` or raise `rate`"
+                .into()
+        )
+    );
+    // The brief's example: bytes at 1 per hour with a burst of 1e9.
+    assert_eq!(
+        one_err(&limit("bytes: { rate: 1, per: hour, burst: 1000000000 }")).2,
+        "a burst of 1000000000 at 1 per hour takes about 1000000000 hours to refill; at most \
+         24 hours is supported: lower `burst` or raise `rate`"
+    );
+    ok(&limit(
+        "bytes: { rate: 1000000000000, per: second, burst: 1500 }",
+    ));
+    // Whole floats are whole numbers.
+    let p = ok(&limit("bytes: { rate: 5e6, per: second, burst: 1.5e6 }"));
+    assert_eq!(
+        p.rate_limits[0].bytes,
+        Some(BucketSpec {
+            rate: 5_000_000,
+            per: Per::Second,
+            burst: 1_500_000
+        })
+    );
+}
+
+#[test]
+fn fingerprints() {
+    let base = ok(LIMITS);
+    let fp = |p: &Policy, i: usize| compile(p).limits[i].fingerprint;
+    let f0 = fp(&base, 0);
+    assert_eq!(f0, limit_fingerprint(&base, &base.rate_limits[0]));
+    // The documented canonical form, rebuilt by hand, hashed with a separate FNV-1a 64.
+    let mut bytes: Vec<u8> = Vec::new();
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    string(&mut bytes, "ztagent.rateLimit.v1");
+    string(&mut bytes, "frontend-to-payments");
+    string(&mut bytes, "frontend");
+    bytes.extend(1u64.to_le_bytes());
+    string(&mut bytes, "payments");
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend(((6u32 << 16) | 443).to_le_bytes());
+    bytes.extend(((6u32 << 16) | 443).to_le_bytes());
+    for (rate, per, burst) in [
+        (2000u64, 1u64, 400u64),
+        (600, 60, 20),
+        (50_000_000, 1, 5_000_000),
+    ] {
+        bytes.push(1);
+        for v in [rate, per, burst] {
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    bytes.push(0);
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    assert_eq!(f0, fnv);
+    // Pinned: the canonical form must not change between agent versions.
+    assert_eq!(f0, 0x6627_1705_345c_2eeb, "{f0:#x}");
+    let all: BTreeSet<u64> = compile(&base)
+        .limits
+        .iter()
+        .map(|l| l.fingerprint)
+        .collect();
+    assert_eq!(all.len(), 3);
+
+    // Independent of everything else: other rules, other limits, the limit's position,
+    // segment order and CIDRs, the default action.
+    let mut q = base.clone();
+    q.rules.clear();
+    q.default_action = Action::Allow;
+    q.rate_limits.swap(0, 2);
+    q.rate_limits[1].name = "renamed".into();
+    q.segments.reverse();
+    q.segments[0].cidrs.clear();
+    let remap = |r: SegRef| match r {
+        SegRef::Named(i) => SegRef::Named(2 - i),
+        other => other,
+    };
+    for l in &mut q.rate_limits {
+        l.from = remap(l.from);
+        if let Some(to) = &mut l.to {
+            to.iter_mut().for_each(|r| *r = remap(*r));
+        }
+    }
+    assert_eq!(q.seg_ref_name(q.rate_limits[2].from), "frontend");
+    assert_eq!(fp(&q, 2), f0);
+    assert_eq!(fp(&q, 0), fp(&base, 2));
+    assert_ne!(fp(&q, 1), fp(&base, 1), "the renamed limit changes");
+    // Equivalent spellings of `to` and `ports` agree.
+    let mut q = base.clone();
+    q.rate_limits[1].to = Some(vec![SegRef::Named(2), SegRef::Any]);
+    q.rate_limits[1].ports = Some(vec!["tcp".parse().unwrap(); 1]);
+    let mut r = q.clone();
+    r.rate_limits[1].to = None;
+    r.rate_limits[1].ports = Some(vec!["1-100/tcp".parse().unwrap(), "tcp".parse().unwrap()]);
+    assert_eq!(fp(&q, 1), fp(&r, 1));
+    let mut q = base.clone();
+    q.rate_limits[0].to = Some(vec![SegRef::Named(1), SegRef::Named(1)]);
+    q.rate_limits[0].ports = Some(vec!["443/tcp".parse().unwrap(), "443/tcp".parse().unwrap()]);
+    assert_eq!(fp(&q, 0), f0);
+
+    // Any change to the limit itself gives a new fingerprint.
+    type Change = Box<dyn Fn(&mut RateLimit)>;
+    let changes: Vec<(&str, Change)> = vec![
+        ("name", Box::new(|l| l.name.push('x'))),
+        ("from", Box::new(|l| l.from = SegRef::World)),
+        ("from", Box::new(|l| l.from = SegRef::Named(2))),
+        ("to", Box::new(|l| l.to = None)),
+        (
+            "to",
+            Box::new(|l| l.to = Some(vec![SegRef::Named(1), SegRef::World])),
+        ),
+        ("ports", Box::new(|l| l.ports = None)),
+        (
+            "ports",
+            Box::new(|l| l.ports = Some(vec!["444/tcp".parse().unwrap()])),
+        ),
+        (
+            "ports",
+            Box::new(|l| l.ports = Some(vec!["443/udp".parse().unwrap()])),
+        ),
+        ("packets", Box::new(|l| l.packets = None)),
+        (
+            "packets.rate",
+            Box::new(|l| l.packets.as_mut().unwrap().rate += 1),
+        ),
+        (
+            "packets.per",
+            Box::new(|l| l.packets.as_mut().unwrap().per = Per::Minute),
+        ),
+        (
+            "packets.burst",
+            Box::new(|l| l.packets.as_mut().unwrap().burst += 1),
+        ),
+        ("connections", Box::new(|l| l.connections = None)),
+        (
+            "connections.rate",
+            Box::new(|l| l.connections.as_mut().unwrap().rate = 601),
+        ),
+        ("bytes", Box::new(|l| l.bytes = None)),
+        (
+            "bytes.burst",
+            Box::new(|l| l.bytes.as_mut().unwrap().burst = 5_000_001),
+        ),
+        // The same bucket moved to another kind.
+        (
+            "packets -> connections",
+            Box::new(|l| {
+                l.connections = l.packets.take();
+            }),
+        ),
+        ("scope", Box::new(|l| l.scope = LimitScope::Address)),
+    ];
+    let mut seen = BTreeSet::from([f0]);
+    for (what, change) in &changes {
+        let mut q = base.clone();
+        change(&mut q.rate_limits[0]);
+        let f = fp(&q, 0);
+        assert_ne!(f, f0, "changing {what} must change the fingerprint");
+        assert!(seen.insert(f), "{what}: collides with another change");
+        // ... and only that limit's.
+        assert_eq!(fp(&q, 1), fp(&base, 1), "{what}");
+    }
+}
+
+#[test]
+fn rate_limit_diagnostics() {
+    let text = r#"version: 1
+segments:
+  frontend: { cidrs: [10.0.1.0/24] }
+  payments: { cidrs: [10.0.2.0/24] }
+rateLimits:
+  - name: a
+    from: frontnd
+    packets: { rate: 0, per: fortnight, burst: 0 }
+  - name: a
+    from: frontend
+    to: [payments, paymentz]
+    bytes: { rate: 1000, per: second, burst: 1000 }
+    scope: host
+  - name: c
+    from: frontend
+    to: [payments]
+  - name: d
+    from: [frontend]
+    packets: { rate: 10, per: second, burst: 5, brust: 1 }
+    colour: red
+  - from: "*"
+    connections: { rate: -3, per: seconds, burst: 2.5 }
+"#;
+    let e = errs(text);
+    let expect: Vec<(usize, usize, &str)> = vec![
+        (
+            7,
+            11,
+            "unknown segment `frontnd` in `from`; did you mean `frontend`?",
+        ),
+        (8, 22, "`rate` must be at least 1, not 0"),
+        (
+            8,
+            30,
+            "`per` must be `second`, `minute` or `hour`, not `fortnight`",
+        ),
+        (8, 48, "`burst` must be at least 1, not 0"),
+        (
+            9,
+            11,
+            "duplicate rate limit name `a` (first used on line 6)",
+        ),
+        (
+            11,
+            20,
+            "unknown segment `paymentz` in `to`; did you mean `payments`?",
+        ),
+        (
+            12,
+            46,
+            "`bytes.burst` must be at least 1500, not 1000: a smaller bucket could never admit \
+             a full-size (1500-byte) packet",
+        ),
+        (13, 12, "`scope` must be `segment` or `address`, not `host`"),
+        (
+            14,
+            5,
+            "rate limit `c` limits nothing; give at least one of `packets`, `connections`, \
+             `bytes`",
+        ),
+        (
+            18,
+            11,
+            "the `from` of a rate limit is one segment name, not a list; write `from: frontend`",
+        ),
+        (
+            19,
+            49,
+            "unknown field `brust` in `packets`; expected `rate`, `per`, `burst`",
+        ),
+        (
+            20,
+            5,
+            "unknown field `colour` in a rate limit; expected `name`, `from`, `to`, `ports`, \
+             `packets`, `connections`, `bytes`, `scope`",
+        ),
+        (21, 5, "this rate limit has no `name`"),
+        (
+            21,
+            11,
+            "the `from` of a rate limit must name one segment or world, not \"*\": a rate \
+             limit bounds one source identity",
+        ),
+        (22, 26, "`rate` must be at least 1, not -3"),
+        (
+            22,
+            35,
+            "`per` must be `second`, `minute` or `hour`, not `seconds`; did you mean `second`?",
+        ),
+        (22, 51, "`burst` must be a whole number, not 2.5"),
+    ];
+    let got: Vec<(usize, usize, &str)> = e.iter().map(|(l, c, m)| (*l, *c, m.as_str())).collect();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn rate_limit_single_errors() {
+    let seg = "version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/8] }\nrateLimits:\n";
+    let limit = |body: &str| format!("{seg}  - {{ name: x, {body} }}\n");
+    let pk = "packets: { rate: 1, per: second, burst: 1 }";
+    ok(&limit(&format!("from: a, {pk}")));
+    ok(&limit(&format!(
+        "from: world, to: [\"*\", world, a], ports: [icmp], {pk}"
+    )));
+    assert_eq!(
+        one_err(&limit(&format!("from: b, {pk}"))),
+        (5, 22, "unknown segment `b` in `from`".into())
+    );
+    assert_eq!(
+        one_err(&limit(pk)),
+        (
+            5,
+            5,
+            "rate limit `x` has no `from`; name one source segment, or world".into()
+        )
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: [a, world], {pk}"))).2,
+        "the `from` of a rate limit is one segment name, not a list; write one rate limit per \
+         source segment"
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: 3, {pk}"))).2,
+        "the `from` of a rate limit must be a segment name, not a number"
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: a, to: [], {pk}"))).2,
+        "`to` is empty, so the rate limit could never match; remove it to match every destination"
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: a, to: a, {pk}"))).2,
+        "`to` must be a list; write [a]"
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: a, ports: [], {pk}"))).2,
+        "`ports` is empty, so the rate limit could never match; remove it to match every port"
+    );
+    assert_eq!(
+        one_err(&limit(&format!("from: a, ports: [\"99999/tcp\"], {pk}"))).2,
+        "invalid port spec `99999/tcp`: port 99999 is out of range; ports are 1 to 65535"
+    );
+    let bucket = |b: &str| one_err(&limit(&format!("from: a, packets: {b}"))).2;
+    assert_eq!(
+        bucket("{ rate: 10, burst: 1 }"),
+        "`packets` has no `per`; add `per: second`, `minute` or `hour`"
+    );
+    assert_eq!(
+        bucket("{ per: second, burst: 1 }"),
+        "`packets` has no `rate`"
+    );
+    assert_eq!(
+        bucket("{ rate: 1, per: second }"),
+        "`packets` has no `burst` (how many units may pass at once)"
+    );
+    assert_eq!(
+        bucket("{ rate: 1.5, per: second, burst: 1 }"),
+        "`rate` must be a whole number, not 1.5"
+    );
+    assert_eq!(
+        bucket("{ rate: ten, per: second, burst: 1 }"),
+        "`rate` must be a whole number, not a string"
+    );
+    assert_eq!(
+        bucket("{ rate: 1000000000001, per: second, burst: 1 }"),
+        "`rate` must be at most 1000000000000, not 1000000000001"
+    );
+    assert_eq!(
+        bucket("{ rate: 1, per: second, burst: 99999999999999999999999 }"),
+        "`burst` must be at most 18446744073709551615"
+    );
+    assert_eq!(
+        bucket("{ rate: 1e13, per: second, burst: 1 }"),
+        "`rate` must be at most 1000000000000, not 10000000000000"
+    );
+    assert_eq!(
+        bucket("{ rate: 1, per: minute, burst: -0.0 }"),
+        "`burst` must be at least 1, not 0"
+    );
+    assert_eq!(
+        bucket("{ rate: 1, per: 1, burst: 1 }"),
+        "`per` must be `second`, `minute` or `hour`, not a number"
+    );
+    assert_eq!(
+        bucket("100"),
+        "`packets` must be a mapping like { rate: 100, per: second, burst: 20 }, not a number"
+    );
+    assert_eq!(
+        one_err(&format!(
+            "{seg}  - {{ name: x, from: a, scope: 1, {pk} }}\n"
+        ))
+        .2,
+        "`scope` must be `segment` or `address`, not a number"
+    );
+    assert_eq!(
+        one_err(&format!("{seg}  - {{ name: \"\", from: a, {pk} }}\n")).2,
+        "a rate limit name must not be empty"
+    );
+    assert_eq!(
+        one_err("version: 1\nrateLimits: {}\n"),
+        (
+            2,
+            13,
+            "`rateLimits` must be a list of rate limits, not a mapping".into()
+        )
+    );
+    assert_eq!(
+        one_err("version: 1\nrateLimits: [3]\n").2,
+        "a rate limit must be a mapping with `name`, `from` and at least one of `packets`, \
+         `connections`, `bytes`, not a number"
+    );
+    assert_eq!(
+        one_err("version: 1\nrateLimit: []\n").2,
+        "unknown field `rateLimit` in the policy; did you mean `rateLimits`?"
+    );
+    // A rate limit can name a rule's name: they are separate namespaces.
+    ok(&format!(
+        "{seg}  - {{ name: x, from: a, {pk} }}\nrules:\n  - {{ name: x, from: [a], to: [a], action: allow }}\n"
+    ));
+    // Empty or null `rateLimits` is no limits.
+    assert_eq!(ok("version: 1\nrateLimits: []\n"), Policy::default());
+    assert_eq!(ok("version: 1\nrateLimits:\n"), Policy::default());
+}
+
+#[test]
+fn rate_limits_round_trip() {
+    let p = ok(LIMITS);
+    let yaml = p.to_yaml();
+    assert_eq!(
+        parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")),
+        p
+    );
+    let json = p.to_json();
+    assert_eq!(
+        parse(&json, "json").unwrap_or_else(|d| panic!("{d}\n{json}")),
+        p
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let l = &v["rateLimits"];
+    assert_eq!(l[0]["name"], "frontend-to-payments");
+    assert_eq!(l[0]["from"], "frontend");
+    assert_eq!(l[0]["to"][0], "payments");
+    assert_eq!(l[0]["ports"][0], "443/tcp");
+    assert_eq!(
+        l[0]["packets"],
+        serde_json::json!({ "rate": 2000, "per": "second", "burst": 400 })
+    );
+    assert_eq!(l[0]["connections"]["per"], "minute");
+    assert_eq!(l[0]["bytes"]["burst"], 5_000_000);
+    assert_eq!(l[0]["scope"], "segment");
+    assert_eq!(l[1]["scope"], "address");
+    // Absent `to`, `ports` and buckets stay absent.
+    assert!(l[1].get("to").is_none() && l[1].get("ports").is_none());
+    assert!(l[1].get("packets").is_none() && l[1].get("bytes").is_none());
+    assert_eq!(l[2]["to"][0], "*");
+    assert!(yaml.contains("rateLimits:"), "{yaml}");
+    // A world source and names YAML would misread.
+    let tricky = ok(r#"
+version: 1
+segments:
+  "yes": { cidrs: [10.0.0.0/8] }
+rateLimits:
+  - { name: "null", from: "yes", to: ["yes", world], connections: { rate: 1, per: hour, burst: 1 } }
+  - { name: "1", from: world, bytes: { rate: 1500, per: minute, burst: 1500 }, scope: address }
+"#);
+    assert_eq!(parse(&tricky.to_yaml(), "yaml").unwrap(), tricky);
+    assert_eq!(parse(&tricky.to_json(), "json").unwrap(), tricky);
+    // Without limits, the key is left out: the output is what it was before rate limits.
+    for text in [EXAMPLE, "version: 1\n"] {
+        let p = ok(text);
+        assert!(!p.to_yaml().contains("rateLimits"));
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert!(v.get("rateLimits").is_none());
+        assert_eq!(v.as_object().unwrap().len(), 4);
+    }
+    assert_eq!(
+        ok("version: 1\n").to_json(),
+        "{\n  \"version\": 1,\n  \"defaultAction\": \"deny\",\n  \"segments\": {},\n  \"rules\": []\n}"
+    );
+}
+
+#[test]
+fn summary_counts_rate_limits() {
+    let c = compile(&ok(LIMITS));
+    let s = c.summary();
+    assert_eq!(s.rate_limits, 3);
+    assert!(
+        s.to_string().ends_with(" port entries, 3 rate limits"),
+        "{s}"
+    );
+    // Unchanged without limits.
+    let s = compile(&ok(EXAMPLE)).summary();
+    assert_eq!(s.rate_limits, 0);
+    assert!(s.to_string().ends_with(" port entries"), "{s}");
+}
+
+#[test]
+fn rate_limits_never_panic() {
+    let json = ok(LIMITS).to_json();
+    for text in [LIMITS, json.as_str()] {
+        for (i, _) in text.char_indices() {
+            check_no_panic(&text[..i]);
+        }
+    }
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let specials: Vec<char> = ":-[]{}\"'*,.0123456789e\n ".chars().collect();
+    for _ in 0..1500 {
+        let mut chars: Vec<char> = LIMITS.chars().collect();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(chars.len());
+            match rng.below(3) {
+                0 => chars[i] = *rng.pick(&specials),
+                1 => chars.insert(i, *rng.pick(&specials)),
+                _ => {
+                    chars.remove(i);
+                }
+            }
+        }
+        check_no_panic(&chars.iter().collect::<String>());
+    }
 }

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 
 use super::diag::{Diagnostic, Diagnostics, quote, suggest};
 use super::model::{
-    ANY_NAME, Action, POLICY_VERSION, Policy, PortSpec, Rule, SegRef, Segment, WORLD_NAME,
+    ANY_NAME, Action, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
+    POLICY_VERSION, Per, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
 };
 use super::node::{Node, Pos, Value, parse_tree};
 
@@ -65,9 +66,28 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["version", "defaultAction", "segments", "rules"];
+const TOP_FIELDS: &[&str] = &[
+    "version",
+    "defaultAction",
+    "segments",
+    "rules",
+    "rateLimits",
+];
 const SEGMENT_FIELDS: &[&str] = &["cidrs"];
 const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action"];
+const LIMIT_FIELDS: &[&str] = &[
+    "name",
+    "from",
+    "to",
+    "ports",
+    "packets",
+    "connections",
+    "bytes",
+    "scope",
+];
+const BUCKET_FIELDS: &[&str] = &["rate", "per", "burst"];
+/// The buckets of a rate limit, in file order.
+const BUCKETS: [&str; 3] = ["packets", "connections", "bytes"];
 
 /// The known fields of one mapping, with their value nodes.
 struct Fields<'n> {
@@ -214,6 +234,9 @@ impl Validator<'_> {
         }
         if let Some(n) = top.get("rules") {
             policy.rules = self.rules(n, &policy.segments);
+        }
+        if let Some(n) = top.get("rateLimits") {
+            policy.rate_limits = self.rate_limits(n, &policy.segments);
         }
         policy
     }
@@ -480,7 +503,7 @@ impl Validator<'_> {
             };
             let from = self.seg_refs(&f, "from", &rule_label, segments);
             let to = self.seg_refs(&f, "to", &rule_label, segments);
-            let ports = f.get("ports").map(|n| self.ports(n));
+            let ports = f.get("ports").map(|n| self.ports(n, "rule"));
             let action = match f.get("action") {
                 None => {
                     self.err(
@@ -505,6 +528,318 @@ impl Validator<'_> {
         rules
     }
 
+    fn rate_limits(&mut self, n: &Node, segments: &[Segment]) -> Vec<RateLimit> {
+        let items = match &n.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            v => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "`rateLimits` must be a list of rate limits, not {}",
+                        v.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut limits = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let Some(f) = self.fields(item, "a rate limit", LIMIT_FIELDS) else {
+                self.err(
+                    item.pos,
+                    format!(
+                        "a rate limit must be a mapping with `name`, `from` and at least one of \
+                         `packets`, `connections`, `bytes`, not {}",
+                        item.value.kind()
+                    ),
+                );
+                continue;
+            };
+            let name = match f.get("name") {
+                None => {
+                    self.err(f.pos, "this rate limit has no `name`");
+                    String::new()
+                }
+                Some(n) => match &n.value {
+                    Value::Str(s) if s.is_empty() => {
+                        self.err(n.pos, "a rate limit name must not be empty");
+                        String::new()
+                    }
+                    Value::Str(s) => {
+                        if let Some(line) = names.get(s) {
+                            self.err(
+                                n.pos,
+                                format!(
+                                    "duplicate rate limit name {} (first used on line {line})",
+                                    quote(s)
+                                ),
+                            );
+                        } else {
+                            names.insert(s.clone(), n.pos.line);
+                        }
+                        s.clone()
+                    }
+                    v => {
+                        self.err(
+                            n.pos,
+                            format!("a rate limit name must be a string, not {}", v.kind()),
+                        );
+                        String::new()
+                    }
+                },
+            };
+            let label = if name.is_empty() {
+                "this rate limit".to_owned()
+            } else {
+                format!("rate limit {}", quote(&name))
+            };
+            let from = match f.get("from") {
+                None => {
+                    self.err(
+                        f.pos,
+                        format!("{label} has no `from`; name one source segment, or world"),
+                    );
+                    None
+                }
+                Some(n) => self.limit_from(n, segments),
+            };
+            let to = f.get("to").map(|n| {
+                self.seg_list(
+                    n,
+                    "to",
+                    "`to` is empty, so the rate limit could never match; remove it to match every \
+                     destination",
+                    segments,
+                )
+            });
+            let ports = f.get("ports").map(|n| self.ports(n, "rate limit"));
+            let [packets, connections, bytes] =
+                BUCKETS.map(|b| f.get(b).and_then(|n| self.bucket(n, b)));
+            if BUCKETS.iter().all(|b| f.get(b).is_none()) {
+                self.err(
+                    f.pos,
+                    format!(
+                        "{label} limits nothing; give at least one of `packets`, `connections`, \
+                         `bytes`"
+                    ),
+                );
+            }
+            let scope = match f.get("scope") {
+                None => LimitScope::Segment,
+                Some(n) => match &n.value {
+                    Value::Str(s) if s == "segment" => LimitScope::Segment,
+                    Value::Str(s) if s == "address" => LimitScope::Address,
+                    Value::Str(s) => {
+                        self.err(
+                            n.pos,
+                            format!("`scope` must be `segment` or `address`, not {}", quote(s)),
+                        );
+                        LimitScope::Segment
+                    }
+                    v => {
+                        self.err(
+                            n.pos,
+                            format!("`scope` must be `segment` or `address`, not {}", v.kind()),
+                        );
+                        LimitScope::Segment
+                    }
+                },
+            };
+            limits.push(RateLimit {
+                name,
+                from: from.unwrap_or(SegRef::World),
+                to,
+                ports,
+                packets,
+                connections,
+                bytes,
+                scope,
+            });
+        }
+        limits
+    }
+
+    /// The `from` of a rate limit: one segment name or `world`.
+    fn limit_from(&mut self, n: &Node, segments: &[Segment]) -> Option<SegRef> {
+        match &n.value {
+            Value::Str(s) if s == ANY_NAME => {
+                self.err(
+                    n.pos,
+                    "the `from` of a rate limit must name one segment or world, not \"*\": a \
+                     rate limit bounds one source identity",
+                );
+                None
+            }
+            Value::Str(s) => self.seg_name(n.pos, s, "from", segments),
+            Value::Seq(items) => {
+                let hint = match items.as_slice() {
+                    [one] => match &one.value {
+                        Value::Str(s) => format!("; write `from: {s}`"),
+                        _ => String::new(),
+                    },
+                    _ => "; write one rate limit per source segment".to_owned(),
+                };
+                self.err(
+                    n.pos,
+                    format!("the `from` of a rate limit is one segment name, not a list{hint}"),
+                );
+                None
+            }
+            v => {
+                self.err(
+                    n.pos,
+                    format!(
+                        "the `from` of a rate limit must be a segment name, not {}",
+                        v.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// One bucket (`which` is `packets`, `connections` or `bytes`).
+    fn bucket(&mut self, n: &Node, which: &str) -> Option<BucketSpec> {
+        let what = format!("`{which}`");
+        let Some(f) = self.fields(n, &what, BUCKET_FIELDS) else {
+            self.err(
+                n.pos,
+                format!(
+                    "{what} must be a mapping like {{ rate: 100, per: second, burst: 20 }}, not {}",
+                    n.value.kind()
+                ),
+            );
+            return None;
+        };
+        let rate = match f.get("rate") {
+            None => {
+                self.err(f.pos, format!("{what} has no `rate`"));
+                None
+            }
+            Some(n) => self.whole(n, "rate", 1, MAX_RATE),
+        };
+        let per = match f.get("per") {
+            None => {
+                self.err(
+                    f.pos,
+                    format!("{what} has no `per`; add `per: second`, `minute` or `hour`"),
+                );
+                None
+            }
+            Some(n) => match &n.value {
+                Value::Str(s) => match Per::from_name(s) {
+                    Some(p) => Some(p),
+                    None => {
+                        let hint = match suggest(s, ["second", "minute", "hour"]) {
+                            Some(g) => format!("; did you mean `{g}`?"),
+                            None => String::new(),
+                        };
+                        self.err(
+                            n.pos,
+                            format!(
+                                "`per` must be `second`, `minute` or `hour`, not {}{hint}",
+                                quote(s)
+                            ),
+                        );
+                        None
+                    }
+                },
+                v => {
+                    self.err(
+                        n.pos,
+                        format!(
+                            "`per` must be `second`, `minute` or `hour`, not {}",
+                            v.kind()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let (burst_node, burst) = match f.get("burst") {
+            None => {
+                self.err(
+                    f.pos,
+                    format!("{what} has no `burst` (how many units may pass at once)"),
+                );
+                (None, None)
+            }
+            Some(n) => (Some(n), self.whole(n, "burst", 1, u64::MAX)),
+        };
+        let (rate, per, burst, burst_node) = (rate?, per?, burst?, burst_node?);
+        if which == "bytes" && burst < MIN_BYTES_BURST {
+            self.err(
+                burst_node.pos,
+                format!(
+                    "`bytes.burst` must be at least {MIN_BYTES_BURST}, not {burst}: a smaller \
+                     bucket could never admit a full-size ({MIN_BYTES_BURST}-byte) packet"
+                ),
+            );
+            return None;
+        }
+        // Refill time burst * per / rate, in u128: u64 * 3600 cannot overflow.
+        let refill = u128::from(burst) * u128::from(per.seconds());
+        if refill > u128::from(MAX_REFILL_SECONDS) * u128::from(rate) {
+            let hours = refill.div_ceil(u128::from(rate) * 3600);
+            self.err(
+                burst_node.pos,
+                format!(
+                    "a burst of {burst} at {rate} per {per} takes about {hours} hours to refill; \
+                     at most {} hours is supported: lower `burst` or raise `rate`",
+                    MAX_REFILL_SECONDS / 3600
+                ),
+            );
+            return None;
+        }
+        Some(BucketSpec { rate, per, burst })
+    }
+
+    /// A whole number in `min..=max` for `field`. A float with no fractional part (`5e6`) is
+    /// accepted as the integer it is.
+    fn whole(&mut self, n: &Node, field: &str, min: u64, max: u64) -> Option<u64> {
+        // Integers beyond 2^53 may have been rounded when read as a float: not echoed then.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let (v, exact) = match n.value {
+            Value::Int(v) => (v, true),
+            // A whole f64 below 1e30 converts to i128 without rounding.
+            Value::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e30 => {
+                (x as i128, x.abs() <= EXACT)
+            }
+            Value::Float(x) => {
+                self.err(
+                    n.pos,
+                    format!("`{field}` must be a whole number, not {x:?}"),
+                );
+                return None;
+            }
+            ref v => {
+                self.err(
+                    n.pos,
+                    format!("`{field}` must be a whole number, not {}", v.kind()),
+                );
+                return None;
+            }
+        };
+        let not = |v: i128| {
+            if exact {
+                format!(", not {v}")
+            } else {
+                String::new()
+            }
+        };
+        if v < i128::from(min) {
+            self.err(n.pos, format!("`{field}` must be at least {min}{}", not(v)));
+            return None;
+        }
+        if v > i128::from(max) {
+            self.err(n.pos, format!("`{field}` must be at most {max}{}", not(v)));
+            return None;
+        }
+        u64::try_from(v).ok()
+    }
+
     fn seg_refs(
         &mut self,
         f: &Fields<'_>,
@@ -519,6 +854,22 @@ impl Validator<'_> {
             );
             return Vec::new();
         };
+        self.seg_list(
+            n,
+            field,
+            &format!("`{field}` is empty; list at least one segment, or \"*\" for any address"),
+            segments,
+        )
+    }
+
+    /// A list of segment references (`field` is `from` or `to`); `empty` is the message for `[]`.
+    fn seg_list(
+        &mut self,
+        n: &Node,
+        field: &str,
+        empty: &str,
+        segments: &[Segment],
+    ) -> Vec<SegRef> {
         let items = match &n.value {
             Value::Seq(items) => items.as_slice(),
             Value::Str(s) => {
@@ -537,10 +888,7 @@ impl Validator<'_> {
             }
         };
         if items.is_empty() {
-            self.err(
-                n.pos,
-                format!("`{field}` is empty; list at least one segment, or \"*\" for any address"),
-            );
+            self.err(n.pos, empty);
         }
         let mut out = Vec::new();
         for item in items {
@@ -551,33 +899,41 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            let r = if s == ANY_NAME {
-                SegRef::Any
-            } else if s == WORLD_NAME {
-                SegRef::World
-            } else if let Some(i) = segments.iter().position(|seg| seg.name == *s) {
-                SegRef::Named(i)
-            } else {
-                let known = segments
-                    .iter()
-                    .map(|seg| seg.name.as_str())
-                    .chain([WORLD_NAME]);
-                let hint = match suggest(s, known) {
-                    Some(g) => format!("; did you mean {}?", quote(g)),
-                    None => String::new(),
-                };
-                self.err(
-                    item.pos,
-                    format!("unknown segment {} in `{field}`{hint}", quote(s)),
-                );
-                continue;
-            };
-            out.push(r);
+            if let Some(r) = self.seg_name(item.pos, s, field, segments) {
+                out.push(r);
+            }
         }
         out
     }
 
-    fn ports(&mut self, n: &Node) -> Vec<PortSpec> {
+    /// Resolves one segment name (`*`, `world` or a named segment) found in `field` at `pos`.
+    fn seg_name(&mut self, pos: Pos, s: &str, field: &str, segments: &[Segment]) -> Option<SegRef> {
+        if s == ANY_NAME {
+            return Some(SegRef::Any);
+        }
+        if s == WORLD_NAME {
+            return Some(SegRef::World);
+        }
+        if let Some(i) = segments.iter().position(|seg| seg.name == *s) {
+            return Some(SegRef::Named(i));
+        }
+        let known = segments
+            .iter()
+            .map(|seg| seg.name.as_str())
+            .chain([WORLD_NAME]);
+        let hint = match suggest(s, known) {
+            Some(g) => format!("; did you mean {}?", quote(g)),
+            None => String::new(),
+        };
+        self.err(
+            pos,
+            format!("unknown segment {} in `{field}`{hint}", quote(s)),
+        );
+        None
+    }
+
+    /// A `ports` list; `what` (`rule`, `rate limit`) names its owner in messages.
+    fn ports(&mut self, n: &Node, what: &str) -> Vec<PortSpec> {
         let items = match &n.value {
             Value::Seq(items) => items.as_slice(),
             Value::Null => &[],
@@ -595,7 +951,9 @@ impl Validator<'_> {
         if items.is_empty() {
             self.err(
                 n.pos,
-                "`ports` is empty, so the rule could never match; remove it to match every port",
+                format!(
+                    "`ports` is empty, so the {what} could never match; remove it to match every port"
+                ),
             );
         }
         let mut out = Vec::new();
