@@ -239,11 +239,16 @@ pub struct LimitConfig {
     pub buckets: [BucketConfig; 3],
     /// 1: one bucket per source address; 0: one for the whole segment.
     pub per_address: u32,
-    pub _pad: u32,
+    /// Segment scope: the limit's buckets are `BUCKETS[bucket * 3 + kind]`. The agent gives
+    /// each fingerprint a stable index, so an unchanged limit keeps its buckets across pushes.
+    pub bucket: u32,
 }
 
-/// Key of the bucket maps (`BUCKETS` for segment scope, with `addr` zero; `ADDR_BUCKETS`,
-/// an LRU map, for address scope). Value: the bucket's theoretical arrival time in ticks.
+/// Segment-scope bucket sets in `BUCKETS` (the limits of both slots, at most).
+pub const MAX_BUCKET_SETS: u32 = 2 * MAX_LIMITS;
+
+/// Key of `ADDR_BUCKETS` (an LRU map: address-scope buckets). Value: the bucket's theoretical
+/// arrival time in ticks. (Segment-scope buckets live in the `BUCKETS` array.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {

@@ -26,16 +26,23 @@ fn timeout(v: &CtValue, proto: u8) -> u64 {
     }
 }
 
-/// The live entry for `k`, if any (expired entries count as absent).
+/// The entry for `k`, if any; see [`expired`].
+#[inline(always)]
+pub fn get(k: &CtKey) -> Option<*mut CtValue> {
+    CONNTRACK.get_ptr_mut(k)
+}
+
+/// An entry idle for longer than its protocol's timeout counts as absent.
+#[inline(always)]
+pub fn expired(v: &CtValue, proto: u8, now: u64) -> bool {
+    now.saturating_sub(v.last_seen) > timeout(v, proto)
+}
+
+/// The live entry for `k`, if any.
 #[inline(always)]
 pub fn lookup(k: &CtKey, now: u64) -> Option<*mut CtValue> {
-    let v = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: valid map value pointer for this program run.
-    let val = unsafe { &*v };
-    if now.saturating_sub(val.last_seen) > timeout(val, k.proto) {
-        return None;
-    }
-    Some(v)
+    get(k).filter(|&v| !expired(unsafe { &*v }, k.proto, now))
 }
 
 /// Marks `v` as used now, and closing after a FIN or RST. Refreshes at most once a second so

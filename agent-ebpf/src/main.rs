@@ -27,7 +27,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use maps::{ACTIVE, DENIED, FRAGS, SLOTS, count, now};
+use maps::{ACTIVE, Clock, DENIED, FRAGS, SLOTS, count};
 use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 
 /// Ingress: judged before the kernel allocates anything for the packet.
@@ -95,11 +95,11 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
         count(counter::DROP_NO_POLICY);
         return false;
     };
-    let now = now();
+    let mut clock = Clock::new();
     if pkt.kind == Kind::LaterFragment {
-        return later_fragment(&pkt, now);
+        return later_fragment(&pkt, clock.coarse());
     }
-    if pkt.kind == Kind::IcmpError && conntrack::lookup(&pkt.inner, now).is_some() {
+    if pkt.kind == Kind::IcmpError && conntrack::lookup(&pkt.inner, clock.coarse()).is_some() {
         count(counter::PASS_ICMP_ERROR);
         return true;
     }
@@ -107,9 +107,14 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
     let key = &pkt.tuple;
     let syn = pkt.tuple.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A SYN always starts a new connection, judged afresh by the policy in force.
-    if !syn && let Some(v) = conntrack::lookup(key, now) {
+    if !syn
+        && let Some(v) = conntrack::get(key)
         // SAFETY: valid map value pointer for this program run.
-        let val = unsafe { &mut *v };
+        && let val = unsafe { &mut *v }
+        // One clock read: nanoseconds if a rate limit will need them, else the coarse clock.
+        && let now = if INGRESS && val.limit != 0 { clock.fine() } else { clock.coarse() }
+        && !conntrack::expired(val, key.proto, now)
+    {
         if val.revision != cfg.revision {
             // The policy changed since this flow was allowed: judge it again.
             let orig = conntrack::original(key, val);
@@ -126,7 +131,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
                 val.limit = j.limit;
             }
         }
-        if INGRESS && val.limit != 0 && !ratelimit::admit(slot, val.limit, &key.src, len as u64, false) {
+        if INGRESS && val.limit != 0 && !ratelimit::admit(ratelimit::index(slot, val.limit), &key.src, len as u64, false, clock.fine()) {
             count(counter::DROP_RATE_LIMIT);
             return false;
         }
@@ -164,11 +169,12 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
     if INGRESS && j.limit != 0 {
         // A new TCP connection or UDP flow also takes from the connections bucket.
         let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
-        if !ratelimit::admit(slot, j.limit, &key.src, len as u64, new_conn) {
+        if !ratelimit::admit(ratelimit::index(slot, j.limit), &key.src, len as u64, new_conn, clock.fine()) {
             count(counter::DROP_RATE_LIMIT);
             return false;
         }
     }
+    let now = clock.coarse();
     if starts_flow {
         conntrack::create(key, now, cfg.revision, j.rule, j.limit);
     }

@@ -5,7 +5,7 @@
 //! same.
 use agent_common::{
     BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_LIMITS, PairKey, PortData, SegmentInfo, SlotConfig, Verdict, counter,
+    LimitStats, MAX_BUCKET_SETS, MAX_LIMITS, PairKey, PortData, SegmentInfo, SlotConfig, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -54,9 +54,10 @@ pub static DENIED: LruHashMap<DenyKey, DenyValue> = LruHashMap::pinned(65536, BP
 #[map(name = "ZT_LIMITS")]
 pub static LIMITS: Array<LimitConfig> = Array::pinned(2 * MAX_LIMITS, 0);
 
-/// Segment-scope buckets: theoretical arrival time (ticks) per (limit, kind).
+/// Segment-scope buckets: theoretical arrival time (ticks), at `bucket * 3 + kind` (see
+/// `LimitConfig::bucket`). An array: found without hashing.
 #[map(name = "ZT_BUCKETS")]
-pub static BUCKETS: HashMap<BucketKey, u64> = HashMap::pinned(3 * 2 * MAX_LIMITS, 0);
+pub static BUCKETS: Array<u64> = Array::pinned(3 * MAX_BUCKET_SETS, 0);
 
 /// Address-scope buckets, per (limit, kind, source address): an LRU map, so a scan from a
 /// million addresses evicts old buckets instead of exhausting memory.
@@ -79,10 +80,38 @@ pub fn count(index: u32) {
     }
 }
 
-/// Monotonic time for timeouts. The coarse clock (jiffies resolution) is enough for timeouts
-/// measured in seconds and is cheaper than `bpf_ktime_get_ns`.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: a helper with no arguments, available to every program type.
-    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
+/// The monotonic clock, read at most once per packet and only when needed: the coarse clock
+/// (jiffies resolution, cheaper) is enough for timeouts measured in seconds; rate limits need
+/// nanoseconds. Whichever was read serves every later use in the same packet.
+pub struct Clock {
+    ns: u64,
+    fine: bool,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub const fn new() -> Clock {
+        Clock { ns: 0, fine: false }
+    }
+
+    /// For timeouts.
+    #[inline(always)]
+    pub fn coarse(&mut self) -> u64 {
+        if self.ns == 0 {
+            // SAFETY: a helper with no arguments, available to every program type.
+            self.ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+        }
+        self.ns
+    }
+
+    /// For rate limits.
+    #[inline(always)]
+    pub fn fine(&mut self) -> u64 {
+        if !self.fine {
+            // SAFETY: as above.
+            self.ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+            self.fine = true;
+        }
+        self.ns
+    }
 }

@@ -42,19 +42,16 @@ fn take(bucket: *mut u64, cfg: &BucketConfig, units: u64, now: u64) -> bool {
     false
 }
 
-/// The bucket of `kind` for this limit (and source address in address scope), created idle
-/// (BPF_NOEXIST: if another CPU created it meanwhile, that one is used).
+/// The bucket of `kind` for this limit: by index in segment scope; per source address in
+/// address scope, created idle on first use (BPF_NOEXIST: if another CPU created it meanwhile,
+/// that one is used).
 #[inline(always)]
 fn bucket(limit: &LimitConfig, kind: usize, src: &Addr, now: u64, stats: *mut LimitStats) -> Option<*mut u64> {
-    let mut key = BucketKey { fingerprint: limit.fingerprint, kind: kind as u32, _pad: 0, addr: [0; 16] };
     if limit.per_address == 0 {
-        if let Some(b) = BUCKETS.get_ptr_mut(&key) {
-            return Some(b);
-        }
-        let _ = BUCKETS.insert(&key, &now, BPF_NOEXIST);
-        return BUCKETS.get_ptr_mut(&key);
+        // Initialised idle by the agent when it gave the limit this index.
+        return BUCKETS.get_ptr_mut(limit.bucket * 3 + kind as u32);
     }
-    key.addr = *src;
+    let key = BucketKey { fingerprint: limit.fingerprint, kind: kind as u32, _pad: 0, addr: *src };
     if let Some(b) = ADDR_BUCKETS.get_ptr_mut(&key) {
         return Some(b);
     }
@@ -65,16 +62,21 @@ fn bucket(limit: &LimitConfig, kind: usize, src: &Addr, now: u64, stats: *mut Li
     ADDR_BUCKETS.get_ptr_mut(&key)
 }
 
-/// Charges one packet of `len` bytes (and a new connection when `new_conn`) to limit `id`
-/// (1-based) of `slot`. true = within the limit. Also counts the outcome.
+/// The index in `LIMITS` of limit `id` (1-based) of `slot`.
+#[inline(always)]
+pub fn index(slot: u32, id: u32) -> u32 {
+    slot * MAX_LIMITS + (id - 1)
+}
+
+/// Charges one packet of `len` bytes (and a new connection when `new_conn`) to the limit at
+/// `index` (see [`index`]) at `now_ns` (from the nanosecond clock). true = within the limit.
+/// Also counts the outcome. (A subprogram: BPF allows it five arguments.)
 #[inline(never)]
-pub fn admit(slot: u32, id: u32, src: &Addr, len: u64, new_conn: bool) -> bool {
-    let index = slot * MAX_LIMITS + (id - 1);
+pub fn admit(index: u32, src: &Addr, len: u64, new_conn: bool, now_ns: u64) -> bool {
     let (Some(limit), Some(stats)) = (LIMITS.get(index), LIMIT_STATS.get_ptr_mut(index)) else {
         return true; // no such limit in this slot: nothing to bound
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() } << TICK_SHIFT;
+    let now = now_ns << TICK_SHIFT;
     // Destructured, not indexed: an index the compiler cannot bound would leave a panic path
     // the verifier rejects.
     let [packets, connections, bytes] = &limit.buckets;

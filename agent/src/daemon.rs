@@ -226,13 +226,7 @@ fn limit_status(writer: &MapWriter, compiled: &CompiledPolicy) -> Vec<LimitStatu
             format!("{}/{per}, burst {}", b.rate, b.burst)
         })
     };
-    // SAFETY: clock_gettime into a zeroed timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    let now_ns = unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    let now = now_ns << TICK_SHIFT;
+    let now = crate::mapwriter::monotonic_ns() << TICK_SHIFT;
     compiled
         .limits
         .iter()

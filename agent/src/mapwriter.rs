@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use agent_common::{
     BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats,
-    MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SegmentInfo, SlotConfig,
+    MAX_BUCKET_SETS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SegmentInfo, SlotConfig,
     TICK_SHIFT, Verdict, maps,
 };
 use aya::{
@@ -45,7 +45,7 @@ pub struct MapWriter {
     pairs: HashMap<MapData, PairKey, u32>,
     ports: LpmTrie<MapData, PortData, Verdict>,
     limits: Array<MapData, LimitConfig>,
-    buckets: HashMap<MapData, BucketKey, u64>,
+    buckets: Array<MapData, u64>,
     addr_buckets: HashMap<MapData, BucketKey, u64>,
     limit_stats: PerCpuArray<MapData, LimitStats>,
     last_flip: Option<Instant>,
@@ -147,12 +147,10 @@ impl MapWriter {
         // still judged by the old slot may recreate one for a moment; the next push removes
         // it.) Unchanged limits keep theirs: same fingerprint, same buckets.
         let live: HashSet<u64> = policy.limits.iter().map(|l| l.fingerprint).collect();
-        for map in [&mut self.buckets, &mut self.addr_buckets] {
-            let stale: Vec<BucketKey> =
-                map.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.fingerprint)).collect();
-            for k in &stale {
-                let _ = map.remove(k);
-            }
+        let stale: Vec<BucketKey> =
+            self.addr_buckets.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.fingerprint)).collect();
+        for k in &stale {
+            let _ = self.addr_buckets.remove(k);
         }
         Ok(Written { revision, slot, entries, removed })
     }
@@ -199,13 +197,11 @@ impl MapWriter {
             PerCpuValues::try_from(vec![LimitStats::default(); cpus])
                 .map_err(|e| WriteError::Map { map: maps::LIMIT_STATS, message: e.to_string() })
         };
-        let old: Vec<(u64, u32)> = match active {
-            Some(a) => (0..MAX_LIMITS)
-                .map_while(|i| self.limits.get(&(a * MAX_LIMITS + i), 0).ok().map(|c| (c.fingerprint, a * MAX_LIMITS + i)))
-                .take_while(|(f, _)| *f != 0)
-                .collect(),
-            None => Vec::new(),
-        };
+        // The limits in force: a limit that stays (same fingerprint) keeps its stats and its
+        // segment buckets; any other gets a bucket set no limit in force uses, reset to idle.
+        let old: Vec<(u32, LimitConfig)> = active.map_or_else(Vec::new, |a| self.slot_limits(a));
+        let mut taken: HashSet<u32> = old.iter().filter(|(_, c)| c.per_address == 0).map(|(_, c)| c.bucket).collect();
+        let now = monotonic_ns() << TICK_SHIFT;
         for (i, l) in p.limits.iter().enumerate() {
             let index = slot * MAX_LIMITS + i as u32;
             let ticks = |b: &Option<Bucket>| {
@@ -215,14 +211,30 @@ impl MapWriter {
                     tolerance: b.tolerance_fp16 >> (16 - TICK_SHIFT),
                 })
             };
+            let kept = old.iter().find(|(_, c)| c.fingerprint == l.fingerprint);
+            let bucket = match kept {
+                Some((_, c)) => c.bucket,
+                None if l.per_address => 0,
+                None => {
+                    let free = (0..MAX_BUCKET_SETS).find(|b| !taken.contains(b)).ok_or(WriteError::Full {
+                        map: maps::BUCKETS,
+                        message: "no free bucket set".into(),
+                    })?;
+                    taken.insert(free);
+                    for kind in 0..3 {
+                        self.buckets.set(free * 3 + kind, now, 0).map_err(full(maps::BUCKETS))?;
+                    }
+                    free
+                }
+            };
             let cfg = LimitConfig {
                 fingerprint: l.fingerprint,
                 buckets: [ticks(&l.packets), ticks(&l.connections), ticks(&l.bytes)],
                 per_address: l.per_address as u32,
-                _pad: 0,
+                bucket,
             };
             self.limits.set(index, cfg, 0).map_err(full(maps::LIMITS))?;
-            let carried = old.iter().find(|(f, _)| *f == l.fingerprint).and_then(|(_, j)| self.limit_stats.get(j, 0).ok());
+            let carried = kept.and_then(|(j, _)| self.limit_stats.get(j, 0).ok());
             let stats = match carried {
                 Some(v) => v,
                 None => zero()?,
@@ -256,11 +268,23 @@ impl MapWriter {
         Some((cfg, sum))
     }
 
-    /// The theoretical arrival time (ticks) of a segment-scope bucket, if it exists, and the
-    /// number of live per-address buckets of a limit.
+    /// The limits of `slot`: (index in `LIMITS`, config), up to the zero fingerprint.
+    fn slot_limits(&self, slot: u32) -> Vec<(u32, LimitConfig)> {
+        (slot * MAX_LIMITS..(slot + 1) * MAX_LIMITS)
+            .map_while(|i| self.limits.get(&i, 0).ok().filter(|c| c.fingerprint != 0).map(|c| (i, c)))
+            .collect()
+    }
+
+    /// Of a limit in force: the theoretical arrival time (ticks) of its segment-scope bucket of
+    /// `kind` (None if the limit is not in force or per address), and the number of its live
+    /// per-address buckets.
     pub fn bucket_state(&self, fingerprint: u64, kind: usize) -> (Option<u64>, usize) {
-        let key = BucketKey { fingerprint, kind: kind as u32, _pad: 0, addr: [0; 16] };
-        let tat = self.buckets.get(&key, 0).ok();
+        let limit = self.active_slot().and_then(|a| {
+            self.slot_limits(a).into_iter().map(|(_, c)| c).find(|c| c.fingerprint == fingerprint)
+        });
+        let tat = limit
+            .filter(|c| c.per_address == 0)
+            .and_then(|c| self.buckets.get(&(c.bucket * 3 + kind as u32), 0).ok());
         let live = self.addr_buckets.keys().filter_map(Result::ok).filter(|k| k.fingerprint == fingerprint && k.kind == kind as u32).count();
         (tat, live)
     }
@@ -288,5 +312,15 @@ impl MapWriter {
             self.ports.insert(&Key::new(32 + e.bits, data), e.verdict, 0).map_err(full(maps::PORTS))?;
         }
         Ok(p.hosts.len() + p.cidrs.len() + p.pairs.len() + p.ports.len())
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime into a zeroed timespec.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 }

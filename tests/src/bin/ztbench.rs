@@ -36,7 +36,10 @@ use aya::programs::{Program, TestRun, TestRunOptions, Xdp};
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
     mapwriter::MapWriter,
-    policy::{self, Action, CompiledPolicy, Policy, PortSpec, Proto, Rule, SegRef, Segment},
+    policy::{
+        self, Action, BucketSpec, CompiledPolicy, LimitScope, Per, Policy, PortSpec, Proto, RateLimit, Rule, SegRef,
+        Segment,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -62,6 +65,8 @@ const MAX_ESTABLISHED_X: f64 = 3.0;
 const MAX_DENIED_X: f64 = 5.0;
 const MAX_CIDR_GROWTH: f64 = 2.0;
 const MAX_RULE_GROWTH: f64 = 1.5;
+/// A rate-limited allowed packet costs at most this much more than the same packet unlimited.
+const MAX_LIMIT_OVERHEAD: f64 = 1.5;
 
 /// Set by SIGINT/SIGTERM; checked between runs so the pins are still removed on Ctrl-C.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -677,10 +682,63 @@ fn run() -> Result<bool> {
         rows.push(row);
     }
 
-    let (text, all_ok) = report(&rows, &probes, &opts);
+    let (mut text, mut all_ok) = report(&rows, &probes, &opts);
+    let (limited, plain, ratio) = limit_overhead(&mut writer, [baseline, ingress], &opts)?;
+    let ok = ratio <= MAX_LIMIT_OVERHEAD;
+    all_ok &= ok;
+    let _ = writeln!(
+        text,
+        "\nRate limits (10 rules / 1,000 CIDRs, one rate limit): an established allowed packet \
+         under a packets limit {limited:.0} ns, the same packet without one {plain:.0} ns.\n\n\
+         - {}: rate-limited / unlimited allowed packet = {ratio:.2} <= {MAX_LIMIT_OVERHEAD}",
+        verdict(ok)
+    );
     println!("{text}");
     if let Some(path) = &opts.out {
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(all_ok || !opts.check)
+}
+
+/// The cost a rate limit adds to an allowed packet. One policy (10 rules over 1,000 CIDRs) lets
+/// the client reach the server on 443 and 8443; a packets limit (high enough never to drop
+/// here) applies to 443 only. Two established flows of the same client, measured in the same
+/// rounds, differ only by the limit. Returns (limited ns, unlimited ns, median ratio).
+fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Options) -> Result<(f64, f64, f64)> {
+    let mut p = make_policy(10, 1000)?;
+    let mut extra = p.rules[0].clone();
+    extra.name = "client-8443".into();
+    extra.ports = Some(vec![tcp(8443, 8443)]);
+    p.rules.push(extra);
+    let bucket = BucketSpec { rate: 1_000_000_000, per: Per::Second, burst: 1_000_000_000 };
+    p.rate_limits.push(RateLimit {
+        name: "client-443".into(),
+        from: SegRef::Named(SEG_CLIENT),
+        to: None,
+        ports: Some(vec![tcp(443, 443)]),
+        packets: Some(bucket),
+        connections: None,
+        bytes: None,
+        scope: LimitScope::Segment,
+    });
+    let c = policy::compile(&p);
+    writer.apply(&c).context("installing the rate-limited policy")?;
+    let [_, ingress] = progs;
+    let (client, server) = (host_in(SEG_CLIENT, 10), host_in(SEG_SERVER, 20));
+    let ack = TCP_ACK | TCP_PSH;
+    let flows = [(443, 41000), (8443, 41001)].map(|(port, sport)| {
+        (tcp_frame(client, server, sport, port, TCP_SYN), tcp_frame(client, server, sport, port, ack))
+    });
+    for (syn, _) in &flows {
+        run_expect(ingress, "rate-limited SYN", syn, 1, XDP_PASS)?;
+    }
+    let (mut limited, mut plain, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let l = run_expect(ingress, "rate-limited established", &flows[0].1, opts.repeat, XDP_PASS)? as f64;
+        let u = run_expect(ingress, "unlimited established", &flows[1].1, opts.repeat, XDP_PASS)? as f64;
+        limited.push(l);
+        plain.push(u);
+        ratio.push(l / u.max(0.5));
+    }
+    Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
 }
