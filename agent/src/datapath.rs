@@ -55,6 +55,8 @@ pub struct Limits {
     pub conntrack: u32,
     pub frags: u32,
     pub denied: u32,
+    /// Per-address rate-limit buckets (an LRU map: the oldest are evicted when full).
+    pub addr_buckets: u32,
 }
 
 impl Default for Limits {
@@ -68,6 +70,7 @@ impl Default for Limits {
             conntrack: 262_144,
             frags: 16_384,
             denied: 65_536,
+            addr_buckets: 65_536,
         }
     }
 }
@@ -189,7 +192,8 @@ impl Datapath {
             .map_max_entries(maps::PORTS, limits.ports)
             .map_max_entries(maps::CONNTRACK, limits.conntrack)
             .map_max_entries(maps::FRAGS, limits.frags)
-            .map_max_entries(maps::DENIED, limits.denied);
+            .map_max_entries(maps::DENIED, limits.denied)
+            .map_max_entries(maps::ADDR_BUCKETS, limits.addr_buckets);
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;

@@ -51,6 +51,9 @@ enum Command {
         /// Capacity of the connection-tracking map (two entries per flow).
         #[arg(long, default_value_t = Limits::default().conntrack)]
         max_conntrack: u32,
+        /// Capacity of the per-address rate-limit buckets (LRU: the oldest are evicted).
+        #[arg(long, default_value_t = Limits::default().addr_buckets)]
+        max_rate_buckets: u32,
     },
     /// Work with policy files and the policy in force.
     #[command(subcommand)]
@@ -144,7 +147,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let socket = cli.socket;
     match cli.command {
-        Command::Run { ifaces, policy, pin_path, xdp_mode, log, max_cidrs, max_conntrack } => {
+        Command::Run { ifaces, policy, pin_path, xdp_mode, log, max_cidrs, max_conntrack, max_rate_buckets } => {
             init_logging(&log);
             let cfg = daemon::Config {
                 ifaces,
@@ -156,7 +159,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     Mode::Native => XdpMode::Driver,
                     Mode::Generic => XdpMode::Skb,
                 },
-                limits: Limits { cidrs: max_cidrs, conntrack: max_conntrack, ..Limits::default() },
+                limits: Limits {
+                    cidrs: max_cidrs,
+                    conntrack: max_conntrack,
+                    addr_buckets: max_rate_buckets,
+                    ..Limits::default()
+                },
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
