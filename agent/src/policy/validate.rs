@@ -425,6 +425,34 @@ impl Validator<'_> {
         out
     }
 
+    /// The `name` of a rule or rate limit (`what`), checked to be a non-empty string not used
+    /// before by another of its kind (`names`: name -> line of first use). "" when missing or
+    /// bad, after reporting why.
+    fn unique_name(&mut self, f: &Fields<'_>, what: &str, names: &mut HashMap<String, usize>) -> String {
+        let Some(n) = f.get("name") else {
+            self.err(f.pos, format!("this {what} has no `name`"));
+            return String::new();
+        };
+        match &n.value {
+            Value::Str(s) if s.is_empty() => {
+                self.err(n.pos, format!("a {what} name must not be empty"));
+                String::new()
+            }
+            Value::Str(s) => {
+                if let Some(line) = names.get(s) {
+                    self.err(n.pos, format!("duplicate {what} name {} (first used on line {line})", quote(s)));
+                } else {
+                    names.insert(s.clone(), n.pos.line);
+                }
+                s.clone()
+            }
+            v => {
+                self.err(n.pos, format!("a {what} name must be a string, not {}", v.kind()));
+                String::new()
+            }
+        }
+    }
+
     fn rules(&mut self, n: &Node, segments: &[Segment]) -> Vec<Rule> {
         let items = match &n.value {
             Value::Seq(items) => items.as_slice(),
@@ -450,39 +478,7 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            let name = match f.get("name") {
-                None => {
-                    self.err(f.pos, "this rule has no `name`");
-                    String::new()
-                }
-                Some(n) => match &n.value {
-                    Value::Str(s) if s.is_empty() => {
-                        self.err(n.pos, "a rule name must not be empty");
-                        String::new()
-                    }
-                    Value::Str(s) => {
-                        if let Some(line) = names.get(s) {
-                            self.err(
-                                n.pos,
-                                format!(
-                                    "duplicate rule name {} (first used on line {line})",
-                                    quote(s)
-                                ),
-                            );
-                        } else {
-                            names.insert(s.clone(), n.pos.line);
-                        }
-                        s.clone()
-                    }
-                    v => {
-                        self.err(
-                            n.pos,
-                            format!("a rule name must be a string, not {}", v.kind()),
-                        );
-                        String::new()
-                    }
-                },
-            };
+            let name = self.unique_name(&f, "rule", &mut names);
             let rule_label = if name.is_empty() {
                 "this rule".to_owned()
             } else {
@@ -557,39 +553,7 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            let name = match f.get("name") {
-                None => {
-                    self.err(f.pos, "this rate limit has no `name`");
-                    String::new()
-                }
-                Some(n) => match &n.value {
-                    Value::Str(s) if s.is_empty() => {
-                        self.err(n.pos, "a rate limit name must not be empty");
-                        String::new()
-                    }
-                    Value::Str(s) => {
-                        if let Some(line) = names.get(s) {
-                            self.err(
-                                n.pos,
-                                format!(
-                                    "duplicate rate limit name {} (first used on line {line})",
-                                    quote(s)
-                                ),
-                            );
-                        } else {
-                            names.insert(s.clone(), n.pos.line);
-                        }
-                        s.clone()
-                    }
-                    v => {
-                        self.err(
-                            n.pos,
-                            format!("a rate limit name must be a string, not {}", v.kind()),
-                        );
-                        String::new()
-                    }
-                },
-            };
+            let name = self.unique_name(&f, "rate limit", &mut names);
             let label = if name.is_empty() {
                 "this rate limit".to_owned()
             } else {
