@@ -19,7 +19,7 @@ mod policy;
 mod ratelimit;
 
 use agent_common::{
-    ACTION_ALLOW, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ACTION_ALLOW, Addr, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter,
 };
 use aya_ebpf::{
@@ -131,8 +131,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
                 val.limit = j.limit;
             }
         }
-        if INGRESS && val.limit != 0 && !ratelimit::admit(ratelimit::index(slot, val.limit), &key.src, len as u64, false, clock.fine()) {
-            count(counter::DROP_RATE_LIMIT);
+        if over_limit::<INGRESS>(slot, val.limit, &key.src, len, false, &mut clock) {
             return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
@@ -153,26 +152,23 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
         // SAFETY: valid map value pointer for this program run; plain data.
         let d = unsafe { *d };
         if d.revision == cfg.revision {
-            count(if d.rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
+            count_denied(d.rule);
             return false;
         }
     }
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     if j.action != ACTION_ALLOW {
         let _ = DENIED.insert(&deny_key, &DenyValue { revision: cfg.revision, rule: j.rule }, 0);
-        count(if j.rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
+        count_denied(j.rule);
         return false;
     }
     // Echo replies and ICMP errors belong to other flows; everything else starts one.
     let starts_flow = pkt.kind == Kind::Ip
         && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
-    if INGRESS && j.limit != 0 {
-        // A new TCP connection or UDP flow also takes from the connections bucket.
-        let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
-        if !ratelimit::admit(ratelimit::index(slot, j.limit), &key.src, len as u64, new_conn, clock.fine()) {
-            count(counter::DROP_RATE_LIMIT);
-            return false;
-        }
+    // A new TCP connection or UDP flow also takes from the connections bucket.
+    let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
+    if over_limit::<INGRESS>(slot, j.limit, &key.src, len, new_conn, &mut clock) {
+        return false;
     }
     let now = clock.coarse();
     if starts_flow {
@@ -180,6 +176,23 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
     }
     first_fragment(&pkt, now);
     count(counter::PASS_POLICY);
+    true
+}
+
+/// A packet denied by policy: by a deny rule, or by default.
+#[inline(always)]
+fn count_denied(rule: u32) {
+    count(if rule != 0 { counter::DROP_RULE } else { counter::DROP_DEFAULT });
+}
+
+/// At ingress, charges the packet to its identity's rate limit `limit` (0 = none); true when
+/// it is over the limit (counted) and must be dropped.
+#[inline(always)]
+fn over_limit<const INGRESS: bool>(slot: u32, limit: u32, src: &Addr, len: usize, new_conn: bool, clock: &mut Clock) -> bool {
+    if !INGRESS || limit == 0 || ratelimit::admit(ratelimit::index(slot, limit), src, len as u64, new_conn, clock.fine()) {
+        return false;
+    }
+    count(counter::DROP_RATE_LIMIT);
     true
 }
 
