@@ -321,6 +321,20 @@ impl Servers {
             threads.push(std::thread::spawn(move || {
                 enter(&path);
                 let s = UdpSocket::bind(("::", port)).expect("bind udp");
+                // A large receive buffer: when this thread waits for a CPU during a burst, the
+                // datagrams the datapath admitted must not be lost by the socket instead.
+                let size: libc::c_int = 16 << 20;
+                // SAFETY: setsockopt on our socket with a c_int option value.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
                 tx.send(()).unwrap();
                 let mut buf = [0u8; 65536];
