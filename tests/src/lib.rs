@@ -460,6 +460,7 @@ pub struct Why {
     pub rule: Option<String>,
     pub src_segment: String,
     pub dst_segment: String,
+    pub rate_limit: Option<String>,
     pub revision: Option<u64>,
 }
 
@@ -503,6 +504,7 @@ pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
         rule: v["rule"].as_str().map(String::from),
         src_segment: v["src_segment"].as_str().unwrap_or("?").into(),
         dst_segment: v["dst_segment"].as_str().unwrap_or("?").into(),
+        rate_limit: v["rate_limit"].as_str().map(String::from),
         revision: v["revision"].as_u64(),
     })
 }

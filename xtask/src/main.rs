@@ -26,7 +26,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the demo: namespaces, the agent, real traffic, verdicts.
+    /// Set up, build, and run the demo: namespaces, the agent, real traffic, verdicts and rate
+    /// limits, a revocation.
     Demo,
     /// Set up, build, and measure the per-packet cost of the programs (BPF_PROG_TEST_RUN).
     Bench {

@@ -211,8 +211,10 @@ impl fmt::Display for Summary {
             self.profiles,
             self.port_entries
         )?;
-        if self.rate_limits > 0 {
-            write!(f, ", {} rate limits", self.rate_limits)?;
+        match self.rate_limits {
+            0 => {}
+            1 => write!(f, ", 1 rate limit")?,
+            n => write!(f, ", {n} rate limits")?,
         }
         Ok(())
     }
