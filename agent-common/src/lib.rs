@@ -200,13 +200,104 @@ pub struct DenyKey {
 }
 
 /// Value of `DENIED`: the revision the denial was decided under (any other revision means
-/// "judge again") and the deciding rule (0 = default deny).
+/// "judge again"), the deciding rule (0 = default deny), the segments, and the aggregation of
+/// its events: `total` packets denied so far (only ever incremented), `last_emit` the time of
+/// the last event about it. See [`Event::total`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyValue {
     pub revision: u32,
     pub rule: u32,
+    pub src_segment: u32,
+    pub dst_segment: u32,
+    pub total: u64,
+    pub last_emit: u64,
 }
+
+/// Key of `AGG`: aggregation of drops that are not policy denials (rate limits, fragments,
+/// malformed packets, no policy), per flow and reason. Value: [`AggValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub reason: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggValue {
+    pub total: u64,
+    pub last_emit: u64,
+    /// Rate limit id (rate-limited) or 0.
+    pub rule: u32,
+    pub revision: u32,
+    pub src_segment: u32,
+    pub dst_segment: u32,
+}
+
+/// Events of one aggregate (a flow and reason) are emitted at most this often; the packets in
+/// between are carried by the next event's `total` (or found by the agent's sweep of the maps).
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// What the kernel tells the agent, through the `EVENTS` ring buffer.
+pub mod event {
+    pub const VERDICT_ALLOWED: u8 = 1;
+    pub const VERDICT_DENIED: u8 = 2;
+    pub const VERDICT_RATE_LIMITED: u8 = 3;
+
+    /// Allowed or denied by a rule (`Event::rule`).
+    pub const REASON_RULE: u8 = 1;
+    /// By the default action.
+    pub const REASON_DEFAULT: u8 = 2;
+    /// A later fragment whose first fragment was not allowed.
+    pub const REASON_FRAGMENT: u8 = 3;
+    /// Headers that could not be parsed.
+    pub const REASON_MALFORMED: u8 = 4;
+    /// A tracked flow the new policy no longer allows.
+    pub const REASON_REVOKED: u8 = 5;
+    /// No policy installed yet.
+    pub const REASON_NO_POLICY: u8 = 6;
+    /// Over its identity's rate limit (`Event::rule` = the limit).
+    pub const REASON_RATE_LIMIT: u8 = 7;
+
+    pub const DIRECTION_INGRESS: u8 = 0;
+    pub const DIRECTION_EGRESS: u8 = 1;
+}
+
+/// One event. Events about drops are aggregated per flow and reason: `total` is the number of
+/// packets of that aggregate so far (it only grows while the aggregate lives), so the agent
+/// gets exact counts as differences, whichever events it received.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Packets of the aggregate so far; 1 for events that are not aggregated.
+    pub total: u64,
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub ifindex: u32,
+    pub src_segment: u32,
+    pub dst_segment: u32,
+    /// Rule id (1-based) for rule verdicts, limit id for rate limits, 0 otherwise.
+    pub rule: u32,
+    pub revision: u32,
+    /// Length of the packet that triggered the event.
+    pub len: u32,
+    pub proto: u8,
+    pub direction: u8,
+    pub verdict: u8,
+    pub reason: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+
+/// Fragments of an allowed datagram are accepted for this long after its first fragment.
 
 /// Rate limits: at most this many per policy; `LIMITS` and `LIMIT_STATS` hold two slots of
 /// them (index = slot * MAX_LIMITS + limit id - 1).
@@ -304,7 +395,9 @@ pub mod counter {
     pub const DROP_NO_POLICY: u32 = 11;
     /// Allowed by policy, over its identity's rate limit.
     pub const DROP_RATE_LIMIT: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Events that did not fit in the ring buffer (not packets).
+    pub const EVENTS_LOST: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_tracked",
@@ -320,6 +413,7 @@ pub mod counter {
         "drop_revoked",
         "drop_no_policy",
         "drop_rate_limit",
+        "events_lost",
     ];
 }
 
@@ -343,6 +437,8 @@ pub mod maps {
     pub const BUCKETS: &str = "ZT_BUCKETS";
     pub const ADDR_BUCKETS: &str = "ZT_ADDR_BUCKETS";
     pub const LIMIT_STATS: &str = "ZT_LIMIT_STATS";
+    pub const AGG: &str = "ZT_AGG";
+    pub const EVENTS: &str = "ZT_EVENTS";
     pub const COUNTERS: &str = "ZT_COUNTERS";
 }
 
@@ -375,4 +471,7 @@ mod pod {
     unsafe impl aya::Pod for LimitConfig {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for LimitStats {}
+    unsafe impl aya::Pod for AggKey {}
+    unsafe impl aya::Pod for AggValue {}
+    unsafe impl aya::Pod for Event {}
 }

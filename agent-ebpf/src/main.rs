@@ -12,6 +12,7 @@
 #![allow(internal_features)]
 
 mod conntrack;
+mod events;
 mod identity;
 mod maps;
 mod parse;
@@ -19,7 +20,7 @@ mod policy;
 mod ratelimit;
 
 use agent_common::{
-    ACTION_ALLOW, Addr, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ACTION_ALLOW, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter,
 };
 use aya_ebpf::{
@@ -27,6 +28,11 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use agent_common::event::{
+    REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
+    REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED,
+};
+use events::what;
 use maps::{ACTIVE, Clock, DENIED, FRAGS, SLOTS, count};
 use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 
@@ -34,7 +40,7 @@ use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 #[xdp]
 pub fn zt_ingress(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if enforce::<true>(ctx.data(), ctx.data_end(), len) {
+    if enforce::<true>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -61,17 +67,27 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
         // sees a short packet and drops it as malformed: fail closed.
         let _ = ctx.pull_data(want as u32);
     }
-    if enforce::<false>(ctx.data(), ctx.data_end(), len) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+    // SAFETY: the context's __sk_buff, valid for this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if enforce::<false>(ctx.data(), ctx.data_end(), len, ifindex) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
 }
 
-/// true = pass, false = drop. Every outcome is counted. Rate limits apply at ingress only.
+/// true = pass, false = drop. Every outcome is counted, and reported as an event (drops
+/// aggregated). Rate limits apply at ingress only.
 #[inline(always)]
-fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> bool {
+fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifindex: u32) -> bool {
     let mut pkt = Packet::new();
+    let mut clock = Clock::new();
     if parse::parse(data, data_end, len, &mut pkt).is_err() {
         count(counter::DROP_MALFORMED);
+        pkt.len = len as u32;
+        pkt.ifindex = ifindex;
+        pkt.now = clock.coarse();
+        events::dropped(&pkt, what(VERDICT_DENIED, REASON_MALFORMED, INGRESS), 0);
         return false;
     }
+    pkt.len = len as u32;
+    pkt.ifindex = ifindex;
     match pkt.kind {
         Kind::NonIp => {
             count(counter::PASS_NON_IP);
@@ -84,20 +100,21 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
         _ => {}
     }
     // Read the active slot once: this packet is judged by that policy only.
-    let slot = match ACTIVE.get(0) {
-        Some(&s) if s == 1 || s == 2 => s - 1,
-        _ => {
-            count(counter::DROP_NO_POLICY);
-            return false;
-        }
+    let (slot, cfg) = match ACTIVE.get(0) {
+        Some(&s) if s == 1 || s == 2 => match SLOTS.get(s - 1) {
+            Some(cfg) => (s - 1, cfg),
+            None => return no_policy::<INGRESS>(&mut pkt, &mut clock),
+        },
+        _ => return no_policy::<INGRESS>(&mut pkt, &mut clock),
     };
-    let Some(cfg) = SLOTS.get(slot) else {
-        count(counter::DROP_NO_POLICY);
-        return false;
-    };
-    let mut clock = Clock::new();
+    pkt.revision = cfg.revision;
     if pkt.kind == Kind::LaterFragment {
-        return later_fragment(&pkt, clock.coarse());
+        pkt.now = clock.coarse();
+        if later_fragment(&pkt) {
+            return true;
+        }
+        events::dropped(&pkt, what(VERDICT_DENIED, REASON_FRAGMENT, INGRESS), 0);
+        return false;
     }
     if pkt.kind == Kind::IcmpError && conntrack::lookup(&pkt.inner, clock.coarse()).is_some() {
         count(counter::PASS_ICMP_ERROR);
@@ -120,18 +137,21 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
             let orig = conntrack::original(key, val);
             let port = if orig.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { orig.dport };
             let j = policy::judge(slot, cfg, &orig, port);
-            if j.action != ACTION_ALLOW {
+            if j.verdict.action != ACTION_ALLOW {
                 conntrack::remove(&orig);
                 count(counter::DROP_REVOKED);
+                pkt.now = now;
+                let segs = events::segments(j.src_segment, j.dst_segment);
+                events::emit(&pkt, what(VERDICT_DENIED, REASON_REVOKED, INGRESS), j.verdict.rule, segs, 1);
                 return false;
             }
             val.revision = cfg.revision;
-            val.rule = j.rule;
+            val.rule = j.verdict.rule;
             if val.flags & CT_F_REPLY == 0 {
-                val.limit = j.limit;
+                val.limit = j.verdict.limit;
             }
         }
-        if over_limit::<INGRESS>(slot, val.limit, &key.src, len, false, &mut clock) {
+        if over_limit::<INGRESS>(&mut pkt, slot, val.limit, false, &mut clock) {
             return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
@@ -148,18 +168,35 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
         proto: pkt.tuple.proto,
         _pad: 0,
     };
-    if let Some(d) = DENIED.get_ptr(&deny_key) {
-        // SAFETY: valid map value pointer for this program run; plain data.
-        let d = unsafe { *d };
-        if d.revision == cfg.revision {
-            count_denied(d.rule);
-            return false;
+    if let Some(d) = DENIED.get_ptr_mut(&deny_key)
+        // SAFETY: valid map value pointer for this program run.
+        && let d = unsafe { &mut *d }
+        && d.revision == cfg.revision
+    {
+        count_denied(d.rule);
+        pkt.now = clock.coarse();
+        if let Some(total) = events::aggregate(&raw mut d.total, &raw mut d.last_emit, pkt.now) {
+            let segs = events::segments(d.src_segment, d.dst_segment);
+            events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, total);
         }
+        return false;
     }
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
-    if j.action != ACTION_ALLOW {
-        let _ = DENIED.insert(&deny_key, &DenyValue { revision: cfg.revision, rule: j.rule }, 0);
-        count_denied(j.rule);
+    let segs = events::segments(j.src_segment, j.dst_segment);
+    let v = j.verdict;
+    if v.action != ACTION_ALLOW {
+        pkt.now = clock.coarse();
+        let d = DenyValue {
+            revision: cfg.revision,
+            rule: v.rule,
+            src_segment: j.src_segment,
+            dst_segment: j.dst_segment,
+            total: 1,
+            last_emit: pkt.now,
+        };
+        let _ = DENIED.insert(&deny_key, &d, 0);
+        count_denied(v.rule);
+        events::emit(&pkt, what(VERDICT_DENIED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
         return false;
     }
     // Echo replies and ICMP errors belong to other flows; everything else starts one.
@@ -167,16 +204,33 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize) -> boo
         && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
     // A new TCP connection or UDP flow also takes from the connections bucket.
     let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
-    if over_limit::<INGRESS>(slot, j.limit, &key.src, len, new_conn, &mut clock) {
+    if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock) {
         return false;
     }
     let now = clock.coarse();
     if starts_flow {
-        conntrack::create(key, now, cfg.revision, j.rule, j.limit);
+        conntrack::create(&pkt.tuple, now, cfg.revision, v.rule, v.limit);
+        pkt.now = now;
+        events::emit(&pkt, what(VERDICT_ALLOWED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
     }
     first_fragment(&pkt, now);
     count(counter::PASS_POLICY);
     true
+}
+
+/// Decided by a rule, or by the default action.
+#[inline(always)]
+fn rule_reason(rule: u32) -> u8 {
+    if rule != 0 { REASON_RULE } else { REASON_DEFAULT }
+}
+
+/// No policy installed (yet): everything IP is dropped (fail closed).
+#[inline(always)]
+fn no_policy<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock) -> bool {
+    count(counter::DROP_NO_POLICY);
+    pkt.now = clock.coarse();
+    events::dropped(pkt, what(VERDICT_DENIED, REASON_NO_POLICY, INGRESS), 0);
+    false
 }
 
 /// A packet denied by policy: by a deny rule, or by default.
@@ -186,13 +240,16 @@ fn count_denied(rule: u32) {
 }
 
 /// At ingress, charges the packet to its identity's rate limit `limit` (0 = none); true when
-/// it is over the limit (counted) and must be dropped.
+/// it is over the limit (counted, reported) and must be dropped.
 #[inline(always)]
-fn over_limit<const INGRESS: bool>(slot: u32, limit: u32, src: &Addr, len: usize, new_conn: bool, clock: &mut Clock) -> bool {
-    if !INGRESS || limit == 0 || ratelimit::admit(ratelimit::index(slot, limit), src, len as u64, new_conn, clock.fine()) {
+fn over_limit<const INGRESS: bool>(pkt: &mut Packet, slot: u32, limit: u32, new_conn: bool, clock: &mut Clock) -> bool {
+    let src = &pkt.tuple.src;
+    if !INGRESS || limit == 0 || ratelimit::admit(ratelimit::index(slot, limit), src, pkt.len as u64, new_conn, clock.fine()) {
         return false;
     }
     count(counter::DROP_RATE_LIMIT);
+    pkt.now = clock.fine();
+    events::dropped(pkt, what(VERDICT_RATE_LIMITED, REASON_RATE_LIMIT, INGRESS), limit);
     true
 }
 
@@ -211,7 +268,8 @@ fn first_fragment(pkt: &Packet, now: u64) {
 
 /// A fragment without L4 header passes only if its datagram's first fragment was allowed.
 #[inline(always)]
-fn later_fragment(pkt: &Packet, now: u64) -> bool {
+fn later_fragment(pkt: &Packet) -> bool {
+    let now = pkt.now;
     let seen = pkt.frag_id.and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
     // SAFETY: valid map value pointer for this program run.
     if let Some(t) = seen

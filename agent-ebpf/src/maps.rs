@@ -4,13 +4,13 @@
 //! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
 //! same.
 use agent_common::{
-    BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
+    AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
     LimitStats, MAX_BUCKET_SETS, MAX_LIMITS, PairKey, PortData, SegmentInfo, SlotConfig, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// `[0]`: 1 + the slot in force, or `NO_POLICY` (0) before the first push.
@@ -67,6 +67,14 @@ pub static ADDR_BUCKETS: LruHashMap<BucketKey, u64> = LruHashMap::pinned(65536, 
 /// Per-limit outcomes, per CPU.
 #[map(name = "ZT_LIMIT_STATS")]
 pub static LIMIT_STATS: PerCpuArray<LimitStats> = PerCpuArray::pinned(2 * MAX_LIMITS, 0);
+
+/// Aggregates of drops that are not policy denials, per flow and reason (see `events`).
+#[map(name = "ZT_AGG")]
+pub static AGG: LruHashMap<AggKey, AggValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+
+/// Events for the agent. The agent sets the size from its configuration.
+#[map(name = "ZT_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(4 << 20, 0);
 
 /// Packet counters by outcome (see `agent_common::counter`).
 #[map(name = "ZT_COUNTERS")]

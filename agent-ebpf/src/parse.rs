@@ -62,6 +62,12 @@ pub struct Packet {
     pub frag_id: Option<u32>,
     /// For [`Kind::IcmpError`]: the embedded packet's tuple.
     pub inner: Tuple,
+    /// Set by the pipeline, for events: frame length, interface, policy revision, and the
+    /// time (coarse clock) once read.
+    pub len: u32,
+    pub ifindex: u32,
+    pub revision: u32,
+    pub now: u64,
 }
 
 pub struct Malformed;
@@ -96,7 +102,18 @@ const EMPTY: Tuple = Tuple { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, pro
 
 impl Packet {
     pub const fn new() -> Self {
-        Packet { kind: Kind::Ip, tuple: EMPTY, policy_port: 0, tcp_flags: 0, frag_id: None, inner: EMPTY }
+        Packet {
+            kind: Kind::Ip,
+            tuple: EMPTY,
+            policy_port: 0,
+            tcp_flags: 0,
+            frag_id: None,
+            inner: EMPTY,
+            len: 0,
+            ifindex: 0,
+            revision: 0,
+            now: 0,
+        }
     }
 }
 

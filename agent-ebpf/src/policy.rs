@@ -18,11 +18,18 @@ fn pair(slot: u32, src: u32, dst: u32) -> Option<u32> {
     PAIRS.get_ptr(&PairKey { slot, src, dst }).map(|p| unsafe { *p })
 }
 
+/// A verdict and the segments it was reached for (numeric; the agent names them).
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub src_segment: u32,
+    pub dst_segment: u32,
+}
+
 /// Judges a new flow given as the tuple of its first packet and the port policy sees.
 /// A BPF subprogram of its own (not inlined): its lookup keys then live in its own stack frame
 /// instead of adding to the caller's, which would exceed the 512-byte limit.
 #[inline(never)]
-pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Verdict {
+pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Judgement {
     let src = segment_of(slot, cfg.world_flags, &t.src);
     let dst = segment_of(slot, cfg.world_flags, &t.dst);
     // The compiler wrote explicit pairs wherever both wildcard entries would apply, so the
@@ -34,7 +41,7 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Verdict {
         None => cfg.any_any,
     };
     let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, _pad: 0 };
-    if profile == PROFILE_NONE {
+    let verdict = if profile == PROFILE_NONE {
         default
     } else {
         let port = port.to_be_bytes();
@@ -43,5 +50,6 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Verdict {
             Some(v) => *v,
             None => default,
         }
-    }
+    };
+    Judgement { verdict, src_segment: src.id, dst_segment: dst.id }
 }

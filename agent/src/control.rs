@@ -22,6 +22,19 @@ pub enum Request {
     /// The verdict for one flow under the policy in force.
     Check(Flow),
     Status,
+    /// Recent events matching the filter (one JSON line each), then, following, the live
+    /// ones; `{"missed": N}` when the client fell behind.
+    Events {
+        follow: bool,
+        #[serde(default)]
+        filter: crate::events::EventFilter,
+    },
+}
+
+/// Told to an events client that fell behind the stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Missed {
+    pub missed: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -158,8 +171,24 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(reader: R) -> Result<
 }
 
 pub async fn write_reply<W: tokio::io::AsyncWrite + Unpin>(mut w: W, reply: &Reply) -> io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    write_line(&mut w, reply).await
+}
+
+/// Writes one value as a JSON line.
+pub async fn write_line<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await?;
     w.flush().await
+}
+
+/// Sends `req` and returns the reply lines as they come (for streamed replies).
+pub async fn stream(socket: &Path, req: &Request) -> Result<tokio::io::Lines<BufReader<UnixStream>>, ClientError> {
+    let path = socket.display().to_string();
+    let mut stream =
+        UnixStream::connect(socket).await.map_err(|source| ClientError::Connect { path: path.clone(), source })?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(BufReader::new(stream).lines())
 }

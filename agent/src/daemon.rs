@@ -11,11 +11,13 @@ use std::{
 use aya::programs::xdp::XdpMode;
 use tokio::net::UnixListener;
 
-use agent_common::{BUCKET_PACKETS, TICK_SHIFT};
+use agent_common::{AggKey, AggValue, BUCKET_PACKETS, DenyKey, DenyValue, Event, TICK_SHIFT, maps};
+use aya::maps::{MapData, RingBuf};
 
 use crate::{
     control::{self, CheckResult, Flow, Interface, LimitStatus, PushResult, Reply, Request, Status},
     datapath::{Datapath, Limits, PinLayout, error_chain},
+    events::{EventFilter, EventHub, Subscription},
     mapwriter::MapWriter,
     policy::{self, CompiledPolicy, Policy},
 };
@@ -27,6 +29,8 @@ pub struct Config {
     pub pins: PinLayout,
     pub xdp_mode: XdpMode,
     pub limits: Limits,
+    /// Recent events kept for `ztagent events`.
+    pub events_history: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,7 @@ pub enum DaemonError {
 struct Installed {
     revision: u32,
     policy: Policy,
-    compiled: CompiledPolicy,
+    compiled: Arc<CompiledPolicy>,
 }
 
 struct State {
@@ -53,14 +57,20 @@ struct State {
     datapath: Datapath,
     installed: Option<Installed>,
     interfaces: Vec<Interface>,
+    hub: Arc<EventHub>,
 }
+
+/// How far behind the live stream a client may fall before it is told what it missed.
+const CLIENT_LAG: usize = 16_384;
 
 type Shared = Arc<Mutex<State>>;
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
     let writer = MapWriter::new(&mut datapath.ebpf)?;
-    let mut state = State { writer, datapath, installed: None, interfaces: Vec::new() };
+    let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
+    let sources = EventSources::take(&mut datapath.ebpf)?;
+    let mut state = State { writer, datapath, installed: None, interfaces: Vec::new(), hub: hub.clone() };
 
     // Policy first, then attach: the interfaces are never enforced with an empty policy
     // (which would drop everything) when a policy was given.
@@ -79,6 +89,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
     }
 
+    sources.spawn(hub);
     let listener = bind(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), "control socket ready");
     let shared: Shared = Arc::new(Mutex::new(state));
@@ -120,7 +131,10 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 }
 
 fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError> {
-    let compiled = policy::compile(&parsed);
+    let compiled = Arc::new(policy::compile(&parsed));
+    // Events of the new revision may arrive as soon as it is in force: name them first.
+    let revision = state.writer.revision().wrapping_add(1).max(1);
+    state.hub.policy(revision, compiled.clone());
     let written = state.writer.apply(&compiled)?;
     let result = PushResult {
         revision: written.revision,
@@ -135,6 +149,16 @@ fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError>
 async fn serve(stream: tokio::net::UnixStream, shared: Shared) {
     let (read, write) = stream.into_split();
     let reply = match control::read_request(read).await {
+        Ok(Request::Events { follow, filter }) => {
+            let hub = match shared.lock() {
+                Ok(s) => s.hub.clone(),
+                Err(p) => p.into_inner().hub.clone(),
+            };
+            if let Err(e) = stream_events(write, &hub, follow, &filter).await {
+                tracing::debug!("events client went away: {e}");
+            }
+            return;
+        }
         Ok(req) => {
             let shared = shared.clone();
             // Map writes are blocking syscalls: keep them off the async workers.
@@ -180,6 +204,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
             }
             None => Reply::Error { message: "this agent has no policy yet: every IP packet is dropped".into() },
         },
+        Request::Events { .. } => Reply::Error { message: "internal error: events are streamed".into() },
         Request::Status => {
             let counters = match state.datapath.counters() {
                 Ok(c) => c.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -258,4 +283,101 @@ fn limit_status(writer: &MapWriter, compiled: &CompiledPolicy) -> Vec<LimitStatu
             }
         })
         .collect()
+}
+
+/// Sends the recent events matching `filter`, then (following) the live ones as they come. A
+/// client that falls more than `CLIENT_LAG` events behind is told how many it missed and
+/// carries on from the newest: it never holds up the reader or other clients.
+async fn stream_events(
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    hub: &EventHub,
+    follow: bool,
+    filter: &EventFilter,
+) -> std::io::Result<()> {
+    use tokio::{io::AsyncWriteExt, sync::broadcast::error::RecvError};
+    let Subscription { history, mut live } = hub.subscribe(filter);
+    for r in history {
+        control::write_line(&mut w, &*r).await?;
+    }
+    if !follow {
+        return w.shutdown().await;
+    }
+    loop {
+        match live.recv().await {
+            Ok(r) if filter.matches(&r) => control::write_line(&mut w, &*r).await?,
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => control::write_line(&mut w, &control::Missed { missed }).await?,
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// The kernel maps events come from: the ring buffer, and the aggregation maps the sweep reads.
+struct EventSources {
+    ring: RingBuf<MapData>,
+    denied: aya::maps::HashMap<MapData, DenyKey, DenyValue>,
+    dropped: aya::maps::HashMap<MapData, AggKey, AggValue>,
+}
+
+impl EventSources {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DaemonError> {
+        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| {
+                DaemonError::Datapath(crate::datapath::DatapathError::Map { name, message: "missing".into() })
+            })
+        };
+        let err = |name: &'static str| {
+            move |e: aya::maps::MapError| {
+                DaemonError::Datapath(crate::datapath::DatapathError::Map { name, message: e.to_string() })
+            }
+        };
+        Ok(EventSources {
+            ring: RingBuf::try_from(take(ebpf, maps::EVENTS)?).map_err(err(maps::EVENTS))?,
+            denied: aya::maps::HashMap::try_from(take(ebpf, maps::DENIED)?).map_err(err(maps::DENIED))?,
+            dropped: aya::maps::HashMap::try_from(take(ebpf, maps::AGG)?).map_err(err(maps::AGG))?,
+        })
+    }
+
+    /// The reader (woken by the ring buffer) and the sweep (once an interval).
+    fn spawn(self, hub: Arc<EventHub>) {
+        let EventSources { ring, denied, dropped } = self;
+        let reader_hub = hub.clone();
+        tokio::spawn(async move {
+            // SAFETY: the RingBuf owns its map fd, which stays open and the same while the
+            // AsyncFd owns the RingBuf.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+            };
+            let mut fd = match registered {
+                Ok(fd) => fd,
+                Err(e) => return tracing::error!("cannot watch the event ring buffer: {e}"),
+            };
+            let mut batch: Vec<Event> = Vec::with_capacity(4096);
+            loop {
+                let mut guard = match fd.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => return tracing::error!("event ring buffer: {e}"),
+                };
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<Event>() {
+                        // SAFETY: the kernel wrote an Event (plain data) at the start of the item.
+                        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+                    }
+                }
+                guard.clear_ready();
+                reader_hub.publish(&batch);
+                batch.clear();
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_nanos(agent_common::EVENT_INTERVAL_NS));
+            loop {
+                tick.tick().await;
+                let d = denied.iter().filter_map(Result::ok);
+                let a = dropped.iter().filter_map(Result::ok);
+                hub.sweep(d, a);
+            }
+        });
+    }
 }

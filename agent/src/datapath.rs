@@ -57,6 +57,8 @@ pub struct Limits {
     pub denied: u32,
     /// Per-address rate-limit buckets (an LRU map: the oldest are evicted when full).
     pub addr_buckets: u32,
+    /// The event ring buffer, in bytes (a power of two, at least a page).
+    pub events_bytes: u32,
 }
 
 impl Default for Limits {
@@ -71,6 +73,7 @@ impl Default for Limits {
             frags: 16_384,
             denied: 65_536,
             addr_buckets: 65_536,
+            events_bytes: 4 << 20,
         }
     }
 }
@@ -193,7 +196,8 @@ impl Datapath {
             .map_max_entries(maps::CONNTRACK, limits.conntrack)
             .map_max_entries(maps::FRAGS, limits.frags)
             .map_max_entries(maps::DENIED, limits.denied)
-            .map_max_entries(maps::ADDR_BUCKETS, limits.addr_buckets);
+            .map_max_entries(maps::ADDR_BUCKETS, limits.addr_buckets)
+            .map_max_entries(maps::EVENTS, limits.events_bytes);
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;

@@ -4,9 +4,11 @@
 //! policy file -> [`policy`] (validated model, compiled map image) -> [`mapwriter`] (the one
 //! writer of the kernel maps, atomic per push) -> kernel ([`datapath`] loads and attaches the
 //! programs). [`daemon`] ties them together behind the [`control`] socket the CLI talks to.
+//! Back from the kernel: ring buffer -> [`events`] (names, exact counts) -> clients.
 
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod events;
 pub mod mapwriter;
 pub mod policy;

@@ -12,6 +12,7 @@ use ztagent::{
     control::{self, CheckResult, Flow, Reply, Request},
     daemon,
     datapath::{self, Limits, PinLayout},
+    events::{EventFilter, EventRecord},
     policy,
 };
 
@@ -54,6 +55,12 @@ enum Command {
         /// Capacity of the per-address rate-limit buckets (LRU: the oldest are evicted).
         #[arg(long, default_value_t = Limits::default().addr_buckets)]
         max_rate_buckets: u32,
+        /// Size of the kernel's event ring buffer in bytes (a power of two).
+        #[arg(long, default_value_t = Limits::default().events_bytes)]
+        events_ring_bytes: u32,
+        /// Recent events the agent keeps for `ztagent events`.
+        #[arg(long, default_value_t = 10_000)]
+        events_history: usize,
     },
     /// Work with policy files and the policy in force.
     #[command(subcommand)]
@@ -72,6 +79,26 @@ enum Command {
         /// Judge against this file instead of the running agent's policy.
         #[arg(long)]
         policy: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// What the kernel decided: recent events, or (-f) the live stream.
+    Events {
+        /// Follow the live stream after the recent events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only these verdicts (repeat for several).
+        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited"])]
+        verdicts: Vec<String>,
+        /// Only events from this source segment.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events to this destination segment.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only events to this destination port.
+        #[arg(long)]
+        port: Option<u16>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -147,7 +174,18 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let socket = cli.socket;
     match cli.command {
-        Command::Run { ifaces, policy, pin_path, xdp_mode, log, max_cidrs, max_conntrack, max_rate_buckets } => {
+        Command::Run {
+            ifaces,
+            policy,
+            pin_path,
+            xdp_mode,
+            log,
+            max_cidrs,
+            max_conntrack,
+            max_rate_buckets,
+            events_ring_bytes,
+            events_history,
+        } => {
             init_logging(&log);
             let cfg = daemon::Config {
                 ifaces,
@@ -163,8 +201,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     cidrs: max_cidrs,
                     conntrack: max_conntrack,
                     addr_buckets: max_rate_buckets,
+                    events_bytes: events_ring_bytes,
                     ..Limits::default()
                 },
+                events_history,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -237,6 +277,33 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             print_check(&result, output);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Events { follow, verdicts, from, to, port, output } => {
+            let filter = EventFilter { verdicts, from, to, port };
+            let mut lines =
+                control::stream(&socket, &Request::Events { follow, filter }).await.map_err(|e| e.to_string())?;
+            let colour = std::io::stdout().is_terminal();
+            while let Some(line) = lines.next_line().await.map_err(|e| format!("the agent's stream broke: {e}"))? {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).map_err(|e| format!("the agent sent something unreadable: {e}"))?;
+                if let Some(message) = v.get("message").and_then(|m| m.as_str()) {
+                    return Err(message.to_string());
+                }
+                if let Some(n) = v.get("missed").and_then(|m| m.as_u64()) {
+                    if output == Output::Json {
+                        println!("{line}");
+                    }
+                    eprintln!("ztagent: this client fell behind and missed {n} events");
+                    continue;
+                }
+                if output == Output::Json {
+                    println!("{line}");
+                } else {
+                    let r: EventRecord = serde_json::from_value(v).map_err(|e| format!("unexpected event: {e}"))?;
+                    println!("{}", event_line(&r, colour));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { output } => match call(&socket, &Request::Status).await? {
             Reply::Status(s) => {
                 if output == Output::Json {
@@ -246,7 +313,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     for i in &s.interfaces {
                         println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
                     }
-                    println!("packets:");
+                    println!("counters:");
                     for (name, n) in &s.counters {
                         println!("  {name:<18} {n}");
                     }
@@ -306,6 +373,34 @@ fn print_check(r: &CheckResult, output: Output) {
     };
     let limit = r.rate_limit.as_deref().map_or(String::new(), |l| format!(", rate limit {l}"));
     println!("{verdict} ({} -> {}) by {by}{limit}", r.src_segment, r.dst_segment);
+}
+
+/// One aligned line per event, the verdict coloured on a terminal.
+fn event_line(r: &EventRecord, colour: bool) -> String {
+    let verdict = format!("{:<12}", r.verdict);
+    let verdict = match (colour, r.verdict.as_str()) {
+        (false, _) => verdict,
+        (true, "allowed") => format!("\x1b[32m{verdict}\x1b[0m"),
+        (true, "rate-limited") => format!("\x1b[33m{verdict}\x1b[0m"),
+        (true, _) => format!("\x1b[31m{verdict}\x1b[0m"),
+    };
+    let why = match (&r.rule, &r.rate_limit) {
+        (Some(rule), _) => format!("{} {rule}", r.reason),
+        (None, Some(limit)) => format!("{} {limit}", r.reason),
+        (None, None) => r.reason.clone(),
+    };
+    let count = if r.count > 1 { format!(" x{}", r.count) } else { String::new() };
+    format!(
+        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}",
+        r.time.get(11..23).unwrap_or(&r.time),
+        r.iface,
+        r.direction,
+        r.proto,
+        format!("{}:{}", r.src, r.sport),
+        r.src_segment,
+        format!("{}:{}", r.dst, r.dport),
+        r.dst_segment,
+    )
 }
 
 fn init_logging(filter: &str) {

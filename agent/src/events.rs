@@ -1,0 +1,443 @@
+//! The kernel event stream, userspace side: read the `EVENTS` ring buffer, turn each event into
+//! an [`EventRecord`] (names for segments, rules and limits; exact packet counts), keep the most
+//! recent ones, and fan them out to every client.
+//!
+//! Drops are aggregated in the kernel per flow and reason: an event carries the aggregate's
+//! running packet total, and the count of a record is the difference from the last total seen
+//! for that aggregate. The packets of a flood's last interval are in the kernel's aggregation
+//! maps, not in any event; a sweep of those maps once a second reports them.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use agent_common::{
+    AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
+    event::{
+        DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
+        REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED,
+        VERDICT_RATE_LIMITED,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{CompiledPolicy, addr16};
+
+/// One event as clients see it (`ztagent events -o json` prints one per line; the field names
+/// are stable).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    /// Wall-clock time, RFC 3339 with milliseconds (UTC).
+    pub time: String,
+    /// Interface name (or index when unknown) and "ingress" | "egress".
+    pub iface: String,
+    pub direction: String,
+    /// "allowed" | "denied" | "rate-limited".
+    pub verdict: String,
+    /// "rule" | "default" | "fragment" | "malformed" | "revoked" | "no-policy" | "rate-limit".
+    pub reason: String,
+    /// The deciding rule's name (verdicts by a rule, revocations by a deny rule).
+    pub rule: Option<String>,
+    /// The rate limit's name (rate-limited).
+    pub rate_limit: Option<String>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TCP/UDP ports, or the ICMP echo identifier; 0 when not known.
+    pub sport: u16,
+    pub dport: u16,
+    /// "tcp" | "udp" | "icmp" | the protocol number.
+    pub proto: String,
+    pub src_segment: String,
+    pub dst_segment: String,
+    /// Packets this record stands for (1 unless aggregated).
+    pub count: u64,
+    /// Length of the packet that triggered the event (0 for a sweep's report).
+    pub len: u32,
+    pub revision: u32,
+}
+
+/// What `ztagent events` asks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// Any of these verdicts ("allowed", "denied", "rate-limited"); empty = all.
+    #[serde(default)]
+    pub verdicts: Vec<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, r: &EventRecord) -> bool {
+        (self.verdicts.is_empty() || self.verdicts.iter().any(|v| *v == r.verdict))
+            && self.from.as_ref().is_none_or(|s| *s == r.src_segment)
+            && self.to.as_ref().is_none_or(|s| *s == r.dst_segment)
+            && self.port.is_none_or(|p| p == r.dport)
+    }
+}
+
+/// The aggregate an event belongs to: its flow and reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Aggregate {
+    src: [u8; 16],
+    dst: [u8; 16],
+    port: u16,
+    proto: u8,
+    reason: u8,
+}
+
+/// The last report of an aggregate: its total, and the event it came with (for the sweep's
+/// reports, which have no packet of their own).
+struct Seen {
+    total: u64,
+    last: Arc<EventRecord>,
+}
+
+/// At most this many aggregates are remembered (the kernel's aggregation maps hold fewer).
+const MAX_AGGREGATES: usize = 1 << 18;
+
+/// Turns kernel events into records: names, exact counts, wall-clock times.
+pub struct Decoder {
+    /// Policies by revision, to name what events of recent revisions refer to.
+    policies: VecDeque<(u32, Arc<CompiledPolicy>)>,
+    seen: HashMap<Aggregate, Seen>,
+    ifnames: HashMap<u32, String>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder { policies: VecDeque::new(), seen: HashMap::new(), ifnames: HashMap::new() }
+    }
+
+    /// A new policy revision is in force (events may still refer to the previous one).
+    pub fn policy(&mut self, revision: u32, compiled: Arc<CompiledPolicy>) {
+        self.policies.push_front((revision, compiled));
+        self.policies.truncate(4);
+    }
+
+    fn compiled(&self, revision: u32) -> Option<&CompiledPolicy> {
+        self.policies.iter().find(|(r, _)| *r == revision).or(self.policies.front()).map(|(_, c)| &**c)
+    }
+
+    /// The record of a kernel event, or None when it adds no packet to an aggregate already
+    /// reported (a duplicate total).
+    pub fn decode(&mut self, ev: &Event) -> Option<Arc<EventRecord>> {
+        let key = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: ev.reason };
+        let count = if ev.verdict == VERDICT_ALLOWED || ev.reason == REASON_REVOKED {
+            1
+        } else {
+            self.delta(key, ev.total)?
+        };
+        let record = Arc::new(self.record(ev, count));
+        if ev.verdict != VERDICT_ALLOWED && ev.reason != REASON_REVOKED {
+            self.remember(key, ev.total, record.clone());
+        }
+        Some(record)
+    }
+
+    /// Packets of `key` since its last report. A total below the last one means the kernel's
+    /// aggregate was evicted or renewed (new policy): it counts from zero again.
+    fn delta(&self, key: Aggregate, total: u64) -> Option<u64> {
+        let last = self.seen.get(&key).map_or(0, |s| s.total);
+        let delta = if total >= last { total - last } else { total };
+        (delta > 0).then_some(delta)
+    }
+
+    fn remember(&mut self, key: Aggregate, total: u64, last: Arc<EventRecord>) {
+        if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&key) {
+            self.seen.clear();
+        }
+        self.seen.insert(key, Seen { total, last });
+    }
+
+    /// Reports of the packets the kernel aggregated since the last event of each aggregate, for
+    /// aggregates idle for a whole interval. `denied`/`dropped`: the kernel's aggregation maps.
+    pub fn sweep(
+        &mut self,
+        denied: impl Iterator<Item = (DenyKey, DenyValue)>,
+        dropped: impl Iterator<Item = (AggKey, AggValue)>,
+        now_ns: u64,
+    ) -> Vec<Arc<EventRecord>> {
+        let idle = |last_emit: u64| now_ns.saturating_sub(last_emit) >= EVENT_INTERVAL_NS;
+        let mut due: Vec<(Aggregate, u64)> = Vec::new();
+        for (k, v) in denied {
+            if idle(v.last_emit) {
+                let reason = if v.rule != 0 { REASON_RULE } else { REASON_DEFAULT };
+                due.push((Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason }, v.total));
+            }
+        }
+        for (k, v) in dropped {
+            if idle(v.last_emit) {
+                due.push((Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason }, v.total));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, total) in due {
+            // Only aggregates this agent has seen an event of: it names them from that event.
+            let Some(seen) = self.seen.get(&key) else { continue };
+            let Some(count) = self.delta(key, total).filter(|_| total >= seen.total) else { continue };
+            let mut r = (*seen.last).clone();
+            r.time = rfc3339(wall_clock_of(now_ns));
+            r.count = count;
+            r.len = 0;
+            let r = Arc::new(r);
+            self.seen.insert(key, Seen { total, last: r.clone() });
+            out.push(r);
+        }
+        out
+    }
+
+    fn record(&mut self, ev: &Event, count: u64) -> EventRecord {
+        let (src, dst) = (ip_of(&ev.src), ip_of(&ev.dst));
+        let c = self.compiled(ev.revision);
+        // Segments the datapath did not look up are found in the policy of the event.
+        let segment = |id: u32, addr: IpAddr| -> String {
+            let Some(c) = c else { return if id == SEG_ANY { "?".into() } else { id.to_string() } };
+            let id = if id == SEG_ANY { c.index().segment_of(&addr16(addr)).id } else { id };
+            c.segment_name(id).map_or_else(|| id.to_string(), str::to_string)
+        };
+        let (src_segment, dst_segment) = (segment(ev.src_segment, src), segment(ev.dst_segment, dst));
+        let (rule, rate_limit) = match (ev.reason, c) {
+            (REASON_RATE_LIMIT, Some(c)) => (None, c.limit_name(ev.rule).map(str::to_string)),
+            (_, Some(c)) => (c.rule_name(ev.rule).map(str::to_string), None),
+            _ => (None, None),
+        };
+        EventRecord {
+            time: rfc3339(wall_clock_of(ev.time_ns)),
+            iface: self.ifname(ev.ifindex),
+            direction: if ev.direction == DIRECTION_EGRESS { "egress" } else { "ingress" }.into(),
+            verdict: verdict_name(ev.verdict).into(),
+            reason: reason_name(ev.reason).into(),
+            rule,
+            rate_limit,
+            src,
+            dst,
+            sport: ev.sport,
+            dport: ev.dport,
+            proto: proto_name(ev.proto),
+            src_segment,
+            dst_segment,
+            count,
+            len: ev.len,
+            revision: ev.revision,
+        }
+    }
+
+    fn ifname(&mut self, ifindex: u32) -> String {
+        self.ifnames
+            .entry(ifindex)
+            .or_insert_with(|| {
+                let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+                // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+                let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+                if p.is_null() {
+                    ifindex.to_string()
+                } else {
+                    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+                    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+                }
+            })
+            .clone()
+    }
+}
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        VERDICT_ALLOWED => "allowed",
+        VERDICT_DENIED => "denied",
+        VERDICT_RATE_LIMITED => "rate-limited",
+        _ => "unknown",
+    }
+}
+
+pub fn reason_name(r: u8) -> &'static str {
+    match r {
+        REASON_RULE => "rule",
+        REASON_DEFAULT => "default",
+        REASON_FRAGMENT => "fragment",
+        REASON_MALFORMED => "malformed",
+        REASON_REVOKED => "revoked",
+        REASON_NO_POLICY => "no-policy",
+        REASON_RATE_LIMIT => "rate-limit",
+        _ => "unknown",
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// IPv4-mapped addresses back to IPv4.
+fn ip_of(a: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if *a == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Wall-clock nanoseconds since the epoch of a CLOCK_MONOTONIC time.
+fn wall_clock_of(mono_ns: u64) -> u64 {
+    let now_mono = crate::mapwriter::monotonic_ns();
+    let now_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now_wall.saturating_sub(now_mono.saturating_sub(mono_ns))
+}
+
+/// RFC 3339 in UTC with milliseconds, from nanoseconds since the epoch.
+pub fn rfc3339(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let ms = (unix_ns / 1_000_000) % 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123_000_000), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_833_296_000_000_000), "2026-11-28T03:54:56.000Z");
+    }
+
+    fn event(total: u64, reason: u8) -> Event {
+        Event { total, verdict: VERDICT_DENIED, reason, src: addr16("10.0.0.1".parse().unwrap()), ..Default::default() }
+    }
+
+    #[test]
+    fn aggregated_counts_are_differences_of_totals() {
+        let mut d = Decoder::new();
+        let counts: Vec<Option<u64>> =
+            [1, 40, 40, 100, 3].iter().map(|&t| d.decode(&event(t, REASON_DEFAULT)).map(|r| r.count)).collect();
+        // 1, then 39 more, a duplicate total adds nothing, 60 more, then a renewed aggregate.
+        assert_eq!(counts, [Some(1), Some(39), None, Some(60), Some(3)]);
+        // Another reason is another aggregate.
+        assert_eq!(d.decode(&event(5, REASON_FRAGMENT)).map(|r| r.count), Some(5));
+    }
+
+    #[test]
+    fn the_sweep_reports_what_no_event_carried() {
+        let mut d = Decoder::new();
+        let e = event(10, REASON_DEFAULT);
+        d.decode(&e);
+        let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
+        let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
+        // Not idle for an interval yet: nothing.
+        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_500).is_empty());
+        let r = d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_000 + EVENT_INTERVAL_NS);
+        assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
+        // Reported once.
+        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 3 * EVENT_INTERVAL_NS).is_empty());
+    }
+}
+
+/// Recent events and the live stream, shared by the reader, the sweep and every client.
+pub struct EventHub {
+    inner: std::sync::Mutex<HubState>,
+    tx: tokio::sync::broadcast::Sender<Arc<EventRecord>>,
+    capacity: usize,
+}
+
+struct HubState {
+    decoder: Decoder,
+    history: VecDeque<Arc<EventRecord>>,
+}
+
+/// What a client gets: the recent events it asked for, then (following) the live ones.
+pub struct Subscription {
+    pub history: Vec<Arc<EventRecord>>,
+    pub live: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
+}
+
+impl EventHub {
+    /// Keeps the last `capacity` events; a client more than `lag` events behind the stream is
+    /// told how many it missed instead of holding the others up or growing memory.
+    pub fn new(capacity: usize, lag: usize) -> EventHub {
+        let (tx, _) = tokio::sync::broadcast::channel(lag.max(16));
+        EventHub {
+            inner: std::sync::Mutex::new(HubState { decoder: Decoder::new(), history: VecDeque::new() }),
+            tx,
+            capacity,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn policy(&self, revision: u32, compiled: Arc<CompiledPolicy>) {
+        self.state().decoder.policy(revision, compiled);
+    }
+
+    /// Decodes kernel events and publishes their records.
+    pub fn publish(&self, events: &[Event]) {
+        let mut st = self.state();
+        let records: Vec<_> = events.iter().filter_map(|e| st.decoder.decode(e)).collect();
+        self.push(&mut st, records);
+    }
+
+    /// Publishes what the kernel aggregated without an event (see [`Decoder::sweep`]).
+    pub fn sweep(
+        &self,
+        denied: impl Iterator<Item = (DenyKey, DenyValue)>,
+        dropped: impl Iterator<Item = (AggKey, AggValue)>,
+    ) {
+        let mut st = self.state();
+        let records = st.decoder.sweep(denied, dropped, crate::mapwriter::monotonic_ns());
+        self.push(&mut st, records);
+    }
+
+    fn push(&self, st: &mut HubState, records: Vec<Arc<EventRecord>>) {
+        for r in records {
+            if st.history.len() == self.capacity {
+                st.history.pop_front();
+            }
+            st.history.push_back(r.clone());
+            // No subscriber is not an error.
+            let _ = self.tx.send(r);
+        }
+    }
+
+    /// The recent events matching `filter`, and a receiver for the ones after them (no gap,
+    /// no duplicate: both are taken under the lock `push` holds).
+    pub fn subscribe(&self, filter: &EventFilter) -> Subscription {
+        let st = self.state();
+        let history = st.history.iter().filter(|r| filter.matches(r)).cloned().collect();
+        Subscription { history, live: self.tx.subscribe() }
+    }
+}
