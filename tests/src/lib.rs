@@ -128,6 +128,11 @@ impl Lan {
     /// `hosts` = (IPv4, IPv6) per host; both on a /16 (fd20::/16 for IPv6), so all are on-link.
     pub fn new(hosts: &[(&str, &str)]) -> Lan {
         let switch = Netns::new("zs");
+        // A plain switch: where br_netfilter is loaded, bridged frames would otherwise be
+        // validated (and malformed ones dropped) before any host sees them.
+        for family in ["iptables", "ip6tables"] {
+            let _ = switch.exec(&["sh", "-c", &format!("echo 0 > /proc/sys/net/bridge/bridge-nf-call-{family}")]);
+        }
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
         let mut out = Vec::new();
@@ -185,11 +190,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ns: &Netns, ifaces: &[&str], policy: Option<&Path>) -> Agent {
-        Self::start_with_pins(ns, ifaces, policy, &PathBuf::from("/sys/fs/bpf").join(unique("zt-test-")))
+        Self::start_with(ns, ifaces, policy, &[])
+    }
+
+    /// As [`Agent::start`], with more `ztagent run` flags.
+    pub fn start_with(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, args: &[&str]) -> Agent {
+        let pins = PathBuf::from("/sys/fs/bpf").join(unique("zt-test-"));
+        Self::start_on(ns, ifaces, policy, &pins, args)
     }
 
     /// As [`Agent::start`], on a given pin directory (e.g. one a killed agent left).
     pub fn start_with_pins(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path) -> Agent {
+        Self::start_on(ns, ifaces, policy, pins, &[])
+    }
+
+    fn start_on(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, args: &[&str]) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
         let pins = pins.to_path_buf();
@@ -202,7 +217,7 @@ impl Agent {
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
-        cmd.arg("--pin-path").arg(&pins).arg("--log").arg("debug");
+        cmd.arg("--pin-path").arg(&pins).arg("--log").arg("debug").args(args);
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
@@ -253,6 +268,11 @@ impl Agent {
             .find(|c| c[0] == name)
             .and_then(|c| c[1].as_u64())
             .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the daemon with SIGKILL (enforcement must stay).
@@ -519,7 +539,14 @@ pub struct Loaded {
 impl Loaded {
     pub fn new(limits: &ztagent::datapath::Limits) -> Loaded {
         let pins = ztagent::datapath::PinLayout::new(PathBuf::from("/sys/fs/bpf").join(unique("zt-load-")));
-        let mut datapath = ztagent::datapath::Datapath::load(pins, limits).expect("load the datapath");
+        let mut datapath = match ztagent::datapath::Datapath::load(pins.clone(), limits) {
+            Ok(d) => d,
+            Err(e) => {
+                // Maps pinned before the failure must not outlive the test.
+                let _ = ztagent::datapath::uninstall(&pins);
+                panic!("load the datapath: {e}");
+            }
+        };
         let writer = ztagent::mapwriter::MapWriter::new(&mut datapath.ebpf).expect("policy maps");
         Loaded { datapath, writer }
     }
