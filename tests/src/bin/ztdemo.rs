@@ -210,6 +210,8 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
             cases.push((client, v6, p));
         }
     }
+    // What an operator tailing the event stream sees meanwhile.
+    let tail = Tail::start(&agent)?;
     // All probes at once (a denied one waits for its timeout); printed in order.
     let attempts: Vec<Result<Attempt>> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
@@ -244,6 +246,16 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         st.alarm(&format!("{} DISAGREEMENTS between the kernel and `ztagent check`", problems.len()))
     };
     println!("  {} attempts: {allowed} allowed, {denied} denied; {verdict}", allowed + denied);
+    // The agent reports what it aggregated within a second; then stop tailing.
+    std::thread::sleep(Duration::from_millis(1200));
+    let lines = tail.stop();
+    println!("\n  meanwhile, `ztagent events -f` (the kernel's event stream) showed {} events:", lines.len());
+    for l in &lines {
+        println!("    {l}");
+    }
+    if lines.is_empty() {
+        problems.push("the event stream showed nothing during the traffic".into());
+    }
     step()?;
 
     // ---- 3. Rate limits -----------------------------------------------------------------
@@ -923,5 +935,44 @@ impl Style {
     }
     fn alarm(self, s: &str) -> String {
         self.paint("1;31", s)
+    }
+}
+
+/// `ztagent events -f` in the background, as an operator would tail it. Killed (by its pid) and
+/// reaped on stop or drop.
+struct Tail {
+    child: std::process::Child,
+    reader: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Tail {
+    fn start(agent: &Agent) -> Result<Tail> {
+        let mut child = Command::new(bin("ztagent"))
+            .arg("--socket")
+            .arg(&agent.socket)
+            .args(["events", "-f"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start ztagent events -f")?;
+        let out = child.stdout.take().context("no stdout")?;
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).lines().map_while(Result::ok).collect()
+        });
+        Ok(Tail { child, reader: Some(reader) })
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
