@@ -37,9 +37,9 @@ enum Cmd {
 }
 
 /// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
-/// scapy to craft fragments and malformed frames, nftables as the benchmark's reference,
+/// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
 /// bpftool to inspect what is loaded.
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool"];
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap"];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
