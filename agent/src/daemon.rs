@@ -3,7 +3,6 @@
 //! links and maps stay pinned (`ztagent uninstall` removes them).
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -15,6 +14,7 @@ use agent_common::{AggKey, AggValue, BUCKET_PACKETS, DenyKey, DenyValue, Event, 
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
+    auth::Access,
     control::{self, CheckResult, Flow, Interface, LimitStatus, PushResult, Reply, Request, Status},
     datapath::{Datapath, Limits, PinLayout, error_chain},
     events::{EventFilter, EventHub, Subscription},
@@ -31,6 +31,8 @@ pub struct Config {
     pub limits: Limits,
     /// Recent events kept for `ztagent events`.
     pub events_history: usize,
+    /// Who may use the control socket.
+    pub access: Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Policy(String, policy::Diagnostics),
     #[error("cannot serve the control socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -90,7 +94,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
 
     sources.spawn(hub);
-    let listener = bind(&cfg.socket)?;
+    let listener = bind(&cfg.socket, &cfg.access)?;
+    let access = Arc::new(cfg.access.clone());
     tracing::info!(socket = %cfg.socket.display(), "control socket ready");
     let shared: Shared = Arc::new(Mutex::new(state));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -99,8 +104,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { serve(stream, shared).await });
+                    let (shared, access) = (shared.clone(), access.clone());
+                    tokio::spawn(async move { serve(stream, shared, &access).await });
                 }
                 Err(e) => tracing::warn!("accept failed: {e}"),
             },
@@ -116,7 +121,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
     let err = |source| DaemonError::Socket { path: path.into(), source };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(err)?;
@@ -126,7 +131,7 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         fs::remove_file(path).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    access.secure(path).map_err(DaemonError::Auth)?;
     Ok(listener)
 }
 
@@ -146,7 +151,12 @@ fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError>
     Ok(result)
 }
 
-async fn serve(stream: tokio::net::UnixStream, shared: Shared) {
+async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) {
+    if let Err(message) = access.check(&stream) {
+        tracing::warn!("refused a control connection: {message}");
+        let _ = control::write_reply(stream, &Reply::Error { message }).await;
+        return;
+    }
     let (read, write) = stream.into_split();
     let reply = match control::read_request(read).await {
         Ok(Request::Events { follow, filter }) => {

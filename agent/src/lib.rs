@@ -6,6 +6,7 @@
 //! programs). [`daemon`] ties them together behind the [`control`] socket the CLI talks to.
 //! Back from the kernel: ring buffer -> [`events`] (names, exact counts) -> clients.
 
+pub mod auth;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

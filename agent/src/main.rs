@@ -61,6 +61,9 @@ enum Command {
         /// Recent events the agent keeps for `ztagent events`.
         #[arg(long, default_value_t = 10_000)]
         events_history: usize,
+        /// Members of this group may use the control socket too (default: root only).
+        #[arg(long)]
+        socket_group: Option<String>,
     },
     /// Work with policy files and the policy in force.
     #[command(subcommand)]
@@ -185,8 +188,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             max_rate_buckets,
             events_ring_bytes,
             events_history,
+            socket_group,
         } => {
             init_logging(&log);
+            let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
             let cfg = daemon::Config {
                 ifaces,
                 policy,
@@ -205,6 +210,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     ..Limits::default()
                 },
                 events_history,
+                access,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
