@@ -3,8 +3,12 @@
 //! links and maps stay pinned (`ztagent uninstall` removes them).
 use std::{
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::programs::xdp::XdpMode;
@@ -19,6 +23,7 @@ use crate::{
     datapath::{Datapath, Limits, PinLayout, error_chain},
     events::{EventFilter, EventHub, Subscription},
     mapwriter::MapWriter,
+    metrics, sink,
     policy::{self, CompiledPolicy, Policy},
 };
 
@@ -33,6 +38,13 @@ pub struct Config {
     pub events_history: usize,
     /// Who may use the control socket.
     pub access: Access,
+    // --- metrics and event files (see `metrics` and `sink`) ---
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Append every event record to this file as JSON lines.
+    pub events_file: Option<PathBuf>,
+    /// Rotate the events file when it would grow past this size.
+    pub events_file_max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +59,10 @@ pub enum DaemonError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the events file {path}: {source}")]
+    EventsFile { path: PathBuf, source: std::io::Error },
 }
 
 /// The policy in force, as the agent knows it.
@@ -54,6 +70,8 @@ struct Installed {
     revision: u32,
     policy: Policy,
     compiled: Arc<CompiledPolicy>,
+    /// Unix time (seconds) it was installed.
+    installed_at: f64,
 }
 
 struct State {
@@ -70,6 +88,20 @@ const CLIENT_LAG: usize = 16_384;
 type Shared = Arc<Mutex<State>>;
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    // --- metrics and event files: claimed first, so a bad address or path fails before
+    // anything is loaded or attached.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|source| DaemonError::Metrics { addr, source })?),
+        None => None,
+    };
+    let events_file = match &cfg.events_file {
+        Some(path) => Some(
+            sink::EventFile::open(path, cfg.events_file_max_bytes)
+                .map_err(|source| DaemonError::EventsFile { path: path.clone(), source })?,
+        ),
+        None => None,
+    };
+    // ---
     let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
     let writer = MapWriter::new(&mut datapath.ebpf)?;
     let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
@@ -93,11 +125,29 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
     }
 
-    sources.spawn(hub);
+    // --- metrics and event files: subscribed before the reader starts, they miss nothing.
+    let sink = events_file.map(|f| {
+        tracing::info!(path = %f.path().display(), max_bytes = cfg.events_file_max_bytes, "writing events to a file");
+        sink::Sink::start(f, &hub)
+    });
+    let event_counters = metrics_listener.as_ref().map(|_| metrics::EventCounters::start(&hub));
+    let delivered = Arc::new(AtomicU64::new(0));
+    // ---
+    sources.spawn(hub, delivered.clone());
     let listener = bind(&cfg.socket, &cfg.access)?;
     let access = Arc::new(cfg.access.clone());
     tracing::info!(socket = %cfg.socket.display(), "control socket ready");
     let shared: Shared = Arc::new(Mutex::new(state));
+    // --- metrics
+    if let (Some(tcp), Some(counters)) = (metrics_listener, event_counters) {
+        let (scraped, delivered) = (shared.clone(), delivered.clone());
+        let exporter = metrics::Exporter::new(&counters, &cfg.pins.maps(), move || scrape(&scraped, &delivered));
+        if let Ok(addr) = tcp.local_addr() {
+            tracing::info!("metrics at http://{addr}/metrics");
+        }
+        tokio::spawn(metrics::serve(tcp, Arc::new(exporter)));
+    }
+    // ---
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
     loop {
@@ -114,6 +164,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     let _ = fs::remove_file(&cfg.socket);
+    if let Some(sink) = sink {
+        sink.finish().await;
+    }
     tracing::info!(
         "stopping; enforcement stays in place (pinned under {}); `ztagent uninstall` removes it",
         cfg.pins.root.display()
@@ -147,7 +200,9 @@ fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError>
         rules: parsed.rules.len(),
         entries: written.entries,
     };
-    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled });
+    let installed_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at });
     Ok(result)
 }
 
@@ -249,6 +304,34 @@ pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
     }
 }
 
+/// What the metrics endpoint reads of the agent at a scrape: a few map lookups under the lock.
+fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, String> {
+    let state = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let counters = state.datapath.counters().map_err(|e| error_chain(&e))?;
+    let limits = state.installed.as_ref().map_or_else(Vec::new, |i| {
+        i.compiled
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(j, l)| {
+                let (_, stats) = state.writer.limit_stats(j).unwrap_or_default();
+                metrics::LimitCounts {
+                    name: l.name.clone(),
+                    packets_passed: stats.packets_passed,
+                    packets_dropped: stats.packets_dropped,
+                }
+            })
+            .collect()
+    });
+    Ok(metrics::Scrape {
+        counters,
+        events_delivered: delivered.load(Ordering::Relaxed),
+        limits,
+        revision: state.writer.revision(),
+        last_push: state.installed.as_ref().map(|i| i.installed_at),
+    })
+}
+
 /// The state of every rate limit in force, read from the kernel.
 fn limit_status(writer: &MapWriter, compiled: &CompiledPolicy) -> Vec<LimitStatus> {
     let describe = |b: &Option<policy::Bucket>| {
@@ -348,8 +431,9 @@ impl EventSources {
         })
     }
 
-    /// The reader (woken by the ring buffer) and the sweep (once an interval).
-    fn spawn(self, hub: Arc<EventHub>) {
+    /// The reader (woken by the ring buffer) and the sweep (once an interval). `delivered`
+    /// counts the events read.
+    fn spawn(self, hub: Arc<EventHub>, delivered: Arc<AtomicU64>) {
         let EventSources { ring, denied, dropped } = self;
         let reader_hub = hub.clone();
         tokio::spawn(async move {
@@ -376,6 +460,7 @@ impl EventSources {
                     }
                 }
                 guard.clear_ready();
+                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 reader_hub.publish(&batch);
                 batch.clear();
             }

@@ -4,7 +4,8 @@
 //! policy file -> [`policy`] (validated model, compiled map image) -> [`mapwriter`] (the one
 //! writer of the kernel maps, atomic per push) -> kernel ([`datapath`] loads and attaches the
 //! programs). [`daemon`] ties them together behind the [`control`] socket the CLI talks to.
-//! Back from the kernel: ring buffer -> [`events`] (names, exact counts) -> clients.
+//! Back from the kernel: ring buffer -> [`events`] (names, exact counts) -> clients, the
+//! [`metrics`] endpoint and the events file ([`sink`]).
 
 pub mod auth;
 pub mod control;
@@ -12,4 +13,6 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod mapwriter;
+pub mod metrics;
 pub mod policy;
+pub mod sink;

@@ -64,6 +64,20 @@ enum Command {
         /// Members of this group may use the control socket too (default: root only).
         #[arg(long)]
         socket_group: Option<String>,
+        // --- metrics and event files
+        /// Serve Prometheus (OpenMetrics) metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
+        /// No authentication: keep it on loopback or a management network. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Append every event to this file as one JSON line (the schema of `ztagent events
+        /// -o json`), rotated by size into PATH.1 .. PATH.3.
+        #[arg(long, value_name = "PATH")]
+        events_file: Option<PathBuf>,
+        /// Rotate the events file when a line would take it past this many bytes.
+        #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::sink::DEFAULT_MAX_BYTES,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        events_file_max_bytes: u64,
+        // ---
     },
     /// Work with policy files and the policy in force.
     #[command(subcommand)]
@@ -189,6 +203,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             events_ring_bytes,
             events_history,
             socket_group,
+            metrics_addr,
+            events_file,
+            events_file_max_bytes,
         } => {
             init_logging(&log);
             let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
@@ -211,6 +228,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 },
                 events_history,
                 access,
+                metrics_addr,
+                events_file,
+                events_file_max_bytes,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
