@@ -38,6 +38,8 @@ pub struct Config {
     pub events_history: usize,
     /// Who may use the control socket.
     pub access: Access,
+    /// Where the last-known-good policy is kept.
+    pub state_dir: PathBuf,
     // --- metrics and event files (see `metrics` and `sink`) ---
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<SocketAddr>,
@@ -59,6 +61,8 @@ pub enum DaemonError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the events file {path}: {source}")]
@@ -80,6 +84,7 @@ struct State {
     installed: Option<Installed>,
     interfaces: Vec<Interface>,
     hub: Arc<EventHub>,
+    state_dir: PathBuf,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -106,7 +111,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let writer = MapWriter::new(&mut datapath.ebpf)?;
     let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
     let sources = EventSources::take(&mut datapath.ebpf)?;
-    let mut state = State { writer, datapath, installed: None, interfaces: Vec::new(), hub: hub.clone() };
+    let mut state = State {
+        writer,
+        datapath,
+        installed: None,
+        interfaces: Vec::new(),
+        hub: hub.clone(),
+        state_dir: cfg.state_dir.clone(),
+    };
 
     // Policy first, then attach: the interfaces are never enforced with an empty policy
     // (which would drop everything) when a policy was given.
@@ -114,6 +126,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
         let r = install(&mut state, parsed)?;
         tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
+    } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
+        if state.writer.active_slot().is_some() && state.writer.revision() == revision {
+            // The pinned maps hold exactly the last-known-good policy: keep them as they are.
+            let compiled = Arc::new(policy::compile(&saved));
+            state.hub.policy(revision, compiled.clone());
+            state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
+            tracing::info!(revision, "the pinned policy matches the last-known-good one: adopted as it is");
+        } else {
+            let r = install(&mut state, saved)?;
+            tracing::info!(revision = r.revision, "the last-known-good policy (revision {revision}) installed again");
+        }
     } else if state.writer.active_slot().is_some() {
         tracing::info!(revision = state.writer.revision(), "keeping the policy already in the kernel");
     } else {
@@ -200,10 +223,14 @@ fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError>
         rules: parsed.rules.len(),
         entries: written.entries,
     };
-    let installed_at =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at });
+    // Acknowledged only once the state directory holds it too.
+    crate::state::save(&state.state_dir, written.revision, &parsed)?;
+    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at: unix_now() });
     Ok(result)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) {

@@ -15,4 +15,5 @@ pub mod events;
 pub mod mapwriter;
 pub mod metrics;
 pub mod policy;
+pub mod state;
 pub mod sink;

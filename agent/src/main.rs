@@ -64,6 +64,9 @@ enum Command {
         /// Members of this group may use the control socket too (default: root only).
         #[arg(long)]
         socket_group: Option<String>,
+        /// Where the last-known-good policy is kept (and restored from on restart).
+        #[arg(long, default_value = ztagent::state::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         // --- metrics and event files
         /// Serve Prometheus (OpenMetrics) metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
         /// No authentication: keep it on loopback or a management network. Off by default.
@@ -203,6 +206,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             events_ring_bytes,
             events_history,
             socket_group,
+            state_dir,
             metrics_addr,
             events_file,
             events_file_max_bytes,
@@ -228,6 +232,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 },
                 events_history,
                 access,
+                state_dir,
                 metrics_addr,
                 events_file,
                 events_file_max_bytes,

@@ -184,6 +184,9 @@ pub struct Agent {
     child: Child,
     pub socket: PathBuf,
     pub pins: PathBuf,
+    /// The state directory (last-known-good policy); an agent restarted on the same pins
+    /// gets the same one.
+    pub state: PathBuf,
     log: PathBuf,
     _dir: TempDir,
 }
@@ -208,6 +211,8 @@ impl Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
         let pins = pins.to_path_buf();
+        let name = pins.file_name().map_or_else(|| "agent".into(), |n| n.to_string_lossy().into_owned());
+        let state = std::env::temp_dir().join(format!("ztagent-state-{name}"));
         let log = dir.0.join("agent.log");
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(&socket).arg("run");
@@ -217,11 +222,11 @@ impl Agent {
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
-        cmd.arg("--pin-path").arg(&pins).arg("--log").arg("debug").args(args);
+        cmd.arg("--pin-path").arg(&pins).arg("--state-dir").arg(&state).arg("--log").arg("debug").args(args);
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
-        let mut agent = Agent { child, socket, pins, log, _dir: dir };
+        let mut agent = Agent { child, socket, pins, state, log, _dir: dir };
         agent.wait_ready();
         agent
     }
@@ -301,6 +306,7 @@ impl Drop for Agent {
             .stdout(Stdio::null())
             .status();
         let _ = fs::remove_dir_all(&self.pins);
+        let _ = fs::remove_dir_all(&self.state);
     }
 }
 

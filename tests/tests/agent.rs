@@ -75,3 +75,35 @@ fn sigkill_keeps_enforcement_and_a_restart_adopts_it() {
     assert_eq!(status["interfaces"][0]["egress"], "adopted");
     assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&attacker.ns, payments.v4, 443));
 }
+
+#[test]
+fn a_restart_restores_the_last_known_good_policy() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
+    agent.push(&dir.file("more.yaml", &POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#)));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(agent.state.join("policy.json")).unwrap()).unwrap();
+    assert_eq!(saved["revision"], 2, "the push was acknowledged before the state directory held it");
+
+    // Same pins, no --policy: the kernel still holds revision 2, which matches the saved one.
+    agent.kill();
+    let again = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
+    assert!(again.log().contains("adopted as it is"), "{}", again.log());
+    let got = json(&again.cli(&["policy", "get", "-o", "json"]));
+    assert_eq!((got["revision"].clone(), got["policy"]["rules"][0]["ports"][1].clone()), (2.into(), "8443/tcp".into()));
+    drop(again);
+
+    // The kernel state gone (uninstalled): the saved policy is installed again.
+    let fresh_pins = agent.pins.clone();
+    let _ = std::process::Command::new(integration_tests::bin("ztagent"))
+        .args(["uninstall", "--pin-path"])
+        .arg(&fresh_pins)
+        .status();
+    std::fs::create_dir_all(&agent.state).unwrap();
+    std::fs::write(agent.state.join("policy.json"), serde_json::to_vec(&saved).unwrap()).unwrap();
+    let restored = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &fresh_pins);
+    assert!(restored.log().contains("installed again"), "{}", restored.log());
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8443), "the restored policy is not enforced");
+}

@@ -1,0 +1,82 @@
+//! The last-known-good policy on disk: the agent's state directory holds the policy in force
+//! and its revision, written atomically (temporary file, fsync, rename, fsync of the
+//! directory) after every successful push, so a restarted agent can check the pinned kernel
+//! state against it and, if they differ, install it again.
+use std::{
+    fs::{self, File},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{self, Policy};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ztagent";
+const FILE: &str = "policy.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write the last-known-good policy to {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("the last-known-good policy {path} cannot be read: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    revision: u32,
+    policy: serde_json::Value,
+}
+
+/// Saves `policy` as revision `revision` of the policy in force.
+pub fn save(dir: &Path, revision: u32, policy: &Policy) -> Result<(), StateError> {
+    let path = dir.join(FILE);
+    let err = |source| StateError::Write { path: path.clone(), source };
+    fs::create_dir_all(dir).map_err(err)?;
+    let value: serde_json::Value = serde_json::from_str(&policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
+    let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value }).map_err(|e| err(io::Error::other(e)))?;
+    let tmp = dir.join(format!(".{FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, &path).map_err(err)?;
+    // The rename itself must reach the disk too.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+}
+
+/// The saved policy and its revision; None when there is none.
+pub fn load(dir: &Path) -> Result<Option<(u32, Policy)>, StateError> {
+    let path = dir.join(FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::Read { path, message: e.to_string() }),
+    };
+    let read = |message: String| StateError::Read { path: path.clone(), message };
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| read(e.to_string()))?;
+    let policy = policy::parse(&saved.policy.to_string(), &path.display().to_string()).map_err(|d| read(d.to_string()))?;
+    Ok(Some((saved.revision, policy)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_policy_loads_back_and_replaces_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!("ztagent-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(load(&dir).unwrap().is_none());
+        let p1 = policy::parse("version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/8] }\nrules: []\n", "t").unwrap();
+        let p2 = policy::parse("version: 1\ndefaultAction: allow\nsegments: {}\nrules: []\n", "t").unwrap();
+        save(&dir, 1, &p1).unwrap();
+        save(&dir, 2, &p2).unwrap();
+        let (rev, p) = load(&dir).unwrap().unwrap();
+        assert_eq!((rev, p), (2, p2));
+        assert!(!dir.join(".policy.json.tmp").exists());
+        fs::write(dir.join(FILE), "{ not json").unwrap();
+        assert!(matches!(load(&dir), Err(StateError::Read { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
