@@ -189,6 +189,8 @@ pub struct Agent {
     pub state: PathBuf,
     log: PathBuf,
     _dir: TempDir,
+    /// Set when a successor took the pins over: then dropping this guard leaves them.
+    handed_over: bool,
 }
 
 impl Agent {
@@ -226,7 +228,7 @@ impl Agent {
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
-        let mut agent = Agent { child, socket, pins, state, log, _dir: dir };
+        let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
         agent.wait_ready();
         agent
     }
@@ -285,6 +287,14 @@ impl Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Kills the daemon with SIGKILL and starts another on the same pins and state, without
+    /// a policy (it finds the one in force): a crash and a restart.
+    pub fn crash_and_restart(mut self, ns: &Netns, ifaces: &[&str]) -> Agent {
+        self.kill();
+        self.handed_over = true;
+        Agent::start_with_pins(ns, ifaces, None, &self.pins)
+    }
 }
 
 impl Drop for Agent {
@@ -300,6 +310,9 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.handed_over {
+            return;
+        }
         let _ = Command::new(bin("ztagent"))
             .args(["uninstall", "--pin-path"])
             .arg(&self.pins)
