@@ -22,7 +22,8 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-/// At most this many IPv6 extension headers are walked; a longer chain is malformed.
+/// At most this many IPv6 extension headers are walked (the walk takes one more step to reach
+/// the upper-layer header); a longer chain is malformed.
 const MAX_IPV6_EXT: usize = 8;
 /// Headers (L2 + L3 + extensions) must end within this many bytes of the frame start. Bounds
 /// every offset for the verifier and rejects absurd header chains.
@@ -139,6 +140,9 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
     }
     let l4_off;
     let raw_proto;
+    // Where the IP packet ends, by its own length field: L4 headers must lie within it (bytes
+    // after it, such as an Ethernet trailer, are not the packet's).
+    let ip_end;
     match ether_type {
         ETH_P_IP => {
             let ip: Ipv4Hdr = load(data, data_end, off)?;
@@ -149,6 +153,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             if off + be16(ip.tot_len) as usize > pkt_len {
                 return Err(Malformed); // truncated
             }
+            ip_end = off + be16(ip.tot_len) as usize;
             pkt.tuple.src = mapped_v4(ip.src_addr);
             pkt.tuple.dst = mapped_v4(ip.dst_addr);
             raw_proto = ip.proto;
@@ -182,12 +187,13 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             {
                 return Err(Malformed);
             }
+            ip_end = if payload == 0 { pkt_len } else { off + Ipv6Hdr::LEN + payload };
             pkt.tuple.src = ip.src_addr;
             pkt.tuple.dst = ip.dst_addr;
             let mut next = ip.next_hdr;
             let mut l4 = off + Ipv6Hdr::LEN;
             let mut done = false;
-            for _ in 0..MAX_IPV6_EXT {
+            for _ in 0..=MAX_IPV6_EXT {
                 // The verifier needs every offset bounded.
                 if l4 > MAX_HDR_OFF {
                     return Err(Malformed);
@@ -244,6 +250,14 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
         return Err(Malformed);
     }
     pkt.tuple.proto = normalise(raw_proto);
+    let l4_len = match raw_proto {
+        PROTO_TCP => 14,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
+        _ => 0,
+    };
+    if l4_off + l4_len > ip_end {
+        return Err(Malformed); // the L4 header is cut short by the IP length
+    }
     match raw_proto {
         PROTO_TCP => {
             // ports(4) seq(4) ack(4) doff(1) flags(1)

@@ -93,6 +93,45 @@ pub struct Status {
     /// The rate limits in force.
     #[serde(default)]
     pub limits: Vec<LimitStatus>,
+    /// `run --policy-dir`: the directory and what became of its versions (null without it).
+    #[serde(default)]
+    pub policy_source: Option<PolicySource>,
+}
+
+/// The policy directory source (`ztagent run --policy-dir DIR`), as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicySource {
+    /// The directory watched.
+    pub dir: String,
+    /// The policy file last read, through its symlinks (in a ConfigMap,
+    /// `DIR/..2026_11_28_10_00_00.123/policy.yaml`); null before any was found.
+    pub file: Option<String>,
+    /// True when the directory's newest version is the one applied; false while it is
+    /// rejected (the policy applied before stays in force).
+    pub up_to_date: bool,
+    pub last_applied: Option<AppliedVersion>,
+    /// The last version rejected, also once a later one was applied (compare the times).
+    pub last_rejection: Option<RejectedVersion>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppliedVersion {
+    /// SHA-256 of the file's bytes (hex, as `sha256sum` prints it).
+    pub sha256: String,
+    /// The policy revision it was installed as.
+    pub revision: u32,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RejectedVersion {
+    /// SHA-256 of the file's bytes; null when there was no file to read.
+    pub sha256: Option<String>,
+    /// Why: the diagnostics (`DIR/NAME:LINE:COL: message`, one per line), or what is missing.
+    pub message: String,
+    /// RFC 3339, UTC.
+    pub time: String,
 }
 
 /// One rate limit: configuration, state, and what it did since it was installed unchanged.

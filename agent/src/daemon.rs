@@ -47,6 +47,10 @@ pub struct Config {
     pub events_file: Option<PathBuf>,
     /// Rotate the events file when it would grow past this size.
     pub events_file_max_bytes: u64,
+    // --- policy directory (see `watch`)
+    /// Take the policy from this directory and apply each new version of it.
+    pub policy_dir: Option<PathBuf>,
+    // ---
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ pub enum DaemonError {
     Metrics { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the events file {path}: {source}")]
     EventsFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    PolicyDir(#[from] crate::watch::WatchError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -85,6 +91,8 @@ struct State {
     interfaces: Vec<Interface>,
     hub: Arc<EventHub>,
     state_dir: PathBuf,
+    /// `--policy-dir`: what `status` shows of it.
+    policy_source: Option<crate::watch::Report>,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -108,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     };
     // ---
     let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
-    let writer = MapWriter::new(&mut datapath.ebpf)?;
+    let writer = MapWriter::new(&mut datapath.ebpf, &cfg.limits)?;
     let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
     let sources = EventSources::take(&mut datapath.ebpf)?;
     let mut state = State {
@@ -118,7 +126,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         interfaces: Vec::new(),
         hub: hub.clone(),
         state_dir: cfg.state_dir.clone(),
+        policy_source: None,
     };
+
+    // --- policy directory: its policy is installed like --policy; when it is missing or
+    // invalid (logged and reported), the last-known-good one below is taken instead.
+    let mut policy_dir = cfg.policy_dir.as_deref().map(crate::watch::PolicyDir::open).transpose()?;
+    let from_dir = policy_dir.as_mut().and_then(|d| d.initial());
+    state.policy_source = policy_dir.as_ref().map(|d| d.report());
+    // ---
 
     // Policy first, then attach: the interfaces are never enforced with an empty policy
     // (which would drop everything) when a policy was given.
@@ -126,6 +142,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
         let r = install(&mut state, parsed)?;
         tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
+    } else if let (Some(parsed), Some(dir)) = (from_dir, policy_dir.as_mut()) {
+        let r = install(&mut state, parsed)?;
+        dir.installed(r.revision);
     } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
         if state.writer.active_slot().is_some() && state.writer.revision() == revision {
             // The pinned maps hold exactly the last-known-good policy: keep them as they are.
@@ -169,6 +188,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             tracing::info!("metrics at http://{addr}/metrics");
         }
         tokio::spawn(metrics::serve(tcp, Arc::new(exporter)));
+    }
+    // ---
+    // --- policy directory: each new version is installed like a push, under the state lock.
+    if let Some(dir) = policy_dir {
+        let shared = shared.clone();
+        dir.spawn(move |parsed| {
+            let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+            install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
+        })
+        .map_err(|source| DaemonError::PolicyDir(crate::watch::WatchError::Dir {
+            path: cfg.policy_dir.clone().unwrap_or_default(),
+            message: format!("cannot start its watcher: {source}"),
+        }))?;
     }
     // ---
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -313,6 +345,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                     .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress })
                     .collect(),
                 counters,
+                policy_source: state.policy_source.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             })
         }
     }

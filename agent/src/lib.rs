@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod policy;
 pub mod state;
 pub mod sink;
+pub mod watch;

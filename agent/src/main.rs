@@ -37,6 +37,12 @@ enum Command {
         /// kernel is kept, or everything IP is dropped until one is pushed.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Take the policy from this directory (e.g. a Kubernetes ConfigMap volume) and apply
+        /// each new version; a broken version is rejected (logged, shown in `status`) and the
+        /// policy in force stays. The file: policy.yaml, else policy.json, else the only
+        /// *.yaml, *.yml or *.json file in DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "policy")]
+        policy_dir: Option<PathBuf>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -46,9 +52,16 @@ enum Command {
         /// Log level (error, warn, info, debug, trace), or a tracing filter.
         #[arg(long, env = "ZTAGENT_LOG", default_value = "info")]
         log: String,
-        /// Capacity of the CIDR map (both policy slots together).
+        /// Capacity of the CIDR and host-address maps (both policy slots together: a policy
+        /// may use half).
         #[arg(long, default_value_t = Limits::default().cidrs)]
         max_cidrs: u32,
+        /// Capacity of the segment-pair map (both policy slots together).
+        #[arg(long, default_value_t = Limits::default().pairs)]
+        max_pairs: u32,
+        /// Capacity of the port map (both policy slots together).
+        #[arg(long, default_value_t = Limits::default().ports)]
+        max_port_entries: u32,
         /// Capacity of the connection-tracking map (two entries per flow).
         #[arg(long, default_value_t = Limits::default().conntrack)]
         max_conntrack: u32,
@@ -201,6 +214,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             xdp_mode,
             log,
             max_cidrs,
+            max_pairs,
+            max_port_entries,
             max_conntrack,
             max_rate_buckets,
             events_ring_bytes,
@@ -210,6 +225,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             metrics_addr,
             events_file,
             events_file_max_bytes,
+            policy_dir,
         } => {
             init_logging(&log);
             let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
@@ -225,6 +241,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 },
                 limits: Limits {
                     cidrs: max_cidrs,
+                    hosts: max_cidrs,
+                    pairs: max_pairs,
+                    ports: max_port_entries,
                     conntrack: max_conntrack,
                     addr_buckets: max_rate_buckets,
                     events_bytes: events_ring_bytes,
@@ -236,6 +255,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 metrics_addr,
                 events_file,
                 events_file_max_bytes,
+                policy_dir,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -365,6 +385,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         println!("  connections        {} admitted, {} dropped", l.connections_passed, l.connections_dropped);
                         println!("  bytes              {} admitted, {} dropped", l.bytes_passed, l.bytes_dropped);
                     }
+                    // --- policy directory
+                    if let Some(p) = &s.policy_source {
+                        let state = if p.up_to_date { "up to date" } else { "newest version rejected" };
+                        println!("policy directory {} ({state}): {}", p.dir, p.file.as_deref().unwrap_or("no file yet"));
+                        if let Some(a) = &p.last_applied {
+                            println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+                        }
+                        if let Some(r) = &p.last_rejection {
+                            println!("  last rejected      {} sha256 {}", r.time, r.sha256.as_deref().unwrap_or("-"));
+                            for line in r.message.lines() {
+                                println!("    {line}");
+                            }
+                        }
+                    }
+                    // ---
                 }
                 Ok(ExitCode::SUCCESS)
             }

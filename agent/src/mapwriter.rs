@@ -25,6 +25,8 @@ pub enum WriteError {
     Map { map: &'static str, message: String },
     #[error("map {map} is full ({message}); raise its limit or shrink the policy — the policy in force is unchanged")]
     Full { map: &'static str, message: String },
+    #[error("the policy needs {needed} {what}, more than the {allowed} per policy that {flag} allows (half the map: a push holds two policies); the policy in force is unchanged")]
+    TooLarge { what: &'static str, needed: usize, allowed: usize, flag: &'static str },
 }
 
 /// What a push wrote.
@@ -49,6 +51,8 @@ pub struct MapWriter {
     addr_buckets: HashMap<MapData, BucketKey, u64>,
     limit_stats: PerCpuArray<MapData, LimitStats>,
     last_flip: Option<Instant>,
+    /// Entries one policy may use in each map: half of each (two slots).
+    room: crate::datapath::Limits,
 }
 
 /// A program that read `ZT_ACTIVE` just before a flip may still be using the old slot for a
@@ -74,7 +78,8 @@ fn profile_id(slot: u32, profile: u32) -> u32 {
 }
 
 impl MapWriter {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, WriteError> {
+    /// The policy maps of `ebpf`, created with the sizes in `limits`.
+    pub fn new(ebpf: &mut Ebpf, limits: &crate::datapath::Limits) -> Result<Self, WriteError> {
         Ok(MapWriter {
             active: take(ebpf, maps::ACTIVE_SLOT)?,
             slots: take(ebpf, maps::SLOTS)?,
@@ -87,7 +92,24 @@ impl MapWriter {
             addr_buckets: take(ebpf, maps::ADDR_BUCKETS)?,
             limit_stats: take(ebpf, maps::LIMIT_STATS)?,
             last_flip: None,
+            room: limits.clone(),
         })
+    }
+
+    /// Refuses, before writing anything, a policy that would not fit in its slot.
+    fn fits(&self, p: &CompiledPolicy) -> Result<(), WriteError> {
+        let half = |n: u32| n as usize / 2;
+        let checks = [
+            ("host addresses", p.hosts.len(), half(self.room.hosts), "--max-cidrs"),
+            ("CIDR entries", p.cidrs.len(), half(self.room.cidrs), "--max-cidrs"),
+            ("segment pairs", p.pairs.len(), half(self.room.pairs), "--max-pairs"),
+            ("port entries", p.ports.len(), half(self.room.ports), "--max-port-entries"),
+            ("rate limits", p.limits.len(), MAX_LIMITS as usize, "this build"),
+        ];
+        match checks.into_iter().find(|(_, needed, allowed, _)| needed > allowed) {
+            Some((what, needed, allowed, flag)) => Err(WriteError::TooLarge { what, needed, allowed, flag }),
+            None => Ok(()),
+        }
     }
 
     /// The slot in force, if a policy was ever installed (possibly by an earlier agent).
@@ -107,6 +129,7 @@ impl MapWriter {
 
     /// Installs `policy` as the policy in force, atomically; returns what was written.
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<Written, WriteError> {
+        self.fits(policy)?;
         let active = self.active_slot();
         let slot = match active {
             Some(s) => 1 - s,

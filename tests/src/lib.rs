@@ -566,7 +566,7 @@ impl Loaded {
                 panic!("load the datapath: {e}");
             }
         };
-        let writer = ztagent::mapwriter::MapWriter::new(&mut datapath.ebpf).expect("policy maps");
+        let writer = ztagent::mapwriter::MapWriter::new(&mut datapath.ebpf, limits).expect("policy maps");
         Loaded { datapath, writer }
     }
 

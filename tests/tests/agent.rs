@@ -107,3 +107,19 @@ fn a_restart_restores_the_last_known_good_policy() {
     assert!(restored.log().contains("installed again"), "{}", restored.log());
     assert!(tcp_ok(&frontend.ns, payments.v4, 8443), "the restored policy is not enforced");
 }
+
+#[test]
+fn a_policy_larger_than_the_configured_maps_is_refused_up_front() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10")]);
+    let h = &lan.hosts[0];
+    let dir = TempDir::new();
+    let agent = Agent::start_with(&h.ns, &[&h.iface], Some(&dir.file("p.yaml", POLICY)), &["--max-cidrs", "16"]);
+    // 9 CIDRs fit in half of 16; 12 do not.
+    let cidrs: Vec<String> = (0..12).map(|i| format!("10.{i}.0.0/16")).collect();
+    let big = format!("version: 1\nsegments:\n  many: {{ cidrs: [{}] }}\nrules: []\n", cidrs.join(", "));
+    let out = agent.cli(&["policy", "push", dir.file("big.yaml", &big).to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("12 CIDR entries") && err.contains("--max-cidrs") && err.contains("unchanged"), "{err}");
+    assert_eq!(json(&agent.cli(&["policy", "get", "-o", "json"]))["revision"], 1);
+}

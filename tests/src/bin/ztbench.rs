@@ -19,20 +19,39 @@
 //! With `--breakdown`, more frames, each skipping part of the denied path, show what each
 //! part costs.
 //!
-//! Usage: `ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N]`
-//! (as root; see `--help`).
+//! Then events (see [`event_cost`] and [`event_throughput`]):
+//!
+//! - *what an event costs a packet*: the allowed SYN and the first packet of a denied flow,
+//!   each measured while the ring buffer has room (the event is written) and while it is full
+//!   (the event is lost early), next to a denied repeat packet (aggregated away, no event);
+//! - *events per second into the agent without loss*: the real daemon (`ztagent run
+//!   --events-file --metrics-addr`) in a network namespace; this process test-runs its own copy
+//!   of the XDP program on the daemon's pinned maps with the SYN of an allowed flow, so every
+//!   run puts one event in the daemon's ring buffer, which the daemon reads, names and appends
+//!   to its JSON-lines file. The producer is paced by what the file holds, so nothing may be
+//!   lost; then the same number of events is sent unpaced, to show what is lost and where.
+//!
+//! Usage: `ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N]
+//! [--events N]` (as root; see `--help`).
 use std::{
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
+    fs::File,
+    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use agent_common::{ACTION_ALLOW, ACTION_DENY, PROTO_TCP, programs};
+use agent_common::{ACTION_ALLOW, ACTION_DENY, Event, PROTO_TCP, counter, maps, programs};
 use anyhow::{Context, Result, bail, ensure};
-use aya::programs::{Program, TestRun, TestRunOptions, Xdp};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{Program, TestRun, TestRunOptions, Xdp, XdpMode},
+};
+use integration_tests::{Agent, Lan, Netns, TempDir};
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
     mapwriter::MapWriter,
@@ -82,11 +101,13 @@ struct Options {
     out: Option<PathBuf>,
     runs: usize,
     repeat: u32,
+    /// Events per throughput run (0: no throughput runs).
+    events: u64,
 }
 
 fn parse_args() -> Result<Options> {
-    let mut o = Options { quick: false, check: false, breakdown: false, out: None, runs: 0, repeat: 0 };
-    let (mut runs, mut repeat) = (None, None);
+    let mut o = Options { quick: false, check: false, breakdown: false, out: None, runs: 0, repeat: 0, events: 0 };
+    let (mut runs, mut repeat, mut events) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -97,15 +118,18 @@ fn parse_args() -> Result<Options> {
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
+            "--events" => events = Some(value("--events")?.parse().context("--events: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
-                     --repeat N   runs of each frame per round (default 200,000, quick 50,000)"
+                     --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
+                     --events N   events per throughput run through the real agent (default\n\
+                     \x20            1,000,000, quick 200,000; 0: skip the throughput runs)"
                 );
                 std::process::exit(0);
             }
@@ -114,6 +138,7 @@ fn parse_args() -> Result<Options> {
     }
     o.runs = runs.unwrap_or(if o.quick { 7 } else { 11 });
     o.repeat = repeat.unwrap_or(if o.quick { 50_000 } else { 200_000 });
+    o.events = events.unwrap_or(if o.quick { 200_000 } else { 1_000_000 });
     ensure!(o.runs >= 1 && o.repeat >= 1, "--runs and --repeat must be at least 1");
     Ok(o)
 }
@@ -662,7 +687,11 @@ fn run() -> Result<bool> {
         .try_into()
         .context("the baseline is not an XDP program")?;
     baseline.load().context("loading the baseline program")?;
-    let mut writer = MapWriter::new(&mut dp.ebpf).context("opening the policy maps")?;
+    let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
+    // This process's own event ring buffer: nobody else reads it, so it is full after the first
+    // ~48,000 events of the table's runs; the event section drains it (or not) itself.
+    let mut ring = RingBuf::try_from(dp.ebpf.take_map(maps::EVENTS).context("the event ring buffer is missing")?)
+        .context("opening the event ring buffer")?;
     let xdp = |name: &str| -> Result<&Xdp> {
         let p: &Program = dp.ebpf.program(name).with_context(|| format!("program {name} missing"))?;
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
@@ -689,6 +718,12 @@ fn run() -> Result<bool> {
          - {}: rate-limited / unlimited allowed packet = {ratio:.2} <= {MAX_LIMIT_OVERHEAD}",
         verdict(ok)
     );
+
+    // Events: what one costs a packet (this process's ring), then what the agent sustains.
+    eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
+    let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &opts))?;
+    let throughput = if opts.events > 0 { Some(event_throughput(&opts)?) } else { None };
+    all_ok &= event_report(&mut text, &cost, throughput.as_ref(), &opts);
     println!("{text}");
     if let Some(path) = &opts.out {
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -737,4 +772,705 @@ fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Options) -> R
         ratio.push(l / u.max(0.5));
     }
     Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
+}
+
+// ---- events ----------------------------------------------------------------------------
+
+/// Bytes one event takes in a ring buffer: the kernel's 8-byte record header, then the event,
+/// rounded up to 8.
+const EVENT_RECORD_BYTES: u32 = (8 + std::mem::size_of::<Event>() as u32).div_ceil(8) * 8;
+
+/// Repeats of the allowed SYN per measurement of the event cost: well under a ring's worth, so
+/// that after the ring is emptied every one of its events is written.
+const EVENT_COST_REPEAT: u32 = 20_000;
+
+/// The issue's target: events per second from the kernel into the agent (to its JSON-lines
+/// file), without loss, on this machine (2 CPUs).
+const MIN_EVENTS_PER_SEC: f64 = 500_000.0;
+
+/// What an event costs a packet: ns, with the event written (the ring has room) or lost (the
+/// ring is full, so `bpf_ringbuf_output` fails at the reservation and the program only counts
+/// `events_lost`).
+struct EventCost {
+    /// The allowed SYN: policy path, conntrack insert, one event. Medians over the rounds.
+    syn_written: f64,
+    syn_lost: f64,
+    /// Median of the per-round differences written - lost.
+    syn_delta: f64,
+    /// The first packet of a denied flow: policy path, denial cache insert, one event
+    /// (estimated as in [`first_denied`]).
+    first_written: f64,
+    first_lost: f64,
+    /// A repeat packet of a denied flow (aggregated away: no event), from the table's row.
+    repeat_denied: f64,
+    /// Events the ring holds.
+    ring_events: u32,
+    ring_bytes: u32,
+}
+
+/// The kernel's `events_lost` counter, summed over CPUs (shared by every program on the maps).
+fn events_lost(dp: &Datapath) -> Result<u64> {
+    let name = counter::NAMES[counter::EVENTS_LOST as usize];
+    let all = dp.counters().context("reading the counters")?;
+    all.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).context("no events_lost counter")
+}
+
+/// Empties `ring` (this process is its only reader). Returns how many events it held.
+fn drain(ring: &mut RingBuf<MapData>) -> u64 {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        drop(item);
+        n += 1;
+    }
+    n
+}
+
+/// The cost of an event, on this process's own datapath (whose ring buffer nobody else reads),
+/// under the 10 rules / 1,000 CIDRs policy: the allowed SYN of the table's new flow and the
+/// first packet of a denied flow, each with the ring emptied first (every event is written)
+/// and with the ring filled first (every event is lost, checked with `events_lost`). The SYN's
+/// conntrack entries exist already, so both measure the same path but for the event.
+fn event_cost(
+    writer: &mut MapWriter,
+    ring: &mut RingBuf<MapData>,
+    dp: &Datapath,
+    progs: [&Xdp; 2],
+    probes: &[Probe],
+    row: &Row,
+    (ring_bytes, opts): (u32, &Options),
+) -> Result<EventCost> {
+    let [_, ingress] = progs;
+    let compiled = policy::compile(&make_policy(10, 1_000)?);
+    check_shape(&compiled)?;
+    writer.apply(&compiled).context("installing the policy")?;
+    let syn = &probes[NEW_FLOW].frame;
+    let ring_events = ring_bytes / EVENT_RECORD_BYTES;
+    ensure!(EVENT_COST_REPEAT < ring_events, "the ring buffer ({ring_bytes} bytes) is too small");
+    let fill = || run_expect(ingress, "allowed SYN (filling the ring)", syn, ring_events + 1, XDP_PASS);
+    // Warm up (and create the flow's conntrack entries).
+    drain(ring);
+    run_expect(ingress, "allowed SYN", syn, EVENT_COST_REPEAT, XDP_PASS)?;
+
+    let (mut written, mut lost, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        drain(ring);
+        let l0 = events_lost(dp)?;
+        let w = run_expect(ingress, "allowed SYN (ring with room)", syn, EVENT_COST_REPEAT, XDP_PASS)? as f64;
+        let l1 = events_lost(dp)?;
+        ensure!(l1 == l0, "{} events lost while the ring had room for all of them", l1 - l0);
+        fill()?;
+        let l2 = events_lost(dp)?;
+        let f = run_expect(ingress, "allowed SYN (ring full)", syn, EVENT_COST_REPEAT, XDP_PASS)? as f64;
+        let l3 = events_lost(dp)?;
+        ensure!(l3 - l2 == u64::from(EVENT_COST_REPEAT), "with the ring full, {} of {EVENT_COST_REPEAT} events were lost", l3 - l2);
+        written.push(w);
+        lost.push(f);
+        delta.push(w - f);
+    }
+
+    // The first packet of a denied flow, in rounds of both: each push is a new revision, under
+    // which every denied flow is judged afresh (one event each).
+    let empty_ns = row.cost[EMPTY].0;
+    let (mut first_written, mut first_lost) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        writer.apply(&compiled).context("installing the policy")?;
+        drain(ring);
+        let l0 = events_lost(dp)?;
+        first_written.push(first_denied(progs, &probes[EMPTY].frame, empty_ns)?.0);
+        let l1 = events_lost(dp)?;
+        ensure!(l1 == l0, "{} events of first denied packets lost while the ring had room", l1 - l0);
+        fill()?;
+        writer.apply(&compiled).context("installing the policy")?;
+        let l2 = events_lost(dp)?;
+        first_lost.push(first_denied(progs, &probes[EMPTY].frame, empty_ns)?.0);
+        let l3 = events_lost(dp)?;
+        ensure!(
+            l3 - l2 == u64::from(FIRST_SAMPLES),
+            "with the ring full, {} of {FIRST_SAMPLES} first denied packets' events were lost",
+            l3 - l2
+        );
+    }
+    drain(ring);
+
+    Ok(EventCost {
+        syn_written: median(&mut written),
+        syn_lost: median(&mut lost),
+        syn_delta: median(&mut delta),
+        first_written: median(&mut first_written),
+        first_lost: median(&mut first_lost),
+        repeat_denied: row.cost[DENIED].0,
+        ring_events,
+        ring_bytes,
+    })
+}
+
+/// The host the agent enforces in the throughput runs, and a client of a segment it allows.
+const EV_SERVER: (&str, &str) = ("10.20.2.10", "fd20:2::10");
+const EV_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 20, 1, 10);
+const EV_RULE: &str = "client-to-server";
+const EV_POLICY: &str = "\
+version: 1
+defaultAction: deny
+segments:
+  client: { cidrs: [10.20.1.0/24] }
+  server: { cidrs: [10.20.2.10/32] }
+rules:
+  - name: client-to-server
+    from: [client]
+    to: [server]
+    ports: [\"443/tcp\"]
+    action: allow
+";
+/// The agent's metrics endpoint, on the loopback of its namespace.
+const METRICS_PORT: u16 = 9464;
+/// How far the agent's file writer may fall behind the event stream before it misses records
+/// and writes `{"missed": N}` instead: the depth of every subscription (`CLIENT_LAG` in the
+/// daemon). A tighter bound than the ring buffer (~47,000 events of 4 MiB).
+const SINK_DEPTH: u64 = 16_384;
+/// Paced runs: events per test run, started only when at most `PACE_AHEAD` events are not in
+/// the file yet, so that never more than `PACE_AHEAD + PACE_CHUNK` < `SINK_DEPTH` are in flight.
+const PACE_CHUNK: u32 = 4_096;
+const PACE_AHEAD: u64 = 12_000;
+/// Unpaced runs: events per test run, back to back.
+const UNPACED_CHUNK: u32 = 50_000;
+/// Waiting for the agent fails when its file does not grow for this long.
+const STALL: Duration = Duration::from_secs(15);
+/// After the agent has read every event, its writer is done once the file stops growing for
+/// this long (the events it missed are not coming).
+const QUIET: Duration = Duration::from_millis(500);
+
+/// One run of events through the agent.
+struct EventRun {
+    /// Events the kernel produced (test runs).
+    produced: u64,
+    /// From the first test run to the last line in the file.
+    secs: f64,
+    /// Wall time spent in test runs, and the kernel's mean ns per run.
+    produce_secs: f64,
+    run_ns: f64,
+    /// When the agent had read every event not lost (unpaced runs; from the metrics, polled).
+    read_secs: f64,
+    /// `events_lost` (kernel: the ring was full), `ztagent_events_delivered_total` (read by the
+    /// agent), and in the file: records, events reported missed, other lines.
+    lost: u64,
+    delivered: u64,
+    records: u64,
+    missed: u64,
+    other: u64,
+    first_other: Option<String>,
+    /// CPU seconds the agent and this process (the producer, test runs included) used.
+    agent_cpu: f64,
+    self_cpu: f64,
+    /// CPU seconds every other process used meanwhile, and the machine's (CPUs x wall time).
+    others_cpu: f64,
+    machine_cpu: f64,
+    /// The agent's context switches (all threads).
+    agent_switches: u64,
+    /// Seconds the producing thread (this one) was runnable but waiting for a CPU.
+    producer_wait: f64,
+    /// The metrics subscriber's misses (`ztagent_event_records_missed_total`).
+    metrics_missed: u64,
+}
+
+impl EventRun {
+    fn lossless(&self) -> bool {
+        // Other lines (events of real traffic on the agent's veth, if any) are no loss.
+        self.lost == 0 && self.missed == 0 && self.records == self.produced
+    }
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.secs.max(1e-9)
+    }
+}
+
+struct Throughput {
+    paced: EventRun,
+    unpaced: EventRun,
+}
+
+/// The agent's events file, read as it grows.
+struct Tail {
+    file: File,
+    buf: Vec<u8>,
+    bytes: u64,
+    lines: u64,
+}
+
+impl Tail {
+    fn open(path: &Path) -> Result<Tail> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Tail { file, buf: vec![0; 1 << 20], bytes: 0, lines: 0 })
+    }
+
+    /// Lines in the file now.
+    fn lines(&mut self) -> Result<u64> {
+        loop {
+            let n = self.file.read(&mut self.buf).context("reading the events file")?;
+            if n == 0 {
+                return Ok(self.lines);
+            }
+            self.bytes += n as u64;
+            self.lines += self.buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+    }
+}
+
+/// What bytes `from..to` of the events file hold: records of allowed events, events the writer
+/// reported missed (`{"missed": N}`), and other lines (and the first of them).
+fn count_lines(path: &Path, from: u64, to: u64) -> Result<(u64, u64, u64, Option<String>)> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut r = BufReader::with_capacity(1 << 20, f.take(to - from));
+    let (mut records, mut missed, mut other, mut first_other) = (0, 0, 0, None);
+    let mut line = Vec::with_capacity(1024);
+    const ALLOWED: &[u8] = b"\"verdict\":\"allowed\"";
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line).context("reading the events file")? == 0 {
+            return Ok((records, missed, other, first_other));
+        }
+        if line.starts_with(b"{\"missed\":") {
+            let v: serde_json::Value = serde_json::from_slice(&line).context("a missed line")?;
+            missed += v["missed"].as_u64().context("a missed line without a count")?;
+        } else if line.starts_with(b"{") && line.windows(ALLOWED.len()).any(|w| w == ALLOWED) {
+            records += 1;
+        } else {
+            other += 1;
+            first_other.get_or_insert_with(|| String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+    }
+}
+
+/// The agent's event counters, from its metrics endpoint.
+struct AgentMetrics {
+    delivered: u64,
+    lost: u64,
+    missed: u64,
+}
+
+fn scrape(ns: &Netns) -> Result<AgentMetrics> {
+    let text = ns
+        .run(|| -> std::io::Result<String> {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT));
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .context("scraping the agent's metrics")?;
+    ensure!(text.starts_with("HTTP/1.1 200"), "the agent's metrics endpoint answered: {}", text.lines().next().unwrap_or(""));
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in the agent's metrics"))
+    };
+    Ok(AgentMetrics {
+        delivered: value("ztagent_events_delivered_total")?,
+        lost: value("ztagent_events_lost_total")?,
+        missed: value("ztagent_event_records_missed_total")?,
+    })
+}
+
+/// CPU time (user + system, all threads) of process `pid` ("self": this one), in seconds.
+fn cpu_secs(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // After the command name (in parentheses, which may hold spaces): state is field 3, utime
+    // and stime fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("a malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(f.get(i - 3).context("a short /proc stat")?.parse::<f64>()?) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(14)? + ticks(15)?) / hz)
+}
+
+/// Busy and total CPU seconds of the whole machine (every CPU) since boot, from /proc/stat.
+fn machine_cpu() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("an empty /proc/stat")?;
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let v: Vec<f64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().unwrap_or(0.0)).collect();
+    ensure!(v.len() == 8, "a short /proc/stat");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total: f64 = v.iter().sum();
+    Ok(((total - v[3] - v[4]) / hz, total / hz))
+}
+
+/// Context switches (voluntary and not) of every thread of process `pid` alive now.
+fn context_switches(pid: &str) -> Result<u64> {
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))? {
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
+        for l in status.lines() {
+            if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:").or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:")) {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Seconds this thread has spent runnable but waiting for a CPU.
+fn cpu_wait_secs() -> Result<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").context("reading /proc/thread-self/schedstat")?;
+    // Time on a CPU, time waiting on a run queue (ns), timeslices.
+    let wait = s.split_whitespace().nth(1).context("a short schedstat")?;
+    Ok(wait.parse::<f64>().context("a malformed schedstat")? / 1e9)
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// Events per second from the kernel into the real agent's JSON-lines file. The agent runs
+/// (`ztagent run --events-file --metrics-addr`) in a namespace of its own, enforcing a veth;
+/// this process loads the datapath on the agent's pinned maps (policy, conntrack, the event
+/// ring buffer) with its own copy of the XDP program, never attached, and test-runs it with
+/// the SYN of an allowed flow: every run takes the policy path and puts one "allowed" event in
+/// the agent's ring buffer. A paced run, then an unpaced one, of `opts.events` events each.
+/// Everything is removed on return, also on error (the harness guards).
+fn event_throughput(opts: &Options) -> Result<Throughput> {
+    eprintln!("ztbench: starting the agent for the event runs");
+    let lan = Lan::new(&[EV_SERVER]);
+    let host = &lan.hosts[0];
+    let dir = TempDir::new();
+    let policy = dir.file("policy.yaml", EV_POLICY);
+    let events = dir.0.join("events.jsonl");
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    let args = [
+        "--events-file",
+        path_str(&events)?,
+        // Never rotate during the runs: every line stays in one file to be counted.
+        "--events-file-max-bytes",
+        "1099511627776",
+        "--metrics-addr",
+        &metrics,
+    ];
+    let agent = Agent::start_with(&host.ns, &[&host.iface], Some(&policy), &args);
+    // The pins belong to the agent, whose guard removes them: this process only drops its
+    // handles (never `datapath::uninstall` here). The agent runs with the default limits.
+    let parking = Netns::new("zb");
+    let mut dp = Datapath::load(PinLayout::new(agent.pins.clone()), &Limits::default())
+        .context("loading the datapath on the agent's maps")?;
+    let prog: &mut Xdp = dp
+        .ebpf
+        .program_mut(programs::INGRESS)
+        .context("the ingress program is missing")?
+        .try_into()
+        .context("the ingress program is not XDP")?;
+    hold_in_dispatcher(prog, &parking)?;
+    let ingress: &Xdp = dp
+        .ebpf
+        .program(programs::INGRESS)
+        .context("the ingress program is missing")?
+        .try_into()
+        .context("the ingress program is not XDP")?;
+    let server: Ipv4Addr = EV_SERVER.0.parse()?;
+    let syn = tcp_frame(EV_CLIENT, server, 40000, 443, TCP_SYN);
+    let mut tail = Tail::open(&events)?;
+
+    // One event first: the pipeline works, and the agent names it as the policy says. (Real
+    // traffic on the veth, e.g. an IGMP report, may bring an event of its own: skipped.)
+    run_expect(ingress, "allowed SYN", &syn, 1, XDP_PASS)?;
+    let t = Instant::now();
+    let v: serde_json::Value = loop {
+        let text = std::fs::read_to_string(&events).context("reading the events file")?;
+        if let Some(line) = text.lines().find(|l| l.contains("\"verdict\":\"allowed\"")) {
+            break serde_json::from_str(line).context("the first event")?;
+        }
+        ensure!(t.elapsed() < STALL, "the agent wrote no allowed event in {STALL:?}:\n{text}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let fields = [
+        ("verdict", "allowed"),
+        ("rule", EV_RULE),
+        ("src_segment", "client"),
+        ("dst_segment", "server"),
+        ("src", "10.20.1.10"),
+        ("dst", EV_SERVER.0),
+    ];
+    for (k, want) in fields {
+        ensure!(v[k] == want, "the first event's {k} is {}, expected {want}: {v}", v[k]);
+    }
+    ensure!(v["dport"] == 443, "the first event's dport is {}, expected 443: {v}", v["dport"]);
+
+    let agent_pid = agent.pid().to_string();
+    let ctx = (&dp, &host.ns, agent_pid.as_str());
+    let paced = through_agent(ingress, &syn, ctx, &mut tail, &events, opts.events, true)?;
+    let unpaced = through_agent(ingress, &syn, ctx, &mut tail, &events, opts.events, false)?;
+    drop(dp);
+    drop(parking);
+    drop(agent);
+    Ok(Throughput { paced, unpaced })
+}
+
+/// Attaches `prog` in generic mode to the loopback of `ns`, a namespace where no packet ever
+/// goes. Why: a test run of more than one repeat adds its XDP program to the kernel's XDP
+/// dispatcher before running and removes it after, and each of these changes waits for an RCU
+/// grace period (`synchronize_rcu`) unless the program is in the dispatcher already, as any
+/// attached XDP program is. Measured here: ~16 ms of every test run's wall time, the producer
+/// asleep and the agent idle, which made paced runs measure the test runs, not the agent.
+fn hold_in_dispatcher(prog: &mut Xdp, ns: &Netns) -> Result<()> {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<()> {
+            let f = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+            // SAFETY: setns with a network namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            ensure!(rc == 0, "setns({path}): {}", std::io::Error::last_os_error());
+            prog.attach("lo", XdpMode::Skb).context("attaching the test program to an idle loopback")?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread attaching the test program panicked"))?
+    })
+}
+
+/// `total` events through the agent. Paced: a test run starts only when the file lacks at most
+/// `PACE_AHEAD` of the events produced, so neither the ring buffer nor the file writer's
+/// subscription can overflow. Unpaced: test runs back to back. Either way, then waits until
+/// the agent has read every event the kernel did not lose, and written it (or reported it
+/// missed).
+fn through_agent(
+    ingress: &Xdp,
+    syn: &[u8],
+    (dp, ns, agent_pid): (&Datapath, &Netns, &str),
+    tail: &mut Tail,
+    path: &Path,
+    total: u64,
+    paced: bool,
+) -> Result<EventRun> {
+    let label = if paced { "paced" } else { "unpaced" };
+    eprintln!("ztbench: {label} run of {} events through the agent", fmt_count(total as usize));
+    let start_lines = tail.lines()?;
+    let start_bytes = tail.bytes;
+    let m0 = scrape(ns)?;
+    let lost0 = events_lost(dp)?;
+    let (agent_cpu0, self_cpu0) = (cpu_secs(agent_pid)?, cpu_secs("self")?);
+    let ((busy0, total0), switches0) = (machine_cpu()?, context_switches(agent_pid)?);
+    let wait0 = cpu_wait_secs()?;
+    let chunk = u64::from(if paced { PACE_CHUNK } else { UNPACED_CHUNK });
+    let t0 = Instant::now();
+    let mut watch = Watch { label, start_lines, lines: start_lines, last_change: t0, end: Duration::ZERO, t0 };
+
+    let (mut produced, mut produce_secs, mut kernel_ns) = (0u64, 0.0, 0.0);
+    while produced < total {
+        let n = chunk.min(total - produced);
+        if paced {
+            while produced.saturating_sub(watch.poll(tail, "pacing")?) > PACE_AHEAD {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        let t = Instant::now();
+        let ns = run_expect(ingress, "allowed SYN", syn, n as u32, XDP_PASS)?;
+        produce_secs += t.elapsed().as_secs_f64();
+        kernel_ns += ns as f64 * n as f64;
+        produced += n;
+    }
+    let lost = events_lost(dp)? - lost0;
+
+    // Wait for the agent to read what the ring received, and to write it.
+    let expect = produced - lost;
+    let (mut read_secs, mut last_scrape) = (None, Instant::now());
+    loop {
+        if watch.poll(tail, "draining")? >= expect {
+            break;
+        }
+        if read_secs.is_none() && last_scrape.elapsed() >= Duration::from_millis(20) {
+            last_scrape = Instant::now();
+            if scrape(ns)?.delivered - m0.delivered >= expect {
+                read_secs = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        if read_secs.is_some() && watch.last_change.elapsed() >= QUIET {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let end = watch.end;
+    let (agent_cpu, self_cpu) = (cpu_secs(agent_pid)? - agent_cpu0, cpu_secs("self")? - self_cpu0);
+    let ((busy1, total1), switches1) = (machine_cpu()?, context_switches(agent_pid)?);
+    let wait1 = cpu_wait_secs()?;
+    let m1 = scrape(ns)?;
+    let delivered = m1.delivered - m0.delivered;
+    ensure!(m1.lost - m0.lost == lost, "the agent's metrics count {} events lost, the kernel {lost}", m1.lost - m0.lost);
+    let _ = tail.lines()?;
+    let (records, missed, other, first_other) = count_lines(path, start_bytes, tail.bytes)?;
+    Ok(EventRun {
+        produced,
+        secs: end.as_secs_f64(),
+        produce_secs,
+        run_ns: kernel_ns / produced.max(1) as f64,
+        read_secs: read_secs.unwrap_or(end.as_secs_f64()),
+        lost,
+        delivered,
+        records,
+        missed,
+        other,
+        first_other,
+        metrics_missed: m1.missed - m0.missed,
+        agent_cpu,
+        self_cpu,
+        others_cpu: ((busy1 - busy0) - agent_cpu - self_cpu).max(0.0),
+        machine_cpu: total1 - total0,
+        agent_switches: switches1.saturating_sub(switches0),
+        producer_wait: wait1 - wait0,
+    })
+}
+
+/// The growth of the events file during a run.
+struct Watch {
+    label: &'static str,
+    start_lines: u64,
+    lines: u64,
+    /// When the file last grew, and that time since the start of the run.
+    last_change: Instant,
+    end: Duration,
+    t0: Instant,
+}
+
+impl Watch {
+    /// Lines written since the start of the run; fails when the file has not grown for `STALL`.
+    fn poll(&mut self, tail: &mut Tail, what: &str) -> Result<u64> {
+        let l = tail.lines()?;
+        if l != self.lines {
+            self.lines = l;
+            self.last_change = Instant::now();
+            self.end = self.t0.elapsed();
+        }
+        ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
+        let label = self.label;
+        ensure!(self.last_change.elapsed() < STALL, "{label} run: the agent wrote nothing for {STALL:?} ({what})");
+        Ok(l - self.start_lines)
+    }
+}
+
+/// The events section of the report; false when the throughput target fails.
+fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>, opts: &Options) -> bool {
+    let _ = writeln!(
+        s,
+        "\nEvents, cost per packet (10 rules / 1,000 CIDRs; this process's own {} KiB ring buffer \
+         ({} events), emptied before \"written\", filled before \"lost\": a full ring makes \
+         `bpf_ringbuf_output` fail at the reservation, and the program counts `events_lost`; \
+         medians of {} rounds, each of {} repeats of the allowed SYN, and of {} single runs of \
+         first denied packets estimated as in the table):\n",
+        c.ring_bytes >> 10,
+        fmt_count(c.ring_events as usize),
+        opts.runs,
+        fmt_count(EVENT_COST_REPEAT as usize),
+        fmt_count(FIRST_SAMPLES as usize),
+    );
+    let _ = writeln!(s, "| packet | event written ns | event lost ns | written - lost ns |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| allowed SYN (policy path, conntrack insert, one event) | {:.0} | {:.0} | {:.0} |",
+        c.syn_written, c.syn_lost, c.syn_delta
+    );
+    let _ = writeln!(
+        s,
+        "| denied, first packet (policy path, denial cache insert, one event) | {:.0} | {:.0} | {:.0} |",
+        c.first_written,
+        c.first_lost,
+        c.first_written - c.first_lost
+    );
+    let _ = writeln!(s, "| denied, repeat packet (aggregated away: no event) | {:.0} | | |", c.repeat_denied);
+    let Some(t) = t else { return true };
+    let (p, u) = (&t.paced, &t.unpaced);
+    let _ = writeln!(
+        s,
+        "\nEvents through the agent (`ztagent run --events-file --metrics-addr` in a namespace, \
+         default {} KiB ring buffer; this process test-runs the XDP program on the agent's maps \
+         with the SYN of an allowed flow: one event per run, which the agent reads, names and \
+         appends to its JSON-lines file):\n",
+        Limits::default().events_bytes >> 10
+    );
+    // CPU time per event, what a shared machine's load changes least.
+    let cpu = |r: &EventRun| {
+        format!(
+            "the agent used {:.2} CPU-s ({:.2} us per event; {:.0} context switches per 1,000 events), this \
+             process {:.2} CPU-s ({:.2} us per event, test runs included; it waited {:.2} s for a CPU), \
+             other processes {:.2} of the machine's {:.2} CPU-s",
+            r.agent_cpu,
+            r.agent_cpu * 1e6 / r.produced.max(1) as f64,
+            r.agent_switches as f64 * 1e3 / r.produced.max(1) as f64,
+            r.self_cpu,
+            r.self_cpu * 1e6 / r.produced.max(1) as f64,
+            r.producer_wait,
+            r.others_cpu,
+            r.machine_cpu,
+        )
+    };
+    let _ = writeln!(
+        s,
+        "- Without loss (paced: a test run of {} events starts when at most {} are not in the file yet, \
+         as the file writer's subscription holds {}): {} events in {:.3} s = **{} events/s** into the \
+         file; events_lost +{}, read by the agent {}, in the file {} records and {} missed. The kernel \
+         reported {:.0} ns per event; the test runs took {:.2} s of wall time; {}.",
+        fmt_count(PACE_CHUNK as usize),
+        fmt_count(PACE_AHEAD as usize),
+        fmt_count(SINK_DEPTH as usize),
+        fmt_count(p.produced as usize),
+        p.secs,
+        fmt_count(p.rate() as usize),
+        fmt_count(p.lost as usize),
+        fmt_count(p.delivered as usize),
+        fmt_count(p.records as usize),
+        fmt_count(p.missed as usize),
+        p.run_ns,
+        p.produce_secs,
+        cpu(p),
+    );
+    let _ = writeln!(
+        s,
+        "- Unpaced (test runs of {} back to back): {} events produced in {:.3} s ({} events/s, \
+         {:.0} ns per event); lost in the kernel (ring full) {}; read by the agent {} (all by \
+         {:.2} s: {} events/s); in the file {} records and {} reported missed by its writer \
+         (last line at {:.2} s: {} records/s); {}.",
+        fmt_count(UNPACED_CHUNK as usize),
+        fmt_count(u.produced as usize),
+        u.produce_secs,
+        fmt_count((u.produced as f64 / u.produce_secs.max(1e-9)) as usize),
+        u.run_ns,
+        fmt_count(u.lost as usize),
+        fmt_count(u.delivered as usize),
+        u.read_secs,
+        fmt_count((u.delivered as f64 / u.read_secs.max(1e-9)) as usize),
+        fmt_count(u.records as usize),
+        fmt_count(u.missed as usize),
+        u.secs,
+        fmt_count(u.rate() as usize),
+        cpu(u),
+    );
+    for r in [p, u] {
+        if let Some(line) = &r.first_other {
+            let _ = writeln!(s, "- Other lines in the file (real traffic on the agent's interface): {}, the first: `{line}`", r.other);
+        }
+    }
+    if p.metrics_missed + u.metrics_missed > 0 {
+        let _ = writeln!(
+            s,
+            "- The metrics subscriber missed {} (paced) and {} (unpaced) records.",
+            fmt_count(p.metrics_missed as usize),
+            fmt_count(u.metrics_missed as usize)
+        );
+    }
+    let ok = p.lossless() && p.rate() >= MIN_EVENTS_PER_SEC;
+    let _ = writeln!(
+        s,
+        "\n- {}: events into the agent without loss: {} events/s{} >= {} events/s",
+        verdict(ok),
+        fmt_count(p.rate() as usize),
+        if p.lossless() { "" } else { " (NOT lossless)" },
+        fmt_count(MIN_EVENTS_PER_SEC as usize)
+    );
+    ok
 }

@@ -1,0 +1,273 @@
+//! `ztagent run --policy-dir DIR` against the real kernel, with DIR laid out and updated the
+//! way the kubelet does a ConfigMap volume: each version is applied within seconds, a broken
+//! one is rejected (the policy in force stays, `status` and the log say why, with positions),
+//! and a broken directory at startup falls back to the last-known-good policy.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, sh, tcp_ok};
+
+/// Version `n` of the policy: frontend may reach payments on these TCP ports.
+fn policy(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}/tcp\"")).collect();
+    format!(
+        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [10.20.2.10/32] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [{}], action: allow }}\n",
+        ports.join(", ")
+    )
+}
+
+/// Line 6, column 71: the second port's protocol is misspelt.
+const BROKEN: &str = "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\n  payments: { cidrs: [10.20.2.10/32] }\nrules:\n  - { name: web, from: [frontend], to: [payments], ports: [\"443/tcp\", \"8443/tpc\"], action: allow }\n";
+
+/// A directory laid out as the kubelet lays out a ConfigMap volume with one key, policy.yaml.
+struct ConfigMap {
+    dir: TempDir,
+    versions: u32,
+}
+
+impl ConfigMap {
+    fn new(first: &str) -> ConfigMap {
+        let mut cm = ConfigMap { dir: TempDir::new(), versions: 0 };
+        cm.publish(first);
+        symlink("..data/policy.yaml", cm.path().join("policy.yaml")).unwrap();
+        cm
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// The kubelet's update: a whole new timestamped directory, a temporary symlink to it
+    /// renamed over `..data` (atomic), then the old directory removed.
+    fn publish(&mut self, text: &str) {
+        let old = fs::read_link(self.path().join("..data")).ok();
+        self.versions += 1;
+        let ts = format!("..2026_11_28_10_{:02}_00.{}", self.versions, std::process::id());
+        fs::create_dir(self.path().join(&ts)).unwrap();
+        fs::write(self.path().join(&ts).join("policy.yaml"), text).unwrap();
+        symlink(&ts, self.path().join("..data_tmp")).unwrap();
+        fs::rename(self.path().join("..data_tmp"), self.path().join("..data")).unwrap();
+        if let Some(old) = old {
+            fs::remove_dir_all(self.path().join(old)).unwrap();
+        }
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `f` every 100 ms until it is true or `within` passed; returns how long it took.
+fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The revision `policy get` reports; None while the agent has no policy.
+fn revision_of(out: &Output) -> Option<u64> {
+    out.status.success().then(|| json(out)["revision"].as_u64()).flatten()
+}
+
+fn sha256sum(path: &Path) -> String {
+    sh(&["sha256sum", path.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let mut cm = ConfigMap::new(&policy(&[443]));
+    let dir = cm.path().to_str().unwrap().to_string();
+    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--policy-dir", &dir]);
+    let _srv = Servers::start(&payments.ns, &[443, 8443, 9443], &[]);
+    let revision = || revision_of(&agent.cli(&["policy", "get", "-o", "json"]));
+    let source = || json(&agent.cli(&["status", "-o", "json"]))["policy_source"].clone();
+    let reach = |port| tcp_ok(&frontend.ns, payments.v4, port);
+
+    // Version 1, installed at startup.
+    assert_eq!(revision(), Some(1));
+    assert!(reach(443) && !reach(8443), "version 1 is not what the kernel enforces");
+    let s = source();
+    assert_eq!(s["dir"], dir.as_str());
+    assert_eq!((s["up_to_date"].as_bool(), s["last_applied"]["revision"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(s["last_applied"]["sha256"], sha256sum(&cm.path().join("policy.yaml")));
+    assert!(s["file"].as_str().unwrap().contains("/..2026_11_28_10_01_00."), "{s}");
+    assert!(s["last_rejection"].is_null(), "{s}");
+
+    // Version 2 opens 8443: applied within ~3 s of the swap.
+    cm.publish(&policy(&[443, 8443]));
+    let took = wait_for(Duration::from_secs(3), || revision() == Some(2));
+    assert!(took.is_some(), "version 2 not applied within 3 s:\n{}", agent.log());
+    eprintln!("version 2 applied {:?} after the swap", took.unwrap());
+    assert!(reach(8443) && reach(443) && !reach(9443), "version 2 is not what the kernel enforces");
+    let v2_sha = sha256sum(&cm.path().join("policy.yaml"));
+    assert_eq!(source()["last_applied"]["sha256"], v2_sha.as_str());
+
+    // Version 3 is broken: rejected with its position, version 2 stays in force.
+    cm.publish(BROKEN);
+    let v3_sha = sha256sum(&cm.path().join("policy.yaml"));
+    let rejected = wait_for(Duration::from_secs(3), || !source()["last_rejection"].is_null());
+    assert!(rejected.is_some(), "version 3 not rejected within 3 s:\n{}", agent.log());
+    eprintln!("version 3 rejected {:?} after the swap", rejected.unwrap());
+    let s = source();
+    let expected = format!("{dir}/policy.yaml:6:71: invalid port spec `8443/tpc`: unknown protocol `tpc`");
+    assert!(s["last_rejection"]["message"].as_str().unwrap().starts_with(&expected), "{s}");
+    assert_eq!(s["last_rejection"]["sha256"], v3_sha.as_str());
+    assert!(s["last_rejection"]["time"].as_str().unwrap().ends_with('Z'), "{s}");
+    assert_eq!((s["up_to_date"].as_bool(), s["last_applied"]["revision"].as_u64()), (Some(false), Some(2)));
+    assert_eq!(s["last_applied"]["sha256"], v2_sha.as_str());
+    assert_eq!(revision(), Some(2));
+    assert_eq!(json(&agent.cli(&["status", "-o", "json"]))["revision"], 2);
+    assert!(reach(443) && reach(8443) && !reach(9443), "the broken version changed what is enforced");
+    let log = agent.log();
+    assert!(log.contains("WARN") && log.contains("is rejected") && log.contains(&expected), "{log}");
+    let text = agent.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("newest version rejected") && text.contains(&expected), "{text}");
+
+    // Version 4 (443 and 9443, no 8443): applied; the rejection stays on record.
+    cm.publish(&policy(&[443, 9443]));
+    let took = wait_for(Duration::from_secs(3), || revision() == Some(3));
+    assert!(took.is_some(), "version 4 not applied within 3 s:\n{}", agent.log());
+    assert!(reach(9443) && reach(443) && !reach(8443), "version 4 is not what the kernel enforces");
+    let s = source();
+    assert_eq!((s["up_to_date"].as_bool(), s["last_applied"]["revision"].as_u64()), (Some(true), Some(3)));
+    assert_eq!(s["last_rejection"]["sha256"], v3_sha.as_str());
+
+    // The kubelet removed the old version directories: only ..data's target is left.
+    let left: Vec<_> = fs::read_dir(cm.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    // The same content again (a no-op ConfigMap update) is not a new revision.
+    cm.publish(&policy(&[443, 9443]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(revision(), Some(3));
+}
+
+/// A `ztagent run` on given pins and state directory with `--policy-dir` (the harness's
+/// `Agent` restarts on the same pins without extra flags). Stopped by its pid on drop.
+struct Run {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Run {
+    fn start(ns: &Netns, iface: &str, pins: &Path, state: &Path, policy_dir: &Path) -> Run {
+        let dir = TempDir::new();
+        let (socket, log) = (dir.0.join("ztagent.sock"), dir.0.join("agent.log"));
+        let out = fs::File::create(&log).unwrap();
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg("--")
+            .arg(bin("ztagent"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["run", "--iface", iface, "--log", "debug", "--pin-path"])
+            .arg(pins)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--policy-dir")
+            .arg(policy_dir)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn ztagent");
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("ztagent exited ({status}):\n{}", fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        let run = Run { child, socket, log, _dir: dir };
+        assert!(ready.is_some(), "ztagent did not open its socket:\n{}", run.log());
+        run
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("ztagent")).arg("--socket").arg(&self.socket).args(args).output().expect("run ztagent")
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
+    let reach = |port| tcp_ok(&frontend.ns, payments.v4, port);
+    let mut cm = ConfigMap::new(BROKEN);
+    let dir = cm.path().to_str().unwrap().to_string();
+
+    // Broken from the start, nothing to fall back on: the agent runs, fails closed, says why,
+    // and takes the first valid version.
+    let mut agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--policy-dir", &dir]);
+    let status = json(&agent.cli(&["status", "-o", "json"]));
+    assert_eq!(status["revision"], 0);
+    let s = &status["policy_source"];
+    assert_eq!((s["up_to_date"].as_bool(), s["last_applied"].is_null()), (Some(false), true), "{s}");
+    assert!(s["last_rejection"]["message"].as_str().unwrap().starts_with(&format!("{dir}/policy.yaml:6:71: ")), "{s}");
+    assert!(agent.log().contains("at startup is rejected"), "{}", agent.log());
+    assert!(!reach(443), "traffic passed with no valid policy");
+    cm.publish(&policy(&[443]));
+    let applied = wait_for(Duration::from_secs(3), || {
+        revision_of(&agent.cli(&["policy", "get", "-o", "json"])) == Some(1)
+    });
+    assert!(applied.is_some(), "the first valid version was not applied:\n{}", agent.log());
+    assert!(reach(443) && !reach(8443));
+
+    // Killed; the directory turns broken; a new agent on the same pins and state directory
+    // keeps the last-known-good policy (revision 1) and reports the rejection.
+    agent.kill();
+    cm.publish(BROKEN);
+    let again = Run::start(&payments.ns, &payments.iface, &agent.pins, &agent.state, cm.path());
+    let log = again.log();
+    assert!(log.contains("at startup is rejected") && log.contains("adopted as it is"), "{log}");
+    let status = json(&again.cli(&["status", "-o", "json"]));
+    assert_eq!(status["revision"], 1);
+    let s = &status["policy_source"];
+    assert_eq!(s["up_to_date"], false, "{s}");
+    assert!(s["last_rejection"]["message"].as_str().unwrap().contains("policy.yaml:6:71: invalid port spec"), "{s}");
+    assert!(reach(443) && !reach(8443), "the last-known-good policy is not enforced");
+
+    // And the next valid version is applied.
+    cm.publish(&policy(&[443, 8443]));
+    let applied = wait_for(Duration::from_secs(3), || {
+        revision_of(&again.cli(&["policy", "get", "-o", "json"])) == Some(2)
+    });
+    assert!(applied.is_some(), "version not applied after the fallback:\n{}", again.log());
+    assert!(reach(8443));
+    drop(again);
+}
