@@ -245,6 +245,11 @@ fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
 
 fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError> {
     let compiled = Arc::new(policy::compile(&parsed));
+    install_compiled(state, parsed, compiled)
+}
+
+/// As [`install`], with the policy already compiled.
+fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<CompiledPolicy>) -> Result<PushResult, DaemonError> {
     // Events of the new revision may arrive as soon as it is in force: name them first.
     let revision = state.writer.revision().wrapping_add(1).max(1);
     state.hub.policy(revision, compiled.clone());
@@ -298,14 +303,26 @@ async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) 
 }
 
 fn handle(req: Request, shared: &Shared) -> Reply {
+    // A push is parsed and compiled before taking the state lock: a large policy must not keep
+    // `status` and other clients waiting.
+    let pushed = match &req {
+        Request::Push { origin, source } => match policy::parse(source, origin) {
+            Err(d) => return Reply::Error { message: format!("the policy is invalid:\n{d}") },
+            Ok(parsed) => {
+                let compiled = Arc::new(policy::compile(&parsed));
+                Some((parsed, compiled))
+            }
+        },
+        _ => None,
+    };
     let mut state = match shared.lock() {
         Ok(s) => s,
         Err(poisoned) => poisoned.into_inner(),
     };
     match req {
-        Request::Push { origin, source } => match policy::parse(&source, &origin) {
-            Err(d) => Reply::Error { message: format!("the policy is invalid:\n{d}") },
-            Ok(parsed) => match install(&mut state, parsed) {
+        Request::Push { origin, .. } => match pushed {
+            None => Reply::Error { message: "internal error: a push without a policy".into() },
+            Some((parsed, compiled)) => match install_compiled(&mut state, parsed, compiled) {
                 Ok(r) => {
                     tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
                     Reply::Pushed(r)

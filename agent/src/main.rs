@@ -272,14 +272,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
         },
         Command::Policy(PolicyCommand::Push { file }) => {
-            // Validate locally first for positions relative to the user's file; the agent
-            // validates again (it trusts no client).
-            let source = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let origin = file.display().to_string();
-            if let Err(d) = policy::parse(&source, &origin) {
+            // Validate locally first, exactly as `policy validate` does (positions relative to
+            // the user's file, also for unreadable bytes); the agent validates again (it trusts
+            // no client).
+            if let Err(d) = policy::load(&file) {
                 eprintln!("{d}");
                 return Ok(ExitCode::FAILURE);
             }
+            let source = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let origin = file.display().to_string();
             match call(&socket, &Request::Push { origin, source }).await? {
                 Reply::Pushed(r) => {
                     println!(
