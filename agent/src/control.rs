@@ -93,6 +93,12 @@ pub struct Status {
     /// The rate limits in force.
     #[serde(default)]
     pub limits: Vec<LimitStatus>,
+    /// Fill of the state maps (conntrack, event aggregation, fragments, address buckets).
+    #[serde(default)]
+    pub maps: Vec<MapStatus>,
+    /// The XDP attach mode asked for: "auto" (the kernel's choice), "native" or "generic".
+    #[serde(default)]
+    pub xdp_mode: String,
     /// `run --policy-dir`: the directory and what became of its versions (null without it).
     #[serde(default)]
     pub policy_source: Option<PolicySource>,
@@ -132,6 +138,13 @@ pub struct RejectedVersion {
     pub message: String,
     /// RFC 3339, UTC.
     pub time: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 /// One rate limit: configuration, state, and what it did since it was installed unchanged.

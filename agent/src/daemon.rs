@@ -91,6 +91,8 @@ struct State {
     interfaces: Vec<Interface>,
     hub: Arc<EventHub>,
     state_dir: PathBuf,
+    gauges: crate::metrics::MapGauges,
+    xdp_mode: &'static str,
     /// `--policy-dir`: what `status` shows of it.
     policy_source: Option<crate::watch::Report>,
 }
@@ -127,6 +129,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         hub: hub.clone(),
         state_dir: cfg.state_dir.clone(),
         policy_source: None,
+        gauges: crate::metrics::MapGauges::open(&cfg.pins.maps()),
+        xdp_mode: match cfg.xdp_mode {
+            XdpMode::Driver => "native",
+            XdpMode::Skb => "generic",
+            _ => "auto",
+        },
     };
 
     // --- policy directory: its policy is installed like --policy; when it is missing or
@@ -363,6 +371,13 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                     .collect(),
                 counters,
                 policy_source: state.policy_source.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                maps: state
+                    .gauges
+                    .fill()
+                    .into_iter()
+                    .map(|m| control::MapStatus { map: m.map.into(), entries: m.entries, capacity: m.capacity })
+                    .collect(),
+                xdp_mode: state.xdp_mode.into(),
             })
         }
     }

@@ -361,9 +361,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 if output == Output::Json {
                     println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
                 } else {
-                    println!("policy revision: {}\npin path: {}", s.revision, s.pin_path);
+                    println!("policy revision: {}\npin path: {}\nxdp mode: {}", s.revision, s.pin_path, s.xdp_mode);
                     for i in &s.interfaces {
                         println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                    }
+                    for m in &s.maps {
+                        println!("map {:<16} {} of {} entries", m.map, m.entries, m.capacity);
                     }
                     println!("counters:");
                     for (name, n) in &s.counters {

@@ -185,23 +185,17 @@ fn open_measured<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Option<Measu
     Some(Measured { name, capacity, map: Map::LruHashMap(data), count: count_keys::<K, V> })
 }
 
-/// Everything `/metrics` shows.
-pub struct Exporter {
-    events: Registry,
+/// The state maps whose fill `/metrics` and `ztagent status` report.
+pub struct MapGauges {
     maps: Vec<Measured>,
-    read: Box<dyn Fn() -> Result<Scrape, String> + Send + Sync>,
 }
 
-impl Exporter {
-    /// `maps_dir`: where the datapath pins its maps; `read`: reads the daemon's state.
-    pub fn new(
-        events: &EventCounters,
-        maps_dir: &Path,
-        read: impl Fn() -> Result<Scrape, String> + Send + Sync + 'static,
-    ) -> Exporter {
-        // The conntrack map is the one that matters; the others are the event aggregation
-        // caches, fragment tracking and per-address rate-limit buckets (all LRU: full is not
-        // an error, it means eviction). The policy maps hold two slots and are not measured.
+impl MapGauges {
+    /// Opens the maps pinned in `maps_dir`. The conntrack map is the one that matters; the
+    /// others are the event aggregation caches, fragment tracking and per-address rate-limit
+    /// buckets (all LRU: full is not an error, it means eviction). The policy maps hold two
+    /// slots and are not measured.
+    pub fn open(maps_dir: &Path) -> MapGauges {
         let maps = [
             open_measured::<CtKey, CtValue>(maps_dir, maps::CONNTRACK),
             open_measured::<DenyKey, DenyValue>(maps_dir, maps::DENIED),
@@ -212,22 +206,43 @@ impl Exporter {
         .into_iter()
         .flatten()
         .collect();
-        Exporter { events: events.registry(), maps, read: Box::new(read) }
+        MapGauges { maps }
     }
 
-    /// The OpenMetrics text of a scrape. Blocking (map syscalls, the daemon's lock).
-    pub fn render(&self) -> Result<String, String> {
-        let scrape = (self.read)()?;
-        let fill = self
-            .maps
+    /// Entries and capacity of each map, now. Blocking (map syscalls).
+    pub fn fill(&self) -> Vec<MapFill> {
+        self.maps
             .iter()
             .map(|m| MapFill {
                 map: m.name,
                 entries: (m.count)(&m.map, m.capacity as usize).unwrap_or(0),
                 capacity: m.capacity.into(),
             })
-            .collect();
-        encode(scrape, fill, &self.events).map_err(|_| "cannot encode the metrics".to_string())
+            .collect()
+    }
+}
+
+/// Everything `/metrics` shows.
+pub struct Exporter {
+    events: Registry,
+    gauges: MapGauges,
+    read: Box<dyn Fn() -> Result<Scrape, String> + Send + Sync>,
+}
+
+impl Exporter {
+    /// `maps_dir`: where the datapath pins its maps; `read`: reads the daemon's state.
+    pub fn new(
+        events: &EventCounters,
+        maps_dir: &Path,
+        read: impl Fn() -> Result<Scrape, String> + Send + Sync + 'static,
+    ) -> Exporter {
+        Exporter { events: events.registry(), gauges: MapGauges::open(maps_dir), read: Box::new(read) }
+    }
+
+    /// The OpenMetrics text of a scrape. Blocking (map syscalls, the daemon's lock).
+    pub fn render(&self) -> Result<String, String> {
+        let scrape = (self.read)()?;
+        encode(scrape, self.gauges.fill(), &self.events).map_err(|_| "cannot encode the metrics".to_string())
     }
 }
 

@@ -42,6 +42,12 @@ fn push_get_check_and_rejected_pushes() {
     assert_eq!(live("8443")["verdict"], "allow");
     assert!(tcp_ok(&frontend.ns, payments.v4, 8443));
 
+    // Status: attach mode, and the fill of the state maps (the flows above are tracked).
+    let status = json(&agent.cli(&["status", "-o", "json"]));
+    assert_eq!(status["xdp_mode"], "auto");
+    let ct = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "ZT_CT").expect("conntrack fill").clone();
+    assert!(ct["entries"].as_u64().unwrap() >= 2 && ct["capacity"].as_u64().unwrap() > 0, "{ct}");
+
     // An invalid policy is refused with its positions; nothing changes.
     let bad = dir.file("bad.yaml", &POLICY.replace("10.20.2.10/32", "10.20.2.300/32"));
     let refused = agent.cli(&["policy", "push", bad.to_str().unwrap()]);
