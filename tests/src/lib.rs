@@ -290,10 +290,15 @@ impl Agent {
 
     /// Kills the daemon with SIGKILL and starts another on the same pins and state, without
     /// a policy (it finds the one in force): a crash and a restart.
-    pub fn crash_and_restart(mut self, ns: &Netns, ifaces: &[&str]) -> Agent {
+    pub fn crash_and_restart(self, ns: &Netns, ifaces: &[&str]) -> Agent {
+        self.crash_and_restart_with(ns, ifaces, &[])
+    }
+
+    /// As [`Agent::crash_and_restart`], the new daemon with more `ztagent run` flags.
+    pub fn crash_and_restart_with(mut self, ns: &Netns, ifaces: &[&str], args: &[&str]) -> Agent {
         self.kill();
         self.handed_over = true;
-        Agent::start_with_pins(ns, ifaces, None, &self.pins)
+        Agent::start_on(ns, ifaces, None, &self.pins, args)
     }
 }
 

@@ -5,12 +5,12 @@
 use std::{
     fs,
     os::unix::fs::symlink,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    path::Path,
+    process::Output,
     time::{Duration, Instant},
 };
 
-use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, sh, tcp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, sh, tcp_ok};
 
 /// Version `n` of the policy: frontend may reach payments on these TCP ports.
 fn policy(ports: &[u16]) -> String {
@@ -157,71 +157,6 @@ fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
     assert_eq!(revision(), Some(3));
 }
 
-/// A `ztagent run` on given pins and state directory with `--policy-dir` (the harness's
-/// `Agent` restarts on the same pins without extra flags). Stopped by its pid on drop.
-struct Run {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Run {
-    fn start(ns: &Netns, iface: &str, pins: &Path, state: &Path, policy_dir: &Path) -> Run {
-        let dir = TempDir::new();
-        let (socket, log) = (dir.0.join("ztagent.sock"), dir.0.join("agent.log"));
-        let out = fs::File::create(&log).unwrap();
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg("--")
-            .arg(bin("ztagent"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["run", "--iface", iface, "--log", "debug", "--pin-path"])
-            .arg(pins)
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--policy-dir")
-            .arg(policy_dir)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn ztagent");
-        let ready = wait_for(Duration::from_secs(20), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("ztagent exited ({status}):\n{}", fs::read_to_string(&log).unwrap_or_default());
-            }
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        let run = Run { child, socket, log, _dir: dir };
-        assert!(ready.is_some(), "ztagent did not open its socket:\n{}", run.log());
-        run
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("ztagent")).arg("--socket").arg(&self.socket).args(args).output().expect("run ztagent")
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: signalling the pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept() {
     let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
@@ -233,7 +168,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
 
     // Broken from the start, nothing to fall back on: the agent runs, fails closed, says why,
     // and takes the first valid version.
-    let mut agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--policy-dir", &dir]);
+    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--policy-dir", &dir]);
     let status = json(&agent.cli(&["status", "-o", "json"]));
     assert_eq!(status["revision"], 0);
     let s = &status["policy_source"];
@@ -250,9 +185,8 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
 
     // Killed; the directory turns broken; a new agent on the same pins and state directory
     // keeps the last-known-good policy (revision 1) and reports the rejection.
-    agent.kill();
     cm.publish(BROKEN);
-    let again = Run::start(&payments.ns, &payments.iface, &agent.pins, &agent.state, cm.path());
+    let again = agent.crash_and_restart_with(&payments.ns, &[&payments.iface], &["--policy-dir", &dir]);
     let log = again.log();
     assert!(log.contains("at startup is rejected") && log.contains("adopted as it is"), "{log}");
     let status = json(&again.cli(&["status", "-o", "json"]));
