@@ -376,6 +376,8 @@ pub struct EventHub {
 struct HubState {
     decoder: Decoder,
     history: VecDeque<Arc<EventRecord>>,
+    /// Called with every record as it is published (under the hub's lock: must be quick).
+    observers: Vec<Box<dyn Fn(&EventRecord) + Send>>,
 }
 
 /// What a client gets: the recent events it asked for, then (following) the live ones.
@@ -390,7 +392,11 @@ impl EventHub {
     pub fn new(capacity: usize, lag: usize) -> EventHub {
         let (tx, _) = tokio::sync::broadcast::channel(lag.max(16));
         EventHub {
-            inner: std::sync::Mutex::new(HubState { decoder: Decoder::new(), history: VecDeque::new() }),
+            inner: std::sync::Mutex::new(HubState {
+                decoder: Decoder::new(),
+                history: VecDeque::new(),
+                observers: Vec::new(),
+            }),
             tx,
             capacity,
         }
@@ -422,8 +428,17 @@ impl EventHub {
         self.push(&mut st, records);
     }
 
+    /// Calls `f` with every record published from now on, synchronously: unlike a
+    /// subscriber it cannot fall behind (for counters).
+    pub fn observe(&self, f: impl Fn(&EventRecord) + Send + 'static) {
+        self.state().observers.push(Box::new(f));
+    }
+
     fn push(&self, st: &mut HubState, records: Vec<Arc<EventRecord>>) {
         for r in records {
+            for f in &st.observers {
+                f(&r);
+            }
             if st.history.len() == self.capacity {
                 st.history.pop_front();
             }

@@ -13,9 +13,8 @@
 //!   since it started.
 //! - `ztagent_event_packets_total{src_segment, dst_segment, verdict}` (counter): the sum of the
 //!   event records' `count` since the agent started: every packet denied or rate limited
-//!   (exact), and the first packet of every allowed flow.
-//! - `ztagent_event_records_missed_total` (counter): records the counting above missed by
-//!   falling behind the stream (it then undercounts).
+//!   (exact), and the first packet of every allowed flow. Counted as records are published,
+//!   so it never falls behind, whatever the event rate.
 //! - `ztagent_rate_limit_dropped_packets_total{limit}`, `ztagent_rate_limit_passed_packets_total{limit}`
 //!   (counters): packets each rate limit in force dropped / admitted, as `ztagent status`
 //!   shows them (a changed limit starts from 0).
@@ -57,10 +56,9 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::broadcast::error::RecvError,
 };
 
-use crate::events::{EventFilter, EventHub};
+use crate::events::EventHub;
 
 const PREFIX: &str = "ztagent";
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -105,26 +103,15 @@ type Labels3 = [(&'static str, String); 3];
 #[derive(Clone, Debug, Default)]
 pub struct EventCounters {
     packets: Family<Labels3, Counter>,
-    missed: Counter,
 }
 
 impl EventCounters {
-    /// Subscribes to `hub` and counts every record from now on, in a task of its own.
+    /// Counts every record `hub` publishes from now on, as it is published: exact, whatever
+    /// the event rate (an observer, not a subscriber that could fall behind).
     pub fn start(hub: &EventHub) -> EventCounters {
         let counters = EventCounters::default();
-        let mut live = hub.subscribe(&EventFilter::default()).live;
         let c = counters.clone();
-        tokio::spawn(async move {
-            loop {
-                match live.recv().await {
-                    Ok(r) => c.record(&r.src_segment, &r.dst_segment, &r.verdict, r.count),
-                    Err(RecvError::Lagged(n)) => {
-                        c.missed.inc_by(n);
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        hub.observe(move |r| c.record(&r.src_segment, &r.dst_segment, &r.verdict, r.count));
         counters
     }
 
@@ -144,11 +131,6 @@ impl EventCounters {
             "Packets reported by the event stream since the agent started (sum of the records' count): \
              every packet denied or rate limited, the first packet of every flow allowed",
             self.packets.clone(),
-        );
-        r.register(
-            "event_records_missed",
-            "Event records the metrics subscriber missed because it fell behind the stream",
-            self.missed.clone(),
         );
         r
     }
@@ -494,7 +476,6 @@ mod tests {
             "ztagent_policy_last_push_timestamp_seconds 1700000000.5",
             r#"ztagent_event_packets_total{src_segment="frontend",dst_segment="payments",verdict="allowed"} 3"#,
             r#"ztagent_event_packets_total{src_segment="world",dst_segment="payments",verdict="denied"} 40"#,
-            "ztagent_event_records_missed_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

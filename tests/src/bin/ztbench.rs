@@ -979,8 +979,6 @@ struct EventRun {
     agent_switches: u64,
     /// Seconds the producing thread (this one) was runnable but waiting for a CPU.
     producer_wait: f64,
-    /// The metrics subscriber's misses (`ztagent_event_records_missed_total`).
-    metrics_missed: u64,
 }
 
 impl EventRun {
@@ -1055,7 +1053,6 @@ fn count_lines(path: &Path, from: u64, to: u64) -> Result<(u64, u64, u64, Option
 struct AgentMetrics {
     delivered: u64,
     lost: u64,
-    missed: u64,
 }
 
 fn scrape(ns: &Netns) -> Result<AgentMetrics> {
@@ -1079,7 +1076,6 @@ fn scrape(ns: &Netns) -> Result<AgentMetrics> {
     Ok(AgentMetrics {
         delivered: value("ztagent_events_delivered_total")?,
         lost: value("ztagent_events_lost_total")?,
-        missed: value("ztagent_event_records_missed_total")?,
     })
 }
 
@@ -1321,7 +1317,6 @@ fn through_agent(
         missed,
         other,
         first_other,
-        metrics_missed: m1.missed - m0.missed,
         agent_cpu,
         self_cpu,
         others_cpu: ((busy1 - busy0) - agent_cpu - self_cpu).max(0.0),
@@ -1458,16 +1453,6 @@ fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>, opts: &Op
         if let Some(line) = &r.first_other {
             let _ = writeln!(s, "- Other lines in the file (real traffic on the agent's interface): {}, the first: `{line}`", r.other);
         }
-    }
-    if p.metrics_missed + u.metrics_missed > 0 {
-        let _ = writeln!(
-            s,
-            "- The metrics endpoint's subscriber fell behind the stream: it missed {} (paced) and {} \
-             (unpaced) records (`ztagent_event_records_missed_total`; its per-segment packet \
-             counters undercount by as much; the file is not affected).",
-            fmt_count(p.metrics_missed as usize),
-            fmt_count(u.metrics_missed as usize)
-        );
     }
     let ok = p.lossless() && p.rate() >= MIN_EVENTS_PER_SEC;
     let _ = writeln!(
