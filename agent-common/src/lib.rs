@@ -168,6 +168,9 @@ pub struct CtValue {
     /// The rate limit its packets count against (1-based in the slot's policy; 0 = none).
     /// Set on the original direction's entry only: replies are the other side's traffic.
     pub limit: u32,
+    /// The segment of this direction's source (for `SEGMENT_COUNTERS`).
+    pub src_segment: u32,
+    pub _pad: u32,
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -298,6 +301,15 @@ pub struct Event {
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 
 /// Fragments of an allowed datagram are accepted for this long after its first fragment.
+
+/// `SEGMENT_COUNTERS` (per CPU): packets by (source segment, outcome), at index
+/// `min(segment, MAX_COUNTED_SEGMENTS - 1) * SEGMENT_OUTCOMES + outcome`; segments past the
+/// last are counted together in the last row.
+pub const MAX_COUNTED_SEGMENTS: u32 = 4096;
+pub const SEGMENT_OUTCOMES: u32 = 4;
+pub const SEGMENT_PASSED: u32 = 0;
+pub const SEGMENT_DENIED: u32 = 1;
+pub const SEGMENT_RATE_LIMITED: u32 = 2;
 
 /// Rate limits: at most this many per policy; `LIMITS` and `LIMIT_STATS` hold two slots of
 /// them (index = slot * MAX_LIMITS + limit id - 1).
@@ -439,6 +451,7 @@ pub mod maps {
     pub const LIMIT_STATS: &str = "ZT_LIMIT_STATS";
     pub const AGG: &str = "ZT_AGG";
     pub const EVENTS: &str = "ZT_EVENTS";
+    pub const SEGMENT_COUNTERS: &str = "ZT_SEG_COUNTERS";
     pub const COUNTERS: &str = "ZT_COUNTERS";
 }
 

@@ -33,7 +33,8 @@ use agent_common::event::{
     REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED,
 };
 use events::what;
-use maps::{ACTIVE, Clock, DENIED, FRAGS, SLOTS, count};
+use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
+use maps::{ACTIVE, Clock, DENIED, FRAGS, SLOTS, count, count_segment};
 use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 
 /// Ingress: judged before the kernel allocates anything for the packet.
@@ -149,14 +150,19 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             val.rule = j.verdict.rule;
             if val.flags & CT_F_REPLY == 0 {
                 val.limit = j.verdict.limit;
+                val.src_segment = j.src_segment;
+            } else {
+                val.src_segment = j.dst_segment;
             }
         }
         if over_limit::<INGRESS>(&mut pkt, slot, val.limit, false, &mut clock) {
+            count_segment(val.src_segment, SEGMENT_RATE_LIMITED);
             return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
         first_fragment(&pkt, now);
         count(counter::PASS_TRACKED);
+        count_segment(val.src_segment, SEGMENT_PASSED);
         return true;
     }
 
@@ -174,6 +180,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         && d.revision == cfg.revision
     {
         count_denied(d.rule);
+        count_segment(d.src_segment, SEGMENT_DENIED);
         pkt.now = clock.coarse();
         if let Some(total) = events::aggregate(&raw mut d.total, &raw mut d.last_emit, pkt.now) {
             let segs = events::segments(d.src_segment, d.dst_segment);
@@ -196,6 +203,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         };
         let _ = DENIED.insert(&deny_key, &d, 0);
         count_denied(v.rule);
+        count_segment(j.src_segment, SEGMENT_DENIED);
         events::emit(&pkt, what(VERDICT_DENIED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
         return false;
     }
@@ -205,11 +213,13 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     // A new TCP connection or UDP flow also takes from the connections bucket.
     let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
     if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock) {
+        count_segment(j.src_segment, SEGMENT_RATE_LIMITED);
         return false;
     }
     let now = clock.coarse();
+    count_segment(j.src_segment, SEGMENT_PASSED);
     if starts_flow {
-        conntrack::create(&pkt.tuple, now, cfg.revision, v.rule, v.limit);
+        conntrack::create(&pkt.tuple, now, cfg.revision, &v, segs);
         pkt.now = now;
         events::emit(&pkt, what(VERDICT_ALLOWED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
     }

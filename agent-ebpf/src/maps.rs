@@ -5,7 +5,7 @@
 //! same.
 use agent_common::{
     AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_BUCKET_SETS, MAX_LIMITS, PairKey, PortData, SegmentInfo, SlotConfig, Verdict, counter,
+    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_LIMITS, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -75,6 +75,19 @@ pub static AGG: LruHashMap<AggKey, AggValue> = LruHashMap::pinned(65536, BPF_F_N
 /// Events for the agent. The agent sets the size from its configuration.
 #[map(name = "ZT_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(4 << 20, 0);
+
+/// Packets by (source segment, outcome), per CPU (see `agent_common::SEGMENT_COUNTERS`).
+#[map(name = "ZT_SEG_COUNTERS")]
+pub static SEGMENT_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_COUNTED_SEGMENTS * SEGMENT_OUTCOMES, 0);
+
+#[inline(always)]
+pub fn count_segment(segment: u32, outcome: u32) {
+    let row = if segment < MAX_COUNTED_SEGMENTS { segment } else { MAX_COUNTED_SEGMENTS - 1 };
+    if let Some(c) = SEGMENT_COUNTERS.get_ptr_mut(row * SEGMENT_OUTCOMES + outcome) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+}
 
 /// Packet counters by outcome (see `agent_common::counter`).
 #[map(name = "ZT_COUNTERS")]

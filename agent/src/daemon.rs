@@ -415,12 +415,21 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, Str
             })
             .collect()
     });
+    let segments = match &state.installed {
+        Some(i) => {
+            let names = &i.compiled.segment_names;
+            let counts = state.datapath.segment_counters(names.len()).map_err(|e| error_chain(&e))?;
+            names.iter().cloned().zip(counts).collect()
+        }
+        None => Vec::new(),
+    };
     Ok(metrics::Scrape {
         counters,
         events_delivered: delivered.load(Ordering::Relaxed),
         limits,
         revision: state.writer.revision(),
         last_push: state.installed.as_ref().map(|i| i.installed_at),
+        segments,
     })
 }
 

@@ -229,6 +229,25 @@ impl Datapath {
         Ok([ingress, egress])
     }
 
+    /// Packets by source segment (ids `0..segments`, world first), summed over CPUs:
+    /// [passed, denied, rate limited] each.
+    pub fn segment_counters(&self, segments: usize) -> Result<Vec<[u64; 3]>, DatapathError> {
+        let err = |message: String| DatapathError::Map { name: maps::SEGMENT_COUNTERS, message };
+        let map = self.ebpf.map(maps::SEGMENT_COUNTERS).ok_or_else(|| err("missing".into()))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
+        let read = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(|e| err(e.to_string()));
+        (0..segments.min(agent_common::MAX_COUNTED_SEGMENTS as usize) as u32)
+            .map(|seg| {
+                let base = seg * agent_common::SEGMENT_OUTCOMES;
+                Ok([
+                    read(base + agent_common::SEGMENT_PASSED)?,
+                    read(base + agent_common::SEGMENT_DENIED)?,
+                    read(base + agent_common::SEGMENT_RATE_LIMITED)?,
+                ])
+            })
+            .collect()
+    }
+
     /// Packet counters by outcome, summed over CPUs, in `counter::NAMES` order.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
         let map = self.ebpf.map(maps::COUNTERS).ok_or(DatapathError::Map {

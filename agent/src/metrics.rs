@@ -15,6 +15,9 @@
 //!   event records' `count` since the agent started: every packet denied or rate limited
 //!   (exact), and the first packet of every allowed flow. Counted as records are published,
 //!   so it never falls behind, whatever the event rate.
+//! - `ztagent_segment_packets_total{segment, outcome}` (counter): every packet by its source
+//!   segment (identity) and outcome (`passed`, `denied`, `rate_limited`), from the kernel's
+//!   per-CPU counters.
 //! - `ztagent_rate_limit_dropped_packets_total{limit}`, `ztagent_rate_limit_passed_packets_total{limit}`
 //!   (counters): packets each rate limit in force dropped / admitted, as `ztagent status`
 //!   shows them (a changed limit starts from 0).
@@ -80,6 +83,9 @@ pub struct Scrape {
     pub revision: u32,
     /// Unix time (seconds) of the last policy the agent installed.
     pub last_push: Option<f64>,
+    /// Packets by source segment (name; passed, denied, rate limited), from the kernel's
+    /// per-CPU counters.
+    pub segments: Vec<(String, [u64; 3])>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -264,6 +270,19 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         ConstCounter::new(s.events_delivered).encode(e)?;
+        if !s.segments.is_empty() {
+            let mut e = enc.encode_descriptor(
+                "segment_packets",
+                "Packets by source segment (identity) and outcome, from the kernel's per-CPU counters.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (segment, counts) in &s.segments {
+                for (outcome, v) in ["passed", "denied", "rate_limited"].iter().zip(counts) {
+                    ConstCounter::new(*v).encode(e.encode_family(&[("segment", segment.as_str()), ("outcome", outcome)])?)?;
+                }
+            }
+        }
         if !s.limits.is_empty() {
             type Pick = fn(&LimitCounts) -> u64;
             let families: [(&str, &str, Pick); 2] = [

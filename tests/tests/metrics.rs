@@ -425,7 +425,7 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
          same moment after {tries} try(ies), {attempts} attempt(s) in the last; counters since the agent started: {now:?}\n\
          during the traffic: {delta:?}\n\
          event packets: {got:?}\n\
-         limit batch-pings: dropped {} passed {}; ZT_CT entries {}; events delivered {}, lost {}, missed by the counter {}\n\
+         limit batch-pings: dropped {} passed {}; ZT_CT entries {}; events delivered {}, lost {}\n\
          background records: {}",
         m.u("ztagent_rate_limit_dropped_packets_total", &[("limit", "batch-pings")]),
         m.u("ztagent_rate_limit_passed_packets_total", &[("limit", "batch-pings")]),
@@ -475,6 +475,16 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
         assert_eq!(kernel(outcome), 0, "{outcome}");
     }
     assert_eq!(m.u("ztagent_events_lost_total", &[]), 0);
+
+    // The kernel's per-CPU counters by source segment: every packet, also of tracked flows.
+    let seg = |segment: &str, outcome: &str| m.u("ztagent_segment_packets_total", &[("segment", segment), ("outcome", outcome)]);
+    assert_eq!(seg("frontend", "denied"), M as u64, "frontend's denied SYNs");
+    assert_eq!(seg("batch", "rate_limited"), 18, "batch's pings over the limit");
+    // Each of the N connections: its SYN, the handshake's ACK, at least the close (payments
+    // side's replies count for payments).
+    assert!(seg("frontend", "passed") >= 3 * N as u64, "frontend passed {}", seg("frontend", "passed"));
+    assert!(seg("payments", "passed") >= 2 * N as u64, "payments' replies {}", seg("payments", "passed"));
+    assert!(seg("world", "denied") >= K as u64);
 
     // 3. The rate limit's drops, as `status` shows them.
     let st = status_limit(&s, "batch-pings");
