@@ -468,6 +468,7 @@ mod tests {
             limits: vec![LimitCounts { name: "batch-pings".into(), packets_passed: 12, packets_dropped: 3 }],
             revision: 4,
             last_push: Some(1_700_000_000.5),
+            segments: vec![("frontend".into(), [5, 1, 2])],
         }
     }
 

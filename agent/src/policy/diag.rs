@@ -14,8 +14,9 @@ pub struct Diagnostic {
     pub message: String,
 }
 
-/// Every problem found in a policy file, sorted by position. Never empty when returned as an
-/// error. `Display` prints one diagnostic per line as `ORIGIN:LINE:COL: message`.
+/// The problems found in a policy file (the first 1000, then one saying how many more),
+/// sorted by position; at the same position, in the order they were found. Never empty when
+/// returned as an error. `Display` prints one diagnostic per line as `ORIGIN:LINE:COL: message`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
@@ -30,12 +31,6 @@ impl Diagnostics {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// Sorts by position; problems at the same position keep the order they were found in.
-    pub(crate) fn sorted(mut self) -> Self {
-        self.0.sort_by_key(|d| (d.line, d.col));
-        self
     }
 }
 

@@ -104,8 +104,9 @@ pub enum PortSpec {
 /// Why a port spec is invalid (the message is completed with the spec by the validator).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortSpecError {
+    /// The number as written (leading zeros dropped, very long numbers shortened).
     #[error("port {0} is out of range; ports are 1 to 65535")]
-    OutOfRange(u64),
+    OutOfRange(String),
     #[error("the port range is reversed; did you mean `{lo}-{hi}/{proto}`?")]
     Reversed {
         lo: u16,
@@ -176,15 +177,23 @@ impl FromStr for PortSpec {
     }
 }
 
-/// A decimal port number, 1..=65535.
+/// A decimal port number, 1..=65535. Any run of digits is a number: one too big for any
+/// integer type is out of range, not a syntax error.
 fn parse_port(s: &str) -> Result<u16, PortSpecError> {
-    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    /// Digits shown of a number out of range.
+    const SHOWN: usize = 20;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(PortSpecError::Syntax);
     }
-    let n: u64 = s.parse().map_err(|_| PortSpecError::Syntax)?;
-    match u16::try_from(n) {
+    let digits = s.trim_start_matches('0');
+    match digits.parse::<u16>() {
         Ok(p) if p >= 1 => Ok(p),
-        _ => Err(PortSpecError::OutOfRange(n)),
+        _ if digits.is_empty() => Err(PortSpecError::OutOfRange("0".to_owned())),
+        // ASCII digits: any byte index is a character boundary.
+        _ if digits.len() > SHOWN => {
+            Err(PortSpecError::OutOfRange(format!("{}…", &digits[..SHOWN])))
+        }
+        _ => Err(PortSpecError::OutOfRange(digits.to_owned())),
     }
 }
 
@@ -522,9 +531,21 @@ mod tests {
         assert_eq!(ok("udp").key_range(), (17 << 16, 17 << 16 | 65535));
         assert_eq!(ok("icmp").key_range(), (1 << 16 | 8, 1 << 16 | 8));
         let err = |s: &str| s.parse::<PortSpec>().unwrap_err();
-        assert_eq!(err("0/tcp"), PortSpecError::OutOfRange(0));
-        assert_eq!(err("65536/tcp"), PortSpecError::OutOfRange(65536));
-        assert_eq!(err("99999999999999999999/tcp"), PortSpecError::Syntax);
+        let out_of_range = |n: &str| PortSpecError::OutOfRange(n.to_owned());
+        assert_eq!(err("0/tcp"), out_of_range("0"));
+        assert_eq!(err("000/tcp"), out_of_range("0"));
+        assert_eq!(err("65536/tcp"), out_of_range("65536"));
+        assert_eq!(err("065536/tcp"), out_of_range("65536"));
+        assert_eq!(ok("00443/tcp"), ok("443/tcp"));
+        // A number too big for any integer type is still a number: out of range.
+        assert_eq!(
+            err("99999999999999999999/tcp"),
+            out_of_range("99999999999999999999")
+        );
+        assert_eq!(
+            err("1-1234567890123456789012345/udp").to_string(),
+            "port 12345678901234567890… is out of range; ports are 1 to 65535"
+        );
         assert_eq!(
             err("20-10/tcp"),
             PortSpecError::Reversed {

@@ -637,6 +637,12 @@ fn single_error_kinds() {
         one_err(&ports("0/tcp")).2,
         "invalid port spec `0/tcp`: port 0 is out of range; ports are 1 to 65535"
     );
+    // A number too big for any integer is still a port number out of range.
+    assert_eq!(
+        one_err(&ports("\"99999999999999999999/tcp\"")).2,
+        "invalid port spec `99999999999999999999/tcp`: port 99999999999999999999 is out of \
+         range; ports are 1 to 65535"
+    );
     assert_eq!(
         (
             one_err(&ports("65536/tcp")).0,
@@ -782,7 +788,7 @@ fn syntax_errors_have_positions() {
         one_err("version: 1\nrules:\n  - { name: x, from: [*], to: [a], action: allow }\n");
     assert_eq!((l, c), (3, 23));
     assert!(m.contains("write \"*\" in quotes"), "{m}");
-    // JSON: strict syntax, positions from the YAML reader.
+    // JSON: strict syntax, with positions.
     let (l, c, m) = one_err("{\"version\": 1,\n \"rules\": [],\n}");
     assert_eq!((l, c), (3, 1));
     assert!(m.starts_with("invalid JSON: trailing comma"), "{m}");
@@ -811,6 +817,114 @@ fn json_is_accepted() {
     assert_eq!(p.rules[0].to, vec![SegRef::Any]);
     // With a BOM and leading blanks too.
     assert_eq!(ok(&format!("\u{feff}  \n{json}")), p);
+}
+
+/// JSON keeps its positions whatever it holds: no position-less reading (every diagnostic at
+/// 1:1), not even beyond what the YAML reader would take.
+#[test]
+fn json_positions_survive_deep_and_large_documents() {
+    // 30 levels: the CIDR that is a list, where it is.
+    let deep = format!(
+        "{{\n  \"version\": 1,\n  \"segments\": {{\n    \"web\": {{ \"cidrs\": {}{} }}\n  }}\n}}\n",
+        "[".repeat(30),
+        "]".repeat(30)
+    );
+    assert_eq!(
+        one_err(&deep),
+        (
+            4,
+            24,
+            "a CIDR must be a string like 10.0.0.0/8, not a list".into()
+        )
+    );
+    // 100 levels: the nesting, where it crosses the limit (the 65th container).
+    let deeper = deep
+        .replace(&"[".repeat(30), &"[".repeat(100))
+        .replace(&"]".repeat(30), &"]".repeat(100));
+    assert_eq!(
+        one_err(&deeper),
+        (
+            4,
+            23 + 61,
+            "the document nests deeper than 64 levels (the maximum nesting depth)".into()
+        )
+    );
+    // A file that ends at the start of a line: that line, column 1.
+    let (l, c, m) = one_err("{\n  \"version\": 1,\n  \"rules\": [\n");
+    assert_eq!(
+        (l, c, m.as_str()),
+        (4, 1, "invalid JSON: EOF while parsing a list")
+    );
+    // 300,000 values (more than serde-saphyr's default budget), the mistake at the end.
+    let mut big = String::from("{\"version\": 1, \"rules\": [], \"segments\": {");
+    for i in 0..50_000u32 {
+        big.push_str(&format!(
+            "\"s{i}\": {{\"cidrs\": [\"10.{}.{}.0/24\"]}},\n",
+            i >> 8,
+            i & 255
+        ));
+    }
+    big.push_str("\"last\": {\"cidrs\": [\"10.255.255.1/24\"]}}}");
+    let (l, c, m) = one_err(&big);
+    assert_eq!((l, c), (50_001, 20));
+    assert!(m.starts_with("`10.255.255.1/24` has host bits set"), "{m}");
+}
+
+/// The 20,000 rules of a large policy (more values than serde-saphyr's default budget).
+#[test]
+fn large_yaml_policies_validate() {
+    let mut text = String::from(
+        "version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/24] }\n  b: { cidrs: [10.0.1.0/24] }\nrules:\n",
+    );
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "  - {{ name: r{i}, from: [a], to: [b], ports: [\"{}/tcp\"], action: allow }}\n",
+            1 + i
+        ));
+    }
+    let p = ok(&text);
+    assert_eq!(p.rules.len(), 20_000);
+    assert_eq!(p.rules[19_999].name, "r19999");
+}
+
+#[test]
+fn limits_are_plain_sentences() {
+    let (l, c, m) = one_err(&format!("version: 1\nsegments: {}\n", "[".repeat(100)));
+    assert_eq!(
+        (l, m.as_str()),
+        (
+            2,
+            "the document nests deeper than 64 levels (the maximum nesting depth)"
+        )
+    );
+    // At the 64th `[` (the 65th level) or, where the scanner counts flow levels, the 65th.
+    assert!((74..=75).contains(&c), "{c}");
+}
+
+/// A policy with more problems than are worth reading reports the first ones, then how many
+/// more there are (memory stays bounded whatever the input).
+#[test]
+fn diagnostics_are_bounded() {
+    let mut text = String::from("version: 1\nsegments:\n  web:\n    cidrs:\n");
+    for i in 0..2_500u32 {
+        text.push_str(&format!("      - 10.{}.{}.0/33\n", i >> 8, i & 255));
+    }
+    text.push_str("rules: 5\n");
+    let e = errs(&text);
+    assert_eq!(e.len(), 1001);
+    assert_eq!(e[0].0, 5);
+    assert!(e.windows(2).all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1)));
+    // The last one reported is line 1004; the first one left out is the next CIDR.
+    assert_eq!(e[999].0, 1004);
+    assert_eq!(
+        e[1000],
+        (
+            1005,
+            9,
+            "1501 more problems from here on are not shown; only the first 1000 are reported"
+                .into()
+        )
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! From text to a validated [`Policy`], reporting every problem with its position.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +21,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy, Diagnostics> {
     let mut v = Validator {
         origin,
         diags: Vec::new(),
+        omitted: 0,
+        first_omitted: (usize::MAX, usize::MAX),
+        last_kept: None,
+        suggestions_left: MAX_SEGMENT_SUGGESTIONS,
     };
     let root = match parse_tree(text) {
         Ok(root) => root,
@@ -93,11 +98,11 @@ const BUCKETS: [&str; 3] = ["packets", "connections", "bytes"];
 struct Fields<'n> {
     /// Position of the mapping itself, for "missing field" errors.
     pos: Pos,
-    found: Vec<(&'static str, &'n Node)>,
+    found: Vec<(&'static str, &'n Node<'n>)>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, name: &str) -> Option<&'n Node> {
+    fn get(&self, name: &str) -> Option<&'n Node<'n>> {
         self.found.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 }
@@ -105,36 +110,134 @@ impl<'n> Fields<'n> {
 struct Validator<'a> {
     origin: &'a str,
     diags: Vec<Diagnostic>,
+    /// Problems found but not kept (see [`MAX_DIAGNOSTICS`]), and the first position among them.
+    omitted: usize,
+    first_omitted: (usize, usize),
+    /// Once problems were left out: the position of the last one kept.
+    last_kept: Option<(usize, usize)>,
+    /// How many more "did you mean" searches over the segment names may be made: each costs
+    /// time in the number of segments, and a policy can name thousands of unknown segments.
+    suggestions_left: usize,
+}
+
+/// The most problems reported for one policy (those first in the file); one more diagnostic
+/// says how many others there are. A policy of millions of values could otherwise hold
+/// millions of problems, and their messages would cost more memory than the policy.
+const MAX_DIAGNOSTICS: usize = 1000;
+
+/// "Did you mean" searches over the segment names per policy.
+const MAX_SEGMENT_SUGGESTIONS: usize = 100;
+
+/// The segments, and their index by name.
+struct Names<'p> {
+    segments: &'p [Segment],
+    index: HashMap<&'p str, usize>,
+}
+
+impl<'p> Names<'p> {
+    fn new(segments: &'p [Segment]) -> Self {
+        let index = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        Names { segments, index }
+    }
+}
+
+/// What a mapping is, for messages about its fields ("unknown field `x` in {owner}"): built
+/// only if there is something to say (a policy may have hundreds of thousands of segments).
+#[derive(Clone, Copy)]
+enum Owner<'s> {
+    Text(&'s str),
+    /// A segment, by name.
+    Segment(&'s str),
+}
+
+impl fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Text(s) => f.write_str(s),
+            Owner::Segment(name) => write!(f, "segment {}", quote(name)),
+        }
+    }
 }
 
 /// Where a CIDR was first listed, to report duplicates.
 struct CidrSeen {
-    text: String,
-    segment: usize,
-    line: usize,
+    net: IpNet,
+    segment: u32,
+    line: u32,
 }
 
 impl Validator<'_> {
     fn err(&mut self, pos: Pos, message: impl Into<String>) {
         let pos = pos.or(Pos::START);
+        if self.left_out(pos) {
+            return;
+        }
         self.diags.push(Diagnostic {
             origin: self.origin.to_owned(),
-            line: pos.line,
-            col: pos.col,
+            line: pos.line as usize,
+            col: pos.col as usize,
             message: message.into(),
         });
+        if self.diags.len() >= 2 * MAX_DIAGNOSTICS {
+            self.keep_first();
+        }
     }
 
-    fn finish(self) -> Diagnostics {
-        Diagnostics(self.diags).sorted()
+    /// Whether a problem at `pos` is certain to be left out (see [`MAX_DIAGNOSTICS`]): then it
+    /// is counted, and its message need not be made.
+    fn left_out(&mut self, pos: Pos) -> bool {
+        let at = (pos.line as usize, pos.col as usize);
+        match self.last_kept {
+            // As many problems are kept, all before it (or found before it, at its position).
+            Some(last) if at >= last => {
+                self.omitted += 1;
+                self.first_omitted = self.first_omitted.min(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps the first [`MAX_DIAGNOSTICS`] problems by position (found first among equals),
+    /// counting the others.
+    fn keep_first(&mut self) {
+        self.diags.sort_by_key(|d| (d.line, d.col));
+        if self.diags.len() > MAX_DIAGNOSTICS {
+            let first = &self.diags[MAX_DIAGNOSTICS];
+            self.first_omitted = self.first_omitted.min((first.line, first.col));
+            self.omitted += self.diags.len() - MAX_DIAGNOSTICS;
+            self.diags.truncate(MAX_DIAGNOSTICS);
+            self.last_kept = self.diags.last().map(|d| (d.line, d.col));
+        }
+    }
+
+    fn finish(mut self) -> Diagnostics {
+        self.keep_first();
+        if self.omitted > 0 {
+            let (line, col) = self.first_omitted;
+            self.diags.push(Diagnostic {
+                origin: self.origin.to_owned(),
+                line,
+                col,
+                message: format!(
+                    "{} more problems from here on are not shown; only the first {} are reported",
+                    self.omitted, MAX_DIAGNOSTICS
+                ),
+            });
+        }
+        Diagnostics(self.diags)
     }
 
     /// Checks that `node` is a mapping whose keys are strings from `allowed`, each at most once.
     /// Reports the problems; returns the fields it could read (`None` if not a mapping).
     fn fields<'n>(
         &mut self,
-        node: &'n Node,
-        what: &str,
+        node: &'n Node<'n>,
+        what: Owner<'_>,
         allowed: &'static [&'static str],
     ) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
@@ -152,7 +255,10 @@ impl Validator<'_> {
                 );
                 continue;
             };
-            let Some(name) = allowed.iter().find(|a| **a == key.as_str()) else {
+            let Some(name) = allowed.iter().find(|a| **a == &**key) else {
+                if self.left_out(k.pos) {
+                    continue;
+                }
                 let hint = match suggest(key, allowed.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!(
@@ -182,7 +288,7 @@ impl Validator<'_> {
 
     fn policy(&mut self, root: &Node) -> Policy {
         let mut policy = Policy::default();
-        let Some(top) = self.fields(root, "the policy", TOP_FIELDS) else {
+        let Some(top) = self.fields(root, Owner::Text("the policy"), TOP_FIELDS) else {
             let msg = match root.value {
                 Value::Null => "the policy is empty; expected a mapping with `version`, \
                                 `segments` and `rules`"
@@ -202,7 +308,7 @@ impl Validator<'_> {
                 format!("missing `version`; add `version: {POLICY_VERSION}`"),
             ),
             Some(n) => match n.value {
-                Value::Int(v) if v == i128::from(POLICY_VERSION) => {}
+                Value::Int(v) if v.get() == i128::from(POLICY_VERSION) => {}
                 Value::Int(v) => self.err(
                     n.pos,
                     format!(
@@ -232,19 +338,20 @@ impl Validator<'_> {
         if let Some(n) = top.get("segments") {
             policy.segments = self.segments(n);
         }
+        let names = Names::new(&policy.segments);
         if let Some(n) = top.get("rules") {
-            policy.rules = self.rules(n, &policy.segments);
+            policy.rules = self.rules(n, &names);
         }
         if let Some(n) = top.get("rateLimits") {
-            policy.rate_limits = self.rate_limits(n, &policy.segments);
+            policy.rate_limits = self.rate_limits(n, &names);
         }
         policy
     }
 
     fn action(&mut self, n: &Node, field: &str) -> Option<Action> {
         match &n.value {
-            Value::Str(s) if s == "allow" => Some(Action::Allow),
-            Value::Str(s) if s == "deny" => Some(Action::Deny),
+            Value::Str(s) if &**s == "allow" => Some(Action::Allow),
+            Value::Str(s) if &**s == "deny" => Some(Action::Deny),
             Value::Str(s) => {
                 self.err(
                     n.pos,
@@ -265,8 +372,10 @@ impl Validator<'_> {
     /// Every segment whose name is usable gets an index, even if its CIDRs have problems, so
     /// that rules naming it do not also report "unknown segment".
     fn segments(&mut self, n: &Node) -> Vec<Segment> {
+        // Sized for policies of hundreds of thousands of segments: nothing per segment but
+        // its name and CIDRs is kept, and names are borrowed from the tree.
         let entries = match &n.value {
-            Value::Map(e) => e.as_slice(),
+            Value::Map(e) => &e[..],
             Value::Null => &[],
             v => {
                 self.err(
@@ -279,13 +388,14 @@ impl Validator<'_> {
                 return Vec::new();
             }
         };
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut name_lines: HashMap<String, usize> = HashMap::new();
-        // Normalised (prefix length in IPv6 space, 16-byte network) -> first listing.
-        let mut seen: HashMap<(u32, [u8; 16]), CidrSeen> = HashMap::new();
+        let mut segments: Vec<Segment> = Vec::with_capacity(entries.len());
+        let mut name_lines: HashMap<&str, u32> = HashMap::with_capacity(entries.len());
+        // Normalised (prefix length in IPv6 space, 16-byte network) -> first listing. Most
+        // segments hold one or a few CIDRs.
+        let mut seen: HashMap<(u32, [u8; 16]), CidrSeen> = HashMap::with_capacity(entries.len());
         for (k, v) in entries {
-            let name = match &k.value {
-                Value::Str(s) => s.clone(),
+            let name: &str = match &k.value {
+                Value::Str(s) => s,
                 other => {
                     self.err(
                         k.pos,
@@ -315,37 +425,40 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            if let Some(line) = name_lines.get(&name) {
+            if let Some(line) = name_lines.get(name) {
                 // Only reachable through the JSON fallback (YAML rejects duplicate keys).
                 self.err(
                     k.pos,
                     format!(
                         "duplicate segment {} (first defined on line {line})",
-                        quote(&name)
+                        quote(name)
                     ),
                 );
                 continue;
             }
-            name_lines.insert(name.clone(), k.pos.line);
+            name_lines.insert(name, k.pos.line);
             let index = segments.len();
             let mut cidrs = Vec::new();
-            match self.fields(v, &format!("segment {}", quote(&name)), SEGMENT_FIELDS) {
+            match self.fields(v, Owner::Segment(name), SEGMENT_FIELDS) {
                 None => self.err(
                     v.pos.or(k.pos),
                     format!(
                         "segment {} must be a mapping like {{ cidrs: [10.0.0.0/8] }}, not {}",
-                        quote(&name),
+                        quote(name),
                         v.value.kind()
                     ),
                 ),
                 Some(f) => match f.get("cidrs") {
-                    None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(&name))),
+                    None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(name))),
                     Some(list) => {
-                        cidrs = self.cidrs(list, index, &segments, &name, &mut seen);
+                        cidrs = self.cidrs(list, index, &segments, name, &mut seen);
                     }
                 },
             }
-            segments.push(Segment { name, cidrs });
+            segments.push(Segment {
+                name: name.to_owned(),
+                cidrs,
+            });
         }
         segments
     }
@@ -359,7 +472,7 @@ impl Validator<'_> {
         seen: &mut HashMap<(u32, [u8; 16]), CidrSeen>,
     ) -> Vec<IpNet> {
         let items = match &list.value {
-            Value::Seq(items) => items.as_slice(),
+            Value::Seq(items) => &items[..],
             Value::Null => &[],
             v => {
                 self.err(
@@ -369,7 +482,7 @@ impl Validator<'_> {
                 return Vec::new();
             }
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(items.len());
         for item in items {
             let Value::Str(text) = &item.value else {
                 self.err(
@@ -391,16 +504,16 @@ impl Validator<'_> {
             let key = super::compile::cidr_key(&net);
             match seen.get(&key) {
                 Some(first) => {
-                    let same_text = first.text == net.to_string();
-                    let what = if same_text {
+                    let what = if first.net == net {
                         quote(text)
                     } else {
-                        format!("{} (the same network as `{}`)", quote(text), first.text)
+                        format!("{} (the same network as `{}`)", quote(text), first.net)
                     };
-                    let msg = if first.segment == index {
+                    let first_segment = first.segment as usize;
+                    let msg = if first_segment == index {
                         format!("{what} is listed twice in segment {}", quote(name))
                     } else {
-                        let other = segments.get(first.segment).map_or("?", |s| s.name.as_str());
+                        let other = segments.get(first_segment).map_or("?", |s| s.name.as_str());
                         format!(
                             "{what} is already in segment {} (line {}); a network can be in only one segment",
                             quote(other),
@@ -413,8 +526,8 @@ impl Validator<'_> {
                     seen.insert(
                         key,
                         CidrSeen {
-                            text: net.to_string(),
-                            segment: index,
+                            net,
+                            segment: u32::try_from(index).unwrap_or(u32::MAX),
                             line: item.pos.line,
                         },
                     );
@@ -439,12 +552,12 @@ impl Validator<'_> {
                 String::new()
             }
             Value::Str(s) => {
-                if let Some(line) = names.get(s) {
+                if let Some(line) = names.get(&**s) {
                     self.err(n.pos, format!("duplicate {what} name {} (first used on line {line})", quote(s)));
                 } else {
-                    names.insert(s.clone(), n.pos.line);
+                    names.insert(String::from(&**s), n.pos.line as usize);
                 }
-                s.clone()
+                String::from(&**s)
             }
             v => {
                 self.err(n.pos, format!("a {what} name must be a string, not {}", v.kind()));
@@ -453,9 +566,9 @@ impl Validator<'_> {
         }
     }
 
-    fn rules(&mut self, n: &Node, segments: &[Segment]) -> Vec<Rule> {
+    fn rules(&mut self, n: &Node, segments: &Names<'_>) -> Vec<Rule> {
         let items = match &n.value {
-            Value::Seq(items) => items.as_slice(),
+            Value::Seq(items) => &items[..],
             Value::Null => &[],
             v => {
                 self.err(
@@ -468,7 +581,7 @@ impl Validator<'_> {
         let mut rules = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
-            let Some(f) = self.fields(item, "a rule", RULE_FIELDS) else {
+            let Some(f) = self.fields(item, Owner::Text("a rule"), RULE_FIELDS) else {
                 self.err(
                     item.pos,
                     format!(
@@ -487,7 +600,7 @@ impl Validator<'_> {
             let description = match f.get("description") {
                 None => None,
                 Some(n) => match &n.value {
-                    Value::Str(s) => Some(s.clone()),
+                    Value::Str(s) => Some(String::from(&**s)),
                     v => {
                         self.err(
                             n.pos,
@@ -524,9 +637,9 @@ impl Validator<'_> {
         rules
     }
 
-    fn rate_limits(&mut self, n: &Node, segments: &[Segment]) -> Vec<RateLimit> {
+    fn rate_limits(&mut self, n: &Node, segments: &Names<'_>) -> Vec<RateLimit> {
         let items = match &n.value {
-            Value::Seq(items) => items.as_slice(),
+            Value::Seq(items) => &items[..],
             Value::Null => &[],
             v => {
                 self.err(
@@ -542,7 +655,7 @@ impl Validator<'_> {
         let mut limits = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
-            let Some(f) = self.fields(item, "a rate limit", LIMIT_FIELDS) else {
+            let Some(f) = self.fields(item, Owner::Text("a rate limit"), LIMIT_FIELDS) else {
                 self.err(
                     item.pos,
                     format!(
@@ -593,8 +706,8 @@ impl Validator<'_> {
             let scope = match f.get("scope") {
                 None => LimitScope::Segment,
                 Some(n) => match &n.value {
-                    Value::Str(s) if s == "segment" => LimitScope::Segment,
-                    Value::Str(s) if s == "address" => LimitScope::Address,
+                    Value::Str(s) if &**s == "segment" => LimitScope::Segment,
+                    Value::Str(s) if &**s == "address" => LimitScope::Address,
                     Value::Str(s) => {
                         self.err(
                             n.pos,
@@ -626,9 +739,9 @@ impl Validator<'_> {
     }
 
     /// The `from` of a rate limit: one segment name or `world`.
-    fn limit_from(&mut self, n: &Node, segments: &[Segment]) -> Option<SegRef> {
+    fn limit_from(&mut self, n: &Node, segments: &Names<'_>) -> Option<SegRef> {
         match &n.value {
-            Value::Str(s) if s == ANY_NAME => {
+            Value::Str(s) if &**s == ANY_NAME => {
                 self.err(
                     n.pos,
                     "the `from` of a rate limit must name one segment or world, not \"*\": a \
@@ -638,7 +751,7 @@ impl Validator<'_> {
             }
             Value::Str(s) => self.seg_name(n.pos, s, "from", segments),
             Value::Seq(items) => {
-                let hint = match items.as_slice() {
+                let hint = match &items[..] {
                     [one] => match &one.value {
                         Value::Str(s) => format!("; write `from: {s}`"),
                         _ => String::new(),
@@ -667,7 +780,7 @@ impl Validator<'_> {
     /// One bucket (`which` is `packets`, `connections` or `bytes`).
     fn bucket(&mut self, n: &Node, which: &str) -> Option<BucketSpec> {
         let what = format!("`{which}`");
-        let Some(f) = self.fields(n, &what, BUCKET_FIELDS) else {
+        let Some(f) = self.fields(n, Owner::Text(&what), BUCKET_FIELDS) else {
             self.err(
                 n.pos,
                 format!(
@@ -766,7 +879,7 @@ impl Validator<'_> {
         // Integers beyond 2^53 may have been rounded when read as a float: not echoed then.
         const EXACT: f64 = 9_007_199_254_740_992.0;
         let (v, exact) = match n.value {
-            Value::Int(v) => (v, true),
+            Value::Int(v) => (v.get(), true),
             // A whole f64 below 1e30 converts to i128 without rounding.
             Value::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e30 => {
                 (x as i128, x.abs() <= EXACT)
@@ -809,7 +922,7 @@ impl Validator<'_> {
         f: &Fields<'_>,
         field: &str,
         rule: &str,
-        segments: &[Segment],
+        segments: &Names<'_>,
     ) -> Vec<SegRef> {
         let Some(n) = f.get(field) else {
             self.err(
@@ -832,10 +945,10 @@ impl Validator<'_> {
         n: &Node,
         field: &str,
         empty: &str,
-        segments: &[Segment],
+        segments: &Names<'_>,
     ) -> Vec<SegRef> {
         let items = match &n.value {
-            Value::Seq(items) => items.as_slice(),
+            Value::Seq(items) => &items[..],
             Value::Str(s) => {
                 self.err(n.pos, format!("`{field}` must be a list; write [{s}]"));
                 return Vec::new();
@@ -871,22 +984,32 @@ impl Validator<'_> {
     }
 
     /// Resolves one segment name (`*`, `world` or a named segment) found in `field` at `pos`.
-    fn seg_name(&mut self, pos: Pos, s: &str, field: &str, segments: &[Segment]) -> Option<SegRef> {
+    fn seg_name(&mut self, pos: Pos, s: &str, field: &str, names: &Names<'_>) -> Option<SegRef> {
         if s == ANY_NAME {
             return Some(SegRef::Any);
         }
         if s == WORLD_NAME {
             return Some(SegRef::World);
         }
-        if let Some(i) = segments.iter().position(|seg| seg.name == *s) {
+        if let Some(&i) = names.index.get(s) {
             return Some(SegRef::Named(i));
         }
-        let known = segments
-            .iter()
-            .map(|seg| seg.name.as_str())
-            .chain([WORLD_NAME]);
-        let hint = match suggest(s, known) {
-            Some(g) => format!("; did you mean {}?", quote(g)),
+        if self.left_out(pos) {
+            return None;
+        }
+        let hint = match self.suggestions_left.checked_sub(1) {
+            Some(left) => {
+                self.suggestions_left = left;
+                let known = names
+                    .segments
+                    .iter()
+                    .map(|seg| seg.name.as_str())
+                    .chain([WORLD_NAME]);
+                match suggest(s, known) {
+                    Some(g) => format!("; did you mean {}?", quote(g)),
+                    None => String::new(),
+                }
+            }
             None => String::new(),
         };
         self.err(
@@ -899,7 +1022,7 @@ impl Validator<'_> {
     /// A `ports` list; `what` (`rule`, `rate limit`) names its owner in messages.
     fn ports(&mut self, n: &Node, what: &str) -> Vec<PortSpec> {
         let items = match &n.value {
-            Value::Seq(items) => items.as_slice(),
+            Value::Seq(items) => &items[..],
             Value::Null => &[],
             v => {
                 self.err(
