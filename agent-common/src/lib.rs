@@ -342,8 +342,9 @@ pub struct LimitConfig {
     pub buckets: [BucketConfig; 3],
     /// 1: one bucket per source address; 0: one for the whole segment.
     pub per_address: u32,
-    /// Segment scope: the limit's buckets are `BUCKETS[bucket * 3 + kind]`. The agent gives
-    /// each fingerprint a stable index, so an unchanged limit keeps its buckets across pushes.
+    /// The limit's stable index: its segment-scope buckets are `BUCKETS[bucket * 3 + kind]` and
+    /// its statistics `LIMIT_STATS[bucket]`. The agent gives each fingerprint a stable index, so
+    /// an unchanged limit keeps its buckets and counts across pushes.
     pub bucket: u32,
 }
 
@@ -361,7 +362,7 @@ pub struct BucketKey {
     pub addr: Addr,
 }
 
-/// Per-CPU `LIMIT_STATS[slot * MAX_LIMITS + id - 1]`.
+/// Per-CPU `LIMIT_STATS[LimitConfig::bucket]` (the limit's stable index).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LimitStats {

@@ -174,19 +174,23 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         proto: pkt.tuple.proto,
         _pad: 0,
     };
-    if let Some(d) = DENIED.get_ptr_mut(&deny_key)
+    if let Some(d) = DENIED.get_ptr_mut(&deny_key) {
         // SAFETY: valid map value pointer for this program run.
-        && let d = unsafe { &mut *d }
-        && d.revision == cfg.revision
-    {
-        count_denied(d.rule);
-        count_segment(d.src_segment, SEGMENT_DENIED);
+        let d = unsafe { &mut *d };
         pkt.now = clock.coarse();
-        if let Some(total) = events::aggregate(&raw mut d.total, &raw mut d.last_emit, pkt.now) {
-            let segs = events::segments(d.src_segment, d.dst_segment);
-            events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, total);
+        let segs = events::segments(d.src_segment, d.dst_segment);
+        if d.revision == cfg.revision {
+            count_denied(d.rule);
+            count_segment(d.src_segment, SEGMENT_DENIED);
+            if let Some(total) = events::aggregate(&raw mut d.total, &raw mut d.last_emit, pkt.now) {
+                events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, total);
+            }
+            return false;
         }
-        return false;
+        // Decided under an older policy: judged again below, and its aggregate starts over.
+        // Report its running total first, so that no packet it counted since its last event is
+        // lost (the agent turns totals into counts; an unchanged total adds nothing).
+        events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, d.total);
     }
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     let segs = events::segments(j.src_segment, j.dst_segment);

@@ -73,8 +73,13 @@ pub fn index(slot: u32, id: u32) -> u32 {
 /// Also counts the outcome. (A subprogram: BPF allows it five arguments.)
 #[inline(never)]
 pub fn admit(index: u32, src: &Addr, len: u64, new_conn: bool, now_ns: u64) -> bool {
-    let (Some(limit), Some(stats)) = (LIMITS.get(index), LIMIT_STATS.get_ptr_mut(index)) else {
+    let Some(limit) = LIMITS.get(index) else {
         return true; // no such limit in this slot: nothing to bound
+    };
+    // Counted at the limit's stable index (as its buckets): a push that keeps the limit keeps
+    // its counts without copying them.
+    let Some(stats) = LIMIT_STATS.get_ptr_mut(limit.bucket) else {
+        return true;
     };
     let now = now_ns << TICK_SHIFT;
     // Destructured, not indexed: an index the compiler cannot bound would leave a panic path

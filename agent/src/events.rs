@@ -95,10 +95,17 @@ struct Aggregate {
 struct Seen {
     total: u64,
     last: Arc<EventRecord>,
+    /// When it was last updated (CLOCK_MONOTONIC ns).
+    at: u64,
 }
 
-/// At most this many aggregates are remembered (the kernel's aggregation maps hold fewer).
+/// A hard cap on the aggregates remembered. The sweep keeps only those still in the kernel's
+/// aggregation maps (or updated in the last few intervals), so this is never reached in
+/// practice: the kernel maps hold far fewer.
 const MAX_AGGREGATES: usize = 1 << 18;
+/// An aggregate gone from the kernel maps is still remembered this long (events of it may
+/// still be in flight when the sweep reads the maps).
+const FORGET_AFTER_NS: u64 = 5 * EVENT_INTERVAL_NS;
 
 /// Turns kernel events into records: names, exact counts, wall-clock times.
 pub struct Decoder {
@@ -157,7 +164,7 @@ impl Decoder {
         if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&key) {
             self.seen.clear();
         }
-        self.seen.insert(key, Seen { total, last });
+        self.seen.insert(key, Seen { total, last, at: crate::mapwriter::monotonic_ns() });
     }
 
     /// Reports of the packets the kernel aggregated since the last event of each aggregate, for
@@ -170,17 +177,25 @@ impl Decoder {
     ) -> Vec<Arc<EventRecord>> {
         let idle = |last_emit: u64| now_ns.saturating_sub(last_emit) >= EVENT_INTERVAL_NS;
         let mut due: Vec<(Aggregate, u64)> = Vec::new();
+        let mut live: std::collections::HashSet<Aggregate> = std::collections::HashSet::new();
         for (k, v) in denied {
+            let reason = if v.rule != 0 { REASON_RULE } else { REASON_DEFAULT };
+            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason };
+            live.insert(key);
             if idle(v.last_emit) {
-                let reason = if v.rule != 0 { REASON_RULE } else { REASON_DEFAULT };
-                due.push((Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason }, v.total));
+                due.push((key, v.total));
             }
         }
         for (k, v) in dropped {
+            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason };
+            live.insert(key);
             if idle(v.last_emit) {
-                due.push((Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason }, v.total));
+                due.push((key, v.total));
             }
         }
+        // Forget aggregates the kernel no longer holds (evicted, or renewed under another
+        // reason): if one comes back, its total starts from zero again, as a new one.
+        self.seen.retain(|k, s| live.contains(k) || now_ns.saturating_sub(s.at) < FORGET_AFTER_NS);
         let mut out = Vec::new();
         for (key, total) in due {
             // Only aggregates this agent has seen an event of: it names them from that event.
@@ -191,7 +206,7 @@ impl Decoder {
             r.count = count;
             r.len = 0;
             let r = Arc::new(r);
-            self.seen.insert(key, Seen { total, last: r.clone() });
+            self.seen.insert(key, Seen { total, last: r.clone(), at: now_ns });
             out.push(r);
         }
         out

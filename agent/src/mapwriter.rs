@@ -220,10 +220,11 @@ impl MapWriter {
             PerCpuValues::try_from(vec![LimitStats::default(); cpus])
                 .map_err(|e| WriteError::Map { map: maps::LIMIT_STATS, message: e.to_string() })
         };
-        // The limits in force: a limit that stays (same fingerprint) keeps its stats and its
-        // segment buckets; any other gets a bucket set no limit in force uses, reset to idle.
+        // The limits in force: a limit that stays (same fingerprint) keeps its stable index, and
+        // with it its segment buckets and its counts; any other gets an index no limit in force
+        // uses, its buckets reset to idle and its counts to zero.
         let old: Vec<(u32, LimitConfig)> = active.map_or_else(Vec::new, |a| self.slot_limits(a));
-        let mut taken: HashSet<u32> = old.iter().filter(|(_, c)| c.per_address == 0).map(|(_, c)| c.bucket).collect();
+        let mut taken: HashSet<u32> = old.iter().map(|(_, c)| c.bucket).collect();
         let now = monotonic_ns() << TICK_SHIFT;
         for (i, l) in p.limits.iter().enumerate() {
             let index = slot * MAX_LIMITS + i as u32;
@@ -237,7 +238,6 @@ impl MapWriter {
             let kept = old.iter().find(|(_, c)| c.fingerprint == l.fingerprint);
             let bucket = match kept {
                 Some((_, c)) => c.bucket,
-                None if l.per_address => 0,
                 None => {
                     let free = (0..MAX_BUCKET_SETS).find(|b| !taken.contains(b)).ok_or(WriteError::Full {
                         map: maps::BUCKETS,
@@ -247,6 +247,7 @@ impl MapWriter {
                     for kind in 0..3 {
                         self.buckets.set(free * 3 + kind, now, 0).map_err(full(maps::BUCKETS))?;
                     }
+                    self.limit_stats.set(free, zero()?, 0).map_err(full(maps::LIMIT_STATS))?;
                     free
                 }
             };
@@ -257,12 +258,6 @@ impl MapWriter {
                 bucket,
             };
             self.limits.set(index, cfg, 0).map_err(full(maps::LIMITS))?;
-            let carried = kept.and_then(|(j, _)| self.limit_stats.get(j, 0).ok());
-            let stats = match carried {
-                Some(v) => v,
-                None => zero()?,
-            };
-            self.limit_stats.set(index, stats, 0).map_err(full(maps::LIMIT_STATS))?;
         }
         // Terminate the list (a zero fingerprint), so a later push reads only live entries.
         if (p.limits.len() as u32) < MAX_LIMITS {
@@ -277,7 +272,7 @@ impl MapWriter {
         let slot = self.active_slot()?;
         let index = slot * MAX_LIMITS + id as u32;
         let cfg = self.limits.get(&index, 0).ok()?;
-        let per_cpu = self.limit_stats.get(&index, 0).ok()?;
+        let per_cpu = self.limit_stats.get(&cfg.bucket, 0).ok()?;
         let sum = per_cpu.iter().fold(LimitStats::default(), |a, s| LimitStats {
             packets_passed: a.packets_passed + s.packets_passed,
             packets_dropped: a.packets_dropped + s.packets_dropped,

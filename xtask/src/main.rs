@@ -1,5 +1,6 @@
-//! `cargo xtask setup | test | demo | bench`: the project's own bootstrap and the commands the
-//! README promises. Every step is idempotent and quick when its work is already done.
+//! `cargo xtask setup | test | demo | bench | soak`: the project's own bootstrap and the
+//! commands the README promises. Every step is idempotent and quick when its work is already
+//! done.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -34,6 +35,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the soak: mixed allowed, denied and rate-limited traffic with a
+    /// policy push every second (60 s by default), then check memory, map entries and events.
+    Soak {
+        /// Arguments for ztsoak (e.g. `--seconds 300`; `--help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
@@ -65,6 +73,11 @@ fn main() -> Result<()> {
             setup()?;
             build_release()?;
             run(Command::new(root.join("target/release/ztbench")).args(&args))
+        }
+        Cmd::Soak { args } => {
+            setup()?;
+            build_release()?;
+            run(Command::new(root.join("target/release/ztsoak")).args(&args))
         }
     }
 }
