@@ -54,6 +54,16 @@ pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
     }
 }
 
+/// Adds one packet to an aggregate's total.
+///
+/// # Safety
+/// `total` must point to an aligned u64 in a map value valid for this program run.
+#[inline(always)]
+pub unsafe fn add_one(total: *mut u64) {
+    // SAFETY: upheld by the caller; BPF atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(total, 1) };
+}
+
 /// One more packet of an aggregate (`total`, `last_emit` in a map value). Returns the total to
 /// report when an event is due and this CPU won the right to send it.
 #[inline(always)]

@@ -174,42 +174,75 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         proto: pkt.tuple.proto,
         _pad: 0,
     };
+    // A denied flow's aggregate lives as long as its cache entry: its running total only
+    // grows, across pushes too, so the agent's counts stay exact.
+    let mut renewing: Option<*mut DenyValue> = None;
     if let Some(d) = DENIED.get_ptr_mut(&deny_key) {
         // SAFETY: valid map value pointer for this program run.
-        let d = unsafe { &mut *d };
+        let dv = unsafe { &mut *d };
         pkt.now = clock.coarse();
-        let segs = events::segments(d.src_segment, d.dst_segment);
-        if d.revision == cfg.revision {
-            count_denied(d.rule);
-            count_segment(d.src_segment, SEGMENT_DENIED);
-            if let Some(total) = events::aggregate(&raw mut d.total, &raw mut d.last_emit, pkt.now) {
-                events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, total);
+        // Decided under an older policy: one CPU (the one that moves the revision) judges it
+        // again below; the others count it as still denied meanwhile. The revision is the low
+        // half of the value's first 8 bytes (the rule the high half): BPF compares and
+        // exchanges 64-bit words.
+        let word = (&raw mut dv.revision).cast::<u64>();
+        // SAFETY: the map value starts with (revision, rule), 8-byte aligned.
+        let old = unsafe { core::ptr::read_volatile(word) };
+        let won = old as u32 != cfg.revision
+            // SAFETY: as above; BPF compare-and-exchange.
+            && unsafe { ratelimit::cas_u64(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
+        if !won {
+            count_denied(dv.rule);
+            count_segment(dv.src_segment, SEGMENT_DENIED);
+            if let Some(total) = events::aggregate(&raw mut dv.total, &raw mut dv.last_emit, pkt.now) {
+                let segs = events::segments(dv.src_segment, dv.dst_segment);
+                events::emit(&pkt, what(VERDICT_DENIED, rule_reason(dv.rule), INGRESS), dv.rule, segs, total);
             }
             return false;
         }
-        // Decided under an older policy: judged again below, and its aggregate starts over.
-        // Report its running total first, so that no packet it counted since its last event is
-        // lost (the agent turns totals into counts; an unchanged total adds nothing).
-        events::emit(&pkt, what(VERDICT_DENIED, rule_reason(d.rule), INGRESS), d.rule, segs, d.total);
+        renewing = Some(d);
     }
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     let segs = events::segments(j.src_segment, j.dst_segment);
     let v = j.verdict;
     if v.action != ACTION_ALLOW {
         pkt.now = clock.coarse();
-        let d = DenyValue {
-            revision: cfg.revision,
-            rule: v.rule,
-            src_segment: j.src_segment,
-            dst_segment: j.dst_segment,
-            total: 1,
-            last_emit: pkt.now,
-        };
-        let _ = DENIED.insert(&deny_key, &d, 0);
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);
-        events::emit(&pkt, what(VERDICT_DENIED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
+        let what = what(VERDICT_DENIED, rule_reason(v.rule), INGRESS);
+        if let Some(d) = renewing {
+            // SAFETY: valid map value pointer for this program run (the entry found above).
+            let dv = unsafe { &mut *d };
+            (dv.rule, dv.src_segment, dv.dst_segment) = (v.rule, j.src_segment, j.dst_segment);
+            // The aggregate goes on; report at once, as the first denial under this policy.
+            // SAFETY: aligned u64 in the map value; BPF atomic add.
+            unsafe { events::add_one(&raw mut dv.total) };
+            dv.last_emit = pkt.now;
+            events::emit(&pkt, what, v.rule, segs, unsafe { core::ptr::read_volatile(&raw const dv.total) });
+        } else {
+            let d = DenyValue {
+                revision: cfg.revision,
+                rule: v.rule,
+                src_segment: j.src_segment,
+                dst_segment: j.dst_segment,
+                total: 1,
+                last_emit: pkt.now,
+            };
+            let _ = DENIED.insert(&deny_key, &d, 0);
+            events::emit(&pkt, what, v.rule, segs, 1);
+        }
         return false;
+    }
+    if let Some(d) = renewing {
+        // Allowed now: the flow is no longer denied. Report its aggregate's running total (the
+        // packets since its last event are in it), then forget it.
+        // SAFETY: valid map value pointer for this program run (the entry found above).
+        let dv = unsafe { &*d };
+        let what = what(VERDICT_DENIED, rule_reason(dv.rule), INGRESS);
+        let old_segs = events::segments(dv.src_segment, dv.dst_segment);
+        // SAFETY: aligned u64 in the map value.
+        events::emit(&pkt, what, dv.rule, old_segs, unsafe { core::ptr::read_volatile(&raw const dv.total) });
+        let _ = DENIED.remove(&deny_key);
     }
     // Echo replies and ICMP errors belong to other flows; everything else starts one.
     let starts_flow = pkt.kind == Kind::Ip

@@ -62,6 +62,16 @@ fn bucket(limit: &LimitConfig, kind: usize, src: &Addr, now: u64, stats: *mut Li
     ADDR_BUCKETS.get_ptr_mut(&key)
 }
 
+/// Compare-and-exchange of a u64 in a map value: true when `*p` was `old` and is now `new`.
+///
+/// # Safety
+/// `p` must point to an aligned u64 in a map value valid for this program run.
+#[inline(always)]
+pub unsafe fn cas_u64(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: upheld by the caller; BPF_CMPXCHG.
+    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new).1 }
+}
+
 /// The index in `LIMITS` of limit `id` (1-based) of `slot`.
 #[inline(always)]
 pub fn index(slot: u32, id: u32) -> u32 {

@@ -80,7 +80,17 @@ impl EventFilter {
     }
 }
 
-/// The aggregate an event belongs to: its flow and reason.
+/// The aggregate class of policy denials (by a rule or by default): one aggregate per flow in
+/// the kernel's denial cache, whose running total goes on when a push changes the reason.
+const POLICY_DENIAL: u8 = 0;
+
+/// The aggregate class of a reason: policy denials share one; other drops (rate limits,
+/// fragments, malformed, no policy) are aggregated per reason in the kernel.
+fn class(reason: u8) -> u8 {
+    if reason == REASON_RULE || reason == REASON_DEFAULT { POLICY_DENIAL } else { reason }
+}
+
+/// The aggregate an event belongs to: its flow and class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Aggregate {
     src: [u8; 16],
@@ -90,11 +100,11 @@ struct Aggregate {
     reason: u8,
 }
 
-/// The last report of an aggregate: its total, and the event it came with (for the sweep's
-/// reports, which have no packet of their own).
+/// The last report of an aggregate: its total, and the kernel event it came with (80 bytes;
+/// decoded again for the sweep's reports, which have no packet of their own).
 struct Seen {
     total: u64,
-    last: Arc<EventRecord>,
+    last: Event,
     /// When it was last updated (CLOCK_MONOTONIC ns).
     at: u64,
 }
@@ -139,7 +149,7 @@ impl Decoder {
     /// The record of a kernel event, or None when it adds no packet to an aggregate already
     /// reported (a duplicate total).
     pub fn decode(&mut self, ev: &Event) -> Option<Arc<EventRecord>> {
-        let key = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: ev.reason };
+        let key = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: class(ev.reason) };
         let count = if ev.verdict == VERDICT_ALLOWED || ev.reason == REASON_REVOKED {
             1
         } else {
@@ -147,7 +157,7 @@ impl Decoder {
         };
         let record = Arc::new(self.record(ev, count));
         if ev.verdict != VERDICT_ALLOWED && ev.reason != REASON_REVOKED {
-            self.remember(key, ev.total, record.clone());
+            self.remember(key, ev.total, *ev);
         }
         Some(record)
     }
@@ -160,7 +170,7 @@ impl Decoder {
         (delta > 0).then_some(delta)
     }
 
-    fn remember(&mut self, key: Aggregate, total: u64, last: Arc<EventRecord>) {
+    fn remember(&mut self, key: Aggregate, total: u64, last: Event) {
         if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&key) {
             self.seen.clear();
         }
@@ -179,8 +189,7 @@ impl Decoder {
         let mut due: Vec<(Aggregate, u64)> = Vec::new();
         let mut live: std::collections::HashSet<Aggregate> = std::collections::HashSet::new();
         for (k, v) in denied {
-            let reason = if v.rule != 0 { REASON_RULE } else { REASON_DEFAULT };
-            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason };
+            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: POLICY_DENIAL };
             live.insert(key);
             if idle(v.last_emit) {
                 due.push((key, v.total));
@@ -201,13 +210,12 @@ impl Decoder {
             // Only aggregates this agent has seen an event of: it names them from that event.
             let Some(seen) = self.seen.get(&key) else { continue };
             let Some(count) = self.delta(key, total).filter(|_| total >= seen.total) else { continue };
-            let mut r = (*seen.last).clone();
+            let last = seen.last;
+            let mut r = self.record(&last, count);
             r.time = rfc3339(wall_clock_of(now_ns));
-            r.count = count;
             r.len = 0;
-            let r = Arc::new(r);
-            self.seen.insert(key, Seen { total, last: r.clone(), at: now_ns });
-            out.push(r);
+            self.seen.insert(key, Seen { total, last, at: now_ns });
+            out.push(Arc::new(r));
         }
         out
     }
