@@ -4,8 +4,6 @@
 //! the aggregate's running packet total; one CPU wins the right to emit with a
 //! compare-and-exchange on the time of the last event. An event that does not fit in the ring
 //! is counted (`events_lost`), never silently dropped.
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
-
 use agent_common::{AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter};
 
 use crate::{
@@ -54,16 +52,6 @@ pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
     }
 }
 
-/// Adds one packet to an aggregate's total.
-///
-/// # Safety
-/// `total` must point to an aligned u64 in a map value valid for this program run.
-#[inline(always)]
-pub unsafe fn add_one(total: *mut u64) {
-    // SAFETY: upheld by the caller; BPF atomic add.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(total, 1) };
-}
-
 /// One more packet of an aggregate (`total`, `last_emit` in a map value). Returns the total to
 /// report when an event is due and this CPU won the right to send it.
 #[inline(always)]
@@ -71,13 +59,12 @@ pub fn aggregate(total: *mut u64, last_emit: *mut u64, now: u64) -> Option<u64> 
     // SAFETY: aligned u64s in a map value, valid for this program run; BPF atomic add and
     // compare-and-exchange.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(total, 1);
+        crate::atomics::add_one(total);
         let last = core::ptr::read_volatile(last_emit);
         if now.wrapping_sub(last) < EVENT_INTERVAL_NS {
             return None;
         }
-        let (_, won) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(last_emit, last, now);
-        won.then(|| core::ptr::read_volatile(total))
+        crate::atomics::cas(last_emit, last, now).then(|| core::ptr::read_volatile(total))
     }
 }
 

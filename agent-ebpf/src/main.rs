@@ -6,11 +6,12 @@
 //! denial and drop.
 #![no_std]
 #![no_main]
-// Compare-and-exchange on map values (rate-limit buckets): core's atomics lack it on BPF,
+// Compare-and-exchange and atomic add on map values (see `atomics`): core's atomics lack them on BPF,
 // the intrinsic lowers to BPF_CMPXCHG. The eBPF crate is always built with nightly.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod atomics;
 mod conntrack;
 mod events;
 mod identity;
@@ -190,7 +191,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         let old = unsafe { core::ptr::read_volatile(word) };
         let won = old as u32 != cfg.revision
             // SAFETY: as above; BPF compare-and-exchange.
-            && unsafe { ratelimit::cas_u64(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
+            && unsafe { atomics::cas(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
         if !won {
             count_denied(dv.rule);
             count_segment(dv.src_segment, SEGMENT_DENIED);
@@ -216,7 +217,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             (dv.rule, dv.src_segment, dv.dst_segment) = (v.rule, j.src_segment, j.dst_segment);
             // The aggregate goes on; report at once, as the first denial under this policy.
             // SAFETY: aligned u64 in the map value; BPF atomic add.
-            unsafe { events::add_one(&raw mut dv.total) };
+            unsafe { atomics::add_one(&raw mut dv.total) };
             dv.last_emit = pkt.now;
             events::emit(&pkt, what, v.rule, segs, unsafe { core::ptr::read_volatile(&raw const dv.total) });
         } else {

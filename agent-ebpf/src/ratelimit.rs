@@ -1,8 +1,6 @@
 //! Per-identity rate limits: GCRA buckets, one u64 per bucket (its theoretical arrival time),
 //! updated with compare-and-exchange so that packets of one identity on several CPUs share
 //! one exact budget without a lock. Applied at ingress, after policy allowed the packet.
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
-
 use agent_common::{
     Addr, BUCKET_BYTES, BUCKET_CONNECTIONS, BUCKET_PACKETS, BucketConfig, BucketKey, LimitConfig,
     LimitStats, MAX_LIMITS, TICK_SHIFT,
@@ -31,11 +29,8 @@ fn take(bucket: *mut u64, cfg: &BucketConfig, units: u64, now: u64) -> bool {
         if next.wrapping_sub(now) > cfg.tolerance {
             return false;
         }
-        // SAFETY: as above; the kernel's BPF_CMPXCHG on a map value.
-        let (_, ok) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(bucket, tat, next)
-        };
-        if ok {
+        // SAFETY: as above.
+        if unsafe { crate::atomics::cas(bucket, tat, next) } {
             return true;
         }
     }
@@ -60,16 +55,6 @@ fn bucket(limit: &LimitConfig, kind: usize, src: &Addr, now: u64, stats: *mut Li
         unsafe { (*stats).buckets_created += 1 };
     }
     ADDR_BUCKETS.get_ptr_mut(&key)
-}
-
-/// Compare-and-exchange of a u64 in a map value: true when `*p` was `old` and is now `new`.
-///
-/// # Safety
-/// `p` must point to an aligned u64 in a map value valid for this program run.
-#[inline(always)]
-pub unsafe fn cas_u64(p: *mut u64, old: u64, new: u64) -> bool {
-    // SAFETY: upheld by the caller; BPF_CMPXCHG.
-    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new).1 }
 }
 
 /// The index in `LIMITS` of limit `id` (1-based) of `slot`.
