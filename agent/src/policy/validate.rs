@@ -371,6 +371,19 @@ impl Validator<'_> {
 
     /// Every segment whose name is usable gets an index, even if its CIDRs have problems, so
     /// that rules naming it do not also report "unknown segment".
+    /// The items of list field `field` (none when it is empty or null), or None after reporting
+    /// that it must be `what`.
+    fn list<'n, 't>(&mut self, n: &'n Node<'t>, field: &str, what: &str) -> Option<&'n [Node<'t>]> {
+        match &n.value {
+            Value::Seq(items) => Some(&items[..]),
+            Value::Null => Some(&[]),
+            v => {
+                self.err(n.pos, format!("`{field}` must be {what}, not {}", v.kind()));
+                None
+            }
+        }
+    }
+
     fn segments(&mut self, n: &Node) -> Vec<Segment> {
         // Sized for policies of hundreds of thousands of segments: nothing per segment but
         // its name and CIDRs is kept, and names are borrowed from the tree.
@@ -471,17 +484,7 @@ impl Validator<'_> {
         name: &str,
         seen: &mut HashMap<(u32, [u8; 16]), CidrSeen>,
     ) -> Vec<IpNet> {
-        let items = match &list.value {
-            Value::Seq(items) => &items[..],
-            Value::Null => &[],
-            v => {
-                self.err(
-                    list.pos,
-                    format!("`cidrs` must be a list of CIDRs, not {}", v.kind()),
-                );
-                return Vec::new();
-            }
-        };
+        let Some(items) = self.list(list, "cidrs", "a list of CIDRs") else { return Vec::new() };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let Value::Str(text) = &item.value else {
@@ -567,17 +570,7 @@ impl Validator<'_> {
     }
 
     fn rules(&mut self, n: &Node, segments: &Names<'_>) -> Vec<Rule> {
-        let items = match &n.value {
-            Value::Seq(items) => &items[..],
-            Value::Null => &[],
-            v => {
-                self.err(
-                    n.pos,
-                    format!("`rules` must be a list of rules, not {}", v.kind()),
-                );
-                return Vec::new();
-            }
-        };
+        let Some(items) = self.list(n, "rules", "a list of rules") else { return Vec::new() };
         let mut rules = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
@@ -638,20 +631,7 @@ impl Validator<'_> {
     }
 
     fn rate_limits(&mut self, n: &Node, segments: &Names<'_>) -> Vec<RateLimit> {
-        let items = match &n.value {
-            Value::Seq(items) => &items[..],
-            Value::Null => &[],
-            v => {
-                self.err(
-                    n.pos,
-                    format!(
-                        "`rateLimits` must be a list of rate limits, not {}",
-                        v.kind()
-                    ),
-                );
-                return Vec::new();
-            }
-        };
+        let Some(items) = self.list(n, "rateLimits", "a list of rate limits") else { return Vec::new() };
         let mut limits = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
@@ -1021,20 +1001,7 @@ impl Validator<'_> {
 
     /// A `ports` list; `what` (`rule`, `rate limit`) names its owner in messages.
     fn ports(&mut self, n: &Node, what: &str) -> Vec<PortSpec> {
-        let items = match &n.value {
-            Value::Seq(items) => &items[..],
-            Value::Null => &[],
-            v => {
-                self.err(
-                    n.pos,
-                    format!(
-                        "`ports` must be a list like [\"443/tcp\"], not {}",
-                        v.kind()
-                    ),
-                );
-                return Vec::new();
-            }
-        };
+        let Some(items) = self.list(n, "ports", "a list like [\"443/tcp\"]") else { return Vec::new() };
         if items.is_empty() {
             self.err(
                 n.pos,
