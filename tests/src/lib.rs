@@ -150,6 +150,19 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// The topology most tests and the demo use: payments (the server, index 0), frontend (1),
+    /// batch (2), and an attacker (3) whose addresses are in no segment of their policies.
+    pub fn four_hosts() -> Lan {
+        Lan::new(&[
+            ("10.20.2.10", "fd20:2::10"), // payments
+            ("10.20.1.2", "fd20:1::2"),   // frontend
+            ("10.20.3.2", "fd20:3::2"),   // batch
+            ("10.20.9.2", "fd20:9::2"),   // attacker (world)
+        ])
+    }
+}
+
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, ping_ok, tcp_ok, udp_ok};
+use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, ping_ok, tcp_ok};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -28,15 +28,6 @@ rateLimits:
     from: batch
     packets: { rate: 1, per: second, burst: 2 }
 "#;
-
-fn lan() -> Lan {
-    Lan::new(&[
-        ("10.20.2.10", "fd20:2::10"), // payments
-        ("10.20.1.2", "fd20:1::2"),   // frontend
-        ("10.20.3.2", "fd20:3::2"),   // batch
-        ("10.20.9.2", "fd20:9::2"),   // attacker (world)
-    ])
-}
 
 /// `ztagent events -o json ARGS`: the recent events.
 fn events(agent: &Agent, args: &[&str]) -> Vec<Value> {
@@ -62,7 +53,7 @@ fn find<'a>(evs: &'a [Value], want: &[(&str, Value)]) -> &'a Value {
 
 #[test]
 fn every_kind_of_event_comes_with_its_reason_and_names() {
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
     let dir = TempDir::new();
     let policy = dir.file("p.yaml", POLICY);
@@ -133,7 +124,7 @@ fn flood(ns: &Netns, dst: IpAddr, port: u16, n: usize, distinct_ports: bool) {
 
 #[test]
 fn a_flood_of_one_denied_flow_is_a_handful_of_events_that_add_up() {
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, attacker) = (&lan.hosts[0], &lan.hosts[3]);
     let dir = TempDir::new();
     let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
@@ -158,7 +149,7 @@ fn a_flood_of_one_denied_flow_is_a_handful_of_events_that_add_up() {
 
 #[test]
 fn a_tiny_ring_buffer_loses_events_and_counts_them() {
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, attacker) = (&lan.hosts[0], &lan.hosts[3]);
     let dir = TempDir::new();
     let p = dir.file("p.yaml", POLICY);
@@ -176,7 +167,7 @@ fn a_tiny_ring_buffer_loses_events_and_counts_them() {
 
 #[test]
 fn a_slow_client_holds_nobody_up() {
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, attacker) = (&lan.hosts[0], &lan.hosts[3]);
     let dir = TempDir::new();
     let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));

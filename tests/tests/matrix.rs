@@ -3,21 +3,12 @@
 //! comes from `ztagent check --policy FILE -o json`, so the test also proves that `check`
 //! agrees with what the kernel does. Enforced once at the server's ingress, once at the
 //! clients' egress.
-use std::{net::IpAddr, path::Path};
+use std::path::Path;
 
 use integration_tests::{Agent, Lan, Probe, Servers, check_file};
 
 const TCP: &[u16] = &[443, 8080, 8081, 22];
 const UDP: &[u16] = &[53, 5353];
-
-fn topology() -> Lan {
-    Lan::new(&[
-        ("10.20.2.10", "fd20:2::10"), // payments (server)
-        ("10.20.1.2", "fd20:1::2"),   // frontend
-        ("10.20.3.2", "fd20:3::2"),   // batch
-        ("10.20.9.2", "fd20:9::2"),   // attacker: in no segment (world)
-    ])
-}
 
 /// Probes every case in parallel and returns the mismatches between policy and kernel.
 fn run_matrix(lan: &Lan, policy: &Path) -> (Vec<String>, usize, usize) {
@@ -64,7 +55,7 @@ fn policy_path() -> std::path::PathBuf {
 
 #[test]
 fn matrix_ingress_on_the_server() {
-    let lan = topology();
+    let lan = Lan::four_hosts();
     let policy = policy_path();
     let server = &lan.hosts[0];
     let agent = Agent::start(&server.ns, &[&server.iface], Some(&policy));
@@ -78,7 +69,7 @@ fn matrix_ingress_on_the_server() {
 
 #[test]
 fn matrix_egress_on_the_clients() {
-    let lan = topology();
+    let lan = Lan::four_hosts();
     let policy = policy_path();
     let agents: Vec<Agent> = lan.hosts[1..].iter().map(|h| Agent::start(&h.ns, &[&h.iface], Some(&policy))).collect();
     let (mismatches, allowed, denied) = run_matrix(&lan, &policy);

@@ -35,15 +35,6 @@ rateLimits:
     packets: { rate: 1, per: second, burst: 2 }
 "#;
 
-fn lan() -> Lan {
-    Lan::new(&[
-        ("10.20.2.10", "fd20:2::10"), // payments
-        ("10.20.1.2", "fd20:1::2"),   // frontend
-        ("10.20.3.2", "fd20:3::2"),   // batch
-        ("10.20.9.2", "fd20:9::2"),   // attacker (world)
-    ])
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading the endpoint
 
@@ -364,7 +355,7 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     const K: usize = 3000; // denied UDP datagrams of one flow (default), world -> payments:9999
     const PINGS: u32 = 20; // batch -> payments, 1/s with a burst of 2
 
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
     let dir = TempDir::new();
     let policy = dir.file("p.yaml", POLICY);
@@ -541,7 +532,7 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
 #[test]
 fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them() {
     const FLOWS: usize = 20_000;
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, attacker) = (&lan.hosts[0], &lan.hosts[3]);
     let dir = TempDir::new();
     let policy = dir.file("p.yaml", POLICY);
@@ -589,7 +580,7 @@ fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them()
 fn the_events_file_rotates_and_keeps_every_record() {
     const MAX: u64 = 4000;
     const FLOWS: usize = 36; // ~300-byte lines: 3 files of 4000 bytes, far from the 4 kept
-    let lan = lan();
+    let lan = Lan::four_hosts();
     let (pay, attacker) = (&lan.hosts[0], &lan.hosts[3]);
     let dir = TempDir::new();
     let policy = dir.file("p.yaml", POLICY);
