@@ -91,7 +91,7 @@ struct State {
     interfaces: Vec<Interface>,
     hub: Arc<EventHub>,
     state_dir: PathBuf,
-    gauges: crate::metrics::MapGauges,
+    gauges: Arc<crate::metrics::MapGauges>,
     xdp_mode: &'static str,
     /// `--policy-dir`: what `status` shows of it.
     policy_source: Option<crate::watch::Report>,
@@ -129,7 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         hub: hub.clone(),
         state_dir: cfg.state_dir.clone(),
         policy_source: None,
-        gauges: crate::metrics::MapGauges::open(&cfg.pins.maps()),
+        gauges: Arc::new(crate::metrics::MapGauges::open(&cfg.pins.maps())),
         xdp_mode: match cfg.xdp_mode {
             XdpMode::Driver => "native",
             XdpMode::Skb => "generic",
@@ -191,7 +191,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // --- metrics
     if let (Some(tcp), Some(counters)) = (metrics_listener, event_counters) {
         let (scraped, delivered) = (shared.clone(), delivered.clone());
-        let exporter = metrics::Exporter::new(&counters, &cfg.pins.maps(), move || scrape(&scraped, &delivered));
+        let gauges = shared.lock().unwrap_or_else(|p| p.into_inner()).gauges.clone();
+        let exporter = metrics::Exporter::new(&counters, gauges, move || scrape(&scraped, &delivered));
         if let Ok(addr) = tcp.local_addr() {
             tracing::info!("metrics at http://{addr}/metrics");
         }

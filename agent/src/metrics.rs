@@ -213,18 +213,19 @@ impl MapGauges {
 /// Everything `/metrics` shows.
 pub struct Exporter {
     events: Registry,
-    gauges: MapGauges,
+    gauges: Arc<MapGauges>,
     read: Box<dyn Fn() -> Result<Scrape, String> + Send + Sync>,
 }
 
 impl Exporter {
-    /// `maps_dir`: where the datapath pins its maps; `read`: reads the daemon's state.
+    /// `gauges`: the state maps to report the fill of (shared with `status`); `read`: reads
+    /// the daemon's state.
     pub fn new(
         events: &EventCounters,
-        maps_dir: &Path,
+        gauges: Arc<MapGauges>,
         read: impl Fn() -> Result<Scrape, String> + Send + Sync + 'static,
     ) -> Exporter {
-        Exporter { events: events.registry(), gauges: MapGauges::open(maps_dir), read: Box::new(read) }
+        Exporter { events: events.registry(), gauges, read: Box::new(read) }
     }
 
     /// The OpenMetrics text of a scrape. Blocking (map syscalls, the daemon's lock).
