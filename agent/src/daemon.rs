@@ -61,6 +61,8 @@ pub enum DaemonError {
     Write(#[from] crate::mapwriter::WriteError),
     #[error("the policy {0} is invalid:\n{1}")]
     Policy(String, policy::Diagnostics),
+    #[error("another agent is running: it answers on {path} (stop it first, or give this one another --socket and --pin-path)")]
+    Running { path: PathBuf },
     #[error("cannot serve the control socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -103,6 +105,11 @@ const CLIENT_LAG: usize = 16_384;
 type Shared = Arc<Mutex<State>>;
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
+    if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
+        return Err(DaemonError::Running { path: cfg.socket.clone() });
+    }
     // --- metrics and event files: claimed first, so a bad address or path fails before
     // anything is loaded or attached.
     let metrics_listener = match cfg.metrics_addr {
@@ -117,10 +124,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         None => None,
     };
     // ---
+    // --- policy directory: its policy is installed like --policy; when it is missing or
+    // invalid (logged and reported), the last-known-good one below is taken instead.
+    let mut policy_dir = cfg.policy_dir.as_deref().map(crate::watch::PolicyDir::open).transpose()?;
+    let from_dir = policy_dir.as_mut().and_then(|d| d.initial());
+    // ---
     let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
-    let writer = MapWriter::new(&mut datapath.ebpf, &cfg.limits)?;
+    let maps = MapWriter::new(&mut datapath.ebpf, &cfg.limits)
+        .map_err(DaemonError::from)
+        .and_then(|writer| Ok((writer, EventSources::take(&mut datapath.ebpf)?)));
+    let (writer, sources) = match maps {
+        Ok(maps) => maps,
+        Err(e) => {
+            datapath.rollback();
+            return Err(e);
+        }
+    };
     let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
-    let sources = EventSources::take(&mut datapath.ebpf)?;
     let mut state = State {
         writer,
         datapath,
@@ -136,44 +156,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             _ => "auto",
         },
     };
-
-    // --- policy directory: its policy is installed like --policy; when it is missing or
-    // invalid (logged and reported), the last-known-good one below is taken instead.
-    let mut policy_dir = cfg.policy_dir.as_deref().map(crate::watch::PolicyDir::open).transpose()?;
-    let from_dir = policy_dir.as_mut().and_then(|d| d.initial());
     state.policy_source = policy_dir.as_ref().map(|d| d.report());
-    // ---
 
-    // Policy first, then attach: the interfaces are never enforced with an empty policy
-    // (which would drop everything) when a policy was given.
-    if let Some(path) = &cfg.policy {
-        let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
-        let r = install(&mut state, parsed)?;
-        tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
-    } else if let (Some(parsed), Some(dir)) = (from_dir, policy_dir.as_mut()) {
-        let r = install(&mut state, parsed)?;
-        dir.installed(r.revision);
-    } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
-        if state.writer.active_slot().is_some() && state.writer.revision() == revision {
-            // The pinned maps hold exactly the last-known-good policy: keep them as they are.
-            let compiled = Arc::new(policy::compile(&saved));
-            state.hub.policy(revision, compiled.clone());
-            state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
-            tracing::info!(revision, "the pinned policy matches the last-known-good one: adopted as it is");
-        } else {
-            let r = install(&mut state, saved)?;
-            tracing::info!(revision = r.revision, "the last-known-good policy (revision {revision}) installed again");
+    // Everything from here to the commit below can fail; a failed start detaches and unpins
+    // what it attached and pinned, so the host is left as it was found.
+    let listener = match enforce(&mut state, &cfg, policy_dir.as_mut(), from_dir) {
+        Ok(listener) => listener,
+        Err(e) => {
+            state.datapath.rollback();
+            return Err(e);
         }
-    } else if state.writer.active_slot().is_some() {
-        tracing::info!(revision = state.writer.revision(), "keeping the policy already in the kernel");
-    } else {
-        tracing::warn!("no policy given: every IP packet on the enforced interfaces is dropped until one is pushed");
-    }
-    for iface in &cfg.ifaces {
-        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode)?;
-        tracing::info!(iface = %iface, ?ingress, ?egress, "enforcing");
-        state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
-    }
+    };
 
     // --- metrics and event files: subscribed before the reader starts, they miss nothing.
     let sink = events_file.map(|f| {
@@ -184,7 +177,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let delivered = Arc::new(AtomicU64::new(0));
     // ---
     sources.spawn(hub, delivered.clone());
-    let listener = bind(&cfg.socket, &cfg.access)?;
     let access = Arc::new(cfg.access.clone());
     tracing::info!(socket = %cfg.socket.display(), "control socket ready");
     let shared: Shared = Arc::new(Mutex::new(state));
@@ -201,19 +193,22 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // ---
     // --- policy directory: each new version is installed like a push, under the state lock.
     if let Some(dir) = policy_dir {
+        let rollback = shared.clone();
         let shared = shared.clone();
         dir.spawn(move |parsed| {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         })
-        .map_err(|source| DaemonError::PolicyDir(crate::watch::WatchError::Dir {
-            path: cfg.policy_dir.clone().unwrap_or_default(),
-            message: format!("cannot start its watcher: {source}"),
-        }))?;
+        .map_err(|source| {
+            rollback.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
+            DaemonError::PolicyDir(crate::watch::WatchError::Dir {
+                path: cfg.policy_dir.clone().unwrap_or_default(),
+                message: format!("cannot start its watcher: {source}"),
+            })
+        })?;
     }
     // ---
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
+    shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.commit();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -236,6 +231,47 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.pins.root.display()
     );
     Ok(())
+}
+
+/// Installs the policy the agent starts with, attaches to every interface, then serves the
+/// control socket: the interfaces are never enforced with an empty policy (which would drop
+/// everything) when a policy was given.
+fn enforce(
+    state: &mut State,
+    cfg: &Config,
+    policy_dir: Option<&mut crate::watch::PolicyDir>,
+    from_dir: Option<Policy>,
+) -> Result<UnixListener, DaemonError> {
+    if let Some(path) = &cfg.policy {
+        let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
+        let r = install(state, parsed)?;
+        tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
+    } else if let (Some(parsed), Some(dir)) = (from_dir, policy_dir) {
+        let r = install(state, parsed)?;
+        dir.installed(r.revision);
+    } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
+        if state.writer.active_slot().is_some() && state.writer.revision() == revision {
+            // The pinned maps hold exactly the last-known-good policy: keep them as they are.
+            let compiled = Arc::new(policy::compile(&saved));
+            state.hub.policy(revision, compiled.clone());
+            state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
+            tracing::info!(revision, "the pinned policy matches the last-known-good one: adopted as it is");
+        } else {
+            let r = install(state, saved)?;
+            tracing::info!(revision = r.revision, "the last-known-good policy (revision {revision}) installed again");
+        }
+    } else if state.writer.active_slot().is_some() {
+        tracing::info!(revision = state.writer.revision(), "keeping the policy already in the kernel");
+    } else {
+        tracing::warn!("no policy given: every IP packet on the enforced interfaces is dropped until one is pushed");
+    }
+    for iface in &cfg.ifaces {
+        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode)?;
+        tracing::info!(iface = %iface, ?ingress, ?egress, "enforcing");
+        state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
+    }
+    // Last: clients take the socket as the sign that the agent enforces.
+    bind(&cfg.socket, &cfg.access)
 }
 
 fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {

@@ -10,7 +10,7 @@ use std::{
 use agent_common::{counter, maps, programs};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, MapInfo, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
@@ -43,6 +43,8 @@ pub enum DatapathError {
     Attach { iface: String, message: String },
     #[error("cannot read map {name}: {message}")]
     Map { name: &'static str, message: String },
+    #[error("cannot replace the pinned map {path} (its layout changed in this build): {source}")]
+    Replace { path: PathBuf, source: io::Error },
 }
 
 /// Map sizes, from the agent's configuration.
@@ -59,6 +61,23 @@ pub struct Limits {
     pub addr_buckets: u32,
     /// The event ring buffer, in bytes (a power of two, at least a page).
     pub events_bytes: u32,
+}
+
+impl Limits {
+    /// The size of each map the configuration sizes (for the ring buffer: bytes).
+    fn sizes(&self) -> [(&'static str, u32); 9] {
+        [
+            (maps::HOSTS, self.hosts),
+            (maps::CIDRS, self.cidrs),
+            (maps::PAIRS, self.pairs),
+            (maps::PORTS, self.ports),
+            (maps::CONNTRACK, self.conntrack),
+            (maps::FRAGS, self.frags),
+            (maps::DENIED, self.denied),
+            (maps::ADDR_BUCKETS, self.addr_buckets),
+            (maps::EVENTS, self.events_bytes),
+        ]
+    }
 }
 
 impl Default for Limits {
@@ -93,6 +112,10 @@ impl PinLayout {
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
+    }
+    /// Maps of an earlier agent that this build replaces, until the new ones are in force.
+    fn replaced(&self) -> PathBuf {
+        self.root.join("replaced")
     }
     /// bpffs refuses dots in names; interface names may hold dots but never colons.
     fn link(&self, iface: &str, hook: &str) -> PathBuf {
@@ -166,6 +189,110 @@ macro_rules! attach_or_adopt {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pins: PinLayout,
+    changes: Changes,
+}
+
+/// What this start changed under the pin directory, until [`Datapath::commit`]: a start that
+/// fails is rolled back ([`Datapath::rollback`]), so that it leaves the host as it found it.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Links this start created and pinned.
+    links: Vec<PathBuf>,
+    /// Maps this start created and pinned.
+    maps: Vec<PathBuf>,
+    /// Maps of an earlier agent whose layout this build changed: (set aside, original pin).
+    replaced: Vec<(PathBuf, PathBuf)>,
+    /// A link of an earlier agent was updated to this start's programs: from then on, this
+    /// start's maps are the ones in force there, and are kept.
+    adopted: bool,
+    /// Directories this start created (the pin directory and its parts), innermost last.
+    dirs: Vec<PathBuf>,
+}
+
+impl Changes {
+    fn record(&mut self, how: Attachment, pin: PathBuf) {
+        match how {
+            Attachment::Attached => self.links.push(pin),
+            Attachment::Adopted => self.adopted = true,
+        }
+    }
+
+    fn rollback(&mut self) {
+        for pin in self.links.drain(..) {
+            // The pin holds the link: removing it detaches the program.
+            remove_pin(&pin);
+        }
+        if self.adopted {
+            self.commit();
+            return;
+        }
+        for pin in self.maps.drain(..) {
+            remove_pin(&pin);
+        }
+        for (aside, pin) in self.replaced.drain(..) {
+            if let Err(e) = fs::rename(&aside, &pin) {
+                tracing::error!("cannot put the pinned map {} back: {e}", pin.display());
+            }
+        }
+        for dir in self.dirs.drain(..).rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    fn commit(&mut self) {
+        for (aside, _) in self.replaced.drain(..) {
+            remove_pin(&aside);
+        }
+        *self = Changes::default();
+    }
+}
+
+fn remove_pin(pin: &Path) {
+    if let Err(e) = fs::remove_file(pin)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::error!("cannot remove the pin {}: {e}", pin.display());
+    }
+}
+
+/// The names pinned in `dir`.
+fn pinned(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// Moves aside the maps pinned by an earlier agent whose layout (type, key and value sizes,
+/// capacity, flags) differs from what this build and configuration create: a new agent with
+/// a changed map starts that map afresh (its state is lost) and keeps every other map's
+/// state. The earlier programs keep their maps until their links are updated.
+fn set_aside_changed_maps(pins: &PinLayout, limits: &Limits, moved: &mut Vec<(PathBuf, PathBuf)>) -> Result<(), DatapathError> {
+    // Left by a start that died before it committed: the maps it set aside are not in force.
+    for leftover in pinned(&pins.replaced()) {
+        remove_pin(&leftover);
+    }
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
+    let sizes = limits.sizes();
+    for (name, def) in &object.maps {
+        let pin = pins.maps().join(name);
+        let Ok(info) = MapInfo::from_pin(&pin) else { continue };
+        let capacity = sizes.iter().find(|(n, _)| n == name).map_or(def.max_entries(), |&(_, n)| n);
+        let want = (def.map_type(), def.key_size(), def.value_size(), capacity, def.map_flags());
+        let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let have = (kind, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+        if want == have {
+            continue;
+        }
+        tracing::warn!(
+            map = %name,
+            "the pinned map's layout (type, key, value, capacity, flags) {have:?} differs from this agent's {want:?}: \
+             replaced by a new, empty one"
+        );
+        let aside = pins.replaced().join(name);
+        let err = |source| DatapathError::Replace { path: pin.clone(), source };
+        fs::create_dir_all(pins.replaced()).map_err(err)?;
+        fs::rename(&pin, &aside).map_err(err)?;
+        moved.push((aside, pin));
+    }
+    Ok(())
 }
 
 /// How a program came to be attached to an interface.
@@ -179,31 +306,56 @@ pub enum Attachment {
 }
 
 impl Datapath {
-    /// Loads the programs; maps pinned by an earlier agent are reused, with their contents.
+    /// Loads the programs; maps pinned by an earlier agent are reused, with their contents,
+    /// unless their layout changed. On failure, nothing this call pinned remains.
     pub fn load(pins: PinLayout, limits: &Limits) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        let dirs = [pins.root.clone(), pins.maps(), pins.links()].into_iter().filter(|d| !d.exists()).collect();
         ensure_bpffs(&pins.root)?;
+        let mut changes = Changes { dirs, ..Changes::default() };
+        if let Err(e) = set_aside_changed_maps(&pins, limits, &mut changes.replaced) {
+            changes.rollback();
+            return Err(e);
+        }
         let map_dir = pins.maps();
+        let before = pinned(&map_dir);
+        let loaded = Self::load_object(&map_dir, limits);
+        changes.maps = pinned(&map_dir).into_iter().filter(|p| !before.contains(p)).collect();
+        match loaded {
+            Ok(ebpf) => Ok(Datapath { ebpf, pins, changes }),
+            Err(e) => {
+                changes.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn load_object(map_dir: &Path, limits: &Limits) -> Result<Ebpf, DatapathError> {
         let mut loader = EbpfLoader::new();
-        loader
-            .default_map_pin_directory(&map_dir)
-            .map_max_entries(maps::HOSTS, limits.hosts)
-            .map_max_entries(maps::CIDRS, limits.cidrs)
-            .map_max_entries(maps::PAIRS, limits.pairs)
-            .map_max_entries(maps::PORTS, limits.ports)
-            .map_max_entries(maps::CONNTRACK, limits.conntrack)
-            .map_max_entries(maps::FRAGS, limits.frags)
-            .map_max_entries(maps::DENIED, limits.denied)
-            .map_max_entries(maps::ADDR_BUCKETS, limits.addr_buckets)
-            .map_max_entries(maps::EVENTS, limits.events_bytes);
+        loader.default_map_pin_directory(map_dir);
+        for (name, size) in limits.sizes() {
+            loader.map_max_entries(name, size);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::EGRESS)?;
         tc.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
-        Ok(Datapath { ebpf, pins })
+        Ok(ebpf)
+    }
+
+    /// The agent started: what this start pinned stays, and the maps it replaced are released.
+    pub fn commit(&mut self) {
+        self.changes.commit();
+    }
+
+    /// The agent did not start: detaches and unpins what this start attached and pinned, and
+    /// puts back the maps it replaced, unless an earlier agent's link already runs this start's
+    /// programs (then their maps stay, as that interface's enforcement needs them).
+    pub fn rollback(&mut self) {
+        self.changes.rollback();
     }
 
     /// Attaches ingress (XDP) and egress (TC) enforcement to `iface`, or takes over the links
@@ -217,15 +369,14 @@ impl Datapath {
         }
 
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::INGRESS)?;
-        let ingress = attach_or_adopt!(xdp, XdpLink, self.pins.link(iface, "xdp"), err, xdp.attach(iface, mode));
+        let pin = self.pins.link(iface, "xdp");
+        let ingress = attach_or_adopt!(xdp, XdpLink, pin.clone(), err, xdp.attach(iface, mode));
+        self.changes.record(ingress, pin);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::EGRESS)?;
-        let egress = attach_or_adopt!(
-            tc,
-            SchedClassifierLink,
-            self.pins.link(iface, "tc-egress"),
-            err,
-            tc.attach(iface, TcAttachType::Egress)
-        );
+        let pin = self.pins.link(iface, "tc-egress");
+        let egress =
+            attach_or_adopt!(tc, SchedClassifierLink, pin.clone(), err, tc.attach(iface, TcAttachType::Egress));
+        self.changes.record(egress, pin);
         Ok([ingress, egress])
     }
 
@@ -280,7 +431,7 @@ where
 /// Detaches everything the agent pinned under `pins` and removes the pins.
 pub fn uninstall(pins: &PinLayout) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for dir in [pins.links(), pins.maps()] {
+    for dir in [pins.links(), pins.maps(), pins.replaced()] {
         let Ok(entries) = fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             fs::remove_file(entry.path())?;

@@ -100,28 +100,61 @@ struct Aggregate {
     reason: u8,
 }
 
-/// The last report of an aggregate: its total, and the kernel event it came with (80 bytes;
-/// decoded again for the sweep's reports, which have no packet of their own).
+/// What the decoder remembers of an aggregate (16 bytes; with its 8-byte key, ~3 MB for a
+/// full denial cache): the last total reported, and what the sweep's reports of it need that
+/// the kernel's aggregation maps do not hold.
+#[derive(Clone, Copy)]
 struct Seen {
     total: u64,
-    last: Event,
-    /// When it was last updated (CLOCK_MONOTONIC ns).
-    at: u64,
+    ifindex: u32,
+    sport: u16,
+    direction: u8,
+    /// The sweep generation (wrapping) that last found it in the kernel maps, or in which an
+    /// event last updated it.
+    generation: u8,
 }
 
+/// The aggregates the decoder makes room for up front: the kernel's denial cache holds this
+/// many flows (the other drops' aggregates are far fewer), so the decoder's memory is
+/// allocated once and does not grow as the cache fills.
+const AGGREGATES: usize = 65_536;
 /// A hard cap on the aggregates remembered. The sweep keeps only those still in the kernel's
-/// aggregation maps (or updated in the last few intervals), so this is never reached in
-/// practice: the kernel maps hold far fewer.
-const MAX_AGGREGATES: usize = 1 << 18;
-/// An aggregate gone from the kernel maps is still remembered this long (events of it may
-/// still be in flight when the sweep reads the maps).
-const FORGET_AFTER_NS: u64 = 5 * EVENT_INTERVAL_NS;
+/// aggregation maps (or updated in the last few sweeps), so this is never reached in
+/// practice: the kernel maps hold fewer.
+const MAX_AGGREGATES: usize = 2 * AGGREGATES;
+/// An aggregate gone from the kernel maps is still remembered for this many sweeps (events of
+/// it may still be in flight when the sweep reads the maps).
+const FORGET_AFTER_SWEEPS: u8 = 5;
+
+/// Keys of the remembered aggregates: a keyed (per-process) 64-bit hash of the 36-byte
+/// [`Aggregate`]. Two aggregates sharing a key would take a 64-bit collision of a secret
+/// hash: at 131,072 aggregates, a chance of 5e-10.
+type AggregateId = u64;
+
+/// The remembered aggregates' map hashes its keys no further: they are hashes already.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("keyed by u64 only")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
 
 /// Turns kernel events into records: names, exact counts, wall-clock times.
 pub struct Decoder {
     /// Policies by revision, to name what events of recent revisions refer to.
     policies: VecDeque<(u32, Arc<CompiledPolicy>)>,
-    seen: HashMap<Aggregate, Seen>,
+    ids: std::hash::RandomState,
+    seen: HashMap<AggregateId, Seen, std::hash::BuildHasherDefault<IdHasher>>,
+    /// The current sweep generation (see [`Seen::generation`]).
+    generation: u8,
     ifnames: HashMap<u32, String>,
 }
 
@@ -133,7 +166,13 @@ impl Default for Decoder {
 
 impl Decoder {
     pub fn new() -> Decoder {
-        Decoder { policies: VecDeque::new(), seen: HashMap::new(), ifnames: HashMap::new() }
+        Decoder {
+            policies: VecDeque::new(),
+            ids: std::hash::RandomState::new(),
+            seen: HashMap::with_capacity_and_hasher(AGGREGATES, Default::default()),
+            generation: 0,
+            ifnames: HashMap::new(),
+        }
     }
 
     /// A new policy revision is in force (events may still refer to the previous one).
@@ -146,35 +185,34 @@ impl Decoder {
         self.policies.iter().find(|(r, _)| *r == revision).or(self.policies.front()).map(|(_, c)| &**c)
     }
 
+    fn id(&self, a: &Aggregate) -> AggregateId {
+        std::hash::BuildHasher::hash_one(&self.ids, a)
+    }
+
     /// The record of a kernel event, or None when it adds no packet to an aggregate already
     /// reported (a duplicate total).
     pub fn decode(&mut self, ev: &Event) -> Option<Arc<EventRecord>> {
-        let key = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: class(ev.reason) };
-        let count = if ev.verdict == VERDICT_ALLOWED || ev.reason == REASON_REVOKED {
-            1
-        } else {
-            self.delta(key, ev.total)?
-        };
-        let record = Arc::new(self.record(ev, count));
-        if ev.verdict != VERDICT_ALLOWED && ev.reason != REASON_REVOKED {
-            self.remember(key, ev.total, *ev);
+        if ev.verdict == VERDICT_ALLOWED || ev.reason == REASON_REVOKED {
+            return Some(Arc::new(self.record(ev, 1)));
         }
+        let flow = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: class(ev.reason) };
+        let id = self.id(&flow);
+        let count = self.delta(id, ev.total)?;
+        let record = Arc::new(self.record(ev, count));
+        if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&id) {
+            self.seen.clear();
+        }
+        let (ifindex, sport, direction, generation) = (ev.ifindex, ev.sport, ev.direction, self.generation);
+        self.seen.insert(id, Seen { total: ev.total, ifindex, sport, direction, generation });
         Some(record)
     }
 
-    /// Packets of `key` since its last report. A total below the last one means the kernel's
+    /// Packets of `id` since its last report. A total below the last one means the kernel's
     /// aggregate was evicted or renewed (new policy): it counts from zero again.
-    fn delta(&self, key: Aggregate, total: u64) -> Option<u64> {
-        let last = self.seen.get(&key).map_or(0, |s| s.total);
+    fn delta(&self, id: AggregateId, total: u64) -> Option<u64> {
+        let last = self.seen.get(&id).map_or(0, |s| s.total);
         let delta = if total >= last { total - last } else { total };
         (delta > 0).then_some(delta)
-    }
-
-    fn remember(&mut self, key: Aggregate, total: u64, last: Event) {
-        if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&key) {
-            self.seen.clear();
-        }
-        self.seen.insert(key, Seen { total, last, at: crate::mapwriter::monotonic_ns() });
     }
 
     /// Reports of the packets the kernel aggregated since the last event of each aggregate, for
@@ -185,38 +223,54 @@ impl Decoder {
         dropped: impl Iterator<Item = (AggKey, AggValue)>,
         now_ns: u64,
     ) -> Vec<Arc<EventRecord>> {
-        let idle = |last_emit: u64| now_ns.saturating_sub(last_emit) >= EVENT_INTERVAL_NS;
-        let mut due: Vec<(Aggregate, u64)> = Vec::new();
-        let mut live: std::collections::HashSet<Aggregate> = std::collections::HashSet::new();
-        for (k, v) in denied {
-            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: POLICY_DENIAL };
-            live.insert(key);
-            if idle(v.last_emit) {
-                due.push((key, v.total));
+        self.generation = self.generation.wrapping_add(1);
+        // Both maps as (aggregate, reason, value); a policy denial's reason follows its rule.
+        let policy_denials = denied.map(|(k, v)| {
+            let flow = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: POLICY_DENIAL };
+            let reason = if v.rule != 0 { REASON_RULE } else { REASON_DEFAULT };
+            let (total, last_emit, rule, revision) = (v.total, v.last_emit, v.rule, v.revision);
+            let (src_segment, dst_segment) = (v.src_segment, v.dst_segment);
+            (flow, reason, AggValue { total, last_emit, rule, revision, src_segment, dst_segment })
+        });
+        let other_drops = dropped.map(|(k, v)| {
+            (Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason }, k.reason, v)
+        });
+        let mut out = Vec::new();
+        for (flow, reason, v) in policy_denials.chain(other_drops) {
+            let id = self.id(&flow);
+            // Only aggregates this agent has seen an event of: their last total is known.
+            let Some(seen) = self.seen.get_mut(&id) else { continue };
+            seen.generation = self.generation;
+            if now_ns.saturating_sub(v.last_emit) < EVENT_INTERVAL_NS || v.total <= seen.total {
+                continue;
             }
-        }
-        for (k, v) in dropped {
-            let key = Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason };
-            live.insert(key);
-            if idle(v.last_emit) {
-                due.push((key, v.total));
-            }
+            let count = v.total - seen.total;
+            seen.total = v.total;
+            let seen = *seen;
+            let ev = Event {
+                time_ns: now_ns,
+                total: v.total,
+                src: flow.src,
+                dst: flow.dst,
+                sport: seen.sport,
+                dport: flow.port,
+                ifindex: seen.ifindex,
+                src_segment: v.src_segment,
+                dst_segment: v.dst_segment,
+                rule: v.rule,
+                revision: v.revision,
+                len: 0,
+                proto: flow.proto,
+                direction: seen.direction,
+                verdict: if reason == REASON_RATE_LIMIT { VERDICT_RATE_LIMITED } else { VERDICT_DENIED },
+                reason,
+            };
+            out.push(Arc::new(self.record(&ev, count)));
         }
         // Forget aggregates the kernel no longer holds (evicted, or renewed under another
         // reason): if one comes back, its total starts from zero again, as a new one.
-        self.seen.retain(|k, s| live.contains(k) || now_ns.saturating_sub(s.at) < FORGET_AFTER_NS);
-        let mut out = Vec::new();
-        for (key, total) in due {
-            // Only aggregates this agent has seen an event of: it names them from that event.
-            let Some(seen) = self.seen.get(&key) else { continue };
-            let Some(count) = self.delta(key, total).filter(|_| total >= seen.total) else { continue };
-            let last = seen.last;
-            let mut r = self.record(&last, count);
-            r.time = rfc3339(wall_clock_of(now_ns));
-            r.len = 0;
-            self.seen.insert(key, Seen { total, last, at: now_ns });
-            out.push(Arc::new(r));
-        }
+        let generation = self.generation;
+        self.seen.retain(|_, s| generation.wrapping_sub(s.generation) < FORGET_AFTER_SWEEPS);
         out
     }
 
@@ -376,7 +430,7 @@ mod tests {
     #[test]
     fn the_sweep_reports_what_no_event_carried() {
         let mut d = Decoder::new();
-        let e = event(10, REASON_DEFAULT);
+        let e = Event { sport: 4321, direction: DIRECTION_EGRESS, ..event(10, REASON_DEFAULT) };
         d.decode(&e);
         let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
         let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
@@ -384,8 +438,19 @@ mod tests {
         assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_500).is_empty());
         let r = d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_000 + EVENT_INTERVAL_NS);
         assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
+        // Named from the aggregate's last event and the kernel's value.
+        let r = &r[0];
+        assert_eq!((r.sport, r.direction.as_str(), r.reason.as_str(), r.len), (4321, "egress", "default", 0));
         // Reported once.
         assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 3 * EVENT_INTERVAL_NS).is_empty());
+        // Gone from the kernel maps: remembered for a few sweeps, then forgotten, so an
+        // aggregate of the same flow starts from zero again.
+        for _ in 0..FORGET_AFTER_SWEEPS {
+            assert_eq!(d.seen.len(), 1);
+            d.sweep(std::iter::empty(), std::iter::empty(), 4 * EVENT_INTERVAL_NS);
+        }
+        assert!(d.seen.is_empty());
+        assert_eq!(d.decode(&e).map(|r| r.count), Some(10));
     }
 }
 

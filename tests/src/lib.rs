@@ -226,24 +226,68 @@ impl Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
         let pins = pins.to_path_buf();
-        let name = pins.file_name().map_or_else(|| "agent".into(), |n| n.to_string_lossy().into_owned());
-        let state = std::env::temp_dir().join(format!("ztagent-state-{name}"));
+        let state = Self::state_dir(&pins);
         let log = dir.0.join("agent.log");
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(&socket).arg("run");
-        for i in ifaces {
-            cmd.args(["--iface", i]);
-        }
-        if let Some(p) = policy {
-            cmd.arg("--policy").arg(p);
-        }
-        cmd.arg("--pin-path").arg(&pins).arg("--state-dir").arg(&state).arg("--log").arg("debug").args(args);
+        let mut cmd = Self::command(ns, ifaces, policy, &pins, &socket, args);
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
         let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
         agent.wait_ready();
         agent
+    }
+
+    /// The state directory of the agents on `pins`.
+    fn state_dir(pins: &Path) -> PathBuf {
+        let name = pins.file_name().map_or_else(|| "agent".into(), |n| n.to_string_lossy().into_owned());
+        std::env::temp_dir().join(format!("ztagent-state-{name}"))
+    }
+
+    fn command(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, socket: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(socket).arg("run");
+        for i in ifaces {
+            cmd.args(["--iface", i]);
+        }
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        cmd.arg("--pin-path").arg(pins).arg("--state-dir").arg(Self::state_dir(pins)).arg("--log").arg("debug").args(args);
+        cmd
+    }
+
+    /// A `ztagent run` on `pins` that must not start: returns its exit status and output once
+    /// it exits. One that starts anyway (opens its socket) is stopped and fails the test.
+    pub fn fail_to_start(
+        ns: &Netns,
+        ifaces: &[&str],
+        policy: Option<&Path>,
+        pins: &Path,
+        args: &[&str],
+    ) -> (std::process::ExitStatus, String) {
+        let dir = TempDir::new();
+        let socket = dir.0.join("ztagent.sock");
+        let mut cmd = Self::command(ns, ifaces, policy, pins, &socket, args);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ztagent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if child.try_wait().expect("wait for ztagent").is_some() {
+                let out = child.wait_with_output().expect("ztagent output");
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                return (out.status, text);
+            }
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("ztagent output");
+        panic!(
+            "ztagent started (or hung) although it should have failed to start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn wait_ready(&mut self) {
