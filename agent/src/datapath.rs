@@ -260,10 +260,18 @@ fn pinned(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }
 
+/// The maps that hold the policy in force: its two slots, the active index and the rate-limit
+/// configs refer to each other, so they are kept or replaced together (a kept `ZT_ACTIVE`
+/// pointing into a new, empty `ZT_HOSTS` would judge by half a policy).
+const POLICY_MAPS: [&str; 7] =
+    [maps::ACTIVE_SLOT, maps::SLOTS, maps::HOSTS, maps::CIDRS, maps::PAIRS, maps::PORTS, maps::LIMITS];
+
 /// Moves aside the maps pinned by an earlier agent whose layout (type, key and value sizes,
-/// capacity, flags) differs from what this build and configuration create: a new agent with
-/// a changed map starts that map afresh (its state is lost) and keeps every other map's
-/// state. The earlier programs keep their maps until their links are updated.
+/// capacity, flags) differs from what this build and configuration create, with the rest of
+/// the policy maps if one of them differs: a new agent with a changed map starts that map
+/// afresh (its state is lost; a replaced policy is installed again from the last-known-good
+/// one) and keeps every other map's state. The earlier programs keep their maps until their
+/// links are updated.
 fn set_aside_changed_maps(pins: &PinLayout, limits: &Limits, moved: &mut Vec<(PathBuf, PathBuf)>) -> Result<(), DatapathError> {
     // Left by a start that died before it committed: the maps it set aside are not in force.
     for leftover in pinned(&pins.replaced()) {
@@ -271,21 +279,32 @@ fn set_aside_changed_maps(pins: &PinLayout, limits: &Limits, moved: &mut Vec<(Pa
     }
     let object = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
     let sizes = limits.sizes();
+    let mut changed: Vec<&str> = Vec::new();
     for (name, def) in &object.maps {
-        let pin = pins.maps().join(name);
-        let Ok(info) = MapInfo::from_pin(&pin) else { continue };
+        let Ok(info) = MapInfo::from_pin(pins.maps().join(name)) else { continue };
         let capacity = sizes.iter().find(|(n, _)| n == name).map_or(def.max_entries(), |&(_, n)| n);
         let want = (def.map_type(), def.key_size(), def.value_size(), capacity, def.map_flags());
         let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
         let have = (kind, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
-        if want == have {
+        if want != have {
+            tracing::warn!(
+                map = %name,
+                "the pinned map's layout (type, key, value, capacity, flags) {have:?} differs from this agent's \
+                 {want:?}: replaced by a new, empty one"
+            );
+            changed.push(name);
+        }
+    }
+    if changed.iter().any(|n| POLICY_MAPS.contains(n)) {
+        tracing::warn!("a policy map is replaced: all of them are, and the policy is installed again");
+        let rest: Vec<&str> = POLICY_MAPS.into_iter().filter(|n| !changed.contains(n)).collect();
+        changed.extend(rest);
+    }
+    for name in changed {
+        let pin = pins.maps().join(name);
+        if !pin.exists() {
             continue;
         }
-        tracing::warn!(
-            map = %name,
-            "the pinned map's layout (type, key, value, capacity, flags) {have:?} differs from this agent's {want:?}: \
-             replaced by a new, empty one"
-        );
         let aside = pins.replaced().join(name);
         let err = |source| DatapathError::Replace { path: pin.clone(), source };
         fs::create_dir_all(pins.replaced()).map_err(err)?;

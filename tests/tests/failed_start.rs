@@ -164,4 +164,17 @@ fn an_upgrade_replaces_only_the_maps_whose_layout_changed() {
     assert!(tcp_ok(&frontend.ns, payments.v4, 443), "allowed traffic stopped after the upgrade");
     assert!(!tcp_ok(&outsider.ns, payments.v4, 443), "denied traffic passed after the upgrade");
     assert!(upgraded.counter("pass_tracked") > 0, "no flow was tracked in the new conntrack map");
+
+    // A policy map of another layout: the policy maps are replaced together, and the
+    // last-known-good policy is installed again into them.
+    let mut upgraded = upgraded;
+    upgraded.kill();
+    let hosts = agent.pins.join("maps/ZT_HOSTS");
+    std::fs::remove_file(&hosts).unwrap();
+    integration_tests::sh(&["bpftool", "map", "create", hosts.to_str().unwrap(), "type", "hash", "key", "20", "value", "4", "entries", "64", "name", "ZT_HOSTS"]);
+    let again = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
+    let log = again.log();
+    assert!(log.contains("all of them are") && log.contains("installed again"), "{log}");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "allowed traffic stopped after the policy maps were replaced");
+    assert!(!tcp_ok(&outsider.ns, payments.v4, 443), "denied traffic passed after the policy maps were replaced");
 }
