@@ -462,6 +462,8 @@ pub mod programs {
     pub const EGRESS: &str = "zt_egress";
     /// An empty XDP program, the benchmark's baseline.
     pub const BASELINE: &str = "zt_baseline";
+    /// Parse and one conntrack lookup: the least a stateful program does, for the benchmark.
+    pub const REFERENCE: &str = "zt_reference";
 }
 
 #[cfg(feature = "user")]

@@ -56,6 +56,20 @@ pub fn zt_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The least a stateful program can do with a packet: parse it and look its flow up in the
+/// conntrack table (pass on a hit). The benchmark's second reference, next to the empty
+/// program: what any design pays before it decides anything. Never attached by the agent.
+#[xdp]
+pub fn zt_reference(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new();
+    let len = ctx.data_end() - ctx.data();
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok() && conntrack::get(&pkt.tuple).is_some() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
 /// How much of a socket buffer must be linear for the parser to see every header it reads.
 const TC_PULL_LEN: usize = 128;
 

@@ -346,11 +346,21 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-/// One frame to measure, on the real program or the empty one, and the verdict it must get.
+/// Which program a probe runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Prog {
+    /// The empty program (`zt_baseline`).
+    Empty,
+    /// Parse and one conntrack lookup (`zt_reference`).
+    Reference,
+    /// The real ingress program.
+    Ingress,
+}
+
+/// One frame to measure, on one of the programs, and the verdict it must get.
 struct Probe {
     name: &'static str,
-    /// false: the empty baseline program.
-    ingress: bool,
+    prog: Prog,
     frame: Vec<u8>,
     want: u32,
 }
@@ -360,6 +370,7 @@ const EMPTY: usize = 0;
 const ESTABLISHED: usize = 1;
 const DENIED: usize = 2;
 const NEW_FLOW: usize = 3;
+const REFERENCE: usize = 4;
 
 /// The frames of the benchmark. `[EMPTY]` must come first: every cost is a ratio to it.
 /// With `breakdown`, frames that each skip a part of the denied path, to attribute its cost.
@@ -367,18 +378,20 @@ fn probes(breakdown: bool) -> Vec<Probe> {
     let (client, server, denied) = (host_in(SEG_CLIENT, 10), host_in(SEG_SERVER, 20), host_in(SEG_DENIED, 30));
     let ack = TCP_ACK | TCP_PSH;
     let established = tcp_frame(client, server, 40000, 443, ack);
-    let p = |name, ingress, frame, want| Probe { name, ingress, frame, want };
+    let p = |name, prog, frame, want| Probe { name, prog, frame, want };
     let mut v = vec![
-        p("empty", false, established.clone(), XDP_PASS),
-        p("established", true, established, XDP_PASS),
-        p("denied", true, tcp_frame(denied, server, 40001, 443, ack), XDP_DROP),
-        p("new flow", true, tcp_frame(client, server, 40000, 443, TCP_SYN), XDP_PASS),
+        p("empty", Prog::Empty, established.clone(), XDP_PASS),
+        p("established", Prog::Ingress, established.clone(), XDP_PASS),
+        p("denied", Prog::Ingress, tcp_frame(denied, server, 40001, 443, ack), XDP_DROP),
+        p("new flow", Prog::Ingress, tcp_frame(client, server, 40000, 443, TCP_SYN), XDP_PASS),
+        // Its conntrack hit proves it did the lookup.
+        p("reference", Prog::Reference, established, XDP_PASS),
     ];
     if breakdown {
         // ARP: parsing and the counter only.
         let mut arp = tcp_frame(client, server, 0, 0, 0);
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        v.push(p("non-IP", true, arp, XDP_PASS));
+        v.push(p("non-IP", Prog::Ingress, arp, XDP_PASS));
         // (Frames that skip parts of the denied path no longer attribute its cost: after the
         // first run they all hit the denial cache. The first-packet column measures that path.)
     }
@@ -457,7 +470,7 @@ fn first_denied(progs: [&Xdp; 2], empty_frame: &[u8], empty_ns: f64) -> Result<(
 /// Installs `compiled`, starts the tracked flow, then measures every probe. Returns the row.
 fn measure(
     writer: &mut MapWriter,
-    progs: [&Xdp; 2],
+    (progs, reference): ([&Xdp; 2], &Xdp),
     probes: &[Probe],
     compiled: &CompiledPolicy,
     (rules, cidrs, compile_ms): (usize, usize, f64),
@@ -472,7 +485,11 @@ fn measure(
     writer.apply(compiled).context("installing the policy again")?;
     let [baseline, ingress] = progs;
     let run = |p: &Probe, repeat| {
-        let prog = if p.ingress { ingress } else { baseline };
+        let prog = match p.prog {
+            Prog::Empty => baseline,
+            Prog::Reference => reference,
+            Prog::Ingress => ingress,
+        };
         run_expect(prog, p.name, &p.frame, repeat, p.want)
     };
 
@@ -536,13 +553,13 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
         opts.runs,
         fmt_count(opts.repeat as usize)
     );
-    let _ = writeln!(s, "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | push ms | compile ms |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | reference ns (x empty) | push ms | compile ms |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let cell = |r: &Row, i: usize| format!("{:.0} ({:.2}x)", r.cost[i].0, r.cost[i].1);
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {:.0} ({:.2}x) | {} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {} | {} | {:.0} ({:.2}x) | {} | {} | {:.1} | {:.1} |",
             fmt_count(r.rules),
             fmt_count(r.cidrs),
             r.cost[EMPTY].0,
@@ -551,13 +568,14 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
             r.first_denied.0,
             r.first_denied.1,
             cell(r, NEW_FLOW),
+            cell(r, REFERENCE),
             r.push_ms,
             r.compile_ms
         );
     }
-    if probes.len() > NEW_FLOW + 1 {
+    if probes.len() > REFERENCE + 1 {
         // The breakdown: the same rounds, frames that each take part of the denied path.
-        let extra = &probes[NEW_FLOW + 1..];
+        let extra = &probes[REFERENCE + 1..];
         let _ = write!(s, "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |");
         for p in extra {
             let _ = write!(s, " {} |", p.name);
@@ -565,12 +583,18 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
         let _ = writeln!(s, "\n|---:|---:|---:|---:|{}", "---:|".repeat(extra.len()));
         for r in rows {
             let _ = write!(s, "| {} | {} | {} | {} |", fmt_count(r.rules), fmt_count(r.cidrs), cell(r, ESTABLISHED), cell(r, DENIED));
-            for i in NEW_FLOW + 1..probes.len() {
+            for i in REFERENCE + 1..probes.len() {
                 let _ = write!(s, " {} |", cell(r, i));
             }
             let _ = writeln!(s);
         }
     }
+    let _ = writeln!(
+        s,
+        "\n*reference*: a program that only parses the established frame and looks its flow up in \
+         the conntrack table (`zt_reference`): the least any stateful program does per packet, \
+         measured in the same runs."
+    );
     let _ = writeln!(s, "\nPolicies (one slot; both slots hold the policy while it is measured):\n");
     for r in rows {
         let _ = writeln!(s, "- {} rules / {} CIDRs: {}", fmt_count(r.rules), fmt_count(r.cidrs), r.summary);
@@ -634,6 +658,18 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
             }
         }
     }
+    let _ = writeln!(s, "\nFloor (no stateful program costs less than the reference):\n");
+    for r in rows {
+        let (ref_ns, refx) = r.cost[REFERENCE];
+        let _ = writeln!(
+            s,
+            "- {} rules / {} CIDRs: reference {ref_ns:.0} ns = {refx:.2}x empty; established = {:.2}x the reference, denied = {:.2}x",
+            fmt_count(r.rules),
+            fmt_count(r.cidrs),
+            r.cost[ESTABLISHED].0 / ref_ns.max(0.5),
+            r.cost[DENIED].0 / ref_ns.max(0.5)
+        );
+    }
     (s, all_ok)
 }
 
@@ -692,6 +728,13 @@ fn run() -> Result<bool> {
         .try_into()
         .context("the baseline is not an XDP program")?;
     baseline.load().context("loading the baseline program")?;
+    let reference: &mut Xdp = dp
+        .ebpf
+        .program_mut(programs::REFERENCE)
+        .with_context(|| format!("program {} missing from the object", programs::REFERENCE))?
+        .try_into()
+        .context("the reference is not an XDP program")?;
+    reference.load().context("loading the reference program")?;
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
     // This process's own event ring buffer: nobody else reads it, so it is full after the first
     // ~48,000 events of the table's runs; the event section drains it (or not) itself.
@@ -701,13 +744,13 @@ fn run() -> Result<bool> {
         let p: &Program = dp.ebpf.program(name).with_context(|| format!("program {name} missing"))?;
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
     };
-    let (ingress, baseline) = (xdp(programs::INGRESS)?, xdp(programs::BASELINE)?);
+    let (ingress, baseline, reference) = (xdp(programs::INGRESS)?, xdp(programs::BASELINE)?, xdp(programs::REFERENCE)?);
 
     let probes = probes(opts.breakdown);
     let mut rows = Vec::new();
     for (&(rules, cidrs), (c, compile_ms)) in sizes.iter().zip(&compiled) {
         eprintln!("ztbench: measuring {} rules over {} CIDRs", fmt_count(rules), fmt_count(cidrs));
-        let row = measure(&mut writer, [baseline, ingress], &probes, c, (rules, cidrs, *compile_ms), &opts)
+        let row = measure(&mut writer, ([baseline, ingress], reference), &probes, c, (rules, cidrs, *compile_ms), &opts)
             .with_context(|| format!("{rules} rules over {cidrs} CIDRs"))?;
         rows.push(row);
     }
