@@ -721,20 +721,16 @@ fn run() -> Result<bool> {
     let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-{}", std::process::id()));
     let _guard = PinGuard(pins.clone());
     let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
-    let baseline: &mut Xdp = dp
-        .ebpf
-        .program_mut(programs::BASELINE)
-        .with_context(|| format!("program {} missing from the object", programs::BASELINE))?
-        .try_into()
-        .context("the baseline is not an XDP program")?;
-    baseline.load().context("loading the baseline program")?;
-    let reference: &mut Xdp = dp
-        .ebpf
-        .program_mut(programs::REFERENCE)
-        .with_context(|| format!("program {} missing from the object", programs::REFERENCE))?
-        .try_into()
-        .context("the reference is not an XDP program")?;
-    reference.load().context("loading the reference program")?;
+    // The agent loads only the programs it attaches; the benchmark's references too.
+    for name in [programs::BASELINE, programs::REFERENCE] {
+        let prog: &mut Xdp = dp
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("{name} is not an XDP program"))?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+    }
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
     // This process's own event ring buffer: nobody else reads it, so it is full after the first
     // ~48,000 events of the table's runs; the event section drains it (or not) itself.
