@@ -191,6 +191,40 @@ impl Drop for TempDir {
     }
 }
 
+/// A directory laid out as the kubelet lays out a ConfigMap volume with one key, policy.yaml.
+pub struct ConfigMap {
+    dir: TempDir,
+    versions: u32,
+}
+
+impl ConfigMap {
+    pub fn new(first: &str) -> ConfigMap {
+        let mut cm = ConfigMap { dir: TempDir::new(), versions: 0 };
+        cm.publish(first);
+        std::os::unix::fs::symlink("..data/policy.yaml", cm.path().join("policy.yaml")).unwrap();
+        cm
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// The kubelet's update: a whole new timestamped directory, a temporary symlink to it
+    /// renamed over `..data` (atomic), then the old directory removed.
+    pub fn publish(&mut self, text: &str) {
+        let old = fs::read_link(self.path().join("..data")).ok();
+        self.versions += 1;
+        let ts = format!("..2026_11_28_10_{:02}_00.{}", self.versions, std::process::id());
+        fs::create_dir(self.path().join(&ts)).unwrap();
+        fs::write(self.path().join(&ts).join("policy.yaml"), text).unwrap();
+        std::os::unix::fs::symlink(&ts, self.path().join("..data_tmp")).unwrap();
+        fs::rename(self.path().join("..data_tmp"), self.path().join("..data")).unwrap();
+        if let Some(old) = old {
+            fs::remove_dir_all(self.path().join(old)).unwrap();
+        }
+    }
+}
+
 /// A `ztagent run` in a namespace, with its own socket and bpffs pins. On drop it is stopped
 /// (by its pid) and everything it pinned is removed.
 pub struct Agent {
@@ -232,6 +266,22 @@ impl Agent {
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
+        let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
+        agent.wait_ready();
+        agent
+    }
+
+    /// `ztagent ARGS...` as given (a deployment's own command line), in `ns`; `socket`, `pins`
+    /// and `state` are the paths those arguments use, for the guard and its clean-up.
+    pub fn start_args(ns: &Netns, args: &[String], socket: &Path, pins: &Path, state: &Path) -> Agent {
+        let dir = TempDir::new();
+        let log = dir.0.join("agent.log");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).args(args);
+        let out = File::create(&log).unwrap();
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let child = cmd.spawn().expect("spawn ztagent");
+        let (socket, pins, state) = (socket.to_path_buf(), pins.to_path_buf(), state.to_path_buf());
         let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
         agent.wait_ready();
         agent

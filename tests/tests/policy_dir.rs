@@ -4,13 +4,12 @@
 //! and a broken directory at startup falls back to the last-known-good policy.
 use std::{
     fs,
-    os::unix::fs::symlink,
     path::Path,
     process::Output,
     time::{Duration, Instant},
 };
 
-use integration_tests::{Agent, Lan, Servers, TempDir, sh, tcp_ok};
+use integration_tests::{Agent, ConfigMap, Lan, Servers, sh, tcp_ok};
 
 /// Version `n` of the policy: frontend may reach payments on these TCP ports.
 fn policy(ports: &[u16]) -> String {
@@ -23,40 +22,6 @@ fn policy(ports: &[u16]) -> String {
 
 /// Line 6, column 71: the second port's protocol is misspelt.
 const BROKEN: &str = "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\n  payments: { cidrs: [10.20.2.10/32] }\nrules:\n  - { name: web, from: [frontend], to: [payments], ports: [\"443/tcp\", \"8443/tpc\"], action: allow }\n";
-
-/// A directory laid out as the kubelet lays out a ConfigMap volume with one key, policy.yaml.
-struct ConfigMap {
-    dir: TempDir,
-    versions: u32,
-}
-
-impl ConfigMap {
-    fn new(first: &str) -> ConfigMap {
-        let mut cm = ConfigMap { dir: TempDir::new(), versions: 0 };
-        cm.publish(first);
-        symlink("..data/policy.yaml", cm.path().join("policy.yaml")).unwrap();
-        cm
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir.0
-    }
-
-    /// The kubelet's update: a whole new timestamped directory, a temporary symlink to it
-    /// renamed over `..data` (atomic), then the old directory removed.
-    fn publish(&mut self, text: &str) {
-        let old = fs::read_link(self.path().join("..data")).ok();
-        self.versions += 1;
-        let ts = format!("..2026_11_28_10_{:02}_00.{}", self.versions, std::process::id());
-        fs::create_dir(self.path().join(&ts)).unwrap();
-        fs::write(self.path().join(&ts).join("policy.yaml"), text).unwrap();
-        symlink(&ts, self.path().join("..data_tmp")).unwrap();
-        fs::rename(self.path().join("..data_tmp"), self.path().join("..data")).unwrap();
-        if let Some(old) = old {
-            fs::remove_dir_all(self.path().join(old)).unwrap();
-        }
-    }
-}
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
