@@ -389,6 +389,13 @@ impl Agent {
         self.child.id()
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the daemon: a reader that cannot keep up.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling the pid of a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0, "signal the agent");
+    }
+
     /// Kills the daemon with SIGKILL (enforcement must stay).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -154,9 +154,11 @@ fn a_tiny_ring_buffer_loses_events_and_counts_them() {
     let dir = TempDir::new();
     let p = dir.file("p.yaml", POLICY);
     let agent = Agent::start_with(&pay.ns, &[&pay.iface], Some(&p), &["--events-ring-bytes", "4096"]);
-    // 20,000 distinct denied flows: each first denial is an event, far more than 4 KiB hold
-    // between two reads.
+    // 20,000 distinct denied flows: each first denial is an event, far more than 4 KiB hold.
+    // The agent is frozen meanwhile, so that its reader cannot keep up however fast it is.
+    agent.freeze(true);
     flood(&attacker.ns, pay.v4, 20000, 40_000, true);
+    agent.freeze(false);
     std::thread::sleep(Duration::from_millis(500));
     let lost = agent.counter("events_lost");
     let evs = events(&agent, &["--from", "world"]).len() as u64;

@@ -541,9 +541,12 @@ fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them()
     assert_counters_agree(&m0, &s0);
     let before = status_counters(&s0);
 
-    // Distinct denied flows, one datagram each, as fast as possible: each first denial is an
-    // event, far more than 4 KiB hold between two reads.
+    // Distinct denied flows, one datagram each: each first denial is an event, far more than
+    // 4 KiB hold. The agent is frozen meanwhile, so that its reader cannot keep up however fast
+    // it is.
+    agent.freeze(true);
     udp_send(&attacker.ns, pay.v4, 20_000, FLOWS, true, false);
+    agent.freeze(false);
     std::thread::sleep(Duration::from_millis(1500));
 
     let (m, s, attempts) = same_moment(&agent, &pay.ns);
