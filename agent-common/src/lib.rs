@@ -132,7 +132,14 @@ pub struct SlotConfig {
     pub any_any: u32,
     /// [`SegmentInfo::flags`] of the `world` segment (addresses found in no map).
     pub world_flags: u32,
+    /// [`SLOT_F_AUDIT`].
+    pub flags: u32,
 }
+
+/// [`SlotConfig::flags`]: the policy is in audit mode. What it would deny or rate-limit passes,
+/// counted and reported as `would-deny` / `would-rate-limit`; malformed packets and packets
+/// without any policy are still dropped.
+pub const SLOT_F_AUDIT: u32 = 1;
 
 /// Conntrack key: one entry per direction of a flow (the reply entry has the tuple reversed).
 #[repr(C)]
@@ -153,6 +160,8 @@ pub const CT_F_REPLY: u32 = 1;
 pub const CT_F_CLOSING: u32 = 2;
 /// A TCP flow that has seen traffic in both directions.
 pub const CT_F_SEEN_REPLY: u32 = 4;
+/// A flow the policy denies, passed in audit mode: its packets count as `audit_deny`.
+pub const CT_F_AUDIT: u32 = 8;
 
 /// Conntrack value.
 #[repr(C)]
@@ -226,8 +235,13 @@ pub struct AggKey {
     pub dst: Addr,
     pub port: u16,
     pub proto: u8,
+    /// The event reason, with [`AGG_AUDIT`] for would-rate-limit aggregates.
     pub reason: u8,
 }
+
+/// In [`AggKey::reason`]: the aggregate of packets passed in audit mode (`would-rate-limit`),
+/// kept apart from the same flow's `rate-limited` drops.
+pub const AGG_AUDIT: u8 = 0x80;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,6 +264,10 @@ pub mod event {
     pub const VERDICT_ALLOWED: u8 = 1;
     pub const VERDICT_DENIED: u8 = 2;
     pub const VERDICT_RATE_LIMITED: u8 = 3;
+    /// Audit mode: the policy denies it (reason rule or default), and it passed.
+    pub const VERDICT_WOULD_DENY: u8 = 4;
+    /// Audit mode: over its rate limit (reason rate-limit), and it passed.
+    pub const VERDICT_WOULD_RATE_LIMIT: u8 = 5;
 
     /// Allowed or denied by a rule (`Event::rule`).
     pub const REASON_RULE: u8 = 1;
@@ -299,8 +317,6 @@ pub struct Event {
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
-
-/// Fragments of an allowed datagram are accepted for this long after its first fragment.
 
 /// `SEGMENT_COUNTERS` (per CPU): packets by (source segment, outcome), at index
 /// `min(segment, MAX_COUNTED_SEGMENTS - 1) * SEGMENT_OUTCOMES + outcome`; segments past the
@@ -410,7 +426,12 @@ pub mod counter {
     pub const DROP_RATE_LIMIT: u32 = 12;
     /// Events that did not fit in the ring buffer (not packets).
     pub const EVENTS_LOST: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Audit mode: a packet the policy denies, passed (the first of a flow, and every later
+    /// packet of that flow in either direction).
+    pub const AUDIT_DENY: u32 = 14;
+    /// Audit mode: a packet over its rate limit, passed.
+    pub const AUDIT_RATE_LIMIT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_tracked",
@@ -427,6 +448,8 @@ pub mod counter {
         "drop_no_policy",
         "drop_rate_limit",
         "events_lost",
+        "audit_deny",
+        "audit_rate_limit",
     ];
 }
 

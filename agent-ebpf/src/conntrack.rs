@@ -2,7 +2,7 @@
 //! either direction is found with a single lookup. Entries remember the policy revision that
 //! allowed them; under a newer policy the flow is judged again (revocation).
 use agent_common::{
-    CT_F_CLOSING, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_CLOSING, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
     CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP, Verdict,
 };
 
@@ -65,17 +65,19 @@ pub fn original(k: &CtKey, v: &CtValue) -> CtKey {
     if v.flags & CT_F_REPLY != 0 { reversed(k) } else { *k }
 }
 
-/// Starts tracking an allowed flow whose first packet has key `k`, allowed by `verdict` (its
-/// rule; its packets count against its rate limit, 0 = none); `segments`: its source and destination segments (see
-/// `events::segments`). (A subprogram: keeps the two values and the reversed key off
-/// the caller's stack.)
+/// Starts tracking a flow whose first packet has key `k`, allowed by `verdict` (its rule; its
+/// packets count against its rate limit, 0 = none), or denied by it in audit mode (then
+/// marked [`CT_F_AUDIT`]); `segments`: its source and destination segments (see
+/// `events::segments`). (A subprogram: keeps the two values and the reversed key off the
+/// caller's stack.)
 #[inline(never)]
 pub fn create(k: &CtKey, now: u64, revision: u32, verdict: &Verdict, segments: u64) {
     let (src_segment, dst_segment) = ((segments >> 32) as u32, segments as u32);
     let (rule, limit) = (verdict.rule, verdict.limit);
-    let v = CtValue { last_seen: now, revision, flags: 0, rule, limit, src_segment, _pad: 0 };
+    let flags = if verdict.action == ACTION_ALLOW { 0 } else { CT_F_AUDIT };
+    let v = CtValue { last_seen: now, revision, flags, rule, limit, src_segment, _pad: 0 };
     let _ = CONNTRACK.insert(k, &v, 0);
-    let r = CtValue { flags: CT_F_REPLY, limit: 0, src_segment: dst_segment, ..v };
+    let r = CtValue { flags: flags | CT_F_REPLY, limit: 0, src_segment: dst_segment, ..v };
     let _ = CONNTRACK.insert(&reversed(k), &r, 0);
 }
 

@@ -4,7 +4,7 @@
 //! the aggregate's running packet total; one CPU wins the right to emit with a
 //! compare-and-exchange on the time of the last event. An event that does not fit in the ring
 //! is counted (`events_lost`), never silently dropped.
-use agent_common::{AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter};
+use agent_common::{AGG_AUDIT, AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter, event::VERDICT_WOULD_RATE_LIMIT};
 
 use crate::{
     maps::{AGG, EVENTS, count},
@@ -69,12 +69,13 @@ pub fn aggregate(total: *mut u64, last_emit: *mut u64, now: u64) -> Option<u64> 
 }
 
 /// Counts a dropped packet that is not a policy denial (rate limit, fragment, malformed, no
-/// policy) into its aggregate, emitting an event for the first and then at most once per
-/// interval. `rule`: the rate limit, or 0.
+/// policy), or one over its rate limit passed in audit mode, into its aggregate, emitting an
+/// event for the first and then at most once per interval. `rule`: the rate limit, or 0.
 #[inline(never)]
 pub fn dropped(pkt: &Packet, what: u32, rule: u32) {
     let t = &pkt.tuple;
-    let key = AggKey { src: t.src, dst: t.dst, port: t.dport, proto: t.proto, reason: (what >> 8) as u8 };
+    let audit = if what as u8 == VERDICT_WOULD_RATE_LIMIT { AGG_AUDIT } else { 0 };
+    let key = AggKey { src: t.src, dst: t.dst, port: t.dport, proto: t.proto, reason: (what >> 8) as u8 | audit };
     if let Some(v) = AGG.get_ptr_mut(&key) {
         // SAFETY: valid map value pointer for this program run.
         let (total, last) = unsafe { (&raw mut (*v).total, &raw mut (*v).last_emit) };

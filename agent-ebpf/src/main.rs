@@ -21,7 +21,7 @@ mod policy;
 mod ratelimit;
 
 use agent_common::{
-    ACTION_ALLOW, CT_F_REPLY, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, DenyKey, SLOT_F_AUDIT, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter,
 };
 use aya_ebpf::{
@@ -31,7 +31,8 @@ use aya_ebpf::{
 };
 use agent_common::event::{
     REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
-    REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED,
+    REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
+    VERDICT_WOULD_RATE_LIMIT,
 };
 use events::what;
 use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
@@ -124,6 +125,8 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         _ => return no_policy::<INGRESS>(&mut pkt, &mut clock),
     };
     pkt.revision = cfg.revision;
+    // Audit mode: what the policy denies or rate-limits passes, counted and reported.
+    let audit = cfg.flags & SLOT_F_AUDIT != 0;
     if pkt.kind == Kind::LaterFragment {
         pkt.now = clock.coarse();
         if later_fragment(&pkt) {
@@ -153,7 +156,8 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             let orig = conntrack::original(key, val);
             let port = if orig.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { orig.dport };
             let j = policy::judge(slot, cfg, &orig, port);
-            if j.verdict.action != ACTION_ALLOW {
+            let allowed = j.verdict.action == ACTION_ALLOW;
+            if !allowed && !audit {
                 conntrack::remove(&orig);
                 count(counter::DROP_REVOKED);
                 pkt.now = now;
@@ -163,6 +167,9 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             }
             val.revision = cfg.revision;
             val.rule = j.verdict.rule;
+            // In audit mode a flow the policy now denies goes on, marked; one it allows again
+            // is unmarked.
+            val.flags = if allowed { val.flags & !CT_F_AUDIT } else { val.flags | CT_F_AUDIT };
             if val.flags & CT_F_REPLY == 0 {
                 val.limit = j.verdict.limit;
                 val.src_segment = j.src_segment;
@@ -170,13 +177,13 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
                 val.src_segment = j.dst_segment;
             }
         }
-        if over_limit::<INGRESS>(&mut pkt, slot, val.limit, false, &mut clock) {
+        if over_limit::<INGRESS>(&mut pkt, slot, val.limit, false, &mut clock, audit) {
             count_segment(val.src_segment, SEGMENT_RATE_LIMITED);
             return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
         first_fragment(&pkt, now);
-        count(counter::PASS_TRACKED);
+        count(if val.flags & CT_F_AUDIT != 0 { counter::AUDIT_DENY } else { counter::PASS_TRACKED });
         count_segment(val.src_segment, SEGMENT_PASSED);
         return true;
     }
@@ -220,7 +227,8 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     let segs = events::segments(j.src_segment, j.dst_segment);
     let v = j.verdict;
-    if v.action != ACTION_ALLOW {
+    let allowed = v.action == ACTION_ALLOW;
+    if !allowed && !audit {
         pkt.now = clock.coarse();
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);
@@ -248,8 +256,10 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         }
         return false;
     }
+    // Allowed, or denied and passed in audit mode (a would-deny flow, tracked like an allowed
+    // one but marked, so that its packets count as audit_deny).
     if let Some(d) = renewing {
-        // Allowed now: the flow is no longer denied. Report its aggregate's running total (the
+        // Passes now: the flow is no longer denied. Report its aggregate's running total (the
         // packets since its last event are in it), then forget it.
         // SAFETY: valid map value pointer for this program run (the entry found above).
         let dv = unsafe { &*d };
@@ -264,7 +274,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
     // A new TCP connection or UDP flow also takes from the connections bucket.
     let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
-    if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock) {
+    if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock, audit) {
         count_segment(j.src_segment, SEGMENT_RATE_LIMITED);
         return false;
     }
@@ -273,10 +283,11 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     if starts_flow {
         conntrack::create(&pkt.tuple, now, cfg.revision, &v, segs);
         pkt.now = now;
-        events::emit(&pkt, what(VERDICT_ALLOWED, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
+        let verdict = if allowed { VERDICT_ALLOWED } else { VERDICT_WOULD_DENY };
+        events::emit(&pkt, what(verdict, rule_reason(v.rule), INGRESS), v.rule, segs, 1);
     }
     first_fragment(&pkt, now);
-    count(counter::PASS_POLICY);
+    count(if allowed { counter::PASS_POLICY } else { counter::AUDIT_DENY });
     true
 }
 
@@ -302,15 +313,28 @@ fn count_denied(rule: u32) {
 }
 
 /// At ingress, charges the packet to its identity's rate limit `limit` (0 = none); true when
-/// it is over the limit (counted, reported) and must be dropped.
+/// it is over the limit (counted, reported) and must be dropped. In `audit` mode a packet over
+/// the limit is counted and reported as would-rate-limit, and passes.
 #[inline(always)]
-fn over_limit<const INGRESS: bool>(pkt: &mut Packet, slot: u32, limit: u32, new_conn: bool, clock: &mut Clock) -> bool {
+fn over_limit<const INGRESS: bool>(
+    pkt: &mut Packet,
+    slot: u32,
+    limit: u32,
+    new_conn: bool,
+    clock: &mut Clock,
+    audit: bool,
+) -> bool {
     let src = &pkt.tuple.src;
     if !INGRESS || limit == 0 || ratelimit::admit(ratelimit::index(slot, limit), src, pkt.len as u64, new_conn, clock.fine()) {
         return false;
     }
-    count(counter::DROP_RATE_LIMIT);
     pkt.now = clock.fine();
+    if audit {
+        count(counter::AUDIT_RATE_LIMIT);
+        events::dropped(pkt, what(VERDICT_WOULD_RATE_LIMIT, REASON_RATE_LIMIT, INGRESS), limit);
+        return false;
+    }
+    count(counter::DROP_RATE_LIMIT);
     events::dropped(pkt, what(VERDICT_RATE_LIMITED, REASON_RATE_LIMIT, INGRESS), limit);
     true
 }

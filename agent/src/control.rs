@@ -53,7 +53,7 @@ pub enum Reply {
     Pushed(PushResult),
     Policy { revision: u32, policy: serde_json::Value },
     Check(CheckResult),
-    Status(Status),
+    Status(Box<Status>),
     Error { message: String },
 }
 
@@ -81,11 +81,17 @@ pub struct CheckResult {
     /// The policy revision judged against (live checks only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub revision: Option<u32>,
+    /// "enforce", or "audit": then a "deny" passes, reported as would-deny.
+    #[serde(default)]
+    pub mode: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub revision: u32,
+    /// "enforce" or "audit" (the policy in force; "enforce" before any).
+    #[serde(default)]
+    pub mode: String,
     pub pin_path: String,
     pub interfaces: Vec<Interface>,
     /// Packets by outcome since the maps were created.

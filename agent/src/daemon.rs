@@ -397,9 +397,11 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 Err(e) => return Reply::Error { message: error_chain(&e) },
             };
             let limits = state.installed.as_ref().map_or_else(Vec::new, |i| limit_status(&state.writer, &i.compiled));
-            Reply::Status(Status {
+            let audit = state.installed.as_ref().is_some_and(|i| i.compiled.audit);
+            Reply::Status(Box::new(Status {
                 limits,
                 revision: state.writer.revision(),
+                mode: if audit { "audit" } else { "enforce" }.into(),
                 pin_path: state.datapath.pins.root.display().to_string(),
                 interfaces: state
                     .interfaces
@@ -415,7 +417,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                     .map(|m| control::MapStatus { map: m.map.into(), entries: m.entries, capacity: m.capacity })
                     .collect(),
                 xdp_mode: state.xdp_mode.into(),
-            })
+            }))
         }
     }
 }
@@ -430,6 +432,7 @@ pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
         dst_segment: compiled.segment_name(d.dst_segment).unwrap_or("?").to_string(),
         rate_limit: compiled.limit_name(d.limit).map(str::to_string),
         revision: None,
+        mode: if compiled.audit { "audit" } else { "enforce" }.into(),
     }
 }
 

@@ -13,11 +13,11 @@ use std::{
 };
 
 use agent_common::{
-    AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
+    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED,
-        VERDICT_RATE_LIMITED,
+        VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,8 @@ pub struct EventRecord {
     /// Interface name (or index when unknown) and "ingress" | "egress".
     pub iface: String,
     pub direction: String,
-    /// "allowed" | "denied" | "rate-limited".
+    /// "allowed" | "denied" | "rate-limited"; in audit mode "would-deny" | "would-rate-limit"
+    /// (the packet passed).
     pub verdict: String,
     /// "rule" | "default" | "fragment" | "malformed" | "revoked" | "no-policy" | "rate-limit".
     pub reason: String,
@@ -60,7 +61,8 @@ pub struct EventRecord {
 /// What `ztagent events` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventFilter {
-    /// Any of these verdicts ("allowed", "denied", "rate-limited"); empty = all.
+    /// Any of these verdicts ("allowed", "denied", "rate-limited", "would-deny",
+    /// "would-rate-limit"); empty = all.
     #[serde(default)]
     pub verdicts: Vec<String>,
     #[serde(default)]
@@ -73,7 +75,7 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn matches(&self, r: &EventRecord) -> bool {
-        (self.verdicts.is_empty() || self.verdicts.iter().any(|v| *v == r.verdict))
+        (self.verdicts.is_empty() || self.verdicts.contains(&r.verdict))
             && self.from.as_ref().is_none_or(|s| *s == r.src_segment)
             && self.to.as_ref().is_none_or(|s| *s == r.dst_segment)
             && self.port.is_none_or(|p| p == r.dport)
@@ -192,10 +194,13 @@ impl Decoder {
     /// The record of a kernel event, or None when it adds no packet to an aggregate already
     /// reported (a duplicate total).
     pub fn decode(&mut self, ev: &Event) -> Option<Arc<EventRecord>> {
-        if ev.verdict == VERDICT_ALLOWED || ev.reason == REASON_REVOKED {
+        // One event per flow, not aggregated.
+        if ev.verdict == VERDICT_ALLOWED || ev.verdict == VERDICT_WOULD_DENY || ev.reason == REASON_REVOKED {
             return Some(Arc::new(self.record(ev, 1)));
         }
-        let flow = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason: class(ev.reason) };
+        let audit = if ev.verdict == VERDICT_WOULD_RATE_LIMIT { AGG_AUDIT } else { 0 };
+        let reason = class(ev.reason) | audit;
+        let flow = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason };
         let id = self.id(&flow);
         let count = self.delta(id, ev.total)?;
         let record = Arc::new(self.record(ev, count));
@@ -232,6 +237,7 @@ impl Decoder {
             let (src_segment, dst_segment) = (v.src_segment, v.dst_segment);
             (flow, reason, AggValue { total, last_emit, rule, revision, src_segment, dst_segment })
         });
+        // Their key's reason has AGG_AUDIT for packets passed in audit mode.
         let other_drops = dropped.map(|(k, v)| {
             (Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason }, k.reason, v)
         });
@@ -262,8 +268,12 @@ impl Decoder {
                 len: 0,
                 proto: flow.proto,
                 direction: seen.direction,
-                verdict: if reason == REASON_RATE_LIMIT { VERDICT_RATE_LIMITED } else { VERDICT_DENIED },
-                reason,
+                verdict: match reason {
+                    r if r & AGG_AUDIT != 0 => VERDICT_WOULD_RATE_LIMIT,
+                    REASON_RATE_LIMIT => VERDICT_RATE_LIMITED,
+                    _ => VERDICT_DENIED,
+                },
+                reason: reason & !AGG_AUDIT,
             };
             out.push(Arc::new(self.record(&ev, count)));
         }
@@ -333,6 +343,8 @@ pub fn verdict_name(v: u8) -> &'static str {
         VERDICT_ALLOWED => "allowed",
         VERDICT_DENIED => "denied",
         VERDICT_RATE_LIMITED => "rate-limited",
+        VERDICT_WOULD_DENY => "would-deny",
+        VERDICT_WOULD_RATE_LIMIT => "would-rate-limit",
         _ => "unknown",
     }
 }
@@ -401,58 +413,8 @@ pub fn rfc3339(unix_ns: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123_000_000), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_795_838_096_000_000_000), "2026-11-28T03:54:56.000Z");
-    }
-
-    fn event(total: u64, reason: u8) -> Event {
-        Event { total, verdict: VERDICT_DENIED, reason, src: addr16("10.0.0.1".parse().unwrap()), ..Default::default() }
-    }
-
-    #[test]
-    fn aggregated_counts_are_differences_of_totals() {
-        let mut d = Decoder::new();
-        let counts: Vec<Option<u64>> =
-            [1, 40, 40, 100, 3].iter().map(|&t| d.decode(&event(t, REASON_DEFAULT)).map(|r| r.count)).collect();
-        // 1, then 39 more, a duplicate total adds nothing, 60 more, then a renewed aggregate.
-        assert_eq!(counts, [Some(1), Some(39), None, Some(60), Some(3)]);
-        // Another reason is another aggregate.
-        assert_eq!(d.decode(&event(5, REASON_FRAGMENT)).map(|r| r.count), Some(5));
-    }
-
-    #[test]
-    fn the_sweep_reports_what_no_event_carried() {
-        let mut d = Decoder::new();
-        let e = Event { sport: 4321, direction: DIRECTION_EGRESS, ..event(10, REASON_DEFAULT) };
-        d.decode(&e);
-        let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
-        let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
-        // Not idle for an interval yet: nothing.
-        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_500).is_empty());
-        let r = d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_000 + EVENT_INTERVAL_NS);
-        assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
-        // Named from the aggregate's last event and the kernel's value.
-        let r = &r[0];
-        assert_eq!((r.sport, r.direction.as_str(), r.reason.as_str(), r.len), (4321, "egress", "default", 0));
-        // Reported once.
-        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 3 * EVENT_INTERVAL_NS).is_empty());
-        // Gone from the kernel maps: remembered for a few sweeps, then forgotten, so an
-        // aggregate of the same flow starts from zero again.
-        for _ in 0..FORGET_AFTER_SWEEPS {
-            assert_eq!(d.seen.len(), 1);
-            d.sweep(std::iter::empty(), std::iter::empty(), 4 * EVENT_INTERVAL_NS);
-        }
-        assert!(d.seen.is_empty());
-        assert_eq!(d.decode(&e).map(|r| r.count), Some(10));
-    }
-}
+/// A function called with every record as it is published.
+type Observer = Box<dyn Fn(&EventRecord) + Send>;
 
 /// Recent events and the live stream, shared by the reader, the sweep and every client.
 pub struct EventHub {
@@ -465,7 +427,7 @@ struct HubState {
     decoder: Decoder,
     history: VecDeque<Arc<EventRecord>>,
     /// Called with every record as it is published (under the hub's lock: must be quick).
-    observers: Vec<Box<dyn Fn(&EventRecord) + Send>>,
+    observers: Vec<Observer>,
 }
 
 /// What a client gets: the recent events it asked for, then (following) the live ones.
@@ -542,5 +504,78 @@ impl EventHub {
         let st = self.state();
         let history = st.history.iter().filter(|r| filter.matches(r)).cloned().collect();
         Subscription { history, live: self.tx.subscribe() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123_000_000), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_838_096_000_000_000), "2026-11-28T03:54:56.000Z");
+    }
+
+    fn event(total: u64, reason: u8) -> Event {
+        Event { total, verdict: VERDICT_DENIED, reason, src: addr16("10.0.0.1".parse().unwrap()), ..Default::default() }
+    }
+
+    #[test]
+    fn aggregated_counts_are_differences_of_totals() {
+        let mut d = Decoder::new();
+        let counts: Vec<Option<u64>> =
+            [1, 40, 40, 100, 3].iter().map(|&t| d.decode(&event(t, REASON_DEFAULT)).map(|r| r.count)).collect();
+        // 1, then 39 more, a duplicate total adds nothing, 60 more, then a renewed aggregate.
+        assert_eq!(counts, [Some(1), Some(39), None, Some(60), Some(3)]);
+        // Another reason is another aggregate.
+        assert_eq!(d.decode(&event(5, REASON_FRAGMENT)).map(|r| r.count), Some(5));
+    }
+
+    #[test]
+    fn audit_verdicts_are_their_own_aggregates() {
+        let mut d = Decoder::new();
+        let limited = Event { verdict: VERDICT_RATE_LIMITED, ..event(10, REASON_RATE_LIMIT) };
+        let would = Event { verdict: VERDICT_WOULD_RATE_LIMIT, ..event(4, REASON_RATE_LIMIT) };
+        assert_eq!(d.decode(&limited).map(|r| r.count), Some(10));
+        // The same flow's would-rate-limit packets are another aggregate, not 4 below 10.
+        let r = d.decode(&would).unwrap();
+        assert_eq!((r.count, r.verdict.as_str(), r.reason.as_str()), (4, "would-rate-limit", "rate-limit"));
+        // Its tail, found by the sweep under the key with AGG_AUDIT, keeps its verdict.
+        let key = AggKey { src: would.src, dst: would.dst, port: 0, proto: 0, reason: REASON_RATE_LIMIT | AGG_AUDIT };
+        let value = AggValue { total: 9, last_emit: 0, ..Default::default() };
+        let r = d.sweep(std::iter::empty(), [(key, value)].into_iter(), EVENT_INTERVAL_NS);
+        assert_eq!(r.iter().map(|r| (r.count, r.verdict.as_str())).collect::<Vec<_>>(), [(5, "would-rate-limit")]);
+        // A would-deny event is one flow's first packet, never aggregated.
+        let first = Event { verdict: VERDICT_WOULD_DENY, ..event(1, REASON_DEFAULT) };
+        assert_eq!(d.decode(&first).map(|r| (r.count, r.verdict.clone())), Some((1, "would-deny".into())));
+        assert_eq!(d.decode(&first).map(|r| r.count), Some(1));
+    }
+
+    #[test]
+    fn the_sweep_reports_what_no_event_carried() {
+        let mut d = Decoder::new();
+        let e = Event { sport: 4321, direction: DIRECTION_EGRESS, ..event(10, REASON_DEFAULT) };
+        d.decode(&e);
+        let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
+        let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
+        // Not idle for an interval yet: nothing.
+        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_500).is_empty());
+        let r = d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_000 + EVENT_INTERVAL_NS);
+        assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
+        // Named from the aggregate's last event and the kernel's value.
+        let r = &r[0];
+        assert_eq!((r.sport, r.direction.as_str(), r.reason.as_str(), r.len), (4321, "egress", "default", 0));
+        // Reported once.
+        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 3 * EVENT_INTERVAL_NS).is_empty());
+        // Gone from the kernel maps: remembered for a few sweeps, then forgotten, so an
+        // aggregate of the same flow starts from zero again.
+        for _ in 0..FORGET_AFTER_SWEEPS {
+            assert_eq!(d.seen.len(), 1);
+            d.sweep(std::iter::empty(), std::iter::empty(), 4 * EVENT_INTERVAL_NS);
+        }
+        assert!(d.seen.is_empty());
+        assert_eq!(d.decode(&e).map(|r| r.count), Some(10));
     }
 }

@@ -121,7 +121,7 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only these verdicts (repeat for several).
-        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited"])]
+        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit"])]
         verdicts: Vec<String>,
         /// Only events from this source segment.
         #[arg(long)]
@@ -361,7 +361,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 if output == Output::Json {
                     println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
                 } else {
-                    println!("policy revision: {}\npin path: {}\nxdp mode: {}", s.revision, s.pin_path, s.xdp_mode);
+                    println!("policy revision: {} ({})", s.revision, s.mode);
+                    println!("pin path: {}\nxdp mode: {}", s.pin_path, s.xdp_mode);
                     for i in &s.interfaces {
                         println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
                     }
@@ -442,16 +443,18 @@ fn print_check(r: &CheckResult, output: Output) {
         (false, v) => v.to_string(),
     };
     let limit = r.rate_limit.as_deref().map_or(String::new(), |l| format!(", rate limit {l}"));
-    println!("{verdict} ({} -> {}) by {by}{limit}", r.src_segment, r.dst_segment);
+    let audit = if r.mode == "audit" { " [audit mode: not enforced, reported]" } else { "" };
+    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", r.src_segment, r.dst_segment);
 }
 
 /// One aligned line per event, the verdict coloured on a terminal.
 fn event_line(r: &EventRecord, colour: bool) -> String {
-    let verdict = format!("{:<12}", r.verdict);
+    let verdict = format!("{:<16}", r.verdict);
     let verdict = match (colour, r.verdict.as_str()) {
         (false, _) => verdict,
         (true, "allowed") => format!("\x1b[32m{verdict}\x1b[0m"),
         (true, "rate-limited") => format!("\x1b[33m{verdict}\x1b[0m"),
+        (true, v) if v.starts_with("would-") => format!("\x1b[36m{verdict}\x1b[0m"),
         (true, _) => format!("\x1b[31m{verdict}\x1b[0m"),
     };
     let why = match (&r.rule, &r.rate_limit) {

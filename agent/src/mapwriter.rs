@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use agent_common::{
     BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats,
-    MAX_BUCKET_SETS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SegmentInfo, SlotConfig,
+    MAX_BUCKET_SETS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT, SegmentInfo, SlotConfig,
     TICK_SHIFT, Verdict, maps,
 };
 use aya::{
@@ -160,6 +160,7 @@ impl MapWriter {
             revision,
             any_any: policy.any_any.map_or(PROFILE_NONE, |p| profile_id(slot, p)),
             world_flags: policy.world_flags,
+            flags: if policy.audit { SLOT_F_AUDIT } else { 0 },
         };
         self.slots.set(slot, cfg, 0).map_err(full(maps::SLOTS))?;
         // The flip: ZT_ACTIVE holds 1 + slot, so it only ever changes in its low byte and a

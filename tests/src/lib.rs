@@ -370,6 +370,14 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ztagent events -o json ARGS...`: the recent events, one object each.
+    pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cli(&[&["events", "-o", "json"], args].concat());
+        assert!(out.status.success(), "events failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
+    }
+
     /// Packet counters from `ztagent status -o json`.
     pub fn counter(&self, name: &str) -> u64 {
         let out = self.cli(&["status", "-o", "json"]);

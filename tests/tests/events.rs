@@ -30,14 +30,6 @@ rateLimits:
 "#;
 
 /// `ztagent events -o json ARGS`: the recent events.
-fn events(agent: &Agent, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["events", "-o", "json"];
-    a.extend_from_slice(args);
-    let out = agent.cli(&a);
-    assert!(out.status.success(), "events failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 /// Runs Debian's python3 (with scapy) in a namespace.
 fn python(ns: &Netns, script: &str) {
     let out = ns.exec(&["/usr/bin/python3", "-c", script]);
@@ -86,7 +78,7 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
     let _ = conn.write_all(b"after the push\n");
     std::thread::sleep(Duration::from_millis(1500));
 
-    let evs = events(&agent, &[]);
+    let evs = agent.events(&[]);
     let s = |x: &str| Value::String(x.into());
     let allowed = find(&evs, &[("verdict", s("allowed")), ("dport", 443.into())]);
     assert_eq!((allowed["reason"].clone(), allowed["rule"].clone()), (s("rule"), s("web")));
@@ -108,10 +100,10 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
     assert!(revoked["dport"] == 8080 || revoked["sport"] == 8080, "{revoked}");
     assert_eq!(revoked["revision"], 2);
     // Filters.
-    assert!(events(&agent, &["--verdict", "allowed"]).iter().all(|e| e["verdict"] == "allowed"));
-    assert!(events(&agent, &["--from", "world"]).iter().all(|e| e["src_segment"] == "world"));
-    assert!(events(&agent, &["--port", "8081"]).iter().all(|e| e["dport"] == 8081));
-    assert!(!events(&agent, &["--port", "8081"]).is_empty());
+    assert!(agent.events(&["--verdict", "allowed"]).iter().all(|e| e["verdict"] == "allowed"));
+    assert!(agent.events(&["--from", "world"]).iter().all(|e| e["src_segment"] == "world"));
+    assert!(agent.events(&["--port", "8081"]).iter().all(|e| e["dport"] == 8081));
+    assert!(!agent.events(&["--port", "8081"]).is_empty());
 }
 
 /// Sends `n` UDP datagrams from `ns` to `dst:port` as fast as Python can.
@@ -135,7 +127,7 @@ fn a_flood_of_one_denied_flow_is_a_handful_of_events_that_add_up() {
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(2500)); // the sweep reports the last interval
     let dropped = agent.counter("drop_default") - before;
-    let evs = events(&agent, &["--port", "9999"]);
+    let evs = agent.events(&["--port", "9999"]);
     let total: u64 = evs.iter().map(|e| e["count"].as_u64().unwrap()).sum();
     eprintln!("{sent} datagrams in {secs:.1} s: {} events, counts {:?}", evs.len(), evs.iter().map(|e| &e["count"]).collect::<Vec<_>>());
     assert_eq!(agent.counter("events_lost"), 0);
@@ -161,7 +153,7 @@ fn a_tiny_ring_buffer_loses_events_and_counts_them() {
     agent.freeze(false);
     std::thread::sleep(Duration::from_millis(500));
     let lost = agent.counter("events_lost");
-    let evs = events(&agent, &["--from", "world"]).len() as u64;
+    let evs = agent.events(&["--from", "world"]).len() as u64;
     eprintln!("tiny ring: {evs} events delivered, {lost} lost");
     assert!(lost > 0, "no event was lost through a 4 KiB ring buffer");
     assert!(evs > 0, "no event got through at all");

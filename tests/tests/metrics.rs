@@ -155,13 +155,6 @@ fn status_limit<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["limits"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("no limit {name} in {s}"))
 }
 
-/// `ztagent events -o json`: the recent events, as printed.
-fn events(agent: &Agent) -> Vec<Value> {
-    let out = agent.cli(&["events", "-o", "json"]);
-    assert!(out.status.success(), "events failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
-}
-
 /// A scrape and a `status` taken at the same moment: the status is read between two scrapes
 /// whose kernel counters are identical. The counters only grow, so the status's must be those
 /// too; any difference is the endpoint's. Retried while stray packets move the counters.
@@ -275,7 +268,7 @@ fn file_matches_events(agent: &Agent, path: &Path) -> (Vec<Value>, Vec<Value>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let file = read_event_files(path);
-        let evs = events(agent);
+        let evs = agent.events(&[]);
         if file == evs || Instant::now() > deadline {
             return (file, evs);
         }
@@ -401,7 +394,7 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let evs = events(&agent);
+    let evs = agent.events(&[]);
     let before = status_counters(&s0);
     let now = status_counters(&s);
     let delta: BTreeMap<&str, u64> = now.iter().map(|(k, v)| (k.as_str(), v - before[k])).collect();

@@ -12,6 +12,27 @@ use agent_common::{ACTION_ALLOW, ACTION_DENY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 /// The only policy file version this agent understands.
 pub const POLICY_VERSION: u32 = 1;
 
+/// Whether the policy's denials and rate limits are enforced, or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denied and over-limit packets are dropped.
+    #[default]
+    Enforce,
+    /// They pass, counted and reported as `would-deny` / `would-rate-limit`: for rolling a
+    /// policy out, and for seeing what it would break.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 /// What happens to a packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -338,6 +359,8 @@ pub struct RateLimit {
 /// rate limit ids are 1-based indexes of `rate_limits` (0 = no limit).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
+    /// Enforce (default) or audit.
+    pub mode: Mode,
     /// What happens when no rule matches.
     pub default_action: Action,
     /// In file order; segment id = index + 1 (0 is `world`).
@@ -388,12 +411,18 @@ impl Policy {
 #[derive(Serialize)]
 struct FileOut<'a> {
     version: u32,
+    #[serde(skip_serializing_if = "is_enforce")]
+    mode: Mode,
     #[serde(rename = "defaultAction")]
     default_action: Action,
     segments: SegmentsOut<'a>,
     rules: Vec<RuleOut>,
     #[serde(rename = "rateLimits", skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<RateLimitOut>,
+}
+
+fn is_enforce(m: &Mode) -> bool {
+    *m == Mode::Enforce
 }
 
 /// `segments` is a mapping in file order.
@@ -466,6 +495,7 @@ impl Serialize for Policy {
         let names = |refs: &[SegRef]| refs.iter().map(|r| self.seg_ref_name(*r)).collect();
         FileOut {
             version: POLICY_VERSION,
+            mode: self.mode,
             default_action: self.default_action,
             segments: SegmentsOut(&self.segments),
             rules: self

@@ -1224,6 +1224,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
         segments,
         rules,
         rate_limits,
+        ..Policy::default()
     }
 }
 
@@ -2271,4 +2272,28 @@ fn rate_limits_never_panic() {
         }
         check_no_panic(&chars.iter().collect::<String>());
     }
+}
+
+#[test]
+fn audit_mode_is_parsed_compiled_and_round_tripped() {
+    let text = "version: 1\nmode: audit\nsegments:\n  a: { cidrs: [10.0.1.0/24] }\nrules: []\n";
+    let p = ok(text);
+    assert_eq!(p.mode, Mode::Audit);
+    assert!(compile(&p).audit);
+    // The default is enforce, and `policy get` writes `mode` only when it is audit.
+    let enforced = ok("version: 1\nsegments: {}\nrules: []\n");
+    assert_eq!(enforced.mode, Mode::Enforce);
+    assert!(!compile(&enforced).audit);
+    assert!(!enforced.to_yaml().contains("mode"));
+    assert_eq!(ok(&p.to_yaml()), p);
+    assert_eq!(ok(&p.to_json()), p);
+    // A check names the mode: the verdict is the policy's, the mode says whether it is enforced.
+    let flow = crate::control::Flow { src: ip("10.0.1.1"), dst: ip("10.0.2.1"), proto: PROTO_TCP, port: 22 };
+    let r = crate::daemon::check(&compile(&p), &flow);
+    assert_eq!((r.verdict.as_str(), r.mode.as_str()), ("deny", "audit"));
+    assert_eq!(
+        one_err("version: 1\nmode: dry-run\n"),
+        (2, 7, "`mode` must be `enforce` or `audit`, not `dry-run`".to_string())
+    );
+    assert_eq!(one_err("version: 1\nmode: [audit]\n").2, "`mode` must be `enforce` or `audit`, not a list");
 }

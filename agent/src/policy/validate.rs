@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::diag::{Diagnostic, Diagnostics, quote, suggest};
 use super::model::{
     ANY_NAME, Action, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
-    POLICY_VERSION, Per, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
+    Mode, POLICY_VERSION, Per, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
 };
 use super::node::{Node, Pos, Value, parse_tree};
 
@@ -73,6 +73,7 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
 
 const TOP_FIELDS: &[&str] = &[
     "version",
+    "mode",
     "defaultAction",
     "segments",
     "rules",
@@ -327,6 +328,15 @@ impl Validator<'_> {
                     ),
                 ),
             },
+        }
+
+        if let Some(n) = top.get("mode") {
+            match &n.value {
+                Value::Str(s) if &**s == "enforce" => policy.mode = Mode::Enforce,
+                Value::Str(s) if &**s == "audit" => policy.mode = Mode::Audit,
+                Value::Str(s) => self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", quote(s))),
+                v => self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", v.kind())),
+            }
         }
 
         if let Some(n) = top.get("defaultAction")

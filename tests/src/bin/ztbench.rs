@@ -281,7 +281,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
         let action = if rng.below(10) == 0 { Action::Deny } else { Action::Allow };
         out.push(rule(format!("r{i}"), from, to, ports, action));
     }
-    Ok(Policy { default_action: Action::Deny, segments, rules: out, rate_limits: Vec::new() })
+    Ok(Policy { default_action: Action::Deny, segments, rules: out, ..Policy::default() })
 }
 
 // ---- frames ----------------------------------------------------------------------------

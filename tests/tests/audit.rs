@@ -1,0 +1,107 @@
+//! Audit mode (`mode: audit`) against the real kernel: what the policy would deny passes,
+//! counted (`audit_deny`) and reported (`would-deny` events naming the rule or the default);
+//! pushing the same policy in enforce mode then cuts those flows and drops new ones. Over a
+//! rate limit, packets pass as `would-rate-limit` (crafted frames, BPF_PROG_TEST_RUN).
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use agent_common::programs::INGRESS;
+use integration_tests::{
+    Agent, Lan, Loaded, Servers, TempDir,
+    frame::{ETH_IP, TCP_ACK, TCP_SYN, cat, eth, ipv4, tcp},
+    tcp_ok,
+};
+use serde_json::Value;
+use ztagent::datapath::Limits;
+
+const ENFORCE: &str = r#"
+version: 1
+segments:
+  frontend: { cidrs: [10.20.1.0/24] }
+  payments: { cidrs: [10.20.2.10/32] }
+rules:
+  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
+  - { name: no-admin, from: ["*"], to: [payments], ports: ["8081/tcp"], action: deny }
+"#;
+
+fn audit(policy: &str) -> String {
+    policy.replacen("version: 1\n", "version: 1\nmode: audit\n", 1)
+}
+
+/// One line echoed on `s` within 500 ms.
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    s.write_all(b"ping\n").is_ok() && r.read_line(&mut line).is_ok_and(|n| n > 0)
+}
+
+#[test]
+fn audit_mode_passes_and_reports_what_enforce_then_drops() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")]);
+    let (payments, frontend, outsider) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("audit.yaml", &audit(ENFORCE))));
+    let _srv = Servers::start(&payments.ns, &[443, 8080, 8081], &[]);
+    let st: Value = serde_json::from_slice(&agent.cli(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(st["mode"], "audit");
+
+    // Everything passes: allowed, denied by default, denied by a rule.
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443));
+    assert!(tcp_ok(&outsider.ns, payments.v4, 443), "audit mode dropped a default denial");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8081), "audit mode dropped a rule's denial");
+    // An established connection the policy would deny.
+    let dst = (payments.v4, 8080);
+    let mut held = outsider.ns.run(move || {
+        let s = TcpStream::connect(dst).expect("connect to 8080");
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    });
+    let mut greeting = String::new();
+    BufReader::new(held.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    assert!(echoes(&mut held), "the would-deny connection does not flow");
+
+    // Counted and reported, never dropped.
+    assert_eq!(agent.counter("drop_default") + agent.counter("drop_rule"), 0);
+    assert!(agent.counter("audit_deny") >= 6, "audit_deny {}", agent.counter("audit_deny"));
+    let would = agent.events(&["--verdict", "would-deny"]);
+    let find = |src: &str, port: u64| {
+        would.iter().find(|e| e["src"] == src && e["dport"] == port).unwrap_or_else(|| panic!("no would-deny event for {src} -> {port}: {would:?}"))
+    };
+    let e = find("10.20.9.2", 443);
+    assert_eq!((&e["reason"], &e["src_segment"], &e["dst_segment"]), (&"default".into(), &"world".into(), &"payments".into()));
+    let e = find("10.20.1.2", 8081);
+    assert_eq!((&e["reason"], &e["rule"]), (&"rule".into(), &"no-admin".into()));
+    assert!(agent.events(&["--verdict", "denied"]).is_empty(), "a packet was reported denied in audit mode");
+
+    // The same policy, enforced: the would-deny connection is cut, new ones are dropped.
+    let out = agent.cli(&["policy", "push", dir.file("enforce.yaml", ENFORCE).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!echoes(&mut held), "the would-deny connection still flows once enforced");
+    assert!(agent.counter("drop_revoked") > 0);
+    assert!(!tcp_ok(&outsider.ns, payments.v4, 443) && !tcp_ok(&frontend.ns, payments.v4, 8081));
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443));
+}
+
+#[test]
+fn over_a_rate_limit_audit_mode_passes_and_counts() {
+    let policy = format!(
+        "{}rateLimits:\n  - {{ name: slow, from: frontend, packets: {{ rate: 1, per: second, burst: 5 }} }}\n",
+        audit(ENFORCE)
+    );
+    let mut dp = Loaded::new(&Limits::default());
+    dp.apply(&policy);
+    let frame = |flags| cat(&[&eth(&[], ETH_IP), &ipv4([10, 20, 1, 5], [10, 20, 2, 10], 6, &[], 0, &tcp(40000, 443, flags))]);
+    for i in 0..20 {
+        assert_eq!(dp.run(INGRESS, &frame(if i == 0 { TCP_SYN } else { TCP_ACK })), 2, "packet {i} was dropped");
+    }
+    assert_eq!(dp.counter("drop_rate_limit"), 0);
+    assert!((14..=15).contains(&dp.counter("audit_rate_limit")), "audit_rate_limit {}", dp.counter("audit_rate_limit"));
+    // Enforced, the same limit drops.
+    dp.apply(&policy.replacen("mode: audit\n", "", 1));
+    let dropped = (0..20).filter(|_| dp.run(INGRESS, &frame(TCP_ACK)) == 1).count();
+    assert!(dropped >= 19, "only {dropped} of 20 dropped once enforced");
+}
