@@ -356,6 +356,36 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         };
         a.print(st, &mut problems, &note);
     }
+    step()?;
+
+    // ---- 6. Audit mode ------------------------------------------------------------------
+    header(st, 6, "Audit mode: a stricter policy tried out before it is enforced");
+    let audit = dir.file("policy-v2-audit.yaml", &format!("mode: audit\n{v2_text}"));
+    agent.push(&audit);
+    println!("  pushed the policy of step 4 (no 8000-8099/tcp for frontend) with `mode: audit` to payments");
+    let tail = Tail::start(&agent)?;
+    let passed = integration_tests::tcp_ok(&frontend.ns, payments.v4, 8080);
+    let why = check_live(&agent, frontend.v4, payments.v4, Tcp(8080))?;
+    let rule = why.rule.as_deref().unwrap_or("default action");
+    println!(
+        "  frontend -> payments tcp/8080: {}; `ztagent check`: deny by {rule}, in audit mode",
+        if passed { "connected" } else { "no answer" }
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = tail.stop();
+    let would: Vec<&String> = lines.iter().filter(|l| l.contains("would-deny")).collect();
+    for l in &would {
+        println!("    {l}");
+    }
+    let counted = counters(&agent, &["audit_deny"])?;
+    println!("  audit_deny counter: {counted} packets passed that enforcing would have dropped");
+    if !passed || why.allow || would.is_empty() || counted == 0 {
+        problems.push(format!(
+            "audit mode: frontend -> payments:8080 passed {passed}, check allow {}, would-deny events {}, audit_deny {counted}",
+            why.allow,
+            would.len()
+        ));
+    }
     Ok(problems)
 }
 
