@@ -225,6 +225,17 @@ impl ConfigMap {
     }
 }
 
+/// The tests' smallest policy: frontend (10.20.1.0/24) may reach payments (10.20.2.10) on
+/// 443/tcp, and nothing else is allowed. Tests extend it with rules appended at the end.
+pub const WEB_POLICY: &str = r#"
+version: 1
+segments:
+  frontend: { cidrs: [10.20.1.0/24] }
+  payments: { cidrs: [10.20.2.10/32] }
+rules:
+  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
+"#;
+
 /// A `ztagent run` in a namespace, with its own socket and bpffs pins. On drop it is stopped
 /// (by its pid) and everything it pinned is removed.
 pub struct Agent {

@@ -2,14 +2,7 @@
 //! push changes nothing; SIGKILL leaves enforcement in place and a restart adopts it.
 use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok};
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-rules:
-  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
-"#;
+const POLICY: &str = integration_tests::WEB_POLICY;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

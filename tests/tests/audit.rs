@@ -10,22 +10,17 @@ use std::{
 
 use agent_common::programs::INGRESS;
 use integration_tests::{
-    Agent, Lan, Loaded, Servers, TempDir,
+    Agent, Lan, Loaded, Servers, TempDir, WEB_POLICY,
     frame::{ETH_IP, TCP_ACK, TCP_SYN, cat, eth, ipv4, tcp},
     tcp_ok,
 };
 use serde_json::Value;
 use ztagent::datapath::Limits;
 
-const ENFORCE: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-rules:
-  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
-  - { name: no-admin, from: ["*"], to: [payments], ports: ["8081/tcp"], action: deny }
-"#;
+/// The harness's web policy and a deny rule.
+fn enforced() -> String {
+    format!("{WEB_POLICY}  - {{ name: no-admin, from: [\"*\"], to: [payments], ports: [\"8081/tcp\"], action: deny }}\n")
+}
 
 fn audit(policy: &str) -> String {
     policy.replacen("version: 1\n", "version: 1\nmode: audit\n", 1)
@@ -43,7 +38,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")]);
     let (payments, frontend, outsider) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
     let dir = TempDir::new();
-    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("audit.yaml", &audit(ENFORCE))));
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("audit.yaml", &audit(&enforced()))));
     let _srv = Servers::start(&payments.ns, &[443, 8080, 8081], &[]);
     let st: Value = serde_json::from_slice(&agent.cli(&["status", "-o", "json"]).stdout).unwrap();
     assert_eq!(st["mode"], "audit");
@@ -77,7 +72,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     assert!(agent.events(&["--verdict", "denied"]).is_empty(), "a packet was reported denied in audit mode");
 
     // The same policy, enforced: the would-deny connection is cut, new ones are dropped.
-    let out = agent.cli(&["policy", "push", dir.file("enforce.yaml", ENFORCE).to_str().unwrap()]);
+    let out = agent.cli(&["policy", "push", dir.file("enforce.yaml", &enforced()).to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(200));
     assert!(!echoes(&mut held), "the would-deny connection still flows once enforced");
@@ -90,7 +85,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
 fn over_a_rate_limit_audit_mode_passes_and_counts() {
     let policy = format!(
         "{}rateLimits:\n  - {{ name: slow, from: frontend, packets: {{ rate: 1, per: second, burst: 5 }} }}\n",
-        audit(ENFORCE)
+        audit(&enforced())
     );
     let mut dp = Loaded::new(&Limits::default());
     dp.apply(&policy);

@@ -13,14 +13,7 @@ use std::{
 
 use integration_tests::{Agent, Lan, Servers, TempDir};
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-rules:
-  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
-"#;
+const POLICY: &str = integration_tests::WEB_POLICY;
 
 #[test]
 fn twenty_restarts_leave_no_gap_and_no_hole() {
