@@ -335,16 +335,36 @@ async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) 
         }
         Ok(req) => {
             let shared = shared.clone();
+            let large = matches!(&req, Request::Push { source, .. } if source.len() > LARGE_REQUEST);
             // Map writes are blocking syscalls: keep them off the async workers.
-            tokio::task::spawn_blocking(move || handle(req, &shared))
+            let reply = tokio::task::spawn_blocking(move || handle(req, &shared))
                 .await
-                .unwrap_or_else(|e| Reply::Error { message: format!("internal error: {e}") })
+                .unwrap_or_else(|e| Reply::Error { message: format!("internal error: {e}") });
+            if large {
+                release_memory();
+            }
+            reply
         }
-        Err(message) => Reply::Error { message },
+        Err(message) => {
+            // Possibly a request over the size limit, read up to it.
+            release_memory();
+            Reply::Error { message }
+        }
     };
     if let Err(e) = control::write_reply(write, &reply).await {
         tracing::debug!("client went away: {e}");
     }
+}
+
+/// A push this large leaves freed memory behind worth giving back (see [`release_memory`]).
+const LARGE_REQUEST: usize = 1 << 20;
+
+/// Gives the memory a large request used back to the system. Parsing a 20 MB policy takes a
+/// few hundred MB, and glibc keeps what is freed in its heaps otherwise: measured, 258 MB kept
+/// after the hostile-input corpus.
+fn release_memory() {
+    // SAFETY: malloc_trim only returns the allocator's own free memory to the system.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn handle(req: Request, shared: &Shared) -> Reply {
