@@ -24,7 +24,7 @@ use crate::{
     events::{EventFilter, EventHub, Subscription},
     mapwriter::MapWriter,
     metrics, sink,
-    policy::{self, CompiledPolicy, Policy},
+    policy::{self, CompiledPolicy, Mode, Policy},
 };
 
 pub struct Config {
@@ -417,11 +417,10 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 Err(e) => return Reply::Error { message: error_chain(&e) },
             };
             let limits = state.installed.as_ref().map_or_else(Vec::new, |i| limit_status(&state.writer, &i.compiled));
-            let audit = state.installed.as_ref().is_some_and(|i| i.compiled.audit);
             Reply::Status(Box::new(Status {
                 limits,
                 revision: state.writer.revision(),
-                mode: if audit { "audit" } else { "enforce" }.into(),
+                mode: state.installed.as_ref().map_or(Mode::Enforce, |i| i.compiled.mode).as_str().into(),
                 pin_path: state.datapath.pins.root.display().to_string(),
                 interfaces: state
                     .interfaces
@@ -452,7 +451,7 @@ pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
         dst_segment: compiled.segment_name(d.dst_segment).unwrap_or("?").to_string(),
         rate_limit: compiled.limit_name(d.limit).map(str::to_string),
         revision: None,
-        mode: if compiled.audit { "audit" } else { "enforce" }.into(),
+        mode: compiled.mode.as_str().into(),
     }
 }
 

@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 
-use crate::policy::{Bucket, CompiledPolicy};
+use crate::policy::{Bucket, CompiledPolicy, Mode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -160,7 +160,7 @@ impl MapWriter {
             revision,
             any_any: policy.any_any.map_or(PROFILE_NONE, |p| profile_id(slot, p)),
             world_flags: policy.world_flags,
-            flags: if policy.audit { SLOT_F_AUDIT } else { 0 },
+            flags: if policy.mode == Mode::Audit { SLOT_F_AUDIT } else { 0 },
         };
         self.slots.set(slot, cfg, 0).map_err(full(maps::SLOTS))?;
         // The flip: ZT_ACTIVE holds 1 + slot, so it only ever changes in its low byte and a

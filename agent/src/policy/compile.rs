@@ -91,8 +91,8 @@ pub struct PortEntry {
 pub struct CompiledPolicy {
     /// [`agent_common::ACTION_ALLOW`] or [`agent_common::ACTION_DENY`].
     pub default_action: u32,
-    /// Audit mode: denials and rate limits are reported, not enforced.
-    pub audit: bool,
+    /// Enforce, or audit: denials and rate limits are reported, not enforced.
+    pub mode: Mode,
     /// Index = segment id; `[0]` is `world`, named segments are `1..` in file order.
     pub segment_names: Vec<String>,
     /// Index = rule id - 1 (rule ids are 1-based; 0 is the default action).
@@ -556,7 +556,7 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
 
     CompiledPolicy {
         default_action: policy.default_action.code(),
-        audit: policy.mode == Mode::Audit,
+        mode: policy.mode,
         segment_names,
         rule_names: policy.rules.iter().map(|r| r.name.clone()).collect(),
         world_flags: flags_of(SEG_WORLD),
