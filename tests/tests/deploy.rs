@@ -3,13 +3,9 @@
 //! own directories, in a network namespace whose interface is called `eth0`: the ConfigMap's
 //! policy (laid out as the kubelet lays it out) is enforced on real traffic, the liveness
 //! probe's command succeeds, the metrics port answers.
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
-use integration_tests::{Agent, ConfigMap, Host, Lan, Netns, Servers, TempDir, bin, tcp_ok, unique};
+use integration_tests::{Agent, ConfigMap, Host, Lan, Servers, TempDir, bin, get_metrics, tcp_ok, unique};
 
 fn repo_file(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
@@ -65,17 +61,6 @@ fn lan() -> Lan {
     payments.ns.ip(&["link", "set", "eth0", "up"]);
     payments.ns.ip(&["link", "set", "lo", "up"]);
     lan
-}
-
-/// GET /metrics on 127.0.0.1:`port` inside `ns`.
-fn scrape(ns: &Netns, port: u16) -> String {
-    ns.run(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
-    })
 }
 
 fn enforces_example_policy(agent: &Agent, lan: &Lan) {
@@ -135,7 +120,7 @@ fn the_daemonset_starts_an_agent_that_enforces_its_configmap() {
     let port = container["ports"][0]["containerPort"].as_u64().expect("a metrics port") as u16;
     assert!(args.iter().any(|a| a.ends_with(&format!(":{port}"))), "--metrics-addr is not on the declared port");
     assert_eq!(ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"], port.to_string());
-    let body = scrape(&lan.hosts[0].ns, port);
+    let body = get_metrics(&lan.hosts[0].ns, port).expect("scrape the declared metrics port");
     assert!(body.starts_with("HTTP/1.1 200") && body.contains("ztagent_packets_total"), "{body}");
 }
 

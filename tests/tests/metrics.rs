@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -114,15 +113,7 @@ fn parse_sample(line: &str) -> ((String, Vec<(String, String)>), String) {
 
 /// `GET /metrics` from inside `ns` (where the agent listens on 127.0.0.1), parsed.
 fn scrape(ns: &Netns) -> Metrics {
-    let raw = ns.run(|| {
-        let addr = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to the metrics endpoint");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("read the metrics response");
-        String::from_utf8(buf).expect("UTF-8 metrics")
-    });
+    let raw = integration_tests::get_metrics(ns, METRICS_PORT).expect("scrape the metrics endpoint");
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in:\n{raw}"));
     assert!(head.starts_with("HTTP/1.1 200 "), "metrics answered:\n{raw}");
     assert!(

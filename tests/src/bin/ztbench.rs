@@ -41,8 +41,8 @@
 use std::{
     fmt::Write as _,
     fs::File,
-    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -1095,17 +1095,7 @@ struct AgentMetrics {
 }
 
 fn scrape(ns: &Netns) -> Result<AgentMetrics> {
-    let text = ns
-        .run(|| -> std::io::Result<String> {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT));
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .context("scraping the agent's metrics")?;
+    let text = integration_tests::get_metrics(ns, METRICS_PORT).context("scraping the agent's metrics")?;
     ensure!(text.starts_with("HTTP/1.1 200"), "the agent's metrics endpoint answered: {}", text.lines().next().unwrap_or(""));
     let value = |name: &str| {
         text.lines()

@@ -482,15 +482,7 @@ fn counters(s: &Value) -> BTreeMap<String, u64> {
 type Metrics = BTreeMap<(String, String), f64>;
 
 fn scrape(ns: &Netns) -> Result<Metrics> {
-    let raw = ns.run(|| -> std::io::Result<String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        Ok(buf)
-    })?;
+    let raw = integration_tests::get_metrics(ns, METRICS_PORT)?;
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).context("no metrics body")?;
     let mut m = Metrics::new();
     for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
