@@ -285,25 +285,21 @@ impl Agent {
     fn start_on(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, args: &[&str]) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
-        let pins = pins.to_path_buf();
-        let state = Self::state_dir(&pins);
-        let log = dir.0.join("agent.log");
-        let mut cmd = Self::command(ns, ifaces, policy, &pins, &socket, args);
-        let out = File::create(&log).unwrap();
-        cmd.stdout(out.try_clone().unwrap()).stderr(out);
-        let child = cmd.spawn().expect("spawn ztagent");
-        let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
-        agent.wait_ready();
-        agent
+        let cmd = Self::run_command(ns, ifaces, policy, pins, &socket, args);
+        Self::spawn(cmd, dir, &socket, pins, &Self::state_dir(pins))
     }
 
     /// `ztagent ARGS...` as given (a deployment's own command line), in `ns`; `socket`, `pins`
     /// and `state` are the paths those arguments use, for the guard and its clean-up.
     pub fn start_args(ns: &Netns, args: &[String], socket: &Path, pins: &Path, state: &Path) -> Agent {
-        let dir = TempDir::new();
+        let mut cmd = Self::command(ns);
+        cmd.args(args);
+        Self::spawn(cmd, TempDir::new(), socket, pins, state)
+    }
+
+    /// Starts `cmd`, its output logged in `dir`, and waits until it serves `socket`.
+    fn spawn(mut cmd: Command, dir: TempDir, socket: &Path, pins: &Path, state: &Path) -> Agent {
         let log = dir.0.join("agent.log");
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).args(args);
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
@@ -319,9 +315,17 @@ impl Agent {
         std::env::temp_dir().join(format!("ztagent-state-{name}"))
     }
 
-    fn command(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, socket: &Path, args: &[&str]) -> Command {
+    /// `ztagent` in `ns`, without arguments yet.
+    fn command(ns: &Netns) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent")).arg("--socket").arg(socket).arg("run");
+        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent"));
+        cmd
+    }
+
+    /// `ztagent run` in `ns` on these interfaces, pins and socket, its state next to the pins.
+    fn run_command(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, socket: &Path, args: &[&str]) -> Command {
+        let mut cmd = Self::command(ns);
+        cmd.arg("--socket").arg(socket).arg("run");
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
@@ -342,15 +346,15 @@ impl Agent {
         args: &[&str],
     ) -> (std::process::ExitStatus, String) {
         let dir = TempDir::new();
-        let socket = dir.0.join("ztagent.sock");
-        let mut cmd = Self::command(ns, ifaces, policy, pins, &socket, args);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ztagent");
+        let (socket, log) = (dir.0.join("ztagent.sock"), dir.0.join("agent.log"));
+        let mut cmd = Self::run_command(ns, ifaces, policy, pins, &socket, args);
+        // A file, not a pipe: the debug log can outgrow a pipe's buffer while nobody reads it.
+        let out = File::create(&log).unwrap();
+        let mut child = cmd.stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("spawn ztagent");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if child.try_wait().expect("wait for ztagent").is_some() {
-                let out = child.wait_with_output().expect("ztagent output");
-                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                return (out.status, text);
+            if let Some(status) = child.try_wait().expect("wait for ztagent") {
+                return (status, fs::read_to_string(&log).unwrap_or_default());
             }
             if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
                 break;
@@ -358,11 +362,10 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        let out = child.wait_with_output().expect("ztagent output");
+        let _ = child.wait();
         panic!(
-            "ztagent started (or hung) although it should have failed to start:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "ztagent started (or hung) although it should have failed to start:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
         );
     }
 
@@ -466,14 +469,16 @@ impl Drop for Agent {
         if self.handed_over {
             return;
         }
-        let _ = Command::new(bin("ztagent"))
-            .args(["uninstall", "--pin-path"])
-            .arg(&self.pins)
-            .stdout(Stdio::null())
-            .status();
-        let _ = fs::remove_dir_all(&self.pins);
+        uninstall(&self.pins);
         let _ = fs::remove_dir_all(&self.state);
     }
+}
+
+/// Removes what agents pinned under `pins` (`ztagent uninstall`) and their state directory.
+pub fn uninstall(pins: &Path) {
+    let _ = Command::new(bin("ztagent")).args(["uninstall", "--pin-path"]).arg(pins).stdout(Stdio::null()).status();
+    let _ = fs::remove_dir_all(pins);
+    let _ = fs::remove_dir_all(Agent::state_dir(pins));
 }
 
 /// Servers in a namespace: TCP (greets "hi" then echoes lines) and UDP (echoes, counts per

@@ -20,7 +20,7 @@ rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
 "#;
 
-/// A pin directory for agents that may fail to start; removed (with its state) on drop.
+/// A pin directory for agents that may fail to start; removed with their state on drop.
 struct Pins(PathBuf);
 
 impl Pins {
@@ -31,10 +31,7 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(integration_tests::bin("ztagent"))
-            .args(["uninstall", "--pin-path"])
-            .arg(&self.0)
-            .output();
+        integration_tests::uninstall(&self.0);
     }
 }
 
