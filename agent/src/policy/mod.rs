@@ -48,6 +48,7 @@
 mod compile;
 mod diag;
 mod eval;
+mod fastyaml;
 mod model;
 mod node;
 mod validate;

@@ -255,6 +255,10 @@ pub(crate) fn parse_tree_with(text: &str, limits: Limits) -> Result<Node<'_>, Sy
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
     if body.trim_start().starts_with('{') {
         JsonReader::new(body, limits).read()
+    } else if let Some(tree) = super::fastyaml::read(body, limits) {
+        // The plain subset large policies are written in, read fast; everything else (and
+        // every mistake) by serde-saphyr.
+        Ok(tree)
     } else {
         parse_yaml(body, limits)
     }
@@ -371,7 +375,7 @@ fn yaml_options(limits: Limits) -> serde_saphyr::Options {
     options
 }
 
-fn parse_yaml(text: &str, limits: Limits) -> Result<Node<'_>, SyntaxError> {
+pub(crate) fn parse_yaml(text: &str, limits: Limits) -> Result<Node<'_>, SyntaxError> {
     serde_saphyr::from_str_with_options::<SpannedNode>(text, yaml_options(limits))
         .map(|n| n.0)
         .map_err(|e| yaml_error(&e, text, limits))
@@ -570,7 +574,7 @@ impl Cursor {
 /// The children of one container being read. While few, they sit on a stack shared by all the
 /// containers being read (innermost last), so that a small container is allocated once, at its
 /// size; beyond, in a vector of their own, so that a huge one is not copied when complete.
-struct Gather<T> {
+pub(crate) struct Gather<T> {
     base: usize,
     own: Option<Vec<T>>,
 }
@@ -578,14 +582,14 @@ struct Gather<T> {
 impl<T> Gather<T> {
     const FEW: usize = 16;
 
-    fn new(stack: &[T]) -> Self {
+    pub(crate) fn new(stack: &[T]) -> Self {
         Gather {
             base: stack.len(),
             own: None,
         }
     }
 
-    fn push(&mut self, stack: &mut Vec<T>, item: T) {
+    pub(crate) fn push(&mut self, stack: &mut Vec<T>, item: T) {
         match &mut self.own {
             Some(own) => own.push(item),
             None => {
@@ -597,18 +601,14 @@ impl<T> Gather<T> {
         }
     }
 
-    fn items<'s>(&'s self, stack: &'s [T]) -> &'s [T] {
+    pub(crate) fn items<'s>(&'s self, stack: &'s [T]) -> &'s [T] {
         match &self.own {
             Some(own) => own,
             None => &stack[self.base..],
         }
     }
 
-    fn len(&self, stack: &[T]) -> usize {
-        self.items(stack).len()
-    }
-
-    fn finish(self, stack: &mut Vec<T>) -> Box<[T]> {
+    pub(crate) fn finish(self, stack: &mut Vec<T>) -> Box<[T]> {
         match self.own {
             Some(own) => own.into_boxed_slice(),
             None => stack.drain(self.base..).collect(),
@@ -631,6 +631,43 @@ impl Hasher for PreHashed {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
+    }
+}
+
+/// The string keys of a mapping being read, to find duplicates: small mappings are searched;
+/// larger ones keep the hashes of their keys (8 bytes a key), confirmed by a search.
+pub(crate) struct KeySet {
+    hashes: Option<HashSet<u64, BuildHasherDefault<PreHashed>>>,
+    hasher: RandomState,
+}
+
+impl KeySet {
+    pub(crate) fn new() -> Self {
+        KeySet {
+            hashes: None,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Whether `key` is a key of `entries` (the mapping's entries so far) already. Each key
+    /// is asked about once, before its entry is added.
+    pub(crate) fn seen(&mut self, key: &str, entries: &[(Node<'_>, Node<'_>)]) -> bool {
+        let is_key = |(k, _): &(Node<'_>, Node<'_>)| matches!(&k.value, Value::Str(t) if **t == *key);
+        match &mut self.hashes {
+            Some(set) => !set.insert(self.hasher.hash_one(key)) && entries.iter().any(is_key),
+            None if entries.iter().any(is_key) => true,
+            None => {
+                if entries.len() >= Gather::<()>::FEW {
+                    let hasher = &self.hasher;
+                    let known = entries.iter().filter_map(|(k, _)| match &k.value {
+                        Value::Str(t) => Some(hasher.hash_one(&**t)),
+                        _ => None,
+                    });
+                    self.hashes = Some(known.chain([hasher.hash_one(key)]).collect());
+                }
+                false
+            }
+        }
     }
 }
 
@@ -763,10 +800,8 @@ impl<'a> JsonReader<'a> {
         const EOF: &str = "EOF while parsing an object";
         self.i += 1;
         let mut entries = Gather::new(&self.entries);
-        // Duplicate keys are an error in a policy, as in YAML. Small mappings are searched;
-        // larger ones keep the hashes of their keys (8 bytes a key), confirmed by a search.
-        let mut hashes: Option<HashSet<u64, BuildHasherDefault<PreHashed>>> = None;
-        let hasher = RandomState::new();
+        // Duplicate keys are an error in a policy, as in YAML.
+        let mut keys = KeySet::new();
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -782,16 +817,7 @@ impl<'a> JsonReader<'a> {
             }
             let pos = self.start_value(start)?;
             let key = Text::from(self.string()?);
-            let is_key =
-                |(k, _): &(Node<'a>, Node<'a>)| matches!(&k.value, Value::Str(t) if *t == key);
-            let duplicate = match &mut hashes {
-                Some(set) => {
-                    !set.insert(hasher.hash_one(&*key))
-                        && entries.items(&self.entries).iter().any(is_key)
-                }
-                None => entries.items(&self.entries).iter().any(is_key),
-            };
-            if duplicate {
+            if keys.seen(&key, entries.items(&self.entries)) {
                 return Err(JsonError {
                     offset: start,
                     message: format!("duplicate key {}", quote(&key)),
@@ -809,17 +835,6 @@ impl<'a> JsonReader<'a> {
             }
             let value = self.value(depth)?;
             entries.push(&mut self.entries, (key_node, value));
-            if hashes.is_none() && entries.len(&self.entries) > Gather::<()>::FEW {
-                let keys =
-                    entries
-                        .items(&self.entries)
-                        .iter()
-                        .filter_map(|(k, _)| match &k.value {
-                            Value::Str(t) => Some(hasher.hash_one(&**t)),
-                            _ => None,
-                        });
-                hashes = Some(keys.collect());
-            }
             self.ws();
             match self.peek() {
                 Some(b',') => {
