@@ -57,6 +57,8 @@ use aya::{
     programs::{Program, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use integration_tests::{Agent, Lan, Netns, TempDir};
+
+mod parse;
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
     mapwriter::MapWriter,
@@ -108,11 +110,24 @@ struct Options {
     repeat: u32,
     /// Events per throughput run (0: no throughput runs).
     events: u64,
+    /// Only the policy-input section (see `parse`), on a policy of this many MB.
+    parse_only: bool,
+    parse_mb: usize,
 }
 
 fn parse_args() -> Result<Options> {
-    let mut o = Options { quick: false, check: false, breakdown: false, out: None, runs: 0, repeat: 0, events: 0 };
-    let (mut runs, mut repeat, mut events) = (None, None, None);
+    let mut o = Options {
+        quick: false,
+        check: false,
+        breakdown: false,
+        out: None,
+        runs: 0,
+        repeat: 0,
+        events: 0,
+        parse_only: false,
+        parse_mb: 0,
+    };
+    let (mut runs, mut repeat, mut events, mut parse_mb) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -124,9 +139,12 @@ fn parse_args() -> Result<Options> {
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
             "--events" => events = Some(value("--events")?.parse().context("--events: not a number")?),
+            "--parse" => o.parse_only = true,
+            "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
                     "usage: ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                     \x20              [--parse] [--parse-mb N]\n\
                      --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
@@ -134,7 +152,9 @@ fn parse_args() -> Result<Options> {
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
                      --events N   events per throughput run through the real agent (default\n\
-                     \x20            1,000,000, quick 200,000; 0: skip the throughput runs)"
+                     \x20            1,000,000, quick 200,000; 0: skip the throughput runs)\n\
+                     --parse      only the policy-input section (validate and push, YAML and JSON)\n\
+                     --parse-mb N the size of its policy in MB (default 20, quick 5)"
                 );
                 std::process::exit(0);
             }
@@ -144,6 +164,7 @@ fn parse_args() -> Result<Options> {
     o.runs = runs.unwrap_or(if o.quick { 7 } else { 11 });
     o.repeat = repeat.unwrap_or(if o.quick { 50_000 } else { 200_000 });
     o.events = events.unwrap_or(if o.quick { 200_000 } else { 1_000_000 });
+    o.parse_mb = parse_mb.unwrap_or(if o.quick { 5 } else { 20 });
     ensure!(o.runs >= 1 && o.repeat >= 1, "--runs and --repeat must be at least 1");
     Ok(o)
 }
@@ -679,6 +700,14 @@ fn run() -> Result<bool> {
     let opts = parse_args()?;
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
+    // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
+    let parse_rounds = if opts.quick { 3 } else { 7 };
+    if opts.parse_only {
+        let (text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(ok || !opts.check);
+    }
 
     let sizes: Vec<(usize, usize)> = if opts.quick {
         vec![(10, 1_000), (1_000, 1_000)]
@@ -768,11 +797,19 @@ fn run() -> Result<bool> {
     let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &opts))?;
     let throughput = if opts.events > 0 { Some(event_throughput(&opts)?) } else { None };
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), &opts);
+    let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
+    text.push_str(&parsing);
+    all_ok &= ok;
     println!("{text}");
-    if let Some(path) = &opts.out {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_report(&opts, &text)?;
     Ok(all_ok || !opts.check)
+}
+
+fn write_report(opts: &Options, text: &str) -> Result<()> {
+    if let Some(path) = &opts.out {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The cost a rate limit adds to an allowed packet. One policy (10 rules over 1,000 CIDRs) lets
