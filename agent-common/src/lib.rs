@@ -43,6 +43,9 @@ pub const PROFILE_SLOT_SHIFT: u32 = 31;
 pub const SEG_F_SRC_WILD: u32 = 1;
 /// An `(ANY, segment)` entry exists in `PAIRS` for this segment as a destination.
 pub const SEG_F_DST_WILD: u32 = 2;
+/// The segment is in audit mode: what the policy denies to or from it passes, reported as
+/// would-deny (see [`VERDICT_F_AUDIT`]).
+pub const SEG_F_AUDIT: u32 = 4;
 
 pub const ACTION_ALLOW: u32 = 1;
 pub const ACTION_DENY: u32 = 2;
@@ -117,8 +120,14 @@ pub struct Verdict {
     pub action: u32,
     pub rule: u32,
     pub limit: u32,
-    pub _pad: u32,
+    /// [`VERDICT_F_AUDIT`].
+    pub flags: u32,
 }
+
+/// [`Verdict::flags`]: a denial by a rule in audit mode. The packet passes, counted as
+/// `audit_deny` and reported as would-deny, as in a policy in audit mode; the rest of the
+/// policy enforces.
+pub const VERDICT_F_AUDIT: u32 = 1;
 
 /// Per-slot settings, `SLOTS[slot]`. Written only while the slot is inactive.
 #[repr(C)]

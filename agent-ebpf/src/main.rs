@@ -125,7 +125,8 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         _ => return no_policy::<INGRESS>(&mut pkt, &mut clock),
     };
     pkt.revision = cfg.revision;
-    // Audit mode: what the policy denies or rate-limits passes, counted and reported.
+    // Audit mode: what the policy denies or rate-limits passes, counted and reported (a rule
+    // or a segment in audit mode does the same for its own denials: `Judgement::audit`).
     let audit = cfg.flags & SLOT_F_AUDIT != 0;
     if pkt.kind == Kind::LaterFragment {
         pkt.now = clock.coarse();
@@ -157,7 +158,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             let port = if orig.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { orig.dport };
             let j = policy::judge(slot, cfg, &orig, port);
             let allowed = j.verdict.action == ACTION_ALLOW;
-            if !allowed && !audit {
+            if !allowed && !(audit || j.audit) {
                 conntrack::remove(&orig);
                 count(counter::DROP_REVOKED);
                 pkt.now = now;
@@ -228,7 +229,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     let segs = events::segments(j.src_segment, j.dst_segment);
     let v = j.verdict;
     let allowed = v.action == ACTION_ALLOW;
-    if !allowed && !audit {
+    if !allowed && !(audit || j.audit) {
         pkt.now = clock.coarse();
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);

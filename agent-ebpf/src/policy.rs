@@ -1,8 +1,8 @@
 //! Policy: (source segment, destination segment, protocol, port) -> verdict, in a fixed number
 //! of lookups whatever the size of the policy (see `agent_common` for the map design).
 use agent_common::{
-    PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD,
-    SlotConfig, Verdict,
+    ACTION_ALLOW, PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD,
+    SlotConfig, VERDICT_F_AUDIT, Verdict,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -23,6 +23,9 @@ pub struct Judgement {
     pub verdict: Verdict,
     pub src_segment: u32,
     pub dst_segment: u32,
+    /// A denial that only audits: by a rule in audit mode, or to or from a segment in audit
+    /// mode (the policy's own mode is the caller's to add).
+    pub audit: bool,
 }
 
 /// Judges a new flow given as the tuple of its first packet and the port policy sees.
@@ -40,7 +43,7 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Judgement {
         None if dst.flags & SEG_F_DST_WILD != 0 => pair(slot, SEG_ANY, dst.id).unwrap_or(PROFILE_NONE),
         None => cfg.any_any,
     };
-    let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, _pad: 0 };
+    let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, flags: 0 };
     let verdict = if profile == PROFILE_NONE {
         default
     } else {
@@ -51,5 +54,7 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Judgement {
             None => default,
         }
     };
-    Judgement { verdict, src_segment: src.id, dst_segment: dst.id }
+    let audit = verdict.action != ACTION_ALLOW
+        && (verdict.flags & VERDICT_F_AUDIT != 0 || (src.flags | dst.flags) & SEG_F_AUDIT != 0);
+    Judgement { verdict, src_segment: src.id, dst_segment: dst.id, audit }
 }

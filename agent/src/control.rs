@@ -84,6 +84,10 @@ pub struct CheckResult {
     /// "enforce", or "audit": then a "deny" passes, reported as would-deny.
     #[serde(default)]
     pub mode: String,
+    /// A "deny" that passes, reported as would-deny: the policy, the deciding rule, or one of
+    /// the two segments is in audit mode.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -452,6 +452,7 @@ pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
         rate_limit: compiled.limit_name(d.limit).map(str::to_string),
         revision: None,
         mode: compiled.mode.as_str().into(),
+        audit: d.audit,
     }
 }
 

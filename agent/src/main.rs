@@ -443,7 +443,11 @@ fn print_check(r: &CheckResult, output: Output) {
         (false, v) => v.to_string(),
     };
     let limit = r.rate_limit.as_deref().map_or(String::new(), |l| format!(", rate limit {l}"));
-    let audit = if r.mode == "audit" { " [audit mode: not enforced, reported]" } else { "" };
+    let audit = match (r.audit, r.mode.as_str()) {
+        (_, "audit") => " [audit mode: not enforced, reported]",
+        (true, _) => " [audited: not enforced, reported as would-deny]",
+        _ => "",
+    };
     println!("{verdict} ({} -> {}) by {by}{limit}{audit}", r.src_segment, r.dst_segment);
 }
 

@@ -100,3 +100,52 @@ fn over_a_rate_limit_audit_mode_passes_and_counts() {
     let dropped = (0..20).filter(|_| dp.run(INGRESS, &frame(TCP_ACK)) == 1).count();
     assert!(dropped >= 19, "only {dropped} of 20 dropped once enforced");
 }
+
+/// One new restriction tried while the rest enforces: a deny rule in audit mode passes what it
+/// would deny, reported as would-deny naming it, while another deny rule and the default
+/// action still drop; a segment in audit mode does the same for every denial to or from it.
+#[test]
+fn a_rule_or_a_segment_in_audit_mode_passes_only_its_own_denials() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")]);
+    let (payments, frontend, outsider) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let policy = format!(
+        "{}  - {{ name: try-no-alt, from: [\"*\"], to: [payments], ports: [\"8080/tcp\"], action: deny, mode: audit }}\n",
+        enforced()
+    );
+    let dir = TempDir::new();
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("rule.yaml", &policy)));
+    let _srv = Servers::start(&payments.ns, &[443, 8080, 8081], &[]);
+    let st: Value = serde_json::from_slice(&agent.cli(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(st["mode"], "enforce");
+
+    // The audited rule's would-be denial passes, the enforced rule and the default drop.
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8080), "the audited rule dropped its denial");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8081), "the enforced deny rule let 8081 through");
+    assert!(!tcp_ok(&outsider.ns, payments.v4, 443), "the default action let the outsider through");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443));
+    let would = agent.events(&["--verdict", "would-deny"]);
+    assert!(
+        would.iter().any(|e| e["dport"] == 8080 && e["rule"] == "try-no-alt" && e["reason"] == "rule"),
+        "no would-deny event naming try-no-alt: {would:?}"
+    );
+    assert!(would.iter().all(|e| e["dport"] == 8080), "only the audited rule's flow is would-deny: {would:?}");
+    let denied = agent.events(&["--verdict", "denied"]);
+    assert!(denied.iter().any(|e| e["dport"] == 8081 && e["rule"] == "no-admin"), "no denial by no-admin: {denied:?}");
+    assert!(denied.iter().any(|e| e["src"] == "10.20.9.2" && e["reason"] == "default"), "no default denial: {denied:?}");
+    assert!(agent.counter("audit_deny") > 0 && agent.counter("drop_rule") > 0 && agent.counter("drop_default") > 0);
+    let check = agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!((&v["verdict"], &v["rule"], &v["audit"]), (&"deny".into(), &"try-no-alt".into(), &true.into()), "{v}");
+
+    // A segment in audit mode: the outsider's segment (its /24 named, in audit) may reach
+    // payments on anything while frontend's denials are still dropped.
+    let segment = format!("{}  outsiders: {{ cidrs: [10.20.9.0/24], mode: audit }}\n", enforced().split("rules:").next().unwrap())
+        + &format!("rules:{}", enforced().split("rules:").nth(1).unwrap());
+    assert!(agent.push(&dir.file("segment.yaml", &segment)).starts_with("revision 2"));
+    assert!(tcp_ok(&outsider.ns, payments.v4, 443), "the audited segment's default denial was dropped");
+    assert!(tcp_ok(&outsider.ns, payments.v4, 8081), "the audited segment's rule denial was dropped");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8081), "frontend's denial passed: only the audited segment passes");
+    let would = agent.events(&["--verdict", "would-deny", "--from", "outsiders"]);
+    assert!(would.iter().any(|e| e["dport"] == 443 && e["reason"] == "default"), "{would:?}");
+    assert!(would.iter().any(|e| e["dport"] == 8081 && e["rule"] == "no-admin"), "{would:?}");
+}

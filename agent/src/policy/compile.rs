@@ -63,7 +63,8 @@ use std::fmt;
 use ipnet::IpNet;
 
 use agent_common::{
-    Addr, PORT_KEY_BITS, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict,
+    Addr, PORT_KEY_BITS, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo,
+    VERDICT_F_AUDIT, Verdict,
 };
 
 use super::eval::addr16;
@@ -342,12 +343,15 @@ fn port_ranges(ports: Option<&[PortSpec]>) -> Vec<(u32, u32)> {
 pub(crate) fn combine(policy: &Policy, rules: impl IntoIterator<Item = usize>) -> Option<Verdict> {
     let mut allow = None;
     for i in rules {
+        let rule = &policy.rules[i];
         let verdict = Verdict {
-            action: policy.rules[i].action.code(),
+            action: rule.action.code(),
             rule: rule_id(i),
+            // Only a deny rule is ever audited (validation); its denials pass, reported.
+            flags: if rule.mode == Mode::Audit { VERDICT_F_AUDIT } else { 0 },
             ..Default::default()
         };
-        match policy.rules[i].action {
+        match rule.action {
             Action::Deny => return Some(verdict),
             Action::Allow => {
                 allow.get_or_insert(verdict);
@@ -517,7 +521,9 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
 
     // Identity.
     let flags_of = |id: u32| {
-        let mut f = 0;
+        let audited = id != SEG_WORLD
+            && policy.segments.get(id as usize - 1).is_some_and(|s| s.mode == Mode::Audit);
+        let mut f = if audited { SEG_F_AUDIT } else { 0 };
         if src_wild.contains(&id) {
             f |= SEG_F_SRC_WILD;
         }

@@ -7,12 +7,12 @@ use std::net::IpAddr;
 
 use agent_common::{
     ACTION_ALLOW, Addr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PORT_KEY_BITS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD,
-    SegmentInfo, Verdict,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD,
+    SegmentInfo, VERDICT_F_AUDIT, Verdict,
 };
 
 use super::compile::{CompiledPolicy, cidr_key, combine, limit_ranges, rule_ranges, seg_id};
-use super::model::{Policy, SegRef};
+use super::model::{Mode, Policy, SegRef};
 
 /// The decision for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +26,9 @@ pub struct Decision {
     pub limit: u32,
     pub src_segment: u32,
     pub dst_segment: u32,
+    /// A denial that passes, counted and reported as would-deny: the policy, the deciding deny
+    /// rule, or the source or destination segment is in audit mode.
+    pub audit: bool,
 }
 
 /// An address as the maps key it: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
@@ -124,12 +127,16 @@ impl Lookup<'_> {
         let s = self.segment_of(&addr16(src));
         let d = self.segment_of(&addr16(dst));
         let v = self.judge(s, d, port_key(proto, port));
+        let audited = self.policy.mode == Mode::Audit
+            || v.flags & VERDICT_F_AUDIT != 0
+            || (s.flags | d.flags) & SEG_F_AUDIT != 0;
         Decision {
             action: v.action,
             rule: v.rule,
             limit: v.limit,
             src_segment: s.id,
             dst_segment: d.id,
+            audit: v.action != ACTION_ALLOW && audited,
         }
     }
 
@@ -219,12 +226,16 @@ pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port
     let s = naive_segment(policy, src);
     let d = naive_segment(policy, dst);
     let v = naive_verdict(policy, s, d, port_key(proto, port));
+    let segment_audited = |id: u32| id != SEG_WORLD && policy.segments[id as usize - 1].mode == Mode::Audit;
+    let rule_audited = v.rule != 0 && policy.rules[v.rule as usize - 1].mode == Mode::Audit;
+    let audited = policy.mode == Mode::Audit || rule_audited || segment_audited(s) || segment_audited(d);
     Decision {
         action: v.action,
         rule: v.rule,
         limit: v.limit,
         src_segment: s,
         dst_segment: d,
+        audit: v.action != ACTION_ALLOW && audited,
     }
 }
 

@@ -70,6 +70,9 @@ impl fmt::Display for Action {
 pub struct Segment {
     pub name: String,
     pub cidrs: Vec<IpNet>,
+    /// Audit: what the policy denies to or from this segment passes, reported as would-deny
+    /// (one segment newly restricted while the rest of the policy enforces).
+    pub mode: Mode,
 }
 
 /// A segment as a rule names it.
@@ -245,6 +248,8 @@ pub struct Rule {
     pub to: Vec<SegRef>,
     pub ports: Option<Vec<PortSpec>>,
     pub action: Action,
+    /// Audit (deny rules only): what this rule denies passes, reported as would-deny naming it.
+    pub mode: Mode,
 }
 
 /// The unit of time of a bucket's `rate`.
@@ -431,6 +436,8 @@ struct SegmentsOut<'a>(&'a [Segment]);
 #[derive(Serialize)]
 struct SegmentOut {
     cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "is_enforce")]
+    mode: Mode,
 }
 
 impl Serialize for SegmentsOut<'_> {
@@ -438,7 +445,7 @@ impl Serialize for SegmentsOut<'_> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for seg in self.0 {
             let cidrs = seg.cidrs.iter().map(|c| c.to_string()).collect();
-            m.serialize_entry(&seg.name, &SegmentOut { cidrs })?;
+            m.serialize_entry(&seg.name, &SegmentOut { cidrs, mode: seg.mode })?;
         }
         m.end()
     }
@@ -454,6 +461,8 @@ struct RuleOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     ports: Option<Vec<PortSpec>>,
     action: Action,
+    #[serde(skip_serializing_if = "is_enforce")]
+    mode: Mode,
 }
 
 #[derive(Serialize)]
@@ -508,6 +517,7 @@ impl Serialize for Policy {
                     to: names(&r.to),
                     ports: r.ports.clone(),
                     action: r.action,
+                    mode: r.mode,
                 })
                 .collect(),
             rate_limits: self

@@ -519,7 +519,7 @@ rules:
         (
             6,
             39,
-            "unknown field `color` in segment `batch`; expected `cidrs`",
+            "unknown field `color` in segment `batch`; expected `cidrs`, `mode`",
         ),
         (
             7,
@@ -555,7 +555,7 @@ rules:
         (
             18,
             5,
-            "unknown field `prio` in a rule; expected `name`, `description`, `from`, `to`, `ports`, `action`",
+            "unknown field `prio` in a rule; expected `name`, `description`, `from`, `to`, `ports`, `action`, `mode`",
         ),
     ];
     let got: Vec<(usize, usize, &str)> = e.iter().map(|(l, c, m)| (*l, *c, m.as_str())).collect();
@@ -1172,6 +1172,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
         segments.push(Segment {
             name: format!("s{i}"),
             cidrs: nets,
+            mode: if rng.below(8) == 0 { Mode::Audit } else { Mode::Enforce },
         });
     }
     let side = |rng: &mut Rng| {
@@ -1201,6 +1202,8 @@ fn random_policy(rng: &mut Rng) -> Policy {
         } else {
             Action::Deny
         };
+        // Only a deny rule may be audited.
+        let mode = if action == Action::Deny && rng.below(4) == 0 { Mode::Audit } else { Mode::Enforce };
         rules.push(Rule {
             name: format!("r{i}"),
             description: None,
@@ -1208,6 +1211,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
             to,
             ports,
             action,
+            mode,
         });
     }
     let default_action = if rng.chance(2) {
@@ -2296,4 +2300,46 @@ fn audit_mode_is_parsed_compiled_and_round_tripped() {
         (2, 7, "`mode` must be `enforce` or `audit`, not `dry-run`".to_string())
     );
     assert_eq!(one_err("version: 1\nmode: [audit]\n").2, "`mode` must be `enforce` or `audit`, not a list");
+}
+
+#[test]
+fn a_rule_or_a_segment_in_audit_mode_audits_its_own_denials() {
+    let text = r#"version: 1
+segments:
+  web: { cidrs: [10.0.1.0/24] }
+  db: { cidrs: [10.0.2.0/24], mode: audit }
+  ops: { cidrs: [10.0.3.0/24] }
+rules:
+  - { name: web-any, from: [web], to: ["*"], action: allow }
+  - { name: no-ssh, from: ["*"], to: [web], ports: ["22/tcp"], action: deny, mode: audit }
+  - { name: no-telnet, from: ["*"], to: [web], ports: ["23/tcp"], action: deny }
+"#;
+    let p = ok(text);
+    assert_eq!((p.segments[1].mode, p.rules[1].mode, p.rules[2].mode), (Mode::Audit, Mode::Audit, Mode::Enforce));
+    let c = compile(&p);
+    let check = |src: &str, dst: &str, port| {
+        let r = crate::daemon::check(&c, &crate::control::Flow { src: ip(src), dst: ip(dst), proto: PROTO_TCP, port });
+        (r.verdict, r.rule, r.audit)
+    };
+    // The audited rule's denial passes, reported; the other deny rule enforces.
+    assert_eq!(check("10.0.3.1", "10.0.1.1", 22), ("deny".into(), Some("no-ssh".into()), true));
+    assert_eq!(check("10.0.3.1", "10.0.1.1", 23), ("deny".into(), Some("no-telnet".into()), false));
+    // Denials to and from the audited segment pass, reported; others between enforced
+    // segments are dropped; what is allowed stays allowed.
+    assert_eq!(check("10.0.3.1", "10.0.2.1", 5432), ("deny".into(), None, true));
+    assert_eq!(check("10.0.2.1", "10.0.3.1", 80), ("deny".into(), None, true));
+    assert_eq!(check("10.0.3.1", "10.0.1.1", 80), ("deny".into(), None, false));
+    assert_eq!(check("10.0.1.1", "10.0.2.1", 5432), ("allow".into(), Some("web-any".into()), false));
+    // The modes survive `policy get` and the state file.
+    assert_eq!(ok(&p.to_yaml()), p);
+    assert_eq!(ok(&p.to_json()), p);
+    // An allow rule cannot be audited: it would change nothing.
+    assert_eq!(
+        one_err("version: 1\nsegments: {}\nrules:\n  - { name: r, from: [\"*\"], to: [\"*\"], action: allow, mode: audit }\n"),
+        (4, 61, "rule `r` allows, so auditing it changes nothing: `mode: audit` applies to a deny rule (or a segment, or the whole policy)".into())
+    );
+    assert_eq!(
+        one_err("version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/8], mode: dry }\n"),
+        (3, 35, "`mode` must be `enforce` or `audit`, not `dry`".into())
+    );
 }

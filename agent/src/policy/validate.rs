@@ -79,8 +79,8 @@ const TOP_FIELDS: &[&str] = &[
     "rules",
     "rateLimits",
 ];
-const SEGMENT_FIELDS: &[&str] = &["cidrs"];
-const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action"];
+const SEGMENT_FIELDS: &[&str] = &["cidrs", "mode"];
+const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action", "mode"];
 const LIMIT_FIELDS: &[&str] = &[
     "name",
     "from",
@@ -331,12 +331,7 @@ impl Validator<'_> {
         }
 
         if let Some(n) = top.get("mode") {
-            match &n.value {
-                Value::Str(s) if &**s == "enforce" => policy.mode = Mode::Enforce,
-                Value::Str(s) if &**s == "audit" => policy.mode = Mode::Audit,
-                Value::Str(s) => self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", quote(s))),
-                v => self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", v.kind())),
-            }
+            policy.mode = self.mode(n);
         }
 
         if let Some(n) = top.get("defaultAction")
@@ -462,6 +457,7 @@ impl Validator<'_> {
             name_lines.insert(name, k.pos.line);
             let index = segments.len();
             let mut cidrs = Vec::new();
+            let mut mode = Mode::Enforce;
             match self.fields(v, Owner::Segment(name), SEGMENT_FIELDS) {
                 None => self.err(
                     v.pos.or(k.pos),
@@ -471,19 +467,41 @@ impl Validator<'_> {
                         v.value.kind()
                     ),
                 ),
-                Some(f) => match f.get("cidrs") {
-                    None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(name))),
-                    Some(list) => {
-                        cidrs = self.cidrs(list, index, &segments, name, &mut seen);
+                Some(f) => {
+                    match f.get("cidrs") {
+                        None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(name))),
+                        Some(list) => {
+                            cidrs = self.cidrs(list, index, &segments, name, &mut seen);
+                        }
                     }
-                },
+                    if let Some(n) = f.get("mode") {
+                        mode = self.mode(n);
+                    }
+                }
             }
             segments.push(Segment {
                 name: name.to_owned(),
                 cidrs,
+                mode,
             });
         }
         segments
+    }
+
+    /// A `mode` (of the policy, a segment or a rule): `enforce` or `audit`.
+    fn mode(&mut self, n: &Node) -> Mode {
+        match &n.value {
+            Value::Str(s) if &**s == "enforce" => Mode::Enforce,
+            Value::Str(s) if &**s == "audit" => Mode::Audit,
+            Value::Str(s) => {
+                self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", quote(s)));
+                Mode::Enforce
+            }
+            v => {
+                self.err(n.pos, format!("`mode` must be `enforce` or `audit`, not {}", v.kind()));
+                Mode::Enforce
+            }
+        }
     }
 
     fn cidrs(
@@ -628,6 +646,19 @@ impl Validator<'_> {
                 }
                 Some(n) => self.action(n, "action").unwrap_or_default(),
             };
+            let mut mode = Mode::Enforce;
+            if let Some(n) = f.get("mode") {
+                mode = self.mode(n);
+                if mode == Mode::Audit && action == Action::Allow {
+                    self.err(
+                        n.pos,
+                        format!(
+                            "{rule_label} allows, so auditing it changes nothing: `mode: audit` \
+                             applies to a deny rule (or a segment, or the whole policy)"
+                        ),
+                    );
+                }
+            }
             rules.push(Rule {
                 name,
                 description,
@@ -635,6 +666,7 @@ impl Validator<'_> {
                 to,
                 ports,
                 action,
+                mode,
             });
         }
         rules

@@ -63,8 +63,8 @@ use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
     mapwriter::MapWriter,
     policy::{
-        self, Action, BucketSpec, CompiledPolicy, LimitScope, Per, Policy, PortSpec, Proto, RateLimit, Rule, SegRef,
-        Segment,
+        self, Action, BucketSpec, CompiledPolicy, LimitScope, Mode, Per, Policy, PortSpec, Proto, RateLimit, Rule,
+        SegRef, Segment,
     },
 };
 
@@ -255,7 +255,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
                 SEG_MONITORING => "monitoring".to_owned(),
                 _ => format!("seg{k}"),
             };
-            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT) }
+            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce }
         })
         .collect();
     for j in 0..nseg * CIDRS_PER_SEGMENT {
@@ -271,6 +271,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
         to: vec![to],
         ports: Some(ports),
         action,
+        mode: Mode::Enforce,
     };
     let mut out = vec![
         rule("client-to-server".into(), SegRef::Named(SEG_CLIENT), SegRef::Named(SEG_SERVER), vec![tcp(443, 443)], Action::Allow),
