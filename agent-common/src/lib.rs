@@ -124,6 +124,12 @@ pub struct Verdict {
     pub flags: u32,
 }
 
+/// [`Verdict::flags`] above this shift: 1 + the index in `GRANTS` of the time-bound grant whose
+/// allow this is (0: not a grant). Past the grant's deadline the verdict is the default action.
+pub const VERDICT_GRANT_SHIFT: u32 = 16;
+/// Grants in force at once, at most (`GRANTS` entries).
+pub const MAX_GRANTS: u32 = 256;
+
 /// [`Verdict::flags`]: a denial by a rule in audit mode. The packet passes, counted as
 /// `audit_deny` and reported as would-deny, as in a policy in audit mode; the rest of the
 /// policy enforces.
@@ -188,7 +194,9 @@ pub struct CtValue {
     pub limit: u32,
     /// The segment of this direction's source (for `SEGMENT_COUNTERS`).
     pub src_segment: u32,
-    pub _pad: u32,
+    /// 1 + the `GRANTS` index of the time-bound grant that allowed the flow (0: none): past
+    /// its deadline the flow is cut at its next packet, agent or not.
+    pub grant: u32,
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -292,6 +300,8 @@ pub mod event {
     pub const REASON_NO_POLICY: u8 = 6;
     /// Over its identity's rate limit (`Event::rule` = the limit).
     pub const REASON_RATE_LIMIT: u8 = 7;
+    /// A tracked flow of a time-bound grant past its deadline (`Event::rule` = the grant's rule).
+    pub const REASON_GRANT_EXPIRED: u8 = 8;
 
     pub const DIRECTION_INGRESS: u8 = 0;
     pub const DIRECTION_EGRESS: u8 = 1;
@@ -486,6 +496,7 @@ pub mod maps {
     pub const EVENTS: &str = "ZT_EVENTS";
     pub const SEGMENT_COUNTERS: &str = "ZT_SEG_COUNTERS";
     pub const COUNTERS: &str = "ZT_COUNTERS";
+    pub const GRANTS: &str = "ZT_GRANTS";
 }
 
 /// Program names in the object file.

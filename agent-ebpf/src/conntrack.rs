@@ -3,7 +3,7 @@
 //! allowed them; under a newer policy the flow is judged again (revocation).
 use agent_common::{
     ACTION_ALLOW, CT_F_AUDIT, CT_F_CLOSING, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
-    CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP, Verdict,
+    CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP, VERDICT_GRANT_SHIFT, Verdict,
 };
 
 use crate::{
@@ -74,8 +74,11 @@ pub fn original(k: &CtKey, v: &CtValue) -> CtKey {
 pub fn create(k: &CtKey, now: u64, revision: u32, verdict: &Verdict, segments: u64) {
     let (src_segment, dst_segment) = ((segments >> 32) as u32, segments as u32);
     let (rule, limit) = (verdict.rule, verdict.limit);
+    // A grant's flows carry it, to be cut past its deadline (BPF functions take 5 arguments:
+    // it travels in the verdict).
+    let grant = verdict.flags >> VERDICT_GRANT_SHIFT;
     let flags = if verdict.action == ACTION_ALLOW { 0 } else { CT_F_AUDIT };
-    let v = CtValue { last_seen: now, revision, flags, rule, limit, src_segment, _pad: 0 };
+    let v = CtValue { last_seen: now, revision, flags, rule, limit, src_segment, grant };
     let _ = CONNTRACK.insert(k, &v, 0);
     let r = CtValue { flags: flags | CT_F_REPLY, limit: 0, src_segment: dst_segment, ..v };
     let _ = CONNTRACK.insert(&reversed(k), &r, 0);

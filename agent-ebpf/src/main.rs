@@ -21,7 +21,7 @@ mod policy;
 mod ratelimit;
 
 use agent_common::{
-    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, DenyKey, SLOT_F_AUDIT, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, SLOT_F_AUDIT, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter,
 };
 use aya_ebpf::{
@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use agent_common::event::{
     REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
-    REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
+    REASON_GRANT_EXPIRED, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
     VERDICT_WOULD_RATE_LIMIT,
 };
 use events::what;
@@ -152,13 +152,23 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         && let now = if INGRESS && val.limit != 0 { clock.fine() } else { clock.coarse() }
         && !conntrack::expired(val, key.proto, now)
     {
+        if val.grant != 0 && maps::grant_expired(val.grant, now) {
+            // The time-bound grant that allowed this flow has ended: cut it, like a revocation,
+            // whether or not an agent is running.
+            let rule = grant_ended(key, val);
+            // Named by the policy that allowed the flow (the grant's rule may be gone since).
+            (pkt.now, pkt.revision) = (now, val.revision);
+            events::emit(&pkt, what(VERDICT_DENIED, REASON_GRANT_EXPIRED, INGRESS), rule, events::UNKNOWN_SEGMENTS, 1);
+            return false;
+        }
         if val.revision != cfg.revision {
             // The policy changed since this flow was allowed: judge it again.
             let orig = conntrack::original(key, val);
             let port = if orig.proto == PROTO_ICMP { ICMP_ECHO_REQUEST } else { orig.dport };
-            let j = policy::judge(slot, cfg, &orig, port);
+            let mut j = policy::judge(slot, cfg, &orig, port);
+            policy::at(&mut j, cfg, now);
             let allowed = j.verdict.action == ACTION_ALLOW;
-            if !allowed && !(audit || j.audit) {
+            if !allowed && !(audit || j.audit()) {
                 conntrack::remove(&orig);
                 count(counter::DROP_REVOKED);
                 pkt.now = now;
@@ -168,6 +178,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             }
             val.revision = cfg.revision;
             val.rule = j.verdict.rule;
+            val.grant = j.grant();
             // In audit mode a flow the policy now denies goes on, marked; one it allows again
             // is unmarked.
             val.flags = if allowed { val.flags & !CT_F_AUDIT } else { val.flags | CT_F_AUDIT };
@@ -225,11 +236,12 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         }
         renewing = Some(d);
     }
-    let j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
+    let mut j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
+    policy::at(&mut j, cfg, clock.coarse());
     let segs = events::segments(j.src_segment, j.dst_segment);
     let v = j.verdict;
     let allowed = v.action == ACTION_ALLOW;
-    if !allowed && !(audit || j.audit) {
+    if !allowed && !(audit || j.audit()) {
         pkt.now = clock.coarse();
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);
@@ -290,6 +302,18 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     first_fragment(&pkt, now);
     count(if allowed { counter::PASS_POLICY } else { counter::AUDIT_DENY });
     true
+}
+
+/// Stops tracking a flow whose time-bound grant has ended (`val`: its entry found with `key`),
+/// counted as revoked; returns the grant's rule for the event. (A subprogram, which emits
+/// nothing itself: the original key it builds stays off the caller's stack, and the event's
+/// frame is not stacked on its own.)
+#[inline(never)]
+fn grant_ended(key: &CtKey, val: &CtValue) -> u32 {
+    let (orig, rule) = (conntrack::original(key, val), val.rule);
+    conntrack::remove(&orig);
+    count(counter::DROP_REVOKED);
+    rule
 }
 
 /// Decided by a rule, or by the default action.

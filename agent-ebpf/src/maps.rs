@@ -5,7 +5,7 @@
 //! same.
 use agent_common::{
     AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_LIMITS, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, Verdict, counter,
+    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -86,6 +86,21 @@ pub fn count_segment(segment: u32, outcome: u32) {
     if let Some(c) = SEGMENT_COUNTERS.get_ptr_mut(row * SEGMENT_OUTCOMES + outcome) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         unsafe { *c += 1 };
+    }
+}
+
+/// Time-bound grants: the deadline (monotonic ns, as `bpf_ktime_get_coarse_ns`) of each, by the
+/// index in its verdicts (`VERDICT_GRANT_SHIFT`). The kernel enforces it alone: past it, the
+/// grant's verdicts are the default action and its flows are cut.
+#[map(name = "ZT_GRANTS")]
+pub static GRANTS: Array<u64> = Array::pinned(MAX_GRANTS, 0);
+
+/// Whether grant `grant` (1 + its index; 0 = none) is past its deadline at `now`.
+#[inline(always)]
+pub fn grant_expired(grant: u32, now: u64) -> bool {
+    match GRANTS.get(grant.wrapping_sub(1)) {
+        Some(&deadline) => now > deadline,
+        None => true,
     }
 }
 

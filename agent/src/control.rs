@@ -29,6 +29,12 @@ pub enum Request {
         #[serde(default)]
         filter: crate::events::EventFilter,
     },
+    /// A time-bound allow (see `grants`).
+    Grant { from: String, to: String, ports: Vec<String>, seconds: u64, reason: String },
+    /// The grants in force.
+    Grants,
+    /// Ends a grant now.
+    Revoke { id: u32 },
 }
 
 /// Told to an events client that fell behind the stream.
@@ -54,6 +60,10 @@ pub enum Reply {
     Policy { revision: u32, policy: serde_json::Value },
     Check(CheckResult),
     Status(Box<Status>),
+    /// A grant given (and the revision that holds it) or ended early.
+    Granted { grant: crate::grants::Grant, revision: u32 },
+    Grants { grants: Vec<crate::grants::Grant> },
+    Revoked { grant: crate::grants::Grant, revision: u32 },
     Error { message: String },
 }
 

@@ -75,6 +75,8 @@ pub enum DaemonError {
     EventsFile { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     PolicyDir(#[from] crate::watch::WatchError),
+    #[error(transparent)]
+    Grant(#[from] crate::grants::GrantError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -97,6 +99,8 @@ struct State {
     xdp_mode: &'static str,
     /// `--policy-dir`: what `status` shows of it.
     policy_source: Option<crate::watch::Report>,
+    /// The time-bound grants in force (kept in the state directory).
+    grants: crate::grants::Store,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -141,7 +145,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     };
     let hub = Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG));
+    let grants = match crate::grants::Store::load(&cfg.state_dir) {
+        Ok(g) => g,
+        Err(e) => {
+            datapath.rollback();
+            return Err(e.into());
+        }
+    };
     let mut state = State {
+        grants,
         writer,
         datapath,
         installed: None,
@@ -208,6 +220,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         })?;
     }
     // ---
+    // Grants that end are taken out of the policy (the kernel has ended them already).
+    let housekeeping = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let shared = housekeeping.clone();
+            let _ = tokio::task::spawn_blocking(move || expire_grants(&mut shared.lock().unwrap_or_else(|p| p.into_inner()))).await;
+        }
+    });
     shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.commit();
     loop {
         tokio::select! {
@@ -251,8 +273,9 @@ fn enforce(
         dir.installed(r.revision);
     } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
         if state.writer.active_slot().is_some() && state.writer.revision() == revision {
-            // The pinned maps hold exactly the last-known-good policy: keep them as they are.
-            let compiled = Arc::new(policy::compile(&saved));
+            // The pinned maps hold exactly the last-known-good policy (and its grants, whose
+            // deadlines the kernel keeps): keep them as they are.
+            let compiled = compile_with(&saved, &state.grants.grants);
             state.hub.policy(revision, compiled.clone());
             state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
             tracing::info!(revision, "the pinned policy matches the last-known-good one: adopted as it is");
@@ -289,12 +312,36 @@ fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
 }
 
 fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError> {
-    let compiled = Arc::new(policy::compile(&parsed));
+    let compiled = compile_with(&parsed, &state.grants.grants);
     install_compiled(state, parsed, compiled)
 }
 
-/// As [`install`], with the policy already compiled.
+/// What the kernel gets of `parsed`: the policy and the rules of the grants in force.
+fn compile_with(parsed: &Policy, grants: &[crate::grants::Grant]) -> Arc<CompiledPolicy> {
+    let (with, skipped) = crate::grants::with_grants(parsed, grants);
+    for (id, e) in skipped {
+        tracing::warn!("grant {id} does not apply to this policy: {e}");
+    }
+    Arc::new(policy::compile(&with))
+}
+
+/// The policy in force installed again, with the grants as they are now (a new revision, so
+/// every tracked flow is judged again at its next packet).
+fn reinstall(state: &mut State) -> Result<PushResult, DaemonError> {
+    let parsed = match &state.installed {
+        Some(i) => i.policy.clone(),
+        None => return Err(crate::grants::GrantError::NoPolicy.into()),
+    };
+    install(state, parsed)
+}
+
+/// As [`install`], with the policy already compiled (with the grants of `state`).
 fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<CompiledPolicy>) -> Result<PushResult, DaemonError> {
+    // The deadlines first: a grant's rule must never be in force without its own.
+    let (unix, mono) = (unix_now(), crate::mapwriter::monotonic_ns());
+    for g in &state.grants.grants {
+        state.writer.set_grant(g.index, crate::grants::deadline_ns(g.expires_at, unix, mono))?;
+    }
     // Events of the new revision may arrive as soon as it is in force: name them first.
     let revision = state.writer.revision().wrapping_add(1).max(1);
     state.hub.policy(revision, compiled.clone());
@@ -374,8 +421,9 @@ fn handle(req: Request, shared: &Shared) -> Reply {
         Request::Push { origin, source } => match policy::parse(source, origin) {
             Err(d) => return Reply::Error { message: format!("the policy is invalid:\n{d}") },
             Ok(parsed) => {
-                let compiled = Arc::new(policy::compile(&parsed));
-                Some((parsed, compiled))
+                let grants = shared.lock().unwrap_or_else(|p| p.into_inner()).grants.grants.clone();
+                let compiled = compile_with(&parsed, &grants);
+                Some((parsed, compiled, grants))
             }
         },
         _ => None,
@@ -387,13 +435,28 @@ fn handle(req: Request, shared: &Shared) -> Reply {
     match req {
         Request::Push { origin, .. } => match pushed {
             None => Reply::Error { message: "internal error: a push without a policy".into() },
-            Some((parsed, compiled)) => match install_compiled(&mut state, parsed, compiled) {
-                Ok(r) => {
-                    tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
-                    Reply::Pushed(r)
+            Some((parsed, mut compiled, grants)) => {
+                // A grant given or ended while this push was compiled.
+                if grants != state.grants.grants {
+                    compiled = compile_with(&parsed, &state.grants.grants);
                 }
-                Err(e) => Reply::Error { message: e.to_string() },
-            },
+                match install_compiled(&mut state, parsed, compiled) {
+                    Ok(r) => {
+                        tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
+                        Reply::Pushed(r)
+                    }
+                    Err(e) => Reply::Error { message: e.to_string() },
+                }
+            }
+        },
+        Request::Grant { from, to, ports, seconds, reason } => match grant(&mut state, from, to, ports, seconds, reason) {
+            Ok((grant, revision)) => Reply::Granted { grant, revision },
+            Err(e) => Reply::Error { message: e.to_string() },
+        },
+        Request::Grants => Reply::Grants { grants: state.grants.grants.clone() },
+        Request::Revoke { id } => match end_grant(&mut state, id) {
+            Ok((grant, revision)) => Reply::Revoked { grant, revision },
+            Err(e) => Reply::Error { message: e.to_string() },
         },
         Request::Get => match &state.installed {
             Some(i) => match serde_json::from_str(&i.policy.to_json()) {
@@ -439,6 +502,103 @@ fn handle(req: Request, shared: &Shared) -> Reply {
             }))
         }
     }
+}
+
+/// Gives a time-bound grant: checked against the policy in force, kept in the state directory,
+/// its deadline in the kernel, then its rule installed with the policy (a new revision).
+fn grant(
+    state: &mut State,
+    from: String,
+    to: String,
+    ports: Vec<String>,
+    seconds: u64,
+    reason: String,
+) -> Result<(crate::grants::Grant, u32), DaemonError> {
+    use crate::grants::{GrantError, check_duration};
+    let d = check_duration(std::time::Duration::from_secs(seconds))?;
+    let Some(installed) = &state.installed else {
+        return Err(GrantError::NoPolicy.into());
+    };
+    let g = state.grants.add(from, to, ports, reason, unix_now(), d)?;
+    if let Err(e) = crate::grants::rule(&installed.policy, &g) {
+        let _ = state.grants.remove(g.id);
+        return Err(e.into());
+    }
+    let installed = reinstall(state).and_then(|r| Ok((r, state.grants.save(&state.state_dir)?)));
+    match installed {
+        Ok((r, ())) => {
+            tracing::info!(id = g.id, from = %g.from, to = %g.to, seconds, reason = %g.reason, revision = r.revision, "grant given");
+            note_grant(state, &g, "granted", "grant", r.revision);
+            Ok((g, r.revision))
+        }
+        Err(e) => {
+            // Not in force: take it back out (the kernel's old policy never held its rule).
+            let _ = state.grants.remove(g.id);
+            let _ = state.writer.set_grant(g.index, 0);
+            Err(e)
+        }
+    }
+}
+
+/// Ends grant `id` now: its deadline first (the kernel cuts its flows at their next packet),
+/// then the policy without its rule.
+fn end_grant(state: &mut State, id: u32) -> Result<(crate::grants::Grant, u32), DaemonError> {
+    let g = state.grants.remove(id)?;
+    state.writer.set_grant(g.index, 0)?;
+    state.grants.save(&state.state_dir)?;
+    let r = reinstall(state)?;
+    tracing::info!(id, revision = r.revision, "grant revoked");
+    note_grant(state, &g, "grant-ended", "revoked", r.revision);
+    Ok((g, r.revision))
+}
+
+/// Removes the grants that have ended (the kernel enforced their deadlines already) and
+/// installs the policy without their rules; reported as `grant-ended` events.
+fn expire_grants(state: &mut State) {
+    let ended = state.grants.take_ended(unix_now());
+    if ended.is_empty() {
+        return;
+    }
+    if let Err(e) = state.grants.save(&state.state_dir) {
+        tracing::warn!("{e}");
+    }
+    let revision = match reinstall(state) {
+        Ok(r) => r.revision,
+        Err(e) => {
+            tracing::warn!("cannot install the policy without the ended grants: {e}");
+            state.writer.revision()
+        }
+    };
+    for g in &ended {
+        tracing::info!(id = g.id, revision, "grant ended");
+        note_grant(state, g, "grant-ended", "expired", revision);
+    }
+}
+
+/// An event of the agent's own about grant `g`.
+fn note_grant(state: &State, g: &crate::grants::Grant, verdict: &str, reason: &str, revision: u32) {
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let ns = (unix_now() * 1e9) as u64;
+    state.hub.note(crate::events::EventRecord {
+        time: crate::events::rfc3339(ns),
+        iface: String::new(),
+        direction: String::new(),
+        verdict: verdict.into(),
+        reason: reason.into(),
+        rule: Some(format!("grant-{}", g.id)),
+        rate_limit: None,
+        src: unspecified,
+        dst: unspecified,
+        sport: 0,
+        dport: 0,
+        proto: g.ports.join(","),
+        src_segment: g.from.clone(),
+        dst_segment: g.to.clone(),
+        count: 0,
+        len: 0,
+        revision,
+        note: Some(g.reason.clone()),
+    });
 }
 
 /// The verdict the datapath gives `flow` under `compiled`, with names.

@@ -15,7 +15,7 @@ use std::{
 use agent_common::{
     AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
     event::{
-        DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
+        DIRECTION_EGRESS, REASON_DEFAULT, REASON_GRANT_EXPIRED, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED,
         VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
     },
@@ -56,6 +56,9 @@ pub struct EventRecord {
     /// Length of the packet that triggered the event (0 for a sweep's report).
     pub len: u32,
     pub revision: u32,
+    /// What the agent itself reports (verdicts `granted` and `grant-ended`): the grant's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What `ztagent events` asks for.
@@ -195,7 +198,11 @@ impl Decoder {
     /// reported (a duplicate total).
     pub fn decode(&mut self, ev: &Event) -> Option<Arc<EventRecord>> {
         // One event per flow, not aggregated.
-        if ev.verdict == VERDICT_ALLOWED || ev.verdict == VERDICT_WOULD_DENY || ev.reason == REASON_REVOKED {
+        if ev.verdict == VERDICT_ALLOWED
+            || ev.verdict == VERDICT_WOULD_DENY
+            || ev.reason == REASON_REVOKED
+            || ev.reason == REASON_GRANT_EXPIRED
+        {
             return Some(Arc::new(self.record(ev, 1)));
         }
         let audit = if ev.verdict == VERDICT_WOULD_RATE_LIMIT { AGG_AUDIT } else { 0 };
@@ -317,6 +324,7 @@ impl Decoder {
             count,
             len: ev.len,
             revision: ev.revision,
+            note: None,
         }
     }
 
@@ -358,6 +366,7 @@ pub fn reason_name(r: u8) -> &'static str {
         REASON_REVOKED => "revoked",
         REASON_NO_POLICY => "no-policy",
         REASON_RATE_LIMIT => "rate-limit",
+        REASON_GRANT_EXPIRED => "grant-expired",
         _ => "unknown",
     }
 }
@@ -476,6 +485,13 @@ impl EventHub {
         let mut st = self.state();
         let records = st.decoder.sweep(denied, dropped, crate::mapwriter::monotonic_ns());
         self.push(&mut st, records);
+    }
+
+    /// Publishes a record the agent makes itself (a grant given or ended), in the same stream
+    /// as the kernel's.
+    pub fn note(&self, record: EventRecord) {
+        let mut st = self.state();
+        self.push(&mut st, vec![Arc::new(record)]);
     }
 
     /// Calls `f` with every record published from now on, synchronously: unlike a

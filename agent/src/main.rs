@@ -121,7 +121,7 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only these verdicts (repeat for several).
-        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit"])]
+        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended"])]
         verdicts: Vec<String>,
         /// Only events from this source segment.
         #[arg(long)]
@@ -137,6 +137,32 @@ enum Command {
     },
     /// The agent's interfaces, policy revision and packet counters.
     Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Allow a flow for a while: an exception that ends by itself, in the kernel.
+    Grant {
+        /// The source: a segment, `world` or "*".
+        #[arg(long)]
+        from: String,
+        /// The destination: a segment, `world` or "*".
+        #[arg(long)]
+        to: String,
+        /// A port spec as in a rule (443/tcp, 8000-8099/tcp, udp, icmp); repeat for several;
+        /// absent = every port and protocol.
+        #[arg(long = "port")]
+        ports: Vec<String>,
+        /// How long: 90s, 15m, 2h, 1d (at most 7 days).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why: reported with every event about the grant.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The grants in force; --revoke ends one now.
+    Grants {
+        #[arg(long, value_name = "ID")]
+        revoke: Option<u32>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -410,6 +436,40 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             other => unexpected(other),
         },
+        Command::Grant { from, to, ports, duration, reason } => {
+            let d = ztagent::grants::parse_duration(&duration).map_err(|e| e.to_string())?;
+            ztagent::grants::ports(&ports).map_err(|e| e.to_string())?;
+            let req = Request::Grant { from, to, ports, seconds: d.as_secs(), reason };
+            match call(&socket, &req).await? {
+                Reply::Granted { grant, revision } => {
+                    println!("grant {}: {} until {} (revision {revision})", grant.id, describe_grant(&grant), time_of(grant.expires_at));
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Grants { revoke: Some(id), .. } => match call(&socket, &Request::Revoke { id }).await? {
+            Reply::Revoked { grant, revision } => {
+                println!("grant {} revoked: {} (revision {revision})", grant.id, describe_grant(&grant));
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+        Command::Grants { revoke: None, output } => match call(&socket, &Request::Grants).await? {
+            Reply::Grants { grants } => {
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string(&grants).map_err(|e| e.to_string())?);
+                } else if grants.is_empty() {
+                    println!("no grants in force");
+                } else {
+                    for g in &grants {
+                        println!("grant {:<4} {} until {} ({})", g.id, describe_grant(g), time_of(g.expires_at), g.reason);
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
         Command::Uninstall { pin_path } => {
             let removed = datapath::uninstall(&PinLayout::new(&pin_path))
                 .map_err(|e| format!("cannot remove the pins under {}: {e}", pin_path.display()))?;
@@ -428,6 +488,16 @@ async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
 
 fn unexpected(r: Reply) -> Result<ExitCode, String> {
     Err(format!("the agent gave an unexpected answer: {r:?}"))
+}
+
+/// `frontend -> payments 8080/tcp`.
+fn describe_grant(g: &ztagent::grants::Grant) -> String {
+    let ports = if g.ports.is_empty() { "every port".to_string() } else { g.ports.join(", ") };
+    format!("{} -> {} {ports}", g.from, g.to)
+}
+
+fn time_of(unix: f64) -> String {
+    ztagent::events::rfc3339((unix.max(0.0) * 1e9) as u64)
 }
 
 fn print_check(r: &CheckResult, output: Output) {

@@ -50,6 +50,8 @@ pub struct MapWriter {
     buckets: Array<MapData, u64>,
     addr_buckets: HashMap<MapData, BucketKey, u64>,
     limit_stats: PerCpuArray<MapData, LimitStats>,
+    /// Deadlines of the time-bound grants (see `grants`).
+    grants: Array<MapData, u64>,
     last_flip: Option<Instant>,
     /// Entries one policy may use in each map: half of each (two slots).
     room: crate::datapath::Limits,
@@ -91,6 +93,7 @@ impl MapWriter {
             buckets: take(ebpf, maps::BUCKETS)?,
             addr_buckets: take(ebpf, maps::ADDR_BUCKETS)?,
             limit_stats: take(ebpf, maps::LIMIT_STATS)?,
+            grants: take(ebpf, maps::GRANTS)?,
             last_flip: None,
             room: limits.clone(),
         })
@@ -177,6 +180,12 @@ impl MapWriter {
             let _ = self.addr_buckets.remove(k);
         }
         Ok(Written { revision, slot, entries, removed })
+    }
+
+    /// Sets the deadline of the grant at `index` (monotonic ns; 0 ends it at once). Its rule may
+    /// be in force already: the kernel applies a deadline the moment it is written.
+    pub fn set_grant(&mut self, index: u32, deadline_ns: u64) -> Result<(), WriteError> {
+        self.grants.set(index, deadline_ns, 0).map_err(full(maps::GRANTS))
     }
 
     /// Removes every entry of `slot` from the policy maps.

@@ -330,6 +330,7 @@ mod tests {
             count: n,
             len: 60,
             revision: 1,
+            note: None,
         }
     }
 

@@ -33,16 +33,21 @@ struct Saved {
 pub fn save(dir: &Path, revision: u32, policy: &Policy) -> Result<(), StateError> {
     let path = dir.join(FILE);
     let err = |source| StateError::Write { path: path.clone(), source };
-    fs::create_dir_all(dir).map_err(err)?;
     let value: serde_json::Value = serde_json::from_str(&policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
     let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value }).map_err(|e| err(io::Error::other(e)))?;
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)?;
-    // The rename itself must reach the disk too.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    write_atomic(dir, FILE, &bytes).map_err(err)
+}
+
+/// Replaces `dir/name` with `bytes`, atomically and durably: a temporary file, fsynced,
+/// renamed over it, and the directory fsynced (the rename must reach the disk too).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// The saved policy and its revision; None when there is none.

@@ -64,7 +64,7 @@ use ipnet::IpNet;
 
 use agent_common::{
     Addr, PORT_KEY_BITS, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo,
-    VERDICT_F_AUDIT, Verdict,
+    VERDICT_F_AUDIT, VERDICT_GRANT_SHIFT, Verdict,
 };
 
 use super::eval::addr16;
@@ -347,8 +347,10 @@ pub(crate) fn combine(policy: &Policy, rules: impl IntoIterator<Item = usize>) -
         let verdict = Verdict {
             action: rule.action.code(),
             rule: rule_id(i),
-            // Only a deny rule is ever audited (validation); its denials pass, reported.
-            flags: if rule.mode == Mode::Audit { VERDICT_F_AUDIT } else { 0 },
+            // Only a deny rule is ever audited (validation); its denials pass, reported. A
+            // grant's allow carries its index, for the datapath to check its deadline.
+            flags: if rule.mode == Mode::Audit { VERDICT_F_AUDIT } else { 0 }
+                | rule.grant.map_or(0, |g| (g + 1) << VERDICT_GRANT_SHIFT),
             ..Default::default()
         };
         match rule.action {

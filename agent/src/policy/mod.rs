@@ -56,7 +56,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use agent_common::{Addr, SegmentInfo, Verdict};
+pub use agent_common::{Addr, MAX_GRANTS, SegmentInfo, Verdict};
 pub use compile::{
     Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint,
 };

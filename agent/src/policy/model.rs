@@ -250,6 +250,9 @@ pub struct Rule {
     pub action: Action,
     /// Audit (deny rules only): what this rule denies passes, reported as would-deny naming it.
     pub mode: Mode,
+    /// For the rule of a time-bound grant (never in a file: the agent adds it, see `grants`):
+    /// the grant's index in `ZT_GRANTS`, which holds its deadline.
+    pub grant: Option<u32>,
 }
 
 /// The unit of time of a bucket's `rate`.

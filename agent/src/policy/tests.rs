@@ -1212,6 +1212,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
             ports,
             action,
             mode,
+            grant: None,
         });
     }
     let default_action = if rng.chance(2) {

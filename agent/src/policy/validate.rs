@@ -667,6 +667,7 @@ impl Validator<'_> {
                 ports,
                 action,
                 mode,
+                grant: None,
             });
         }
         rules

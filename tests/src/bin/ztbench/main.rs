@@ -272,6 +272,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
         ports: Some(ports),
         action,
         mode: Mode::Enforce,
+        grant: None,
     };
     let mut out = vec![
         rule("client-to-server".into(), SegRef::Named(SEG_CLIENT), SegRef::Named(SEG_SERVER), vec![tcp(443, 443)], Action::Allow),

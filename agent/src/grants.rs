@@ -1,0 +1,263 @@
+//! Time-bound grants: `ztagent grant --from SEG --to SEG --port SPEC --for 15m --reason TEXT`,
+//! a temporary allow for an exception, that ends by itself.
+//!
+//! A grant is an allow rule the agent appends to the policy in force (after the file's rules:
+//! a deny rule still beats it, and where another rule allows, that rule decides), whose verdicts
+//! carry the grant's index in `ZT_GRANTS`. That map holds the grant's deadline, and the kernel
+//! checks it: past it, the grant's verdicts are the default action and the flows it allowed
+//! are cut at their next packet, like a revocation, whether an agent is running or not. The
+//! agent keeps the grants in its state directory (`grants.json`, written atomically), so a
+//! restarted agent lists and installs those still running; an ended grant is removed from the
+//! policy at the next second's housekeeping, and its index is free again only then (a new
+//! revision re-judges every tracked flow, so no flow can outlive its grant through a reused
+//! index).
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Action, MAX_GRANTS, Mode, Policy, PortSpec, Rule, SegRef};
+
+const FILE: &str = "grants.json";
+/// The longest grant: an exception, not a rule (write that in the policy).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("unknown segment `{0}` in the policy in force (a grant names segments, `world` or \"*\")")]
+    Segment(String),
+    #[error("invalid port spec `{spec}`: {message}")]
+    Port { spec: String, message: String },
+    #[error("{0} grants are in force already, the most there can be; revoke one first")]
+    Full(u32),
+    #[error("no grant {0} is in force")]
+    Unknown(u32),
+    #[error("a grant lasts from 1 second to 7 days, not {0}")]
+    Duration(String),
+    #[error("the grant needs a reason (--reason TEXT): it is reported with every event about it")]
+    Reason,
+    #[error("this agent has no policy yet: a grant opens an exception in one, so push a policy first")]
+    NoPolicy,
+    #[error("cannot write the grants to {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the grants file {path} cannot be read: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+/// One grant, as the agent keeps and lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: u32,
+    /// Its entry in `ZT_GRANTS` (unique among the grants in force).
+    pub index: u32,
+    /// A segment name, `world` or `*`.
+    pub from: String,
+    pub to: String,
+    /// Port specs as in a rule; empty = every port and protocol.
+    pub ports: Vec<String>,
+    pub reason: String,
+    /// Unix times (seconds) it was made and ends.
+    pub granted_at: f64,
+    pub expires_at: f64,
+}
+
+/// A grant's duration, from 1 second to [`MAX_DURATION`].
+pub fn check_duration(d: Duration) -> Result<Duration, GrantError> {
+    if d.as_secs() == 0 || d > MAX_DURATION {
+        return Err(GrantError::Duration(format!("{} s", d.as_secs())));
+    }
+    Ok(d)
+}
+
+/// `15m`, `90s`, `2h`, `1d` (or seconds without a unit) -> a duration within [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, GrantError> {
+    let bad = || GrantError::Duration(format!("`{text}`"));
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    let d = Duration::from_secs(secs);
+    if secs == 0 || d > MAX_DURATION {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+/// The segment reference of a grant's side in `policy`.
+fn side(policy: &Policy, name: &str) -> Result<SegRef, GrantError> {
+    match name {
+        crate::policy::ANY_NAME => Ok(SegRef::Any),
+        crate::policy::WORLD_NAME => Ok(SegRef::World),
+        _ => policy.segment_index(name).map(SegRef::Named).ok_or_else(|| GrantError::Segment(name.to_owned())),
+    }
+}
+
+/// Port specs as a rule takes them.
+pub fn ports(specs: &[String]) -> Result<Option<Vec<PortSpec>>, GrantError> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    specs
+        .iter()
+        .map(|s| s.parse::<PortSpec>().map_err(|e| GrantError::Port { spec: s.clone(), message: e.to_string() }))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The rule of `g` in `policy`.
+pub fn rule(policy: &Policy, g: &Grant) -> Result<Rule, GrantError> {
+    Ok(Rule {
+        name: format!("grant-{}", g.id),
+        description: Some(g.reason.clone()),
+        from: vec![side(policy, &g.from)?],
+        to: vec![side(policy, &g.to)?],
+        ports: ports(&g.ports)?,
+        action: Action::Allow,
+        mode: Mode::Enforce,
+        grant: Some(g.index),
+    })
+}
+
+/// `policy` with the rules of the grants appended; a grant that names a segment the policy no
+/// longer has cannot apply, and is left out (returned, for the log).
+pub fn with_grants(policy: &Policy, grants: &[Grant]) -> (Policy, Vec<(u32, GrantError)>) {
+    let mut out = policy.clone();
+    let mut skipped = Vec::new();
+    for g in grants {
+        match rule(policy, g) {
+            Ok(r) => out.rules.push(r),
+            Err(e) => skipped.push((g.id, e)),
+        }
+    }
+    (out, skipped)
+}
+
+/// The grants in force, kept in the state directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Store {
+    next_id: u32,
+    pub grants: Vec<Grant>,
+}
+
+impl Store {
+    /// The saved grants (none when there is no file), those that ended meanwhile included: the
+    /// pinned policy may still hold their rules, and their end is reported by the housekeeping.
+    pub fn load(dir: &Path) -> Result<Store, GrantError> {
+        let path = dir.join(FILE);
+        let store: Store = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| GrantError::Read { path, message: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::default(),
+            Err(e) => return Err(GrantError::Read { path, message: e.to_string() }),
+        };
+        Ok(store)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), GrantError> {
+        let path = dir.join(FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| GrantError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+        crate::state::write_atomic(dir, FILE, &bytes).map_err(|source| GrantError::Write { path, source })
+    }
+
+    /// A new grant (not saved yet), with the first free index.
+    pub fn add(&mut self, from: String, to: String, ports: Vec<String>, reason: String, now: f64, d: Duration) -> Result<Grant, GrantError> {
+        if reason.trim().is_empty() {
+            return Err(GrantError::Reason);
+        }
+        let index = (0..MAX_GRANTS).find(|i| self.grants.iter().all(|g| g.index != *i)).ok_or(GrantError::Full(MAX_GRANTS))?;
+        self.next_id += 1;
+        let g = Grant {
+            id: self.next_id,
+            index,
+            from,
+            to,
+            ports,
+            reason,
+            granted_at: now,
+            expires_at: now + d.as_secs_f64(),
+        };
+        self.grants.push(g.clone());
+        Ok(g)
+    }
+
+    /// Takes out the grant `id`.
+    pub fn remove(&mut self, id: u32) -> Result<Grant, GrantError> {
+        let i = self.grants.iter().position(|g| g.id == id).ok_or(GrantError::Unknown(id))?;
+        Ok(self.grants.remove(i))
+    }
+
+    /// Takes out the grants that have ended by `now`.
+    pub fn take_ended(&mut self, now: f64) -> Vec<Grant> {
+        let (ended, live) = std::mem::take(&mut self.grants).into_iter().partition(|g| g.expires_at <= now);
+        self.grants = live;
+        ended
+    }
+}
+
+/// The kernel deadline (monotonic ns) of a grant ending at unix time `expires_at`.
+pub fn deadline_ns(expires_at: f64, unix_now: f64, monotonic_now: u64) -> u64 {
+    let left = ((expires_at - unix_now).max(0.0) * 1e9) as u64;
+    monotonic_now.saturating_add(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "0s", "8d", "5 minutes", "-1m", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grants_become_rules_after_the_files_and_are_kept_across_restarts() {
+        let p = crate::policy::parse(
+            "version: 1\nsegments:\n  a: { cidrs: [10.0.1.0/24] }\n  b: { cidrs: [10.0.2.0/24] }\nrules:\n  - { name: no-ssh, from: [a], to: [b], ports: [\"22/tcp\"], action: deny }\n",
+            "t",
+        )
+        .unwrap();
+        let mut store = Store::default();
+        let g1 = store.add("a".into(), "b".into(), vec!["8080/tcp".into()], "debugging".into(), 100.0, Duration::from_secs(60)).unwrap();
+        let g2 = store.add("a".into(), "b".into(), vec![], "all of it".into(), 100.0, Duration::from_secs(5)).unwrap();
+        assert_eq!((g1.index, g2.index, g1.id, g2.id), (0, 1, 1, 2));
+        let (with, skipped) = with_grants(&p, &store.grants);
+        assert!(skipped.is_empty());
+        assert_eq!(with.rules.len(), 3);
+        let c = crate::policy::compile(&with);
+        let check = |port| crate::daemon::check(&c, &crate::control::Flow { src: "10.0.1.1".parse().unwrap(), dst: "10.0.2.1".parse().unwrap(), proto: 6, port });
+        // The grant allows what the default denied; the deny rule still wins.
+        assert_eq!((check(8080).verdict.as_str(), check(8080).rule.as_deref()), ("allow", Some("grant-1")));
+        assert_eq!((check(22).verdict.as_str(), check(22).rule.as_deref()), ("deny", Some("no-ssh")));
+        assert_eq!(check(5432).rule.as_deref(), Some("grant-2"));
+        // A grant on a segment the policy lost is left out.
+        let other = crate::policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap();
+        assert_eq!(with_grants(&other, &store.grants).1.len(), 2);
+        // Saved and loaded back, less what has ended.
+        let dir = std::env::temp_dir().join(format!("ztagent-grants-test-{}", std::process::id()));
+        store.save(&dir).unwrap();
+        let mut back = Store::load(&dir).unwrap();
+        assert_eq!(back.grants, store.grants);
+        assert_eq!(back.take_ended(106.0), vec![g2]);
+        assert_eq!(back.grants, vec![g1.clone()]);
+        // Ids are never reused, indexes are once free.
+        let g3 = back.add("a".into(), "b".into(), vec![], "again".into(), 106.0, Duration::from_secs(5)).unwrap();
+        assert_eq!((g3.id, g3.index), (3, 1));
+        assert!(matches!(back.remove(7), Err(GrantError::Unknown(7))));
+        assert!(matches!(store.add("a".into(), "b".into(), vec![], " ".into(), 0.0, Duration::from_secs(1)), Err(GrantError::Reason)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,109 @@
+//! Time-bound grants against the real kernel: a grant opens a denied flow, and its deadline is
+//! the kernel's to keep: with the agent SIGKILLed before the grant ends, the connection it
+//! allowed is cut within a second of the end and new ones are denied again; a restarted agent
+//! lists the grants still running, reports the one that ended, and a grant revoked early ends
+//! at once.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use integration_tests::{Agent, Lan, Servers, TempDir, WEB_POLICY, tcp_ok};
+use serde_json::Value;
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// One line echoed on `s`.
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    s.write_all(b"ping\n").is_ok() && r.read_line(&mut line).is_ok_and(|n| n > 0)
+}
+
+fn grants(agent: &Agent) -> Vec<Value> {
+    let out = agent.cli(&["grants", "-o", "json"]);
+    assert!(out.status.success(), "grants: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_grant_ends_in_the_kernel_without_its_agent() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("p.yaml", WEB_POLICY)));
+    let _srv = Servers::start(&payments.ns, &[443, 8080, 9090], &[]);
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8080), "8080 is open before any grant");
+
+    let grant = |port: &str, d: &str, why: &str| {
+        let out = agent.cli(&["grant", "--from", "frontend", "--to", "payments", "--port", port, "--for", d, "--reason", why]);
+        assert!(out.status.success(), "grant: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(grant("8080/tcp", "3s", "debugging the alt port").starts_with("grant 1: frontend -> payments 8080/tcp until"));
+    grant("9090/tcp", "10m", "a longer exception");
+    let listed = grants(&agent);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let ends = listed[0]["expires_at"].as_f64().unwrap();
+    // Open now, and an established connection through it.
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8080), "the grant did not open 8080");
+    let check = agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!((&v["verdict"], &v["rule"]), (&"allow".into(), &"grant-1".into()), "{v}");
+    let dst = (payments.v4, 8080);
+    let mut held = frontend.ns.run(move || {
+        let s = TcpStream::connect(dst).expect("connect to 8080");
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    });
+    let mut greeting = String::new();
+    BufReader::new(held.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    assert!(echoes(&mut held), "the granted connection does not flow");
+    let events = agent.events(&["--verdict", "granted"]);
+    assert!(events.iter().any(|e| e["rule"] == "grant-1" && e["note"] == "debugging the alt port"), "{events:?}");
+
+    // The agent dies before the grant ends: the kernel ends it alone.
+    let mut agent = agent;
+    agent.kill();
+    assert!(unix_now() < ends, "the agent was killed only after the grant ended: inconclusive");
+    assert!(echoes(&mut held), "the granted connection stopped before its end");
+    // Cut within a second of the end (the protocol's bound; the kernel's clock is checked per
+    // packet, so the first packet after the end is the one cut).
+    let wait = ends + 1.0 - unix_now();
+    std::thread::sleep(Duration::from_secs_f64(wait.max(0.0)));
+    assert!(!echoes(&mut held), "the granted connection still flows a second after the grant ended");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8080), "8080 is still open after the grant ended");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 9090), "the longer grant ended too");
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "the policy's own allow is gone");
+
+    // A restarted agent: the ended grant is reported and gone, the other one listed.
+    let agent = agent.crash_and_restart(&payments.ns, &[&payments.iface]);
+    let mut left = grants(&agent);
+    for _ in 0..50 {
+        if left.len() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = grants(&agent);
+    }
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((&left[0]["id"], &left[0]["ports"][0]), (&2.into(), &"9090/tcp".into()));
+    let ended = agent.events(&["--verdict", "grant-ended"]);
+    assert!(ended.iter().any(|e| e["rule"] == "grant-1" && e["reason"] == "expired"), "{ended:?}");
+    // The cut, reported by the kernel while no agent ran, named by the policy that allowed it.
+    let cut = agent.events(&["--verdict", "denied"]);
+    assert!(cut.iter().any(|e| e["reason"] == "grant-expired" && e["dport"] == 8080 && e["rule"] == "grant-1"), "{cut:?}");
+
+    // Revoked early: ends at once.
+    let out = agent.cli(&["grants", "--revoke", "2"]);
+    assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 9090), "a revoked grant still allows");
+    assert!(grants(&agent).is_empty());
+    let out = agent.cli(&["grants", "--revoke", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: no grant 2 is in force");
+    let out = agent.cli(&["grant", "--from", "nowhere", "--to", "payments", "--for", "1m", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown segment `nowhere`"), "{}", String::from_utf8_lossy(&out.stderr));
+}
