@@ -596,6 +596,26 @@ pub fn tcp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
     })
 }
 
+/// A TCP connection from `ns` to `dst:port`, its greeting read: an established flow to test
+/// later with [`echoes`].
+pub fn hold_tcp(ns: &Netns, dst: IpAddr, port: u16) -> TcpStream {
+    let s = ns.run(move || {
+        let s = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect to {dst}:{port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    });
+    let mut greeting = [0u8; 3];
+    (&s).read_exact(&mut greeting).unwrap_or_else(|e| panic!("no greeting from {dst}:{port}: {e}"));
+    s
+}
+
+/// One line sent on `s` and echoed back (within its read timeout).
+pub fn echoes(s: &mut TcpStream) -> bool {
+    let mut line = [0u8; 5];
+    s.write_all(b"ping\n").is_ok() && s.read_exact(&mut line).is_ok()
+}
+
 /// Sends a datagram from `ns` to `dst:port` and waits for its echo (up to 3 tries).
 pub fn udp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
     ns.run(move || {

@@ -2,17 +2,13 @@
 //! counted (`audit_deny`) and reported (`would-deny` events naming the rule or the default);
 //! pushing the same policy in enforce mode then cuts those flows and drops new ones. Over a
 //! rate limit, packets pass as `would-rate-limit` (crafted frames, BPF_PROG_TEST_RUN).
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use agent_common::programs::INGRESS;
 use integration_tests::{
     Agent, Lan, Loaded, Servers, TempDir, WEB_POLICY,
     frame::{ETH_IP, TCP_ACK, TCP_SYN, cat, eth, ipv4, tcp},
-    tcp_ok,
+    echoes, hold_tcp, tcp_ok,
 };
 use serde_json::Value;
 use ztagent::datapath::Limits;
@@ -26,12 +22,6 @@ fn audit(policy: &str) -> String {
     policy.replacen("version: 1\n", "version: 1\nmode: audit\n", 1)
 }
 
-/// One line echoed on `s` within 500 ms.
-fn echoes(s: &mut TcpStream) -> bool {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    s.write_all(b"ping\n").is_ok() && r.read_line(&mut line).is_ok_and(|n| n > 0)
-}
 
 #[test]
 fn audit_mode_passes_and_reports_what_enforce_then_drops() {
@@ -48,14 +38,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     assert!(tcp_ok(&outsider.ns, payments.v4, 443), "audit mode dropped a default denial");
     assert!(tcp_ok(&frontend.ns, payments.v4, 8081), "audit mode dropped a rule's denial");
     // An established connection the policy would deny.
-    let dst = (payments.v4, 8080);
-    let mut held = outsider.ns.run(move || {
-        let s = TcpStream::connect(dst).expect("connect to 8080");
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        s
-    });
-    let mut greeting = String::new();
-    BufReader::new(held.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    let mut held = hold_tcp(&outsider.ns, payments.v4, 8080);
     assert!(echoes(&mut held), "the would-deny connection does not flow");
 
     // Counted and reported, never dropped.

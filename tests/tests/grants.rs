@@ -3,25 +3,15 @@
 //! allowed is cut within a second of the end and new ones are denied again; a restarted agent
 //! lists the grants still running, reports the one that ended, and a grant revoked early ends
 //! at once.
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
-use integration_tests::{Agent, Lan, Servers, TempDir, WEB_POLICY, tcp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, WEB_POLICY, echoes, hold_tcp, tcp_ok};
 use serde_json::Value;
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// One line echoed on `s`.
-fn echoes(s: &mut TcpStream) -> bool {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    s.write_all(b"ping\n").is_ok() && r.read_line(&mut line).is_ok_and(|n| n > 0)
-}
 
 fn grants(agent: &Agent) -> Vec<Value> {
     let out = agent.cli(&["grants", "-o", "json"]);
@@ -53,14 +43,7 @@ fn a_grant_ends_in_the_kernel_without_its_agent() {
     let check = agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
     let v: Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!((&v["verdict"], &v["rule"]), (&"allow".into(), &"grant-1".into()), "{v}");
-    let dst = (payments.v4, 8080);
-    let mut held = frontend.ns.run(move || {
-        let s = TcpStream::connect(dst).expect("connect to 8080");
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        s
-    });
-    let mut greeting = String::new();
-    BufReader::new(held.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    let mut held = hold_tcp(&frontend.ns, payments.v4, 8080);
     assert!(echoes(&mut held), "the granted connection does not flow");
     let events = agent.events(&["--verdict", "granted"]);
     assert!(events.iter().any(|e| e["rule"] == "grant-1" && e["note"] == "debugging the alt port"), "{events:?}");
