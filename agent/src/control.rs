@@ -35,6 +35,11 @@ pub enum Request {
     Grants,
     /// Ends a grant now.
     Revoke { id: u32 },
+    /// What has been seen talking to what (since `since`, unix seconds; all without).
+    Inventory {
+        #[serde(default)]
+        since: Option<f64>,
+    },
 }
 
 /// Told to an events client that fell behind the stream.
@@ -64,6 +69,7 @@ pub enum Reply {
     Granted { grant: crate::grants::Grant, revision: u32 },
     Grants { grants: Vec<crate::grants::Grant> },
     Revoked { grant: crate::grants::Grant, revision: u32 },
+    Inventory(crate::inventory::Listing),
     Error { message: String },
 }
 

@@ -77,6 +77,8 @@ pub enum DaemonError {
     PolicyDir(#[from] crate::watch::WatchError),
     #[error(transparent)]
     Grant(#[from] crate::grants::GrantError),
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -101,6 +103,8 @@ struct State {
     policy_source: Option<crate::watch::Report>,
     /// The time-bound grants in force (kept in the state directory).
     grants: crate::grants::Store,
+    /// What talks to what, fed by the event stream (its own lock: the hub's observer).
+    inventory: Arc<Mutex<crate::inventory::Inventory>>,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -152,8 +156,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let inventory = match crate::inventory::Inventory::load(&cfg.state_dir) {
+        Ok(i) => Arc::new(Mutex::new(i)),
+        Err(e) => {
+            datapath.rollback();
+            return Err(e.into());
+        }
+    };
     let mut state = State {
         grants,
+        inventory: inventory.clone(),
         writer,
         datapath,
         installed: None,
@@ -186,6 +198,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         sink::Sink::start(f, &hub)
     });
     let event_counters = metrics_listener.as_ref().map(|_| metrics::EventCounters::start(&hub));
+    {
+        let inventory = inventory.clone();
+        hub.observe(move |r| inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, unix_now()));
+    }
     let delivered = Arc::new(AtomicU64::new(0));
     // ---
     sources.spawn(hub, delivered.clone());
@@ -220,14 +236,22 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         })?;
     }
     // ---
-    // Grants that end are taken out of the policy (the kernel has ended them already).
+    // Grants that end are taken out of the policy (the kernel has ended them already); the
+    // inventory is saved now and then.
     let housekeeping = shared.clone();
+    let (saved, state_dir) = (inventory.clone(), cfg.state_dir.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut last_save = std::time::Instant::now();
         loop {
             tick.tick().await;
             let shared = housekeeping.clone();
             let _ = tokio::task::spawn_blocking(move || expire_grants(&mut shared.lock().unwrap_or_else(|p| p.into_inner()))).await;
+            if last_save.elapsed() >= crate::inventory::SAVE_INTERVAL {
+                last_save = std::time::Instant::now();
+                let (inv, dir) = (saved.clone(), state_dir.clone());
+                let _ = tokio::task::spawn_blocking(move || save_inventory(&inv, &dir)).await;
+            }
         }
     });
     shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.commit();
@@ -245,6 +269,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     let _ = fs::remove_file(&cfg.socket);
+    save_inventory(&inventory, &cfg.state_dir);
     if let Some(sink) = sink {
         sink.finish().await;
     }
@@ -454,6 +479,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
             Err(e) => Reply::Error { message: e.to_string() },
         },
         Request::Grants => Reply::Grants { grants: state.grants.grants.clone() },
+        Request::Inventory { since } => Reply::Inventory(state.inventory.lock().unwrap_or_else(|p| p.into_inner()).list(since)),
         Request::Revoke { id } => match end_grant(&mut state, id) {
             Ok((grant, revision)) => Reply::Revoked { grant, revision },
             Err(e) => Reply::Error { message: e.to_string() },
@@ -572,6 +598,12 @@ fn expire_grants(state: &mut State) {
     for g in &ended {
         tracing::info!(id = g.id, revision, "grant ended");
         note_grant(state, g, "grant-ended", "expired", revision);
+    }
+}
+
+fn save_inventory(inventory: &Mutex<crate::inventory::Inventory>, dir: &Path) {
+    if let Err(e) = inventory.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
+        tracing::warn!("{e}");
     }
 }
 

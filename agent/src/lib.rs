@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod grants;
+pub mod inventory;
 pub mod mapwriter;
 pub mod metrics;
 pub mod policy;

@@ -166,6 +166,15 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// What has been seen talking to what: every (source identity, destination service,
+    /// protocol, port), when, and what the policy did with it.
+    Inventory {
+        /// Only what was seen in this last while (90s, 15m, 2h, 1d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Detach and unpin everything the agent left under the pin directory.
     Uninstall {
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
@@ -470,6 +479,45 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             other => unexpected(other),
         },
+        Command::Inventory { since, output } => {
+            let since = match since {
+                Some(d) => {
+                    let d = ztagent::grants::parse_duration(&d).map_err(|e| e.to_string().replace("a grant lasts", "--since takes"))?;
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    Some(now.saturating_sub(d).as_secs_f64())
+                }
+                None => None,
+            };
+            match call(&socket, &Request::Inventory { since }).await? {
+                Reply::Inventory(l) => {
+                    if output == Output::Json {
+                        println!("{}", serde_json::to_string(&l).map_err(|e| e.to_string())?);
+                    } else {
+                        println!(
+                            "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>8}  last seen",
+                            "from", "to", "proto", "port", "allowed", "would-deny", "denied", "limited"
+                        );
+                        for r in &l.entries {
+                            println!(
+                                "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>8}  {}",
+                                r.key.src,
+                                r.key.dst,
+                                r.key.proto,
+                                r.key.port,
+                                r.seen.allowed_flows,
+                                r.seen.would_deny_flows,
+                                r.seen.denied_packets,
+                                r.seen.rate_limited_packets,
+                                time_of(r.seen.last_seen)
+                            );
+                        }
+                        println!("{} entries (at most {}), {} evicted; allowed and would-deny count flows, denied and limited packets", l.entries.len(), l.capacity, l.evicted);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
         Command::Uninstall { pin_path } => {
             let removed = datapath::uninstall(&PinLayout::new(&pin_path))
                 .map_err(|e| format!("cannot remove the pins under {}: {e}", pin_path.display()))?;

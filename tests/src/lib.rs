@@ -445,6 +445,20 @@ impl Agent {
         self.crash_and_restart_with(ns, ifaces, &[])
     }
 
+    /// Stops the daemon with SIGTERM (it saves what it keeps, and leaves enforcement in place)
+    /// and starts another on the same pins and state, without a policy.
+    pub fn stop_and_restart(mut self, ns: &Netns, ifaces: &[&str]) -> Agent {
+        // SAFETY: signalling the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!matches!(self.child.try_wait(), Ok(None)), "ztagent did not stop on SIGTERM within 10 s:\n{}", self.log());
+        self.handed_over = true;
+        Agent::start_on(ns, ifaces, None, &self.pins, &[])
+    }
+
     /// As [`Agent::crash_and_restart`], the new daemon with more `ztagent run` flags.
     pub fn crash_and_restart_with(mut self, ns: &Netns, ifaces: &[&str], args: &[&str]) -> Agent {
         self.kill();

@@ -1,0 +1,240 @@
+//! What talks to what: every (source identity, destination service, protocol, port) the
+//! kernel reported, with when it was first and last seen and what the policy did with it. The
+//! first step of a zero-trust rollout: see who calls whom before writing the least policy that
+//! allows exactly that.
+//!
+//! Fed by the event stream (an observer of the hub: it sees every record, whatever the clients
+//! do): an `allowed` event is a new flow, a `would-deny` one a new flow the policy would deny, a
+//! `denied` or `rate-limited` record carries the exact number of packets it stands for. An
+//! identity is a segment's name; an address in no segment is grouped by its prefix (`world
+//! 10.20.9.0/24`, or a /64 for IPv6), so a scan does not make one entry per address. Bounded: at
+//! most [`MAX_ENTRIES`] entries; beyond, the least recently seen tenth is evicted (counted).
+//! Kept in the state directory (`inventory.json`, written atomically every
+//! [`SAVE_INTERVAL`] and when the agent stops), so it survives restarts.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{events::EventRecord, policy::WORLD_NAME};
+
+pub const MAX_ENTRIES: usize = 100_000;
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+const FILE: &str = "inventory.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot write the inventory to {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the inventory {path} cannot be read: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+/// One kind of traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key {
+    /// The caller: a segment, or `world PREFIX`.
+    pub src: String,
+    /// The service: a segment, or `world PREFIX`.
+    pub dst: String,
+    /// `tcp`, `udp`, `icmp` or the protocol number.
+    pub proto: String,
+    /// The destination port (0 for ICMP and other protocols).
+    pub port: u16,
+}
+
+/// What was seen of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Unix times (seconds).
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// New flows the policy allowed.
+    pub allowed_flows: u64,
+    /// New flows the policy would deny (audit mode), passed.
+    pub would_deny_flows: u64,
+    /// Packets denied (by a rule, by default, or revoked).
+    pub denied_packets: u64,
+    /// Packets over a rate limit (dropped, or passed in audit mode).
+    pub rate_limited_packets: u64,
+}
+
+/// An entry as `ztagent inventory` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub key: Key,
+    #[serde(flatten)]
+    pub seen: Seen,
+}
+
+/// The inventory and how many entries it evicted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Listing {
+    pub entries: Vec<Row>,
+    pub evicted: u64,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Inventory {
+    map: HashMap<Key, Seen>,
+    evicted: u64,
+    dirty: bool,
+}
+
+/// The identity of one side: its segment, or its prefix when it is in none.
+fn identity(segment: &str, addr: IpAddr) -> String {
+    if segment != WORLD_NAME {
+        return segment.to_owned();
+    }
+    let net = match addr {
+        IpAddr::V4(_) => ipnet::IpNet::new(addr, 24),
+        IpAddr::V6(_) => ipnet::IpNet::new(addr, 64),
+    };
+    net.map_or_else(|_| WORLD_NAME.to_owned(), |n| format!("{WORLD_NAME} {}", n.trunc()))
+}
+
+impl Inventory {
+    /// Takes in one event record (seen at unix time `now`).
+    pub fn record(&mut self, r: &EventRecord, now: f64) {
+        let (flows, would, denied, limited) = match (r.verdict.as_str(), r.reason.as_str()) {
+            ("allowed", _) => (1, 0, 0, 0),
+            ("would-deny", _) => (0, 1, 0, 0),
+            ("denied", "rule" | "default" | "revoked") => (0, 0, r.count, 0),
+            ("rate-limited" | "would-rate-limit", _) => (0, 0, 0, r.count),
+            // Malformed packets, fragments, no policy, the agent's own records: no service.
+            _ => return,
+        };
+        let port = if r.proto == "tcp" || r.proto == "udp" { r.dport } else { 0 };
+        let key = Key { src: identity(&r.src_segment, r.src), dst: identity(&r.dst_segment, r.dst), proto: r.proto.clone(), port };
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_ENTRIES {
+            self.evict();
+        }
+        let seen = self.map.entry(key).or_insert_with(|| Seen { first_seen: now, ..Seen::default() });
+        seen.last_seen = now;
+        seen.allowed_flows += flows;
+        seen.would_deny_flows += would;
+        seen.denied_packets += denied;
+        seen.rate_limited_packets += limited;
+        self.dirty = true;
+    }
+
+    /// Makes room: the least recently seen tenth goes.
+    fn evict(&mut self) {
+        let mut times: Vec<f64> = self.map.values().map(|s| s.last_seen).collect();
+        let k = times.len() / 10;
+        times.select_nth_unstable_by(k, f64::total_cmp);
+        let cut = times[k];
+        let before = self.map.len();
+        self.map.retain(|_, s| s.last_seen > cut);
+        self.evicted += (before - self.map.len()) as u64;
+    }
+
+    /// The entries seen since unix time `since` (all without), sorted by key.
+    pub fn list(&self, since: Option<f64>) -> Listing {
+        let mut entries: Vec<Row> = self
+            .map
+            .iter()
+            .filter(|(_, s)| since.is_none_or(|t| s.last_seen >= t))
+            .map(|(k, s)| Row { key: k.clone(), seen: s.clone() })
+            .collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Listing { entries, evicted: self.evicted, capacity: MAX_ENTRIES }
+    }
+
+    pub fn load(dir: &Path) -> Result<Inventory, InventoryError> {
+        let path = dir.join(FILE);
+        let listing: Listing = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| InventoryError::Read { path, message: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Listing::default(),
+            Err(e) => return Err(InventoryError::Read { path, message: e.to_string() }),
+        };
+        let map = listing.entries.into_iter().map(|r| (r.key, r.seen)).collect();
+        Ok(Inventory { map, evicted: listing.evicted, dirty: false })
+    }
+
+    /// Writes the inventory to `dir` if it changed since the last save.
+    pub fn save(&mut self, dir: &Path) -> Result<(), InventoryError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let path = dir.join(FILE);
+        let bytes = serde_json::to_vec(&self.list(None)).map_err(|e| InventoryError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+        crate::state::write_atomic(dir, FILE, &bytes).map_err(|source| InventoryError::Write { path, source })?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16, count: u64) -> EventRecord {
+        EventRecord {
+            time: String::new(),
+            iface: "eth0".into(),
+            direction: "ingress".into(),
+            verdict: verdict.into(),
+            reason: reason.into(),
+            rule: None,
+            rate_limit: None,
+            src: src.1.parse().unwrap(),
+            dst: dst.1.parse().unwrap(),
+            sport: 40000,
+            dport,
+            proto: proto.into(),
+            src_segment: src.0.into(),
+            dst_segment: dst.0.into(),
+            count,
+            len: 60,
+            revision: 1,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn counts_flows_and_packets_per_identity_and_service() {
+        let mut inv = Inventory::default();
+        let (front, pay) = (("frontend", "10.20.1.2"), ("payments", "10.20.2.10"));
+        inv.record(&record("allowed", "rule", front, pay, "tcp", 443, 1), 10.0);
+        inv.record(&record("allowed", "rule", front, pay, "tcp", 443, 1), 12.0);
+        inv.record(&record("denied", "default", ("world", "10.20.9.7"), pay, "tcp", 22, 40), 13.0);
+        inv.record(&record("denied", "default", ("world", "10.20.9.8"), pay, "tcp", 22, 2), 14.0);
+        inv.record(&record("would-deny", "default", front, pay, "icmp", 777, 1), 15.0);
+        inv.record(&record("denied", "malformed", front, pay, "tcp", 1, 1), 16.0);
+        let l = inv.list(None);
+        assert_eq!(l.entries.len(), 3, "{l:?}");
+        let find = |src: &str, port| l.entries.iter().find(|r| r.key.src == src && r.key.port == port).unwrap();
+        let web = find("frontend", 443);
+        assert_eq!((web.seen.allowed_flows, web.seen.first_seen, web.seen.last_seen), (2, 10.0, 12.0));
+        // Callers in no segment are grouped by prefix; the ICMP identifier is not a port.
+        assert_eq!(find("world 10.20.9.0/24", 22).seen.denied_packets, 42);
+        assert_eq!((find("frontend", 0).key.proto.as_str(), find("frontend", 0).seen.would_deny_flows), ("icmp", 1));
+        assert_eq!(inv.list(Some(14.0)).entries.len(), 2);
+        // Survives a restart.
+        let dir = std::env::temp_dir().join(format!("ztagent-inventory-test-{}", std::process::id()));
+        inv.save(&dir).unwrap();
+        assert_eq!(Inventory::load(&dir).unwrap().list(None).entries, l.entries);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stays_within_its_bound() {
+        let mut inv = Inventory::default();
+        for i in 0..MAX_ENTRIES as u32 + 10 {
+            let port = (i % 60000) as u16 + 1;
+            let src = format!("s{}", i / 60000);
+            inv.record(&record("allowed", "rule", (&src, "10.0.0.1"), ("d", "10.0.0.2"), "tcp", port, 1), f64::from(i));
+        }
+        let l = inv.list(None);
+        assert!(l.entries.len() <= MAX_ENTRIES && l.evicted >= 10, "{} entries, {} evicted", l.entries.len(), l.evicted);
+        // The most recent ones stay.
+        assert!(l.entries.iter().any(|r| r.seen.last_seen == f64::from(MAX_ENTRIES as u32 + 9)));
+    }
+}
