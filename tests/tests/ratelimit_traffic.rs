@@ -17,7 +17,7 @@
 //! assertion fails.
 use std::{
     io::Read,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::IpAddr,
     process::{Child, Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
@@ -292,19 +292,10 @@ fn assert_within_bounds(got: u64, sent: u64, burst: f64, rate: f64, window: f64,
     );
 }
 
-/// A datagram from `src` (an address of `ns`) to `dst:port` and its echo (up to 3 tries): the
-/// path and both neighbour entries are ready.
+/// A datagram from `src` (an address of `ns`) to `dst:port` and its echo: the path and both
+/// neighbour entries are ready.
 fn udp_ok_from(ns: &Netns, src: &str, dst: IpAddr, port: u16) -> bool {
-    let src: IpAddr = src.parse().unwrap();
-    ns.run(move || {
-        let s = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        let mut buf = [0u8; 64];
-        (0..3).any(|_| {
-            let _ = s.send_to(b"ping", SocketAddr::new(dst, port));
-            matches!(s.recv_from(&mut buf), Ok((4, _)))
-        })
-    })
+    integration_tests::udp_ok_from(ns, src.parse().unwrap(), dst, port)
 }
 
 fn add_second_address(lan: &Lan) {
