@@ -598,13 +598,25 @@ impl Drop for Servers {
     }
 }
 
+/// How long a TCP probe waits for the handshake. A denied probe (its SYN or SYN-ACK dropped)
+/// costs this much, so it is short; the handshake is answered by the kernel, not by the
+/// server's thread, so a busy machine hardly delays an allowed one.
+const TCP_CONNECT: Duration = Duration::from_millis(700);
+/// How long a connected TCP probe waits for the greeting, which the server's thread writes:
+/// generous, since only a probe that passed the datapath waits for it.
+const TCP_GREETING: Duration = Duration::from_secs(5);
+/// How long each try of a UDP probe waits for its echo: the echo comes from the server's
+/// thread, which a busy machine may delay, so the last try is patient. A denied probe costs
+/// the sum.
+const UDP_TRIES: [Duration; 3] = [Duration::from_millis(300), Duration::from_millis(300), Duration::from_millis(1000)];
+
 /// Connects from `ns` to `dst:port` and reads the server's greeting.
 pub fn tcp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
     ns.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_millis(700)) else {
+        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), TCP_CONNECT) else {
             return false;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        let _ = s.set_read_timeout(Some(TCP_GREETING));
         let mut buf = [0u8; 3];
         s.read_exact(&mut buf).is_ok() && &buf == b"hi\n"
     })
@@ -616,7 +628,7 @@ pub fn hold_tcp(ns: &Netns, dst: IpAddr, port: u16) -> TcpStream {
     let s = ns.run(move || {
         let s = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("connect to {dst}:{port}: {e}"));
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(ECHO)).unwrap();
         s
     });
     let mut greeting = [0u8; 3];
@@ -624,20 +636,30 @@ pub fn hold_tcp(ns: &Netns, dst: IpAddr, port: u16) -> TcpStream {
     s
 }
 
-/// One line sent on `s` and echoed back (within its read timeout).
-pub fn echoes(s: &mut TcpStream) -> bool {
+/// How long to wait for an echo that must come (the server's thread may wait for a CPU on a
+/// busy machine), and for one that must not (nothing can make it come late).
+pub const ECHO: Duration = Duration::from_secs(5);
+pub const NO_ECHO: Duration = Duration::from_millis(500);
+
+/// One line sent on `s` and echoed back within `wait` ([`ECHO`] or [`NO_ECHO`]).
+pub fn echoes(s: &mut TcpStream, wait: Duration) -> bool {
     let mut line = [0u8; 5];
-    s.write_all(b"ping\n").is_ok() && s.read_exact(&mut line).is_ok()
+    s.set_read_timeout(Some(wait)).is_ok() && s.write_all(b"ping\n").is_ok() && s.read_exact(&mut line).is_ok()
 }
 
 /// Sends a datagram from `ns` to `dst:port` and waits for its echo (up to 3 tries).
 pub fn udp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    udp_ok_from(ns, bind.ip(), dst, port)
+}
+
+/// As [`udp_ok`], from the address `src` of `ns` (the unspecified address: any).
+pub fn udp_ok_from(ns: &Netns, src: IpAddr, dst: IpAddr, port: u16) -> bool {
     ns.run(move || {
-        let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-        let s = UdpSocket::bind(bind).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let s = UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
         let mut buf = [0u8; 64];
-        (0..3).any(|_| {
+        UDP_TRIES.iter().any(|wait| {
+            s.set_read_timeout(Some(*wait)).unwrap();
             let _ = s.send_to(b"ping", SocketAddr::new(dst, port));
             matches!(s.recv_from(&mut buf), Ok((4, _)))
         })

@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -47,30 +47,35 @@ fn pushes_under_traffic_never_judge_a_packet_by_a_mix_of_policies() {
     let servers = Servers::start(&server.ns, &[], &[5001, 5002, 5003]);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
     let sender = {
-        let (stop, path, dst) = (stop.clone(), client.ns.path(), server.v4);
+        let (stop, path, dst, sent) = (stop.clone(), client.ns.path(), server.v4, sent.clone());
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on this thread only.
             assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for port in [5001, 5002, 5003] {
                     let _ = s.send_to(b"x", SocketAddr::new(dst, port));
-                    sent += 1;
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
-            sent
         })
     };
-    for i in 0..40 {
-        agent.push(if i % 2 == 0 { &b } else { &a });
+    // At least 40 pushes, and as many more as it takes (at most 1,000) for 3,000 datagrams to
+    // cross them: a sender slowed by a busy machine makes the test longer, never failed.
+    let mut pushes = 0;
+    while pushes < 40 || (sent.load(Ordering::Relaxed) <= 3_000 && pushes < 1_000) {
+        agent.push(if pushes % 2 == 0 { &b } else { &a });
         std::thread::sleep(Duration::from_millis(25));
+        pushes += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let sent = sender.join().unwrap();
+    sender.join().unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("{pushes} pushes under {sent} datagrams");
     std::thread::sleep(Duration::from_millis(200));
     let (p1, p2, p3) = (servers.udp_count(5001), servers.udp_count(5002), servers.udp_count(5003));
     assert!(sent > 3_000, "only {sent} datagrams sent");

@@ -8,7 +8,7 @@ use agent_common::programs::INGRESS;
 use integration_tests::{
     Agent, Lan, Loaded, Servers, TempDir, WEB_POLICY,
     frame::{ETH_IP, TCP_ACK, TCP_SYN, cat, eth, ipv4, tcp},
-    echoes, hold_tcp, tcp_ok,
+    ECHO, NO_ECHO, echoes, hold_tcp, tcp_ok,
 };
 use serde_json::Value;
 use ztagent::datapath::Limits;
@@ -39,7 +39,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     assert!(tcp_ok(&frontend.ns, payments.v4, 8081), "audit mode dropped a rule's denial");
     // An established connection the policy would deny.
     let mut held = hold_tcp(&outsider.ns, payments.v4, 8080);
-    assert!(echoes(&mut held), "the would-deny connection does not flow");
+    assert!(echoes(&mut held, ECHO), "the would-deny connection does not flow");
 
     // Counted and reported, never dropped.
     assert_eq!(agent.counter("drop_default") + agent.counter("drop_rule"), 0);
@@ -58,7 +58,7 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     let out = agent.cli(&["policy", "push", dir.file("enforce.yaml", &enforced()).to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!echoes(&mut held), "the would-deny connection still flows once enforced");
+    assert!(!echoes(&mut held, NO_ECHO), "the would-deny connection still flows once enforced");
     assert!(agent.counter("drop_revoked") > 0);
     assert!(!tcp_ok(&outsider.ns, payments.v4, 443) && !tcp_ok(&frontend.ns, payments.v4, 8081));
     assert!(tcp_ok(&frontend.ns, payments.v4, 443));

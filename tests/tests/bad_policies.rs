@@ -2,14 +2,17 @@
 //! per problem, named for it) and inputs generated here because they are too big to commit
 //! (10,000 levels of nesting, an alias bomb, 20-65 MB files, 100,000 errors in one file):
 //!
-//! - offline, `ztagent policy validate FILE` rejects each within [`TIME_LIMIT`], exits non-zero
-//!   (no panic, no signal) and prints only `FILE:LINE:COL: message` lines, among them the
+//! - offline, `ztagent policy validate FILE` rejects each, exits non-zero (no panic, no signal,
+//!   no hang: killed after [`HARD_LIMIT`]) and prints only `FILE:LINE:COL: message` lines, among them the
 //!   expected one: its exact position and a distinctive part of its message;
 //! - online, a running agent refuses each, both through `ztagent policy push FILE` and straight
 //!   through its control socket (bypassing the CLI's own check: the agent trusts no client), with
 //!   the message `validate` prints; afterwards the policy and its revision are exactly as before
 //!   and the agent is alive and answering. While the huge ones are pushed, another client is
-//!   still served promptly and the agent's memory (`/proc/PID/status`) stays bounded.
+//!   still served (its requests are answered while the push is in flight) and the agent's
+//!   memory (`/proc/PID/status`) stays bounded.
+//!
+//! Times are printed, never judged: how fast inputs are refused is `cargo xtask bench`'s.
 //!
 //! Every input is tried before failing, so one run lists every problem at once.
 use std::{
@@ -30,14 +33,20 @@ use ztagent::control::{MAX_REQUEST, Reply, Request};
 
 /// The committed corpus.
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/bad-policies");
-/// The bound on every validation and every refused push, the huge inputs included.
-const TIME_LIMIT: Duration = Duration::from_secs(5);
-/// A process still running after this is killed (and the input reported as a hang).
+/// A process still running after this is killed (and the input reported as a hang). Hang
+/// detection only, not a speed limit: the speed of validation and push is measured by
+/// `cargo xtask bench`, which has its own floors.
 const HARD_LIMIT: Duration = Duration::from_secs(60);
 /// The longest acceptable diagnostic message: one sentence that quotes, never echoes, input.
 const MAX_MESSAGE: usize = 1000;
-/// While a huge push is being refused, another client must be answered within this.
-const RESPONSIVE: Duration = Duration::from_secs(1);
+/// The responsiveness property: while a push is being refused, the agent keeps serving other
+/// clients. It is observed, not timed: when a push takes at least [`OBSERVABLE`], some status
+/// request sent after it must have been answered before it was (a daemon that handles one
+/// request at a time would answer none). [`STALL`] is only a generous bound on any single
+/// status answer (a stall detector, far above a status round trip on a busy machine).
+const OBSERVABLE: Duration = Duration::from_secs(2);
+/// The longest any status answer may take while a push is refused (see [`OBSERVABLE`]).
+const STALL: Duration = Duration::from_secs(10);
 /// How much a single refused push may raise the agent's peak resident memory (the largest
 /// request it reads is `MAX_REQUEST`, 64 MiB).
 const MAX_PEAK_GROWTH_KB: u64 = 512 * 1024;
@@ -579,7 +588,7 @@ fn diags(origin: &str, stderr: &str) -> Result<Vec<Diag>, String> {
 }
 
 /// A refusal by the CLI: non-zero exit (not a panic's 101, not a signal), nothing on stdout,
-/// only diagnostics on stderr, the expected ones among them, within the time bound.
+/// only diagnostics on stderr, the expected ones among them (its time is only printed).
 fn judge(input: &Input, r: &Ran, what: &str) -> Result<(), String> {
     let fail = |why: String| format!("{what} {}: {why}", input.name);
     if r.code.is_none() {
@@ -593,9 +602,6 @@ fn judge(input: &Input, r: &Ran, what: &str) -> Result<(), String> {
     }
     if !r.stdout.trim().is_empty() {
         return Err(fail(format!("printed on stdout: {}", short(&r.stdout, 500))));
-    }
-    if r.took > TIME_LIMIT {
-        return Err(fail(format!("took {:?} (limit {TIME_LIMIT:?})", r.took)));
     }
     let ds = diags(input.path.to_str().unwrap(), &r.stderr).map_err(fail)?;
     (input.check)(&ds).map_err(fail)
@@ -731,29 +737,48 @@ fn kernel_revision(agent: &Agent) -> u64 {
     v["revision"].as_u64().unwrap()
 }
 
+/// How another client fared while `work` ran.
+struct Polled {
+    /// The slowest status answer.
+    slowest: Duration,
+    /// Status requests sent after `work` started and answered before it ended.
+    inside: usize,
+    /// How long `work` ran.
+    work: Duration,
+}
+
 /// While `work` runs, asks the agent for its status every 50 ms; returns `work`'s result and
-/// the slowest answer (or the first failure).
-fn while_polling<T>(socket: &Path, work: impl FnOnce() -> T) -> (T, Result<Duration, String>) {
+/// how the status requests fared (or the first failure).
+fn while_polling<T>(socket: &Path, work: impl FnOnce() -> T) -> (T, Result<Polled, String>) {
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (stop, socket) = (stop.clone(), socket.to_path_buf());
         let status = serde_json::to_vec(&Request::Status).unwrap();
         std::thread::spawn(move || {
-            let mut slowest = Duration::ZERO;
+            // (sent, answered) of every status request.
+            let mut answers = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 match raw(&socket, &status) {
-                    Ok((Reply::Status(_), took)) => slowest = slowest.max(took),
+                    Ok((Reply::Status(_), _)) => answers.push((sent, Instant::now())),
                     Ok((other, _)) => return Err(format!("status answered {other:?}")),
                     Err(e) => return Err(format!("status: {e}")),
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(slowest)
+            Ok(answers)
         })
     };
+    let start = Instant::now();
     let result = work();
+    let end = Instant::now();
     stop.store(true, Ordering::Relaxed);
-    (result, poller.join().unwrap())
+    let polled = poller.join().unwrap().map(|answers: Vec<(Instant, Instant)>| Polled {
+        slowest: answers.iter().map(|(s, a)| *a - *s).max().unwrap_or_default(),
+        inside: answers.iter().filter(|(s, a)| *s >= start && *a <= end).count(),
+        work: end - start,
+    });
+    (result, polled)
 }
 
 #[test]
@@ -800,7 +825,7 @@ fn pushing_bad_policies_changes_nothing() {
         let utf8 = std::str::from_utf8(&bytes).is_ok();
         reset_peak(pid);
         let (rss_before, _) = memory(pid);
-        let (reply, slowest) = while_polling(&agent.socket, || raw(&agent.socket, &request));
+        let (reply, polled) = while_polling(&agent.socket, || raw(&agent.socket, &request));
         let (rss_after, peak) = memory(pid);
         match reply {
             Err(e) => failures.push(fail(format!("raw push: {e}"))),
@@ -818,16 +843,14 @@ fn pushing_bad_policies_changes_nothing() {
                         short(&expected, 500)
                     )));
                 }
-                if took > TIME_LIMIT {
-                    failures.push(fail(format!("the agent took {took:?} to refuse it (limit {TIME_LIMIT:?})")));
-                }
                 if input.generated {
                     eprintln!(
-                        "agent    {:<32} {:>9}  {:>7.3} s  status answered within {:>7.3} s  RSS {} -> {} MB, peak {} MB",
+                        "agent    {:<32} {:>9}  {:>7.3} s  status answered {} times meanwhile, slowest {:>7.3} s  RSS {} -> {} MB, peak {} MB",
                         input.name,
                         size(&input.path),
                         took.as_secs_f64(),
-                        slowest.as_ref().map_or(f64::NAN, |d| d.as_secs_f64()),
+                        polled.as_ref().map_or(0, |p| p.inside),
+                        polled.as_ref().map_or(f64::NAN, |p| p.slowest.as_secs_f64()),
                         rss_before / 1024,
                         rss_after / 1024,
                         peak / 1024
@@ -836,9 +859,13 @@ fn pushing_bad_policies_changes_nothing() {
             }
             Ok((other, _)) => failures.push(fail(format!("the agent accepted it: {other:?}"))),
         }
-        match slowest {
-            Ok(d) if d > RESPONSIVE => {
-                failures.push(fail(format!("meanwhile another client waited {d:?} for status (limit {RESPONSIVE:?})")))
+        match polled {
+            Ok(p) if p.work >= OBSERVABLE && p.inside == 0 => failures.push(fail(format!(
+                "the push was in flight for {:?} and no other client's status request was answered meanwhile",
+                p.work
+            ))),
+            Ok(p) if p.slowest > STALL => {
+                failures.push(fail(format!("meanwhile another client waited {:?} for status (stall bound {STALL:?})", p.slowest)))
             }
             Ok(_) => {}
             Err(e) => failures.push(fail(format!("meanwhile another client was not served: {e}"))),

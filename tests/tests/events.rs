@@ -37,9 +37,32 @@ fn python(ns: &Netns, script: &str) {
 }
 
 /// The first event with these field values, or a panic listing what there was.
+/// How long the tests wait for the agent to report what the kernel did: a bound on "never",
+/// not a speed figure (the waits below poll and stop as soon as the reports are there; the
+/// sweep reports an aggregate a second or two after its last packet, later on a busy machine).
+const REPORTED: Duration = Duration::from_secs(20);
+
+/// Polls `f` every 100 ms until it holds or [`REPORTED`] passed; returns whether it held.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + REPORTED;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn matches(e: &Value, want: &[(&str, Value)]) -> bool {
+    want.iter().all(|(k, v)| e[*k] == *v)
+}
+
 fn find<'a>(evs: &'a [Value], want: &[(&str, Value)]) -> &'a Value {
     evs.iter()
-        .find(|e| want.iter().all(|(k, v)| e[*k] == *v))
+        .find(|e| matches(e, want))
         .unwrap_or_else(|| panic!("no event with {want:?} among:\n{}", evs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))
 }
 
@@ -76,10 +99,23 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
     });
     agent.push(&dir.file("revoked.yaml", &POLICY.replace(r#""8080/tcp", "#, "")));
     let _ = conn.write_all(b"after the push\n");
-    std::thread::sleep(Duration::from_millis(1500));
 
-    let evs = agent.events(&[]);
     let s = |x: &str| Value::String(x.into());
+    // Every kind below reported (each is then checked in detail).
+    let kinds = [
+        vec![("verdict", s("allowed")), ("dport", 443.into())],
+        vec![("verdict", s("denied")), ("dport", 8081.into())],
+        vec![("verdict", s("denied")), ("src", s("fd20:9::2"))],
+        vec![("verdict", s("rate-limited"))],
+        vec![("reason", s("fragment"))],
+        vec![("reason", s("malformed"))],
+        vec![("reason", s("revoked"))],
+    ];
+    let mut evs = Vec::new();
+    eventually(|| {
+        evs = agent.events(&[]);
+        kinds.iter().all(|want| evs.iter().any(|e| matches(e, want)))
+    });
     let allowed = find(&evs, &[("verdict", s("allowed")), ("dport", 443.into())]);
     assert_eq!((allowed["reason"].clone(), allowed["rule"].clone()), (s("rule"), s("web")));
     assert_eq!((allowed["src_segment"].clone(), allowed["dst_segment"].clone()), (s("frontend"), s("payments")));
@@ -125,10 +161,15 @@ fn a_flood_of_one_denied_flow_is_a_handful_of_events_that_add_up() {
     let t = Instant::now();
     flood(&attacker.ns, pay.v4, 9999, sent, false);
     let secs = t.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(2500)); // the sweep reports the last interval
+    // The sweep reports the last interval once the aggregate has been idle for a second.
+    let mut evs = Vec::new();
+    let mut total = 0;
+    eventually(|| {
+        evs = agent.events(&["--port", "9999"]);
+        total = evs.iter().map(|e| e["count"].as_u64().unwrap()).sum::<u64>();
+        total >= sent as u64
+    });
     let dropped = agent.counter("drop_default") - before;
-    let evs = agent.events(&["--port", "9999"]);
-    let total: u64 = evs.iter().map(|e| e["count"].as_u64().unwrap()).sum();
     eprintln!("{sent} datagrams in {secs:.1} s: {} events, counts {:?}", evs.len(), evs.iter().map(|e| &e["count"]).collect::<Vec<_>>());
     assert_eq!(agent.counter("events_lost"), 0);
     // Every datagram reached the datapath and was denied (the default-deny counter also counts
@@ -151,9 +192,12 @@ fn a_tiny_ring_buffer_loses_events_and_counts_them() {
     agent.freeze(true);
     flood(&attacker.ns, pay.v4, 20000, 40_000, true);
     agent.freeze(false);
-    std::thread::sleep(Duration::from_millis(500));
+    let mut evs = 0;
+    eventually(|| {
+        evs = agent.events(&["--from", "world"]).len() as u64;
+        evs > 0
+    });
     let lost = agent.counter("events_lost");
-    let evs = agent.events(&["--from", "world"]).len() as u64;
     eprintln!("tiny ring: {evs} events delivered, {lost} lost");
     assert!(lost > 0, "no event was lost through a 4 KiB ring buffer");
     assert!(evs > 0, "no event got through at all");
@@ -178,7 +222,15 @@ fn a_slow_client_holds_nobody_up() {
         .spawn()
         .unwrap();
     let stdout = fast.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).count());
+    let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for _ in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     let rss = || -> u64 {
         let pid = agent.pid();
@@ -189,11 +241,12 @@ fn a_slow_client_holds_nobody_up() {
     for round in 0..3 {
         flood(&attacker.ns, pay.v4, 30000 + round * 1000, 20_000, true);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    eventually(|| lines.load(std::sync::atomic::Ordering::Relaxed) >= 15_000);
     let rss_after = rss();
     let _ = fast.kill();
     let _ = fast.wait();
-    let got = reader.join().unwrap();
+    reader.join().unwrap();
+    let got = lines.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("fast client: {got} events; agent RSS {rss_before} kB -> {rss_after} kB");
     // The fast client got the stream (every first denial of ~20,000 flows), however stuck the
     // slow one is, and the agent's memory stayed bounded.

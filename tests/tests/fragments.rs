@@ -49,8 +49,10 @@ fn send_fragmented(ns: &Netns, dst: IpAddr, port: u16, size: usize, skip_first: 
     assert!(out.status.success(), "scapy failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Polls `f` until it holds; gives up after a generous 10 s (a delivery, not a speed figure:
+/// it returns as soon as the datagram is there).
 fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(2);
+    let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         if f() {
             return true;

@@ -5,7 +5,7 @@
 //! at once.
 use std::time::Duration;
 
-use integration_tests::{Agent, Lan, Servers, TempDir, WEB_POLICY, echoes, hold_tcp, tcp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, WEB_POLICY, ECHO, NO_ECHO, echoes, hold_tcp, tcp_ok};
 use serde_json::Value;
 
 fn unix_now() -> f64 {
@@ -33,7 +33,7 @@ fn a_grant_ends_in_the_kernel_without_its_agent() {
         assert!(out.status.success(), "grant: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(grant("8080/tcp", "3s", "debugging the alt port").starts_with("grant 1: frontend -> payments 8080/tcp until"));
+    assert!(grant("8080/tcp", "5s", "debugging the alt port").starts_with("grant 1: frontend -> payments 8080/tcp until"));
     grant("9090/tcp", "10m", "a longer exception");
     let listed = grants(&agent);
     assert_eq!(listed.len(), 2, "{listed:?}");
@@ -44,7 +44,7 @@ fn a_grant_ends_in_the_kernel_without_its_agent() {
     let v: Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!((&v["verdict"], &v["rule"]), (&"allow".into(), &"grant-1".into()), "{v}");
     let mut held = hold_tcp(&frontend.ns, payments.v4, 8080);
-    assert!(echoes(&mut held), "the granted connection does not flow");
+    assert!(echoes(&mut held, ECHO), "the granted connection does not flow");
     let events = agent.events(&["--verdict", "granted"]);
     assert!(events.iter().any(|e| e["rule"] == "grant-1" && e["note"] == "debugging the alt port"), "{events:?}");
 
@@ -52,12 +52,12 @@ fn a_grant_ends_in_the_kernel_without_its_agent() {
     let mut agent = agent;
     agent.kill();
     assert!(unix_now() < ends, "the agent was killed only after the grant ended: inconclusive");
-    assert!(echoes(&mut held), "the granted connection stopped before its end");
+    assert!(echoes(&mut held, ECHO), "the granted connection stopped before its end");
     // Cut within a second of the end (the protocol's bound; the kernel's clock is checked per
     // packet, so the first packet after the end is the one cut).
     let wait = ends + 1.0 - unix_now();
     std::thread::sleep(Duration::from_secs_f64(wait.max(0.0)));
-    assert!(!echoes(&mut held), "the granted connection still flows a second after the grant ended");
+    assert!(!echoes(&mut held, NO_ECHO), "the granted connection still flows a second after the grant ended");
     assert!(!tcp_ok(&frontend.ns, payments.v4, 8080), "8080 is still open after the grant ended");
     assert!(tcp_ok(&frontend.ns, payments.v4, 9090), "the longer grant ended too");
     assert!(tcp_ok(&frontend.ns, payments.v4, 443), "the policy's own allow is gone");

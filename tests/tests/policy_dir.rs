@@ -28,6 +28,12 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The protocol property, not a speed figure: a new version of the directory is taken up by
+/// the agent on its own (inotify at once; failing that, the 5-s poll). The bound only has to
+/// tell "picked up" from "never": two polls and then some, so that a busy machine never fails
+/// it. How long it took is printed.
+const PICKED_UP: Duration = Duration::from_secs(15);
+
 /// Polls `f` every 100 ms until it is true or `within` passed; returns how long it took.
 fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -73,10 +79,10 @@ fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
     assert!(s["file"].as_str().unwrap().contains("/..2026_11_28_10_01_00."), "{s}");
     assert!(s["last_rejection"].is_null(), "{s}");
 
-    // Version 2 opens 8443: applied within ~3 s of the swap.
+    // Version 2 opens 8443: applied after the swap without anything else happening.
     cm.publish(&policy(&[443, 8443]));
-    let took = wait_for(Duration::from_secs(3), || revision() == Some(2));
-    assert!(took.is_some(), "version 2 not applied within 3 s:\n{}", agent.log());
+    let took = wait_for(PICKED_UP, || revision() == Some(2));
+    assert!(took.is_some(), "version 2 not applied within {PICKED_UP:?}:\n{}", agent.log());
     eprintln!("version 2 applied {:?} after the swap", took.unwrap());
     assert!(reach(8443) && reach(443) && !reach(9443), "version 2 is not what the kernel enforces");
     let v2_sha = sha256sum(&cm.path().join("policy.yaml"));
@@ -85,8 +91,8 @@ fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
     // Version 3 is broken: rejected with its position, version 2 stays in force.
     cm.publish(BROKEN);
     let v3_sha = sha256sum(&cm.path().join("policy.yaml"));
-    let rejected = wait_for(Duration::from_secs(3), || !source()["last_rejection"].is_null());
-    assert!(rejected.is_some(), "version 3 not rejected within 3 s:\n{}", agent.log());
+    let rejected = wait_for(PICKED_UP, || !source()["last_rejection"].is_null());
+    assert!(rejected.is_some(), "version 3 not rejected within {PICKED_UP:?}:\n{}", agent.log());
     eprintln!("version 3 rejected {:?} after the swap", rejected.unwrap());
     let s = source();
     let expected = format!("{dir}/policy.yaml:6:71: invalid port spec `8443/tpc`: unknown protocol `tpc`");
@@ -106,8 +112,9 @@ fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
 
     // Version 4 (443 and 9443, no 8443): applied; the rejection stays on record.
     cm.publish(&policy(&[443, 9443]));
-    let took = wait_for(Duration::from_secs(3), || revision() == Some(3));
-    assert!(took.is_some(), "version 4 not applied within 3 s:\n{}", agent.log());
+    let took = wait_for(PICKED_UP, || revision() == Some(3));
+    assert!(took.is_some(), "version 4 not applied within {PICKED_UP:?}:\n{}", agent.log());
+    eprintln!("version 4 applied {:?} after the swap", took.unwrap());
     assert!(reach(9443) && reach(443) && !reach(8443), "version 4 is not what the kernel enforces");
     let s = source();
     assert_eq!((s["up_to_date"].as_bool(), s["last_applied"]["revision"].as_u64()), (Some(true), Some(3)));
@@ -142,7 +149,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
     assert!(agent.log().contains("at startup is rejected"), "{}", agent.log());
     assert!(!reach(443), "traffic passed with no valid policy");
     cm.publish(&policy(&[443]));
-    let applied = wait_for(Duration::from_secs(3), || {
+    let applied = wait_for(PICKED_UP, || {
         revision_of(&agent.cli(&["policy", "get", "-o", "json"])) == Some(1)
     });
     assert!(applied.is_some(), "the first valid version was not applied:\n{}", agent.log());
@@ -163,7 +170,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
 
     // And the next valid version is applied.
     cm.publish(&policy(&[443, 8443]));
-    let applied = wait_for(Duration::from_secs(3), || {
+    let applied = wait_for(PICKED_UP, || {
         revision_of(&again.cli(&["policy", "get", "-o", "json"])) == Some(2)
     });
     assert!(applied.is_some(), "version not applied after the fallback:\n{}", again.log());

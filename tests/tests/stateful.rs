@@ -4,7 +4,11 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -56,8 +60,25 @@ fn replies_pass_and_unsolicited_reverse_traffic_is_judged() {
     assert!(a_pay.counter("drop_default") >= 4, "payments' egress did not drop the reverse attempts");
 }
 
+/// The protocol property of revocation: no echo on the revoked connection later than this
+/// after the push was acknowledged. It is the foundation issue's bound, kept as it is; a busy
+/// machine can still delay the client's own bookkeeping, so a miss is measured once more.
+const REVOKED_WITHIN: Duration = Duration::from_secs(1);
+
 #[test]
 fn revocation_cuts_an_established_connection_within_one_second() {
+    // One retry of the whole scenario: the bound is the protocol's, the client thread that
+    // observes it runs on a shared machine.
+    if let Err(first) = revocation_scenario() {
+        eprintln!("first attempt: {first}; measuring once more");
+        revocation_scenario().unwrap_or_else(|again| panic!("{again} (first attempt: {first})"));
+    }
+}
+
+/// An established connection to 8080, then a push that stops allowing 8080: the echoes stop
+/// within [`REVOKED_WITHIN`] of the push's acknowledgement (the timing, returned as `Err`),
+/// and the datapath counts the revoked packets (asserted).
+fn revocation_scenario() -> Result<(), String> {
     let lan = lan();
     let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
     let dir = TempDir::new();
@@ -67,22 +88,22 @@ fn revocation_cuts_an_established_connection_within_one_second() {
     let _srv = Servers::start(&payments.ns, &[443, 8080], &[]);
 
     // A client that sends a line every 20 ms on an established connection and reports the
-    // time of every echo it gets back.
+    // time of every echo it gets back, until told to stop.
     let (tx, rx) = mpsc::channel::<Instant>();
+    let stop = Arc::new(AtomicBool::new(false));
     let dst = SocketAddr::new(payments.v4, 8080);
     let client = {
-        let ns_path = frontend.ns.path();
+        let (ns_path, stop) = (frontend.ns.path(), stop.clone());
         std::thread::spawn(move || {
             let f = std::fs::File::open(&ns_path).unwrap();
             // SAFETY: setns on this thread only.
             assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
-            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2)).expect("connect to 8080");
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect to 8080");
             s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
             let mut r = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
             r.read_line(&mut line).unwrap(); // greeting
-            let end = Instant::now() + Duration::from_secs(4);
-            while Instant::now() < end {
+            while !stop.load(Ordering::Relaxed) {
                 if s.write_all(b"x\n").is_err() {
                     break;
                 }
@@ -95,23 +116,32 @@ fn revocation_cuts_an_established_connection_within_one_second() {
         })
     };
     // Let the connection run, then revoke.
-    let first = rx.recv_timeout(Duration::from_secs(3)).expect("no echo on the established connection");
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("no echo on the established connection");
     std::thread::sleep(Duration::from_millis(300));
     let pushed = Instant::now();
     agent.push(&revoked);
     let acked = Instant::now();
+    // Watch the connection well past the bound: echoes after it would be seen.
+    std::thread::sleep(REVOKED_WITHIN * 2);
+    stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
     let echoes: Vec<Instant> = std::iter::once(first).chain(rx.try_iter()).collect();
     let before = echoes.iter().filter(|t| **t < pushed).count();
     let last = *echoes.last().unwrap();
-    assert!(before >= 5, "the connection was not flowing before the push ({before} echoes)");
-    assert!(
-        last < acked + Duration::from_secs(1),
-        "echoes still arrived {:?} after the push was acknowledged",
-        last - acked
+    eprintln!(
+        "{before} echoes before the push, push acknowledged after {:?}, last echo {:?} after the acknowledgement",
+        acked - pushed,
+        last.saturating_duration_since(acked)
     );
     assert!(agent.counter("drop_revoked") > 0, "no packet was counted as revoked");
     // What the new policy still allows keeps working.
     assert!(tcp_ok(&frontend.ns, payments.v4, 443));
     assert!(!tcp_ok(&frontend.ns, payments.v4, 8080));
+    if before < 5 {
+        return Err(format!("the connection was not flowing before the push ({before} echoes)"));
+    }
+    if last >= acked + REVOKED_WITHIN {
+        return Err(format!("echoes still arrived {:?} after the push was acknowledged", last - acked));
+    }
+    Ok(())
 }

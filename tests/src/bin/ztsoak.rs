@@ -267,12 +267,17 @@ struct Tallies {
     scan: Tally,
     attack_syn: Tally,
     admin_syn: Tally,
+    /// Time (ns) the batch sender lost to pauses longer than its bucket takes to fill
+    /// (burst / rate): the tokens of that time went unused, whatever the limit did. A busy
+    /// machine makes such pauses; the rate-limit check takes them out instead of failing.
+    batch_idle_ns: AtomicU64,
 }
 
 /// A short TCP session: greeting, one echoed line, close (both sides send a FIN).
 fn tcp_session(dst: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(2)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // Generous: a failure is a check failure, and a busy machine may delay the server's thread.
+    let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(5)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut hi = [0u8; 3];
     if s.read_exact(&mut hi).is_err() || &hi != b"hi\n" {
         return false;
@@ -346,7 +351,8 @@ fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>, scan_rate:
         paced(&st, UDP_FLOW_RATE, |i| {
             let (dst, bind) = if i % 2 == 0 { (pay4, any4) } else { (pay6, any6) };
             let s = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind udp");
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            // Generous: an echo missed counts against the 99%, and the server's thread may wait.
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             Tally::add(&tt.udp_flows.sent);
             let _ = s.send_to(b"flow", SocketAddr::new(dst, 53));
             let mut buf = [0u8; 16];
@@ -407,7 +413,14 @@ fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>, scan_rate:
     let batch4 = h.batch4;
     threads.push(spawn_in(h.batch.clone(), move || {
         let s = udp_socket(batch4);
+        let fills = Duration::from_secs_f64(LIMIT_BURST / LIMIT_RATE);
+        let mut last = Instant::now();
         paced(&st, BATCH_RATE, |i| {
+            let gap = last.elapsed();
+            last = Instant::now();
+            if gap > fills {
+                tt.batch_idle_ns.fetch_add((gap - fills).as_nanos() as u64, Ordering::Relaxed);
+            }
             match s.send_to(b"batch", SocketAddr::new(pay4, 7000 + (i % BATCH_PORTS as u64) as u16)) {
                 Ok(_) => Tally::add(&tt.batch.sent),
                 Err(_) => Tally::add(&tt.batch.failed),
@@ -963,6 +976,10 @@ fn run(o: &Options) -> Result<bool> {
     let batch_received: u64 = (0..BATCH_PORTS).map(|i| servers.udp_count(7000 + i)).sum();
     let (passed, dropped) = (lu("packets_passed"), lu("packets_dropped"));
     let expected = LIMIT_BURST + LIMIT_RATE * t_end_run;
+    // Tokens the sender could not take (it paused longer than the bucket takes to fill) are
+    // not the limit's: the least it must have admitted leaves that time out.
+    let idle = t.batch_idle_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let least = LIMIT_BURST + LIMIT_RATE * (t_end_run - idle).max(0.0);
     checks.check(
         g(&t.batch.failed) == 0 && passed + dropped == g(&t.batch.sent) && batch_received == passed,
         format!(
@@ -971,10 +988,10 @@ fn run(o: &Options) -> Result<bool> {
         ),
     );
     checks.check(
-        dropped == k("drop_rate_limit") && (passed as f64 - expected).abs() <= 0.1 * expected,
+        dropped == k("drop_rate_limit") && (0.9 * least..=1.1 * expected).contains(&(passed as f64)),
         format!(
-            "rate limit kept across {pushes} pushes: admitted {passed} (burst + rate x {t_end_run:.1} s = {expected:.0}, +-10%), \
-             its drops = drop_rate_limit {}",
+            "rate limit kept across {pushes} pushes: admitted {passed} (burst + rate x {t_end_run:.1} s = {expected:.0}, +-10%; \
+             the sender idle {idle:.2} s beyond the bucket's fill time: at least {least:.0} -10%), its drops = drop_rate_limit {}",
             k("drop_rate_limit")
         ),
     );
