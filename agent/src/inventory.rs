@@ -61,6 +61,9 @@ pub struct Seen {
     pub denied_packets: u64,
     /// Packets over a rate limit (dropped, or passed in audit mode).
     pub rate_limited_packets: u64,
+    /// The rule that last allowed a flow of it (`policy suggest` names the unused ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// An entry as `ztagent inventory` lists it.
@@ -121,6 +124,9 @@ impl Inventory {
         seen.would_deny_flows += would;
         seen.denied_packets += denied;
         seen.rate_limited_packets += limited;
+        if flows > 0 && r.rule.is_some() {
+            seen.rule.clone_from(&r.rule);
+        }
         self.dirty = true;
     }
 

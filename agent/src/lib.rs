@@ -18,5 +18,6 @@ pub mod mapwriter;
 pub mod metrics;
 pub mod policy;
 pub mod state;
+pub mod suggest;
 pub mod sink;
 pub mod watch;

@@ -188,6 +188,20 @@ enum PolicyCommand {
     Validate { file: PathBuf },
     /// Validate a policy file and install it in the running agent, atomically.
     Push { file: PathBuf },
+    /// The least policy that allows exactly what the agent's inventory saw allowed (or
+    /// would-deny), each rule commented with what it was learned from; compared with the policy
+    /// in force (or --base FILE): rules to add, rules unused in the window.
+    Suggest {
+        /// Only what was seen in this last while (90s, 15m, 2h, 1d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Leave out what was seen in fewer flows.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        min_flows: u64,
+        /// Compare with this policy file instead of the policy in force.
+        #[arg(long, value_name = "FILE")]
+        base: Option<PathBuf>,
+    },
     /// Print the policy in force.
     Get {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
@@ -479,15 +493,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             other => unexpected(other),
         },
-        Command::Inventory { since, output } => {
-            let since = match since {
-                Some(d) => {
-                    let d = ztagent::grants::parse_duration(&d).map_err(|e| e.to_string().replace("a grant lasts", "--since takes"))?;
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                    Some(now.saturating_sub(d).as_secs_f64())
-                }
-                None => None,
+        Command::Policy(PolicyCommand::Suggest { since, min_flows, base }) => {
+            let since = since_of(since.as_deref())?;
+            let Reply::Inventory(inventory) = call(&socket, &Request::Inventory { since }).await? else {
+                return Err("the agent gave an unexpected answer to an inventory request".into());
             };
+            let base = match base {
+                Some(path) => policy::load(&path).map_err(|d| format!("the base policy is invalid:\n{d}"))?,
+                None => match call(&socket, &Request::Get).await? {
+                    Reply::Policy { policy, .. } => policy::parse(&policy.to_string(), "agent")
+                        .map_err(|d| format!("the agent sent a policy this CLI cannot read:\n{d}"))?,
+                    other => return unexpected(other),
+                },
+            };
+            let s = ztagent::suggest::suggest(&base, &inventory.entries, min_flows);
+            let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            println!("# Compared with the base policy: rules allowing what it denies: {}", list(&s.added));
+            println!("# The base's allow rules that allowed nothing in the window: {}", list(&s.unused));
+            print!("{}", s.text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory { since, output } => {
+            let since = since_of(since.as_deref())?;
             match call(&socket, &Request::Inventory { since }).await? {
                 Reply::Inventory(l) => {
                     if output == Output::Json {
@@ -536,6 +563,14 @@ async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
 
 fn unexpected(r: Reply) -> Result<ExitCode, String> {
     Err(format!("the agent gave an unexpected answer: {r:?}"))
+}
+
+/// `--since DURATION` as the unix time it names.
+fn since_of(since: Option<&str>) -> Result<Option<f64>, String> {
+    let Some(d) = since else { return Ok(None) };
+    let d = ztagent::grants::parse_duration(d).map_err(|_| format!("--since takes a duration such as 90s, 15m, 2h or 1d (up to 7 days), not `{d}`"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(Some(now.saturating_sub(d).as_secs_f64()))
 }
 
 /// `frontend -> payments 8080/tcp`.

@@ -1,12 +1,14 @@
 //! The inventory against real traffic: four hosts talk for a while; `ztagent inventory` lists
 //! exactly the (identity, service, protocol, port) that were seen, with exact flow and packet
-//! counts, callers in no segment grouped by prefix; it survives a restart of the agent.
+//! counts, callers in no segment grouped by prefix; it survives a restart of the agent. The
+//! policy `ztagent policy suggest` makes of it validates, and pushed enforced it allows every
+//! observed flow and denies one the old policy allowed but nobody used (probed for real).
 use std::{
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
 
-use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, bin, tcp_ok, udp_ok};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -16,7 +18,7 @@ segments:
   payments: { cidrs: [10.20.2.10/32] }
   batch: { cidrs: [10.20.3.0/24] }
 rules:
-  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8443/tcp"], action: allow }
+  - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8443/tcp", "9443/tcp"], action: allow }
   - { name: batch-dns, from: [batch], to: [payments], ports: ["53/udp"], action: allow }
 "#;
 
@@ -39,7 +41,7 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
     let dir = TempDir::new();
     let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
-    let _srv = Servers::start(&pay.ns, &[443, 8443], &[53, 9999]);
+    let _srv = Servers::start(&pay.ns, &[443, 8443, 9443], &[53, 9999]);
 
     for _ in 0..3 {
         assert!(tcp_ok(&front.ns, pay.v4, 443));
@@ -90,5 +92,19 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let after = inventory(&agent);
     assert_eq!(entry(&after, "frontend", "tcp", 443)["allowed_flows"], 3);
     assert_eq!(entry(&after, "world 10.20.9.0/24", "udp", 9999)["denied_packets"], 25);
-}
 
+    // The least policy that allows what was seen: valid, and enforced it allows exactly that.
+    let out = agent.cli(&["policy", "suggest"]);
+    assert!(out.status.success(), "suggest: {}", String::from_utf8_lossy(&out.stderr));
+    let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(suggested.contains("# learned from 3 flows") || suggested.contains("# learned from 4 flows"), "{suggested}");
+    assert!(suggested.contains("allowed nothing in the window: none"), "{suggested}");
+    let file = dir.file("suggested.yaml", &suggested);
+    let check = std::process::Command::new(bin("ztagent")).args(["policy", "validate"]).arg(&file).output().unwrap();
+    assert!(check.status.success(), "the suggestion does not validate:\n{}\n{suggested}", String::from_utf8_lossy(&check.stderr));
+    agent.push(&file);
+    assert!(tcp_ok(&front.ns, pay.v4, 443) && tcp_ok(&front.ns, pay.v4, 8443), "an observed flow is denied:\n{suggested}");
+    assert!(udp_ok(&batch.ns, pay.v4, 53), "the observed UDP flow is denied:\n{suggested}");
+    assert!(!tcp_ok(&front.ns, pay.v4, 9443), "a port nobody used is still allowed:\n{suggested}");
+    assert!(!udp_ok(&attacker.ns, pay.v4, 9999), "what was only ever denied is allowed:\n{suggested}");
+}
