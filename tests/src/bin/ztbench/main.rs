@@ -58,6 +58,7 @@ use aya::{
 };
 use integration_tests::{Agent, Lan, Netns, TempDir};
 
+mod inventory;
 mod parse;
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
@@ -705,7 +706,8 @@ fn run() -> Result<bool> {
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
     let parse_rounds = if opts.quick { 3 } else { 7 };
     if opts.parse_only {
-        let (text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
+        let (mut text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
+        text.push_str(&inventory::memory(100_000)?);
         println!("{text}");
         write_report(&opts, &text)?;
         return Ok(ok || !opts.check);
@@ -801,6 +803,7 @@ fn run() -> Result<bool> {
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), &opts);
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
     text.push_str(&parsing);
+    text.push_str(&inventory::memory(100_000)?);
     all_ok &= ok;
     println!("{text}");
     write_report(&opts, &text)?;
