@@ -105,6 +105,8 @@ struct State {
     grants: crate::grants::Store,
     /// What talks to what, fed by the event stream (its own lock: the hub's observer).
     inventory: Arc<Mutex<crate::inventory::Inventory>>,
+    /// Deviation alerts, fed the same way.
+    alerts: Arc<Mutex<crate::alerts::Engine>>,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -163,9 +165,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let alerts = Arc::new(Mutex::new(crate::alerts::Engine::default()));
     let mut state = State {
         grants,
         inventory: inventory.clone(),
+        alerts: alerts.clone(),
         writer,
         datapath,
         installed: None,
@@ -199,12 +203,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     });
     let event_counters = metrics_listener.as_ref().map(|_| metrics::EventCounters::start(&hub));
     {
-        let inventory = inventory.clone();
-        hub.observe(move |r| inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, unix_now()));
+        let (inventory, alerts) = (inventory.clone(), alerts.clone());
+        hub.observe(move |r| {
+            let now = unix_now();
+            inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, now);
+            alerts.lock().unwrap_or_else(|p| p.into_inner()).observe(r, now);
+        });
     }
     let delivered = Arc::new(AtomicU64::new(0));
     // ---
-    sources.spawn(hub, delivered.clone());
+    sources.spawn(hub.clone(), delivered.clone());
     let access = Arc::new(cfg.access.clone());
     tracing::info!(socket = %cfg.socket.display(), "control socket ready");
     let shared: Shared = Arc::new(Mutex::new(state));
@@ -239,7 +247,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Grants that end are taken out of the policy (the kernel has ended them already); the
     // inventory is saved now and then.
     let housekeeping = shared.clone();
-    let (saved, state_dir) = (inventory.clone(), cfg.state_dir.clone());
+    let (saved, state_dir, raised, alert_hub) = (inventory.clone(), cfg.state_dir.clone(), alerts.clone(), hub.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut last_save = std::time::Instant::now();
@@ -247,6 +255,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             tick.tick().await;
             let shared = housekeeping.clone();
             let _ = tokio::task::spawn_blocking(move || expire_grants(&mut shared.lock().unwrap_or_else(|p| p.into_inner()))).await;
+            // Published outside the engine's lock: the hub's observers take it.
+            let raised = raised.lock().unwrap_or_else(|p| p.into_inner()).take();
+            for a in raised {
+                tracing::info!(kind = %a.reason, from = %a.src_segment, severity = a.severity.as_deref().unwrap_or(""), "{}", a.note.as_deref().unwrap_or(""));
+                alert_hub.note(a);
+            }
             if last_save.elapsed() >= crate::inventory::SAVE_INTERVAL {
                 last_save = std::time::Instant::now();
                 let (inv, dir) = (saved.clone(), state_dir.clone());
@@ -377,6 +391,7 @@ fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<CompiledPol
         rules: parsed.rules.len(),
         entries: written.entries,
     };
+    state.alerts.lock().unwrap_or_else(|p| p.into_inner()).configure(parsed.alerts.clone(), unix_now());
     // Acknowledged only once the state directory holds it too.
     crate::state::save(&state.state_dir, written.revision, &parsed)?;
     state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at: unix_now() });
@@ -630,6 +645,7 @@ fn note_grant(state: &State, g: &crate::grants::Grant, verdict: &str, reason: &s
         len: 0,
         revision,
         note: Some(g.reason.clone()),
+        severity: None,
     });
 }
 

@@ -56,9 +56,13 @@ pub struct EventRecord {
     /// Length of the packet that triggered the event (0 for a sweep's report).
     pub len: u32,
     pub revision: u32,
-    /// What the agent itself reports (verdicts `granted` and `grant-ended`): the grant's reason.
+    /// What the agent itself reports (verdicts `granted`, `grant-ended`, `anomaly`): the grant's
+    /// reason, or what the alert saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// `anomaly` only: `low`, `medium` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
 }
 
 /// What `ztagent events` asks for.
@@ -325,6 +329,7 @@ impl Decoder {
             len: ev.len,
             revision: ev.revision,
             note: None,
+            severity: None,
         }
     }
 

@@ -91,7 +91,7 @@ pub struct Inventory {
 }
 
 /// The identity of one side: its segment, or its prefix when it is in none.
-fn identity(segment: &str, addr: IpAddr) -> String {
+pub fn identity(segment: &str, addr: IpAddr) -> String {
     if segment != WORLD_NAME {
         return segment.to_owned();
     }
@@ -201,6 +201,7 @@ mod tests {
             len: 60,
             revision: 1,
             note: None,
+            severity: None,
         }
     }
 

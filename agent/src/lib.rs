@@ -7,6 +7,7 @@
 //! Back from the kernel: ring buffer -> [`events`] (names, exact counts) -> clients, the
 //! [`metrics`] endpoint and the events file ([`sink`]).
 
+pub mod alerts;
 pub mod auth;
 pub mod control;
 pub mod daemon;

@@ -121,7 +121,7 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only these verdicts (repeat for several).
-        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended"])]
+        #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended", "anomaly"])]
         verdicts: Vec<String>,
         /// Only events from this source segment.
         #[arg(long)]

@@ -331,6 +331,7 @@ mod tests {
             len: 60,
             revision: 1,
             note: None,
+            severity: None,
         }
     }
 

@@ -63,7 +63,7 @@ pub use compile::{
 pub use diag::{Diagnostic, Diagnostics};
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use model::{
-    ANY_NAME, Action, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
+    ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
     POLICY_VERSION, Per, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
     WORLD_NAME,
 };

@@ -377,6 +377,34 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// In file order (`rateLimits`; absent = none).
     pub rate_limits: Vec<RateLimit>,
+    /// Deviation alerts (`alerts`; absent = none).
+    pub alerts: Option<Alerts>,
+}
+
+/// What the agent watches for, beyond the verdicts (see `alerts`): a baseline of who reaches
+/// what, learned for `learn_seconds`, then `anomaly` events for what deviates from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerts {
+    /// How long the baseline is learned before deviations are reported.
+    pub learn_seconds: u64,
+    /// An identity reaching a service it never reached before.
+    pub new_peer: bool,
+    /// ... or a service it reaches on a protocol and port it never used.
+    pub new_port: bool,
+    /// One source denied on this many distinct (destination, port) within `scan_seconds` is a
+    /// scan (0: off).
+    pub scan_destinations: u64,
+    pub scan_seconds: u64,
+    /// At most one alert per identity and kind this often; the ones in between are counted in
+    /// the next.
+    pub interval_seconds: u64,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts { learn_seconds: 600, new_peer: true, new_port: true, scan_destinations: 20, scan_seconds: 10, interval_seconds: 60 }
+    }
 }
 
 impl Policy {
@@ -427,6 +455,8 @@ struct FileOut<'a> {
     rules: Vec<RuleOut>,
     #[serde(rename = "rateLimits", skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<RateLimitOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alerts: Option<Alerts>,
 }
 
 fn is_enforce(m: &Mode) -> bool {
@@ -537,6 +567,7 @@ impl Serialize for Policy {
                     scope: l.scope,
                 })
                 .collect(),
+            alerts: self.alerts.clone(),
         }
         .serialize(s)
     }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::diag::{Diagnostic, Diagnostics, quote, suggest};
 use super::model::{
-    ANY_NAME, Action, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
+    ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
     Mode, POLICY_VERSION, Per, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
 };
 use super::node::{Node, Pos, Value, parse_tree};
@@ -78,7 +78,9 @@ const TOP_FIELDS: &[&str] = &[
     "segments",
     "rules",
     "rateLimits",
+    "alerts",
 ];
+const ALERT_FIELDS: &[&str] = &["learnSeconds", "newPeer", "newPort", "scanDestinations", "scanSeconds", "intervalSeconds"];
 const SEGMENT_FIELDS: &[&str] = &["cidrs", "mode"];
 const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action", "mode"];
 const LIMIT_FIELDS: &[&str] = &[
@@ -350,7 +352,41 @@ impl Validator<'_> {
         if let Some(n) = top.get("rateLimits") {
             policy.rate_limits = self.rate_limits(n, &names);
         }
+        if let Some(n) = top.get("alerts") {
+            policy.alerts = self.alerts(n);
+        }
         policy
+    }
+
+    /// The `alerts` section: every field optional, defaults as in [`Alerts::default`].
+    fn alerts(&mut self, n: &Node) -> Option<Alerts> {
+        let Some(f) = self.fields(n, Owner::Text("`alerts`"), ALERT_FIELDS) else {
+            self.err(n.pos, format!("`alerts` must be a mapping like {{ scanDestinations: 20 }}, not {}", n.value.kind()));
+            return None;
+        };
+        let mut a = Alerts::default();
+        const DAY: u64 = 86_400;
+        for (field, value, min, max) in [
+            ("learnSeconds", &mut a.learn_seconds, 0, 30 * DAY),
+            ("scanDestinations", &mut a.scan_destinations, 0, 1_000_000),
+            ("scanSeconds", &mut a.scan_seconds, 1, DAY),
+            ("intervalSeconds", &mut a.interval_seconds, 1, DAY),
+        ] {
+            if let Some(n) = f.get(field)
+                && let Some(v) = self.whole(n, field, min, max)
+            {
+                *value = v;
+            }
+        }
+        for (field, value) in [("newPeer", &mut a.new_peer), ("newPort", &mut a.new_port)] {
+            if let Some(n) = f.get(field) {
+                match n.value {
+                    Value::Bool(b) => *value = b,
+                    ref v => self.err(n.pos, format!("`{field}` must be true or false, not {}", v.kind())),
+                }
+            }
+        }
+        Some(a)
     }
 
     fn action(&mut self, n: &Node, field: &str) -> Option<Action> {

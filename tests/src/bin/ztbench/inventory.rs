@@ -34,6 +34,7 @@ pub fn memory(flows: u32) -> Result<String> {
         len: 60,
         revision: 1,
         note: None,
+            severity: None,
     };
     let records: Vec<EventRecord> = (0..flows).map(record).collect();
     let before = rss();
