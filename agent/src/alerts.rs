@@ -27,13 +27,20 @@ struct Window {
     reported: bool,
 }
 
+/// The services an identity reached, and on which protocols and ports.
+#[derive(Default)]
+struct Known {
+    services: HashSet<String>,
+    ports: HashSet<(String, String, u16)>,
+}
+
 #[derive(Default)]
 pub struct Engine {
     cfg: Option<Alerts>,
     /// When learning started (the first policy with alerts).
     since: f64,
-    /// identity -> (service, proto, port) seen.
-    baseline: HashMap<String, HashSet<(String, String, u16)>>,
+    /// identity -> what it was seen reaching.
+    baseline: HashMap<String, Known>,
     windows: HashMap<IpAddr, Window>,
     /// (identity, kind) -> (last alert, alerts held back since).
     last: HashMap<(String, &'static str), (f64, u64)>,
@@ -65,12 +72,12 @@ impl Engine {
         let port = if r.proto == "tcp" || r.proto == "udp" { r.dport } else { 0 };
         let learning = now - self.since < cfg.learn_seconds as f64;
         let known = self.baseline.entry(who.clone()).or_default();
-        let seen_service = known.iter().any(|(s, _, _)| *s == service);
         let key = (service.clone(), r.proto.clone(), port);
-        if known.contains(&key) || known.len() >= MAX_SERVICES {
+        if known.ports.contains(&key) || known.ports.len() >= MAX_SERVICES {
             return;
         }
-        known.insert(key);
+        known.ports.insert(key);
+        let seen_service = !known.services.insert(service.clone());
         if learning {
             return;
         }
