@@ -10,6 +10,7 @@
 //! - One rule per (source, destination), its ports exactly those seen: single ports, and
 //!   ranges only where every port of the range was seen; ICMP as `icmp` (echo). Traffic of
 //!   other protocols cannot be named by port in v1 and is listed in a comment instead.
+//! - The base's rate limits and alerts are kept as they are.
 //! - Against the base: the suggested rules that allow what the base denies (to add), and the
 //!   base's allow rules that decided nothing in the window (that could be removed).
 use std::{
@@ -209,6 +210,16 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
         text.push_str("  []\n");
         text = text.replace("rules:\n  []\n", "rules: []\n");
     }
+    // The base's rate limits and alerts carry over as they are (its segments come first, in
+    // its order, so they name the same identities).
+    let carried = Policy { rules: Vec::new(), ..base.clone() }.to_yaml();
+    if let Some(i) = ["\nrateLimits:", "\nalerts:"].iter().filter_map(|k| carried.find(k)).min() {
+        text.push_str("# carried over from the base policy:\n");
+        text.push_str(&carried[i + 1..]);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
     let unused = base
         .rules
         .iter()
@@ -240,7 +251,7 @@ mod tests {
     #[test]
     fn the_least_policy_that_allows_what_was_seen() {
         let base = policy::parse(
-            "version: 1\nsegments:\n  web: { cidrs: [10.0.1.0/24] }\n  db: { cidrs: [10.0.2.5/32] }\nrules:\n  - { name: web-db, from: [web], to: [db], ports: [\"5432/tcp\"], action: allow }\n  - { name: old, from: [db], to: [web], action: allow }\n",
+            "version: 1\nsegments:\n  web: { cidrs: [10.0.1.0/24] }\n  db: { cidrs: [10.0.2.5/32] }\nrules:\n  - { name: web-db, from: [web], to: [db], ports: [\"5432/tcp\"], action: allow }\n  - { name: old, from: [db], to: [web], action: allow }\nrateLimits:\n  - { name: slow-db, from: web, to: [db], packets: { rate: 100, per: second, burst: 10 } }\nalerts: { learnSeconds: 60 }\n",
             "t",
         )
         .unwrap();
@@ -267,6 +278,8 @@ mod tests {
         assert_eq!(check("10.0.2.5", "10.0.1.7", 6, 22), "deny", "the base's broad rule is not kept");
         assert!(s.text.contains("ports: [\"5432/tcp\", \"6379-6380/tcp\", \"icmp\"]"), "{}", s.text);
         assert!(s.text.contains("# learned from 11 flows"), "{}", s.text);
+        assert_eq!((p.rate_limits.len(), p.rate_limits[0].name.as_str()), (1, "slow-db"));
+        assert_eq!(p.alerts.as_ref().map(|a| a.learn_seconds), Some(60));
         // Against the base: web-to-db needs 6379-6380, the unknown caller is new; nothing of
         // the base went unused.
         assert_eq!(s.added, ["web-to-db", "unknown-10-9-9-0-24-to-web"]);

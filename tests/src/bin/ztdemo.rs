@@ -386,7 +386,70 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
             would.len()
         ));
     }
+    step()?;
+
+    // ---- 7. From observe to enforce -----------------------------------------------------
+    header(st, 7, "From observe to enforce: inventory, the least policy, a time-bound grant");
+    // Payments alone from here: its own policy decides.
+    drop(client_agents);
+    observe_to_enforce(&lan, &agent, &dir, st, &mut problems)?;
     Ok(problems)
+}
+
+/// The zero-trust rollout on payments: what the agent saw (`ztagent inventory`), the least
+/// policy that allows exactly that (`ztagent policy suggest`), enforced; then an exception for
+/// a few seconds (`ztagent grant`) that ends by itself.
+fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, problems: &mut Vec<String>) -> Result<()> {
+    let (payments, frontend, batch) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND], &lan.hosts[BATCH]);
+    let inv = agent.cli(&["inventory"]);
+    let text = String::from_utf8_lossy(&inv.stdout).into_owned();
+    println!("  ztagent inventory (what payments saw during the steps above):");
+    for l in text.lines().filter(|l| l.starts_with("from") || l.contains("payments")).take(12) {
+        println!("    {l}");
+    }
+    let out = agent.cli(&["policy", "suggest"]);
+    if !out.status.success() {
+        bail!("ztagent policy suggest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("\n  ztagent policy suggest: the least policy that allows exactly what was seen allowed (or would-deny):");
+    for l in suggested.lines().filter(|l| l.starts_with("# Compared") || l.starts_with("# The base") || l.contains("name:")) {
+        println!("    {l}");
+    }
+    let least = dir.file("least.yaml", &suggested);
+    agent.push(&least);
+    step()?;
+    let web = check_live(agent, frontend.v4, payments.v4, Probe::Tcp(443))?;
+    let unused = check_live(agent, frontend.v4, payments.v4, Probe::Tcp(8099))?;
+    let reached = integration_tests::tcp_ok(&frontend.ns, payments.v4, 443);
+    println!(
+        "  pushed it: frontend -> payments tcp/443 {} ({}); tcp/8099, allowed before but never used: {}",
+        if reached { st.green("connected") } else { st.alarm("no answer") },
+        web.rule.as_deref().unwrap_or("default"),
+        if unused.allow { st.alarm("still allowed") } else { st.green("now denied") },
+    );
+    if !reached || unused.allow {
+        problems.push(format!("the suggested policy: frontend tcp/443 reached {reached}, tcp/8099 allowed {}", unused.allow));
+    }
+    step()?;
+    let grant = agent.cli(&["grant", "--from", "batch", "--to", "payments", "--port", "443/tcp", "--for", "4s", "--reason", "demo: a short exception"]);
+    if !grant.status.success() {
+        bail!("ztagent grant failed: {}", String::from_utf8_lossy(&grant.stderr));
+    }
+    println!("  ztagent grant --from batch --to payments --port 443/tcp --for 4s --reason ...");
+    println!("    {}", String::from_utf8_lossy(&grant.stdout).trim());
+    let during = integration_tests::tcp_ok(&batch.ns, payments.v4, 443);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = integration_tests::tcp_ok(&batch.ns, payments.v4, 443);
+    println!(
+        "  batch -> payments tcp/443 during the grant: {}; after it ended (in the kernel, no push): {}",
+        if during { st.green("connected") } else { st.alarm("no answer") },
+        if after { st.alarm("still connected") } else { st.green("denied again") },
+    );
+    if !during || after {
+        problems.push(format!("the grant: batch tcp/443 during {during}, after {after}"));
+    }
+    Ok(())
 }
 
 /// The rate-limit section: frontend and batch ping payments equally hard at the same time; the
