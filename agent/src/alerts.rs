@@ -155,28 +155,8 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn rec(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16) -> EventRecord {
-        EventRecord {
-            time: String::new(),
-            iface: "eth0".into(),
-            direction: "ingress".into(),
-            verdict: verdict.into(),
-            reason: reason.into(),
-            rule: None,
-            rate_limit: None,
-            src: src.1.parse().unwrap(),
-            dst: dst.1.parse().unwrap(),
-            sport: 1,
-            dport,
-            proto: proto.into(),
-            src_segment: src.0.into(),
-            dst_segment: dst.0.into(),
-            count: 1,
-            len: 60,
-            revision: 1,
-            note: None,
-            severity: None,
-        }
+    fn rec(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16, count: u64) -> EventRecord {
+        EventRecord::flow(verdict, reason, (src.0, src.1.parse().unwrap()), (dst.0, dst.1.parse().unwrap()), proto, dport, count)
     }
 
     #[test]
@@ -185,33 +165,33 @@ mod tests {
         let cfg = Alerts { learn_seconds: 10, scan_destinations: 5, scan_seconds: 10, interval_seconds: 60, ..Alerts::default() };
         e.configure(Some(cfg), 0.0);
         let (front, pay, db) = (("frontend", "10.0.1.2"), ("payments", "10.0.2.10"), ("db", "10.0.3.5"));
-        e.observe(&rec("allowed", "rule", front, pay, "tcp", 443), 1.0);
-        e.observe(&rec("allowed", "rule", front, pay, "tcp", 443), 20.0);
+        e.observe(&rec("allowed", "rule", front, pay, "tcp", 443, 1), 1.0);
+        e.observe(&rec("allowed", "rule", front, pay, "tcp", 443, 1), 20.0);
         assert!(e.take().is_empty(), "steady traffic raised an alert");
-        e.observe(&rec("allowed", "rule", front, db, "tcp", 5432), 21.0);
-        e.observe(&rec("allowed", "rule", front, pay, "tcp", 8443), 22.0);
+        e.observe(&rec("allowed", "rule", front, db, "tcp", 5432, 1), 21.0);
+        e.observe(&rec("allowed", "rule", front, pay, "tcp", 8443, 1), 22.0);
         let a = e.take();
         assert_eq!(a.iter().map(|r| (r.reason.as_str(), r.dst_segment.as_str())).collect::<Vec<_>>(), [("new-peer", "db"), ("new-port", "payments")]);
         assert_eq!(a[0].severity.as_deref(), Some("medium"));
         // A scan from one address in no segment: one alert, however many denials.
         for p in 0..200 {
-            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 1000 + p), 23.0);
+            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 1000 + p, 1), 23.0);
         }
         let a = e.take();
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!((a[0].reason.as_str(), a[0].src_segment.as_str(), a[0].severity.as_deref()), ("scan", "world 10.9.9.0/24", Some("high")));
         // Held back within the interval, counted in the next one.
         for p in 0..200 {
-            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 3000 + p), 40.0);
+            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 3000 + p, 1), 40.0);
         }
         assert!(e.take().is_empty());
         for p in 0..5 {
-            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 5000 + p), 90.0);
+            e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 5000 + p, 1), 90.0);
         }
         assert_eq!(e.take().iter().map(|r| r.count).collect::<Vec<_>>(), [2]);
         // No section, no alerts.
         e.configure(None, 100.0);
-        e.observe(&rec("allowed", "rule", front, ("other", "10.0.4.1"), "tcp", 1), 101.0);
+        e.observe(&rec("allowed", "rule", front, ("other", "10.0.4.1"), "tcp", 1, 1), 101.0);
         assert!(e.take().is_empty());
     }
 }

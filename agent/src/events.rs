@@ -65,6 +65,34 @@ pub struct EventRecord {
     pub severity: Option<String>,
 }
 
+impl EventRecord {
+    /// A record of a flow from (segment, address) to (segment, address), on an interface's
+    /// ingress, the other fields empty: for tests and benchmarks of what consumes records.
+    pub fn flow(verdict: &str, reason: &str, src: (&str, IpAddr), dst: (&str, IpAddr), proto: &str, dport: u16, count: u64) -> EventRecord {
+        EventRecord {
+            time: String::new(),
+            iface: "eth0".into(),
+            direction: "ingress".into(),
+            verdict: verdict.into(),
+            reason: reason.into(),
+            rule: None,
+            rate_limit: None,
+            src: src.1,
+            dst: dst.1,
+            sport: 40000,
+            dport,
+            proto: proto.into(),
+            src_segment: src.0.into(),
+            dst_segment: dst.0.into(),
+            count,
+            len: 60,
+            revision: 1,
+            note: None,
+            severity: None,
+        }
+    }
+}
+
 /// What `ztagent events` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventFilter {

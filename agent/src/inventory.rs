@@ -182,27 +182,7 @@ mod tests {
     use super::*;
 
     fn record(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16, count: u64) -> EventRecord {
-        EventRecord {
-            time: String::new(),
-            iface: "eth0".into(),
-            direction: "ingress".into(),
-            verdict: verdict.into(),
-            reason: reason.into(),
-            rule: None,
-            rate_limit: None,
-            src: src.1.parse().unwrap(),
-            dst: dst.1.parse().unwrap(),
-            sport: 40000,
-            dport,
-            proto: proto.into(),
-            src_segment: src.0.into(),
-            dst_segment: dst.0.into(),
-            count,
-            len: 60,
-            revision: 1,
-            note: None,
-            severity: None,
-        }
+        EventRecord::flow(verdict, reason, (src.0, src.1.parse().unwrap()), (dst.0, dst.1.parse().unwrap()), proto, dport, count)
     }
 
     #[test]

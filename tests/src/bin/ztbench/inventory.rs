@@ -16,26 +16,11 @@ fn rss() -> u64 {
 
 /// The inventory section of the report.
 pub fn memory(flows: u32) -> Result<String> {
-    let record = |i: u32| EventRecord {
-        time: String::new(),
-        iface: "eth0".into(),
-        direction: "ingress".into(),
-        verdict: "allowed".into(),
-        reason: "rule".into(),
-        rule: Some("web".into()),
-        rate_limit: None,
-        src: std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]),
-        dst: std::net::IpAddr::from([10, 2, 0, 1]),
-        sport: 40000,
-        dport: (i % 50_000) as u16 + 1,
-        proto: "tcp".into(),
-        src_segment: format!("client{}", i / 50_000),
-        dst_segment: "payments".into(),
-        count: 1,
-        len: 60,
-        revision: 1,
-        note: None,
-            severity: None,
+    let record = |i: u32| {
+        let src = std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+        let mut r = EventRecord::flow("allowed", "rule", (&format!("client{}", i / 50_000), src), ("payments", [10, 2, 0, 1].into()), "tcp", (i % 50_000) as u16 + 1, 1);
+        r.rule = Some("web".into());
+        r
     };
     let records: Vec<EventRecord> = (0..flows).map(record).collect();
     let before = rss();
