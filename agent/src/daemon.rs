@@ -698,6 +698,8 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, Str
         revision: state.writer.revision(),
         last_push: state.installed.as_ref().map(|i| i.installed_at),
         segments,
+        inventory: state.inventory.lock().unwrap_or_else(|p| p.into_inner()).size(),
+        grants: state.grants.grants.len() as u64,
     })
 }
 

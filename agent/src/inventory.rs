@@ -141,6 +141,11 @@ impl Inventory {
         self.evicted += (before - self.map.len()) as u64;
     }
 
+    /// (Entries kept, entries evicted), for the metrics.
+    pub fn size(&self) -> (u64, u64) {
+        (self.map.len() as u64, self.evicted)
+    }
+
     /// The entries seen since unix time `since` (all without), sorted by key.
     pub fn list(&self, since: Option<f64>) -> Listing {
         let mut entries: Vec<Row> = self

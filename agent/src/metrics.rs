@@ -86,6 +86,10 @@ pub struct Scrape {
     /// Packets by source segment (name; passed, denied, rate limited), from the kernel's
     /// per-CPU counters.
     pub segments: Vec<(String, [u64; 3])>,
+    /// The inventory: entries kept, and entries evicted since it began.
+    pub inventory: (u64, u64),
+    /// Time-bound grants in force.
+    pub grants: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -312,6 +316,12 @@ impl Collector for Snapshot {
         }
         let e = enc.encode_descriptor("policy_revision", "Revision of the policy in force (0: none).", None, MetricType::Gauge)?;
         ConstGauge::new(s.revision).encode(e)?;
+        let e = enc.encode_descriptor("inventory_entries", "Entries in the inventory (identity, service, protocol, port).", None, MetricType::Gauge)?;
+        ConstGauge::new(s.inventory.0).encode(e)?;
+        let e = enc.encode_descriptor("inventory_evicted", "Inventory entries evicted to stay within its bound.", None, MetricType::Counter)?;
+        ConstCounter::new(s.inventory.1).encode(e)?;
+        let e = enc.encode_descriptor("grants", "Time-bound grants in force.", None, MetricType::Gauge)?;
+        ConstGauge::new(s.grants).encode(e)?;
         if let Some(t) = s.last_push {
             let e = enc.encode_descriptor(
                 "policy_last_push_timestamp",
@@ -470,6 +480,8 @@ mod tests {
             revision: 4,
             last_push: Some(1_700_000_000.5),
             segments: vec![("frontend".into(), [5, 1, 2])],
+            inventory: (42, 3),
+            grants: 2,
         }
     }
 
@@ -493,6 +505,9 @@ mod tests {
             r#"ztagent_map_entries{map="ZT_CT"} 2"#,
             r#"ztagent_map_capacity{map="ZT_CT"} 262144"#,
             "ztagent_policy_revision 4",
+            "ztagent_inventory_entries 42",
+            "ztagent_inventory_evicted_total 3",
+            "ztagent_grants 2",
             "# UNIT ztagent_policy_last_push_timestamp_seconds seconds",
             "ztagent_policy_last_push_timestamp_seconds 1700000000.5",
             r#"ztagent_event_packets_total{src_segment="frontend",dst_segment="payments",verdict="allowed"} 3"#,

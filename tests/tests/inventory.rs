@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{Agent, Lan, Servers, TempDir, bin, tcp_ok, udp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, bin, get_metrics, tcp_ok, udp_ok};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -40,7 +40,7 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let lan = Lan::four_hosts();
     let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
     let dir = TempDir::new();
-    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let agent = Agent::start_with(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)), &["--metrics-addr", "127.0.0.1:9470"]);
     let _srv = Servers::start(&pay.ns, &[443, 8443, 9443], &[53, 9999]);
 
     for _ in 0..3 {
@@ -86,6 +86,10 @@ fn the_inventory_lists_exactly_what_was_seen() {
     assert_eq!(to_payments.len(), 4, "{to_payments:#?}");
     let text = agent.cli(&["inventory"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("world 10.20.9.0/24"));
+    // The metrics count the same entries.
+    let metrics = get_metrics(&pay.ns, 9470).expect("GET /metrics");
+    let line = format!("ztagent_inventory_entries {}\n", inventory(&agent).len());
+    assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
 
     // Kept across a restart (a stop saves it; a crash loses at most the last 10 s).
     let agent = agent.stop_and_restart(&pay.ns, &[&pay.iface]);
