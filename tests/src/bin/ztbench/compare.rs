@@ -68,10 +68,24 @@ enum Dropper {
     Ztagent,
     NftNetdev,
     NftInet,
+    /// Breakdown, denied one source only: parse + one conntrack lookup, drop on the miss
+    /// (`zt_reference`).
+    Reference,
+    /// Breakdown, denied one source only: parse, conntrack miss, the denial-cache hit, drop
+    /// (`zt_denied_floor`; the cache entry is the one ztagent wrote just before).
+    DeniedFloor,
 }
 
 impl Dropper {
-    const ALL: [Dropper; 5] = [Dropper::None, Dropper::DropAll, Dropper::Ztagent, Dropper::NftNetdev, Dropper::NftInet];
+    const ALL: [Dropper; 7] = [
+        Dropper::None,
+        Dropper::DropAll,
+        Dropper::Ztagent,
+        Dropper::DeniedFloor,
+        Dropper::Reference,
+        Dropper::NftNetdev,
+        Dropper::NftInet,
+    ];
     fn name(self) -> &'static str {
         match self {
             Dropper::None => "no program",
@@ -79,6 +93,8 @@ impl Dropper {
             Dropper::Ztagent => "ztagent",
             Dropper::NftNetdev => "nft netdev ingress",
             Dropper::NftInet => "nft inet input",
+            Dropper::Reference => "parse + ct lookup",
+            Dropper::DeniedFloor => "denied floor",
         }
     }
 }
@@ -370,7 +386,7 @@ type Results = Vec<Vec<Vec<Cell>>>;
 /// Runs the comparative benchmark and prints its report; true when every target holds.
 pub fn run(opts: &CompareOptions) -> Result<bool> {
     let sizes: Vec<usize> = if opts.quick { vec![10, 1_000] } else { vec![10, 1_000, 100_000] };
-    let repeat: u32 = if opts.quick { 300_000 } else { 3_000_000 };
+    let repeat: u32 = if opts.quick { 300_000 } else { 1_000_000 };
     let compiled: Vec<_> = sizes.iter().map(|&n| ztagent_policy(n).map(|p| policy::compile(&p))).collect::<Result<_>>()?;
     let room = |f: fn(&policy::CompiledPolicy) -> usize| {
         u32::try_from(2 * compiled.iter().map(f).max().unwrap_or(0) + 1024).unwrap_or(u32::MAX)
@@ -385,7 +401,14 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-cmp-{}", std::process::id()));
     let _guard = PinGuard(pins.clone());
     let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
-    for name in [programs::BASELINE, programs::BENCH_TX, programs::BENCH_SCAN, programs::BENCH_DROP] {
+    for name in [
+        programs::BASELINE,
+        programs::BENCH_TX,
+        programs::BENCH_SCAN,
+        programs::BENCH_DROP,
+        programs::REFERENCE,
+        programs::DENIED_FLOOR,
+    ] {
         let prog: &mut Xdp =
             dp.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
@@ -423,6 +446,8 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 let name = match d {
                     Dropper::DropAll => programs::BENCH_DROP,
                     Dropper::Ztagent => programs::INGRESS,
+                    Dropper::Reference => programs::REFERENCE,
+                    Dropper::DeniedFloor => programs::DENIED_FLOOR,
                     _ => programs::BASELINE,
                 };
                 let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
@@ -444,7 +469,8 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     _ => {}
                 }
                 for (ti, (t, fd, frame)) in frames.iter().enumerate() {
-                    if d == Dropper::DropAll && *t == Traffic::Allowed {
+                    let breakdown = matches!(d, Dropper::Reference | Dropper::DeniedFloor);
+                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t != Traffic::Denied) {
                         continue;
                     }
                     if *t == Traffic::Allowed {

@@ -11,6 +11,10 @@
 //!   longest path of a TCP packet;
 //! - *new flow*: the allowed SYN itself: policy path + two conntrack inserts.
 //!
+//! Next to them, two floors in the same object: `zt_reference` (parse + one conntrack lookup)
+//! on the established frame and `zt_denied_floor` (parse, conntrack miss, one denial-cache
+//! lookup) on the denied one; the per-packet targets are ratios to these.
+//!
 //! The frames are interleaved (empty, established, denied, new flow, empty, ...) and each cost
 //! is the median over several rounds; ratios are taken within a round, then their median, so
 //! that a noisy neighbour slowing one round down does not bias them. Every run checks the
@@ -36,8 +40,10 @@
 //! the table's *new flow* and *denied, first packet* are measured with their events lost
 //! (which the event section shows costs ~10 ns less than writing them).
 //!
+//! Last, the comparative benchmark on live traffic (see [`compare`]); `--compare` runs only it.
+//!
 //! Usage: `ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N]
-//! [--events N]` (as root; see `--help`).
+//! [--events N] [--compare] [--rounds N] [--json PATH]` (as root; see `--help`).
 mod compare;
 
 use std::{
