@@ -537,12 +537,12 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
                     continue;
                 }
                 let _ = write!(s, " {:.2} [{:.2}-{:.2}] |", c.med(), c.min(), c.max());
-                json["results"].as_array_mut().map(|a| {
+                if let Some(a) = json["results"].as_array_mut() {
                     a.push(serde_json::json!({
                         "traffic": t.name(), "cidrs": n, "dropper": d.name(),
                         "mpps_median": c.med(), "mpps_min": c.min(), "mpps_max": c.max(), "mpps": c.mpps,
-                    }))
-                });
+                    }));
+                }
             }
             let z = r[ni][zi][ti].med();
             for d in [Dropper::DropAll, Dropper::NftNetdev, Dropper::NftInet, Dropper::None] {
