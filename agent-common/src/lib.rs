@@ -494,6 +494,8 @@ pub mod programs {
     pub const BENCH_SCAN: &str = "zt_bench_scan";
     /// The comparative benchmark's limit: drops everything.
     pub const BENCH_DROP: &str = "zt_bench_drop";
+    /// The comparative benchmark's "XDP with one LPM lookup" (the active slot's CIDR trie).
+    pub const BENCH_LPM: &str = "zt_bench_lpm";
 }
 
 #[cfg(feature = "user")]

@@ -125,6 +125,37 @@ pub fn zt_bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// One LPM lookup and nothing else: the IPv4 source (Ethernet, no VLAN) in the active slot's
+/// CIDR trie, drop on a hit. The comparative benchmark's "XDP with one LPM lookup", on the
+/// same trie ztagent uses. Never attached by the agent.
+#[xdp]
+pub fn zt_bench_lpm(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the 34 bytes of Ethernet + IPv4 header read below are within the frame.
+    let (ethertype, src) = unsafe {
+        (core::ptr::read_unaligned((data + 12) as *const [u8; 2]), core::ptr::read_unaligned((data + 26) as *const [u8; 4]))
+    };
+    let slot = match ACTIVE.get(0) {
+        Some(&s) if s == 1 || s == 2 => s - 1,
+        _ => return xdp_action::XDP_PASS,
+    };
+    if ethertype != [0x08, 0x00] {
+        return xdp_action::XDP_PASS;
+    }
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&src);
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        agent_common::CIDR_SLOT_BITS + 128,
+        agent_common::CidrData { slot: slot.to_be_bytes(), addr },
+    );
+    if maps::CIDRS.get(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
 /// How much of a socket buffer must be linear for the parser to see every header it reads.
 const TC_PULL_LEN: usize = 128;
 

@@ -1,5 +1,5 @@
 //! The comparative benchmark, quick: `ztbench --compare --quick --rounds 1` must set up every
-//! dropper (XDP drop-all, ztagent, nftables netdev ingress and inet input, the empty program)
+//! dropper (XDP drop-all, XDP with one LPM lookup, ztagent, nftables netdev ingress and inet input, the empty program)
 //! at every N, send live traffic through each, and see it arrive. It fails loudly when a
 //! dropper cannot be set up; it never fails on the measured rates (their floors are
 //! `ztbench --check`'s business).
@@ -21,7 +21,7 @@ fn every_dropper_is_set_up_and_sees_live_traffic() {
     assert!(out.status.success(), "ztbench --compare failed ({}):\n{stdout}\n{stderr}", out.status);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report")).expect("JSON");
     let results = v["results"].as_array().expect("results");
-    for dropper in ["no program", "XDP drop-all", "ztagent", "nft netdev ingress", "nft inet input"] {
+    for dropper in ["no program", "XDP drop-all", "XDP one LPM lookup", "ztagent", "nft netdev ingress", "nft inet input"] {
         for traffic in ["denied, one source", "denied, scan from 65,536 sources", "allowed, established"] {
             if dropper == "XDP drop-all" && traffic.starts_with("allowed") {
                 continue;

@@ -65,6 +65,8 @@ enum Dropper {
     /// The empty XDP program only: the path with no filter.
     None,
     DropAll,
+    /// One LPM lookup of the source in ztagent's CIDR trie, drop on a hit (`zt_bench_lpm`).
+    Lpm,
     Ztagent,
     NftNetdev,
     NftInet,
@@ -77,9 +79,10 @@ enum Dropper {
 }
 
 impl Dropper {
-    const ALL: [Dropper; 7] = [
+    const ALL: [Dropper; 8] = [
         Dropper::None,
         Dropper::DropAll,
+        Dropper::Lpm,
         Dropper::Ztagent,
         Dropper::DeniedFloor,
         Dropper::Reference,
@@ -90,6 +93,7 @@ impl Dropper {
         match self {
             Dropper::None => "no program",
             Dropper::DropAll => "XDP drop-all",
+            Dropper::Lpm => "XDP one LPM lookup",
             Dropper::Ztagent => "ztagent",
             Dropper::NftNetdev => "nft netdev ingress",
             Dropper::NftInet => "nft inet input",
@@ -406,6 +410,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
         programs::BENCH_TX,
         programs::BENCH_SCAN,
         programs::BENCH_DROP,
+        programs::BENCH_LPM,
         programs::REFERENCE,
         programs::DENIED_FLOOR,
     ] {
@@ -445,6 +450,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 }
                 let name = match d {
                     Dropper::DropAll => programs::BENCH_DROP,
+                    Dropper::Lpm => programs::BENCH_LPM,
                     Dropper::Ztagent => programs::INGRESS,
                     Dropper::Reference => programs::REFERENCE,
                     Dropper::DeniedFloor => programs::DENIED_FLOOR,
@@ -526,8 +532,11 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
         for d in Dropper::ALL {
             let _ = write!(s, " {} |", d.name());
         }
-        let _ = writeln!(s, " ztagent / drop-all | ztagent / nft netdev | ztagent / nft inet | ztagent / no program |");
-        let _ = writeln!(s, "|---:|{}", "---:|".repeat(Dropper::ALL.len() + 4));
+        let _ = writeln!(
+            s,
+            " ztagent / drop-all | ztagent / one LPM | ztagent / nft netdev | ztagent / nft inet | ztagent / no program |"
+        );
+        let _ = writeln!(s, "|---:|{}", "---:|".repeat(Dropper::ALL.len() + 5));
         for (ni, &n) in sizes.iter().enumerate() {
             let _ = write!(s, "| {} |", fmt_count(n));
             for (di, d) in Dropper::ALL.iter().enumerate() {
@@ -545,7 +554,7 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
                 }
             }
             let z = r[ni][zi][ti].med();
-            for d in [Dropper::DropAll, Dropper::NftNetdev, Dropper::NftInet, Dropper::None] {
+            for d in [Dropper::DropAll, Dropper::Lpm, Dropper::NftNetdev, Dropper::NftInet, Dropper::None] {
                 let di = Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0);
                 let c = &r[ni][di][ti];
                 if c.mpps.is_empty() {
