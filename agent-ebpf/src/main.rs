@@ -71,6 +71,91 @@ pub fn zt_reference(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The least a stateful program with a denial cache does with a repeat-denied packet: parse
+/// it, miss the conntrack table, find its flow in the denial cache (drop on a hit, pass on a
+/// miss, so the verdict proves the lookup). The benchmark's denied floor, next to
+/// `zt_reference`. Never attached by the agent.
+#[xdp]
+pub fn zt_denied_floor(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new();
+    let len = ctx.data_end() - ctx.data();
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_err() || conntrack::get(&pkt.tuple).is_some() {
+        return xdp_action::XDP_PASS;
+    }
+    let key = DenyKey { src: pkt.tuple.src, dst: pkt.tuple.dst, port: pkt.policy_port, proto: pkt.tuple.proto, _pad: 0 };
+    if DENIED.get_ptr(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// The comparative benchmark's traffic generator, run by `BPF_PROG_TEST_RUN` with live frames
+/// on a veth: sends the frame out of that veth, so it arrives at the peer's dropper. Never
+/// attached by the agent.
+#[xdp]
+pub fn zt_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// As `zt_bench_tx`, for a scan: the low 16 bits of the IPv4 source address are random per
+/// packet (65,536 sources). Never attached by the agent.
+#[xdp]
+pub fn zt_bench_scan(ctx: XdpContext) -> u32 {
+    // Ethernet (14) + the IPv4 source at offset 12: its last two bytes at 28..30; the header
+    // checksum at 24..26, updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m')).
+    let (at, csum) = (ctx.data() + 28, ctx.data() + 24);
+    if at + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let new = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as u16;
+    // SAFETY: bounds checked above (both fields lie before `at + 2`).
+    unsafe {
+        let old = core::ptr::read_unaligned(at as *const u16);
+        let hc = core::ptr::read_unaligned(csum as *const u16);
+        let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        core::ptr::write_unaligned(at as *mut u16, new);
+        core::ptr::write_unaligned(csum as *mut u16, !(sum as u16));
+    }
+    xdp_action::XDP_TX
+}
+
+/// Drops everything: the comparative benchmark's limit. Never attached by the agent.
+#[xdp]
+pub fn zt_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// One LPM lookup and nothing else: the IPv4 source (Ethernet, no VLAN) in the active slot's
+/// CIDR trie, drop on a hit. The comparative benchmark's "XDP with one LPM lookup", on the
+/// same trie ztagent uses. Never attached by the agent.
+#[xdp]
+pub fn zt_bench_lpm(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the 34 bytes of Ethernet + IPv4 header read below are within the frame.
+    let (ethertype, src) = unsafe {
+        (core::ptr::read_unaligned((data + 12) as *const [u8; 2]), core::ptr::read_unaligned((data + 26) as *const [u8; 4]))
+    };
+    let slot = match ACTIVE.get(0) {
+        Some(&s) if s == 1 || s == 2 => s - 1,
+        _ => return xdp_action::XDP_PASS,
+    };
+    if ethertype != [0x08, 0x00] {
+        return xdp_action::XDP_PASS;
+    }
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&src);
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        agent_common::CIDR_SLOT_BITS + 128,
+        agent_common::CidrData { slot: slot.to_be_bytes(), addr },
+    );
+    if maps::CIDRS.get(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
 /// How much of a socket buffer must be linear for the parser to see every header it reads.
 const TC_PULL_LEN: usize = 128;
 

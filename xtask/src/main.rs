@@ -32,7 +32,8 @@ enum Cmd {
     Demo,
     /// Set up, build, and measure the per-packet cost of the programs (BPF_PROG_TEST_RUN).
     Bench {
-        #[arg(trailing_var_arg = true)]
+        /// Arguments for ztbench (`--compare`, `--quick`, `--check`, ...; see `ztbench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, build, and run the soak: mixed allowed, denied and rate-limited traffic with a
