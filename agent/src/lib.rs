@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod fleet;
 pub mod mapwriter;
 pub mod metrics;
 pub mod policy;

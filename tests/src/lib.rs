@@ -826,3 +826,143 @@ pub mod frame {
         parts.concat()
     }
 }
+
+// --- fleet (etcd)
+
+/// The management network of a fleet test: a namespace with a bridge (10.99.0.1/24) where the
+/// etcd members listen, and one veth per host namespace (10.99.0.10+i/24). The agents enforce
+/// only their data interface, never this one, as a management network is deployed: their
+/// policy cannot cut them off from etcd.
+pub struct Mgmt {
+    pub ns: Netns,
+    /// The hosts' management interfaces, in the order of [`Mgmt::attach`].
+    pub links: Vec<(String, String)>,
+}
+
+/// Where etcd members of a test listen (the bridge's address in the management namespace).
+pub const ETCD_ADDR: &str = "10.99.0.1";
+
+impl Mgmt {
+    pub fn new() -> Mgmt {
+        let ns = Netns::new("ze");
+        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        ns.ip(&["link", "set", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"]);
+        Mgmt { ns, links: Vec::new() }
+    }
+
+    /// Connects `host` to the management network; returns its management interface.
+    pub fn attach(&mut self, host: &Netns) -> String {
+        let (iface, port) = (unique("m"), unique("q"));
+        veth(host, &iface, &self.ns, &port);
+        self.ns.ip(&["link", "set", &port, "master", "br0"]);
+        host.ip(&["addr", "add", &format!("10.99.0.{}/24", 10 + self.links.len()), "dev", &iface]);
+        self.links.push((host.name.clone(), iface.clone()));
+        iface
+    }
+
+    /// `ztagent ARGS...` in the management namespace (where an admin's `fleet` commands run).
+    pub fn ztagent(&self, args: &[&str]) -> Output {
+        let mut cmd = vec![bin("ztagent").to_str().unwrap().to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        self.ns.exec(&cmd)
+    }
+}
+
+impl Default for Mgmt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// etcd members started by a test in the management namespace, each with its data directory in
+/// a [`TempDir`]; killed (by pid) on drop. Member `i` serves clients on ETCD_ADDR:2379+10000*i.
+pub struct Etcd {
+    members: Vec<Option<Child>>,
+    dir: TempDir,
+    ns_path: String,
+    size: usize,
+}
+
+impl Etcd {
+    /// A cluster of `size` members; panics if etcd is not installed (`cargo xtask setup`).
+    pub fn start(mgmt: &Mgmt, size: usize) -> Etcd {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "etcd is not installed: run `cargo xtask setup` (Debian package etcd-server)"
+        );
+        let mut e = Etcd { members: (0..size).map(|_| None).collect(), dir: TempDir::new(), ns_path: mgmt.ns.path(), size };
+        for i in 0..size {
+            e.start_member(i);
+        }
+        e
+    }
+
+    pub fn client_port(i: usize) -> u16 {
+        2379 + 10_000 * i as u16
+    }
+
+    /// etcd://members/PREFIX, all members.
+    pub fn url(&self, prefix: &str) -> String {
+        let members: Vec<String> = (0..self.size).map(|i| format!("{ETCD_ADDR}:{}", Self::client_port(i))).collect();
+        format!("etcd://{}/{prefix}", members.join(","))
+    }
+
+    /// Starts member `i` again (on its data directory, if it ran before).
+    pub fn start_member(&mut self, i: usize) {
+        let peer = |i: usize| format!("http://{ETCD_ADDR}:{}", Self::client_port(i) + 1);
+        let cluster: Vec<String> = (0..self.size).map(|j| format!("m{j}={}", peer(j))).collect();
+        let client = format!("http://{ETCD_ADDR}:{}", Self::client_port(i));
+        let data = self.dir.0.join(format!("m{i}"));
+        let log = File::create(self.dir.0.join(format!("m{i}.log"))).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .args(["--", "etcd", "--name", &format!("m{i}"), "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-token", &self.ns_path])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i] = Some(child);
+    }
+
+    /// Kills member `i` (SIGKILL, by its pid).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills every member.
+    pub fn stop(&mut self) {
+        for i in 0..self.size {
+            self.kill_member(i);
+        }
+    }
+
+    /// Starts every member that is not running.
+    pub fn restart(&mut self) {
+        for i in 0..self.size {
+            if self.members[i].is_none() {
+                self.start_member(i);
+            }
+        }
+    }
+
+    /// The members' logs, for failure messages.
+    pub fn log(&self) -> String {
+        (0..self.size).map(|i| fs::read_to_string(self.dir.0.join(format!("m{i}.log"))).unwrap_or_default()).collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
