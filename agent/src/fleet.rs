@@ -94,7 +94,23 @@ impl Target {
         format!("{}/hosts/", self.prefix)
     }
 
+    /// A client of the first member that answers, trying them in turn: a balanced channel over
+    /// all members would send some requests to a dead one and fail them.
     pub async fn connect(&self) -> Result<Client, FleetError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            match self.connect_to(endpoint).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(endpoint, "etcd member does not answer: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(self.etcd(last.unwrap_or(etcd_client::Error::InvalidArgs("no etcd member given".into()))))
+    }
+
+    async fn connect_to(&self, endpoint: &str) -> Result<Client, etcd_client::Error> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
@@ -103,7 +119,9 @@ impl Target {
         if let Some((name, password)) = &self.user {
             opts = opts.with_user(name.clone(), password.clone());
         }
-        Client::connect(&self.endpoints, Some(opts)).await.map_err(|e| self.etcd(e))
+        let mut client = Client::connect([endpoint], Some(opts)).await?;
+        client.status().await?;
+        Ok(client)
     }
 
     fn etcd(&self, source: etcd_client::Error) -> FleetError {
