@@ -78,9 +78,14 @@ impl Fleet {
 
     /// Starts the agent of host `i` (0..3) against the fleet.
     fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// As [`Fleet::start_agent`], with more `ztagent run` flags.
+    fn start_agent_with(&mut self, i: usize, more: &[&str]) {
         let h = &self.lan.hosts[i + 1];
         let name = format!("host{i}");
-        let args = ["--policy-source", &self.url, "--fleet-host", &name];
+        let args = [&["--policy-source", &self.url, "--fleet-host", &name], more].concat();
         self.agents[i] = Some(Agent::start_with(&h.ns, &[&h.iface], None, &args));
     }
 
@@ -154,9 +159,10 @@ impl Fleet {
 fn pushed_revisions_reach_every_host_and_broken_ones_are_refused_or_rejected() {
     let mut f = Fleet::new(1);
     let r1 = f.push(&[443]);
-    for i in 0..3 {
-        f.start_agent(i);
-    }
+    f.start_agent(0);
+    f.start_agent(1);
+    // Room for two CIDRs per policy (half of 4): the fleet's policies fit, one more does not.
+    f.start_agent_with(2, &["--max-cidrs", "4"]);
     for i in 0..3 {
         assert!(f.enforces(i, &[443]), "host{i} does not enforce revision {r1}:\n{}", f.agent(i).log());
         assert_eq!(f.source(i)["fleet_revision"].as_i64(), Some(r1));
@@ -197,6 +203,21 @@ fn pushed_revisions_reach_every_host_and_broken_ones_are_refused_or_rejected() {
     // The table names them too.
     let table = String::from_utf8_lossy(&f.cli(&["fleet", "status"]).stdout).into_owned();
     assert_eq!(table.matches("rejected").count(), 3, "{table}");
+
+    // A revision too big for host2's maps: applied by the others, rejected by host2 only.
+    let big = policy(&[443, 9443]).replace("rules:", "  batch: { cidrs: [10.20.3.0/24] }\nrules:");
+    let out = f.push_text(&big, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r4 = f.revision();
+    for i in 0..2 {
+        f.opens(i, 9443, Duration::from_secs(5));
+    }
+    let rejected = wait_for(Duration::from_secs(10), || f.host(2)["rejected"]["revision"].as_i64() == Some(r4));
+    assert!(rejected.is_some(), "host2 did not reject revision {r4}: {}", f.status());
+    assert!(f.host(2)["rejected"]["message"].as_str().unwrap().contains("--max-cidrs"), "{}", f.host(2));
+    assert!(f.enforces(2, &[443, 8443]), "host2 stopped enforcing revision {r2}");
+    let ok = wait_for(Duration::from_secs(10), || (0..2).all(|i| f.host(i)["state"] == "up to date"));
+    assert!(ok.is_some(), "fleet status: {}", f.status());
 
     // A host that dies leaves the fleet view (its status key's lease runs out).
     f.agents[2] = None;
