@@ -56,6 +56,8 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{Program, TestRun, TestRunOptions, Xdp, XdpMode},
 };
+mod fleet;
+
 use integration_tests::{Agent, Lan, Netns, TempDir};
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
@@ -108,10 +110,12 @@ struct Options {
     repeat: u32,
     /// Events per throughput run (0: no throughput runs).
     events: u64,
+    /// Only the fleet section (push-to-enforced latency over etcd).
+    fleet_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
-    let mut o = Options { quick: false, check: false, breakdown: false, out: None, runs: 0, repeat: 0, events: 0 };
+    let mut o = Options { quick: false, check: false, breakdown: false, out: None, runs: 0, repeat: 0, events: 0, fleet_only: false };
     let (mut runs, mut repeat, mut events) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -120,16 +124,18 @@ fn parse_args() -> Result<Options> {
             "--quick" => o.quick = true,
             "--check" => o.check = true,
             "--breakdown" => o.breakdown = true,
+            "--fleet" => o.fleet_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
             "--events" => events = Some(value("--events")?.parse().context("--events: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
+                     --fleet      only the fleet section: push-to-enforced latency over etcd\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -679,6 +685,12 @@ fn run() -> Result<bool> {
     let opts = parse_args()?;
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
+    if opts.fleet_only {
+        let mut text = String::new();
+        fleet::push_to_enforced(&mut text)?;
+        println!("{text}");
+        return Ok(true);
+    }
 
     let sizes: Vec<(usize, usize)> = if opts.quick {
         vec![(10, 1_000), (1_000, 1_000)]
@@ -768,6 +780,7 @@ fn run() -> Result<bool> {
     let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &opts))?;
     let throughput = if opts.events > 0 { Some(event_throughput(&opts)?) } else { None };
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), &opts);
+    fleet::push_to_enforced(&mut text)?;
     println!("{text}");
     if let Some(path) = &opts.out {
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
