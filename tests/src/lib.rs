@@ -251,6 +251,41 @@ rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
 "#;
 
+/// Frontend (10.20.1.0/24) may reach `payments` (a CIDR) on these TCP ports: the policy whose
+/// versions the policy-source tests (directory, fleet) and the fleet bench push.
+pub fn ports_policy(payments: &str, ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}/tcp\"")).collect();
+    format!(
+        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [{payments}] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [{}], action: allow }}\n",
+        ports.join(", ")
+    )
+}
+
+/// [`ports_policy`] with 443 and a misspelt protocol at line 6, column 71.
+pub fn broken_ports_policy(payments: &str) -> String {
+    ports_policy(payments, &[443, 8443]).replace("8443/tcp", "8443/tpc")
+}
+
+/// Polls `f` every 50 ms until it is true or `within` passed; returns how long it took.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON a successful CLI call printed (panics with its stderr otherwise).
+pub fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A `ztagent run` in a namespace, with its own socket and bpffs pins. On drop it is stopped
 /// (by its pid) and everything it pinned is removed.
 pub struct Agent {
@@ -868,6 +903,22 @@ impl Mgmt {
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
         self.ns.exec(&cmd)
     }
+}
+
+/// The fleet topology: a client (10.20.1.2, host 0) and three hosts in 10.20.2.0/24 (10.20.2.10
+/// .. .12), each also on the management network.
+pub fn fleet_lan() -> (Lan, Mgmt) {
+    let lan = Lan::new(&[
+        ("10.20.1.2", "fd20:1::2"),
+        ("10.20.2.10", "fd20:2::10"),
+        ("10.20.2.11", "fd20:2::11"),
+        ("10.20.2.12", "fd20:2::12"),
+    ]);
+    let mut mgmt = Mgmt::new();
+    for h in &lan.hosts[1..] {
+        mgmt.attach(&h.ns);
+    }
+    (lan, mgmt)
 }
 
 impl Default for Mgmt {

@@ -9,40 +9,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Agent, ETCD_ADDR, Etcd, Lan, Mgmt, Servers, TempDir, tcp_ok, unique};
 
-/// Frontend (10.20.1.0/24) may reach payments (10.20.2.0/24, the three hosts) on these ports.
+use integration_tests::{
+    Agent, ETCD_ADDR, Etcd, Lan, Mgmt, Servers, TempDir, broken_ports_policy, fleet_lan, json_of as json, ports_policy, tcp_ok,
+    unique, wait_for,
+};
+
+/// Frontend may reach payments (10.20.2.0/24, the three hosts) on these ports.
 fn policy(ports: &[u16]) -> String {
-    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}/tcp\"")).collect();
-    format!(
-        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [10.20.2.0/24] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [{}], action: allow }}\n",
-        ports.join(", ")
-    )
+    ports_policy("10.20.2.0/24", ports)
 }
-
-/// Line 6, column 71: a misspelt protocol.
-const BROKEN: &str = "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\n  payments: { cidrs: [10.20.2.0/24] }\nrules:\n  - { name: web, from: [frontend], to: [payments], ports: [\"443/tcp\", \"8443/tpc\"], action: allow }\n";
 
 const PORTS: [u16; 4] = [443, 8443, 9443, 10443];
-
-/// Polls `f` every 50 ms until it is true or `within` passed; returns how long it took.
-fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A client, three enforced hosts with servers on [`PORTS`], the management network, etcd.
 struct Fleet {
@@ -57,16 +35,7 @@ struct Fleet {
 
 impl Fleet {
     fn new(etcd_members: usize) -> Fleet {
-        let lan = Lan::new(&[
-            ("10.20.1.2", "fd20:1::2"),
-            ("10.20.2.10", "fd20:2::10"),
-            ("10.20.2.11", "fd20:2::11"),
-            ("10.20.2.12", "fd20:2::12"),
-        ]);
-        let mut mgmt = Mgmt::new();
-        for h in &lan.hosts[1..] {
-            mgmt.attach(&h.ns);
-        }
+        let (lan, mgmt) = fleet_lan();
         let etcd = Etcd::start(&mgmt, etcd_members);
         let url = etcd.url(&unique("ztagent/t"));
         let servers = lan.hosts[1..].iter().map(|h| Servers::start(&h.ns, &PORTS, &[])).collect();
@@ -182,13 +151,13 @@ fn pushed_revisions_reach_every_host_and_broken_ones_are_refused_or_rejected() {
     assert!(ok.is_some(), "fleet status: {}", f.status());
 
     // A broken revision is refused by `fleet push`, with its position; nothing is written.
-    let out = f.push_text(BROKEN, &[]);
+    let out = f.push_text(&broken_ports_policy("10.20.2.0/24"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(":6:71:"), "{err}");
     assert_eq!(f.revision(), r2);
 
     // Forced past validation: every agent rejects it, says so, and keeps enforcing r2.
-    f.force(BROKEN);
+    f.force(&broken_ports_policy("10.20.2.0/24"));
     let r3 = f.revision();
     assert!(r3 > r2);
     let rejected = wait_for(Duration::from_secs(10), || (0..3).all(|i| f.host(i)["state"] == "rejected"));

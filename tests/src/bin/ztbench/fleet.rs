@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, bail, ensure};
 use std::{io::Read, net::{IpAddr, SocketAddr, TcpStream}};
 
-use integration_tests::{Agent, Etcd, Lan, Mgmt, Netns, Servers, TempDir};
+use integration_tests::{Agent, Etcd, Netns, Servers, TempDir, fleet_lan, ports_policy};
 
 pub const PUSHES: usize = 20;
 const PORTS: [u16; 2] = [8443, 9443];
@@ -31,30 +31,15 @@ fn admits(ns: &Netns, dst: IpAddr, port: u16) -> bool {
     })
 }
 
-fn policy(port: u16) -> String {
-    format!(
-        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [10.20.2.0/24] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [\"{port}/tcp\"], action: allow }}\n"
-    )
-}
-
 /// (median, max) in ms of [`PUSHES`] pushes, appended to `text` as a section.
 pub fn push_to_enforced(text: &mut String) -> Result<(f64, f64)> {
     eprintln!("ztbench: fleet: three agents against one etcd, {PUSHES} pushes");
-    let lan = Lan::new(&[
-        ("10.20.1.2", "fd20:1::2"),
-        ("10.20.2.10", "fd20:2::10"),
-        ("10.20.2.11", "fd20:2::11"),
-        ("10.20.2.12", "fd20:2::12"),
-    ]);
-    let mut mgmt = Mgmt::new();
-    for h in &lan.hosts[1..] {
-        mgmt.attach(&h.ns);
-    }
+    let (lan, mgmt) = fleet_lan();
     let etcd = Etcd::start(&mgmt, 1);
     let url = etcd.url(&format!("ztbench/{}", std::process::id()));
     let files = TempDir::new();
     let push = |port: u16| -> Result<()> {
-        let file = files.file(&format!("p{port}.yaml"), &policy(port));
+        let file = files.file(&format!("p{port}.yaml"), &ports_policy("10.20.2.0/24", &[port]));
         let out = mgmt.ztagent(&["fleet", "push", file.to_str().unwrap(), "--etcd", &url]);
         ensure!(out.status.success(), "fleet push: {}", String::from_utf8_lossy(&out.stderr).trim());
         Ok(())
