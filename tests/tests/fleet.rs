@@ -295,3 +295,28 @@ fn a_three_member_cluster_keeps_the_fleet_going_when_a_member_dies() {
     let ok = wait_for(Duration::from_secs(20), || (0..3).all(|i| f.host(i)["revision"].as_i64() == Some(newest)));
     assert!(ok.is_some(), "fleet status: {}", f.status());
 }
+
+#[test]
+fn with_etcd_authentication_on_the_fleet_takes_a_user_and_password() {
+    let mut f = Fleet::new(1);
+    // root user and role, then authentication on (etcd's JSON gateway, as etcdctl would).
+    for (path, body) in [
+        ("auth/role/add", r#"{"name":"root"}"#),
+        ("auth/user/add", r#"{"name":"root","password":"s3cret"}"#),
+        ("auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("auth/enable", "{}"),
+    ] {
+        let out = f.mgmt.ns.exec(&["curl", "-sf", "-X", "POST", "-d", body, &format!("http://{ETCD_ADDR}:2379/v3/{path}")]);
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let creds = ["--etcd-user", "root", "--etcd-password", "s3cret"];
+    let out = f.push_text(&policy(&[443]), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed without credentials: {err}");
+    let out = f.push_text(&policy(&[443]), &creds);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    f.start_agent_with(0, &creds);
+    assert!(f.enforces(0, &[443]), "host0:\n{}", f.agent(0).log());
+    let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], &creds].concat()));
+    assert_eq!(s["hosts"][0]["state"], "up to date", "{s}");
+}
