@@ -47,8 +47,8 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 pub enum FleetError {
     #[error("{url:?} is not an etcd policy source: {why} (expected etcd://HOST:PORT[,HOST:PORT...]/PREFIX)")]
     Url { url: String, why: &'static str },
-    #[error("this build of ztagent has no TLS support for etcd: --etcd-cacert, --etcd-cert and --etcd-key cannot be used")]
-    NoTls,
+    #[error("cannot read {path} (for TLS to etcd): {source}")]
+    TlsFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot reach etcd at {endpoints}: {source}")]
     Etcd { endpoints: String, source: etcd_client::Error },
     #[error("the fleet policy changed since revision {base}: it is now revision {now}, pushed by someone else; review it and push again with --base {now}")]
@@ -64,26 +64,53 @@ pub struct Target {
     /// No trailing slash, e.g. `/ztagent/prod`.
     pub prefix: String,
     pub user: Option<(String, String)>,
+    /// TLS to the members (https), when set.
+    pub tls: Option<etcd_client::TlsOptions>,
+}
+
+/// TLS files as `etcdctl` takes them: `--cacert` (the CA that signed the members'
+/// certificates: this build trusts no system roots), `--cert` and `--key` (this client's
+/// certificate, for members that require client certificates).
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFiles {
+    fn options(&self) -> Result<etcd_client::TlsOptions, FleetError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| FleetError::TlsFile { path: path.to_path_buf(), source })
+        };
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &self.cert {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
 }
 
 impl Target {
-    /// Parses `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`; TLS options are refused in this build.
-    pub fn parse(url: &str, user: Option<(String, String)>, tls: bool) -> Result<Target, FleetError> {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`; with `tls`, the members are spoken to
+    /// over https.
+    pub fn parse(url: &str, user: Option<(String, String)>, tls: Option<&TlsFiles>) -> Result<Target, FleetError> {
         let err = |why| FleetError::Url { url: url.to_string(), why };
-        if tls {
-            return Err(FleetError::NoTls);
-        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let rest = url.strip_prefix("etcd://").ok_or_else(|| err("it must start with etcd://"))?;
         let (hosts, prefix) = rest.split_once('/').ok_or_else(|| err("the key prefix is missing"))?;
         let prefix = format!("/{}", prefix.trim_matches('/'));
         if prefix == "/" {
             return Err(err("the key prefix is empty"));
         }
-        let endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
+        let endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
         if endpoints.is_empty() || hosts.split(',').any(|h| h.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err())) {
             return Err(err("every member must be HOST:PORT"));
         }
-        Ok(Target { url: url.to_string(), endpoints, prefix, user })
+        let tls = tls.map(TlsFiles::options).transpose()?;
+        Ok(Target { url: url.to_string(), endpoints, prefix, user, tls })
     }
 
     pub fn policy_key(&self) -> String {
@@ -118,6 +145,9 @@ impl Target {
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
         if let Some((name, password)) = &self.user {
             opts = opts.with_user(name.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            opts = opts.with_tls(tls.clone());
         }
         let mut client = Client::connect([endpoint], Some(opts)).await?;
         client.status().await?;
@@ -435,12 +465,15 @@ mod tests {
 
     #[test]
     fn urls_name_members_and_a_prefix() {
-        let t = Target::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/ztagent/prod/", None, false).unwrap();
+        let t = Target::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/ztagent/prod/", None, None).unwrap();
         assert_eq!(t.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
         assert_eq!((t.policy_key().as_str(), t.hosts_prefix().as_str()), ("/ztagent/prod/policy", "/ztagent/prod/hosts/"));
         for bad in ["http://a:1/p", "etcd://a:1", "etcd://a:1/", "etcd://a/p", "etcd://a:x/p"] {
-            assert!(matches!(Target::parse(bad, None, false), Err(FleetError::Url { .. })), "{bad}");
+            assert!(matches!(Target::parse(bad, None, None), Err(FleetError::Url { .. })), "{bad}");
         }
-        assert!(matches!(Target::parse("etcd://a:1/p", None, true), Err(FleetError::NoTls)));
+        let tls = TlsFiles { ca: Some("/nonexistent/ca.pem".into()), cert: None };
+        assert!(matches!(Target::parse("etcd://a:1/p", None, Some(&tls)), Err(FleetError::TlsFile { .. })));
+        let t = Target::parse("etcd://a:1/p", None, Some(&TlsFiles::default())).unwrap();
+        assert_eq!(t.endpoints, ["https://a:1"]);
     }
 }

@@ -209,22 +209,23 @@ struct EtcdAuth {
     etcd_user: Option<String>,
     #[arg(long, value_name = "PASSWORD", env = "ZTAGENT_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
-    /// CA certificate for TLS to etcd (not supported by this build: refused with a message).
+    /// Speak TLS to etcd, trusting this CA (PEM) for the members' certificates.
     #[arg(long, value_name = "FILE")]
     etcd_cacert: Option<PathBuf>,
-    /// Client certificate for TLS to etcd (not supported by this build).
-    #[arg(long, value_name = "FILE")]
+    /// This client's certificate (PEM), for members that require client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
     etcd_cert: Option<PathBuf>,
-    /// Client key for TLS to etcd (not supported by this build).
-    #[arg(long, value_name = "FILE")]
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
 }
 
 impl EtcdAuth {
     fn target(self, url: &str) -> Result<ztagent::fleet::Target, String> {
-        let tls = self.etcd_cacert.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some();
+        let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
+            .then(|| ztagent::fleet::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
         let user = self.etcd_user.zip(self.etcd_password);
-        ztagent::fleet::Target::parse(url, user, tls).map_err(|e| e.to_string())
+        ztagent::fleet::Target::parse(url, user, tls.as_ref()).map_err(|e| e.to_string())
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 
 use integration_tests::{
-    Agent, ETCD_ADDR, Etcd, Lan, Mgmt, Servers, TempDir, broken_ports_policy, fleet_lan, json_of as json, ports_policy, tcp_ok,
+    Agent, ETCD_ADDR, Etcd, EtcdCerts, Lan, Mgmt, Servers, TempDir, broken_ports_policy, fleet_lan, json_of as json, ports_policy, tcp_ok,
     unique, wait_for,
 };
 
@@ -35,12 +35,17 @@ struct Fleet {
 
 impl Fleet {
     fn new(etcd_members: usize) -> Fleet {
+        Self::with(|mgmt| Etcd::start(mgmt, etcd_members), &[])
+    }
+
+    /// The fleet around the etcd `start` starts; `creds`: the flags its clients need.
+    fn with(start: impl FnOnce(&Mgmt) -> Etcd, creds: &[&str]) -> Fleet {
         let (lan, mgmt) = fleet_lan();
-        let etcd = Etcd::start(&mgmt, etcd_members);
+        let etcd = start(&mgmt);
         let url = etcd.url(&unique("ztagent/t"));
         let servers = lan.hosts[1..].iter().map(|h| Servers::start(&h.ns, &PORTS, &[])).collect();
         let f = Fleet { lan, mgmt, etcd, url, agents: vec![None, None, None], _servers: servers, files: TempDir::new() };
-        let up = wait_for(Duration::from_secs(30), || f.cli(&["fleet", "status", "-o", "json"]).status.success());
+        let up = wait_for(Duration::from_secs(30), || f.cli(&[&["fleet", "status", "-o", "json"][..], creds].concat()).status.success());
         assert!(up.is_some(), "etcd did not come up:\n{}", f.etcd.log());
         f
     }
@@ -313,6 +318,26 @@ fn with_etcd_authentication_on_the_fleet_takes_a_user_and_password() {
     let out = f.push_text(&policy(&[443]), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed without credentials: {err}");
+    let out = f.push_text(&policy(&[443]), &creds);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    f.start_agent_with(0, &creds);
+    assert!(f.enforces(0, &[443]), "host0:\n{}", f.agent(0).log());
+    let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], &creds].concat()));
+    assert_eq!(s["hosts"][0]["state"], "up to date", "{s}");
+}
+
+#[test]
+fn over_tls_with_client_certificates_the_fleet_takes_the_certificate_flags() {
+    let certs = EtcdCerts::new();
+    let (ca, cert, key) = (certs.path("ca.pem"), certs.path("client.pem"), certs.path("client-key.pem"));
+    let creds = ["--etcd-cacert", ca.as_str(), "--etcd-cert", cert.as_str(), "--etcd-key", key.as_str()];
+    let mut f = Fleet::with(|mgmt| Etcd::start_tls(mgmt, &certs), &creds);
+    // Plain text, or TLS without a client certificate, is refused in one sentence.
+    for flags in [&[][..], &creds[..2]] {
+        let out = f.push_text(&policy(&[443]), flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed with {flags:?}: {err}");
+    }
     let out = f.push_text(&policy(&[443]), &creds);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     f.start_agent_with(0, &creds);

@@ -49,8 +49,9 @@ enum Cmd {
 /// bpftool to inspect what is loaded.
 const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap",
     // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc for etcd-client.
-    // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation.
-    "etcd-server", "protobuf-compiler", "curl"];
+    // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl
+    // makes the TLS test's certificates.
+    "etcd-server", "protobuf-compiler", "curl", "openssl"];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
