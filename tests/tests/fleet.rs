@@ -315,14 +315,22 @@ fn with_etcd_authentication_on_the_fleet_takes_a_user_and_password() {
         assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stdout));
     }
     let creds = ["--etcd-user", "root", "--etcd-password", "s3cret"];
-    let out = f.push_text(&policy(&[443]), &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed without credentials: {err}");
-    let out = f.push_text(&policy(&[443]), &creds);
+    refused_without_and_served_with(&mut f, &[&[]], &creds);
+}
+
+/// Pushes with each of `without` are refused in one sentence; with `creds` a push, an agent
+/// and `fleet status` work.
+fn refused_without_and_served_with(f: &mut Fleet, without: &[&[&str]], creds: &[&str]) {
+    for flags in without {
+        let out = f.push_text(&policy(&[443]), flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed with {flags:?}: {err}");
+    }
+    let out = f.push_text(&policy(&[443]), creds);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    f.start_agent_with(0, &creds);
+    f.start_agent_with(0, creds);
     assert!(f.enforces(0, &[443]), "host0:\n{}", f.agent(0).log());
-    let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], &creds].concat()));
+    let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], creds].concat()));
     assert_eq!(s["hosts"][0]["state"], "up to date", "{s}");
 }
 
@@ -332,16 +340,6 @@ fn over_tls_with_client_certificates_the_fleet_takes_the_certificate_flags() {
     let (ca, cert, key) = (certs.path("ca.pem"), certs.path("client.pem"), certs.path("client-key.pem"));
     let creds = ["--etcd-cacert", ca.as_str(), "--etcd-cert", cert.as_str(), "--etcd-key", key.as_str()];
     let mut f = Fleet::with(|mgmt| Etcd::start_tls(mgmt, &certs), &creds);
-    // Plain text, or TLS without a client certificate, is refused in one sentence.
-    for flags in [&[][..], &creds[..2]] {
-        let out = f.push_text(&policy(&[443]), flags);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.trim().lines().count() == 1, "pushed with {flags:?}: {err}");
-    }
-    let out = f.push_text(&policy(&[443]), &creds);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    f.start_agent_with(0, &creds);
-    assert!(f.enforces(0, &[443]), "host0:\n{}", f.agent(0).log());
-    let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], &creds].concat()));
-    assert_eq!(s["hosts"][0]["state"], "up to date", "{s}");
+    // Plain text, or TLS without a client certificate, is refused.
+    refused_without_and_served_with(&mut f, &[&[], &creds[..2]], &creds);
 }
