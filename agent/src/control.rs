@@ -144,6 +144,14 @@ pub struct PolicySource {
     pub last_applied: Option<AppliedVersion>,
     /// The last version rejected, also once a later one was applied (compare the times).
     pub last_rejection: Option<RejectedVersion>,
+    // --- fleet (etcd) source: `dir` is its etcd:// URL, `file` PREFIX/policy@REVISION
+    /// Whether the agent is connected to etcd now (null for a directory source).
+    #[serde(default)]
+    pub connected: Option<bool>,
+    /// The fleet revision in force (etcd mod_revision of PREFIX/policy).
+    #[serde(default)]
+    pub fleet_revision: Option<i64>,
+    // ---
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

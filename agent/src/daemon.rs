@@ -50,6 +50,9 @@ pub struct Config {
     // --- policy directory (see `watch`)
     /// Take the policy from this directory and apply each new version of it.
     pub policy_dir: Option<PathBuf>,
+    // --- fleet (see `fleet`)
+    /// Take the policy from etcd, as this host.
+    pub fleet: Option<(crate::fleet::Target, String)>,
     // ---
 }
 
@@ -139,6 +142,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut policy_dir = cfg.policy_dir.as_deref().map(crate::watch::PolicyDir::open).transpose()?;
     let from_dir = policy_dir.as_mut().and_then(|d| d.initial());
     // ---
+    // --- fleet: the same, from etcd (a few seconds at most when etcd is unreachable).
+    let mut fleet = cfg.fleet.clone().map(|(target, host)| crate::fleet::Source::new(target, host));
+    let from_fleet = match fleet.as_mut() {
+        Some(f) => f.initial().await,
+        None => None,
+    };
+    // ---
     let mut datapath = Datapath::load(cfg.pins.clone(), &cfg.limits)?;
     let maps = MapWriter::new(&mut datapath.ebpf, &cfg.limits)
         .map_err(DaemonError::from)
@@ -184,11 +194,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             _ => "auto",
         },
     };
-    state.policy_source = policy_dir.as_ref().map(|d| d.report());
+    state.policy_source = policy_dir.as_ref().map(|d| d.report()).or_else(|| fleet.as_ref().map(|f| f.report()));
 
     // Everything from here to the commit below can fail; a failed start detaches and unpins
     // what it attached and pinned, so the host is left as it was found.
-    let listener = match enforce(&mut state, &cfg, policy_dir.as_mut(), from_dir) {
+    let initial = match (from_dir, policy_dir.as_mut(), from_fleet, fleet.as_mut()) {
+        (Some(p), Some(d), _, _) => Some((p, Initial::Dir(d))),
+        (_, _, Some(p), Some(f)) => Some((p, Initial::Fleet(f))),
+        _ => None,
+    };
+    let listener = match enforce(&mut state, &cfg, initial) {
         Ok(listener) => listener,
         Err(e) => {
             state.datapath.rollback();
@@ -242,6 +257,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 message: format!("cannot start its watcher: {source}"),
             })
         })?;
+    }
+    // --- fleet: each new revision is installed like a push, under the state lock.
+    if let Some(fleet) = fleet {
+        let shared = shared.clone();
+        fleet.spawn(Arc::new(move |parsed| {
+            let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+            install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
+        }));
     }
     // ---
     // Grants that end are taken out of the policy (the kernel has ended them already); the
@@ -297,19 +320,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 /// Installs the policy the agent starts with, attaches to every interface, then serves the
 /// control socket: the interfaces are never enforced with an empty policy (which would drop
 /// everything) when a policy was given.
-fn enforce(
-    state: &mut State,
-    cfg: &Config,
-    policy_dir: Option<&mut crate::watch::PolicyDir>,
-    from_dir: Option<Policy>,
-) -> Result<UnixListener, DaemonError> {
+fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>)>) -> Result<UnixListener, DaemonError> {
     if let Some(path) = &cfg.policy {
         let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
         let r = install(state, parsed)?;
         tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
-    } else if let (Some(parsed), Some(dir)) = (from_dir, policy_dir) {
+    } else if let Some((parsed, source)) = initial {
         let r = install(state, parsed)?;
-        dir.installed(r.revision);
+        match source {
+            Initial::Dir(dir) => dir.installed(r.revision),
+            Initial::Fleet(fleet) => fleet.installed(r.revision),
+        }
     } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
         if state.writer.active_slot().is_some() && state.writer.revision() == revision {
             // The pinned maps hold exactly the last-known-good policy (and its grants, whose
@@ -334,6 +355,12 @@ fn enforce(
     }
     // Last: clients take the socket as the sign that the agent enforces.
     bind(&cfg.socket, &cfg.access)
+}
+
+/// The source a policy found at startup came from, told once it is installed.
+enum Initial<'a> {
+    Dir(&'a mut crate::watch::PolicyDir),
+    Fleet(&'a mut crate::fleet::Source),
 }
 
 fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
@@ -700,6 +727,10 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, Str
         segments,
         inventory: state.inventory.lock().unwrap_or_else(|p| p.into_inner()).size(),
         grants: state.grants.grants.len() as u64,
+        fleet: state.policy_source.as_ref().and_then(|r| {
+            let r = r.lock().unwrap_or_else(|p| p.into_inner());
+            r.connected.map(|c| (c, r.fleet_revision.unwrap_or(0)))
+        }),
     })
 }
 

@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of `Run` (all of the daemon's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the enforcement daemon on the given interfaces.
@@ -43,6 +45,16 @@ enum Command {
         /// *.yaml, *.yml or *.json file in DIR.
         #[arg(long, value_name = "DIR", conflicts_with = "policy")]
         policy_dir: Option<PathBuf>,
+        /// Take the policy from etcd: etcd://HOST:PORT[,HOST:PORT...]/PREFIX. Each new
+        /// revision of PREFIX/policy is applied like a push; this host's status is kept under
+        /// PREFIX/hosts/NAME (leased). Cut off from etcd, the policy in force stays.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["policy", "policy_dir"])]
+        policy_source: Option<String>,
+        /// This host's name in the fleet (its status key); default: the host name.
+        #[arg(long, value_name = "NAME", requires = "policy_source")]
+        fleet_host: Option<String>,
+        #[command(flatten)]
+        etcd_auth: EtcdAuth,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -175,6 +187,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Distribute policy to a fleet of agents through etcd (`run --policy-source etcd://...`).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Detach and unpin everything the agent left under the pin directory.
     Uninstall {
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
@@ -207,6 +222,60 @@ enum PolicyCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
     },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Validate a policy file and write it as the fleet's next revision (refused if someone
+    /// else pushed since the base revision).
+    Push {
+        file: PathBuf,
+        /// The fleet: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
+        #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
+        etcd: String,
+        /// The fleet revision this push replaces (default: the newest, read just before).
+        #[arg(long, value_name = "REVISION")]
+        base: Option<i64>,
+        #[command(flatten)]
+        auth: EtcdAuth,
+    },
+    /// Every host's applied revision, and which are behind or rejected the newest.
+    Status {
+        #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
+        etcd: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        #[command(flatten)]
+        auth: EtcdAuth,
+    },
+}
+
+/// How to log in to etcd.
+#[derive(clap::Args, Clone)]
+struct EtcdAuth {
+    /// etcd user name (with --etcd-password).
+    #[arg(long, value_name = "NAME", requires = "etcd_password")]
+    etcd_user: Option<String>,
+    #[arg(long, value_name = "PASSWORD", env = "ZTAGENT_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    /// Speak TLS to etcd, trusting this CA (PEM) for the members' certificates.
+    #[arg(long, value_name = "FILE")]
+    etcd_cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for members that require client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdAuth {
+    fn target(self, url: &str) -> Result<ztagent::fleet::Target, String> {
+        let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
+            .then(|| ztagent::fleet::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
+        let user = self.etcd_user.zip(self.etcd_password);
+        ztagent::fleet::Target::parse(url, user, tls.as_ref()).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -275,8 +344,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             events_file,
             events_file_max_bytes,
             policy_dir,
+            policy_source,
+            fleet_host,
+            etcd_auth,
         } => {
             init_logging(&log);
+            let fleet = match policy_source {
+                Some(url) => Some((etcd_auth.target(&url)?, fleet_host.unwrap_or_else(ztagent::fleet::hostname))),
+                None => None,
+            };
             let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
             let cfg = daemon::Config {
                 ifaces,
@@ -305,6 +381,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 events_file,
                 events_file_max_bytes,
                 policy_dir,
+                fleet,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -440,7 +517,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         println!("  bytes              {} admitted, {} dropped", l.bytes_passed, l.bytes_dropped);
                     }
                     // --- policy directory
-                    if let Some(p) = &s.policy_source {
+                    if let Some(p) = s.policy_source.as_ref().filter(|p| p.connected.is_some()) {
+                        let link = if p.connected == Some(true) { "connected" } else { "disconnected, retrying" };
+                        let state = if p.up_to_date { "up to date" } else { "newest revision rejected" };
+                        println!("fleet {} ({link}, {state}): fleet revision {}", p.dir, p.fleet_revision.map_or("none".into(), |r| r.to_string()));
+                        if let Some(r) = &p.last_rejection {
+                            println!("  last rejected      {} {}", r.time, r.message.lines().next().unwrap_or(""));
+                        }
+                    } else if let Some(p) = &s.policy_source {
                         let state = if p.up_to_date { "up to date" } else { "newest version rejected" };
                         println!("policy directory {} ({state}): {}", p.dir, p.file.as_deref().unwrap_or("no file yet"));
                         if let Some(a) = &p.last_applied {
@@ -544,6 +628,45 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 }
                 other => unexpected(other),
             }
+        }
+        Command::Fleet(FleetCommand::Push { file, etcd, base, auth }) => {
+            if let Err(d) = policy::load(&file) {
+                eprintln!("{d}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let target = auth.target(&etcd)?;
+            let revision = ztagent::fleet::push(&target, &text, base).await.map_err(|e| e.to_string())?;
+            println!("fleet revision {revision} pushed to {}", target.policy_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet(FleetCommand::Status { etcd, output, auth }) => {
+            let target = auth.target(&etcd)?;
+            let s = ztagent::fleet::status(&target).await.map_err(|e| e.to_string())?;
+            if output == Output::Json {
+                let hosts: Vec<serde_json::Value> = s
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        let mut v = serde_json::to_value(h).unwrap_or_default();
+                        v["state"] = s.state(h).into();
+                        v
+                    })
+                    .collect();
+                let v = serde_json::json!({ "revision": s.revision, "sha256": s.sha256, "hosts": hosts });
+                println!("{v}");
+            } else {
+                println!("fleet revision {} (sha256 {}), {} hosts", s.revision, s.sha256.as_deref().unwrap_or("-"), s.hosts.len());
+                println!("{:<24} {:>9} {:<11} {:<20} REJECTED", "HOST", "REVISION", "STATE", "SINCE");
+                for h in &s.hosts {
+                    let rejected = h.rejected.as_ref().map_or("-".into(), |r| {
+                        format!("{}: {}", r.revision, r.message.lines().next().unwrap_or(""))
+                    });
+                    let rev = h.revision.map_or("-".into(), |r| r.to_string());
+                    println!("{:<24} {:>9} {:<11} {:<20} {rejected}", h.host, rev, s.state(h), h.time.get(..19).unwrap_or(&h.time));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { pin_path } => {
             let removed = datapath::uninstall(&PinLayout::new(&pin_path))

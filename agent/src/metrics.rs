@@ -27,6 +27,8 @@
 //! - `ztagent_policy_revision` (gauge): revision of the policy in force (0: none).
 //! - `ztagent_policy_last_push_timestamp_seconds` (gauge): unix time of the last policy this
 //!   agent installed (absent when it installed none, e.g. it kept the kernel's).
+//! - `ztagent_fleet_connected` (gauge, `--policy-source etcd://` only): 1 while connected to
+//!   etcd, 0 while cut off; `ztagent_fleet_revision` (gauge): the fleet revision in force.
 //!
 //! Values are read at scrape time: the packet counters and limit statistics from the kernel
 //! under the daemon's lock (a few map lookups), the map fills by walking the pinned maps'
@@ -90,6 +92,8 @@ pub struct Scrape {
     pub inventory: (u64, u64),
     /// Time-bound grants in force.
     pub grants: u64,
+    /// With an etcd source: (connected, fleet revision in force, 0 for none).
+    pub fleet: Option<(bool, i64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -331,6 +335,12 @@ impl Collector for Snapshot {
             )?;
             ConstGauge::new(t).encode(e)?;
         }
+        if let Some((connected, revision)) = s.fleet {
+            let e = enc.encode_descriptor("fleet_connected", "1 while connected to etcd, 0 while cut off.", None, MetricType::Gauge)?;
+            ConstGauge::new(i64::from(connected)).encode(e)?;
+            let e = enc.encode_descriptor("fleet_revision", "Fleet revision in force (0: none).", None, MetricType::Gauge)?;
+            ConstGauge::new(revision).encode(e)?;
+        }
         Ok(())
     }
 }
@@ -482,6 +492,7 @@ mod tests {
             segments: vec![("frontend".into(), [5, 1, 2])],
             inventory: (42, 3),
             grants: 2,
+            fleet: Some((false, 12)),
         }
     }
 
@@ -510,6 +521,8 @@ mod tests {
             "ztagent_grants 2",
             "# UNIT ztagent_policy_last_push_timestamp_seconds seconds",
             "ztagent_policy_last_push_timestamp_seconds 1700000000.5",
+            "ztagent_fleet_connected 0",
+            "ztagent_fleet_revision 12",
             r#"ztagent_event_packets_total{src_segment="frontend",dst_segment="payments",verdict="allowed"} 3"#,
             r#"ztagent_event_packets_total{src_segment="world",dst_segment="payments",verdict="denied"} 40"#,
         ] {

@@ -323,7 +323,8 @@ fn parse(v: &Version) -> Result<Policy, String> {
     }
 }
 
-fn now() -> String {
+/// Now, RFC 3339, UTC.
+pub(crate) fn now() -> String {
     let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     crate::events::rfc3339(ns)
 }

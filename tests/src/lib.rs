@@ -251,6 +251,41 @@ rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
 "#;
 
+/// Frontend (10.20.1.0/24) may reach `payments` (a CIDR) on these TCP ports: the policy whose
+/// versions the policy-source tests (directory, fleet) and the fleet bench push.
+pub fn ports_policy(payments: &str, ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}/tcp\"")).collect();
+    format!(
+        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [{payments}] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [{}], action: allow }}\n",
+        ports.join(", ")
+    )
+}
+
+/// [`ports_policy`] with 443 and a misspelt protocol at line 6, column 71.
+pub fn broken_ports_policy(payments: &str) -> String {
+    ports_policy(payments, &[443, 8443]).replace("8443/tcp", "8443/tpc")
+}
+
+/// Polls `f` every 50 ms until it is true or `within` passed; returns how long it took.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON a successful CLI call printed (panics with its stderr otherwise).
+pub fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A `ztagent run` in a namespace, with its own socket and bpffs pins. On drop it is stopped
 /// (by its pid) and everything it pinned is removed.
 pub struct Agent {
@@ -880,5 +915,217 @@ pub mod frame {
 
     pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
+    }
+}
+
+// --- fleet (etcd)
+
+/// The management network of a fleet test: a namespace with a bridge (10.99.0.1/24) where the
+/// etcd members listen, and one veth per host namespace (10.99.0.10+i/24). The agents enforce
+/// only their data interface, never this one, as a management network is deployed: their
+/// policy cannot cut them off from etcd.
+pub struct Mgmt {
+    pub ns: Netns,
+    /// The hosts' management interfaces, in the order of [`Mgmt::attach`].
+    pub links: Vec<(String, String)>,
+}
+
+/// Where etcd members of a test listen (the bridge's address in the management namespace).
+pub const ETCD_ADDR: &str = "10.99.0.1";
+
+impl Mgmt {
+    pub fn new() -> Mgmt {
+        let ns = Netns::new("ze");
+        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        ns.ip(&["link", "set", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"]);
+        Mgmt { ns, links: Vec::new() }
+    }
+
+    /// Connects `host` to the management network; returns its management interface.
+    pub fn attach(&mut self, host: &Netns) -> String {
+        let (iface, port) = (unique("m"), unique("q"));
+        veth(host, &iface, &self.ns, &port);
+        self.ns.ip(&["link", "set", &port, "master", "br0"]);
+        host.ip(&["addr", "add", &format!("10.99.0.{}/24", 10 + self.links.len()), "dev", &iface]);
+        self.links.push((host.name.clone(), iface.clone()));
+        iface
+    }
+
+    /// `ztagent ARGS...` in the management namespace (where an admin's `fleet` commands run).
+    pub fn ztagent(&self, args: &[&str]) -> Output {
+        let mut cmd = vec![bin("ztagent").to_str().unwrap().to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        self.ns.exec(&cmd)
+    }
+}
+
+/// The fleet topology: a client (10.20.1.2, host 0) and three hosts in 10.20.2.0/24 (10.20.2.10
+/// .. .12), each also on the management network.
+pub fn fleet_lan() -> (Lan, Mgmt) {
+    let lan = Lan::new(&[
+        ("10.20.1.2", "fd20:1::2"),
+        ("10.20.2.10", "fd20:2::10"),
+        ("10.20.2.11", "fd20:2::11"),
+        ("10.20.2.12", "fd20:2::12"),
+    ]);
+    let mut mgmt = Mgmt::new();
+    for h in &lan.hosts[1..] {
+        mgmt.attach(&h.ns);
+    }
+    (lan, mgmt)
+}
+
+impl Default for Mgmt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// etcd members started by a test in the management namespace, each with its data directory in
+/// a [`TempDir`]; killed (by pid) on drop. Member `i` serves clients on ETCD_ADDR:2379+10000*i.
+pub struct Etcd {
+    members: Vec<Option<Child>>,
+    dir: TempDir,
+    ns_path: String,
+    size: usize,
+    /// TLS: the directory of [`EtcdCerts`]; clients must then present a certificate too.
+    tls: Option<PathBuf>,
+}
+
+/// A CA, a member certificate for ETCD_ADDR and a client certificate (openssl), in a TempDir:
+/// `ca.pem`, `server.pem`/`server-key.pem`, `client.pem`/`client-key.pem`.
+pub struct EtcdCerts(pub TempDir);
+
+impl EtcdCerts {
+    pub fn new() -> EtcdCerts {
+        let d = TempDir::new();
+        let p = |n: &str| d.0.join(n).to_str().unwrap().to_string();
+        sh(&["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("ca-key.pem"), "-out", &p("ca.pem"), "-days", "1", "-subj", "/CN=ztagent-test-ca"]);
+        for (name, ext) in [
+            ("server", format!("subjectAltName=IP:{ETCD_ADDR}\nextendedKeyUsage=serverAuth\n")),
+            ("client", "extendedKeyUsage=clientAuth\n".to_string()),
+        ] {
+            let ext_file = d.file(&format!("{name}.ext"), &ext);
+            let key = p(&format!("{name}-key.pem"));
+            let csr = p(&format!("{name}.csr"));
+            sh(&["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]);
+            sh(&["openssl", "x509", "-req", "-in", &csr, "-CA", &p("ca.pem"), "-CAkey", &p("ca-key.pem"), "-CAcreateserial",
+                 "-out", &p(&format!("{name}.pem")), "-days", "1", "-extfile", ext_file.to_str().unwrap()]);
+        }
+        EtcdCerts(d)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.0.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Default for EtcdCerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Etcd {
+    /// A cluster of `size` members; panics if etcd is not installed (`cargo xtask setup`).
+    pub fn start(mgmt: &Mgmt, size: usize) -> Etcd {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "etcd is not installed: run `cargo xtask setup` (Debian package etcd-server)"
+        );
+        Self::start_with(mgmt, size, None)
+    }
+
+    /// One member speaking only TLS with client certificates (`certs`).
+    pub fn start_tls(mgmt: &Mgmt, certs: &EtcdCerts) -> Etcd {
+        Self::start_with(mgmt, 1, Some(certs.0.0.clone()))
+    }
+
+    fn start_with(mgmt: &Mgmt, size: usize, tls: Option<PathBuf>) -> Etcd {
+        let members = (0..size).map(|_| None).collect();
+        let mut e = Etcd { members, dir: TempDir::new(), ns_path: mgmt.ns.path(), size, tls };
+        for i in 0..size {
+            e.start_member(i);
+        }
+        e
+    }
+
+    pub fn client_port(i: usize) -> u16 {
+        2379 + 10_000 * i as u16
+    }
+
+    /// etcd://members/PREFIX, all members.
+    pub fn url(&self, prefix: &str) -> String {
+        let members: Vec<String> = (0..self.size).map(|i| format!("{ETCD_ADDR}:{}", Self::client_port(i))).collect();
+        format!("etcd://{}/{prefix}", members.join(","))
+    }
+
+    /// Starts member `i` again (on its data directory, if it ran before).
+    pub fn start_member(&mut self, i: usize) {
+        let peer = |i: usize| format!("http://{ETCD_ADDR}:{}", Self::client_port(i) + 1);
+        let cluster: Vec<String> = (0..self.size).map(|j| format!("m{j}={}", peer(j))).collect();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{ETCD_ADDR}:{}", Self::client_port(i));
+        let mut tls = Vec::new();
+        if let Some(d) = &self.tls {
+            for (flag, file) in [("--cert-file", "server.pem"), ("--key-file", "server-key.pem"), ("--trusted-ca-file", "ca.pem")] {
+                tls.push(flag.to_string());
+                tls.push(d.join(file).to_str().unwrap().to_string());
+            }
+            tls.push("--client-cert-auth".into());
+        }
+        let data = self.dir.0.join(format!("m{i}"));
+        let log = File::create(self.dir.0.join(format!("m{i}.log"))).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .args(["--", "etcd", "--name", &format!("m{i}"), "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-token", &self.ns_path])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&tls)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i] = Some(child);
+    }
+
+    /// Kills member `i` (SIGKILL, by its pid).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills every member.
+    pub fn stop(&mut self) {
+        for i in 0..self.size {
+            self.kill_member(i);
+        }
+    }
+
+    /// Starts every member that is not running.
+    pub fn restart(&mut self) {
+        for i in 0..self.size {
+            if self.members[i].is_none() {
+                self.start_member(i);
+            }
+        }
+    }
+
+    /// The members' logs, for failure messages.
+    pub fn log(&self) -> String {
+        (0..self.size).map(|i| fs::read_to_string(self.dir.0.join(format!("m{i}.log"))).unwrap_or_default()).collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -6,26 +6,14 @@ use std::{
     fs,
     path::Path,
     process::Output,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use integration_tests::{Agent, ConfigMap, Lan, Servers, sh, tcp_ok};
+use integration_tests::{Agent, ConfigMap, Lan, Servers, broken_ports_policy, json_of as json, ports_policy, sh, tcp_ok, wait_for};
 
 /// Version `n` of the policy: frontend may reach payments on these TCP ports.
 fn policy(ports: &[u16]) -> String {
-    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}/tcp\"")).collect();
-    format!(
-        "version: 1\nsegments:\n  frontend: {{ cidrs: [10.20.1.0/24] }}\n  payments: {{ cidrs: [10.20.2.10/32] }}\nrules:\n  - {{ name: web, from: [frontend], to: [payments], ports: [{}], action: allow }}\n",
-        ports.join(", ")
-    )
-}
-
-/// Line 6, column 71: the second port's protocol is misspelt.
-const BROKEN: &str = "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\n  payments: { cidrs: [10.20.2.10/32] }\nrules:\n  - { name: web, from: [frontend], to: [payments], ports: [\"443/tcp\", \"8443/tpc\"], action: allow }\n";
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    ports_policy("10.20.2.10/32", ports)
 }
 
 /// The protocol property, not a speed figure: a new version of the directory is taken up by
@@ -33,20 +21,6 @@ fn json(out: &Output) -> serde_json::Value {
 /// tell "picked up" from "never": two polls and then some, so that a busy machine never fails
 /// it. How long it took is printed.
 const PICKED_UP: Duration = Duration::from_secs(15);
-
-/// Polls `f` every 100 ms until it is true or `within` passed; returns how long it took.
-fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The revision `policy get` reports; None while the agent has no policy.
 fn revision_of(out: &Output) -> Option<u64> {
@@ -89,7 +63,7 @@ fn configmap_versions_are_applied_and_a_broken_one_is_rejected() {
     assert_eq!(source()["last_applied"]["sha256"], v2_sha.as_str());
 
     // Version 3 is broken: rejected with its position, version 2 stays in force.
-    cm.publish(BROKEN);
+    cm.publish(&broken_ports_policy("10.20.2.10/32"));
     let v3_sha = sha256sum(&cm.path().join("policy.yaml"));
     let rejected = wait_for(PICKED_UP, || !source()["last_rejection"].is_null());
     assert!(rejected.is_some(), "version 3 not rejected within {PICKED_UP:?}:\n{}", agent.log());
@@ -135,7 +109,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
     let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     let reach = |port| tcp_ok(&frontend.ns, payments.v4, port);
-    let mut cm = ConfigMap::new(BROKEN);
+    let mut cm = ConfigMap::new(&broken_ports_policy("10.20.2.10/32"));
     let dir = cm.path().to_str().unwrap().to_string();
 
     // Broken from the start, nothing to fall back on: the agent runs, fails closed, says why,
@@ -157,7 +131,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
 
     // Killed; the directory turns broken; a new agent on the same pins and state directory
     // keeps the last-known-good policy (revision 1) and reports the rejection.
-    cm.publish(BROKEN);
+    cm.publish(&broken_ports_policy("10.20.2.10/32"));
     let again = agent.crash_and_restart_with(&payments.ns, &[&payments.iface], &["--policy-dir", &dir]);
     let log = again.log();
     assert!(log.contains("at startup is rejected") && log.contains("adopted as it is"), "{log}");

@@ -48,7 +48,11 @@ enum Cmd {
 /// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
 /// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
 /// bpftool to inspect what is loaded.
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap"];
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap",
+    // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc for etcd-client.
+    // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl
+    // makes the TLS test's certificates.
+    "etcd-server", "protobuf-compiler", "curl", "openssl"];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

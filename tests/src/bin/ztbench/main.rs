@@ -64,6 +64,8 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{Program, TestRun, TestRunOptions, Xdp, XdpMode},
 };
+mod fleet;
+
 use integration_tests::{Agent, Lan, Netns, TempDir};
 
 mod inventory;
@@ -132,6 +134,8 @@ struct Options {
     rounds: usize,
     /// Where the comparative benchmark's results also go, as JSON.
     json: Option<PathBuf>,
+    /// Only the fleet section (push-to-enforced latency over etcd).
+    fleet_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -148,6 +152,7 @@ fn parse_args() -> Result<Options> {
         compare_only: false,
         rounds: 0,
         json: None,
+        fleet_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -160,6 +165,7 @@ fn parse_args() -> Result<Options> {
             "--compare" => o.compare_only = true,
             "--json" => o.json = Some(value("--json")?.into()),
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
+            "--fleet" => o.fleet_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -168,7 +174,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -177,6 +183,7 @@ fn parse_args() -> Result<Options> {
                      --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
+                     --fleet      only the fleet section: push-to-enforced latency over etcd\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -766,6 +773,12 @@ fn run() -> Result<bool> {
     if opts.compare_only {
         return Ok(compare::run(&compare_opts)? || !opts.check);
     }
+    if opts.fleet_only {
+        let mut text = String::new();
+        fleet::push_to_enforced(&mut text)?;
+        println!("{text}");
+        return Ok(true);
+    }
 
     let sizes: Vec<(usize, usize)> = if opts.quick {
         vec![(10, 1_000), (1_000, 1_000)]
@@ -853,6 +866,7 @@ fn run() -> Result<bool> {
     text.push_str(&parsing);
     text.push_str(&inventory::memory(100_000)?);
     all_ok &= ok;
+    fleet::push_to_enforced(&mut text)?;
     println!("{text}");
     write_report(&opts, &text)?;
     drop(ring);
