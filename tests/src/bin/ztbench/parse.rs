@@ -28,12 +28,9 @@ use ztagent::control::{Reply, Request};
 
 use crate::{median, verdict};
 
-/// YAML may take at most this much longer than JSON for the same policy (issue 13).
+/// YAML may take at most this much longer than JSON for the same policy (issue 13): the floor,
+/// a ratio of the same rounds (MB/s are reported, but follow whatever else the 2 CPUs run).
 pub const MAX_YAML_OVER_JSON: f64 = 1.5;
-/// Below these, reading has collapsed, whatever the format: validation (and a refusal), and a
-/// push, which also writes every map entry (714,380 hosts for the 20 MB policy, ~2.5 s here).
-pub const MIN_MB_PER_S: f64 = 10.0;
-pub const MIN_PUSH_MB_PER_S: f64 = 2.0;
 
 /// The same policy in both formats.
 struct Texts {
@@ -170,18 +167,12 @@ pub fn throughput(mb: usize, rounds: usize) -> Result<(String, bool)> {
     );
     let mut ok = true;
     let rows = [
-        ("`policy validate`, valid", &validate_valid, size(&valid_yaml), size(&valid_json), MIN_MB_PER_S),
-        ("`policy validate`, a mistake at the end", &validate_broken, size(&broken_yaml), size(&broken_json), MIN_MB_PER_S),
-        (
-            "`policy push` (CLI check, agent's parse, compile, map writes)",
-            &push_valid,
-            size(&valid_yaml),
-            size(&valid_json),
-            MIN_PUSH_MB_PER_S,
-        ),
-        ("push refused by the agent (its parse and validation)", &push_broken, size(&broken_yaml), size(&broken_json), MIN_MB_PER_S),
+        ("`policy validate`, valid", &validate_valid, size(&valid_yaml), size(&valid_json)),
+        ("`policy validate`, a mistake at the end", &validate_broken, size(&broken_yaml), size(&broken_json)),
+        ("`policy push` (CLI check, agent's parse, compile, map writes)", &push_valid, size(&valid_yaml), size(&valid_json)),
+        ("push refused by the agent (its parse and validation)", &push_broken, size(&broken_yaml), size(&broken_json)),
     ];
-    for (name, f, ymb, jmb, _) in rows {
+    for (name, f, ymb, jmb) in rows {
         let _ = writeln!(
             text,
             "| {name} | {:.2} s, {:.0} MB/s | {:.2} s, {:.0} MB/s | {:.2}x |",
@@ -193,16 +184,10 @@ pub fn throughput(mb: usize, rounds: usize) -> Result<(String, bool)> {
         );
     }
     text.push('\n');
-    for (name, f, ymb, jmb, min) in rows {
+    for (name, f, _, _) in rows {
         let fast = f.ratio <= MAX_YAML_OVER_JSON;
-        let floor = (ymb / f.yaml_s).min(jmb / f.json_s) >= min;
-        ok &= fast && floor;
-        let _ = writeln!(
-            text,
-            "- {}: {name}: YAML / JSON {:.2} <= {MAX_YAML_OVER_JSON}, and both at least {min} MB/s",
-            verdict(fast && floor),
-            f.ratio
-        );
+        ok &= fast;
+        let _ = writeln!(text, "- {}: {name}: YAML / JSON {:.2} <= {MAX_YAML_OVER_JSON}", verdict(fast), f.ratio);
     }
     Ok((text, ok))
 }
