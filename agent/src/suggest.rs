@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     inventory::Row,
-    policy::{self, Action, Policy, WORLD_NAME},
+    policy::{self, Action, Policy, PortSpec, Proto, WORLD_NAME},
 };
 
 /// What `suggest` gives: the policy text, and the comparison with the base.
@@ -166,25 +166,24 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
         text.push_str("  {}\n");
     }
 
-    text.push_str("rules:\n");
+    // The rules (and the comments on what they were learned from), then `rules:` before them.
+    let mut rules = String::new();
     let (mut added, mut names) = (Vec::new(), BTreeSet::new());
     for ((src, dst), l) in &pairs {
         let (from, to) = (segment_of(src), segment_of(dst));
-        let mut ports: Vec<String> = Vec::new();
-        for (lo, hi) in ranges(&l.tcp) {
-            ports.push(if lo == hi { format!("{lo}/tcp") } else { format!("{lo}-{hi}/tcp") });
-        }
-        for (lo, hi) in ranges(&l.udp) {
-            ports.push(if lo == hi { format!("{lo}/udp") } else { format!("{lo}-{hi}/udp") });
+        // Written as the policy's own port specs write themselves.
+        let mut ports: Vec<PortSpec> = Vec::new();
+        for (proto, seen) in [(Proto::Tcp, &l.tcp), (Proto::Udp, &l.udp)] {
+            ports.extend(ranges(seen).into_iter().map(|(lo, hi)| PortSpec::Range { proto, lo, hi }));
         }
         if l.icmp {
-            ports.push("icmp".into());
+            ports.push(PortSpec::Icmp);
         }
         let when = |t: f64| crate::events::rfc3339((t.max(0.0) * 1e9) as u64);
-        let _ = writeln!(text, "  # learned from {} flows, first seen {}, last seen {}", l.flows, when(l.first), when(l.last));
+        let _ = writeln!(rules, "  # learned from {} flows, first seen {}, last seen {}", l.flows, when(l.first), when(l.last));
         if !l.other.is_empty() {
             let other: Vec<&str> = l.other.iter().map(String::as_str).collect();
-            let _ = writeln!(text, "  # also seen, not expressible by port: protocols {}", other.join(", "));
+            let _ = writeln!(rules, "  # also seen, not expressible by port: protocols {}", other.join(", "));
         }
         if ports.is_empty() {
             continue;
@@ -196,9 +195,9 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
         if l.denied_by_base {
             added.push(name.clone());
         }
-        let ports: Vec<String> = ports.iter().map(|p| scalar(p)).collect();
+        let ports: Vec<String> = ports.iter().map(|p| scalar(&p.to_string())).collect();
         let _ = writeln!(
-            text,
+            rules,
             "  - {{ name: {}, from: [{}], to: [{}], ports: [{}], action: allow }}",
             scalar(&name),
             scalar(&from),
@@ -206,10 +205,8 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
             ports.join(", ")
         );
     }
-    if names.is_empty() {
-        text.push_str("  []\n");
-        text = text.replace("rules:\n  []\n", "rules: []\n");
-    }
+    text.push_str(if names.is_empty() { "rules: []\n" } else { "rules:\n" });
+    text.push_str(&rules);
     // The base's rate limits and alerts carry over as they are (its segments come first, in
     // its order, so they name the same identities).
     let carried = Policy { rules: Vec::new(), ..base.clone() }.to_yaml();
