@@ -155,6 +155,9 @@ pub struct SlotConfig {
 /// counted and reported as `would-deny` / `would-rate-limit`; malformed packets and packets
 /// without any policy are still dropped.
 pub const SLOT_F_AUDIT: u32 = 1;
+/// [`SlotConfig::flags`]: time-bound grants from address blocks are in force (`GRANT_SOURCES`
+/// holds them): a packet the policy denies by default is looked up there too.
+pub const SLOT_F_GRANT_SOURCES: u32 = 2;
 
 /// Conntrack key: one entry per direction of a flow (the reply entry has the tuple reversed).
 #[repr(C)]
@@ -197,6 +200,11 @@ pub struct CtValue {
     /// 1 + the `GRANTS` index of the time-bound grant that allowed the flow (0: none): past
     /// its deadline the flow is cut at its next packet, agent or not.
     pub grant: u32,
+    /// Packets and bytes (frame length) of this direction the datapath passed, the first
+    /// packet included (atomic adds); the agent reads them for the inventory. A new entry for
+    /// the same tuple (a new TCP connection) starts from zero again.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -497,6 +505,7 @@ pub mod maps {
     pub const SEGMENT_COUNTERS: &str = "ZT_SEG_COUNTERS";
     pub const COUNTERS: &str = "ZT_COUNTERS";
     pub const GRANTS: &str = "ZT_GRANTS";
+    pub const GRANT_SOURCES: &str = "ZT_GRANT_SRCS";
 }
 
 /// Program names in the object file.

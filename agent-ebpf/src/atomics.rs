@@ -22,3 +22,13 @@ pub unsafe fn add_one(p: *mut u64) {
     // SAFETY: upheld by the caller.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) };
 }
+
+/// Adds `n`.
+///
+/// # Safety
+/// As for [`cas`].
+#[inline(always)]
+pub unsafe fn add(p: *mut u64, n: u64) {
+    // SAFETY: upheld by the caller.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, n) };
+}

@@ -279,6 +279,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
             return false;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
+        conntrack::count(v, pkt.len);
         first_fragment(&pkt, now);
         count(if val.flags & CT_F_AUDIT != 0 { counter::AUDIT_DENY } else { counter::PASS_TRACKED });
         count_segment(val.src_segment, SEGMENT_PASSED);
@@ -379,7 +380,7 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
     let now = clock.coarse();
     count_segment(j.src_segment, SEGMENT_PASSED);
     if starts_flow {
-        conntrack::create(&pkt.tuple, now, cfg.revision, &v, segs);
+        conntrack::create(&pkt, now, cfg.revision, &v, segs);
         pkt.now = now;
         let verdict = if allowed { VERDICT_ALLOWED } else { VERDICT_WOULD_DENY };
         events::emit(&pkt, what(verdict, rule_reason(v.rule), INGRESS), v.rule, segs, 1);

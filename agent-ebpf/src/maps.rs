@@ -95,6 +95,14 @@ pub fn count_segment(segment: u32, outcome: u32) {
 #[map(name = "ZT_GRANTS")]
 pub static GRANTS: Array<u64> = Array::pinned(MAX_GRANTS, 0);
 
+/// The address blocks of time-bound grants (`ztagent grant --from CIDR`), per slot, keyed like
+/// `CIDRS`: the value is the block's pseudo-segment, which names no address (an address keeps
+/// its segment) but has pairs and port entries of its own holding the grants' allows. Looked up
+/// only for a packet the policy denies by default, and only while the slot has any
+/// (`SLOT_F_GRANT_SOURCES`).
+#[map(name = "ZT_GRANT_SRCS")]
+pub static GRANT_SOURCES: LpmTrie<CidrData, SegmentInfo> = LpmTrie::pinned(2 * MAX_GRANTS, 0);
+
 /// Whether grant `grant` (1 + its index; 0 = none) is past its deadline at `now`.
 #[inline(always)]
 pub fn grant_expired(grant: u32, now: u64) -> bool {

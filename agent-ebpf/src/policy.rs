@@ -1,14 +1,14 @@
 //! Policy: (source segment, destination segment, protocol, port) -> verdict, in a fixed number
 //! of lookups whatever the size of the policy (see `agent_common` for the map design).
 use agent_common::{
-    ACTION_ALLOW, PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD,
-    SlotConfig, VERDICT_F_AUDIT, VERDICT_GRANT_SHIFT, Verdict,
+    ACTION_ALLOW, Addr, CIDR_SLOT_BITS, CidrData, PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD,
+    SEG_F_SRC_WILD, SLOT_F_GRANT_SOURCES, SlotConfig, VERDICT_F_AUDIT, VERDICT_GRANT_SHIFT, Verdict,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     identity::segment_of,
-    maps::{PAIRS, PORTS, grant_expired},
+    maps::{GRANT_SOURCES, PAIRS, PORTS, grant_expired},
     parse::Tuple,
 };
 
@@ -72,16 +72,41 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Judgement {
         None => cfg.any_any,
     };
     let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, flags: 0 };
-    let verdict = if profile == PROFILE_NONE {
-        default
-    } else {
-        let port = port.to_be_bytes();
-        let data = PortData { profile: profile.to_be_bytes(), proto: t.proto, port, _pad: 0 };
-        match PORTS.get(&Key::new(32 + agent_common::PORT_KEY_BITS, data)) {
-            Some(v) => *v,
-            None => default,
-        }
-    };
+    let mut verdict = if profile == PROFILE_NONE { default } else { port_verdict(profile, t.proto, port).unwrap_or(default) };
+    // Denied by default: a time-bound grant from an address block may allow it (deny rules
+    // beat grants, and where a rule allows, it decides).
+    if verdict.rule == 0
+        && verdict.action != ACTION_ALLOW
+        && cfg.flags & SLOT_F_GRANT_SOURCES != 0
+        && let Some(v) = granted(slot, &t.src, dst.id, u32::from(t.proto) << 16 | u32::from(port))
+    {
+        verdict = v;
+    }
     let audit_segments = (src.flags | dst.flags) & SEG_F_AUDIT != 0;
     Judgement { verdict, src_segment: src.id, dst_segment: dst.id, audit_segments }
+}
+
+/// The `PORTS` entry of `profile` for (`proto`, `port`).
+#[inline(always)]
+fn port_verdict(profile: u32, proto: u8, port: u16) -> Option<Verdict> {
+    let data = PortData { profile: profile.to_be_bytes(), proto, port: port.to_be_bytes(), _pad: 0 };
+    PORTS.get(&Key::new(32 + agent_common::PORT_KEY_BITS, data)).copied()
+}
+
+/// The allow of a time-bound grant from an address block holding `src`, to the segment `dst`,
+/// for `proto_port` (`proto << 16 | port`: BPF functions take 5 arguments, the returned record
+/// counting as one): the block's pseudo-segment (the longest block holding `src`; its entries
+/// hold the grants of every block around it too), then its pair with `dst` or, for a grant to
+/// `*`, its wildcard pair. (A subprogram: the trie key stays off the caller's stack.)
+#[inline(never)]
+fn granted(slot: u32, src: &Addr, dst: u32, proto_port: u32) -> Option<Verdict> {
+    let (proto, port) = ((proto_port >> 16) as u8, proto_port as u16);
+    let key = Key::new(CIDR_SLOT_BITS + 128, CidrData { slot: slot.to_be_bytes(), addr: *src });
+    let block = *GRANT_SOURCES.get(&key)?;
+    let profile = match pair(slot, block.id, dst) {
+        Some(p) => p,
+        None if block.flags & SEG_F_SRC_WILD != 0 => pair(slot, block.id, SEG_ANY)?,
+        None => return None,
+    };
+    port_verdict(profile, proto, port).filter(|v| v.action == ACTION_ALLOW)
 }

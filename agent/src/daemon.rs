@@ -82,6 +82,10 @@ pub enum DaemonError {
     Grant(#[from] crate::grants::GrantError),
     #[error(transparent)]
     Inventory(#[from] crate::inventory::InventoryError),
+    #[error(transparent)]
+    FlowCount(#[from] crate::flowcount::FlowCountError),
+    #[error(transparent)]
+    Baseline(#[from] crate::alerts::BaselineError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -110,6 +114,8 @@ struct State {
     inventory: Arc<Mutex<crate::inventory::Inventory>>,
     /// Deviation alerts, fed the same way.
     alerts: Arc<Mutex<crate::alerts::Engine>>,
+    /// Reads the flows' packet and byte counters (for the inventory and the alerts' rates).
+    flows: Arc<Mutex<crate::flowcount::FlowReader>>,
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -175,8 +181,22 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    let alerts = Arc::new(Mutex::new(crate::alerts::Engine::default()));
+    let alerts = match crate::alerts::Engine::load(&cfg.state_dir) {
+        Ok(e) => Arc::new(Mutex::new(e)),
+        Err(e) => {
+            datapath.rollback();
+            return Err(e.into());
+        }
+    };
+    let flows = match crate::flowcount::FlowReader::open(&cfg.pins.maps()) {
+        Ok(r) => Arc::new(Mutex::new(r)),
+        Err(e) => {
+            datapath.rollback();
+            return Err(e.into());
+        }
+    };
     let mut state = State {
+        flows,
         grants,
         inventory: inventory.clone(),
         alerts: alerts.clone(),
@@ -267,27 +287,36 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }));
     }
     // ---
-    // Grants that end are taken out of the policy (the kernel has ended them already); the
-    // inventory is saved now and then.
+    // Every second: grants that end are taken out of the policy (the kernel has ended them
+    // already), the flows' counters are read when due, the alerts' rate window is closed when
+    // it ends and the alerts are published; what was learned is saved now and then.
     let housekeeping = shared.clone();
-    let (saved, state_dir, raised, alert_hub) = (inventory.clone(), cfg.state_dir.clone(), alerts.clone(), hub.clone());
+    let (saved, state_dir, engine, alert_hub) = (inventory.clone(), cfg.state_dir.clone(), alerts.clone(), hub.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut last_save = std::time::Instant::now();
         loop {
             tick.tick().await;
             let shared = housekeeping.clone();
-            let _ = tokio::task::spawn_blocking(move || expire_grants(&mut shared.lock().unwrap_or_else(|p| p.into_inner()))).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                expire_grants(&mut shared.lock().unwrap_or_else(|p| p.into_inner()));
+                count_flows(&shared, false);
+            })
+            .await;
             // Published outside the engine's lock: the hub's observers take it.
-            let raised = raised.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let raised = {
+                let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+                engine.tick(unix_now());
+                engine.take()
+            };
             for a in raised {
                 tracing::info!(kind = %a.reason, from = %a.src_segment, severity = a.severity.as_deref().unwrap_or(""), "{}", a.note.as_deref().unwrap_or(""));
                 alert_hub.note(a);
             }
             if last_save.elapsed() >= crate::inventory::SAVE_INTERVAL {
                 last_save = std::time::Instant::now();
-                let (inv, dir) = (saved.clone(), state_dir.clone());
-                let _ = tokio::task::spawn_blocking(move || save_inventory(&inv, &dir)).await;
+                let (inv, engine, dir) = (saved.clone(), engine.clone(), state_dir.clone());
+                let _ = tokio::task::spawn_blocking(move || save_learned(&inv, &engine, &dir)).await;
             }
         }
     });
@@ -306,7 +335,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     let _ = fs::remove_file(&cfg.socket);
-    save_inventory(&inventory, &cfg.state_dir);
+    count_flows(&shared, true);
+    save_learned(&inventory, &alerts, &cfg.state_dir);
     if let Some(sink) = sink {
         sink.finish().await;
     }
@@ -482,6 +512,10 @@ fn release_memory() {
 }
 
 fn handle(req: Request, shared: &Shared) -> Reply {
+    // The inventory as of now: the flows' counters read first (outside the state lock).
+    if matches!(req, Request::Inventory { .. }) {
+        count_flows(shared, true);
+    }
     // A push is parsed and compiled before taking the state lock: a large policy must not keep
     // `status` and other clients waiting.
     let pushed = match &req {
@@ -587,8 +621,10 @@ fn grant(
     let Some(installed) = &state.installed else {
         return Err(GrantError::NoPolicy.into());
     };
+    // An address block as its network (`10.20.9.7` is `10.20.9.7/32`).
+    let from = crate::grants::block(&from)?.map_or(from, |net| net.to_string());
     let g = state.grants.add(from, to, ports, reason, unix_now(), d)?;
-    if let Err(e) = crate::grants::rule(&installed.policy, &g) {
+    if let Err(e) = crate::grants::check(&installed.policy, &g) {
         let _ = state.grants.remove(g.id);
         return Err(e.into());
     }
@@ -643,36 +679,49 @@ fn expire_grants(state: &mut State) {
     }
 }
 
-fn save_inventory(inventory: &Mutex<crate::inventory::Inventory>, dir: &Path) {
+/// Reads the flows' packet and byte counters into the inventory and the alerts' rates: now
+/// (`now`), or when a periodic read is due.
+fn count_flows(shared: &Shared, now: bool) {
+    let (reader, compiled, inventory, alerts) = {
+        let st = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (st.flows.clone(), st.installed.as_ref().map(|i| i.compiled.clone()), st.inventory.clone(), st.alerts.clone())
+    };
+    // Held from the read to the count: two reads counted in the wrong order would count twice.
+    let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+    if !now && !reader.due() {
+        return;
+    }
+    let entries = reader.read();
+    let Some(compiled) = compiled else { return };
+    let mut lookup = None;
+    let at = unix_now();
+    let counted = inventory.lock().unwrap_or_else(|p| p.into_inner()).count_flows(
+        &entries,
+        |k, v| Some(crate::flowcount::key_of(&compiled, lookup.get_or_insert_with(|| compiled.index()), k, v)),
+        at,
+    );
+    drop(reader);
+    alerts.lock().unwrap_or_else(|p| p.into_inner()).traffic(&counted, at);
+}
+
+/// Saves what the agent learned: the inventory and the alerts' baseline.
+fn save_learned(inventory: &Mutex<crate::inventory::Inventory>, alerts: &Mutex<crate::alerts::Engine>, dir: &Path) {
     if let Err(e) = inventory.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
+        tracing::warn!("{e}");
+    }
+    if let Err(e) = alerts.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
         tracing::warn!("{e}");
     }
 }
 
 /// An event of the agent's own about grant `g`.
 fn note_grant(state: &State, g: &crate::grants::Grant, verdict: &str, reason: &str, revision: u32) {
-    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    let ns = (unix_now() * 1e9) as u64;
     state.hub.note(crate::events::EventRecord {
-        time: crate::events::rfc3339(ns),
-        iface: String::new(),
-        direction: String::new(),
-        verdict: verdict.into(),
-        reason: reason.into(),
         rule: Some(format!("grant-{}", g.id)),
-        rate_limit: None,
-        src: unspecified,
-        dst: unspecified,
-        sport: 0,
-        dport: 0,
         proto: g.ports.join(","),
-        src_segment: g.from.clone(),
-        dst_segment: g.to.clone(),
-        count: 0,
-        len: 0,
         revision,
         note: Some(g.reason.clone()),
-        severity: None,
+        ..crate::events::EventRecord::own(verdict, reason, &g.from, &g.to)
     });
 }
 

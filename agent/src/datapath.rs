@@ -263,8 +263,16 @@ fn pinned(dir: &Path) -> Vec<PathBuf> {
 /// The maps that hold the policy in force: its two slots, the active index and the rate-limit
 /// configs refer to each other, so they are kept or replaced together (a kept `ZT_ACTIVE`
 /// pointing into a new, empty `ZT_HOSTS` would judge by half a policy).
-const POLICY_MAPS: [&str; 7] =
-    [maps::ACTIVE_SLOT, maps::SLOTS, maps::HOSTS, maps::CIDRS, maps::PAIRS, maps::PORTS, maps::LIMITS];
+const POLICY_MAPS: [&str; 8] = [
+    maps::ACTIVE_SLOT,
+    maps::SLOTS,
+    maps::HOSTS,
+    maps::CIDRS,
+    maps::PAIRS,
+    maps::PORTS,
+    maps::LIMITS,
+    maps::GRANT_SOURCES,
+];
 
 /// Moves aside the maps pinned by an earlier agent whose layout (type, key and value sizes,
 /// capacity, flags) differs from what this build and configuration create, with the rest of

@@ -93,6 +93,36 @@ impl EventRecord {
     }
 }
 
+impl EventRecord {
+    /// A record the agent makes itself (a grant given or ended, an alert), now: no packet,
+    /// `count` 0, no addresses; `src_segment` and `dst_segment` name what it is about.
+    pub fn own(verdict: &str, reason: &str, src_segment: &str, dst_segment: &str) -> EventRecord {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        EventRecord {
+            time: rfc3339(now),
+            iface: String::new(),
+            direction: String::new(),
+            verdict: verdict.into(),
+            reason: reason.into(),
+            rule: None,
+            rate_limit: None,
+            src: unspecified,
+            dst: unspecified,
+            sport: 0,
+            dport: 0,
+            proto: String::new(),
+            src_segment: src_segment.into(),
+            dst_segment: dst_segment.into(),
+            count: 0,
+            len: 0,
+            revision: 0,
+            note: None,
+            severity: None,
+        }
+    }
+}
+
 /// What `ztagent events` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventFilter {
@@ -404,7 +434,7 @@ pub fn reason_name(r: u8) -> &'static str {
     }
 }
 
-fn proto_name(p: u8) -> String {
+pub(crate) fn proto_name(p: u8) -> String {
     match p {
         6 => "tcp".into(),
         17 => "udp".into(),
@@ -414,7 +444,7 @@ fn proto_name(p: u8) -> String {
 }
 
 /// IPv4-mapped addresses back to IPv4.
-fn ip_of(a: &[u8; 16]) -> IpAddr {
+pub(crate) fn ip_of(a: &[u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(*a);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),

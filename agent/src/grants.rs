@@ -1,9 +1,12 @@
-//! Time-bound grants: `ztagent grant --from SEG --to SEG --port SPEC --for 15m --reason TEXT`,
-//! a temporary allow for an exception, that ends by itself.
+//! Time-bound grants: `ztagent grant --from SEG|CIDR --to SEG --port SPEC --for 15m --reason
+//! TEXT`, a temporary allow for an exception, that ends by itself.
 //!
 //! A grant is an allow rule the agent appends to the policy in force (after the file's rules:
 //! a deny rule still beats it, and where another rule allows, that rule decides), whose verdicts
-//! carry the grant's index in `ZT_GRANTS`. That map holds the grant's deadline, and the kernel
+//! carry the grant's index in `ZT_GRANTS`. A grant from an address block names a
+//! pseudo-segment of that block which no address belongs to (addresses keep their identity):
+//! the datapath looks the block up only for a packet the policy denies by default, and judges
+//! it again as if from the block (see `Policy::grant_sources`). That map holds the grant's deadline, and the kernel
 //! checks it: past it, the grant's verdicts are the default action and the flows it allowed
 //! are cut at their next packet, like a revocation, whether an agent is running or not. The
 //! agent keeps the grants in its state directory (`grants.json`, written atomically), so a
@@ -18,7 +21,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Action, MAX_GRANTS, Mode, Policy, PortSpec, Rule, SegRef};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::policy::{Action, GrantSource, MAX_GRANTS, Mode, Policy, PortSpec, Rule, SegRef, Segment};
 
 const FILE: &str = "grants.json";
 /// The longest grant: an exception, not a rule (write that in the policy).
@@ -26,8 +33,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    #[error("unknown segment `{0}` in the policy in force (a grant names segments, `world` or \"*\")")]
+    #[error("unknown segment `{0}` in the policy in force (a grant names segments, `world` or \"*\", and comes --from those or an address block)")]
     Segment(String),
+    #[error("the address block {given} has host bits set: did you mean {network}?")]
+    HostBits { given: String, network: String },
     #[error("invalid port spec `{spec}`: {message}")]
     Port { spec: String, message: String },
     #[error("{0} grants are in force already, the most there can be; revoke one first")]
@@ -52,7 +61,7 @@ pub struct Grant {
     pub id: u32,
     /// Its entry in `ZT_GRANTS` (unique among the grants in force).
     pub index: u32,
-    /// A segment name, `world` or `*`.
+    /// A segment name, `world`, `*`, or an address block (`10.20.9.0/24`).
     pub from: String,
     pub to: String,
     /// Port specs as in a rule; empty = every port and protocol.
@@ -101,6 +110,30 @@ fn side(policy: &Policy, name: &str) -> Result<SegRef, GrantError> {
     }
 }
 
+/// A grant's `--from` as an address block, if it is one (`10.20.9.0/24`, or an address: its
+/// /32 or /128); `Err` for a block with host bits set.
+pub fn block(from: &str) -> Result<Option<IpNet>, GrantError> {
+    let net = match (from.parse::<IpNet>(), from.parse::<IpAddr>()) {
+        (Ok(n), _) => n,
+        (_, Ok(a)) => IpNet::from(a),
+        _ => return Ok(None),
+    };
+    if net.trunc() != net {
+        return Err(GrantError::HostBits { given: from.to_owned(), network: net.trunc().to_string() });
+    }
+    Ok(Some(net))
+}
+
+/// Checks that `g` can apply to `policy`: its segments exist, its ports parse.
+pub fn check(policy: &Policy, g: &Grant) -> Result<(), GrantError> {
+    if block(&g.from)?.is_none() {
+        side(policy, &g.from)?;
+    }
+    side(policy, &g.to)?;
+    ports(&g.ports)?;
+    Ok(())
+}
+
 /// Port specs as a rule takes them.
 pub fn ports(specs: &[String]) -> Result<Option<Vec<PortSpec>>, GrantError> {
     if specs.is_empty() {
@@ -113,30 +146,61 @@ pub fn ports(specs: &[String]) -> Result<Option<Vec<PortSpec>>, GrantError> {
         .map(Some)
 }
 
-/// The rule of `g` in `policy`.
-pub fn rule(policy: &Policy, g: &Grant) -> Result<Rule, GrantError> {
-    Ok(Rule {
-        name: format!("grant-{}", g.id),
-        description: Some(g.reason.clone()),
-        from: vec![side(policy, &g.from)?],
-        to: vec![side(policy, &g.to)?],
-        ports: ports(&g.ports)?,
-        action: Action::Allow,
-        mode: Mode::Enforce,
-        grant: Some(g.index),
-    })
+/// The identity every address of `net` has in `policy` (a segment, or `world`), if one: the
+/// longest segment CIDR holding the block, unless a segment CIDR lies strictly inside it.
+fn identity_of(policy: &Policy, net: &IpNet) -> Option<SegRef> {
+    let mut best: Option<(u8, usize)> = None;
+    for (i, s) in policy.segments.iter().enumerate() {
+        for c in &s.cidrs {
+            if c.contains(net) && best.is_none_or(|(len, _)| c.prefix_len() > len) {
+                best = Some((c.prefix_len(), i));
+            } else if net.contains(c) && c != net {
+                return None;
+            }
+        }
+    }
+    Some(best.map_or(SegRef::World, |(_, i)| SegRef::Named(i)))
 }
 
-/// `policy` with the rules of the grants appended; a grant that names a segment the policy no
-/// longer has cannot apply, and is left out (returned, for the log).
+/// `policy` with the grants appended: each a rule after the file's rules, and each address
+/// block a grant is from a pseudo-segment of its own (see `Policy::grant_sources`), which the
+/// rules of every grant whose block holds it name (so the longest block the datapath finds
+/// carries the grants of the blocks around it too). A grant that names a segment the policy
+/// no longer has cannot apply, and is left out (returned, for the log).
 pub fn with_grants(policy: &Policy, grants: &[Grant]) -> (Policy, Vec<(u32, GrantError)>) {
     let mut out = policy.clone();
     let mut skipped = Vec::new();
+    let mut applying: Vec<(&Grant, Option<IpNet>)> = Vec::new();
     for g in grants {
-        match rule(policy, g) {
-            Ok(r) => out.rules.push(r),
+        match check(policy, g).and_then(|()| block(&g.from)) {
+            Ok(b) => applying.push((g, b)),
             Err(e) => skipped.push((g.id, e)),
         }
+    }
+    let mut blocks: Vec<IpNet> = applying.iter().filter_map(|(_, b)| *b).collect();
+    blocks.sort();
+    blocks.dedup();
+    let first = out.segments.len();
+    for b in &blocks {
+        out.segments.push(Segment { name: format!("grant {b}"), cidrs: vec![*b], mode: Mode::Enforce });
+        out.grant_sources.push(GrantSource { identity: identity_of(policy, b) });
+    }
+    for (g, b) in applying {
+        let from = match b {
+            Some(net) => blocks.iter().enumerate().filter(|(_, c)| net.contains(*c)).map(|(j, _)| SegRef::Named(first + j)).collect(),
+            // Checked above.
+            None => side(policy, &g.from).into_iter().collect(),
+        };
+        out.rules.push(Rule {
+            name: format!("grant-{}", g.id),
+            description: Some(g.reason.clone()),
+            from,
+            to: side(policy, &g.to).into_iter().collect(),
+            ports: ports(&g.ports).unwrap_or_default(),
+            action: Action::Allow,
+            mode: Mode::Enforce,
+            grant: Some(g.index),
+        });
     }
     (out, skipped)
 }
@@ -259,5 +323,57 @@ mod tests {
         assert!(matches!(back.remove(7), Err(GrantError::Unknown(7))));
         assert!(matches!(store.add("a".into(), "b".into(), vec![], " ".into(), 0.0, Duration::from_secs(1)), Err(GrantError::Reason)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn grants_from_address_blocks_keep_identities_and_agree_with_the_reference() {
+        let p = crate::policy::parse(
+            "version: 1\nsegments:\n  a: { cidrs: [10.0.1.0/24] }\n  b: { cidrs: [10.0.2.0/24] }\nrules:\n  - { name: no-ssh, from: [a], to: [b], ports: [\"22/tcp\"], action: deny }\nrateLimits:\n  - { name: world-in, from: world, packets: { rate: 100, per: second, burst: 10 } }\n",
+            "t",
+        )
+        .unwrap();
+        assert!(matches!(block("10.0.9.7/24"), Err(GrantError::HostBits { .. })));
+        assert_eq!(block("10.0.9.7").unwrap().map(|n| n.to_string()).as_deref(), Some("10.0.9.7/32"));
+        assert_eq!(block("a").unwrap(), None);
+        let mut store = Store::default();
+        let mut add = |from: &str, ports: Vec<String>| {
+            store.add(from.into(), "b".into(), ports, "why".into(), 0.0, Duration::from_secs(60)).unwrap();
+        };
+        add("10.0.9.0/24", vec!["8080/tcp".into()]); // in no segment
+        add("10.0.1.7/32", vec![]); // one host of a
+        add("10.0.0.0/16", vec!["9000/tcp".into()]); // around both segments
+        let g = store.grants.clone();
+        let (with, skipped) = with_grants(&p, &g);
+        assert!(skipped.is_empty());
+        assert_eq!(with.grant_sources.len(), 3);
+        let c = crate::policy::compile(&with);
+        let index = c.index();
+        let at = |src: &str, port: u16| {
+            let (s, d) = (src.parse().unwrap(), "10.0.2.1".parse().unwrap());
+            let got = index.lookup(s, d, 6, port);
+            assert_eq!(got, crate::policy::evaluate_naive(&with, s, d, 6, port), "{src} -> :{port}");
+            (c.rule_name(got.rule).unwrap_or("default").to_owned(), got.src_segment, got.limit)
+        };
+        let (a, world) = (1, 0);
+        // From a block in no segment: allowed on its port, bound by world's rate limit.
+        assert_eq!(at("10.0.9.5", 8080), ("grant-1".into(), world, 1));
+        assert_eq!(at("10.0.9.5", 8081), ("default".into(), world, 0));
+        // A host of a: the deny rule still wins, the grant allows the rest, the host keeps
+        // its segment, other hosts of a are not granted.
+        assert_eq!(at("10.0.1.7", 22), ("no-ssh".into(), a, 0));
+        assert_eq!(at("10.0.1.7", 5432), ("grant-2".into(), a, 0));
+        assert_eq!(at("10.0.1.8", 5432), ("default".into(), a, 0));
+        // Blocks inside a larger granted block carry its grant too; a block spanning several
+        // identities is bound by no limit.
+        assert_eq!(at("10.0.1.7", 9000), ("grant-2".into(), a, 0));
+        assert_eq!(at("10.0.9.5", 9000), ("grant-3".into(), world, 1));
+        assert_eq!(at("10.0.3.3", 9000), ("grant-3".into(), world, 0));
+        assert_eq!(at("10.0.1.8", 9000), ("grant-3".into(), a, 0));
+        // Everywhere else, the datapath's lookup and the reference agree.
+        for src in ["10.0.1.1", "10.0.1.7", "10.0.2.9", "10.0.9.1", "10.0.200.1", "10.1.0.1", "192.0.2.1"] {
+            for port in [1, 22, 8080, 9000, 9001, 65535] {
+                at(src, port);
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod grants;
 pub mod inventory;
 pub mod fleet;
+pub mod flowcount;
 pub mod mapwriter;
 pub mod metrics;
 pub mod policy;

@@ -154,7 +154,8 @@ enum Command {
     },
     /// Allow a flow for a while: an exception that ends by itself, in the kernel.
     Grant {
-        /// The source: a segment, `world` or "*".
+        /// The source: a segment, `world`, "*", or an address block (10.20.9.0/24, or one
+        /// address) whose addresses keep their segment.
         #[arg(long)]
         from: String,
         /// The destination: a segment, `world` or "*".
@@ -546,6 +547,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Grant { from, to, ports, duration, reason } => {
             let d = ztagent::grants::parse_duration(&duration).map_err(|e| e.to_string())?;
             ztagent::grants::ports(&ports).map_err(|e| e.to_string())?;
+            ztagent::grants::block(&from).map_err(|e| e.to_string())?;
             let req = Request::Grant { from, to, ports, seconds: d.as_secs(), reason };
             match call(&socket, &req).await? {
                 Reply::Granted { grant, revision } => {
@@ -605,24 +607,32 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         println!("{}", serde_json::to_string(&l).map_err(|e| e.to_string())?);
                     } else {
                         println!(
-                            "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>8}  last seen",
-                            "from", "to", "proto", "port", "allowed", "would-deny", "denied", "limited"
+                            "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>11} {:>9} {:>8}  last seen",
+                            "from", "to", "proto", "port", "allowed", "would-deny", "packets", "bytes", "denied", "limited"
                         );
                         for r in &l.entries {
                             println!(
-                                "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>8}  {}",
+                                "{:<24} {:<24} {:<5} {:>5} {:>8} {:>10} {:>9} {:>11} {:>9} {:>8}  {}",
                                 r.key.src,
                                 r.key.dst,
                                 r.key.proto,
                                 r.key.port,
                                 r.seen.allowed_flows,
                                 r.seen.would_deny_flows,
+                                r.seen.packets,
+                                r.seen.bytes,
                                 r.seen.denied_packets,
                                 r.seen.rate_limited_packets,
                                 time_of(r.seen.last_seen)
                             );
                         }
-                        println!("{} entries (at most {}), {} evicted; allowed and would-deny count flows, denied and limited packets", l.entries.len(), l.capacity, l.evicted);
+                        println!(
+                            "{} entries (at most {}), {} evicted; allowed and would-deny count flows, packets and bytes those flows \
+                             (both directions), denied and limited packets",
+                            l.entries.len(),
+                            l.capacity,
+                            l.evicted
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }

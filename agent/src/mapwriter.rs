@@ -9,7 +9,8 @@ use std::collections::HashSet;
 
 use agent_common::{
     BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats,
-    MAX_BUCKET_SETS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT, SegmentInfo, SlotConfig,
+    MAX_BUCKET_SETS, MAX_GRANTS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT,
+    SLOT_F_GRANT_SOURCES, SegmentInfo, SlotConfig,
     TICK_SHIFT, Verdict, maps,
 };
 use aya::{
@@ -52,6 +53,8 @@ pub struct MapWriter {
     limit_stats: PerCpuArray<MapData, LimitStats>,
     /// Deadlines of the time-bound grants (see `grants`).
     grants: Array<MapData, u64>,
+    /// The address blocks of grants, per slot.
+    grant_sources: LpmTrie<MapData, CidrData, SegmentInfo>,
     last_flip: Option<Instant>,
     /// Entries one policy may use in each map: half of each (two slots).
     room: crate::datapath::Limits,
@@ -94,6 +97,7 @@ impl MapWriter {
             addr_buckets: take(ebpf, maps::ADDR_BUCKETS)?,
             limit_stats: take(ebpf, maps::LIMIT_STATS)?,
             grants: take(ebpf, maps::GRANTS)?,
+            grant_sources: take(ebpf, maps::GRANT_SOURCES)?,
             last_flip: None,
             room: limits.clone(),
         })
@@ -108,6 +112,7 @@ impl MapWriter {
             ("segment pairs", p.pairs.len(), half(self.room.pairs), "--max-pairs"),
             ("port entries", p.ports.len(), half(self.room.ports), "--max-port-entries"),
             ("rate limits", p.limits.len(), MAX_LIMITS as usize, "this build"),
+            ("grant address blocks", p.grant_sources.len(), MAX_GRANTS as usize, "this build"),
         ];
         match checks.into_iter().find(|(_, needed, allowed, _)| needed > allowed) {
             Some((what, needed, allowed, flag)) => Err(WriteError::TooLarge { what, needed, allowed, flag }),
@@ -163,7 +168,8 @@ impl MapWriter {
             revision,
             any_any: policy.any_any.map_or(PROFILE_NONE, |p| profile_id(slot, p)),
             world_flags: policy.world_flags,
-            flags: if policy.mode == Mode::Audit { SLOT_F_AUDIT } else { 0 },
+            flags: if policy.mode == Mode::Audit { SLOT_F_AUDIT } else { 0 }
+                | if policy.grant_sources.is_empty() { 0 } else { SLOT_F_GRANT_SOURCES },
         };
         self.slots.set(slot, cfg, 0).map_err(full(maps::SLOTS))?;
         // The flip: ZT_ACTIVE holds 1 + slot, so it only ever changes in its low byte and a
@@ -199,6 +205,11 @@ impl MapWriter {
             self.cidrs.keys().filter_map(Result::ok).filter(|k| k.data().slot == slot.to_be_bytes()).collect();
         for k in &cidrs {
             n += self.cidrs.remove(k).is_ok() as usize;
+        }
+        let blocks: Vec<Key<CidrData>> =
+            self.grant_sources.keys().filter_map(Result::ok).filter(|k| k.data().slot == slot.to_be_bytes()).collect();
+        for k in &blocks {
+            n += self.grant_sources.remove(k).is_ok() as usize;
         }
         let pairs: Vec<PairKey> = self.pairs.keys().filter_map(Result::ok).filter(|k| k.slot == slot).collect();
         for k in &pairs {
@@ -325,6 +336,10 @@ impl MapWriter {
             let key = Key::new(CIDR_SLOT_BITS + len, CidrData { slot: slot.to_be_bytes(), addr: *addr });
             self.cidrs.insert(&key, info, 0).map_err(full(maps::CIDRS))?;
         }
+        for (len, addr, info) in &p.grant_sources {
+            let key = Key::new(CIDR_SLOT_BITS + len, CidrData { slot: slot.to_be_bytes(), addr: *addr });
+            self.grant_sources.insert(&key, info, 0).map_err(full(maps::GRANT_SOURCES))?;
+        }
         for (src, dst, profile) in &p.pairs {
             let key = PairKey { slot, src: *src, dst: *dst };
             self.pairs.insert(key, profile_id(slot, *profile), 0).map_err(full(maps::PAIRS))?;
@@ -339,7 +354,7 @@ impl MapWriter {
             };
             self.ports.insert(&Key::new(32 + e.bits, data), e.verdict, 0).map_err(full(maps::PORTS))?;
         }
-        Ok(p.hosts.len() + p.cidrs.len() + p.pairs.len() + p.ports.len())
+        Ok(p.hosts.len() + p.cidrs.len() + p.grant_sources.len() + p.pairs.len() + p.ports.len())
     }
 }
 

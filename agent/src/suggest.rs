@@ -94,6 +94,8 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
         icmp: bool,
         other: BTreeSet<String>,
         flows: u64,
+        packets: u64,
+        bytes: u64,
         first: f64,
         last: f64,
         /// Flows of it that the base denies (by its verdict, or as would-deny).
@@ -117,6 +119,8 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
             icmp: false,
             other: BTreeSet::new(),
             flows: 0,
+            packets: 0,
+            bytes: 0,
             first: f64::MAX,
             last: 0.0,
             denied_by_base: false,
@@ -140,6 +144,8 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
             }
         };
         l.flows += flows;
+        l.packets += r.seen.packets;
+        l.bytes += r.seen.bytes;
         l.first = l.first.min(r.seen.first_seen);
         l.last = l.last.max(r.seen.last_seen);
         let base_denies = match (address_of(base, &r.key.src), address_of(base, &r.key.dst)) {
@@ -180,7 +186,15 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
             ports.push(PortSpec::Icmp);
         }
         let when = |t: f64| crate::events::rfc3339((t.max(0.0) * 1e9) as u64);
-        let _ = writeln!(rules, "  # learned from {} flows, first seen {}, last seen {}", l.flows, when(l.first), when(l.last));
+        let _ = writeln!(
+            rules,
+            "  # learned from {} flows ({} packets, {} bytes), first seen {}, last seen {}",
+            l.flows,
+            l.packets,
+            l.bytes,
+            when(l.first),
+            when(l.last)
+        );
         if !l.other.is_empty() {
             let other: Vec<&str> = l.other.iter().map(String::as_str).collect();
             let _ = writeln!(rules, "  # also seen, not expressible by port: protocols {}", other.join(", "));

@@ -112,6 +112,9 @@ pub struct CompiledPolicy {
     pub profile_count: u32,
     /// The rate limits: index = limit id - 1 (limit ids are 1-based; 0 is no limit).
     pub limits: Vec<CompiledLimit>,
+    /// (prefix length in IPv6 space, network address, info) of the address blocks of
+    /// time-bound grants ([`Policy::grant_sources`]): `GRANT_SOURCES`, not the identity maps.
+    pub grant_sources: Vec<(u32, Addr, SegmentInfo)>,
 }
 
 /// A rate limit as the datapath needs it.
@@ -400,11 +403,28 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     let n = policy.segments.len();
     // Items: the rules (0..nrules), then the rate limits.
     let nrules = policy.rules.len();
+    // The address blocks of grants are the last segments; each is bound by the rate limits of
+    // the identity its addresses have, as if it were that identity.
+    let first_block = n.saturating_sub(policy.grant_sources.len());
+    let blocks_of = |id: u32| -> Vec<u32> {
+        policy
+            .grant_sources
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.identity.and_then(|r| seg_id(r, n)) == Some(id))
+            .filter_map(|(j, _)| u32::try_from(first_block + j + 1).ok())
+            .collect()
+    };
     let sides: Vec<Sides> = policy
         .rules
         .iter()
         .map(|r| Sides::of(r, n))
-        .chain(policy.rate_limits.iter().map(|l| Sides::of_limit(l, n)))
+        .chain(policy.rate_limits.iter().map(|l| {
+            let mut s = Sides::of_limit(l, n);
+            let also: Vec<u32> = s.from.iter().flat_map(|&id| blocks_of(id)).collect();
+            s.from.extend(also);
+            s
+        }))
         .collect();
 
     // Wildcard segments.
@@ -536,6 +556,7 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     };
     let mut hosts = Vec::new();
     let mut cidrs = Vec::new();
+    let mut grant_sources = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, seg) in policy.segments.iter().enumerate() {
         let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -543,6 +564,13 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
             id,
             flags: flags_of(id),
         };
+        if i >= first_block {
+            grant_sources.extend(seg.cidrs.iter().map(|net| {
+                let (len, addr) = cidr_key(net);
+                (len, addr, info)
+            }));
+            continue;
+        }
         for net in &seg.cidrs {
             let (len, addr) = cidr_key(net);
             // Validation rejects duplicates; for a hand-built policy the first listing wins,
@@ -579,6 +607,7 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
             .iter()
             .map(|l| compile_limit(policy, l))
             .collect(),
+        grant_sources,
     }
 }
 

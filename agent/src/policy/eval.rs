@@ -65,6 +65,9 @@ pub struct Lookup<'a> {
     /// (prefix length, network) -> info; probed from the longest length down.
     cidrs: HashMap<(u32, Addr), SegmentInfo>,
     cidr_lens: Vec<u32>,
+    /// The address blocks of grants, as `cidrs`.
+    blocks: HashMap<(u32, Addr), SegmentInfo>,
+    block_lens: Vec<u32>,
     pairs: HashMap<(u32, u32), u32>,
     /// (profile, bits, value) -> verdict; probed from the longest prefix down.
     ports: HashMap<(u32, u32, u32), Verdict>,
@@ -86,6 +89,10 @@ impl CompiledPolicy {
         let mut cidr_lens: Vec<u32> = self.cidrs.iter().map(|c| c.0.min(128)).collect();
         cidr_lens.sort_unstable_by(|a, b| b.cmp(a));
         cidr_lens.dedup();
+        let blocks = self.grant_sources.iter().rev().map(|(l, a, i)| ((*l, mask(a, *l)), *i)).collect();
+        let mut block_lens: Vec<u32> = self.grant_sources.iter().map(|c| c.0.min(128)).collect();
+        block_lens.sort_unstable_by(|a, b| b.cmp(a));
+        block_lens.dedup();
         let pairs = self
             .pairs
             .iter()
@@ -108,6 +115,8 @@ impl CompiledPolicy {
             hosts,
             cidrs,
             cidr_lens,
+            blocks,
+            block_lens,
             pairs,
             ports,
             port_bits,
@@ -126,7 +135,14 @@ impl Lookup<'_> {
     pub fn lookup(&self, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Decision {
         let s = self.segment_of(&addr16(src));
         let d = self.segment_of(&addr16(dst));
-        let v = self.judge(s, d, port_key(proto, port));
+        let key = port_key(proto, port);
+        let mut v = self.judge(s, d, key);
+        if v.rule == 0
+            && v.action != ACTION_ALLOW
+            && let Some(g) = self.granted(&addr16(src), d, key)
+        {
+            v = g;
+        }
         let audited = self.policy.mode == Mode::Audit
             || v.flags & VERDICT_F_AUDIT != 0
             || (s.flags | d.flags) & SEG_F_AUDIT != 0;
@@ -154,6 +170,23 @@ impl Lookup<'_> {
             id: SEG_WORLD,
             flags: self.policy.world_flags,
         }
+    }
+
+    /// The allow of a time-bound grant from an address block holding `src` (the longest), as
+    /// the datapath finds it for a packet the policy denies by default: the block's pair with
+    /// `dst`, else its wildcard pair.
+    pub fn granted(&self, src: &Addr, dst: SegmentInfo, key: u32) -> Option<Verdict> {
+        let block = self.block_lens.iter().find_map(|&len| self.blocks.get(&(len, mask(src, len))))?;
+        let profile = match self.pairs.get(&(block.id, dst.id)) {
+            Some(p) => *p,
+            None if block.flags & SEG_F_SRC_WILD != 0 => *self.pairs.get(&(block.id, SEG_ANY))?,
+            None => return None,
+        };
+        let lens = self.port_bits.get(&profile)?;
+        lens.iter()
+            .find_map(|&bits| self.ports.get(&(profile, bits, mask_key(key, bits))))
+            .copied()
+            .filter(|v| v.action == ACTION_ALLOW)
     }
 
     /// The profile for a pair of segments, with the datapath's fallback order.
@@ -225,7 +258,22 @@ fn mask_key(key: u32, bits: u32) -> u32 {
 pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Decision {
     let s = naive_segment(policy, src);
     let d = naive_segment(policy, dst);
-    let v = naive_verdict(policy, s, d, port_key(proto, port));
+    let mut v = naive_verdict(policy, s, d, port_key(proto, port));
+    // Denied by default: judged again from the longest grant block holding the source, by the
+    // grants' rules only (the blocks are named by them alone).
+    if v.rule == 0
+        && v.action != ACTION_ALLOW
+        && let Some(b) = naive_block(policy, src)
+    {
+        let n = policy.segments.len();
+        let first = n - policy.grant_sources.len().min(n);
+        let identity = policy.grant_sources.get(b as usize - 1 - first).and_then(|g| g.identity).and_then(|r| seg_id(r, n));
+        // A block with no single identity is bound by no limit (an id no limit names).
+        let g = naive_verdict_as(policy, b, identity.unwrap_or(b), d, port_key(proto, port));
+        if g.action == ACTION_ALLOW && g.rule != 0 {
+            v = g;
+        }
+    }
     let segment_audited = |id: u32| id != SEG_WORLD && policy.segments[id as usize - 1].mode == Mode::Audit;
     let rule_audited = v.rule != 0 && policy.rules[v.rule as usize - 1].mode == Mode::Audit;
     let audited = policy.mode == Mode::Audit || rule_audited || segment_audited(s) || segment_audited(d);
@@ -239,14 +287,36 @@ pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port
     }
 }
 
-fn naive_segment(policy: &Policy, ip: IpAddr) -> u32 {
+/// The segments of `policy` that are identities (not grant blocks), with their ids.
+fn naive_identities(policy: &Policy) -> impl Iterator<Item = (u32, &super::model::Segment)> {
+    let n = policy.segments.len() - policy.grant_sources.len().min(policy.segments.len());
+    policy.segments[..n].iter().enumerate().map(|(i, s)| (u32::try_from(i + 1).unwrap_or(u32::MAX), s))
+}
+
+/// The longest grant block holding `ip` (its pseudo-segment id).
+fn naive_block(policy: &Policy, ip: IpAddr) -> Option<u32> {
     let addr = addr16(ip);
-    let mut best: Option<(u32, u32)> = None; // (prefix length, segment id)
-    for (i, seg) in policy.segments.iter().enumerate() {
+    let first = policy.segments.len() - policy.grant_sources.len().min(policy.segments.len());
+    let mut best: Option<(u32, u32)> = None;
+    for (i, seg) in policy.segments.iter().enumerate().skip(first) {
         for net in &seg.cidrs {
             let (len, network) = cidr_key(net);
             if mask(&addr, len) == network && best.is_none_or(|(l, _)| len > l) {
                 best = Some((len, u32::try_from(i + 1).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+fn naive_segment(policy: &Policy, ip: IpAddr) -> u32 {
+    let addr = addr16(ip);
+    let mut best: Option<(u32, u32)> = None; // (prefix length, segment id)
+    for (id, seg) in naive_identities(policy) {
+        for net in &seg.cidrs {
+            let (len, network) = cidr_key(net);
+            if mask(&addr, len) == network && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, id));
             }
         }
     }
@@ -256,6 +326,12 @@ fn naive_segment(policy: &Policy, ip: IpAddr) -> u32 {
 /// The verdict of the rules, and the bounding rate limit, for segments `src`, `dst` and a port
 /// key: a loop over every rule, then (if allowed) over every limit.
 pub(crate) fn naive_verdict(policy: &Policy, src: u32, dst: u32, key: u32) -> Verdict {
+    naive_verdict_as(policy, src, src, dst, key)
+}
+
+/// As [`naive_verdict`], the rules matched with source `src`, the limits with `limits_src`
+/// (for a grant block: the identity its addresses have).
+fn naive_verdict_as(policy: &Policy, src: u32, limits_src: u32, dst: u32, key: u32) -> Verdict {
     let n = policy.segments.len();
     let side = |refs: &[SegRef], id: u32| {
         refs.iter()
@@ -275,7 +351,7 @@ pub(crate) fn naive_verdict(policy: &Policy, src: u32, dst: u32, key: u32) -> Ve
     // Written independently of the compiler's `piece_verdict`, as the reference.
     if verdict.action == ACTION_ALLOW
         && let Some(i) = policy.rate_limits.iter().position(|l| {
-            side(&[l.from], src)
+            side(&[l.from], limits_src)
                 && l.to.as_deref().is_none_or(|to| side(to, dst))
                 && covers(limit_ranges(l))
         })

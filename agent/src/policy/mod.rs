@@ -64,7 +64,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use model::{
     ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
-    POLICY_VERSION, Per, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
+    GrantSource, POLICY_VERSION, Per, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
     WORLD_NAME,
 };
 pub use validate::{load, parse};

@@ -379,6 +379,20 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
     /// Deviation alerts (`alerts`; absent = none).
     pub alerts: Option<Alerts>,
+    /// Never in a file (the agent adds them, see `grants`): the last `grant_sources.len()`
+    /// entries of `segments` are the address blocks of time-bound grants (`--from CIDR`),
+    /// pseudo-segments that name no address (an address keeps its segment) and that only the
+    /// grants' rules name. A packet the rest of the policy denies by default is judged again
+    /// as if its source were the longest such block holding it.
+    pub grant_sources: Vec<GrantSource>,
+}
+
+/// One of [`Policy::grant_sources`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantSource {
+    /// The identity every address of the block has in the policy (a segment or `world`), when
+    /// it is one: the rate limits of that identity then bound the grant's flows too.
+    pub identity: Option<SegRef>,
 }
 
 /// What the agent watches for, beyond the verdicts (see `alerts`): a baseline of who reaches
@@ -399,11 +413,29 @@ pub struct Alerts {
     /// At most one alert per identity and kind this often; the ones in between are counted in
     /// the next.
     pub interval_seconds: u64,
+    /// An identity's packets or new flows in a window beyond this many times its baseline (for
+    /// the hour of the day, where that has enough history) is a rate alert (0: off).
+    pub rate_factor: u64,
+    /// The history a baseline needs before rates are judged against it: of that hour of the
+    /// day, else of all hours.
+    pub rate_history_seconds: u64,
+    /// The window rates are measured over.
+    pub rate_window_seconds: u64,
 }
 
 impl Default for Alerts {
     fn default() -> Self {
-        Alerts { learn_seconds: 600, new_peer: true, new_port: true, scan_destinations: 20, scan_seconds: 10, interval_seconds: 60 }
+        Alerts {
+            learn_seconds: 600,
+            new_peer: true,
+            new_port: true,
+            scan_destinations: 20,
+            scan_seconds: 10,
+            interval_seconds: 60,
+            rate_factor: 10,
+            rate_history_seconds: 3600,
+            rate_window_seconds: 60,
+        }
     }
 }
 

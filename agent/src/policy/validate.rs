@@ -80,7 +80,17 @@ const TOP_FIELDS: &[&str] = &[
     "rateLimits",
     "alerts",
 ];
-const ALERT_FIELDS: &[&str] = &["learnSeconds", "newPeer", "newPort", "scanDestinations", "scanSeconds", "intervalSeconds"];
+const ALERT_FIELDS: &[&str] = &[
+    "learnSeconds",
+    "newPeer",
+    "newPort",
+    "scanDestinations",
+    "scanSeconds",
+    "intervalSeconds",
+    "rateFactor",
+    "rateHistorySeconds",
+    "rateWindowSeconds",
+];
 const SEGMENT_FIELDS: &[&str] = &["cidrs", "mode"];
 const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action", "mode"];
 const LIMIT_FIELDS: &[&str] = &[
@@ -371,6 +381,9 @@ impl Validator<'_> {
             ("scanDestinations", &mut a.scan_destinations, 0, 1_000_000),
             ("scanSeconds", &mut a.scan_seconds, 1, DAY),
             ("intervalSeconds", &mut a.interval_seconds, 1, DAY),
+            ("rateFactor", &mut a.rate_factor, 0, 1_000_000),
+            ("rateHistorySeconds", &mut a.rate_history_seconds, 1, 365 * DAY),
+            ("rateWindowSeconds", &mut a.rate_window_seconds, 1, 3600),
         ] {
             if let Some(n) = f.get(field)
                 && let Some(v) = self.whole(n, field, min, max)

@@ -136,6 +136,8 @@ struct Options {
     json: Option<PathBuf>,
     /// Only the fleet section (push-to-enforced latency over etcd).
     fleet_only: bool,
+    /// Only the per-packet table and the rate-limit overhead (BPF_PROG_TEST_RUN).
+    packets_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -153,6 +155,7 @@ fn parse_args() -> Result<Options> {
         rounds: 0,
         json: None,
         fleet_only: false,
+        packets_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -166,6 +169,7 @@ fn parse_args() -> Result<Options> {
             "--json" => o.json = Some(value("--json")?.into()),
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
             "--fleet" => o.fleet_only = true,
+            "--packets" => o.packets_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -174,7 +178,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -184,6 +188,7 @@ fn parse_args() -> Result<Options> {
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
+                     --packets    only the per-packet table and the rate-limit overhead\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -856,6 +861,11 @@ fn run() -> Result<bool> {
          - {}: rate-limited / unlimited allowed packet = {ratio:.2} <= {MAX_LIMIT_OVERHEAD}",
         verdict(ok)
     );
+    if opts.packets_only {
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(all_ok || !opts.check);
+    }
 
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");

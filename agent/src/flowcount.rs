@@ -1,0 +1,77 @@
+//! Packets and bytes of allowed flows. The datapath counts them in each conntrack entry
+//! (`CtValue::packets` and `bytes`, one entry per direction); the agent reads the table now and
+//! then, and whenever the inventory is asked for, and adds what each entry counted since it
+//! was last read to the inventory entry of its flow (and to the alerts' packet rates).
+//!
+//! Reading the table costs two syscalls per entry (aya has no batch lookups), ~1 s for a full
+//! table of 262,144 entries here, so it is paced by its own cost: after a read that took `T`,
+//! the next periodic one comes no sooner than `DUTY x T` (and at least every [`INTERVAL`]
+//! otherwise), i.e. it takes at most a twentieth of a CPU.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use agent_common::{CT_F_REPLY, CtKey, CtValue, PROTO_TCP, PROTO_UDP, maps};
+use aya::maps::{HashMap, MapData};
+
+use crate::{
+    events::{ip_of, proto_name},
+    inventory::{Key, identity},
+    policy::{CompiledPolicy, Lookup},
+};
+
+/// How often the table is read when reading it is cheap.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+const DUTY: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the conntrack table {path} to read the flows' packet and byte counts: {message}")]
+pub struct FlowCountError {
+    path: String,
+    message: String,
+}
+
+pub struct FlowReader {
+    table: HashMap<MapData, CtKey, CtValue>,
+    capacity: usize,
+    next: Instant,
+}
+
+impl FlowReader {
+    /// Opens the pinned conntrack table in `maps_dir`.
+    pub fn open(maps_dir: &Path) -> Result<FlowReader, FlowCountError> {
+        let path = maps_dir.join(maps::CONNTRACK);
+        let err = |message: String| FlowCountError { path: path.display().to_string(), message };
+        let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+        let capacity = data.info().map_err(|e| err(e.to_string()))?.max_entries() as usize;
+        let table = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|e| err(e.to_string()))?;
+        Ok(FlowReader { table, capacity, next: Instant::now() })
+    }
+
+    /// Whether a periodic read is due.
+    pub fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Every entry of the table, now. (Entries deleted during the walk may make the kernel
+    /// restart it: at most the table's capacity are read.)
+    pub fn read(&mut self) -> Vec<(CtKey, CtValue)> {
+        let t = Instant::now();
+        let entries: Vec<(CtKey, CtValue)> = self.table.iter().take(self.capacity).filter_map(Result::ok).collect();
+        self.next = Instant::now() + INTERVAL.max(t.elapsed() * DUTY);
+        entries
+    }
+}
+
+/// The inventory key of the flow a conntrack entry belongs to, named by `lookup` of the policy
+/// in force: (source identity, destination service, protocol, port) of its original direction.
+pub fn key_of(compiled: &CompiledPolicy, lookup: &Lookup<'_>, k: &CtKey, v: &CtValue) -> Key {
+    let (src, dst, dport) = if v.flags & CT_F_REPLY != 0 { (&k.dst, &k.src, k.sport) } else { (&k.src, &k.dst, k.dport) };
+    let name = |a: &[u8; 16]| {
+        let id = lookup.segment_of(a).id;
+        identity(compiled.segment_name(id).unwrap_or(crate::policy::WORLD_NAME), ip_of(a))
+    };
+    let port = if k.proto == PROTO_TCP || k.proto == PROTO_UDP { dport } else { 0 };
+    Key { src: name(src), dst: name(dst), proto: proto_name(k.proto), port }
+}
