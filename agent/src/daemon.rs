@@ -367,6 +367,7 @@ fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>
             // deadlines the kernel keeps): keep them as they are.
             let compiled = compile_with(&saved, &state.grants.grants);
             state.hub.policy(revision, compiled.clone());
+            state.alerts.lock().unwrap_or_else(|p| p.into_inner()).configure(saved.alerts.clone(), unix_now());
             state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
             tracing::info!(revision, "the pinned policy matches the last-known-good one: adopted as it is");
         } else {

@@ -26,14 +26,16 @@ pub enum StateError {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     revision: u32,
-    policy: serde_json::Value,
+    /// As written: its segments in the policy's order, which numbers them as the pinned maps
+    /// do (a `serde_json::Value` would sort them by name).
+    policy: Box<serde_json::value::RawValue>,
 }
 
 /// Saves `policy` as revision `revision` of the policy in force.
 pub fn save(dir: &Path, revision: u32, policy: &Policy) -> Result<(), StateError> {
     let path = dir.join(FILE);
     let err = |source| StateError::Write { path: path.clone(), source };
-    let value: serde_json::Value = serde_json::from_str(&policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
+    let value = serde_json::value::RawValue::from_string(policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
     let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value }).map_err(|e| err(io::Error::other(e)))?;
     write_atomic(dir, FILE, &bytes).map_err(err)
 }
@@ -60,7 +62,7 @@ pub fn load(dir: &Path) -> Result<Option<(u32, Policy)>, StateError> {
     };
     let read = |message: String| StateError::Read { path: path.clone(), message };
     let saved: Saved = serde_json::from_str(&text).map_err(|e| read(e.to_string()))?;
-    let policy = policy::parse(&saved.policy.to_string(), &path.display().to_string()).map_err(|d| read(d.to_string()))?;
+    let policy = policy::parse(saved.policy.get(), &path.display().to_string()).map_err(|d| read(d.to_string()))?;
     Ok(Some((saved.revision, policy)))
 }
 
@@ -74,6 +76,10 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         assert!(load(&dir).unwrap().is_none());
         let p1 = policy::parse("version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/8] }\nrules: []\n", "t").unwrap();
+        // Segments keep their order (their ids): not sorted by name.
+        let p0 = policy::parse("version: 1\nsegments:\n  z: { cidrs: [10.0.0.0/8] }\n  a: { cidrs: [11.0.0.0/8] }\nrules: []\n", "t").unwrap();
+        save(&dir, 1, &p0).unwrap();
+        assert_eq!(load(&dir).unwrap().unwrap(), (1, p0));
         let p2 = policy::parse("version: 1\ndefaultAction: allow\nsegments: {}\nrules: []\n", "t").unwrap();
         save(&dir, 1, &p1).unwrap();
         save(&dir, 2, &p2).unwrap();

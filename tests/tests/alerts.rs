@@ -1,7 +1,9 @@
 //! Deviation alerts against real traffic: after the baseline's learning period, an nmap scan
 //! from one host raises one `scan` alert (not thousands), an identity reaching a service it
 //! never reached raises `new-peer`, a known service on a new port `new-port`; steady traffic
-//! raises none.
+//! raises none. Rates: steady traffic raises no rate alert, a burst far beyond the baseline
+//! exactly one `packet-rate` alert; after a restart the baseline is still there (a new peer
+//! alerts at once, a burst is judged against the rates learned before).
 use std::time::{Duration, Instant};
 
 use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok, udp_ok};
@@ -76,4 +78,66 @@ fn deviations_raise_one_alert_each_and_steady_traffic_none() {
     assert!(tcp_ok(&front.ns, pay.v4, 443));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(anomalies(&agent).len(), 3, "{:?}", anomalies(&agent));
+}
+
+const RATES: &str = r#"
+version: 1
+segments:
+  frontend: { cidrs: [10.20.1.0/24] }
+  payments: { cidrs: [10.20.2.10/32] }
+  batch: { cidrs: [10.20.3.0/24] }
+rules:
+  - { name: stream, from: [frontend], to: [payments], ports: ["7/udp"], action: allow }
+  - { name: batch-dns, from: [batch], to: [payments], ports: ["53/udp"], action: allow }
+alerts: { learnSeconds: 10, rateFactor: 10, rateHistorySeconds: 6, rateWindowSeconds: 2, intervalSeconds: 60 }
+"#;
+
+/// `n` datagrams from one socket of `ns` to `dst:port`, `pause` apart (echoes not awaited).
+fn udp_stream(ns: &integration_tests::Netns, dst: std::net::IpAddr, port: u16, n: u32, pause: Duration) {
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..n {
+            s.send_to(b"0123456789", (dst, port)).unwrap();
+            std::thread::sleep(pause);
+        }
+    });
+}
+
+#[test]
+fn rates_beyond_the_baseline_raise_one_alert_and_the_baseline_survives_a_restart() {
+    let lan = Lan::four_hosts();
+    let (pay, front, batch) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", RATES)));
+    let _srv = Servers::start(&pay.ns, &[], &[7, 53]);
+
+    // Steady: ~20 datagrams a second (and their echoes) for 14 s, one flow: the baseline.
+    udp_stream(&front.ns, pay.v4, 7, 280, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(anomalies(&agent).is_empty(), "steady traffic raised alerts: {:?}", anomalies(&agent));
+
+    // A burst far beyond it (3,000 datagrams as fast as they go, ~50x): one alert, however many
+    // windows it lasts.
+    udp_stream(&front.ns, pay.v4, 7, 3000, Duration::ZERO);
+    let a = wait_for(&agent, 1);
+    // Then steady again: nothing more (a second anomalous window is held back, counted).
+    udp_stream(&front.ns, pay.v4, 7, 60, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(3));
+    let a2 = anomalies(&agent);
+    let kinds: Vec<(&str, &str)> = a2.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("packet-rate", "frontend")], "first: {a:?}");
+    assert_eq!(a2[0]["severity"], "medium");
+    assert!(a2[0]["note"].as_str().unwrap().contains("its baseline"), "{}", a2[0]);
+
+    // Restarted: the baseline is kept, not learned again. Within what would be a new learning
+    // period, batch reaching payments for the first time is a new peer, and frontend's burst is
+    // judged at once against the rates it had.
+    let agent = agent.stop_and_restart(&pay.ns, &[&pay.iface]);
+    assert!(udp_ok(&batch.ns, pay.v4, 53));
+    udp_stream(&front.ns, pay.v4, 7, 3000, Duration::ZERO);
+    let a = wait_for(&agent, 2);
+    let kinds: Vec<(&str, &str)> = a.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
+    assert!(kinds.contains(&("new-peer", "batch")), "{a:#?}");
+    assert!(kinds.contains(&("packet-rate", "frontend")), "{a:#?}");
+    assert_eq!(a.len(), 2, "nothing else: {kinds:?}");
 }

@@ -1,6 +1,9 @@
 //! The inventory against real traffic: four hosts talk for a while; `ztagent inventory` lists
-//! exactly the (identity, service, protocol, port) that were seen, with exact flow and packet
-//! counts, callers in no segment grouped by prefix; it survives a restart of the agent. The
+//! exactly the (identity, service, protocol, port) that were seen, with exact flow, packet and
+//! byte counts (the allowed flows' packets and bytes in both directions, checked against the
+//! datagrams sent and against nftables counters in the client's namespace), callers in no
+//! segment grouped by prefix; it survives a restart of the agent without counting anything
+//! twice. The
 //! policy `ztagent policy suggest` makes of it validates, and pushed enforced it allows every
 //! observed flow and denies one the old policy allowed but nobody used (probed for real).
 use std::{
@@ -8,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{Agent, Lan, Servers, TempDir, bin, get_metrics, tcp_ok, udp_ok};
+use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, get_metrics, tcp_ok, udp_ok};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -29,6 +32,40 @@ fn inventory(agent: &Agent) -> Vec<Value> {
     v["entries"].as_array().unwrap().clone()
 }
 
+/// Counts frontend's packets and bytes (IP lengths, both directions) to and from payments on
+/// TCP 443 and 8443, with nftables in its own namespace: what the test compares the inventory
+/// with. (The namespace, and the table with it, go when the test ends.)
+fn count_in(ns: &Netns, payments: &str) {
+    let nft = |args: &[&str]| {
+        let out = ns.exec(&[&["nft"], args].concat());
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    nft(&["add", "table", "inet", "ztc"]);
+    nft(&["add", "chain", "inet", "ztc", "out", "{ type filter hook output priority 0; }"]);
+    nft(&["add", "chain", "inet", "ztc", "in", "{ type filter hook input priority 0; }"]);
+    for port in ["443", "8443"] {
+        let name = format!("p{port}");
+        nft(&["add", "counter", "inet", "ztc", &name]);
+        nft(&["add", "rule", "inet", "ztc", "out", "ip", "daddr", payments, "tcp", "dport", port, "counter", "name", &name]);
+        nft(&["add", "rule", "inet", "ztc", "in", "ip", "saddr", payments, "tcp", "sport", port, "counter", "name", &name]);
+    }
+}
+
+/// (packets, frame bytes) nftables counted for `port`: IP lengths plus the 14-byte Ethernet
+/// header the datapath's frame lengths include.
+fn counted(ns: &Netns, port: u16) -> (u64, u64) {
+    let out = ns.exec(&["nft", "-j", "list", "counter", "inet", "ztc", &format!("p{port}")]);
+    assert!(out.status.success(), "nft list counter: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = v["nftables"].as_array().unwrap().iter().find_map(|o| o.get("counter")).unwrap();
+    let (packets, bytes) = (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap());
+    (packets, bytes + 14 * packets)
+}
+
+fn traffic(e: &Value) -> (u64, u64) {
+    (e["packets"].as_u64().unwrap(), e["bytes"].as_u64().unwrap())
+}
+
 fn entry<'a>(inv: &'a [Value], src: &str, proto: &str, port: u64) -> &'a Value {
     inv.iter()
         .find(|e| e["src"] == src && e["dst"] == "payments" && e["proto"] == proto && e["port"] == port)
@@ -43,6 +80,7 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let agent = Agent::start_with(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)), &["--metrics-addr", "127.0.0.1:9470"]);
     let _srv = Servers::start(&pay.ns, &[443, 8443, 9443], &[53, 9999]);
 
+    count_in(&front.ns, &pay.v4.to_string());
     for _ in 0..3 {
         assert!(tcp_ok(&front.ns, pay.v4, 443));
     }
@@ -66,9 +104,28 @@ fn the_inventory_lists_exactly_what_was_seen() {
     });
 
     // Denied packets are reported by the sweep once their aggregate has been idle a second.
+    // TCP's last packets (the closing handshake) may come a little after the connection is
+    // done: first until nftables' counts stay the same for a second (up to 10 s), then until
+    // the inventory's agree (up to 10 s), then compared.
+    let mut last = (counted(&front.ns, 443), counted(&front.ns, 8443));
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = (counted(&front.ns, 443), counted(&front.ns, 8443));
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let settled = |inv: &[Value]| {
+        let tcp = |port| inv.iter().find(|e| e["proto"] == "tcp" && e["port"] == port).map(traffic);
+        inv.iter().any(|e| e["port"] == 9999 && e["denied_packets"] == 25)
+            && inv.iter().any(|e| e["proto"] == "udp" && e["port"] == 53 && e["packets"] == 4)
+            && tcp(443) == Some(counted(&front.ns, 443))
+            && tcp(8443) == Some(counted(&front.ns, 8443))
+    };
     let mut inv = inventory(&agent);
     for _ in 0..100 {
-        if inv.iter().any(|e| e["port"] == 9999 && e["denied_packets"] == 25) && inv.iter().filter(|e| e["proto"] == "udp" && e["port"] == 53).count() == 1 {
+        if settled(&inv) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -77,9 +134,18 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let web = entry(&inv, "frontend", "tcp", 443);
     assert_eq!((&web["allowed_flows"], &web["denied_packets"]), (&3.into(), &0.into()), "{web}");
     assert_eq!(entry(&inv, "frontend", "tcp", 8443)["allowed_flows"], 1);
-    assert_eq!(entry(&inv, "batch", "udp", 53)["allowed_flows"], 2);
+    // Packets and bytes of the allowed flows, both directions, exactly: TCP as nftables
+    // counted it at the client (at least a handshake, a greeting and a close per connection),
+    // UDP as sent: two datagrams of one byte and their echoes, 43-byte frames.
+    let (packets, bytes) = counted(&front.ns, 443);
+    assert!(packets >= 3 * 7, "nftables counted only {packets} packets of three connections");
+    assert_eq!(traffic(web), (packets, bytes), "frontend -> payments tcp/443: {web}");
+    assert_eq!(traffic(entry(&inv, "frontend", "tcp", 8443)), counted(&front.ns, 8443));
+    let dns = entry(&inv, "batch", "udp", 53);
+    assert_eq!((&dns["allowed_flows"], traffic(dns)), (&2.into(), (4, 4 * 43)), "{dns}");
     let scan = entry(&inv, "world 10.20.9.0/24", "udp", 9999);
     assert_eq!((&scan["denied_packets"], &scan["allowed_flows"]), (&25.into(), &0.into()), "{scan}");
+    assert_eq!(traffic(scan), (0, 0), "{scan}");
     // Nothing else from these hosts to payments (the hosts' own chatter, e.g. IGMP, is not a
     // service of payments).
     let to_payments: Vec<_> = inv.iter().filter(|e| e["dst"] == "payments").collect();
@@ -93,8 +159,11 @@ fn the_inventory_lists_exactly_what_was_seen() {
 
     // Kept across a restart (a stop saves it; a crash loses at most the last 10 s).
     let agent = agent.stop_and_restart(&pay.ns, &[&pay.iface]);
+    // Nothing counted twice: the restarted agent knows what it read of each flow before.
     let after = inventory(&agent);
     assert_eq!(entry(&after, "frontend", "tcp", 443)["allowed_flows"], 3);
+    assert_eq!(traffic(entry(&after, "frontend", "tcp", 443)), counted(&front.ns, 443));
+    assert_eq!(traffic(entry(&after, "batch", "udp", 53)), (4, 4 * 43));
     assert_eq!(entry(&after, "world 10.20.9.0/24", "udp", 9999)["denied_packets"], 25);
 
     // The least policy that allows what was seen: valid, and enforced it allows exactly that.

@@ -138,6 +138,8 @@ struct Options {
     fleet_only: bool,
     /// Only the per-packet table and the rate-limit overhead (BPF_PROG_TEST_RUN).
     packets_only: bool,
+    /// Only the memory of the inventory and the alerts' baseline.
+    inventory_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -156,6 +158,7 @@ fn parse_args() -> Result<Options> {
         json: None,
         fleet_only: false,
         packets_only: false,
+        inventory_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -170,6 +173,7 @@ fn parse_args() -> Result<Options> {
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
             "--fleet" => o.fleet_only = true,
             "--packets" => o.packets_only = true,
+            "--inventory" => o.inventory_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -178,7 +182,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--inventory] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -189,6 +193,7 @@ fn parse_args() -> Result<Options> {
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
                      --packets    only the per-packet table and the rate-limit overhead\n\
+                     --inventory  only the memory of the inventory and the alerts' baseline (100,000 flows)\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -759,6 +764,12 @@ fn run() -> Result<bool> {
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
     let parse_rounds = if opts.quick { 3 } else { 7 };
+    if opts.inventory_only {
+        let text = inventory::memory(100_000)?;
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(true);
+    }
     if opts.parse_only {
         let (mut text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
         text.push_str(&inventory::memory(100_000)?);
