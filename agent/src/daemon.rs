@@ -692,17 +692,18 @@ fn count_flows(shared: &Shared, now: bool) {
     if !now && !reader.due() {
         return;
     }
+    let started = std::time::Instant::now();
     let entries = reader.read();
     let Some(compiled) = compiled else { return };
     let mut lookup = None;
-    let at = unix_now();
     let counted = inventory.lock().unwrap_or_else(|p| p.into_inner()).count_flows(
         &entries,
         |k, v| Some(crate::flowcount::key_of(&compiled, lookup.get_or_insert_with(|| compiled.index()), k, v)),
-        at,
+        unix_now(),
     );
+    reader.took(started.elapsed());
     drop(reader);
-    alerts.lock().unwrap_or_else(|p| p.into_inner()).traffic(&counted, at);
+    alerts.lock().unwrap_or_else(|p| p.into_inner()).traffic(counted);
 }
 
 /// Saves what the agent learned: the inventory and the alerts' baseline.

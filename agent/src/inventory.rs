@@ -113,13 +113,6 @@ pub struct Inventory {
     read: HashMap<u64, (u64, u64)>,
 }
 
-/// What one conntrack entry's counters added since they were last read.
-pub struct Counted {
-    pub key: Key,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 /// A stable 64-bit hash (FNV-1a) of a conntrack key: the same across restarts and versions,
 /// so what was read of an entry is recognised after a restart. (A collision, at 64 bits and a
 /// table of 262,144 entries a chance of 2e-9, would take one entry's counts for a restart.)
@@ -176,15 +169,15 @@ impl Inventory {
     /// entry's packets and bytes since it was last read go to the inventory entry `name` gives
     /// its flow (called only for entries that counted something). An entry whose counts went
     /// down is a new flow of the same tuple (counted from zero). Entries no longer in the table
-    /// are forgotten. Returns what was added, per entry.
+    /// are forgotten. Returns the packets added, per source identity.
     pub fn count_flows(
         &mut self,
         entries: &[(agent_common::CtKey, agent_common::CtValue)],
         mut name: impl FnMut(&agent_common::CtKey, &agent_common::CtValue) -> Option<Key>,
         now: f64,
-    ) -> Vec<Counted> {
+    ) -> Vec<(String, u64)> {
         let mut read = HashMap::with_capacity(entries.len());
-        let mut out = Vec::new();
+        let mut by_source: HashMap<String, u64> = HashMap::new();
         for (k, v) in entries {
             if v.packets == 0 {
                 continue;
@@ -198,20 +191,30 @@ impl Inventory {
                 continue;
             }
             let Some(key) = name(k, v) else { continue };
-            if !self.map.contains_key(&key) && self.map.len() >= MAX_ENTRIES {
-                self.evict();
+            match by_source.get_mut(key.src.as_str()) {
+                Some(n) => *n += packets,
+                None => {
+                    by_source.insert(key.src.clone(), packets);
+                }
             }
-            let seen = self.map.entry(key.clone()).or_insert_with(|| Seen { first_seen: now, ..Seen::default() });
+            let seen = match self.map.get_mut(&key) {
+                Some(seen) => seen,
+                None => {
+                    if self.map.len() >= MAX_ENTRIES {
+                        self.evict();
+                    }
+                    self.map.entry(key).or_insert_with(|| Seen { first_seen: now, ..Seen::default() })
+                }
+            };
             seen.last_seen = now;
             seen.packets += packets;
             seen.bytes += bytes;
-            out.push(Counted { key, packets, bytes });
         }
-        if read != self.read {
-            self.read = read;
+        if !by_source.is_empty() || read.len() != self.read.len() {
             self.dirty = true;
         }
-        out
+        self.read = read;
+        by_source.into_iter().collect()
     }
 
     /// Makes room: the least recently seen tenth goes.
@@ -319,7 +322,7 @@ mod tests {
         let mut inv = Inventory::default();
         // Both directions count for the flow; an entry that passed nothing is skipped.
         let added = inv.count_flows(&[entry(orig, 0, 3, 300), entry(reply, CT_F_REPLY, 2, 150)], name, 1.0);
-        assert_eq!(added.iter().map(|c| (c.packets, c.bytes)).collect::<Vec<_>>(), [(3, 300), (2, 150)]);
+        assert_eq!(added, [("frontend".to_string(), 5)]);
         assert_eq!(totals(&inv), [(5, 450)]);
         // Read again: only what is new.
         inv.count_flows(&[entry(orig, 0, 4, 400), entry(reply, CT_F_REPLY, 2, 150)], name, 2.0);
