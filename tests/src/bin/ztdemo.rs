@@ -398,12 +398,12 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
 
 /// The zero-trust rollout on payments: what the agent saw (`ztagent inventory`), the least
 /// policy that allows exactly that (`ztagent policy suggest`), enforced; then an exception for
-/// a few seconds (`ztagent grant`) that ends by itself.
+/// a few seconds from one address (`ztagent grant --from ADDRESS`) that ends by itself.
 fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, problems: &mut Vec<String>) -> Result<()> {
     let (payments, frontend, batch) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND], &lan.hosts[BATCH]);
     let inv = agent.cli(&["inventory"]);
     let text = String::from_utf8_lossy(&inv.stdout).into_owned();
-    println!("  ztagent inventory (what payments saw during the steps above):");
+    println!("  ztagent inventory (what payments saw during the steps above; packets and bytes of the allowed flows, both ways):");
     for l in text.lines().filter(|l| l.starts_with("from") || l.contains("payments")).take(12) {
         println!("    {l}");
     }
@@ -432,11 +432,13 @@ fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, proble
         problems.push(format!("the suggested policy: frontend tcp/443 reached {reached}, tcp/8099 allowed {}", unused.allow));
     }
     step()?;
-    let grant = agent.cli(&["grant", "--from", "batch", "--to", "payments", "--port", "443/tcp", "--for", "4s", "--reason", "demo: a short exception"]);
+    // From batch's one address (an address block): batch keeps its identity.
+    let from = batch.v4.to_string();
+    let grant = agent.cli(&["grant", "--from", &from, "--to", "payments", "--port", "443/tcp", "--for", "4s", "--reason", "demo: a short exception"]);
     if !grant.status.success() {
         bail!("ztagent grant failed: {}", String::from_utf8_lossy(&grant.stderr));
     }
-    println!("  ztagent grant --from batch --to payments --port 443/tcp --for 4s --reason ...");
+    println!("  ztagent grant --from {from} --to payments --port 443/tcp --for 4s --reason ...   (one address of batch)");
     println!("    {}", String::from_utf8_lossy(&grant.stdout).trim());
     let during = integration_tests::tcp_ok(&batch.ns, payments.v4, 443);
     std::thread::sleep(Duration::from_secs(5));
