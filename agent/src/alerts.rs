@@ -309,14 +309,10 @@ impl Engine {
 
     /// The baseline saved in `dir` (none when there is no file).
     pub fn load(dir: &Path) -> Result<Engine, BaselineError> {
-        let path = dir.join(FILE);
-        let saved: Saved = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| BaselineError::Read { path: path.clone(), message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => return Err(BaselineError::Read { path, message: e.to_string() }),
-        };
+        let saved: Saved = crate::state::read_json(dir, FILE).map_err(|(path, message)| BaselineError::Read { path, message })?;
         if saved.rates.values().any(|t| t.len() != ALL_HOURS + 1) {
-            return Err(BaselineError::Read { path, message: format!("every identity's rates must have {} tallies", ALL_HOURS + 1) });
+            let message = format!("every identity's rates must have {} tallies", ALL_HOURS + 1);
+            return Err(BaselineError::Read { path: dir.join(FILE), message });
         }
         Ok(Engine { since: saved.since, baseline: saved.baseline, rates: saved.rates, ..Engine::default() })
     }
@@ -326,10 +322,8 @@ impl Engine {
         if !self.dirty {
             return Ok(());
         }
-        let path = dir.join(FILE);
         let saved = SavedRef { since: self.since, baseline: &self.baseline, rates: &self.rates };
-        let bytes = serde_json::to_vec(&saved).map_err(|e| BaselineError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
-        crate::state::write_atomic(dir, FILE, &bytes).map_err(|source| BaselineError::Write { path, source })?;
+        crate::state::write_json(dir, FILE, &saved).map_err(|(path, source)| BaselineError::Write { path, source })?;
         self.dirty = false;
         Ok(())
     }

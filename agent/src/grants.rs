@@ -216,19 +216,11 @@ impl Store {
     /// The saved grants (none when there is no file), those that ended meanwhile included: the
     /// pinned policy may still hold their rules, and their end is reported by the housekeeping.
     pub fn load(dir: &Path) -> Result<Store, GrantError> {
-        let path = dir.join(FILE);
-        let store: Store = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| GrantError::Read { path, message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::default(),
-            Err(e) => return Err(GrantError::Read { path, message: e.to_string() }),
-        };
-        Ok(store)
+        crate::state::read_json(dir, FILE).map_err(|(path, message)| GrantError::Read { path, message })
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), GrantError> {
-        let path = dir.join(FILE);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| GrantError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
-        crate::state::write_atomic(dir, FILE, &bytes).map_err(|source| GrantError::Write { path, source })
+        crate::state::write_json(dir, FILE, self).map_err(|(path, source)| GrantError::Write { path, source })
     }
 
     /// A new grant (not saved yet), with the first free index.

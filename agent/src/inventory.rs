@@ -251,12 +251,7 @@ impl Inventory {
     }
 
     pub fn load(dir: &Path) -> Result<Inventory, InventoryError> {
-        let path = dir.join(FILE);
-        let saved: Saved = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| InventoryError::Read { path, message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => return Err(InventoryError::Read { path, message: e.to_string() }),
-        };
+        let saved: Saved = crate::state::read_json(dir, FILE).map_err(|(path, message)| InventoryError::Read { path, message })?;
         let map = saved.listing.entries.into_iter().map(|r| (r.key, r.seen)).collect();
         let read = saved.flows.into_iter().map(|(id, p, b)| (id, (p, b))).collect();
         Ok(Inventory { map, evicted: saved.listing.evicted, dirty: false, read })
@@ -267,10 +262,9 @@ impl Inventory {
         if !self.dirty {
             return Ok(());
         }
-        let path = dir.join(FILE);
         let flows = self.read.iter().map(|(&id, &(p, b))| (id, p, b)).collect();
-        let bytes = serde_json::to_vec(&Saved { listing: self.list(None), flows }).map_err(|e| InventoryError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
-        crate::state::write_atomic(dir, FILE, &bytes).map_err(|source| InventoryError::Write { path, source })?;
+        let saved = Saved { listing: self.list(None), flows };
+        crate::state::write_json(dir, FILE, &saved).map_err(|(path, source)| InventoryError::Write { path, source })?;
         self.dirty = false;
         Ok(())
     }

@@ -52,6 +52,26 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
 
+/// `dir/file` read as JSON; `T::default()` when there is no such file. Err: the path and why.
+pub fn read_json<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -> Result<T, (PathBuf, String)> {
+    let path = dir.join(file);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| (path, e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err((path, e.to_string())),
+    }
+}
+
+/// `value` written to `dir/file` as JSON, atomically (see [`write_atomic`]). Err: the path and
+/// why.
+pub fn write_json<T: Serialize>(dir: &Path, file: &str, value: &T) -> Result<(), (PathBuf, io::Error)> {
+    let path = dir.join(file);
+    match serde_json::to_vec(value) {
+        Ok(bytes) => write_atomic(dir, file, &bytes).map_err(|e| (path, e)),
+        Err(e) => Err((path, io::Error::other(e))),
+    }
+}
+
 /// The saved policy and its revision; None when there is none.
 pub fn load(dir: &Path) -> Result<Option<(u32, Policy)>, StateError> {
     let path = dir.join(FILE);

@@ -163,6 +163,18 @@ impl Lan {
     }
 }
 
+/// A policy for [`Lan::four_hosts`]: its segments (frontend, payments, batch; the attacker is
+/// in none), then the rest of the file as given (a string literal: `rules:` and more).
+#[macro_export]
+macro_rules! four_host_policy {
+    ($rest:literal) => {
+        concat!(
+            "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\n  payments: { cidrs: [10.20.2.10/32] }\n  batch: { cidrs: [10.20.3.0/24] }\n",
+            $rest
+        )
+    };
+}
+
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok, udp_ok};
 use serde_json::Value;
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-  batch: { cidrs: [10.20.3.0/24] }
-rules:
+const POLICY: &str = integration_tests::four_host_policy!(
+    r#"rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8443/tcp"], action: allow }
   - { name: batch-dns, from: [batch], to: [payments], ports: ["53/udp"], action: allow }
 alerts: { learnSeconds: 3, scanDestinations: 20, scanSeconds: 10, intervalSeconds: 60 }
-"#;
+"#
+);
 
 fn anomalies(agent: &Agent) -> Vec<Value> {
     agent.events(&["--verdict", "anomaly"])
@@ -80,17 +76,13 @@ fn deviations_raise_one_alert_each_and_steady_traffic_none() {
     assert_eq!(anomalies(&agent).len(), 3, "{:?}", anomalies(&agent));
 }
 
-const RATES: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-  batch: { cidrs: [10.20.3.0/24] }
-rules:
+const RATES: &str = integration_tests::four_host_policy!(
+    r#"rules:
   - { name: stream, from: [frontend], to: [payments], ports: ["7/udp"], action: allow }
   - { name: batch-dns, from: [batch], to: [payments], ports: ["53/udp"], action: allow }
 alerts: { learnSeconds: 10, rateFactor: 10, rateHistorySeconds: 6, rateWindowSeconds: 2, intervalSeconds: 60 }
-"#;
+"#
+);
 
 /// `n` datagrams from one socket of `ns` to `dst:port`, `pause` apart (echoes not awaited).
 fn udp_stream(ns: &integration_tests::Netns, dst: std::net::IpAddr, port: u16, n: u32, pause: Duration) {

@@ -14,16 +14,12 @@ use std::{
 use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, get_metrics, tcp_ok, udp_ok};
 use serde_json::Value;
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24] }
-  payments: { cidrs: [10.20.2.10/32] }
-  batch: { cidrs: [10.20.3.0/24] }
-rules:
+const POLICY: &str = integration_tests::four_host_policy!(
+    r#"rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8443/tcp", "9443/tcp"], action: allow }
   - { name: batch-dns, from: [batch], to: [payments], ports: ["53/udp"], action: allow }
-"#;
+"#
+);
 
 fn inventory(agent: &Agent) -> Vec<Value> {
     let out = agent.cli(&["inventory", "-o", "json"]);
