@@ -228,7 +228,7 @@ fn main() -> ExitCode {
 }
 
 /// Removes the pin directory when dropped: on success, on error and on panic (unwinding).
-struct PinGuard(PinLayout);
+pub(crate) struct PinGuard(pub(crate) PinLayout);
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
@@ -765,7 +765,8 @@ fn run() -> Result<bool> {
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
     let parse_rounds = if opts.quick { 3 } else { 7 };
     if opts.inventory_only {
-        let text = inventory::memory(100_000)?;
+        let mut text = inventory::memory(100_000)?;
+        text.push_str(&inventory::table_read()?);
         println!("{text}");
         write_report(&opts, &text)?;
         return Ok(true);
@@ -886,6 +887,7 @@ fn run() -> Result<bool> {
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
     text.push_str(&parsing);
     text.push_str(&inventory::memory(100_000)?);
+    text.push_str(&inventory::table_read()?);
     all_ok &= ok;
     fleet::push_to_enforced(&mut text)?;
     println!("{text}");
