@@ -389,7 +389,7 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     step()?;
 
     // ---- 7. From observe to enforce -----------------------------------------------------
-    header(st, 7, "From observe to enforce: inventory, the least policy, a time-bound grant");
+    header(st, 7, "From observe to enforce: inventory, the least policy, a time-bound grant, an alert");
     // Payments alone from here: its own policy decides.
     drop(client_agents);
     observe_to_enforce(&lan, &agent, &dir, st, &mut problems)?;
@@ -397,8 +397,9 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
 }
 
 /// The zero-trust rollout on payments: what the agent saw (`ztagent inventory`), the least
-/// policy that allows exactly that (`ztagent policy suggest`), enforced; then an exception for
-/// a few seconds from one address (`ztagent grant --from ADDRESS`) that ends by itself.
+/// policy that allows exactly that (`ztagent policy suggest`), enforced with deviation alerts;
+/// then an exception for a few seconds from one address (`ztagent grant --from ADDRESS`) that
+/// ends by itself, and the alert about what it let through.
 fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, problems: &mut Vec<String>) -> Result<()> {
     let (payments, frontend, batch) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND], &lan.hosts[BATCH]);
     let inv = agent.cli(&["inventory"]);
@@ -416,8 +417,11 @@ fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, proble
     for l in suggested.lines().filter(|l| l.starts_with("# Compared") || l.starts_with("# The base") || l.contains("name:")) {
         println!("    {l}");
     }
-    let least = dir.file("least.yaml", &suggested);
+    // With deviation alerts: their baseline is learned for 3 s from this push on.
+    let alerted = if suggested.contains("\nalerts:") { suggested.clone() } else { format!("{suggested}alerts: {{ learnSeconds: 3 }}\n") };
+    let least = dir.file("least.yaml", &alerted);
     agent.push(&least);
+    let learning = std::time::Instant::now();
     step()?;
     let web = check_live(agent, frontend.v4, payments.v4, Probe::Tcp(443))?;
     let unused = check_live(agent, frontend.v4, payments.v4, Probe::Tcp(8099))?;
@@ -434,6 +438,8 @@ fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, proble
     step()?;
     // From batch's one address (an address block): batch keeps its identity.
     let from = batch.v4.to_string();
+    // Past the alerts' learning period: what the grant lets batch do is new.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(learning.elapsed()));
     let grant = agent.cli(&["grant", "--from", &from, "--to", "payments", "--port", "443/tcp", "--for", "4s", "--reason", "demo: a short exception"]);
     if !grant.status.success() {
         bail!("ztagent grant failed: {}", String::from_utf8_lossy(&grant.stderr));
@@ -450,6 +456,22 @@ fn observe_to_enforce(lan: &Lan, agent: &Agent, dir: &TempDir, st: Style, proble
     );
     if !during || after {
         problems.push(format!("the grant: batch tcp/443 during {during}, after {after}"));
+    }
+    // The deviation the grant made, as an alert (published within a second or so).
+    let mut alerts = Vec::new();
+    for _ in 0..50 {
+        alerts = agent.events(&["--verdict", "anomaly"]);
+        if alerts.iter().any(|a| a["src_segment"] == "batch") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("  ztagent events --verdict anomaly (the least policy with `alerts: {{ learnSeconds: 3 }}`):");
+    for a in &alerts {
+        println!("    {} ({}): {}", a["reason"].as_str().unwrap_or("?"), a["severity"].as_str().unwrap_or("?"), a["note"].as_str().unwrap_or(""));
+    }
+    if !alerts.iter().any(|a| a["src_segment"] == "batch") {
+        problems.push(format!("no alert about batch's new flow under the grant: {alerts:?}"));
     }
     Ok(())
 }
