@@ -313,13 +313,7 @@ fn parse(v: &Version) -> Result<Policy, String> {
     let origin = v.path.display().to_string();
     match std::str::from_utf8(&v.bytes) {
         Ok(text) => policy::parse(text, &origin).map_err(|d| d.to_string()),
-        Err(e) => {
-            let good = String::from_utf8_lossy(&v.bytes[..e.valid_up_to()]);
-            let line = good.matches('\n').count() + 1;
-            let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let byte = v.bytes.get(e.valid_up_to()).copied().unwrap_or_default();
-            Err(format!("{origin}:{line}:{col}: the file is not valid UTF-8 (byte 0x{byte:02x})"))
-        }
+        Err(e) => Err(policy::utf8_diagnostic(&origin, &v.bytes, e).to_string()),
     }
 }
 

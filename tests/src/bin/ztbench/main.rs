@@ -292,7 +292,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
                 SEG_MONITORING => "monitoring".to_owned(),
                 _ => format!("seg{k}"),
             };
-            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce }
+            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce, selector: None }
         })
         .collect();
     for j in 0..nseg * CIDRS_PER_SEGMENT {
