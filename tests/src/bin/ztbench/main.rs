@@ -69,6 +69,7 @@ mod fleet;
 use integration_tests::{Agent, Lan, Netns, TempDir};
 
 mod inventory;
+mod k8s;
 mod parse;
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
@@ -136,6 +137,7 @@ struct Options {
     json: Option<PathBuf>,
     /// Only the fleet section (push-to-enforced latency over etcd).
     fleet_only: bool,
+    k8s_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -153,6 +155,7 @@ fn parse_args() -> Result<Options> {
         rounds: 0,
         json: None,
         fleet_only: false,
+        k8s_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -166,6 +169,7 @@ fn parse_args() -> Result<Options> {
             "--json" => o.json = Some(value("--json")?.into()),
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
             "--fleet" => o.fleet_only = true,
+            "--k8s" => o.k8s_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -174,7 +178,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--k8s] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -184,6 +188,7 @@ fn parse_args() -> Result<Options> {
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
+                     --k8s        only the Kubernetes section: `ztagent k8s translate` of 1,000 pods, 200 policies\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -750,6 +755,15 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
 
 fn run() -> Result<bool> {
     let opts = parse_args()?;
+    // Kubernetes translation: a CLI run, no root needed.
+    let k8s_runs = if opts.quick { 5 } else { 9 };
+    if opts.k8s_only {
+        let mut text = String::new();
+        let ok = k8s::translate_time(&mut text, k8s_runs)?;
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(ok || !opts.check);
+    }
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
@@ -866,6 +880,7 @@ fn run() -> Result<bool> {
     text.push_str(&parsing);
     text.push_str(&inventory::memory(100_000)?);
     all_ok &= ok;
+    all_ok &= k8s::translate_time(&mut text, k8s_runs)?;
     fleet::push_to_enforced(&mut text)?;
     println!("{text}");
     write_report(&opts, &text)?;
