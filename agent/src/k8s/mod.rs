@@ -15,6 +15,7 @@
 //! NetworkPolicies: today the `--k8s-objects DIR` directory (see `crate::watch`); an API
 //! watcher would build the same values from the API's objects.
 
+pub mod api;
 pub mod netpol;
 pub mod objects;
 pub mod selector;
