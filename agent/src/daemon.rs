@@ -293,13 +293,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         })
-        .map_err(|source| {
-            rollback.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
-            DaemonError::PolicyDir(crate::watch::WatchError::Dir {
-                path: cfg.policy_dir.clone().unwrap_or_default(),
-                message: format!("cannot start its watcher: {source}"),
-            })
-        })?;
+        .map_err(|source| watcher_failed(&rollback, cfg.policy_dir.as_deref(), &source))?;
     }
     // --- fleet: each new revision is installed like a push, under the state lock.
     if let Some(fleet) = fleet {
@@ -317,13 +311,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             reconcile(&mut state, objects.cluster, objects.policies).map_err(|e| e.to_string())
         })
-        .map_err(|source| {
-            rollback.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
-            DaemonError::PolicyDir(crate::watch::WatchError::Dir {
-                path: cfg.k8s_objects.clone().unwrap_or_default(),
-                message: format!("cannot start its watcher: {source}"),
-            })
-        })?;
+        .map_err(|source| watcher_failed(&rollback, cfg.k8s_objects.as_deref(), &source))?;
     }
     // ---
     // Grants that end are taken out of the policy (the kernel has ended them already); the
@@ -374,6 +362,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.pins.root.display()
     );
     Ok(())
+}
+
+/// A directory watcher that could not start: the start fails, leaving nothing attached.
+fn watcher_failed(shared: &Shared, dir: Option<&Path>, source: &std::io::Error) -> DaemonError {
+    shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
+    DaemonError::PolicyDir(crate::watch::WatchError::Dir {
+        path: dir.map(Path::to_path_buf).unwrap_or_default(),
+        message: format!("cannot start its watcher: {source}"),
+    })
 }
 
 /// Installs the policy the agent starts with, attaches to every interface, then serves the
@@ -650,7 +647,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
         },
         Request::Check(flow) => match &state.installed {
             Some(i) => {
-                let mut r = check(&i.compiled, &flow, state.k8s.as_ref().map(|v| &*v.inventory));
+                let mut r = check_with_pods(&i.compiled, &flow, state.k8s.as_ref().map(|v| &*v.inventory));
                 r.revision = Some(i.revision);
                 Reply::Check(r)
             }
@@ -794,9 +791,13 @@ fn note_grant(state: &State, g: &crate::grants::Grant, verdict: &str, reason: &s
     });
 }
 
-/// The verdict the datapath gives `flow` under `compiled`, with names (and, given the
-/// inventory, the pods at either end).
-pub fn check(compiled: &CompiledPolicy, flow: &Flow, pods: Option<&crate::k8s::Inventory>) -> CheckResult {
+/// The verdict the datapath gives `flow` under `compiled`, with names.
+pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
+    check_with_pods(compiled, flow, None)
+}
+
+/// As [`check`], also naming the pods (of the inventory `pods`) at either end.
+pub fn check_with_pods(compiled: &CompiledPolicy, flow: &Flow, pods: Option<&crate::k8s::Inventory>) -> CheckResult {
     let d = compiled.lookup(flow.src, flow.dst, flow.proto, flow.port);
     let pod = |ip| pods.and_then(|p| p.pod(ip)).map(str::to_string);
     CheckResult {

@@ -474,7 +474,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             let result = match file {
                 Some(path) => {
                     let p = policy::load(&path).map_err(|d| format!("the policy is invalid:\n{d}"))?;
-                    daemon::check(&policy::compile(&p), &flow, None)
+                    daemon::check(&policy::compile(&p), &flow)
                 }
                 None => match call(&socket, &Request::Check(flow)).await? {
                     Reply::Check(r) => r,

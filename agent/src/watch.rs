@@ -92,11 +92,7 @@ pub struct PolicyDir {
 impl PolicyDir {
     /// The source for `dir`, which must be a directory.
     pub fn open(dir: &Path) -> Result<PolicyDir, WatchError> {
-        let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
-        let meta = fs::metadata(dir).map_err(|e| err(e.to_string()))?;
-        if !meta.is_dir() {
-            return Err(err("not a directory".into()));
-        }
+        usable(dir)?;
         let report = Arc::new(Mutex::new(PolicySource { dir: dir.display().to_string(), ..PolicySource::default() }));
         Ok(PolicyDir { dir: dir.to_path_buf(), report, seen: None, applied: None, pending: None })
     }
@@ -219,6 +215,16 @@ impl PolicyDir {
     }
 }
 
+/// That `dir` is a directory.
+fn usable(dir: &Path) -> Result<(), WatchError> {
+    let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
+    let meta = fs::metadata(dir).map_err(|e| err(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    Ok(())
+}
+
 /// Calls `check` on a thread of its own whenever `dir` may have changed (inotify events in it,
 /// gathered for [`DEBOUNCE`]) and at least every [`POLL`] (every [`POLL_WITHOUT_NOTIFY`]
 /// without inotify), for the rest of the process's life. `what` names the directory in logs.
@@ -294,15 +300,10 @@ fn read(dir: &Path) -> Snapshot {
 /// `policy.yaml`, else `policy.json`, else the only `*.yaml`/`*.yml`/`*.json` regular file
 /// (through symlinks); hidden names are skipped.
 fn choose(dir: &Path) -> Result<String, String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut candidates: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .filter(|n| [".yaml", ".yml", ".json"].iter().any(|ext| n.ends_with(ext)))
-        .filter(|n| fs::metadata(dir.join(n)).is_ok_and(|m| m.is_file()))
+    let mut candidates: Vec<String> = crate::k8s::load_dir(dir)?
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
         .collect();
-    candidates.sort();
     for preferred in ["policy.yaml", "policy.json"] {
         if candidates.iter().any(|n| n == preferred) {
             return Ok(preferred.into());
@@ -365,11 +366,7 @@ pub struct ObjectsDir {
 
 impl ObjectsDir {
     pub fn open(dir: &Path) -> Result<ObjectsDir, WatchError> {
-        let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
-        let meta = fs::metadata(dir).map_err(|e| err(e.to_string()))?;
-        if !meta.is_dir() {
-            return Err(err("not a directory".into()));
-        }
+        usable(dir)?;
         let report = Arc::new(Mutex::new(crate::control::K8sSource { dir: dir.display().to_string(), ..Default::default() }));
         Ok(ObjectsDir { dir: dir.to_path_buf(), report, seen: None, applied: None, pending: None })
     }

@@ -50,7 +50,12 @@ pub fn load_objects(files: &[PathBuf]) -> Result<Objects, Diagnostics> {
         }
     }
     let inputs: Vec<(String, &[u8])> = read.iter().map(|(o, b)| (o.clone(), &b[..])).collect();
-    match parse_files(&inputs) {
+    with_errors(errors, parse_files(&inputs))
+}
+
+/// `result`, unless `errors` (found before it) are not empty: then they and its own.
+fn with_errors(mut errors: Vec<Diagnostic>, result: Result<Objects, Diagnostics>) -> Result<Objects, Diagnostics> {
+    match result {
         Ok(objects) if errors.is_empty() => Ok(objects),
         Ok(_) => Err(Diagnostics(errors)),
         Err(d) => {
@@ -75,14 +80,7 @@ pub fn parse_files(files: &[(String, &[u8])]) -> Result<Objects, Diagnostics> {
             }
         }
     }
-    match parse_objects(&texts) {
-        Ok(objects) if errors.is_empty() => Ok(objects),
-        Ok(_) => Err(Diagnostics(errors)),
-        Err(d) => {
-            errors.extend(d);
-            Err(Diagnostics(errors))
-        }
-    }
+    with_errors(errors, parse_objects(&texts))
 }
 
 /// The object files of directory `dir` (a `--k8s-objects` directory, maybe a ConfigMap
