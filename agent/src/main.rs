@@ -55,6 +55,12 @@ enum Command {
         fleet_host: Option<String>,
         #[command(flatten)]
         etcd_auth: EtcdAuth,
+        /// Take the cluster inventory (Namespaces, Pods) and NetworkPolicies from the
+        /// Kubernetes objects in this directory (*.yaml, *.yml, *.json, as `kubectl get -o yaml`
+        /// prints them); every policy is translated with them, and each change of the
+        /// directory is applied (a broken version is rejected, shown in `status`).
+        #[arg(long, value_name = "DIR")]
+        k8s_objects: Option<PathBuf>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -368,6 +374,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             policy_source,
             fleet_host,
             etcd_auth,
+            k8s_objects,
         } => {
             init_logging(&log);
             let fleet = match policy_source {
@@ -403,6 +410,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 events_file_max_bytes,
                 policy_dir,
                 fleet,
+                k8s_objects,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -559,6 +567,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         }
                     }
                     // ---
+                    if let Some(k) = &s.k8s_source {
+                        let state = if k.up_to_date { "up to date" } else { "newest version rejected" };
+                        println!(
+                            "kubernetes objects {} ({state}): {} files, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
+                            k.dir, k.files, k.namespaces, k.pods, k.pod_addresses, k.network_policies
+                        );
+                        if let Some(a) = &k.last_applied {
+                            println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+                        }
+                        for w in &k.warnings {
+                            println!("  {w}");
+                        }
+                        if let Some(r) = &k.last_rejection {
+                            println!("  last rejected      {} sha256 {}", r.time, r.sha256.as_deref().unwrap_or("-"));
+                            for line in r.message.lines() {
+                                println!("    {line}");
+                            }
+                        }
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -819,7 +846,11 @@ fn print_check(r: &CheckResult, output: Output) {
         (true, _) => " [audited: not enforced, reported as would-deny]",
         _ => "",
     };
-    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", r.src_segment, r.dst_segment);
+    let side = |segment: &str, pod: &Option<String>| match pod {
+        Some(p) => format!("{segment} {p}"),
+        None => segment.to_string(),
+    };
+    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", side(&r.src_segment, &r.src_pod), side(&r.dst_segment, &r.dst_pod));
 }
 
 /// One aligned line per event, the verdict coloured on a terminal.
@@ -838,8 +869,12 @@ fn event_line(r: &EventRecord, colour: bool) -> String {
         (None, None) => r.reason.clone(),
     };
     let count = if r.count > 1 { format!(" x{}", r.count) } else { String::new() };
+    let pods = match (&r.src_pod, &r.dst_pod) {
+        (None, None) => String::new(),
+        (s, d) => format!(" ({} -> {})", s.as_deref().unwrap_or("-"), d.as_deref().unwrap_or("-")),
+    };
     format!(
-        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}",
+        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}{pods}",
         r.time.get(11..23).unwrap_or(&r.time),
         r.iface,
         r.direction,

@@ -40,24 +40,22 @@ const MAX_ERRORS: usize = 1000;
 
 /// Reads and checks every file; `Err` holds every error (then nothing of the files is used).
 pub fn load_objects(files: &[PathBuf]) -> Result<Objects, Diagnostics> {
-    let mut texts = Vec::with_capacity(files.len());
+    let mut read = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for f in files {
         let origin = f.display().to_string();
         match fs::read(f) {
             Err(e) => errors.push(diag(&origin, Pos::START, format!("error: cannot read the file: {e}"))),
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => texts.push((origin, text)),
-                Err(e) => {
-                    let mut d = utf8_diagnostic(&origin, e.as_bytes(), e.utf8_error());
-                    d.message = format!("error: {}", d.message);
-                    errors.push(d);
-                }
-            },
+            Ok(bytes) => read.push((origin, bytes)),
         }
     }
-    let inputs: Vec<(&str, &str)> = texts.iter().map(|(o, t)| (o.as_str(), t.as_str())).collect();
-    match parse_objects(&inputs) {
+    let inputs: Vec<(String, &[u8])> = read.iter().map(|(o, b)| (o.clone(), &b[..])).collect();
+    with_errors(errors, parse_files(&inputs))
+}
+
+/// `result`, unless `errors` (found before it) are not empty: then they and its own.
+fn with_errors(mut errors: Vec<Diagnostic>, result: Result<Objects, Diagnostics>) -> Result<Objects, Diagnostics> {
+    match result {
         Ok(objects) if errors.is_empty() => Ok(objects),
         Ok(_) => Err(Diagnostics(errors)),
         Err(d) => {
@@ -65,6 +63,24 @@ pub fn load_objects(files: &[PathBuf]) -> Result<Objects, Diagnostics> {
             Err(Diagnostics(errors))
         }
     }
+}
+
+/// As [`parse_objects`], from files' bytes (`(origin, bytes)`): text that is not UTF-8 is a
+/// diagnostic too.
+pub fn parse_files(files: &[(String, &[u8])]) -> Result<Objects, Diagnostics> {
+    let mut texts = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for (origin, bytes) in files {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => texts.push((origin.as_str(), text)),
+            Err(e) => {
+                let mut d = utf8_diagnostic(origin, bytes, e);
+                d.message = format!("error: {}", d.message);
+                errors.push(d);
+            }
+        }
+    }
+    with_errors(errors, parse_objects(&texts))
 }
 
 /// The object files of directory `dir` (a `--k8s-objects` directory, maybe a ConfigMap
