@@ -143,13 +143,16 @@ pub struct Status {
 /// The Kubernetes objects source (`ztagent run --k8s-objects DIR`), as `status` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct K8sSource {
-    /// The directory watched.
+    /// `dir` (`--k8s-objects`) or `api` (`--k8s-api`).
+    #[serde(default)]
+    pub source: String,
+    /// The directory watched; with `api`, the API server's URL.
     pub dir: String,
     /// True when the directory's newest version is the one in force; false while it is
     /// rejected (the inventory and NetworkPolicies applied before stay in force).
     pub up_to_date: bool,
-    /// What is in force: object files read, namespaces, pods (endpoint addresses among them),
-    /// NetworkPolicies.
+    /// What is in force: object files read (with `api`: objects), namespaces, pods (endpoint
+    /// addresses among them), NetworkPolicies.
     pub files: usize,
     pub namespaces: usize,
     pub pods: usize,

@@ -56,6 +56,8 @@ pub struct Config {
     // --- Kubernetes (see `k8s` and `watch::ObjectsDir`)
     /// Take the inventory and NetworkPolicies from this directory of Kubernetes objects.
     pub k8s_objects: Option<PathBuf>,
+    /// Take them from the Kubernetes API (see `k8s::api`).
+    pub k8s_api: Option<crate::k8s::api::ApiConfig>,
     // ---
 }
 
@@ -87,6 +89,8 @@ pub enum DaemonError {
     Inventory(#[from] crate::inventory::InventoryError),
     #[error(transparent)]
     Translate(#[from] crate::k8s::TranslateError),
+    #[error(transparent)]
+    K8sApi(#[from] crate::k8s::api::ApiError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -178,6 +182,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // --- Kubernetes objects: read before the first install, which translates with them.
     let mut objects_dir = cfg.k8s_objects.as_deref().map(crate::watch::ObjectsDir::open).transpose()?;
     let initial_objects = objects_dir.as_mut().map(|d| d.initial().unwrap_or_default());
+    // The Kubernetes API likewise: its first snapshot, waited for a while.
+    let mut api = match &cfg.k8s_api {
+        Some(c) => Some(crate::k8s::api::ApiSource::start(c).await?),
+        None => None,
+    };
+    let initial_objects = match api.as_mut() {
+        Some(a) => Some(a.initial(crate::k8s::api::START_WAIT).await.unwrap_or_default()),
+        None => initial_objects,
+    };
     // ---
     // --- fleet: the same, from etcd (a few seconds at most when etcd is unreachable).
     let mut fleet = cfg.fleet.clone().map(|(target, host)| crate::fleet::Source::new(target, host));
@@ -225,7 +238,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         state_dir: cfg.state_dir.clone(),
         policy_source: None,
         k8s: initial_objects.map(|o| Arc::new(K8sView::new(o.cluster, o.policies))),
-        k8s_source: objects_dir.as_ref().map(|d| d.report()),
+        k8s_source: objects_dir.as_ref().map(|d| d.report()).or_else(|| api.as_ref().map(|a| a.report())),
         last_k8s_warnings: Vec::new(),
         gauges: Arc::new(crate::metrics::MapGauges::open(&cfg.pins.maps())),
         xdp_mode: match cfg.xdp_mode {
@@ -250,8 +263,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    let reconciled = crate::watch::Reconciled { revision: state.writer.revision(), warnings: state.k8s_warnings() };
     if let Some(dir) = objects_dir.as_mut() {
-        dir.installed(&crate::watch::Reconciled { revision: state.writer.revision(), warnings: state.k8s_warnings() });
+        dir.installed(&reconciled);
+    }
+    if let Some(api) = api.as_mut() {
+        api.installed(&reconciled);
     }
 
     // --- metrics and event files: subscribed before the reader starts, they miss nothing.
@@ -303,15 +320,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         }));
     }
-    // --- Kubernetes objects: each new version is reconciled, under the state lock.
-    if let Some(dir) = objects_dir {
-        let rollback = shared.clone();
-        let shared = shared.clone();
-        dir.spawn(move |objects| {
+    // --- Kubernetes objects (a directory or the API): each new version is reconciled, under
+    // the state lock.
+    let reconciler = |shared: Shared| {
+        move |objects: crate::k8s::Objects| {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             reconcile(&mut state, objects.cluster, objects.policies).map_err(|e| e.to_string())
-        })
-        .map_err(|source| watcher_failed(&rollback, cfg.k8s_objects.as_deref(), &source))?;
+        }
+    };
+    if let Some(dir) = objects_dir {
+        dir.spawn(reconciler(shared.clone())).map_err(|source| watcher_failed(&shared, cfg.k8s_objects.as_deref(), &source))?;
+    }
+    if let Some(api) = api {
+        api.spawn(reconciler(shared.clone()));
     }
     // ---
     // Grants that end are taken out of the policy (the kernel has ended them already); the

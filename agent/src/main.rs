@@ -61,6 +61,15 @@ enum Command {
         /// directory is applied (a broken version is rejected, shown in `status`).
         #[arg(long, value_name = "DIR")]
         k8s_objects: Option<PathBuf>,
+        /// Take the cluster inventory and NetworkPolicies from the Kubernetes API instead:
+        /// watches of Pods, Namespaces and NetworkPolicies of all namespaces, as the pod's
+        /// service account (or --kubeconfig); each change is applied as with --k8s-objects.
+        #[arg(long, conflicts_with = "k8s_objects")]
+        k8s_api: bool,
+        /// The kubeconfig file for --k8s-api (its current context), instead of the service
+        /// account.
+        #[arg(long, value_name = "PATH", requires = "k8s_api")]
+        kubeconfig: Option<PathBuf>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -375,6 +384,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             fleet_host,
             etcd_auth,
             k8s_objects,
+            k8s_api,
+            kubeconfig,
         } => {
             init_logging(&log);
             let fleet = match policy_source {
@@ -411,6 +422,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 policy_dir,
                 fleet,
                 k8s_objects,
+                k8s_api: k8s_api.then_some(ztagent::k8s::api::ApiConfig { kubeconfig }),
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -569,8 +581,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     // ---
                     if let Some(k) = &s.k8s_source {
                         let state = if k.up_to_date { "up to date" } else { "newest version rejected" };
+                        let (from, inputs) = if k.source == "api" { ("from the API server ", "objects") } else { ("", "files") };
                         println!(
-                            "kubernetes objects {} ({state}): {} files, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
+                            "kubernetes objects {from}{} ({state}): {} {inputs}, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
                             k.dir, k.files, k.namespaces, k.pods, k.pod_addresses, k.network_policies
                         );
                         if let Some(a) = &k.last_applied {

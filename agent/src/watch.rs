@@ -357,7 +357,7 @@ pub struct Reconciled {
 /// logged and shown in `status` (`k8s_source`), and what was in force stays.
 pub struct ObjectsDir {
     dir: PathBuf,
-    report: K8sReport,
+    versions: K8sVersions,
     seen: Option<ObjectFiles>,
     /// The files in force (applied), and those validated at startup awaiting installation.
     applied: Option<Vec<(PathBuf, Vec<u8>)>>,
@@ -367,12 +367,12 @@ pub struct ObjectsDir {
 impl ObjectsDir {
     pub fn open(dir: &Path) -> Result<ObjectsDir, WatchError> {
         usable(dir)?;
-        let report = Arc::new(Mutex::new(crate::control::K8sSource { dir: dir.display().to_string(), ..Default::default() }));
-        Ok(ObjectsDir { dir: dir.to_path_buf(), report, seen: None, applied: None, pending: None })
+        let versions = K8sVersions::new("dir", dir.display().to_string());
+        Ok(ObjectsDir { dir: dir.to_path_buf(), versions, seen: None, applied: None, pending: None })
     }
 
     pub fn report(&self) -> K8sReport {
-        self.report.clone()
+        self.versions.report()
     }
 
     /// The objects at startup, for the daemon's first reconcile (then [`ObjectsDir::installed`]);
@@ -426,8 +426,7 @@ impl ObjectsDir {
             Err(message) => return self.reject(None, &message),
         };
         if self.applied.as_ref() == Some(&files) {
-            tracing::info!(dir = %self.dir.display(), "the Kubernetes objects are back to the version in force");
-            self.lock().up_to_date = true;
+            self.versions.back_to_applied();
             return;
         }
         let objects = match parse_objects(&files) {
@@ -441,14 +440,48 @@ impl ObjectsDir {
     }
 
     fn accept(&mut self, files: Vec<(PathBuf, Vec<u8>)>, objects: &crate::k8s::Objects, done: &Reconciled) {
-        let sha256 = files_sha256(&files);
+        self.versions.accept(files_sha256(&files), files.len(), objects, done);
+        self.applied = Some(files);
+    }
+
+    fn reject(&mut self, sha256: Option<String>, message: &str) {
+        self.versions.reject(sha256, message);
+    }
+}
+
+/// What a Kubernetes source (the objects directory, the API) did with its versions: logged,
+/// and kept for `status` (`k8s_source`). Every source's lines after its read.
+pub struct K8sVersions {
+    report: K8sReport,
+    /// Whether a version of this source is in force.
+    applied: bool,
+}
+
+impl K8sVersions {
+    /// `kind`: `dir` or `api`; `name`: the directory, or the API server's URL.
+    pub fn new(kind: &str, name: String) -> K8sVersions {
+        let source = crate::control::K8sSource { source: kind.to_owned(), dir: name, ..Default::default() };
+        K8sVersions { report: Arc::new(Mutex::new(source)), applied: false }
+    }
+
+    pub fn report(&self) -> K8sReport {
+        self.report.clone()
+    }
+
+    fn name(&self) -> String {
+        self.lock().dir.clone()
+    }
+
+    /// A version is in force (reconciled as `done`): `sha256` names it, `inputs` is the number
+    /// of texts it was read from (files, or the API's objects).
+    pub fn accept(&mut self, sha256: String, inputs: usize, objects: &crate::k8s::Objects, done: &Reconciled) {
         let c = &objects.cluster;
         let pod_addresses = crate::k8s::Inventory::of(c).len();
         tracing::info!(
             revision = done.revision,
             sha256 = %sha256,
             "Kubernetes objects of {} in force: {} namespaces, {} pods ({pod_addresses} addresses), {} NetworkPolicies",
-            self.dir.display(),
+            self.name(),
             c.namespaces.len(),
             c.pods.len(),
             objects.policies.len()
@@ -460,7 +493,7 @@ impl ObjectsDir {
         }
         let mut r = self.lock();
         r.up_to_date = true;
-        r.files = files.len();
+        r.files = inputs;
         r.namespaces = c.namespaces.len();
         r.pods = c.pods.len();
         r.pod_addresses = pod_addresses;
@@ -468,15 +501,22 @@ impl ObjectsDir {
         r.warnings = warnings;
         r.last_applied = Some(AppliedVersion { sha256, revision: done.revision, time: now() });
         drop(r);
-        self.applied = Some(files);
+        self.applied = true;
     }
 
-    fn reject(&mut self, sha256: Option<String>, message: &str) {
-        let keeps = if self.applied.is_some() { "the objects applied before stay in force" } else { "the agent has no inventory from it yet" };
-        tracing::warn!(sha256 = sha256.as_deref().unwrap_or("-"), "Kubernetes objects of {}: the version is rejected; {keeps}:\n{message}", self.dir.display());
+    /// A version is rejected: what was in force stays.
+    pub fn reject(&mut self, sha256: Option<String>, message: &str) {
+        let keeps = if self.applied { "the objects applied before stay in force" } else { "the agent has no inventory from it yet" };
+        tracing::warn!(sha256 = sha256.as_deref().unwrap_or("-"), "Kubernetes objects of {}: the version is rejected; {keeps}:\n{message}", self.name());
         let mut r = self.lock();
         r.up_to_date = false;
         r.last_rejection = Some(RejectedVersion { sha256, message: message.to_string(), time: now() });
+    }
+
+    /// The source is back to the version in force (after a rejected one).
+    pub fn back_to_applied(&self) {
+        tracing::info!("the Kubernetes objects of {} are back to the version in force", self.name());
+        self.lock().up_to_date = true;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, crate::control::K8sSource> {

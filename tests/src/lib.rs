@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod fake_api;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (interface names are at most 15 bytes).

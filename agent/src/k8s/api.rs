@@ -24,7 +24,7 @@
 //!
 //! **Memory.** Stores hold whole objects, less their `managedFields` and annotations (the
 //! reader reads neither; `kubectl apply` keeps a copy of the whole object in an annotation).
-use std::{fmt::Debug, path::PathBuf, time::Duration};
+use std::{fmt::Debug, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::{
@@ -44,11 +44,25 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::Objects;
-use crate::policy::Diagnostics;
+use crate::{
+    policy::Diagnostics,
+    watch::{K8sReport, K8sVersions, Reconciled},
+};
 
-/// What a source hands the reconcile: the objects, or why they cannot be used (then the state
-/// in force stays). The same value the `--k8s-objects` directory gives ([`super::load_objects`]).
-pub type Snapshot = Result<Objects, Diagnostics>;
+/// One read of the stores: what the reconcile is handed.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The objects, or why they cannot be used (then the state in force stays): what the
+    /// `--k8s-objects` directory's files give ([`super::load_objects`]).
+    pub objects: Result<Objects, Diagnostics>,
+    /// SHA-256 over every object's origin, a NUL and its JSON text: names the version in `status`.
+    pub sha256: String,
+    /// How many objects were read.
+    pub inputs: usize,
+}
+
+/// How long the agent's start waits for the first snapshot before it enforces without one.
+pub const START_WAIT: Duration = Duration::from_secs(10);
 
 /// Events this close together make one snapshot.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -73,15 +87,20 @@ pub enum ApiError {
 
 /// A client for `cfg`. Nothing is sent to the API server yet.
 pub async fn client(cfg: &ApiConfig) -> Result<Client, ApiError> {
-    let config = match &cfg.kubeconfig {
+    let config = config(cfg).await?;
+    Client::try_from(config).map_err(|e| ApiError::Client(e.to_string()))
+}
+
+/// The client configuration `cfg` stands for.
+async fn config(cfg: &ApiConfig) -> Result<kube::Config, ApiError> {
+    Ok(match &cfg.kubeconfig {
         None => kube::Config::incluster().map_err(|e| ApiError::InCluster(e.to_string()))?,
         Some(path) => {
             let err = |e: kube::config::KubeconfigError| ApiError::Kubeconfig { path: path.clone(), message: e.to_string() };
             let kubeconfig = Kubeconfig::read_from(path).map_err(err)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(err)?
         }
-    };
-    Client::try_from(config).map_err(|e| ApiError::Client(e.to_string()))
+    })
 }
 
 /// Which of the three resources an event is about.
@@ -168,7 +187,7 @@ pub async fn run_api_source(client: Client, tx: mpsc::Sender<Snapshot>) {
                     continue;
                 }
                 let snapshot = stores.snapshot();
-                if last.as_ref().is_some_and(|l| same(l, &snapshot)) {
+                if last.as_ref().is_some_and(|l| same(&l.objects, &snapshot.objects)) {
                     continue;
                 }
                 if tx.send(snapshot.clone()).await.is_err() {
@@ -210,7 +229,13 @@ impl Stores {
         texts_of(&self.pods, Kind::Pods, &mut texts);
         texts_of(&self.policies, Kind::NetworkPolicies, &mut texts);
         let inputs: Vec<(&str, &str)> = texts.iter().map(|(o, t)| (o.as_str(), t.as_str())).collect();
-        super::parse_objects(&inputs)
+        let mut all = Vec::new();
+        for (origin, text) in &inputs {
+            all.extend_from_slice(origin.as_bytes());
+            all.push(0);
+            all.extend_from_slice(text.as_bytes());
+        }
+        Snapshot { objects: super::parse_objects(&inputs), sha256: crate::watch::sha256_hex(&all), inputs: inputs.len() }
     }
 }
 
@@ -255,13 +280,107 @@ fn default_pod_selector(np: &mut serde_json::Value) {
 }
 
 /// Whether two snapshots read the same (then the second is not sent).
-fn same(a: &Snapshot, b: &Snapshot) -> bool {
+fn same(a: &Result<Objects, Diagnostics>, b: &Result<Objects, Diagnostics>) -> bool {
     match (a, b) {
-        (Ok(a), Ok(b)) => a.cluster == b.cluster && a.policies == b.policies && a.warnings == b.warnings,
+        (Ok(a), Ok(b)) => same_objects(a, b),
         (Err(a), Err(b)) => a == b,
         _ => false,
     }
 }
 
-#[cfg(test)]
-mod tests;
+fn same_objects(a: &Objects, b: &Objects) -> bool {
+    a.cluster == b.cluster && a.policies == b.policies && a.warnings == b.warnings
+}
+
+/// `ztagent run --k8s-api`: the watch ([`run_api_source`]) feeding the daemon's reconcile,
+/// its versions logged and reported in `status` (`k8s_source`, `source: api`) by the same code
+/// as the objects directory's ([`K8sVersions`]).
+pub struct ApiSource {
+    rx: mpsc::Receiver<Snapshot>,
+    versions: K8sVersions,
+    /// The first snapshot, awaiting the first install.
+    pending: Option<(String, usize, Objects)>,
+    /// The objects in force from this source.
+    applied: Option<Objects>,
+}
+
+impl ApiSource {
+    /// Starts watching (in a task of its own, for the rest of the process's life). Fails only
+    /// on a configuration that cannot be used; an unreachable API server is retried.
+    pub async fn start(cfg: &ApiConfig) -> Result<ApiSource, ApiError> {
+        let config = config(cfg).await?;
+        let url = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|e| ApiError::Client(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(run_api_source(client, tx));
+        tracing::info!("watching pods, namespaces and networkpolicies of all namespaces at the Kubernetes API {url}");
+        Ok(ApiSource { rx, versions: K8sVersions::new("api", url), pending: None, applied: None })
+    }
+
+    pub fn report(&self) -> K8sReport {
+        self.versions.report()
+    }
+
+    /// The first snapshot, for the daemon's first reconcile (then [`ApiSource::installed`]),
+    /// waited for up to `wait`; None when it does not come in time or is broken (logged,
+    /// reported): the agent starts without an inventory and reconciles when one comes.
+    pub async fn initial(&mut self, wait: Duration) -> Option<Objects> {
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(Snapshot { objects: Ok(objects), sha256, inputs })) => {
+                self.pending = Some((sha256, inputs, objects.clone()));
+                Some(objects)
+            }
+            Ok(Some(Snapshot { objects: Err(d), sha256, .. })) => {
+                self.versions.reject(Some(sha256), &d.to_string());
+                None
+            }
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!("no snapshot of the Kubernetes API within {wait:?}: starting without an inventory; it is reconciled when one comes");
+                None
+            }
+        }
+    }
+
+    /// The objects [`ApiSource::initial`] returned are in force.
+    pub fn installed(&mut self, done: &Reconciled) {
+        if let Some((sha256, inputs, objects)) = self.pending.take() {
+            self.versions.accept(sha256, inputs, &objects, done);
+            self.applied = Some(objects);
+        }
+    }
+
+    /// Hands every snapshot to `reconcile` (on a blocking thread: it takes the daemon's state
+    /// lock), for the rest of the process's life.
+    pub fn spawn<F>(mut self, reconcile: F)
+    where
+        F: Fn(Objects) -> Result<Reconciled, String> + Send + Sync + 'static,
+    {
+        let reconcile = Arc::new(reconcile);
+        tokio::spawn(async move {
+            while let Some(snapshot) = self.rx.recv().await {
+                let objects = match snapshot.objects {
+                    Ok(o) => o,
+                    Err(d) => {
+                        self.versions.reject(Some(snapshot.sha256), &d.to_string());
+                        continue;
+                    }
+                };
+                if self.applied.as_ref().is_some_and(|a| same_objects(a, &objects)) {
+                    // After a rejected snapshot, the objects in force again.
+                    self.versions.back_to_applied();
+                    continue;
+                }
+                let (r, o) = (reconcile.clone(), objects.clone());
+                match tokio::task::spawn_blocking(move || r(o)).await {
+                    Ok(Ok(done)) => {
+                        self.versions.accept(snapshot.sha256, snapshot.inputs, &objects, &done);
+                        self.applied = Some(objects);
+                    }
+                    Ok(Err(message)) => self.versions.reject(Some(snapshot.sha256), &message),
+                    Err(e) => self.versions.reject(Some(snapshot.sha256), &format!("the reconcile failed: {e}")),
+                }
+            }
+        });
+    }
+}
