@@ -16,7 +16,7 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, Lan, Servers, TempDir, bin,
+    Agent, Lan, Servers, TempDir, assert_only_frontend_reaches_payments, bin,
     fake_api::{FakeApi, RESOURCES, TOKEN, namespace, network_policy, pod},
     json_of as json, tcp_ok, wait_for,
 };
@@ -306,11 +306,7 @@ fn network_policies_from_the_api_are_enforced_and_follow_its_changes() {
     let check = |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
 
     // The first snapshot is in force from the start: frontend in, batch and the attacker out.
-    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "frontend denied:\n{}", agent.log());
-    assert!(tcp_ok(&frontend.ns, payments.v6, 443), "frontend denied over IPv6");
-    assert!(!tcp_ok(&frontend.ns, payments.v4, 8443), "a port that is not the named one was allowed");
-    assert!(!tcp_ok(&batch.ns, payments.v4, 443), "batch allowed");
-    assert!(!tcp_ok(&attacker.ns, payments.v4, 443), "an address that is no pod was allowed");
+    assert_only_frontend_reaches_payments(&lan, &agent);
     let k = status()["k8s_source"].clone();
     assert_eq!((k["source"].as_str(), k["up_to_date"].as_bool()), (Some("api"), Some(true)), "{k}");
     assert_eq!(k["dir"].as_str(), Some(format!("http://{}/", fake.addr).as_str()), "{k}");

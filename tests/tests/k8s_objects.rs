@@ -5,7 +5,7 @@
 //! kept out, its error (with its position) in `status`, and what was in force stays.
 use std::{fs, time::Duration};
 
-use integration_tests::{Agent, Lan, Servers, TempDir, json_of as json, tcp_ok, wait_for};
+use integration_tests::{Agent, Lan, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json, tcp_ok, wait_for};
 
 /// The protocol property, not a speed figure: the agent takes a change of the directory up on
 /// its own (inotify at once, a second or so of settling and translating at most; failing
@@ -68,11 +68,7 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     let check = |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
 
     // Real traffic: frontend in, batch and the attacker (no pod) out; 8443 is not `https`.
-    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "frontend denied:\n{}", agent.log());
-    assert!(tcp_ok(&frontend.ns, payments.v6, 443), "frontend denied over IPv6");
-    assert!(!tcp_ok(&frontend.ns, payments.v4, 8443), "a port that is not the named one was allowed");
-    assert!(!tcp_ok(&batch.ns, payments.v4, 443), "batch allowed");
-    assert!(!tcp_ok(&attacker.ns, payments.v4, 443), "an address that is no pod was allowed");
+    assert_only_frontend_reaches_payments(&lan, &agent);
     let k = status()["k8s_source"].clone();
     assert_eq!((k["dir"].as_str(), k["up_to_date"].as_bool()), (Some(dir.as_str()), Some(true)), "{k}");
     assert_eq!((k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()), (Some(3), Some(6), Some(1)), "{k}");
