@@ -339,7 +339,9 @@ pub type K8sReport = Arc<Mutex<crate::control::K8sSource>>;
 
 /// One read of an objects directory: every object file's path and bytes (name order), or why
 /// the directory cannot be read.
-type ObjectFiles = Result<Vec<(PathBuf, Vec<u8>)>, String>;
+type ObjectFiles = Result<Files, String>;
+/// Object files: paths and bytes.
+type Files = Vec<(PathBuf, Vec<u8>)>;
 
 /// What a new version of the objects did, once installed.
 pub struct Reconciled {
@@ -360,8 +362,8 @@ pub struct ObjectsDir {
     versions: K8sVersions,
     seen: Option<ObjectFiles>,
     /// The files in force (applied), and those validated at startup awaiting installation.
-    applied: Option<Vec<(PathBuf, Vec<u8>)>>,
-    pending: Option<(Vec<(PathBuf, Vec<u8>)>, crate::k8s::Objects)>,
+    applied: Option<Files>,
+    pending: Option<(Files, crate::k8s::Objects)>,
 }
 
 impl ObjectsDir {

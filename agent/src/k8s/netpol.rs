@@ -176,7 +176,6 @@ enum Dir {
 
 /// A rule of any policy, numbered globally.
 struct GRule {
-    policy: u32,
     /// No peers: every source (destination).
     all_peers: bool,
     /// The ports that do not depend on the destination (`ALL` when none are listed).
@@ -208,7 +207,7 @@ impl Index {
     fn new(policies: &[NetworkPolicy]) -> Index {
         let mut ix = Index { rules: Vec::new(), ingress: Vec::new(), egress: Vec::new(), blocks: Vec::new(), names: Vec::new() };
         let mut name_ids: HashMap<PortName, u32> = HashMap::new();
-        for (pi, p) in policies.iter().enumerate() {
+        for p in policies {
             let mut lists = [Vec::new(), Vec::new()];
             for (dir, rules, on) in [(Dir::Ingress, &p.ingress, p.ingress_type), (Dir::Egress, &p.egress, p.egress_type)] {
                 // Rules of a direction the policy does not isolate are ignored (upstream).
@@ -241,7 +240,7 @@ impl Index {
                     let fixed = if r.ports.is_empty() { vec![ALL_KEYS] } else { normalise(fixed) };
                     named.sort_unstable();
                     named.dedup();
-                    ix.rules.push(GRule { policy: pi as u32, all_peers: r.peers.is_empty(), fixed, named });
+                    ix.rules.push(GRule { all_peers: r.peers.is_empty(), fixed, named });
                     for peer in &r.peers {
                         if let Peer::IpBlock { cidr, except } = peer {
                             ix.blocks.push(GBlock { rule: id, cidr: *cidr, except: except.clone() });
@@ -349,6 +348,7 @@ struct Why {
 /// An entry of the pair matrix: what NetworkPolicy allows (0: nothing, or not applicable).
 type EntryId = u32;
 
+#[derive(Default)]
 struct Entries {
     list: Vec<(Ports, Why)>,
     ids: HashMap<(Ports, Why), EntryId>,
@@ -423,7 +423,7 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
 
     // --- what a pod's labels decide, once per (namespace, labels).
     let words = ix.rules.len().div_ceil(64);
-    let mut by_labels: HashMap<(&str, &Labels), (Vec<u32>, Vec<u32>, Vec<u64>, Option<usize>)> = HashMap::new();
+    let mut by_labels: HashMap<(&str, &Labels), PodFacts> = HashMap::new();
     let mut ns_labels: HashMap<&str, Labels> = HashMap::new();
     let mut classes: Vec<ClassKey> = Vec::new();
     let mut members: Vec<Members> = Vec::new();
@@ -445,52 +445,9 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
     for (&ip, &pi) in &owner {
         let pod: &Pod = &cluster.pods[pi];
         let nsl = ns_labels.entry(&pod.namespace).or_insert_with(|| cluster.namespace_labels(&pod.namespace));
-        let (ing, eg, sel_matched, selected) = by_labels
+        let PodFacts { ing, eg, matched: sel_matched, selected } = by_labels
             .entry((&pod.namespace, &pod.labels))
-            .or_insert_with(|| {
-                let (mut ing, mut eg) = (Vec::new(), Vec::new());
-                for (pi, p) in policies.iter().enumerate() {
-                    if p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels) {
-                        if p.ingress_type {
-                            ing.push(pi as u32);
-                        }
-                        if p.egress_type {
-                            eg.push(pi as u32);
-                        }
-                    }
-                }
-                let mut matched = vec![0u64; words];
-                let mut r = 0usize;
-                for (pi, p) in policies.iter().enumerate() {
-                    for (rules, on) in [(&p.ingress, p.ingress_type), (&p.egress, p.egress_type)] {
-                        if !on {
-                            continue;
-                        }
-                        for rule in rules {
-                            let hit = rule.peers.iter().any(|peer| match peer {
-                                Peer::Pods { namespaces, pods } => {
-                                    let ns_ok = match namespaces {
-                                        None => pod.namespace == p.namespace,
-                                        Some(s) => s.matches(nsl),
-                                    };
-                                    let pod_ok = pods.as_ref().is_none_or(|s| s.matches(&pod.labels));
-                                    (namespaces.is_some() || pods.is_some()) && ns_ok && pod_ok
-                                }
-                                Peer::IpBlock { .. } => false,
-                            });
-                            if hit {
-                                matched[r / 64] |= 1 << (r % 64);
-                            }
-                            debug_assert_eq!(ix.rules[r].policy, pi as u32);
-                            r += 1;
-                        }
-                    }
-                }
-                let selected = selectors.iter().find(|(_, s)| {
-                    s.namespace.as_deref().is_none_or(|n| n == pod.namespace) && s.selector.matches(&pod.labels)
-                });
-                (ing, eg, matched, selected.map(|(i, _)| *i))
-            })
+            .or_insert_with(|| pod_facts(pod, policies, words, nsl, &selectors))
             .clone();
         let k = (128, addr16(ip));
         let native_seg = match native_cidrs.get(&k) {
@@ -579,90 +536,10 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
     }
 
     // --- the pair matrix over classes.
-    let mut entries = Entries { list: Vec::new(), ids: HashMap::new() };
-    let mut m: Vec<EntryId> = vec![0; n * n];
-    if netpol {
-        let resolved = |r: &GRule, d: &ClassKey| -> Ports {
-            if r.named.is_empty() {
-                return r.fixed.clone();
-            }
-            let mut v = r.fixed.clone();
-            for &nid in &r.named {
-                let proto = ix.names[nid as usize].1;
-                for &(_, port) in d.named.iter().filter(|(ni, _)| *ni == nid) {
-                    v.push(proto_range(proto, port, port));
-                }
-            }
-            normalise(v)
-        };
-        let open = entries.intern(vec![ALL_KEYS], Why { egress: None, ingress: None });
-        for (si, s) in classes.iter().enumerate() {
-            for (di, d) in classes.iter().enumerate() {
-                if !s.pod && !d.pod {
-                    continue;
-                }
-                let e_open = !s.pod || s.eg.is_empty();
-                let i_open = !d.pod || d.ing.is_empty();
-                if e_open && i_open {
-                    m[si * n + di] = open;
-                    continue;
-                }
-                // Per admitting policy, what it allows (egress: to d; ingress: from s).
-                let side = |sel: &[u32], lists: &[Vec<u32>], peer: &ClassKey| -> Vec<(u32, Ports)> {
-                    let mut out = Vec::new();
-                    for &p in sel {
-                        let mut v = Vec::new();
-                        for &r in &lists[p as usize] {
-                            if peer.matches(&ix.rules, r) {
-                                v.extend(resolved(&ix.rules[r as usize], d));
-                            }
-                        }
-                        let v = normalise(v);
-                        if !v.is_empty() {
-                            out.push((p, v));
-                        }
-                    }
-                    out
-                };
-                let eg = if e_open { Vec::new() } else { side(&s.eg, &ix.egress, d) };
-                let ing = if i_open { Vec::new() } else { side(&d.ing, &ix.ingress, s) };
-                let union = |v: &[(u32, Ports)]| normalise(v.iter().flat_map(|(_, p)| p.iter().copied()).collect());
-                let e_set = if e_open { vec![ALL_KEYS] } else { union(&eg) };
-                let i_set = if i_open { vec![ALL_KEYS] } else { union(&ing) };
-                let allowed = intersect(&e_set, &i_set);
-                if allowed.is_empty() {
-                    continue;
-                }
-                let admitting = |v: &[(u32, Ports)], other: &[(u32, u32)]| -> Vec<u32> {
-                    v.iter().filter(|(_, p)| overlaps(p, other)).map(|(p, _)| *p).collect()
-                };
-                let why = Why {
-                    egress: (!e_open).then(|| admitting(&eg, &i_set)),
-                    ingress: (!i_open).then(|| admitting(&ing, &e_set)),
-                };
-                m[si * n + di] = entries.intern(allowed, why);
-            }
-        }
-    }
+    let (entries, m) = if netpol { pair_matrix(&ix, &classes) } else { (Entries::default(), vec![0; n * n]) };
 
-    // --- merge classes no pair tells apart (same native segment, rows and columns).
-    let mut block_of: Vec<usize> = vec![0; n];
-    let mut blocks: Vec<Vec<usize>> = Vec::new();
-    {
-        let mut seen: HashMap<(Option<usize>, bool, &[EntryId], Vec<EntryId>), usize> = HashMap::new();
-        for c in 0..n {
-            let row = &m[c * n..(c + 1) * n];
-            let col: Vec<EntryId> = (0..n).map(|s| m[s * n + c]).collect();
-            // The world base is never merged: its addresses are those in no segment.
-            let key = (classes[c].native, classes[c].world_base, row, if classes[c].world_base { vec![u32::MAX] } else { col });
-            let b = *seen.entry(key).or_insert_with(|| {
-                blocks.push(Vec::new());
-                blocks.len() - 1
-            });
-            blocks[b].push(c);
-            block_of[c] = b;
-        }
-    }
+    // --- merge classes no pair tells apart.
+    let blocks = merge(&classes, &m);
     let nclasses = n;
 
     // --- order and name the blocks: per native segment (native order, world last), the one
@@ -783,94 +660,15 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         }
     }
 
-    // --- NetworkPolicy allows, over blocks.
+    // --- NetworkPolicy allows, over blocks, after the native rules.
     if netpol {
-        let nb = blocks.len();
-        let rep: Vec<usize> = blocks.iter().map(|b| b[0]).collect();
-        let at = |s: usize, d: usize| m[rep[s] * n + rep[d]];
-        let uniform = |e: EntryId| (e != 0).then_some(e);
-        let col_w: Vec<Option<EntryId>> = (0..nb)
-            .map(|d| {
-                let e = at(0, d);
-                (0..nb).all(|s| at(s, d) == e).then_some(e).and_then(uniform)
-            })
-            .collect();
-        let n_col_w = col_w.iter().filter(|e| e.is_some()).count();
-        let row_w: Vec<Option<EntryId>> = (0..nb)
-            .map(|s| {
-                let e = at(s, 0);
-                let Some(e) = (0..nb).all(|d| at(s, d) == e).then_some(e).and_then(uniform) else { return None };
-                // Worth it when it spares more explicit pairs than the cross pairs it adds.
-                let spared = (0..nb).filter(|&d| col_w[d].is_none()).count();
-                (spared > 1 + n_col_w).then_some(e)
-            })
-            .collect();
-        // (entry, from blocks (None: *), to blocks (None: *)).
-        let mut groups: BTreeMap<(u8, Vec<usize>, EntryId), Vec<usize>> = BTreeMap::new();
-        let mut by_entry_cols: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
-        for (d, e) in col_w.iter().enumerate() {
-            if let Some(e) = e {
-                by_entry_cols.entry(*e).or_default().push(d);
-            }
+        let mut pos = vec![usize::MAX; blocks.len()];
+        for (i, &b) in order.iter().enumerate() {
+            pos[b] = i;
         }
-        let mut by_entry_rows: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
-        for (s, e) in row_w.iter().enumerate() {
-            if let Some(e) = e {
-                by_entry_rows.entry(*e).or_default().push(s);
-            }
-        }
-        for d in (0..nb).filter(|&d| col_w[d].is_none()) {
-            let mut per_entry: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
-            for s in (0..nb).filter(|&s| row_w[s].is_none()) {
-                let e = at(s, d);
-                if e != 0 {
-                    per_entry.entry(e).or_default().push(s);
-                }
-            }
-            for (e, from) in per_entry {
-                groups.entry((2, from, e)).or_default().push(d);
-            }
-        }
-        let mut emitted: Vec<(Vec<SegRef>, Vec<SegRef>, EntryId, (usize, usize))> = Vec::new();
-        let position = |b: usize| order.iter().position(|&o| o == b).unwrap_or(usize::MAX);
-        let refs = |bs: &[usize]| -> Vec<SegRef> {
-            let mut v: Vec<usize> = bs.to_vec();
-            v.sort_by_key(|&b| position(b));
-            v.iter().map(|&b| seg_ref[b]).collect()
-        };
-        let min_pos = |bs: &[usize]| bs.iter().map(|&b| position(b)).min().unwrap_or(usize::MAX);
-        for (e, to) in &by_entry_cols {
-            emitted.push((vec![SegRef::Any], refs(to), *e, (min_pos(to), 0)));
-        }
-        for (e, from) in &by_entry_rows {
-            emitted.push((refs(from), vec![SegRef::Any], *e, (usize::MAX - 1, min_pos(from))));
-        }
-        for ((_, from, e), to) in &groups {
-            emitted.push((refs(from), refs(to), *e, (min_pos(to), min_pos(from))));
-        }
-        emitted.sort_by(|a, b| (a.3, a.2).cmp(&(b.3, b.2)));
-        let mut names: BTreeSet<String> = rules.iter().map(|r| r.name.clone()).collect();
-        for (from, to, e, _) in emitted {
-            let (ports, why) = entries.get(e);
-            let (name, description) = describe(why, policies);
-            let mut unique = name.clone();
-            let mut k = 1;
-            while names.contains(&unique) {
-                k += 1;
-                unique = format!("{name}#{k}");
-            }
-            names.insert(unique.clone());
-            rules.push(Rule {
-                name: unique,
-                description: Some(description),
-                from,
-                to,
-                ports: port_specs(ports),
-                action: Action::Allow,
-                mode: Mode::Enforce,
-                grant: None,
-            });
-        }
+        let taken: BTreeSet<String> = rules.iter().map(|r| r.name.clone()).collect();
+        let view = Blocks { blocks: &blocks, m: &m, n, pos: &pos, seg_ref: &seg_ref };
+        rules.extend(np_rules(&view, &entries, policies, taken));
     }
 
     let policy = Policy {
@@ -882,6 +680,278 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         alerts: native.alerts.clone(),
     };
     Ok(Translation { policy, warnings, pod_addresses, classes: nclasses })
+}
+
+/// What a pod's namespace and labels decide (the same for every pod of those).
+#[derive(Clone)]
+struct PodFacts {
+    /// Policies selecting it for ingress, for egress.
+    ing: Vec<u32>,
+    eg: Vec<u32>,
+    /// Rules one of whose selector peers matches it (bitset over the rules).
+    matched: Vec<u64>,
+    /// The first label-selected native segment selecting it.
+    selected: Option<usize>,
+}
+
+fn pod_facts(pod: &Pod, policies: &[NetworkPolicy], words: usize, ns_labels: &Labels, selectors: &[(usize, &policy::PodSelector)]) -> PodFacts {
+    let (mut ing, mut eg) = (Vec::new(), Vec::new());
+    for (pi, p) in policies.iter().enumerate() {
+        if p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels) {
+            if p.ingress_type {
+                ing.push(pi as u32);
+            }
+            if p.egress_type {
+                eg.push(pi as u32);
+            }
+        }
+    }
+    // Rules are numbered as `Index::new` numbers them: per policy, ingress then egress, the
+    // rules of a direction the policy does not isolate left out.
+    let mut matched = vec![0u64; words];
+    let mut r = 0usize;
+    for p in policies {
+        for (rules, on) in [(&p.ingress, p.ingress_type), (&p.egress, p.egress_type)] {
+            if !on {
+                continue;
+            }
+            for rule in rules {
+                let hit = rule.peers.iter().any(|peer| match peer {
+                    Peer::Pods { namespaces, pods } => {
+                        let ns_ok = match namespaces {
+                            None => pod.namespace == p.namespace,
+                            Some(s) => s.matches(ns_labels),
+                        };
+                        let pod_ok = pods.as_ref().is_none_or(|s| s.matches(&pod.labels));
+                        (namespaces.is_some() || pods.is_some()) && ns_ok && pod_ok
+                    }
+                    Peer::IpBlock { .. } => false,
+                });
+                if hit {
+                    matched[r / 64] |= 1 << (r % 64);
+                }
+                r += 1;
+            }
+        }
+    }
+    let selected = selectors
+        .iter()
+        .find(|(_, s)| s.namespace.as_deref().is_none_or(|n| n == pod.namespace) && s.selector.matches(&pod.labels))
+        .map(|(i, _)| *i);
+    PodFacts { ing, eg, matched, selected }
+}
+
+/// What NetworkPolicy allows for every ordered pair of classes (`n * n`, row = source): the
+/// interned (ports, why) of the pair, 0 for nothing (or no pod at either end).
+fn pair_matrix(ix: &Index, classes: &[ClassKey]) -> (Entries, Vec<EntryId>) {
+    let n = classes.len();
+    let mut entries = Entries::default();
+    let mut m: Vec<EntryId> = vec![0; n * n];
+    let resolved = |r: &GRule, d: &ClassKey| -> Ports {
+        if r.named.is_empty() {
+            return r.fixed.clone();
+        }
+        let mut v = r.fixed.clone();
+        for &nid in &r.named {
+            let proto = ix.names[nid as usize].1;
+            for &(_, port) in d.named.iter().filter(|(ni, _)| *ni == nid) {
+                v.push(proto_range(proto, port, port));
+            }
+        }
+        normalise(v)
+    };
+    let open = entries.intern(vec![ALL_KEYS], Why { egress: None, ingress: None });
+    for (si, s) in classes.iter().enumerate() {
+        for (di, d) in classes.iter().enumerate() {
+            if !s.pod && !d.pod {
+                continue;
+            }
+            let e_open = !s.pod || s.eg.is_empty();
+            let i_open = !d.pod || d.ing.is_empty();
+            if e_open && i_open {
+                m[si * n + di] = open;
+                continue;
+            }
+            // Per admitting policy, what it allows (egress: to d; ingress: from s).
+            let side = |sel: &[u32], lists: &[Vec<u32>], peer: &ClassKey| -> Vec<(u32, Ports)> {
+                let mut out = Vec::new();
+                for &p in sel {
+                    let mut v = Vec::new();
+                    for &r in &lists[p as usize] {
+                        if peer.matches(&ix.rules, r) {
+                            v.extend(resolved(&ix.rules[r as usize], d));
+                        }
+                    }
+                    let v = normalise(v);
+                    if !v.is_empty() {
+                        out.push((p, v));
+                    }
+                }
+                out
+            };
+            let eg = if e_open { Vec::new() } else { side(&s.eg, &ix.egress, d) };
+            let ing = if i_open { Vec::new() } else { side(&d.ing, &ix.ingress, s) };
+            let union = |v: &[(u32, Ports)]| normalise(v.iter().flat_map(|(_, p)| p.iter().copied()).collect());
+            let e_set = if e_open { vec![ALL_KEYS] } else { union(&eg) };
+            let i_set = if i_open { vec![ALL_KEYS] } else { union(&ing) };
+            let allowed = intersect(&e_set, &i_set);
+            if allowed.is_empty() {
+                continue;
+            }
+            let admitting = |v: &[(u32, Ports)], other: &[(u32, u32)]| -> Vec<u32> {
+                v.iter().filter(|(_, p)| overlaps(p, other)).map(|(p, _)| *p).collect()
+            };
+            let why = Why {
+                egress: (!e_open).then(|| admitting(&eg, &i_set)),
+                ingress: (!i_open).then(|| admitting(&ing, &e_set)),
+            };
+            m[si * n + di] = entries.intern(allowed, why);
+        }
+    }
+    (entries, m)
+}
+
+/// Classes no pair tells apart: the same native segment, and the same row and column of the
+/// pair matrix `m` (`n * n`). The world base (the only class of its kind) stays alone. Blocks
+/// of class indexes, in the order of their first class.
+fn merge(classes: &[ClassKey], m: &[EntryId]) -> Vec<Vec<usize>> {
+    let n = classes.len();
+    // Columns as slices: the transposed matrix.
+    let t: Vec<EntryId> = (0..n * n).map(|i| m[(i % n) * n + i / n]).collect();
+    type Key<'a> = (Option<usize>, bool, &'a [EntryId], &'a [EntryId]);
+    let mut seen: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut blocks: Vec<Vec<usize>> = Vec::new();
+    for (c, class) in classes.iter().enumerate() {
+        let key = (class.native, class.world_base, &m[c * n..(c + 1) * n], &t[c * n..(c + 1) * n]);
+        let b = *seen.entry(key).or_insert_with(|| {
+            blocks.push(Vec::new());
+            blocks.len() - 1
+        });
+        blocks[b].push(c);
+    }
+    blocks
+}
+
+/// The merged classes as the NetworkPolicy rules see them.
+struct Blocks<'a> {
+    blocks: &'a [Vec<usize>],
+    /// The pair matrix over classes (`n * n`).
+    m: &'a [EntryId],
+    n: usize,
+    /// Each block's place in the output's order, and its segment.
+    pos: &'a [usize],
+    seg_ref: &'a [SegRef],
+}
+
+impl Blocks<'_> {
+    fn at(&self, s: usize, d: usize) -> EntryId {
+        self.m[self.blocks[s][0] * self.n + self.blocks[d][0]]
+    }
+
+    /// The segments of blocks `bs`, in output order.
+    fn refs(&self, bs: &[usize]) -> Vec<SegRef> {
+        let mut v: Vec<usize> = bs.to_vec();
+        v.sort_by_key(|&b| self.pos[b]);
+        v.iter().map(|&b| self.seg_ref[b]).collect()
+    }
+
+    fn first(&self, bs: &[usize]) -> usize {
+        bs.iter().map(|&b| self.pos[b]).min().unwrap_or(usize::MAX)
+    }
+}
+
+/// A NetworkPolicy allow rule to write: sides, what it allows, and where it sorts.
+struct Emitted {
+    from: Vec<SegRef>,
+    to: Vec<SegRef>,
+    entry: EntryId,
+    order: (usize, usize),
+}
+
+/// The allow rules of what NetworkPolicy allows between blocks (see the module docs), named
+/// after their policies, unique among themselves and `taken`.
+fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut taken: BTreeSet<String>) -> Vec<Rule> {
+    let nb = b.blocks.len();
+    let uniform = |e: EntryId| (e != 0).then_some(e);
+    // A column the same for every source: `from: ["*"]`.
+    let col_w: Vec<Option<EntryId>> = (0..nb)
+        .map(|d| {
+            let e = b.at(0, d);
+            (0..nb).all(|s| b.at(s, d) == e).then_some(e).and_then(uniform)
+        })
+        .collect();
+    let n_col_w = col_w.iter().filter(|e| e.is_some()).count();
+    // A row the same for every destination: `to: ["*"]`, worth it when it spares more explicit
+    // pairs than the cross pairs it adds with the `from: ["*"]` columns.
+    let row_w: Vec<Option<EntryId>> = (0..nb)
+        .map(|s| {
+            let e = b.at(s, 0);
+            let e = (0..nb).all(|d| b.at(s, d) == e).then_some(e).and_then(uniform)?;
+            let spared = (0..nb).filter(|&d| col_w[d].is_none()).count();
+            (spared > 1 + n_col_w).then_some(e)
+        })
+        .collect();
+    let mut emitted: Vec<Emitted> = Vec::new();
+    let mut cols: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
+    for (d, e) in col_w.iter().enumerate() {
+        if let Some(e) = e {
+            cols.entry(*e).or_default().push(d);
+        }
+    }
+    for (entry, to) in &cols {
+        emitted.push(Emitted { from: vec![SegRef::Any], to: b.refs(to), entry: *entry, order: (b.first(to), 0) });
+    }
+    let mut rows: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
+    for (s, e) in row_w.iter().enumerate() {
+        if let Some(e) = e {
+            rows.entry(*e).or_default().push(s);
+        }
+    }
+    for (entry, from) in &rows {
+        emitted.push(Emitted { from: b.refs(from), to: vec![SegRef::Any], entry: *entry, order: (usize::MAX - 1, b.first(from)) });
+    }
+    // The other pairs: per destination, the sources of each entry; then the destinations
+    // sharing (sources, entry) in one rule.
+    let mut groups: BTreeMap<(Vec<usize>, EntryId), Vec<usize>> = BTreeMap::new();
+    for d in (0..nb).filter(|&d| col_w[d].is_none()) {
+        let mut per_entry: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
+        for s in (0..nb).filter(|&s| row_w[s].is_none()) {
+            let e = b.at(s, d);
+            if e != 0 {
+                per_entry.entry(e).or_default().push(s);
+            }
+        }
+        for (e, from) in per_entry {
+            groups.entry((from, e)).or_default().push(d);
+        }
+    }
+    for ((from, entry), to) in &groups {
+        emitted.push(Emitted { from: b.refs(from), to: b.refs(to), entry: *entry, order: (b.first(to), b.first(from)) });
+    }
+    emitted.sort_by_key(|e| (e.order, e.entry));
+    let mut rules = Vec::with_capacity(emitted.len());
+    for Emitted { from, to, entry, .. } in emitted {
+        let (ports, why) = entries.get(entry);
+        let (name, description) = describe(why, policies);
+        let mut unique = name.clone();
+        let mut k = 1;
+        while taken.contains(&unique) {
+            k += 1;
+            unique = format!("{name}#{k}");
+        }
+        taken.insert(unique.clone());
+        rules.push(Rule {
+            name: unique,
+            description: Some(description),
+            from,
+            to,
+            ports: port_specs(ports),
+            action: Action::Allow,
+            mode: Mode::Enforce,
+            grant: None,
+        });
+    }
+    rules
 }
 
 fn ip_of(k: Key) -> IpAddr {
