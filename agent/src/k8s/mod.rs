@@ -12,8 +12,8 @@
 //!   `check` and events.
 //!
 //! Sources feed [`crate::daemon`]'s one reconcile entry point with a [`Cluster`] and the
-//! NetworkPolicies: today the `--k8s-objects DIR` directory (see `crate::watch`); an API
-//! watcher would build the same values from the API's objects.
+//! NetworkPolicies: the `--k8s-objects DIR` directory (see `crate::watch`), or the Kubernetes
+//! API (`--k8s-api`, see [`api`]), whose objects go through the same reader.
 
 pub mod api;
 pub mod netpol;
