@@ -49,10 +49,11 @@ enum Cmd {
 /// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
 /// bpftool to inspect what is loaded.
 const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap",
-    // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc for etcd-client.
+    // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc with its
+    // well-known types (google/protobuf/*.proto, in libprotobuf-dev) for etcd-client.
     // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl
     // makes the TLS test's certificates.
-    "etcd-server", "protobuf-compiler", "curl", "openssl"];
+    "etcd-server", "protobuf-compiler", "libprotobuf-dev", "curl", "openssl"];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

@@ -70,11 +70,12 @@ enum Dropper {
     Ztagent,
     NftNetdev,
     NftInet,
-    /// Breakdown, denied one source only: parse + one conntrack lookup, drop on the miss
-    /// (`zt_reference`).
+    /// Breakdown, denied traffic (one source and the scan): parse + one conntrack lookup, drop
+    /// on the miss (`zt_reference`).
     Reference,
-    /// Breakdown, denied one source only: parse, conntrack miss, the denial-cache hit, drop
-    /// (`zt_denied_floor`; the cache entry is the one ztagent wrote just before).
+    /// Breakdown, denied traffic: parse, conntrack miss, the denial-cache lookup, drop on a
+    /// hit, pass on a miss (`zt_denied_floor`; the cache entries are the ones ztagent wrote
+    /// just before: for the scan, as many of its 65,536 flows as the cache kept).
     DeniedFloor,
 }
 
@@ -478,7 +479,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 }
                 for (ti, (t, fd, frame)) in frames.iter().enumerate() {
                     let breakdown = matches!(d, Dropper::Reference | Dropper::DeniedFloor);
-                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t != Traffic::Denied) {
+                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t == Traffic::Allowed) {
                         continue;
                     }
                     if *t == Traffic::Allowed {
