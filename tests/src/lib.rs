@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod k8s;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (interface names are at most 15 bytes).
@@ -89,7 +91,8 @@ impl Netns {
     }
 }
 
-fn enter(path: &str) {
+/// Moves the calling thread into the network namespace at `path`.
+pub(crate) fn enter(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     // SAFETY: setns on a valid namespace fd affects only the calling thread for CLONE_NEWNET.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
