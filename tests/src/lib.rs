@@ -1222,8 +1222,11 @@ impl PodNode {
         sh(&["ip", "link", "add", &veth, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
         let pod = Pod { ns, veth: veth.clone(), v4: v4.parse().unwrap(), v6: v6.parse().unwrap() };
         let n = &self.ns;
-        let out = n.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{veth}.proxy_arp=1")]);
-        assert!(out.status.success(), "proxy_arp: {}", String::from_utf8_lossy(&out.stderr));
+        // Proxy ARP answers at once (by default after up to 0.8 s, as Calico also changes).
+        for key in [format!("net.ipv4.conf.{veth}.proxy_arp=1"), format!("net.ipv4.neigh.{veth}.proxy_delay=0")] {
+            let out = n.exec(&["sysctl", "-qw", &key]);
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         n.ip(&["addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
         n.ip(&["link", "set", &veth, "up"]);
         n.ip(&["route", "add", route, "dev", &veth]);
