@@ -43,12 +43,7 @@ use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 /// Ingress: judged before the kernel allocates anything for the packet.
 #[xdp]
 pub fn zt_ingress(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end() - ctx.data();
-    if enforce::<true, false>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
+    ingress::<false>(&ctx)
 }
 
 /// Ingress on a guarded (pod) interface: as `zt_ingress`, after anti-spoofing (the source must
@@ -56,8 +51,13 @@ pub fn zt_ingress(ctx: XdpContext) -> u32 {
 /// guard pay nothing for it, not even a flag lookup.
 #[xdp]
 pub fn zt_ingress_guarded(ctx: XdpContext) -> u32 {
+    ingress::<true>(&ctx)
+}
+
+#[inline(always)]
+fn ingress<const GUARD: bool>(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if enforce::<true, true>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
+    if enforce::<true, GUARD>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP

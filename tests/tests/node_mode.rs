@@ -242,7 +242,7 @@ fn forged_sources_are_dropped_and_reported() {
         assert!(!e.is_empty(), "no spoofed event from {src}: {events:?}");
         assert!(e.iter().all(|e| e["iface"] == a.veth.as_str() && e["direction"] == "ingress"), "{e:?}");
         let count: u64 = e.iter().map(|e| e["count"].as_u64().unwrap()).sum();
-        assert!(count >= 1 && count <= 5, "{src}: {count} packets reported of 5: {e:?}");
+        assert!((1..=5).contains(&count), "{src}: {count} packets reported of 5: {e:?}");
     }
     let total: u64 = wait_until_reported(&agent, &forged, 20);
     assert_eq!(total, 20, "every forged packet reported (aggregated)");

@@ -15,6 +15,10 @@
 //! on the established frame and `zt_denied_floor` (parse, conntrack miss, one denial-cache
 //! lookup) on the denied one; the per-packet targets are ratios to these.
 //!
+//! And the ingress program of node mode's guarded (pod) interfaces, `zt_ingress_guarded`, on
+//! the established frame (its source allowed for the test run's interface): what anti-spoofing
+//! adds to a packet. The plain program, which every other interface runs, has no part of it.
+//!
 //! The frames are interleaved (empty, established, denied, new flow, empty, ...) and each cost
 //! is the median over several rounds; ratios are taken within a round, then their median, so
 //! that a noisy neighbour slowing one round down does not bias them. Every run checks the
@@ -136,6 +140,8 @@ struct Options {
     json: Option<PathBuf>,
     /// Only the fleet section (push-to-enforced latency over etcd).
     fleet_only: bool,
+    /// Only the per-packet table (and the rate-limit line).
+    packets_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -153,6 +159,7 @@ fn parse_args() -> Result<Options> {
         rounds: 0,
         json: None,
         fleet_only: false,
+        packets_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -166,6 +173,7 @@ fn parse_args() -> Result<Options> {
             "--json" => o.json = Some(value("--json")?.into()),
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
             "--fleet" => o.fleet_only = true,
+            "--packets" => o.packets_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -174,7 +182,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -184,6 +192,7 @@ fn parse_args() -> Result<Options> {
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
+                     --packets    only the per-packet table (with the guarded ingress and the rate-limit line)\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -880,6 +889,11 @@ fn run() -> Result<bool> {
          - {}: rate-limited / unlimited allowed packet = {ratio:.2} <= {MAX_LIMIT_OVERHEAD}",
         verdict(ok)
     );
+    if opts.packets_only {
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(all_ok || !opts.check);
+    }
 
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
