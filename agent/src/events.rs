@@ -51,6 +51,12 @@ pub struct EventRecord {
     pub proto: String,
     pub src_segment: String,
     pub dst_segment: String,
+    /// With `--k8s-objects`: the pod (`namespace/name`) at the source or destination address,
+    /// as the inventory in force names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_pod: Option<String>,
     /// Packets this record stands for (1 unless aggregated).
     pub count: u64,
     /// Length of the packet that triggered the event (0 for a sweep's report).
@@ -84,6 +90,8 @@ impl EventRecord {
             proto: proto.into(),
             src_segment: src.0.into(),
             dst_segment: dst.0.into(),
+            src_pod: None,
+            dst_pod: None,
             count,
             len: 60,
             revision: 1,
@@ -196,6 +204,8 @@ pub struct Decoder {
     /// The current sweep generation (see [`Seen::generation`]).
     generation: u8,
     ifnames: HashMap<u32, String>,
+    /// The pods of the inventory in force (`--k8s-objects`), to name pod addresses.
+    pods: Arc<crate::k8s::Inventory>,
 }
 
 impl Default for Decoder {
@@ -212,6 +222,7 @@ impl Decoder {
             seen: HashMap::with_capacity_and_hasher(AGGREGATES, Default::default()),
             generation: 0,
             ifnames: HashMap::new(),
+            pods: Arc::default(),
         }
     }
 
@@ -219,6 +230,11 @@ impl Decoder {
     pub fn policy(&mut self, revision: u32, compiled: Arc<CompiledPolicy>) {
         self.policies.push_front((revision, compiled));
         self.policies.truncate(4);
+    }
+
+    /// The inventory whose pods name addresses from now on.
+    pub fn pods(&mut self, pods: Arc<crate::k8s::Inventory>) {
+        self.pods = pods;
     }
 
     fn compiled(&self, revision: u32) -> Option<&CompiledPolicy> {
@@ -354,6 +370,8 @@ impl Decoder {
             sport: ev.sport,
             dport: ev.dport,
             proto: proto_name(ev.proto),
+            src_pod: self.pods.pod(src).map(str::to_string),
+            dst_pod: self.pods.pod(dst).map(str::to_string),
             src_segment,
             dst_segment,
             count,
@@ -509,6 +527,11 @@ impl EventHub {
 
     pub fn policy(&self, revision: u32, compiled: Arc<CompiledPolicy>) {
         self.state().decoder.policy(revision, compiled);
+    }
+
+    /// The pods that name addresses in records from now on (`--k8s-objects`).
+    pub fn pods(&self, pods: Arc<crate::k8s::Inventory>) {
+        self.state().decoder.pods(pods);
     }
 
     /// Decodes kernel events and publishes their records.

@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod events;
 pub mod grants;
 pub mod inventory;
+pub mod k8s;
 pub mod fleet;
 pub mod mapwriter;
 pub mod metrics;

@@ -61,6 +61,12 @@ enum Command {
         fleet_host: Option<String>,
         #[command(flatten)]
         etcd_auth: EtcdAuth,
+        /// Take the cluster inventory (Namespaces, Pods) and NetworkPolicies from the
+        /// Kubernetes objects in this directory (*.yaml, *.yml, *.json, as `kubectl get -o yaml`
+        /// prints them); every policy is translated with them, and each change of the
+        /// directory is applied (a broken version is rejected, shown in `status`).
+        #[arg(long, value_name = "DIR")]
+        k8s_objects: Option<PathBuf>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -193,6 +199,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Kubernetes: NetworkPolicies and label-selected segments.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Distribute policy to a fleet of agents through etcd (`run --policy-source etcd://...`).
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -225,6 +234,24 @@ enum PolicyCommand {
     },
     /// Print the policy in force.
     Get {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Print the native policy the agent would enforce for these Kubernetes objects
+    /// (Namespaces, Pods, NetworkPolicies: `kubectl get -o yaml` lists, multi-document YAML or
+    /// JSON, in any mix and order; a directory stands for its *.yaml, *.yml and *.json files)
+    /// and the native policy; deterministic. Problems are printed as FILE:LINE:COL and nothing
+    /// is printed on stdout then; warnings go to stderr.
+    Translate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The native policy to combine them with (default: `version: 1`, nothing allowed).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
     },
@@ -354,6 +381,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             policy_source,
             fleet_host,
             etcd_auth,
+            k8s_objects,
         } => {
             init_logging(&log);
             let fleet = match policy_source {
@@ -395,6 +423,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 events_file_max_bytes,
                 policy_dir,
                 fleet,
+                k8s_objects,
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -558,6 +587,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         }
                     }
                     // ---
+                    if let Some(k) = &s.k8s_source {
+                        let state = if k.up_to_date { "up to date" } else { "newest version rejected" };
+                        println!(
+                            "kubernetes objects {} ({state}): {} files, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
+                            k.dir, k.files, k.namespaces, k.pods, k.pod_addresses, k.network_policies
+                        );
+                        if let Some(a) = &k.last_applied {
+                            println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+                        }
+                        for w in &k.warnings {
+                            println!("  {w}");
+                        }
+                        if let Some(r) = &k.last_rejection {
+                            println!("  last rejected      {} sha256 {}", r.time, r.sha256.as_deref().unwrap_or("-"));
+                            for line in r.message.lines() {
+                                println!("    {line}");
+                            }
+                        }
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -688,6 +736,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::K8s(K8sCommand::Translate { files, policy: native, output }) => k8s_translate(&files, native.as_deref(), output),
         Command::Uninstall { pin_path } => {
             let removed = datapath::uninstall(&PinLayout::new(&pin_path))
                 .map_err(|e| format!("cannot remove the pins under {}: {e}", pin_path.display()))?;
@@ -695,6 +744,79 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ztagent k8s translate`: the flattened policy on stdout, warnings and a summary on stderr;
+/// diagnostics and a failure when anything cannot be accepted (then nothing on stdout).
+fn k8s_translate(files: &[PathBuf], native: Option<&Path>, output: Format) -> Result<ExitCode, String> {
+    use ztagent::k8s;
+    let native = match native {
+        Some(path) => match policy::load(path) {
+            Ok(p) => p,
+            Err(d) => {
+                eprintln!("{d}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => policy::Policy::default(),
+    };
+    let mut paths = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            paths.extend(k8s::load_dir(f)?);
+        } else {
+            paths.push(f.clone());
+        }
+    }
+    let objects = match k8s::load_objects(&paths) {
+        Ok(o) => o,
+        Err(d) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &objects.warnings {
+        eprintln!("{w}");
+    }
+    let t = k8s::translate(&native, &objects.cluster, &objects.policies).map_err(|e| e.to_string())?;
+    for w in &t.warnings {
+        eprintln!("warning: {w}");
+    }
+    let summary = policy::compile(&t.policy).summary();
+    // Each kernel map holds two policies (the one in force and the next).
+    let limits = Limits::default();
+    let per_slot = [
+        ("segment pairs", summary.pairs, limits.pairs / 2, "--max-pairs"),
+        ("port entries", summary.port_entries, limits.ports / 2, "--max-port-entries"),
+        ("CIDRs", summary.cidrs, limits.cidrs / 2, "--max-cidrs"),
+        ("host addresses", summary.hosts, limits.hosts / 2, "--max-cidrs"),
+    ];
+    for (what, n, max, flag) in per_slot {
+        if n > max as usize {
+            return Err(format!(
+                "the translated policy needs {n} {what}; the kernel maps hold {max} per policy by default (`ztagent run {flag}` sets twice that)"
+            ));
+        }
+    }
+    if summary.rate_limits > agent_common::MAX_LIMITS as usize {
+        return Err(format!(
+            "the translated policy needs {} rate limits (one per class of addresses of each limited segment), at most {}",
+            summary.rate_limits,
+            agent_common::MAX_LIMITS
+        ));
+    }
+    let text = match output {
+        Format::Yaml => t.policy.to_yaml(),
+        Format::Json => t.policy.to_json(),
+    };
+    println!("{}", text.trim_end());
+    eprintln!(
+        "translated {} pods ({} addresses) and {} NetworkPolicies: {summary}",
+        objects.cluster.pods.len(),
+        t.pod_addresses,
+        objects.policies.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
@@ -744,7 +866,11 @@ fn print_check(r: &CheckResult, output: Output) {
         (true, _) => " [audited: not enforced, reported as would-deny]",
         _ => "",
     };
-    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", r.src_segment, r.dst_segment);
+    let side = |segment: &str, pod: &Option<String>| match pod {
+        Some(p) => format!("{segment} {p}"),
+        None => segment.to_string(),
+    };
+    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", side(&r.src_segment, &r.src_pod), side(&r.dst_segment, &r.dst_pod));
 }
 
 /// One aligned line per event, the verdict coloured on a terminal.
@@ -763,8 +889,12 @@ fn event_line(r: &EventRecord, colour: bool) -> String {
         (None, None) => r.reason.clone(),
     };
     let count = if r.count > 1 { format!(" x{}", r.count) } else { String::new() };
+    let pods = match (&r.src_pod, &r.dst_pod) {
+        (None, None) => String::new(),
+        (s, d) => format!(" ({} -> {})", s.as_deref().unwrap_or("-"), d.as_deref().unwrap_or("-")),
+    };
     format!(
-        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}",
+        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}{pods}",
         r.time.get(11..23).unwrap_or(&r.time),
         r.iface,
         r.direction,

@@ -159,7 +159,7 @@ fn filler(k: usize) -> String {
 fn ztagent_policy(n: usize) -> Result<Policy> {
     let seg = |name: &str, cidrs: Vec<String>| -> Result<Segment> {
         let cidrs = cidrs.iter().map(|c| c.parse().with_context(|| format!("CIDR {c}"))).collect::<Result<_>>()?;
-        Ok(Segment { name: name.into(), cidrs, mode: Mode::Enforce })
+        Ok(Segment { name: name.into(), cidrs, mode: Mode::Enforce, selector: None })
     };
     let mut segments = vec![
         seg("client", vec![format!("{CLIENT}/32")])?,

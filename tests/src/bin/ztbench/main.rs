@@ -73,6 +73,7 @@ mod fleet;
 use integration_tests::{Agent, Lan, Netns, TempDir};
 
 mod inventory;
+mod k8s;
 mod parse;
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
@@ -142,6 +143,7 @@ struct Options {
     fleet_only: bool,
     /// Only the per-packet table (and the rate-limit line).
     packets_only: bool,
+    k8s_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -160,6 +162,7 @@ fn parse_args() -> Result<Options> {
         json: None,
         fleet_only: false,
         packets_only: false,
+        k8s_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -174,6 +177,7 @@ fn parse_args() -> Result<Options> {
             "--rounds" => rounds = Some(value("--rounds")?.parse().context("--rounds: not a number")?),
             "--fleet" => o.fleet_only = true,
             "--packets" => o.packets_only = true,
+            "--k8s" => o.k8s_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -182,7 +186,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--k8s] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -193,6 +197,7 @@ fn parse_args() -> Result<Options> {
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
                      --packets    only the per-packet table (with the guarded ingress and the rate-limit line)\n\
+                     --k8s        only the Kubernetes section: `ztagent k8s translate` of 1,000 pods, 200 policies\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -301,7 +306,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
                 SEG_MONITORING => "monitoring".to_owned(),
                 _ => format!("seg{k}"),
             };
-            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce }
+            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce, selector: None }
         })
         .collect();
     for j in 0..nseg * CIDRS_PER_SEGMENT {
@@ -782,6 +787,15 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
 
 fn run() -> Result<bool> {
     let opts = parse_args()?;
+    // Kubernetes translation: a CLI run, no root needed.
+    let k8s_runs = if opts.quick { 5 } else { 9 };
+    if opts.k8s_only {
+        let mut text = String::new();
+        let ok = k8s::translate_time(&mut text, k8s_runs)?;
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(ok || !opts.check);
+    }
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
@@ -904,6 +918,7 @@ fn run() -> Result<bool> {
     text.push_str(&parsing);
     text.push_str(&inventory::memory(100_000)?);
     all_ok &= ok;
+    all_ok &= k8s::translate_time(&mut text, k8s_runs)?;
     fleet::push_to_enforced(&mut text)?;
     println!("{text}");
     write_report(&opts, &text)?;
