@@ -6,7 +6,7 @@
 //!   a veth deleted leaves no pin and no allowed source behind, and the agent runs on without
 //!   a warning; a restart adopts the pods that are there (their links updated in place, an
 //!   established connection going on) and removes the pins and sources of a pod that went
-//!   while no agent ran.
+//!   while no agent ran; a renamed veth keeps its links while its name matches.
 //! - Anti-spoofing: from a pod, raw frames with forged sources (an address of a segment the
 //!   policy allows, another pod's address) are dropped, counted as `drop_spoofed` and reported
 //!   as `denied` / `spoofed` naming the pod's interface, while the same frames from the pod's
@@ -189,6 +189,25 @@ fn pods_are_attached_cleaned_up_and_adopted() {
     let e = host_pod(&node, "e", 5);
     attached(&agent, &e, Instant::now());
     assert!(!tcp_ok(&e.ns, b.v4, 80), "e is in no segment: denied");
+
+    // Renamed to a name the pattern matches, e's links stay (their pins follow the name);
+    // renamed to one it does not match, they are removed.
+    let rename = |from: &str, to: &str| {
+        node.ns.ip(&["link", "set", from, "down"]);
+        node.ns.ip(&["link", "set", from, "name", to]);
+        node.ns.ip(&["link", "set", to, "up"]);
+    };
+    let (f, away) = (format!("{}f", node.prefix), format!("w{}", &e.veth[1..]));
+    rename(&e.veth, &f);
+    let moved = wait_for(WITHIN, || listed(&agent, &f).is_some() && pins_of(&agent, &e.veth).is_empty());
+    assert!(moved.is_some(), "{}: {:?}\n{}", status(&agent), link_pins(&agent.pins), agent.log());
+    assert_eq!(pins_of(&agent, &f).len(), 2, "{:?}", link_pins(&agent.pins));
+    assert!(agent.log().contains("enforced interface renamed"), "the links were not kept:\n{}", agent.log());
+    rename(&f, &away);
+    let dropped = wait_for(WITHIN, || listed(&agent, &f).is_none() && pins_of(&agent, &f).is_empty());
+    assert!(dropped.is_some(), "{}: {:?}", status(&agent), link_pins(&agent.pins));
+    assert!(listed(&agent, &away).is_none() && pins_of(&agent, &away).is_empty());
+    assert_eq!(warnings(&agent.log()), Vec::<&str>::new(), "renames are no error");
     drop(servers_b);
 }
 
