@@ -1217,9 +1217,9 @@ impl PodNode {
     }
 
     /// A pod with addresses `v4` and `v6`, its veth named `<prefix><suffix>`; the node routes
-    /// `route` (a prefix holding `v4`, e.g. `10.77.0.1/32` or `10.77.0.16/28`) and `v6`/128
-    /// out of it.
-    pub fn pod(&self, suffix: &str, v4: &str, route: &str, v6: &str) -> Pod {
+    /// `route4` and `route6` (prefixes holding them, e.g. `10.77.0.1/32`, `10.77.0.16/28`,
+    /// `fd77::1/128`) out of it.
+    pub fn pod(&self, suffix: &str, (v4, route4): (&str, &str), (v6, route6): (&str, &str)) -> Pod {
         let ns = Netns::new("zp");
         let veth = format!("{}{suffix}", self.prefix);
         sh(&["ip", "link", "add", &veth, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
@@ -1232,8 +1232,8 @@ impl PodNode {
         }
         n.ip(&["addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
         n.ip(&["link", "set", &veth, "up"]);
-        n.ip(&["route", "add", route, "dev", &veth]);
-        n.ip(&["-6", "route", "add", &format!("{v6}/128"), "dev", &veth]);
+        n.ip(&["route", "add", route4, "dev", &veth]);
+        n.ip(&["-6", "route", "add", route6, "dev", &veth]);
         let p = &pod.ns;
         p.ip(&["link", "set", "eth0", "up"]);
         p.ip(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);

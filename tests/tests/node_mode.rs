@@ -6,7 +6,7 @@
 //!   a veth deleted leaves no pin and no allowed source behind, and the agent runs on without
 //!   a warning; a restart adopts the pods that are there (their links updated in place, an
 //!   established connection going on) and removes the pins and sources of a pod that went
-//!   while no agent ran.
+//!   while no agent ran; a renamed veth keeps its links while its name matches.
 //! - Anti-spoofing: from a pod, raw frames with forged sources (an address of a segment the
 //!   policy allows, another pod's address) are dropped, counted as `drop_spoofed` and reported
 //!   as `denied` / `spoofed` naming the pod's interface, while the same frames from the pod's
@@ -52,37 +52,55 @@ fn pins_of(agent: &Agent, iface: &str) -> Vec<String> {
     link_pins(&agent.pins).into_iter().filter(|p| p.ends_with(&format!("@{iface}"))).collect()
 }
 
+/// A pod routed as one address per family (`10.77.0.N/32`, `fd77::N/128`).
+fn host_pod(node: &PodNode, suffix: &str, n: u8) -> Pod {
+    let (v4, v6) = (format!("10.77.0.{n}"), format!("fd77::{n:x}"));
+    node.pod(suffix, (&v4, &format!("{v4}/32")), (&v6, &format!("{v6}/128")))
+}
+
 fn pod_a(node: &PodNode) -> Pod {
-    node.pod("a", "10.77.0.1", "10.77.0.1/32", "fd77::1")
+    host_pod(node, "a", 1)
 }
 
-/// Pod b is routed as a /28, as CNIs that hand out small blocks route it.
+/// Pod b is routed as small blocks (a /28, a /124), as CNIs that hand out blocks route pods.
 fn pod_b(node: &PodNode) -> Pod {
-    node.pod("b", "10.77.0.18", "10.77.0.16/28", "fd77::18")
+    node.pod("b", ("10.77.0.18", "10.77.0.16/28"), ("fd77::18", "fd77::10/124"))
 }
 
-/// Waits until `status` lists `pod`'s interface, guarded, with its routes as sources; returns
-/// how long it took.
-fn attached(agent: &Agent, pod: &Pod, route: &str, since: Instant) -> Duration {
+/// The routes of a pod, as `status` lists its sources: pod b's blocks, the others' addresses.
+fn routes_of(pod: &Pod) -> Vec<String> {
+    if pod.veth.ends_with('b') {
+        vec!["10.77.0.16/28".into(), "fd77::10/124".into()]
+    } else {
+        vec![format!("{}/32", pod.v4), format!("{}/128", pod.v6)]
+    }
+}
+
+/// Waits until `status` lists `pod`'s interface, guarded, with its routes (and the always
+/// allowed link-local and unspecified sources) as sources; returns how long it took.
+fn attached(agent: &Agent, pod: &Pod, since: Instant) -> Duration {
+    let routes = routes_of(pod);
     let found = wait_for(WITHIN, || listed(agent, &pod.veth).is_some());
     assert!(found.is_some(), "{} was not attached within {WITHIN:?}:\n{}", pod.veth, agent.log());
     let took = since.elapsed();
     let i = listed(agent, &pod.veth).unwrap();
     assert_eq!(i["guarded"], true, "{i}");
     let sources: Vec<&str> = i["sources"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    let v6 = format!("{}/128", pod.v6);
-    for want in [route, v6.as_str(), "fe80::/10", "::/128"] {
+    for want in routes.iter().map(String::as_str).chain(["fe80::/10", "::/128"]) {
         // The route's source may be learned a moment after the attach (the route is added after
         // the veth): poll for it too.
         if !sources.contains(&want) {
-            let ok = wait_for(WITHIN, || {
-                listed(agent, &pod.veth).is_some_and(|i| i["sources"].as_array().unwrap().iter().any(|s| s == want))
-            });
+            let ok = wait_for(WITHIN, || has_source(agent, &pod.veth, want));
             assert!(ok.is_some(), "{}: source {want} not learned: {i}", pod.veth);
         }
     }
     assert_eq!(pins_of(agent, &pod.veth).len(), 2, "{:?}", link_pins(&agent.pins));
     took
+}
+
+/// Whether `status` lists `iface` with the allowed source `prefix`.
+fn has_source(agent: &Agent, iface: &str, prefix: &str) -> bool {
+    listed(agent, iface).is_some_and(|i| i["sources"].as_array().unwrap().iter().any(|s| s == prefix))
 }
 
 /// A log line at warning level or above (the agent logs plain text).
@@ -102,10 +120,10 @@ fn pods_are_attached_cleaned_up_and_adopted() {
     // Pods appear after the agent started.
     let start = Instant::now();
     let a = pod_a(&node);
-    let took_a = attached(&agent, &a, "10.77.0.1/32", start);
+    let took_a = attached(&agent, &a, start);
     let start = Instant::now();
     let b = pod_b(&node);
-    let took_b = attached(&agent, &b, "10.77.0.16/28", start);
+    let took_b = attached(&agent, &b, start);
     println!("attached after the veth appeared: {took_a:?}, {took_b:?} (the pod's set-up included)");
     let servers_b = Servers::start(&b.ns, &[80], &[7000]);
     let _servers_a = Servers::start(&a.ns, &[81], &[]);
@@ -124,8 +142,8 @@ fn pods_are_attached_cleaned_up_and_adopted() {
     );
 
     // Pod c comes and goes: its pins and sources go with it; the agent runs on, quietly.
-    let c = node.pod("c", "10.77.0.3", "10.77.0.3/32", "fd77::3");
-    attached(&agent, &c, "10.77.0.3/32", Instant::now());
+    let c = host_pod(&node, "c", 3);
+    attached(&agent, &c, Instant::now());
     let c_index = node.ifindex(&c.veth);
     assert!(source_ifindexes(&agent.pins).contains(&c_index));
     node.ns.ip(&["link", "del", &c.veth]);
@@ -138,8 +156,8 @@ fn pods_are_attached_cleaned_up_and_adopted() {
 
     // Pod d is there when the agent is killed and gone when it restarts; an established
     // connection a -> b goes on across the restart.
-    let d = node.pod("d", "10.77.0.4", "10.77.0.4/32", "fd77::4");
-    attached(&agent, &d, "10.77.0.4/32", Instant::now());
+    let d = host_pod(&node, "d", 4);
+    attached(&agent, &d, Instant::now());
     let d_index = node.ifindex(&d.veth);
     let mut held = hold_tcp(&a.ns, b.v4, 80);
     assert!(echoes(&mut held, ECHO));
@@ -168,9 +186,28 @@ fn pods_are_attached_cleaned_up_and_adopted() {
     assert!(tcp_ok(&a.ns, b.v4, 80), "a -> b after the restart");
     assert!(!tcp_ok(&b.ns, a.v4, 81), "b -> a still denied after the restart");
     // A pod created after the restart is attached too.
-    let e = node.pod("e", "10.77.0.5", "10.77.0.5/32", "fd77::5");
-    attached(&agent, &e, "10.77.0.5/32", Instant::now());
+    let e = host_pod(&node, "e", 5);
+    attached(&agent, &e, Instant::now());
     assert!(!tcp_ok(&e.ns, b.v4, 80), "e is in no segment: denied");
+
+    // Renamed to a name the pattern matches, e's links stay (their pins follow the name);
+    // renamed to one it does not match, they are removed.
+    let rename = |from: &str, to: &str| {
+        node.ns.ip(&["link", "set", from, "down"]);
+        node.ns.ip(&["link", "set", from, "name", to]);
+        node.ns.ip(&["link", "set", to, "up"]);
+    };
+    let (f, away) = (format!("{}f", node.prefix), format!("w{}", &e.veth[1..]));
+    rename(&e.veth, &f);
+    let moved = wait_for(WITHIN, || listed(&agent, &f).is_some() && pins_of(&agent, &e.veth).is_empty());
+    assert!(moved.is_some(), "{}: {:?}\n{}", status(&agent), link_pins(&agent.pins), agent.log());
+    assert_eq!(pins_of(&agent, &f).len(), 2, "{:?}", link_pins(&agent.pins));
+    assert!(agent.log().contains("enforced interface renamed"), "the links were not kept:\n{}", agent.log());
+    rename(&f, &away);
+    let dropped = wait_for(WITHIN, || listed(&agent, &f).is_none() && pins_of(&agent, &f).is_empty());
+    assert!(dropped.is_some(), "{}: {:?}", status(&agent), link_pins(&agent.pins));
+    assert!(listed(&agent, &away).is_none() && pins_of(&agent, &away).is_empty());
+    assert_eq!(warnings(&agent.log()), Vec::<&str>::new(), "renames are no error");
     drop(servers_b);
 }
 
@@ -195,8 +232,8 @@ fn forged_sources_are_dropped_and_reported() {
     let pattern = node.pattern();
     let agent = Agent::start_with(&node.ns, &[], Some(&dir.file("p.yaml", POLICY)), &["--iface-pattern", &pattern]);
     let (a, b) = (pod_a(&node), pod_b(&node));
-    for (pod, route) in [(&a, "10.77.0.1/32"), (&b, "10.77.0.16/28")] {
-        attached(&agent, pod, route, Instant::now());
+    for pod in [&a, &b] {
+        attached(&agent, pod, Instant::now());
     }
     let servers = Servers::start(&b.ns, &[], &[7000]);
     // The pod's own stack, from its real addresses: passes.
@@ -254,6 +291,19 @@ fn forged_sources_are_dropped_and_reported() {
     let judged = wait_for(WITHIN, || agent.counter("drop_default") > default);
     assert!(judged.is_some(), "the link-local frame was not judged by the policy:\n{}", agent.log());
     assert_eq!(agent.counter("drop_spoofed"), spoofed, "a link-local source is not spoofed");
+
+    // Routes are followed: without pod a's IPv4 route its real address is not allowed either;
+    // with the route back, it is again.
+    node.ns.ip(&["route", "del", "10.77.0.1/32", "dev", &a.veth]);
+    assert!(wait_for(WITHIN, || !has_source(&agent, &a.veth, "10.77.0.1/32")).is_some(), "{}", status(&agent));
+    let (spoofed, before) = (agent.counter("drop_spoofed"), servers.udp_count(7000));
+    send4("10.77.0.1");
+    assert!(wait_for(WITHIN, || agent.counter("drop_spoofed") > spoofed).is_some(), "no route, no source:\n{}", agent.log());
+    node.ns.ip(&["route", "add", "10.77.0.1/32", "dev", &a.veth]);
+    assert!(wait_for(WITHIN, || has_source(&agent, &a.veth, "10.77.0.1/32")).is_some(), "{}", status(&agent));
+    send4("10.77.0.1");
+    assert!(delivered(before, 1), "the route is back: the real source passes again");
+    assert_eq!(agent.counter("drop_spoofed"), spoofed + 1);
 
     // The metrics' outcome and the text status name the counter.
     let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
