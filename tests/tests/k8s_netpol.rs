@@ -14,13 +14,13 @@ use integration_tests::{
 
 // K8S-WIRING: this is the one place that decides how a case's objects are enforced.
 //
-// Today (`WIRED = false`): `ztagent k8s translate` and `run --k8s-objects` / `--iface-pattern`
-// do not exist yet, so the agent runs with `--iface` on each of the node's pod interfaces, and
+// `WIRED = false` (the harness's first form, kept to run it without the Kubernetes features):
+// the agent runs with `--iface` on each of the node's pod interfaces, and
 // only the cases whose every step carries a hand-translated `native:` policy run: each step's
 // native policy is pushed (`policy push`, which returns once it is installed). The harness still
 // keeps the objects directory exactly as the wired agent will read it, for every case.
 //
-// To wire the features in, set `WIRED = true`. Then:
+// `WIRED = true` (in force):
 // - the agent starts in the node namespace with `--iface-pattern '<prefix>*'` (the topology's
 //   pattern, matching exactly its nine node-side veths) and `--k8s-objects DIR`, DIR holding
 //   `cluster.yaml` (the Namespaces and Pods, a `v1 List` as `kubectl get pods,namespaces -A -o
@@ -33,7 +33,7 @@ use integration_tests::{
 // - `settled()` gives the agent its promised reconcile time (1 s) before a matching round counts;
 //   replace it by waiting for the agent's own acknowledgement once `status` reports the directory
 //   version it applied (a label change may bump no policy revision).
-const WIRED: bool = false;
+const WIRED: bool = true;
 
 /// The bound on a step's table: polled, never a figure the test judges (the promise is 1 s).
 const WITHIN: Duration = Duration::from_secs(20);
