@@ -240,11 +240,22 @@ pub struct LimitStatus {
     pub bytes_dropped: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
     pub ingress: crate::datapath::Attachment,
     pub egress: crate::datapath::Attachment,
+    /// Node mode: the `--iface-pattern` that matched it (null for an `--iface` interface).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+    /// Anti-spoofing on its ingress (node mode's interfaces).
+    #[serde(default)]
+    pub guarded: bool,
+    /// The source prefixes a packet entering it may have (guarded interfaces).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,8 @@ use crate::{
 
 pub struct Config {
     pub ifaces: Vec<String>,
+    /// Node mode: interfaces whose names match are enforced and guarded as they come and go.
+    pub iface_patterns: Vec<crate::node::Pattern>,
     pub policy: Option<PathBuf>,
     pub socket: PathBuf,
     pub pins: PinLayout,
@@ -88,6 +90,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Inventory(#[from] crate::inventory::InventoryError),
     #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
     Translate(#[from] crate::k8s::TranslateError),
     #[error(transparent)]
     K8sApi(#[from] crate::k8s::api::ApiError),
@@ -119,6 +123,8 @@ struct State {
     inventory: Arc<Mutex<crate::inventory::Inventory>>,
     /// Deviation alerts, fed the same way.
     alerts: Arc<Mutex<crate::alerts::Engine>>,
+    /// Node mode (`--iface-pattern`): the interfaces it enforces and guards.
+    node: Option<crate::node::Node>,
     /// `--k8s-objects`: the inventory and NetworkPolicies every policy is translated with
     /// (`None` without Kubernetes: policies are installed as they are), and what `status`
     /// shows of the source.
@@ -226,7 +232,22 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     };
     let alerts = Arc::new(Mutex::new(crate::alerts::Engine::default()));
+    // --- node mode: subscribed to link and route changes before the first dump, so that no
+    // change between that dump and the watch is missed.
+    let node = match node_mode(&cfg, &mut datapath) {
+        Ok(n) => n,
+        Err(e) => {
+            datapath.rollback();
+            return Err(e);
+        }
+    };
+    let (node, watch) = match node {
+        Some((n, w)) => (Some(n), Some(w)),
+        None => (None, None),
+    };
+    // ---
     let mut state = State {
+        node,
         grants,
         inventory: inventory.clone(),
         alerts: alerts.clone(),
@@ -360,6 +381,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     });
     shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.commit();
+    // --- node mode: interfaces and routes followed from now on.
+    if let Some(watch) = watch {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("node-watch".into())
+            .spawn(move || follow_node(watch, &shared))
+            .map_err(|e| DaemonError::Node(crate::node::NodeError::Watch(e)))?;
+    }
+    // ---
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -432,12 +462,77 @@ fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>
         tracing::warn!("no policy given: every IP packet on the enforced interfaces is dropped until one is pushed");
     }
     for iface in &cfg.ifaces {
-        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode)?;
+        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode, false)?;
         tracing::info!(iface = %iface, ?ingress, ?egress, "enforcing");
-        state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
+        state.interfaces.push(Interface { name: iface.clone(), ingress, egress, ..Interface::default() });
     }
+    // --- node mode: the interfaces the patterns match now (an earlier agent's links adopted),
+    // then the pins of interfaces that went away while no agent ran.
+    let links = match state.node.as_mut() {
+        Some(node) => {
+            let (links, routes) = crate::node::Node::read()?;
+            node.reconcile(&mut state.datapath, &links, &routes);
+            Some(links)
+        }
+        None => None,
+    };
+    let exists = |name: &str| match &links {
+        Some(links) => links.iter().any(|l| l.name == name),
+        None => std::ffi::CString::new(name).is_ok_and(|c| {
+            // SAFETY: a valid NUL-terminated string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+        }),
+    };
+    for iface in state.datapath.remove_vanished(exists) {
+        tracing::info!(iface = %iface, "removed the pins of an interface that is gone");
+    }
+    // ---
     // Last: clients take the socket as the sign that the agent enforces.
     bind(&cfg.socket, &cfg.access)
+}
+
+/// Node mode's state and its watch, when `--iface-pattern` is given.
+fn node_mode(cfg: &Config, datapath: &mut Datapath) -> Result<Option<(crate::node::Node, crate::node::Watch)>, DaemonError> {
+    if cfg.iface_patterns.is_empty() {
+        return Ok(None);
+    }
+    let watch = crate::node::Watch::subscribe().map_err(crate::node::NodeError::Watch)?;
+    let node = crate::node::Node::new(cfg.iface_patterns.clone(), cfg.ifaces.clone(), cfg.xdp_mode, &mut datapath.ebpf)?;
+    Ok(Some((node, watch)))
+}
+
+/// How long node mode waits for more changes after one, so that a burst (a CNI creating a
+/// veth, bringing it up, adding its routes) is read once.
+const NODE_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Node mode reads links and routes again at least this often, changes or not.
+const NODE_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Node mode's watch: after every change of links or routes (and every `NODE_RESYNC`), the
+/// dumps are read outside the state lock and the kernel brought in line under it.
+fn follow_node(watch: crate::node::Watch, shared: &Shared) {
+    let mut failing = false;
+    loop {
+        if watch.wait(NODE_RESYNC) {
+            std::thread::sleep(NODE_SETTLE);
+            watch.drain();
+        }
+        let (links, routes) = match crate::node::Node::read() {
+            Ok(r) => r,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("{e}; trying again at the next change");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let State { node, datapath, .. } = &mut *state;
+        if let Some(node) = node {
+            node.reconcile(datapath, &links, &routes);
+        }
+    }
 }
 
 /// The source a policy found at startup came from, told once it is installed.
@@ -689,7 +784,16 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 interfaces: state
                     .interfaces
                     .iter()
-                    .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress })
+                    .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress, ..Interface::default() })
+                    .chain(state.node.iter().flat_map(|n| n.status()).map(|p| Interface {
+                        name: p.pod.name,
+                        ingress: p.pod.ingress,
+                        egress: p.pod.egress,
+                        pattern: Some(p.pod.pattern),
+                        ifindex: Some(p.pod.ifindex),
+                        guarded: true,
+                        sources: p.sources,
+                    }))
                     .collect(),
                 counters,
                 policy_source: state.policy_source.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),

@@ -16,7 +16,7 @@ use agent_common::{
     AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_GRANT_EXPIRED, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
-        REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED,
+        REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
         VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
     },
 };
@@ -191,6 +191,9 @@ impl std::hash::Hasher for IdHasher {
         self.0 = v;
     }
 }
+
+/// Interface names the decoder remembers at most.
+const MAX_IFNAMES: usize = 4096;
 
 /// Turns kernel events into records: names, exact counts, wall-clock times.
 pub struct Decoder {
@@ -380,6 +383,11 @@ impl Decoder {
     }
 
     fn ifname(&mut self, ifindex: u32) -> String {
+        // Node mode's interfaces come and go (and their indexes are not reused soon): names
+        // are looked up again rather than remembered without bound.
+        if self.ifnames.len() >= MAX_IFNAMES && !self.ifnames.contains_key(&ifindex) {
+            self.ifnames.clear();
+        }
         self.ifnames
             .entry(ifindex)
             .or_insert_with(|| {
@@ -418,6 +426,7 @@ pub fn reason_name(r: u8) -> &'static str {
         REASON_NO_POLICY => "no-policy",
         REASON_RATE_LIMIT => "rate-limit",
         REASON_GRANT_EXPIRED => "grant-expired",
+        REASON_SPOOFED => "spoofed",
         _ => "unknown",
     }
 }

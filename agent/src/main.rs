@@ -33,8 +33,14 @@ enum Command {
     /// Run the enforcement daemon on the given interfaces.
     Run {
         /// An interface to enforce (ingress XDP + egress TC); repeat for several.
-        #[arg(long = "iface", required = true)]
+        #[arg(long = "iface", required_unless_present = "iface_patterns")]
         ifaces: Vec<String>,
+        /// Node mode: enforce every interface whose name matches this glob (`*`, `?`,
+        /// `[a-z]`), e.g. the pods' `veth*`, `lxc*` or `cali*`, as interfaces appear and go;
+        /// each is guarded by anti-spoofing (sources: the node's routes out of it). Repeat for
+        /// several; combines with --iface (those stay unguarded).
+        #[arg(long = "iface-pattern", value_name = "GLOB")]
+        iface_patterns: Vec<String>,
         /// The policy to install before attaching; without it, the policy already in the
         /// kernel is kept, or everything IP is dropped until one is pushed.
         #[arg(long)]
@@ -363,6 +369,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Run {
             ifaces,
+            iface_patterns,
             policy,
             pin_path,
             xdp_mode,
@@ -393,8 +400,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 None => None,
             };
             let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
+            let iface_patterns = iface_patterns
+                .iter()
+                .map(|p| ztagent::node::Pattern::new(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             let cfg = daemon::Config {
                 ifaces,
+                iface_patterns,
                 policy,
                 socket,
                 pins: PinLayout::new(pin_path),
@@ -531,7 +544,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     println!("policy revision: {} ({})", s.revision, s.mode);
                     println!("pin path: {}\nxdp mode: {}", s.pin_path, s.xdp_mode);
                     for i in &s.interfaces {
-                        println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                        let how = match &i.pattern {
+                            Some(p) => format!(" (pattern {p}, guarded)"),
+                            None => String::new(),
+                        };
+                        println!("interface {}{how}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                        if i.guarded {
+                            println!("  allowed sources    {}", i.sources.join(", "));
+                        }
                     }
                     for m in &s.maps {
                         println!("map {:<16} {} of {} entries", m.map, m.entries, m.capacity);

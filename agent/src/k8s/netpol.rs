@@ -76,9 +76,10 @@ pub struct Translation {
     pub policy: Policy,
     /// One sentence each (an address two pods claim, a split rate-limit budget, ...).
     pub warnings: Vec<String>,
-    /// Endpoint pod addresses classified.
+    /// Endpoint pod addresses classified (none when NetworkPolicy adds nothing and selectors
+    /// do not move them).
     pub pod_addresses: usize,
-    /// Output segments (classes) before and after merging indistinguishable ones.
+    /// Classes of addresses, before those no flow tells apart were merged into one segment.
     pub classes: usize,
 }
 
@@ -442,6 +443,8 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         &mut members,
     );
     let mut pod_addresses = 0;
+    // The pod addresses classes hold (all of them, unless NetworkPolicy adds nothing).
+    let mut classified: BTreeSet<IpAddr> = BTreeSet::new();
     for (&ip, &pi) in &owner {
         let pod: &Pod = &cluster.pods[pi];
         let nsl = ns_labels.entry(&pod.namespace).or_insert_with(|| cluster.namespace_labels(&pod.namespace));
@@ -493,6 +496,7 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         };
         let c = class_of(key, &mut classes, &mut members);
         members[c].pods.push(ip);
+        classified.insert(ip);
         pod_addresses += 1;
     }
 
@@ -514,7 +518,7 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         cuts.insert(V4_SPACE);
     }
     for &k in &cuts {
-        if k.0 == 128 && owner.contains_key(&ip_of(k)) {
+        if k.0 == 128 && classified.contains(&ip_of(k)) {
             // The pod's own address: its class holds it.
             continue;
         }

@@ -377,6 +377,29 @@ fn native_rules_and_network_policies_combine() {
 }
 
 #[test]
+fn under_default_allow_without_network_policies_pods_are_plain_addresses() {
+    let native = r#"
+version: 1
+defaultAction: allow
+segments:
+  pinned: { cidrs: [10.0.1.1/32] }
+  web: { selector: { labels: { pod: b } } }
+  pods: { cidrs: [10.0.0.0/16] }
+rules:
+  - { name: no-web-to-pinned, from: [web], to: [pinned], action: deny }
+"#;
+    let t = translated(native, &model());
+    let c = policy::compile(&t.policy);
+    let seg = |a: IpAddr| c.segment_name(c.lookup(a, a, TCP, 1).src_segment).unwrap().to_string();
+    assert_eq!(seg(pod_ip("x/a")), "pinned", "{}", t.policy.to_yaml());
+    assert_eq!(seg(pod_ip("y/b")), "web");
+    assert_eq!(seg(pod_ip("y/a")), "pods");
+    assert_eq!(t.policy.rules.len(), 1, "no NetworkPolicy rules are needed under defaultAction: allow");
+    let j = Judge { compiled: c, policy: t.policy };
+    assert!(!j.tcp("z/b", "x/a", 80) && j.tcp("z/a", "x/a", 80) && j.tcp("x/a", "z/b", 80));
+}
+
+#[test]
 fn a_policy_without_network_policies_pods_or_selectors_translates_to_itself() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml")).unwrap();
     let native = policy::parse(&text, "policy.yaml").unwrap();
@@ -679,6 +702,9 @@ fn random_case(rng: &mut Rng) -> (String, String) {
         objs.push_str(&np(ns, &format!("np{i}"), spec.trim_end()));
     }
     let mut native = String::from("version: 1\nsegments:\n");
+    if !objs.contains("kind: NetworkPolicy") && rng.below(2) == 0 {
+        native = String::from("version: 1\ndefaultAction: allow\nsegments:\n");
+    }
     native.push_str(&format!("  s1: {{ cidrs: [{}] }}\n", rng.pick(&["10.0.0.0/16", "10.0.1.0/24", "10.0.0.0/8"])));
     native.push_str(&format!("  s2: {{ selector: {{ labels: {{ app: {} }} }}, cidrs: [192.168.1.0/24] }}\n", rng.pick(&VALUES)));
     native.push_str(&format!("  s3: {{ cidrs: [{}] }}\n", rng.pick(&["10.0.1.1/32", "192.168.0.0/16", "fd00::/16"])));
