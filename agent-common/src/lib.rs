@@ -310,6 +310,9 @@ pub mod event {
     pub const REASON_RATE_LIMIT: u8 = 7;
     /// A tracked flow of a time-bound grant past its deadline (`Event::rule` = the grant's rule).
     pub const REASON_GRANT_EXPIRED: u8 = 8;
+    /// Entered a guarded (pod) interface from a source address that interface may not send
+    /// from (see [`super::SourceData`]).
+    pub const REASON_SPOOFED: u8 = 9;
 
     pub const DIRECTION_INGRESS: u8 = 0;
     pub const DIRECTION_EGRESS: u8 = 1;
@@ -420,6 +423,23 @@ pub struct LimitStats {
     pub _pad: u64,
 }
 
+/// Data of a `SOURCES` LPM key (anti-spoofing on guarded interfaces, the pod interfaces of node
+/// mode): the interface index (big endian) then the source address. An entry is one prefix a
+/// packet entering that interface may come from; its key's prefix length is
+/// [`SOURCE_IFINDEX_BITS`] + the prefix's length in IPv6 space (IPv4 /n is /96+n). The datapath
+/// looks a packet up with the whole key (32 + 128 bits): a miss is a spoofed source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceData {
+    pub ifindex: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Bits of the interface prefix in a `SOURCES` key, before the 128 bits of the address.
+pub const SOURCE_IFINDEX_BITS: u32 = 32;
+/// Capacity of `SOURCES`: allowed source prefixes over all guarded interfaces together.
+pub const MAX_SOURCES: u32 = 65_536;
+
 /// Fragments of an allowed datagram are accepted for this long after its first fragment.
 pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
@@ -458,7 +478,9 @@ pub mod counter {
     pub const AUDIT_DENY: u32 = 14;
     /// Audit mode: a packet over its rate limit, passed.
     pub const AUDIT_RATE_LIMIT: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Entered a guarded (pod) interface from a source address it may not send from.
+    pub const DROP_SPOOFED: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_tracked",
@@ -477,6 +499,7 @@ pub mod counter {
         "events_lost",
         "audit_deny",
         "audit_rate_limit",
+        "drop_spoofed",
     ];
 }
 
@@ -506,12 +529,15 @@ pub mod maps {
     pub const COUNTERS: &str = "ZT_COUNTERS";
     pub const GRANTS: &str = "ZT_GRANTS";
     pub const GRANT_SOURCES: &str = "ZT_GRANT_SRCS";
+    pub const SOURCES: &str = "ZT_SOURCES";
 }
 
 /// Program names in the object file.
 pub mod programs {
     pub const INGRESS: &str = "zt_ingress";
     pub const EGRESS: &str = "zt_egress";
+    /// Ingress on a guarded (pod) interface: anti-spoofing (`SOURCES`), then as `INGRESS`.
+    pub const INGRESS_GUARDED: &str = "zt_ingress_guarded";
     /// An empty XDP program, the benchmark's baseline.
     pub const BASELINE: &str = "zt_baseline";
     /// Parse and one conntrack lookup: the least a stateful program does, for the benchmark.
@@ -551,4 +577,5 @@ mod pod {
     unsafe impl aya::Pod for AggKey {}
     unsafe impl aya::Pod for AggValue {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for SourceData {}
 }

@@ -1,9 +1,9 @@
 //! The ztagent datapath: one XDP program for ingress and one TC (clsact) program for egress,
 //! sharing maps and the same decision pipeline:
 //!
-//! parse -> (non-IP, neighbour discovery: pass) -> fragments -> ICMP errors -> conntrack ->
-//! recent denials -> policy (identity, pair, ports) -> track the new flow, or remember the
-//! denial and drop.
+//! parse -> (non-IP, neighbour discovery: pass) -> (guarded interfaces: anti-spoofing) ->
+//! fragments -> ICMP errors -> conntrack -> recent denials -> policy (identity, pair, ports) ->
+//! track the new flow, or remember the denial and drop.
 #![no_std]
 #![no_main]
 // Compare-and-exchange and atomic add on map values (see `atomics`): core's atomics lack them on BPF,
@@ -14,6 +14,7 @@
 mod atomics;
 mod conntrack;
 mod events;
+mod guard;
 mod identity;
 mod maps;
 mod parse;
@@ -31,7 +32,7 @@ use aya_ebpf::{
 };
 use agent_common::event::{
     REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
-    REASON_GRANT_EXPIRED, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
+    REASON_GRANT_EXPIRED, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
     VERDICT_WOULD_RATE_LIMIT,
 };
 use events::what;
@@ -42,8 +43,21 @@ use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 /// Ingress: judged before the kernel allocates anything for the packet.
 #[xdp]
 pub fn zt_ingress(ctx: XdpContext) -> u32 {
+    ingress::<false>(&ctx)
+}
+
+/// Ingress on a guarded (pod) interface: as `zt_ingress`, after anti-spoofing (the source must
+/// be one this interface may send from). A program of its own, so that interfaces without the
+/// guard pay nothing for it, not even a flag lookup.
+#[xdp]
+pub fn zt_ingress_guarded(ctx: XdpContext) -> u32 {
+    ingress::<true>(&ctx)
+}
+
+#[inline(always)]
+fn ingress<const GUARD: bool>(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if enforce::<true>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
+    if enforce::<true, GUARD>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -171,13 +185,14 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context's __sk_buff, valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if enforce::<false>(ctx.data(), ctx.data_end(), len, ifindex) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+    if enforce::<false, false>(ctx.data(), ctx.data_end(), len, ifindex) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
 }
 
 /// true = pass, false = drop. Every outcome is counted, and reported as an event (drops
-/// aggregated). Rate limits apply at ingress only.
+/// aggregated). Rate limits apply at ingress only; anti-spoofing (`GUARD`) on guarded
+/// interfaces' ingress only.
 #[inline(always)]
-fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifindex: u32) -> bool {
+fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize, len: usize, ifindex: u32) -> bool {
     let mut pkt = Packet::new();
     let mut clock = Clock::new();
     if parse::parse(data, data_end, len, &mut pkt).is_err() {
@@ -210,6 +225,16 @@ fn enforce<const INGRESS: bool>(data: usize, data_end: usize, len: usize, ifinde
         _ => return no_policy::<INGRESS>(&mut pkt, &mut clock),
     };
     pkt.revision = cfg.revision;
+    // Anti-spoofing, before anything can pass (a tracked flow, a fragment, an ICMP error): a
+    // source this interface may not send from is dropped whatever the policy says, also in
+    // audit mode. The lookup is a subprogram (its key off this frame); the drop reuses the
+    // event path every other drop takes.
+    if GUARD && !guard::allowed(ifindex, &pkt.tuple.src) {
+        count(counter::DROP_SPOOFED);
+        pkt.now = clock.coarse();
+        events::dropped(&pkt, what(VERDICT_DENIED, REASON_SPOOFED, INGRESS), 0);
+        return false;
+    }
     // Audit mode: what the policy denies or rate-limits passes, counted and reported (a rule
     // or a segment in audit mode does the same for its own denials: `Judgement::audit`).
     let audit = cfg.flags & SLOT_F_AUDIT != 0;

@@ -5,7 +5,7 @@
 //! same.
 use agent_common::{
     AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, Verdict, counter,
+    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -111,6 +111,11 @@ pub fn grant_expired(grant: u32, now: u64) -> bool {
         None => true,
     }
 }
+
+/// Anti-spoofing: per guarded (pod) interface, the source prefixes a packet entering it may come
+/// from (the node's routes out of that interface, kept by the agent); see `guard`.
+#[map(name = "ZT_SOURCES")]
+pub static SOURCES: LpmTrie<SourceData, u32> = LpmTrie::pinned(MAX_SOURCES, 0);
 
 /// Packet counters by outcome (see `agent_common::counter`).
 #[map(name = "ZT_COUNTERS")]

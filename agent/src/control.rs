@@ -91,6 +91,12 @@ pub struct CheckResult {
     pub rule: Option<String>,
     pub src_segment: String,
     pub dst_segment: String,
+    /// With `--k8s-objects` (live checks): the pod (`namespace/name`) at the source or
+    /// destination address, as the inventory in force names it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub src_pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dst_pod: Option<String>,
     /// The rate limit the flow's packets count against, if any (allowed flows only).
     #[serde(default)]
     pub rate_limit: Option<String>,
@@ -128,6 +134,36 @@ pub struct Status {
     /// `run --policy-dir`: the directory and what became of its versions (null without it).
     #[serde(default)]
     pub policy_source: Option<PolicySource>,
+    /// `run --k8s-objects`: the directory of Kubernetes objects and what became of its
+    /// versions (null without it).
+    #[serde(default)]
+    pub k8s_source: Option<K8sSource>,
+}
+
+/// The Kubernetes objects source (`ztagent run --k8s-objects DIR`), as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct K8sSource {
+    /// `dir` (`--k8s-objects`) or `api` (`--k8s-api`).
+    #[serde(default)]
+    pub source: String,
+    /// The directory watched; with `api`, the API server's URL.
+    pub dir: String,
+    /// True when the directory's newest version is the one in force; false while it is
+    /// rejected (the inventory and NetworkPolicies applied before stay in force).
+    pub up_to_date: bool,
+    /// What is in force: object files read (with `api`: objects), namespaces, pods (endpoint
+    /// addresses among them), NetworkPolicies.
+    pub files: usize,
+    pub namespaces: usize,
+    pub pods: usize,
+    pub pod_addresses: usize,
+    pub network_policies: usize,
+    /// The warnings of the version in force (skipped kinds, ...), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// `sha256`: of the object files (each file's name, a NUL, its bytes, in name order).
+    pub last_applied: Option<AppliedVersion>,
+    pub last_rejection: Option<RejectedVersion>,
 }
 
 /// The policy directory source (`ztagent run --policy-dir DIR`), as `status` shows it.
@@ -204,11 +240,22 @@ pub struct LimitStatus {
     pub bytes_dropped: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
     pub ingress: crate::datapath::Attachment,
     pub egress: crate::datapath::Attachment,
+    /// Node mode: the `--iface-pattern` that matched it (null for an `--iface` interface).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+    /// Anti-spoofing on its ingress (node mode's interfaces).
+    #[serde(default)]
+    pub guarded: bool,
+    /// The source prefixes a packet entering it may have (guarded interfaces).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,8 @@ use crate::{
 
 pub struct Config {
     pub ifaces: Vec<String>,
+    /// Node mode: interfaces whose names match are enforced and guarded as they come and go.
+    pub iface_patterns: Vec<crate::node::Pattern>,
     pub policy: Option<PathBuf>,
     pub socket: PathBuf,
     pub pins: PinLayout,
@@ -53,6 +55,11 @@ pub struct Config {
     // --- fleet (see `fleet`)
     /// Take the policy from etcd, as this host.
     pub fleet: Option<(crate::fleet::Target, String)>,
+    // --- Kubernetes (see `k8s` and `watch::ObjectsDir`)
+    /// Take the inventory and NetworkPolicies from this directory of Kubernetes objects.
+    pub k8s_objects: Option<PathBuf>,
+    /// Take them from the Kubernetes API (see `k8s::api`).
+    pub k8s_api: Option<crate::k8s::api::ApiConfig>,
     // ---
 }
 
@@ -86,6 +93,12 @@ pub enum DaemonError {
     FlowCount(#[from] crate::flowcount::FlowCountError),
     #[error(transparent)]
     Baseline(#[from] crate::alerts::BaselineError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
+    Translate(#[from] crate::k8s::TranslateError),
+    #[error(transparent)]
+    K8sApi(#[from] crate::k8s::api::ApiError),
 }
 
 /// The policy in force, as the agent knows it.
@@ -116,6 +129,36 @@ struct State {
     alerts: Arc<Mutex<crate::alerts::Engine>>,
     /// Reads the flows' packet and byte counters (for the inventory and the alerts' rates).
     flows: Arc<Mutex<crate::flowcount::FlowReader>>,
+    /// Node mode (`--iface-pattern`): the interfaces it enforces and guards.
+    node: Option<crate::node::Node>,
+    /// `--k8s-objects`: the inventory and NetworkPolicies every policy is translated with
+    /// (`None` without Kubernetes: policies are installed as they are), and what `status`
+    /// shows of the source.
+    k8s: Option<Arc<K8sView>>,
+    k8s_source: Option<crate::watch::K8sReport>,
+    /// The warnings of the last translation.
+    last_k8s_warnings: Vec<String>,
+}
+
+impl State {
+    fn k8s_warnings(&self) -> Vec<String> {
+        self.last_k8s_warnings.clone()
+    }
+}
+
+/// The Kubernetes inputs in force: what every native policy is translated with.
+#[derive(Default)]
+pub struct K8sView {
+    pub cluster: crate::k8s::Cluster,
+    pub policies: Vec<crate::k8s::NetworkPolicy>,
+    /// The cluster's pod addresses, to name them (`ns/pod`) in `check` and events.
+    pub inventory: Arc<crate::k8s::Inventory>,
+}
+
+impl K8sView {
+    pub fn new(cluster: crate::k8s::Cluster, policies: Vec<crate::k8s::NetworkPolicy>) -> K8sView {
+        K8sView { inventory: Arc::new(crate::k8s::Inventory::of(&cluster)), cluster, policies }
+    }
 }
 
 /// How far behind the live stream a client may fall before it is told what it missed.
@@ -147,6 +190,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // invalid (logged and reported), the last-known-good one below is taken instead.
     let mut policy_dir = cfg.policy_dir.as_deref().map(crate::watch::PolicyDir::open).transpose()?;
     let from_dir = policy_dir.as_mut().and_then(|d| d.initial());
+    // ---
+    // --- Kubernetes objects: read before the first install, which translates with them.
+    let mut objects_dir = cfg.k8s_objects.as_deref().map(crate::watch::ObjectsDir::open).transpose()?;
+    let initial_objects = objects_dir.as_mut().map(|d| d.initial().unwrap_or_default());
+    // The Kubernetes API likewise: its first snapshot, waited for a while.
+    let mut api = match &cfg.k8s_api {
+        Some(c) => Some(crate::k8s::api::ApiSource::start(c).await?),
+        None => None,
+    };
+    let initial_objects = match api.as_mut() {
+        Some(a) => Some(a.initial(crate::k8s::api::START_WAIT).await.unwrap_or_default()),
+        None => initial_objects,
+    };
     // ---
     // --- fleet: the same, from etcd (a few seconds at most when etcd is unreachable).
     let mut fleet = cfg.fleet.clone().map(|(target, host)| crate::fleet::Source::new(target, host));
@@ -195,8 +251,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    // --- node mode: subscribed to link and route changes before the first dump, so that no
+    // change between that dump and the watch is missed.
+    let node = match node_mode(&cfg, &mut datapath) {
+        Ok(n) => n,
+        Err(e) => {
+            datapath.rollback();
+            return Err(e);
+        }
+    };
+    let (node, watch) = match node {
+        Some((n, w)) => (Some(n), Some(w)),
+        None => (None, None),
+    };
+    // ---
     let mut state = State {
         flows,
+        node,
         grants,
         inventory: inventory.clone(),
         alerts: alerts.clone(),
@@ -207,6 +278,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         hub: hub.clone(),
         state_dir: cfg.state_dir.clone(),
         policy_source: None,
+        k8s: initial_objects.map(|o| Arc::new(K8sView::new(o.cluster, o.policies))),
+        k8s_source: objects_dir.as_ref().map(|d| d.report()).or_else(|| api.as_ref().map(|a| a.report())),
+        last_k8s_warnings: Vec::new(),
         gauges: Arc::new(crate::metrics::MapGauges::open(&cfg.pins.maps())),
         xdp_mode: match cfg.xdp_mode {
             XdpMode::Driver => "native",
@@ -230,6 +304,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    let reconciled = crate::watch::Reconciled { revision: state.writer.revision(), warnings: state.k8s_warnings() };
+    if let Some(dir) = objects_dir.as_mut() {
+        dir.installed(&reconciled);
+    }
+    if let Some(api) = api.as_mut() {
+        api.installed(&reconciled);
+    }
 
     // --- metrics and event files: subscribed before the reader starts, they miss nothing.
     let sink = events_file.map(|f| {
@@ -270,13 +351,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         })
-        .map_err(|source| {
-            rollback.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
-            DaemonError::PolicyDir(crate::watch::WatchError::Dir {
-                path: cfg.policy_dir.clone().unwrap_or_default(),
-                message: format!("cannot start its watcher: {source}"),
-            })
-        })?;
+        .map_err(|source| watcher_failed(&rollback, cfg.policy_dir.as_deref(), &source))?;
     }
     // --- fleet: each new revision is installed like a push, under the state lock.
     if let Some(fleet) = fleet {
@@ -285,6 +360,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         }));
+    }
+    // --- Kubernetes objects (a directory or the API): each new version is reconciled, under
+    // the state lock.
+    let reconciler = |shared: Shared| {
+        move |objects: crate::k8s::Objects| {
+            let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&mut state, objects.cluster, objects.policies).map_err(|e| e.to_string())
+        }
+    };
+    if let Some(dir) = objects_dir {
+        dir.spawn(reconciler(shared.clone())).map_err(|source| watcher_failed(&shared, cfg.k8s_objects.as_deref(), &source))?;
+    }
+    if let Some(api) = api {
+        api.spawn(reconciler(shared.clone()));
     }
     // ---
     // Every second: grants that end are taken out of the policy (the kernel has ended them
@@ -321,6 +410,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     });
     shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.commit();
+    // --- node mode: interfaces and routes followed from now on.
+    if let Some(watch) = watch {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("node-watch".into())
+            .spawn(move || follow_node(watch, &shared))
+            .map_err(|e| DaemonError::Node(crate::node::NodeError::Watch(e)))?;
+    }
+    // ---
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -347,6 +445,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// A directory watcher that could not start: the start fails, leaving nothing attached.
+fn watcher_failed(shared: &Shared, dir: Option<&Path>, source: &std::io::Error) -> DaemonError {
+    shared.lock().unwrap_or_else(|p| p.into_inner()).datapath.rollback();
+    DaemonError::PolicyDir(crate::watch::WatchError::Dir {
+        path: dir.map(Path::to_path_buf).unwrap_or_default(),
+        message: format!("cannot start its watcher: {source}"),
+    })
+}
+
 /// Installs the policy the agent starts with, attaches to every interface, then serves the
 /// control socket: the interfaces are never enforced with an empty policy (which would drop
 /// everything) when a policy was given.
@@ -362,10 +469,12 @@ fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>
             Initial::Fleet(fleet) => fleet.installed(r.revision),
         }
     } else if let Some((revision, saved)) = crate::state::load(&state.state_dir)? {
-        if state.writer.active_slot().is_some() && state.writer.revision() == revision {
+        // With Kubernetes objects the kernel's policy was translated with an inventory that
+        // may be gone: translate and install afresh.
+        if state.k8s.is_none() && state.writer.active_slot().is_some() && state.writer.revision() == revision {
             // The pinned maps hold exactly the last-known-good policy (and its grants, whose
             // deadlines the kernel keeps): keep them as they are.
-            let compiled = compile_with(&saved, &state.grants.grants);
+            let compiled = compile_with(&saved, &state.grants.grants, None)?.0;
             state.hub.policy(revision, compiled.clone());
             state.alerts.lock().unwrap_or_else(|p| p.into_inner()).configure(saved.alerts.clone(), unix_now());
             state.installed = Some(Installed { revision, policy: saved, compiled, installed_at: unix_now() });
@@ -374,18 +483,87 @@ fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>
             let r = install(state, saved)?;
             tracing::info!(revision = r.revision, "the last-known-good policy (revision {revision}) installed again");
         }
+    } else if state.k8s.is_some() {
+        // No native policy: the NetworkPolicies alone (with `version: 1`, nothing else allowed).
+        let r = install(state, Policy::default())?;
+        tracing::info!(revision = r.revision, "no native policy given: the NetworkPolicies alone installed");
     } else if state.writer.active_slot().is_some() {
         tracing::info!(revision = state.writer.revision(), "keeping the policy already in the kernel");
     } else {
         tracing::warn!("no policy given: every IP packet on the enforced interfaces is dropped until one is pushed");
     }
     for iface in &cfg.ifaces {
-        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode)?;
+        let [ingress, egress] = state.datapath.attach(iface, cfg.xdp_mode, false)?;
         tracing::info!(iface = %iface, ?ingress, ?egress, "enforcing");
-        state.interfaces.push(Interface { name: iface.clone(), ingress, egress });
+        state.interfaces.push(Interface { name: iface.clone(), ingress, egress, ..Interface::default() });
     }
+    // --- node mode: the interfaces the patterns match now (an earlier agent's links adopted),
+    // then the pins of interfaces that went away while no agent ran.
+    let links = match state.node.as_mut() {
+        Some(node) => {
+            let (links, routes) = crate::node::Node::read()?;
+            node.reconcile(&mut state.datapath, &links, &routes);
+            Some(links)
+        }
+        None => None,
+    };
+    let exists = |name: &str| match &links {
+        Some(links) => links.iter().any(|l| l.name == name),
+        None => std::ffi::CString::new(name).is_ok_and(|c| {
+            // SAFETY: a valid NUL-terminated string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+        }),
+    };
+    for iface in state.datapath.remove_vanished(exists) {
+        tracing::info!(iface = %iface, "removed the pins of an interface that is gone");
+    }
+    // ---
     // Last: clients take the socket as the sign that the agent enforces.
     bind(&cfg.socket, &cfg.access)
+}
+
+/// Node mode's state and its watch, when `--iface-pattern` is given.
+fn node_mode(cfg: &Config, datapath: &mut Datapath) -> Result<Option<(crate::node::Node, crate::node::Watch)>, DaemonError> {
+    if cfg.iface_patterns.is_empty() {
+        return Ok(None);
+    }
+    let watch = crate::node::Watch::subscribe().map_err(crate::node::NodeError::Watch)?;
+    let node = crate::node::Node::new(cfg.iface_patterns.clone(), cfg.ifaces.clone(), cfg.xdp_mode, &mut datapath.ebpf)?;
+    Ok(Some((node, watch)))
+}
+
+/// How long node mode waits for more changes after one, so that a burst (a CNI creating a
+/// veth, bringing it up, adding its routes) is read once.
+const NODE_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Node mode reads links and routes again at least this often, changes or not.
+const NODE_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Node mode's watch: after every change of links or routes (and every `NODE_RESYNC`), the
+/// dumps are read outside the state lock and the kernel brought in line under it.
+fn follow_node(watch: crate::node::Watch, shared: &Shared) {
+    let mut failing = false;
+    loop {
+        if watch.wait(NODE_RESYNC) {
+            std::thread::sleep(NODE_SETTLE);
+            watch.drain();
+        }
+        let (links, routes) = match crate::node::Node::read() {
+            Ok(r) => r,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("{e}; trying again at the next change");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let State { node, datapath, .. } = &mut *state;
+        if let Some(node) = node {
+            node.reconcile(datapath, &links, &routes);
+        }
+    }
 }
 
 /// The source a policy found at startup came from, told once it is installed.
@@ -409,17 +587,50 @@ fn bind(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
 }
 
 fn install(state: &mut State, parsed: Policy) -> Result<PushResult, DaemonError> {
-    let compiled = compile_with(&parsed, &state.grants.grants);
+    let (compiled, warnings) = compile_with(&parsed, &state.grants.grants, state.k8s.as_deref())?;
+    state.last_k8s_warnings = warnings;
     install_compiled(state, parsed, compiled)
 }
 
-/// What the kernel gets of `parsed`: the policy and the rules of the grants in force.
-fn compile_with(parsed: &Policy, grants: &[crate::grants::Grant]) -> Arc<CompiledPolicy> {
+/// What the kernel gets of `parsed`: the policy and the rules of the grants in force, translated
+/// with the Kubernetes inputs when there are any; and the translation's warnings.
+fn compile_with(
+    parsed: &Policy,
+    grants: &[crate::grants::Grant],
+    k8s: Option<&K8sView>,
+) -> Result<(Arc<CompiledPolicy>, Vec<String>), DaemonError> {
     let (with, skipped) = crate::grants::with_grants(parsed, grants);
     for (id, e) in skipped {
         tracing::warn!("grant {id} does not apply to this policy: {e}");
     }
-    Arc::new(policy::compile(&with))
+    match k8s {
+        None => Ok((Arc::new(policy::compile(&with)), Vec::new())),
+        Some(view) => {
+            let t = crate::k8s::translate(&with, &view.cluster, &view.policies)?;
+            Ok((Arc::new(policy::compile(&t.policy)), t.warnings))
+        }
+    }
+}
+
+/// The one entry point of every Kubernetes source (today the `--k8s-objects` directory; an
+/// API watcher would call it the same way): the inventory and the NetworkPolicies are now
+/// `cluster` and `policies`. The native policy in force (or `version: 1` if none) is translated
+/// with them, compiled and installed like a push (atomically, a new revision). On failure
+/// (a translation the native policy refuses, full maps) nothing changes.
+fn reconcile(
+    state: &mut State,
+    cluster: crate::k8s::Cluster,
+    policies: Vec<crate::k8s::NetworkPolicy>,
+) -> Result<crate::watch::Reconciled, DaemonError> {
+    let old = state.k8s.replace(Arc::new(K8sView::new(cluster, policies)));
+    let native = state.installed.as_ref().map_or_else(Policy::default, |i| i.policy.clone());
+    match install(state, native) {
+        Ok(r) => Ok(crate::watch::Reconciled { revision: r.revision, warnings: state.k8s_warnings() }),
+        Err(e) => {
+            state.k8s = old;
+            Err(e)
+        }
+    }
 }
 
 /// The policy in force installed again, with the grants as they are now (a new revision, so
@@ -442,6 +653,9 @@ fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<CompiledPol
     // Events of the new revision may arrive as soon as it is in force: name them first.
     let revision = state.writer.revision().wrapping_add(1).max(1);
     state.hub.policy(revision, compiled.clone());
+    if let Some(view) = &state.k8s {
+        state.hub.pods(view.inventory.clone());
+    }
     let written = state.writer.apply(&compiled)?;
     let result = PushResult {
         revision: written.revision,
@@ -523,9 +737,14 @@ fn handle(req: Request, shared: &Shared) -> Reply {
         Request::Push { origin, source } => match policy::parse(source, origin) {
             Err(d) => return Reply::Error { message: format!("the policy is invalid:\n{d}") },
             Ok(parsed) => {
-                let grants = shared.lock().unwrap_or_else(|p| p.into_inner()).grants.grants.clone();
-                let compiled = compile_with(&parsed, &grants);
-                Some((parsed, compiled, grants))
+                let (grants, k8s) = {
+                    let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    (s.grants.grants.clone(), s.k8s.clone())
+                };
+                match compile_with(&parsed, &grants, k8s.as_deref()) {
+                    Ok((compiled, warnings)) => Some((parsed, compiled, warnings, grants, k8s)),
+                    Err(e) => return Reply::Error { message: e.to_string() },
+                }
             }
         },
         _ => None,
@@ -537,11 +756,20 @@ fn handle(req: Request, shared: &Shared) -> Reply {
     match req {
         Request::Push { origin, .. } => match pushed {
             None => Reply::Error { message: "internal error: a push without a policy".into() },
-            Some((parsed, mut compiled, grants)) => {
-                // A grant given or ended while this push was compiled.
-                if grants != state.grants.grants {
-                    compiled = compile_with(&parsed, &state.grants.grants);
+            Some((parsed, mut compiled, mut warnings, grants, k8s)) => {
+                // A grant given or ended, or new Kubernetes objects, while this push was compiled.
+                let same_k8s = match (&k8s, &state.k8s) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if grants != state.grants.grants || !same_k8s {
+                    match compile_with(&parsed, &state.grants.grants, state.k8s.as_deref()) {
+                        Ok((c, w)) => (compiled, warnings) = (c, w),
+                        Err(e) => return Reply::Error { message: e.to_string() },
+                    }
                 }
+                state.last_k8s_warnings = warnings;
                 match install_compiled(&mut state, parsed, compiled) {
                     Ok(r) => {
                         tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
@@ -570,7 +798,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
         },
         Request::Check(flow) => match &state.installed {
             Some(i) => {
-                let mut r = check(&i.compiled, &flow);
+                let mut r = check_with_pods(&i.compiled, &flow, state.k8s.as_ref().map(|v| &*v.inventory));
                 r.revision = Some(i.revision);
                 Reply::Check(r)
             }
@@ -591,10 +819,20 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 interfaces: state
                     .interfaces
                     .iter()
-                    .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress })
+                    .map(|i| Interface { name: i.name.clone(), ingress: i.ingress, egress: i.egress, ..Interface::default() })
+                    .chain(state.node.iter().flat_map(|n| n.status()).map(|p| Interface {
+                        name: p.pod.name,
+                        ingress: p.pod.ingress,
+                        egress: p.pod.egress,
+                        pattern: Some(p.pod.pattern),
+                        ifindex: Some(p.pod.ifindex),
+                        guarded: true,
+                        sources: p.sources,
+                    }))
                     .collect(),
                 counters,
                 policy_source: state.policy_source.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                k8s_source: state.k8s_source.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()),
                 maps: state
                     .gauges
                     .fill()
@@ -729,8 +967,16 @@ fn note_grant(state: &State, g: &crate::grants::Grant, verdict: &str, reason: &s
 
 /// The verdict the datapath gives `flow` under `compiled`, with names.
 pub fn check(compiled: &CompiledPolicy, flow: &Flow) -> CheckResult {
+    check_with_pods(compiled, flow, None)
+}
+
+/// As [`check`], also naming the pods (of the inventory `pods`) at either end.
+pub fn check_with_pods(compiled: &CompiledPolicy, flow: &Flow, pods: Option<&crate::k8s::Inventory>) -> CheckResult {
     let d = compiled.lookup(flow.src, flow.dst, flow.proto, flow.port);
+    let pod = |ip| pods.and_then(|p| p.pod(ip)).map(str::to_string);
     CheckResult {
+        src_pod: pod(flow.src),
+        dst_pod: pod(flow.dst),
         verdict: if d.action == agent_common::ACTION_ALLOW { "allow" } else { "deny" }.into(),
         rule: compiled.rule_name(d.rule).map(str::to_string),
         src_segment: compiled.segment_name(d.src_segment).unwrap_or("?").to_string(),

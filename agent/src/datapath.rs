@@ -90,7 +90,11 @@ impl Default for Limits {
             ports: 1_048_576,
             conntrack: 262_144,
             frags: 16_384,
-            denied: 65_536,
+            // A per-CPU LRU (`BPF_F_NO_COMMON_LRU`) gives each possible CPU an equal share of
+            // its entries, and the packets of one interface queue are judged on one CPU: 65,536
+            // per CPU (up to 4), so that a scan of 65,536 sources arriving on one CPU stays
+            // cached (with half as many, every repeat of such a scan took the full policy path).
+            denied: 65_536 * aya::util::nr_cpus().map_or(1, |n| n).clamp(1, 4) as u32,
             addr_buckets: 65_536,
             events_bytes: 4 << 20,
         }
@@ -121,7 +125,17 @@ impl PinLayout {
     fn link(&self, iface: &str, hook: &str) -> PathBuf {
         self.links().join(format!("{hook}@{}", iface.replace('.', ":")))
     }
+    /// The interface a link pin's file name is for (the inverse of [`PinLayout::link`]).
+    fn iface_of(file: &str) -> Option<String> {
+        let (hook, iface) = file.split_once('@')?;
+        (HOOKS.contains(&hook) && !iface.is_empty()).then(|| iface.replace(':', "."))
+    }
 }
+
+/// The hooks of an enforced interface, as its link pins name them.
+const HOOK_INGRESS: &str = "xdp";
+const HOOK_EGRESS: &str = "tc-egress";
+const HOOKS: [&str; 2] = [HOOK_INGRESS, HOOK_EGRESS];
 
 /// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted yet,
 /// as production agents do; otherwise checks that the pin directory is on bpffs.
@@ -190,6 +204,8 @@ pub struct Datapath {
     pub ebpf: Ebpf,
     pub pins: PinLayout,
     changes: Changes,
+    /// Committed: later attachments are not rolled back.
+    started: bool,
 }
 
 /// What this start changed under the pin directory, until [`Datapath::commit`]: a start that
@@ -323,10 +339,11 @@ fn set_aside_changed_maps(pins: &PinLayout, limits: &Limits, moved: &mut Vec<(Pa
 }
 
 /// How a program came to be attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attachment {
     /// A new link was created and pinned.
+    #[default]
     Attached,
     /// A link pinned by an earlier agent was updated in place to the new program.
     Adopted,
@@ -351,7 +368,7 @@ impl Datapath {
         let loaded = Self::load_object(&map_dir, limits);
         changes.maps = pinned(&map_dir).into_iter().filter(|p| !before.contains(p)).collect();
         match loaded {
-            Ok(ebpf) => Ok(Datapath { ebpf, pins, changes }),
+            Ok(ebpf) => Ok(Datapath { ebpf, pins, changes, started: false }),
             Err(e) => {
                 changes.rollback();
                 Err(e)
@@ -368,14 +385,18 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        let guarded: &mut Xdp = program(&mut ebpf, programs::INGRESS_GUARDED)?;
+        guarded.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::EGRESS)?;
         tc.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         Ok(ebpf)
     }
 
     /// The agent started: what this start pinned stays, and the maps it replaced are released.
+    /// What is attached from now on (node mode) is no longer part of the start.
     pub fn commit(&mut self) {
         self.changes.commit();
+        self.started = true;
     }
 
     /// The agent did not start: detaches and unpins what this start attached and pinned, and
@@ -386,8 +407,9 @@ impl Datapath {
     }
 
     /// Attaches ingress (XDP) and egress (TC) enforcement to `iface`, or takes over the links
-    /// an earlier agent left pinned for it.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<[Attachment; 2], DatapathError> {
+    /// an earlier agent left pinned for it. `guarded`: ingress with anti-spoofing (node mode's
+    /// pod interfaces).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode, guarded: bool) -> Result<[Attachment; 2], DatapathError> {
         let err = |message: String| DatapathError::Attach { iface: iface.into(), message };
         let c = CString::new(iface).map_err(|_| DatapathError::NoInterface { iface: iface.into() })?;
         // SAFETY: valid NUL-terminated string.
@@ -395,16 +417,60 @@ impl Datapath {
             return Err(DatapathError::NoInterface { iface: iface.into() });
         }
 
-        let xdp: &mut Xdp = program(&mut self.ebpf, programs::INGRESS)?;
-        let pin = self.pins.link(iface, "xdp");
+        let name = if guarded { programs::INGRESS_GUARDED } else { programs::INGRESS };
+        let xdp: &mut Xdp = program(&mut self.ebpf, name)?;
+        let pin = self.pins.link(iface, HOOK_INGRESS);
         let ingress = attach_or_adopt!(xdp, XdpLink, pin.clone(), err, xdp.attach(iface, mode));
-        self.changes.record(ingress, pin);
+        self.record(ingress, pin);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::EGRESS)?;
-        let pin = self.pins.link(iface, "tc-egress");
+        let pin = self.pins.link(iface, HOOK_EGRESS);
         let egress =
             attach_or_adopt!(tc, SchedClassifierLink, pin.clone(), err, tc.attach(iface, TcAttachType::Egress));
-        self.changes.record(egress, pin);
+        self.record(egress, pin);
         Ok([ingress, egress])
+    }
+
+    fn record(&mut self, how: Attachment, pin: PathBuf) {
+        if !self.started {
+            self.changes.record(how, pin);
+        }
+    }
+
+    /// Stops enforcing `iface`: its pinned links are removed (the pins hold the links, so the
+    /// programs are detached; for an interface that is gone, the links are freed).
+    pub fn detach(&mut self, iface: &str) {
+        for hook in HOOKS {
+            remove_pin(&self.pins.link(iface, hook));
+        }
+    }
+
+    /// The pins of an interface that was renamed follow its new name (the links stay).
+    pub fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        for hook in HOOKS {
+            let (old, new) = (self.pins.link(from, hook), self.pins.link(to, hook));
+            if old.exists() {
+                fs::rename(&old, &new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pinned links of interfaces that no longer exist in this network namespace
+    /// (a link whose interface is gone enforces nothing): a restarted agent leaves no pins of
+    /// vanished interfaces behind. `exists` tells whether an interface name is present.
+    /// Returns the interfaces whose pins were removed.
+    pub fn remove_vanished(&mut self, exists: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut gone = Vec::new();
+        for pin in pinned(&self.pins.links()) {
+            let Some(iface) = pin.file_name().and_then(|n| n.to_str()).and_then(PinLayout::iface_of) else { continue };
+            if !exists(&iface) {
+                remove_pin(&pin);
+                if !gone.contains(&iface) {
+                    gone.push(iface);
+                }
+            }
+        }
+        gone
     }
 
     /// Packets by source segment (ids `0..segments`, world first), summed over CPUs:

@@ -16,7 +16,7 @@ use agent_common::{
     AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_GRANT_EXPIRED, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
-        REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DENIED,
+        REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
         VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
     },
 };
@@ -51,6 +51,12 @@ pub struct EventRecord {
     pub proto: String,
     pub src_segment: String,
     pub dst_segment: String,
+    /// With `--k8s-objects`: the pod (`namespace/name`) at the source or destination address,
+    /// as the inventory in force names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_pod: Option<String>,
     /// Packets this record stands for (1 unless aggregated).
     pub count: u64,
     /// Length of the packet that triggered the event (0 for a sweep's report).
@@ -84,6 +90,8 @@ impl EventRecord {
             proto: proto.into(),
             src_segment: src.0.into(),
             dst_segment: dst.0.into(),
+            src_pod: None,
+            dst_pod: None,
             count,
             len: 60,
             revision: 1,
@@ -114,6 +122,8 @@ impl EventRecord {
             proto: String::new(),
             src_segment: src_segment.into(),
             dst_segment: dst_segment.into(),
+            src_pod: None,
+            dst_pod: None,
             count: 0,
             len: 0,
             revision: 0,
@@ -214,6 +224,9 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// Interface names the decoder remembers at most.
+const MAX_IFNAMES: usize = 4096;
+
 /// Turns kernel events into records: names, exact counts, wall-clock times.
 pub struct Decoder {
     /// Policies by revision, to name what events of recent revisions refer to.
@@ -223,6 +236,8 @@ pub struct Decoder {
     /// The current sweep generation (see [`Seen::generation`]).
     generation: u8,
     ifnames: HashMap<u32, String>,
+    /// The pods of the inventory in force (`--k8s-objects`), to name pod addresses.
+    pods: Arc<crate::k8s::Inventory>,
 }
 
 impl Default for Decoder {
@@ -239,6 +254,7 @@ impl Decoder {
             seen: HashMap::with_capacity_and_hasher(AGGREGATES, Default::default()),
             generation: 0,
             ifnames: HashMap::new(),
+            pods: Arc::default(),
         }
     }
 
@@ -246,6 +262,11 @@ impl Decoder {
     pub fn policy(&mut self, revision: u32, compiled: Arc<CompiledPolicy>) {
         self.policies.push_front((revision, compiled));
         self.policies.truncate(4);
+    }
+
+    /// The inventory whose pods name addresses from now on.
+    pub fn pods(&mut self, pods: Arc<crate::k8s::Inventory>) {
+        self.pods = pods;
     }
 
     fn compiled(&self, revision: u32) -> Option<&CompiledPolicy> {
@@ -381,6 +402,8 @@ impl Decoder {
             sport: ev.sport,
             dport: ev.dport,
             proto: proto_name(ev.proto),
+            src_pod: self.pods.pod(src).map(str::to_string),
+            dst_pod: self.pods.pod(dst).map(str::to_string),
             src_segment,
             dst_segment,
             count,
@@ -392,6 +415,11 @@ impl Decoder {
     }
 
     fn ifname(&mut self, ifindex: u32) -> String {
+        // Node mode's interfaces come and go (and their indexes are not reused soon): names
+        // are looked up again rather than remembered without bound.
+        if self.ifnames.len() >= MAX_IFNAMES && !self.ifnames.contains_key(&ifindex) {
+            self.ifnames.clear();
+        }
         self.ifnames
             .entry(ifindex)
             .or_insert_with(|| {
@@ -430,6 +458,7 @@ pub fn reason_name(r: u8) -> &'static str {
         REASON_NO_POLICY => "no-policy",
         REASON_RATE_LIMIT => "rate-limit",
         REASON_GRANT_EXPIRED => "grant-expired",
+        REASON_SPOOFED => "spoofed",
         _ => "unknown",
     }
 }
@@ -530,6 +559,11 @@ impl EventHub {
 
     pub fn policy(&self, revision: u32, compiled: Arc<CompiledPolicy>) {
         self.state().decoder.policy(revision, compiled);
+    }
+
+    /// The pods that name addresses in records from now on (`--k8s-objects`).
+    pub fn pods(&self, pods: Arc<crate::k8s::Inventory>) {
+        self.state().decoder.pods(pods);
     }
 
     /// Decodes kernel events and publishes their records.

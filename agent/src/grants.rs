@@ -182,7 +182,7 @@ pub fn with_grants(policy: &Policy, grants: &[Grant]) -> (Policy, Vec<(u32, Gran
     blocks.dedup();
     let first = out.segments.len();
     for b in &blocks {
-        out.segments.push(Segment { name: format!("grant {b}"), cidrs: vec![*b], mode: Mode::Enforce });
+        out.segments.push(Segment { name: format!("grant {b}"), cidrs: vec![*b], selector: None, mode: Mode::Enforce });
         out.grant_sources.push(GrantSource { identity: identity_of(policy, b) });
     }
     for (g, b) in applying {

@@ -33,8 +33,14 @@ enum Command {
     /// Run the enforcement daemon on the given interfaces.
     Run {
         /// An interface to enforce (ingress XDP + egress TC); repeat for several.
-        #[arg(long = "iface", required = true)]
+        #[arg(long = "iface", required_unless_present = "iface_patterns")]
         ifaces: Vec<String>,
+        /// Node mode: enforce every interface whose name matches this glob (`*`, `?`,
+        /// `[a-z]`), e.g. the pods' `veth*`, `lxc*` or `cali*`, as interfaces appear and go;
+        /// each is guarded by anti-spoofing (sources: the node's routes out of it). Repeat for
+        /// several; combines with --iface (those stay unguarded).
+        #[arg(long = "iface-pattern", value_name = "GLOB")]
+        iface_patterns: Vec<String>,
         /// The policy to install before attaching; without it, the policy already in the
         /// kernel is kept, or everything IP is dropped until one is pushed.
         #[arg(long)]
@@ -55,6 +61,21 @@ enum Command {
         fleet_host: Option<String>,
         #[command(flatten)]
         etcd_auth: EtcdAuth,
+        /// Take the cluster inventory (Namespaces, Pods) and NetworkPolicies from the
+        /// Kubernetes objects in this directory (*.yaml, *.yml, *.json, as `kubectl get -o yaml`
+        /// prints them); every policy is translated with them, and each change of the
+        /// directory is applied (a broken version is rejected, shown in `status`).
+        #[arg(long, value_name = "DIR")]
+        k8s_objects: Option<PathBuf>,
+        /// Take the cluster inventory and NetworkPolicies from the Kubernetes API instead:
+        /// watches of Pods, Namespaces and NetworkPolicies of all namespaces, as the pod's
+        /// service account (or --kubeconfig); each change is applied as with --k8s-objects.
+        #[arg(long, conflicts_with = "k8s_objects")]
+        k8s_api: bool,
+        /// The kubeconfig file for --k8s-api (its current context), instead of the service
+        /// account.
+        #[arg(long, value_name = "PATH", requires = "k8s_api")]
+        kubeconfig: Option<PathBuf>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
@@ -188,6 +209,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Kubernetes: NetworkPolicies and label-selected segments.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Distribute policy to a fleet of agents through etcd (`run --policy-source etcd://...`).
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -220,6 +244,24 @@ enum PolicyCommand {
     },
     /// Print the policy in force.
     Get {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Print the native policy the agent would enforce for these Kubernetes objects
+    /// (Namespaces, Pods, NetworkPolicies: `kubectl get -o yaml` lists, multi-document YAML or
+    /// JSON, in any mix and order; a directory stands for its *.yaml, *.yml and *.json files)
+    /// and the native policy; deterministic. Problems are printed as FILE:LINE:COL and nothing
+    /// is printed on stdout then; warnings go to stderr.
+    Translate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The native policy to combine them with (default: `version: 1`, nothing allowed).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
     },
@@ -328,6 +370,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Run {
             ifaces,
+            iface_patterns,
             policy,
             pin_path,
             xdp_mode,
@@ -348,6 +391,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             policy_source,
             fleet_host,
             etcd_auth,
+            k8s_objects,
+            k8s_api,
+            kubeconfig,
         } => {
             init_logging(&log);
             let fleet = match policy_source {
@@ -355,8 +401,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 None => None,
             };
             let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
+            let iface_patterns = iface_patterns
+                .iter()
+                .map(|p| ztagent::node::Pattern::new(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             let cfg = daemon::Config {
                 ifaces,
+                iface_patterns,
                 policy,
                 socket,
                 pins: PinLayout::new(pin_path),
@@ -383,6 +435,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 events_file_max_bytes,
                 policy_dir,
                 fleet,
+                k8s_objects,
+                k8s_api: k8s_api.then_some(ztagent::k8s::api::ApiConfig { kubeconfig }),
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -491,7 +545,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     println!("policy revision: {} ({})", s.revision, s.mode);
                     println!("pin path: {}\nxdp mode: {}", s.pin_path, s.xdp_mode);
                     for i in &s.interfaces {
-                        println!("interface {}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                        let how = match &i.pattern {
+                            Some(p) => format!(" (pattern {p}, guarded)"),
+                            None => String::new(),
+                        };
+                        println!("interface {}{how}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+                        if i.guarded {
+                            println!("  allowed sources    {}", i.sources.join(", "));
+                        }
                     }
                     for m in &s.maps {
                         println!("map {:<16} {} of {} entries", m.map, m.entries, m.capacity);
@@ -539,6 +600,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                         }
                     }
                     // ---
+                    if let Some(k) = &s.k8s_source {
+                        let state = if k.up_to_date { "up to date" } else { "newest version rejected" };
+                        let (from, inputs) = if k.source == "api" { ("from the API server ", "objects") } else { ("", "files") };
+                        println!(
+                            "kubernetes objects {from}{} ({state}): {} {inputs}, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
+                            k.dir, k.files, k.namespaces, k.pods, k.pod_addresses, k.network_policies
+                        );
+                        if let Some(a) = &k.last_applied {
+                            println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+                        }
+                        for w in &k.warnings {
+                            println!("  {w}");
+                        }
+                        if let Some(r) = &k.last_rejection {
+                            println!("  last rejected      {} sha256 {}", r.time, r.sha256.as_deref().unwrap_or("-"));
+                            for line in r.message.lines() {
+                                println!("    {line}");
+                            }
+                        }
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -678,6 +759,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::K8s(K8sCommand::Translate { files, policy: native, output }) => k8s_translate(&files, native.as_deref(), output),
         Command::Uninstall { pin_path } => {
             let removed = datapath::uninstall(&PinLayout::new(&pin_path))
                 .map_err(|e| format!("cannot remove the pins under {}: {e}", pin_path.display()))?;
@@ -685,6 +767,79 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ztagent k8s translate`: the flattened policy on stdout, warnings and a summary on stderr;
+/// diagnostics and a failure when anything cannot be accepted (then nothing on stdout).
+fn k8s_translate(files: &[PathBuf], native: Option<&Path>, output: Format) -> Result<ExitCode, String> {
+    use ztagent::k8s;
+    let native = match native {
+        Some(path) => match policy::load(path) {
+            Ok(p) => p,
+            Err(d) => {
+                eprintln!("{d}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => policy::Policy::default(),
+    };
+    let mut paths = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            paths.extend(k8s::load_dir(f)?);
+        } else {
+            paths.push(f.clone());
+        }
+    }
+    let objects = match k8s::load_objects(&paths) {
+        Ok(o) => o,
+        Err(d) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &objects.warnings {
+        eprintln!("{w}");
+    }
+    let t = k8s::translate(&native, &objects.cluster, &objects.policies).map_err(|e| e.to_string())?;
+    for w in &t.warnings {
+        eprintln!("warning: {w}");
+    }
+    let summary = policy::compile(&t.policy).summary();
+    // Each kernel map holds two policies (the one in force and the next).
+    let limits = Limits::default();
+    let per_slot = [
+        ("segment pairs", summary.pairs, limits.pairs / 2, "--max-pairs"),
+        ("port entries", summary.port_entries, limits.ports / 2, "--max-port-entries"),
+        ("CIDRs", summary.cidrs, limits.cidrs / 2, "--max-cidrs"),
+        ("host addresses", summary.hosts, limits.hosts / 2, "--max-cidrs"),
+    ];
+    for (what, n, max, flag) in per_slot {
+        if n > max as usize {
+            return Err(format!(
+                "the translated policy needs {n} {what}; the kernel maps hold {max} per policy by default (`ztagent run {flag}` sets twice that)"
+            ));
+        }
+    }
+    if summary.rate_limits > agent_common::MAX_LIMITS as usize {
+        return Err(format!(
+            "the translated policy needs {} rate limits (one per class of addresses of each limited segment), at most {}",
+            summary.rate_limits,
+            agent_common::MAX_LIMITS
+        ));
+    }
+    let text = match output {
+        Format::Yaml => t.policy.to_yaml(),
+        Format::Json => t.policy.to_json(),
+    };
+    println!("{}", text.trim_end());
+    eprintln!(
+        "translated {} pods ({} addresses) and {} NetworkPolicies: {summary}",
+        objects.cluster.pods.len(),
+        t.pod_addresses,
+        objects.policies.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
@@ -734,7 +889,11 @@ fn print_check(r: &CheckResult, output: Output) {
         (true, _) => " [audited: not enforced, reported as would-deny]",
         _ => "",
     };
-    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", r.src_segment, r.dst_segment);
+    let side = |segment: &str, pod: &Option<String>| match pod {
+        Some(p) => format!("{segment} {p}"),
+        None => segment.to_string(),
+    };
+    println!("{verdict} ({} -> {}) by {by}{limit}{audit}", side(&r.src_segment, &r.src_pod), side(&r.dst_segment, &r.dst_pod));
 }
 
 /// One aligned line per event, the verdict coloured on a terminal.
@@ -753,8 +912,12 @@ fn event_line(r: &EventRecord, colour: bool) -> String {
         (None, None) => r.reason.clone(),
     };
     let count = if r.count > 1 { format!(" x{}", r.count) } else { String::new() };
+    let pods = match (&r.src_pod, &r.dst_pod) {
+        (None, None) => String::new(),
+        (s, d) => format!(" ({} -> {})", s.as_deref().unwrap_or("-"), d.as_deref().unwrap_or("-")),
+    };
     format!(
-        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}",
+        "{} {verdict} {:<8} {:<7} {:<4} {:>22} {:<10} -> {:>22} {:<10} {why}{count}{pods}",
         r.time.get(11..23).unwrap_or(&r.time),
         r.iface,
         r.direction,

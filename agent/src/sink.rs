@@ -332,6 +332,8 @@ mod tests {
             revision: 1,
             note: None,
             severity: None,
+            src_pod: None,
+            dst_pod: None,
         }
     }
 

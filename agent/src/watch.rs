@@ -92,11 +92,7 @@ pub struct PolicyDir {
 impl PolicyDir {
     /// The source for `dir`, which must be a directory.
     pub fn open(dir: &Path) -> Result<PolicyDir, WatchError> {
-        let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
-        let meta = fs::metadata(dir).map_err(|e| err(e.to_string()))?;
-        if !meta.is_dir() {
-            return Err(err("not a directory".into()));
-        }
+        usable(dir)?;
         let report = Arc::new(Mutex::new(PolicySource { dir: dir.display().to_string(), ..PolicySource::default() }));
         Ok(PolicyDir { dir: dir.to_path_buf(), report, seen: None, applied: None, pending: None })
     }
@@ -143,41 +139,8 @@ impl PolicyDir {
     where
         F: Fn(Policy) -> Result<u32, String> + Send + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            // A full channel already holds a wake-up: the check reads the directory anyway.
-            let _ = tx.try_send(());
-        })
-        .and_then(|mut w| {
-            notify::Watcher::watch(&mut w, &self.dir, notify::RecursiveMode::NonRecursive)?;
-            Ok(w)
-        });
-        let poll = match &watcher {
-            Ok(_) => {
-                tracing::info!(dir = %self.dir.display(), "watching the policy directory (inotify, and a poll every {}s)", POLL.as_secs());
-                POLL
-            }
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), "cannot watch the policy directory with inotify ({e}): polling it every second");
-                POLL_WITHOUT_NOTIFY
-            }
-        };
-        std::thread::Builder::new().name("ztagent-policy-dir".into()).spawn(move || {
-            // The watcher stops when dropped: it lives as long as this thread.
-            let _watcher = watcher;
-            loop {
-                match rx.recv_timeout(poll) {
-                    Ok(()) => {
-                        std::thread::sleep(DEBOUNCE);
-                        while rx.try_recv().is_ok() {}
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
-                }
-                self.check(&apply);
-            }
-        })?;
-        Ok(())
+        let dir = self.dir.clone();
+        watch_dir(&dir, "the policy directory", "ztagent-policy-dir", move || self.check(&apply))
     }
 
     /// Reads the directory and acts on a new version.
@@ -213,17 +176,8 @@ impl PolicyDir {
     }
 
     /// Re-reads until two reads [`SETTLE`] apart agree; None if the file keeps changing.
-    fn settle(&self, mut last: Snapshot) -> Option<Snapshot> {
-        for _ in 0..SETTLE_TRIES {
-            std::thread::sleep(SETTLE);
-            let again = read(&self.dir);
-            if again == last {
-                return Some(again);
-            }
-            last = again;
-        }
-        tracing::warn!(dir = %self.dir.display(), "the policy file keeps changing: trying again later");
-        None
+    fn settle(&self, first: Snapshot) -> Option<Snapshot> {
+        settle(first, || read(&self.dir), &self.dir)
     }
 
     fn accept(&mut self, v: &Version, revision: u32) {
@@ -261,6 +215,72 @@ impl PolicyDir {
     }
 }
 
+/// That `dir` is a directory.
+fn usable(dir: &Path) -> Result<(), WatchError> {
+    let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
+    let meta = fs::metadata(dir).map_err(|e| err(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    Ok(())
+}
+
+/// Calls `check` on a thread of its own whenever `dir` may have changed (inotify events in it,
+/// gathered for [`DEBOUNCE`]) and at least every [`POLL`] (every [`POLL_WITHOUT_NOTIFY`]
+/// without inotify), for the rest of the process's life. `what` names the directory in logs.
+fn watch_dir(dir: &Path, what: &'static str, thread: &str, mut check: impl FnMut() + Send + 'static) -> std::io::Result<()> {
+    let (tx, rx) = mpsc::sync_channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        // A full channel already holds a wake-up: the check reads the directory anyway.
+        let _ = tx.try_send(());
+    })
+    .and_then(|mut w| {
+        notify::Watcher::watch(&mut w, dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    let poll = match &watcher {
+        Ok(_) => {
+            tracing::info!(dir = %dir.display(), "watching {what} (inotify, and a poll every {}s)", POLL.as_secs());
+            POLL
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot watch {what} with inotify ({e}): polling it every second");
+            POLL_WITHOUT_NOTIFY
+        }
+    };
+    std::thread::Builder::new().name(thread.into()).spawn(move || {
+        // The watcher stops when dropped: it lives as long as this thread.
+        let _watcher = watcher;
+        loop {
+            match rx.recv_timeout(poll) {
+                Ok(()) => {
+                    std::thread::sleep(DEBOUNCE);
+                    while rx.try_recv().is_ok() {}
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
+            }
+            check();
+        }
+    })?;
+    Ok(())
+}
+
+/// Re-reads (`read`) until two reads [`SETTLE`] apart agree, starting from `last`; None if
+/// what is read keeps changing (then it is tried again at the next wake-up).
+fn settle<T: PartialEq>(mut last: T, read: impl Fn() -> T, dir: &Path) -> Option<T> {
+    for _ in 0..SETTLE_TRIES {
+        std::thread::sleep(SETTLE);
+        let again = read();
+        if again == last {
+            return Some(again);
+        }
+        last = again;
+    }
+    tracing::warn!(dir = %dir.display(), "the files keep changing: trying again later");
+    None
+}
+
 /// The policy file of `dir` (see the module's documentation for the rule) and its bytes.
 fn read(dir: &Path) -> Snapshot {
     let name = match choose(dir) {
@@ -280,15 +300,10 @@ fn read(dir: &Path) -> Snapshot {
 /// `policy.yaml`, else `policy.json`, else the only `*.yaml`/`*.yml`/`*.json` regular file
 /// (through symlinks); hidden names are skipped.
 fn choose(dir: &Path) -> Result<String, String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut candidates: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .filter(|n| [".yaml", ".yml", ".json"].iter().any(|ext| n.ends_with(ext)))
-        .filter(|n| fs::metadata(dir.join(n)).is_ok_and(|m| m.is_file()))
+    let mut candidates: Vec<String> = crate::k8s::load_dir(dir)?
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
         .collect();
-    candidates.sort();
     for preferred in ["policy.yaml", "policy.json"] {
         if candidates.iter().any(|n| n == preferred) {
             return Ok(preferred.into());
@@ -313,14 +328,237 @@ fn parse(v: &Version) -> Result<Policy, String> {
     let origin = v.path.display().to_string();
     match std::str::from_utf8(&v.bytes) {
         Ok(text) => policy::parse(text, &origin).map_err(|d| d.to_string()),
-        Err(e) => {
-            let good = String::from_utf8_lossy(&v.bytes[..e.valid_up_to()]);
-            let line = good.matches('\n').count() + 1;
-            let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let byte = v.bytes.get(e.valid_up_to()).copied().unwrap_or_default();
-            Err(format!("{origin}:{line}:{col}: the file is not valid UTF-8 (byte 0x{byte:02x})"))
+        Err(e) => Err(policy::utf8_diagnostic(&origin, &v.bytes, e).to_string()),
+    }
+}
+
+// ---- `--k8s-objects DIR` --------------------------------------------------------------------
+
+/// What `ztagent status` shows of the Kubernetes objects directory; the watcher updates it.
+pub type K8sReport = Arc<Mutex<crate::control::K8sSource>>;
+
+/// One read of an objects directory: every object file's path and bytes (name order), or why
+/// the directory cannot be read.
+type ObjectFiles = Result<Files, String>;
+/// Object files: paths and bytes.
+type Files = Vec<(PathBuf, Vec<u8>)>;
+
+/// What a new version of the objects did, once installed.
+pub struct Reconciled {
+    pub revision: u32,
+    /// The translation's warnings (addresses two pods claim, ...).
+    pub warnings: Vec<String>,
+}
+
+/// The `--k8s-objects DIR` source: every `*.yaml`, `*.yml` and `*.json` file of DIR (names
+/// starting with `.` skipped, symlinks followed: a ConfigMap volume works as for
+/// `--policy-dir`) holds Kubernetes objects; together they are the inventory and the
+/// NetworkPolicies. Watched like the policy directory (inotify on DIR, a poll, two reads 100 ms
+/// apart must agree); each new version is read whole (`k8s::parse_objects`, the diagnostics of
+/// `ztagent k8s translate`) and handed to the daemon's reconcile; a broken one is rejected,
+/// logged and shown in `status` (`k8s_source`), and what was in force stays.
+pub struct ObjectsDir {
+    dir: PathBuf,
+    versions: K8sVersions,
+    seen: Option<ObjectFiles>,
+    /// The files in force (applied), and those validated at startup awaiting installation.
+    applied: Option<Files>,
+    pending: Option<(Files, crate::k8s::Objects)>,
+}
+
+impl ObjectsDir {
+    pub fn open(dir: &Path) -> Result<ObjectsDir, WatchError> {
+        usable(dir)?;
+        let versions = K8sVersions::new("dir", dir.display().to_string());
+        Ok(ObjectsDir { dir: dir.to_path_buf(), versions, seen: None, applied: None, pending: None })
+    }
+
+    pub fn report(&self) -> K8sReport {
+        self.versions.report()
+    }
+
+    /// The objects at startup, for the daemon's first reconcile (then [`ObjectsDir::installed`]);
+    /// None when they cannot be read or are broken (logged, reported): the agent starts
+    /// without an inventory then.
+    pub fn initial(&mut self) -> Option<crate::k8s::Objects> {
+        let files = settle(read_objects(&self.dir), || read_objects(&self.dir), &self.dir)?;
+        self.seen = Some(files.clone());
+        match files.and_then(|f| parse_objects(&f).map(|o| (f, o))) {
+            Ok((f, objects)) => {
+                self.pending = Some((f, objects.clone()));
+                Some(objects)
+            }
+            Err(message) => {
+                let sha256 = files_of(self.seen.as_ref()).map(files_sha256);
+                self.reject(sha256, &message);
+                None
+            }
         }
     }
+
+    /// The objects [`ObjectsDir::initial`] returned are in force.
+    pub fn installed(&mut self, done: &Reconciled) {
+        if let Some((files, objects)) = self.pending.take() {
+            self.accept(files, &objects, done);
+        }
+    }
+
+    /// Watches the directory on a thread of its own for the rest of the process's life; each
+    /// new valid version goes to `reconcile`.
+    pub fn spawn<F>(mut self, reconcile: F) -> std::io::Result<()>
+    where
+        F: Fn(crate::k8s::Objects) -> Result<Reconciled, String> + Send + 'static,
+    {
+        let dir = self.dir.clone();
+        watch_dir(&dir, "the Kubernetes objects directory", "ztagent-k8s-dir", move || self.check(&reconcile))
+    }
+
+    fn check(&mut self, reconcile: &dyn Fn(crate::k8s::Objects) -> Result<Reconciled, String>) {
+        let first = read_objects(&self.dir);
+        if self.seen.as_ref() == Some(&first) {
+            return;
+        }
+        let Some(files) = settle(first, || read_objects(&self.dir), &self.dir) else { return };
+        if self.seen.as_ref() == Some(&files) {
+            return;
+        }
+        self.seen = Some(files.clone());
+        let files = match files {
+            Ok(f) => f,
+            Err(message) => return self.reject(None, &message),
+        };
+        if self.applied.as_ref() == Some(&files) {
+            self.versions.back_to_applied();
+            return;
+        }
+        let objects = match parse_objects(&files) {
+            Ok(o) => o,
+            Err(message) => return self.reject(Some(files_sha256(&files)), &message),
+        };
+        match reconcile(objects.clone()) {
+            Ok(done) => self.accept(files, &objects, &done),
+            Err(message) => self.reject(Some(files_sha256(&files)), &message),
+        }
+    }
+
+    fn accept(&mut self, files: Vec<(PathBuf, Vec<u8>)>, objects: &crate::k8s::Objects, done: &Reconciled) {
+        self.versions.accept(files_sha256(&files), files.len(), objects, done);
+        self.applied = Some(files);
+    }
+
+    fn reject(&mut self, sha256: Option<String>, message: &str) {
+        self.versions.reject(sha256, message);
+    }
+}
+
+/// What a Kubernetes source (the objects directory, the API) did with its versions: logged,
+/// and kept for `status` (`k8s_source`). Every source's lines after its read.
+pub struct K8sVersions {
+    report: K8sReport,
+    /// Whether a version of this source is in force.
+    applied: bool,
+}
+
+impl K8sVersions {
+    /// `kind`: `dir` or `api`; `name`: the directory, or the API server's URL.
+    pub fn new(kind: &str, name: String) -> K8sVersions {
+        let source = crate::control::K8sSource { source: kind.to_owned(), dir: name, ..Default::default() };
+        K8sVersions { report: Arc::new(Mutex::new(source)), applied: false }
+    }
+
+    pub fn report(&self) -> K8sReport {
+        self.report.clone()
+    }
+
+    fn name(&self) -> String {
+        self.lock().dir.clone()
+    }
+
+    /// A version is in force (reconciled as `done`): `sha256` names it, `inputs` is the number
+    /// of texts it was read from (files, or the API's objects).
+    pub fn accept(&mut self, sha256: String, inputs: usize, objects: &crate::k8s::Objects, done: &Reconciled) {
+        let c = &objects.cluster;
+        let pod_addresses = crate::k8s::Inventory::of(c).len();
+        tracing::info!(
+            revision = done.revision,
+            sha256 = %sha256,
+            "Kubernetes objects of {} in force: {} namespaces, {} pods ({pod_addresses} addresses), {} NetworkPolicies",
+            self.name(),
+            c.namespaces.len(),
+            c.pods.len(),
+            objects.policies.len()
+        );
+        let warnings: Vec<String> =
+            objects.warnings.iter().map(|w| w.to_string()).chain(done.warnings.iter().map(|w| format!("warning: {w}"))).collect();
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let mut r = self.lock();
+        r.up_to_date = true;
+        r.files = inputs;
+        r.namespaces = c.namespaces.len();
+        r.pods = c.pods.len();
+        r.pod_addresses = pod_addresses;
+        r.network_policies = objects.policies.len();
+        r.warnings = warnings;
+        r.last_applied = Some(AppliedVersion { sha256, revision: done.revision, time: now() });
+        drop(r);
+        self.applied = true;
+    }
+
+    /// A version is rejected: what was in force stays.
+    pub fn reject(&mut self, sha256: Option<String>, message: &str) {
+        let keeps = if self.applied { "the objects applied before stay in force" } else { "the agent has no inventory from it yet" };
+        tracing::warn!(sha256 = sha256.as_deref().unwrap_or("-"), "Kubernetes objects of {}: the version is rejected; {keeps}:\n{message}", self.name());
+        let mut r = self.lock();
+        r.up_to_date = false;
+        r.last_rejection = Some(RejectedVersion { sha256, message: message.to_string(), time: now() });
+    }
+
+    /// The source is back to the version in force (after a rejected one).
+    pub fn back_to_applied(&self) {
+        tracing::info!("the Kubernetes objects of {} are back to the version in force", self.name());
+        self.lock().up_to_date = true;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, crate::control::K8sSource> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn files_of(seen: Option<&ObjectFiles>) -> Option<&[(PathBuf, Vec<u8>)]> {
+    match seen {
+        Some(Ok(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// Every object file of `dir` and its bytes.
+fn read_objects(dir: &Path) -> ObjectFiles {
+    let mut out = Vec::new();
+    for path in crate::k8s::load_dir(dir)? {
+        // A file removed between the listing and the read is a change the next read sees.
+        let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        out.push((path, bytes));
+    }
+    Ok(out)
+}
+
+/// The objects of the files, with the diagnostics of `ztagent k8s translate`.
+fn parse_objects(files: &[(PathBuf, Vec<u8>)]) -> Result<crate::k8s::Objects, String> {
+    let inputs: Vec<(String, &[u8])> = files.iter().map(|(p, b)| (p.display().to_string(), &b[..])).collect();
+    crate::k8s::objects::parse_files(&inputs).map_err(|d| d.to_string())
+}
+
+/// SHA-256 over every file's name, a NUL and its bytes, in name order.
+fn files_sha256(files: &[(PathBuf, Vec<u8>)]) -> String {
+    let mut all = Vec::new();
+    for (path, bytes) in files {
+        all.extend_from_slice(path.file_name().map_or(&[][..], |n| n.as_encoded_bytes()));
+        all.push(0);
+        all.extend_from_slice(bytes);
+    }
+    sha256_hex(&all)
 }
 
 /// Now, RFC 3339, UTC.

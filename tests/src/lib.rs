@@ -16,6 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod fake_api;
+pub mod k8s;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (interface names are at most 15 bytes).
@@ -89,7 +92,8 @@ impl Netns {
     }
 }
 
-fn enter(path: &str) {
+/// Moves the calling thread into the network namespace at `path`.
+pub(crate) fn enter(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     // SAFETY: setns on a valid namespace fd affects only the calling thread for CLONE_NEWNET.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -173,6 +177,19 @@ macro_rules! four_host_policy {
             $rest
         )
     };
+}
+
+/// The Kubernetes tests' shop on [`Lan::four_hosts`] as its first NetworkPolicy has it:
+/// payments admits the pods labelled `app: frontend` on its port named `https` (443) only.
+/// Checked with real connections: frontend in (IPv4 and IPv6) but not on 8443; batch and the
+/// attacker (no pod) out.
+pub fn assert_only_frontend_reaches_payments(lan: &Lan, agent: &Agent) {
+    let (payments, frontend, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "frontend denied:\n{}", agent.log());
+    assert!(tcp_ok(&frontend.ns, payments.v6, 443), "frontend denied over IPv6");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8443), "a port that is not the named one was allowed");
+    assert!(!tcp_ok(&batch.ns, payments.v4, 443), "batch allowed");
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 443), "an address that is no pod was allowed");
 }
 
 /// A scratch directory, removed on drop.
@@ -928,6 +945,49 @@ pub mod frame {
     pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
     }
+
+    /// The Internet checksum (RFC 1071) of `parts` in sequence.
+    pub fn checksum(parts: &[&[u8]]) -> u16 {
+        let bytes = parts.concat();
+        let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn udp_header(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::with_capacity(8 + payload.len());
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    /// A whole Ethernet frame `dst_mac` <- `src_mac` carrying an IPv4 UDP datagram whose
+    /// header and UDP checksums are right: a receiving stack delivers it.
+    pub fn udp4_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = udp_header(40000, dport, payload);
+        let len = (u.len() as u16).to_be_bytes();
+        let sum = checksum(&[&src, &dst, &[0, 17], &len, &u]);
+        u[6..8].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = ipv4(src, dst, 17, &[], 0, &u);
+        let sum = checksum(&[&ip[..20]]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        cat(&[&dst_mac, &src_mac, &ETH_IP.to_be_bytes(), &ip])
+    }
+
+    /// As [`udp4_frame`], IPv6 (the UDP checksum is mandatory there).
+    pub fn udp6_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = udp_header(40000, dport, payload);
+        let len = (u.len() as u32).to_be_bytes();
+        let sum = checksum(&[&src, &dst, &len, &[0, 0, 0, 17], &u]);
+        u[6..8].copy_from_slice(&sum.to_be_bytes());
+        let ip = ipv6(src, dst, 17, &[], &u);
+        cat(&[&dst_mac, &src_mac, &ETH_IPV6.to_be_bytes(), &ip])
+    }
 }
 
 // --- fleet (etcd)
@@ -1140,4 +1200,156 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+// --- node mode (pods behind a node, as a CNI wires them)
+
+/// A Kubernetes-style node: a namespace that routes between pods, each pod a namespace joined
+/// to it by a veth pair (pod side `eth0`, node side `<prefix><suffix>`, matched by
+/// [`PodNode::pattern`]), routed as CNIs do (Calico's layout): the node routes each pod's
+/// prefix out of its veth, answers ARP for the other pods (proxy_arp) and forwards; a pod
+/// reaches other pods' IPv4 addresses on-link (10.77.0.0/16) and IPv6 ones through the node's
+/// link-local fe80::1.
+pub struct PodNode {
+    pub ns: Netns,
+    /// The node-side veth names' common prefix, unique to this node.
+    pub prefix: String,
+}
+
+/// A pod of a [`PodNode`]: deleted (namespace and veth) on drop.
+pub struct Pod {
+    pub ns: Netns,
+    /// The node-side interface.
+    pub veth: String,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+impl PodNode {
+    pub fn new() -> PodNode {
+        let ns = Netns::new("zn");
+        for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
+            let out = ns.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // An address of the node's own, the source of its ARP requests towards the pods.
+        ns.ip(&["addr", "add", "10.77.255.1/32", "dev", "lo"]);
+        PodNode { ns, prefix: unique("v") }
+    }
+
+    /// The `--iface-pattern` that matches this node's pod interfaces and no one else's.
+    pub fn pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+
+    /// A pod with addresses `v4` and `v6`, its veth named `<prefix><suffix>`; the node routes
+    /// `route4` and `route6` (prefixes holding them, e.g. `10.77.0.1/32`, `10.77.0.16/28`,
+    /// `fd77::1/128`) out of it.
+    pub fn pod(&self, suffix: &str, (v4, route4): (&str, &str), (v6, route6): (&str, &str)) -> Pod {
+        let ns = Netns::new("zp");
+        let veth = format!("{}{suffix}", self.prefix);
+        sh(&["ip", "link", "add", &veth, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        let pod = Pod { ns, veth: veth.clone(), v4: v4.parse().unwrap(), v6: v6.parse().unwrap() };
+        let n = &self.ns;
+        // Proxy ARP answers at once (by default after up to 0.8 s, as Calico also changes).
+        for key in [format!("net.ipv4.conf.{veth}.proxy_arp=1"), format!("net.ipv4.neigh.{veth}.proxy_delay=0")] {
+            let out = n.exec(&["sysctl", "-qw", &key]);
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        n.ip(&["addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
+        n.ip(&["link", "set", &veth, "up"]);
+        n.ip(&["route", "add", route4, "dev", &veth]);
+        n.ip(&["-6", "route", "add", route6, "dev", &veth]);
+        let p = &pod.ns;
+        p.ip(&["link", "set", "eth0", "up"]);
+        p.ip(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
+        p.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"]);
+        p.ip(&["route", "add", "10.77.0.0/16", "dev", "eth0"]);
+        p.ip(&["-6", "route", "add", "fd77::/64", "via", "fe80::1", "dev", "eth0"]);
+        pod
+    }
+
+    /// The interface index of `iface` in the node.
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let v: serde_json::Value = serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
+        v[0]["ifindex"].as_u64().unwrap_or_else(|| panic!("no ifindex for {iface}: {v}")) as u32
+    }
+
+    /// The MAC address of `iface` in the node.
+    pub fn mac(&self, iface: &str) -> [u8; 6] {
+        let v: serde_json::Value = serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
+        let text = v[0]["address"].as_str().unwrap_or_else(|| panic!("no address for {iface}: {v}")).to_string();
+        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        bytes.try_into().unwrap()
+    }
+}
+
+impl Default for PodNode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sends one raw Ethernet frame out of `iface` in `ns` (AF_PACKET): a frame the pod's own
+/// stack would not send (a forged source address).
+pub fn send_frame(ns: &Netns, iface: &str, frame: Vec<u8>) {
+    let iface = std::ffi::CString::new(iface).unwrap();
+    ns.run(move || {
+        // SAFETY: plain socket calls on a socket this closure owns; the address and the
+        // buffer outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let n = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(n, frame.len() as isize, "send a raw frame: {err}");
+        }
+    });
+}
+
+/// The pinned links under `pins` (file names: `xdp@IFACE`, `tc-egress@IFACE`).
+pub fn link_pins(pins: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(pins.join("links"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The interface indexes that hold entries in the pinned `ZT_SOURCES` map under `pins`
+/// (bpftool's dump; key bytes: prefix length (u32, host order), ifindex (big endian), address).
+pub fn source_ifindexes(pins: &Path) -> Vec<u32> {
+    let map = pins.join("maps").join("ZT_SOURCES");
+    let out = sh(&["bpftool", "-j", "map", "dump", "pinned", map.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool: {e}: {out}"));
+    let mut ids: Vec<u32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let key: Vec<u8> = e["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+                .collect();
+            u32::from_be_bytes([key[4], key[5], key[6], key[7]])
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

@@ -2,10 +2,15 @@
 //! systemd unit's are run as they are written, with only the host paths moved under the test's
 //! own directories, in a network namespace whose interface is called `eth0`: the ConfigMap's
 //! policy (laid out as the kubelet lays it out) is enforced on real traffic, the liveness
-//! probe's command succeeds, the metrics port answers.
-use std::path::{Path, PathBuf};
+//! probe's command succeeds, the metrics port answers. The Kubernetes manifests pass the
+//! Kubernetes schemas (offline, `kubernetes-validate --strict`) and grant exactly the RBAC the
+//! agent needs.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
-use integration_tests::{Agent, ConfigMap, Host, Lan, Servers, TempDir, bin, get_metrics, tcp_ok, unique};
+use integration_tests::{Agent, ConfigMap, Host, Lan, Servers, TempDir, bin, get_metrics, k8s, tcp_ok, unique};
 
 fn repo_file(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
@@ -160,4 +165,69 @@ fn the_systemd_unit_starts_an_agent_with_its_default_arguments() {
         assert!(unit.lines().any(|l| l == format!("{key}={want}")), "the unit lacks {key}={want}");
     }
     enforces_example_policy(&agent, &lan);
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_offline_schema_validation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifest in {}", dir.display());
+    if let Err(report) = k8s::validate_manifests(&files) {
+        panic!("kubernetes-validate --strict refused the manifests:\n{report}");
+    }
+    // And it refuses what is wrong: the check is not vacuous.
+    let bad = TempDir::new();
+    let misspelt = bad.file("bad.yaml", &repo_file("deploy/kubernetes/ztagent.yaml").replace("serviceAccountName:", "serviceAcountName:"));
+    assert!(k8s::validate_manifests(&[misspelt]).is_err(), "a misspelt DaemonSet field passed the validation");
+}
+
+#[test]
+fn the_daemonset_runs_as_a_service_account_with_read_only_rbac_on_pods_namespaces_and_networkpolicies() {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&repo_file("deploy/kubernetes/ztagent.yaml")).expect("the manifest is YAML");
+    let all = |k: &str| docs.iter().filter(|d| d["kind"] == k).collect::<Vec<_>>();
+    let one = |k: &str| {
+        let v = all(k);
+        assert_eq!(v.len(), 1, "one {k} in the manifest");
+        v[0]
+    };
+    let (sa, role, binding, ds) = (one("ServiceAccount"), one("ClusterRole"), one("ClusterRoleBinding"), one("DaemonSet"));
+    assert!(all("Role").is_empty() && all("RoleBinding").is_empty(), "no namespaced grants beside the ClusterRole");
+    // The DaemonSet's pods run as the ServiceAccount.
+    assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
+    assert_eq!(ds["metadata"]["namespace"], sa["metadata"]["namespace"]);
+    // The binding gives that ServiceAccount, and only it, the ClusterRole.
+    assert_eq!(binding["roleRef"], serde_json::json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"] }));
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{ "kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"] }])
+    );
+    // Exactly get, list and watch on pods and namespaces (core) and networkpolicies: no other
+    // verb, resource or group, no resourceNames, no non-resource URLs.
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let keys: BTreeSet<&str> = rule.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["apiGroups", "resources", "verbs"]), "{rule}");
+        let strs = |k: &str| rule[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        for group in strs("apiGroups") {
+            for resource in strs("resources") {
+                for verb in strs("verbs") {
+                    granted.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    for (group, resource) in [("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies")] {
+        for verb in ["get", "list", "watch"] {
+            wanted.insert((group.to_string(), resource.to_string(), verb.to_string()));
+        }
+    }
+    assert_eq!(granted, wanted);
 }

@@ -18,8 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker)
-    /// and mount bpffs.
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
+    /// kubernetes-validate) and mount bpffs.
     Setup,
     /// Set up, build, and run every test, the privileged kernel tests included.
     Test {
@@ -49,10 +49,17 @@ enum Cmd {
 /// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
 /// bpftool to inspect what is loaded.
 const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap",
-    // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc for etcd-client.
+    // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc with its
+    // well-known types (google/protobuf/*.proto, in libprotobuf-dev) for etcd-client.
     // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl
     // makes the TLS test's certificates.
-    "etcd-server", "protobuf-compiler", "curl", "openssl"];
+    "etcd-server", "protobuf-compiler", "libprotobuf-dev", "curl", "openssl",
+    // Kubernetes (issue 9): the virtualenv that PyPI's kubernetes-validate is installed into.
+    "python3-venv"];
+
+/// PyPI kubernetes-validate, pinned: it bundles the Kubernetes schemas of its version, so the
+/// manifests' schema validation (tests deploy, k8s_netpol) runs offline.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -67,6 +74,7 @@ fn main() -> Result<()> {
             // namespaces and BPF, each test isolating itself by unique names.
             let mut cmd = Command::new(cargo());
             cmd.args(["test", "--release"]).args(&args);
+            cmd.env("ZTAGENT_KUBERNETES_VALIDATE", kubernetes_validate_bin());
             run(&mut cmd)
         }
         Cmd::Demo => {
@@ -125,6 +133,7 @@ fn setup() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     bpffs()?;
+    kubernetes_validate()?;
     Ok(())
 }
 
@@ -197,8 +206,7 @@ fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     // A stable directory (not /tmp): the binary records it as its runpath.
-    let home = env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let prefix = PathBuf::from(home).join(format!(".local/share/ztagent/llvm-{major}"));
+    let prefix = share_dir().join(format!("llvm-{major}"));
     let d = prefix.join("lib");
     std::fs::create_dir_all(&d)?;
     for link in ["libLLVM.so", lib.as_str()] {
@@ -222,4 +230,29 @@ fn bpffs() -> Result<()> {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
+}
+
+/// Where the bootstrap keeps what it builds or installs outside the system's package manager.
+fn share_dir() -> PathBuf {
+    PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share/ztagent")
+}
+
+/// The kubernetes-validate the tests run (tests/src/k8s.rs finds it here, or through
+/// `ZTAGENT_KUBERNETES_VALIDATE`, which `cargo xtask test` sets).
+fn kubernetes_validate_bin() -> PathBuf {
+    share_dir().join("kubernetes-validate/bin/kubernetes-validate")
+}
+
+/// PyPI kubernetes-validate in a virtualenv of its own (not the system's Python, which Debian
+/// keeps for its packages), reinstalled only when it is missing or another version.
+fn kubernetes_validate() -> Result<()> {
+    if output(Command::new(kubernetes_validate_bin()).arg("--version")).as_deref() == Some(KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    let venv = share_dir().join("kubernetes-validate");
+    step(&format!("installing kubernetes-validate {KUBERNETES_VALIDATE} (PyPI) into {}", venv.display()));
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")))
 }

@@ -85,6 +85,17 @@ pub(crate) fn quote(s: &str) -> String {
     out
 }
 
+/// The diagnostic for a text that is not UTF-8: where the bad byte is (lines and characters of
+/// the valid prefix), and which byte it is.
+pub(crate) fn utf8_diagnostic(origin: &str, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostic {
+    // The prefix before the bad byte is valid UTF-8: count lines and characters in it.
+    let good = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
+    let line = good.matches('\n').count() + 1;
+    let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+    Diagnostic { origin: origin.to_owned(), line, col, message: format!("the file is not valid UTF-8 (byte 0x{byte:02x})") }
+}
+
 /// Makes third-party message text fit on one line.
 pub(crate) fn one_line(s: &str) -> String {
     s.chars()

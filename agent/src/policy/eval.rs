@@ -224,7 +224,7 @@ impl Lookup<'_> {
 }
 
 /// Keeps the first `len` bits of an address.
-fn mask(addr: &Addr, len: u32) -> Addr {
+pub(crate) fn mask(addr: &Addr, len: u32) -> Addr {
     let mut out = [0u8; 16];
     for (i, (o, a)) in out.iter_mut().zip(addr).enumerate() {
         let start = i as u32 * 8;

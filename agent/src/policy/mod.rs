@@ -46,11 +46,11 @@
 //! (the first in the file), then one diagnostic says how many more there are.
 
 mod compile;
-mod diag;
+pub(crate) mod diag;
 mod eval;
 mod fastyaml;
 mod model;
-mod node;
+pub(crate) mod node;
 mod validate;
 
 #[cfg(test)]
@@ -61,10 +61,13 @@ pub use compile::{
     Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint,
 };
 pub use diag::{Diagnostic, Diagnostics};
+pub(crate) use diag::utf8_diagnostic;
+pub(crate) use compile::{PORT_SPACE, cidr_key};
+pub(crate) use eval::mask;
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use model::{
     ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
-    GrantSource, POLICY_VERSION, Per, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
+    GrantSource, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
     WORLD_NAME,
 };
 pub use validate::{load, parse};

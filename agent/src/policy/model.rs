@@ -73,6 +73,18 @@ pub struct Segment {
     /// Audit: what the policy denies to or from this segment passes, reported as would-deny
     /// (one segment newly restricted while the rest of the policy enforces).
     pub mode: Mode,
+    /// Label-selected members (Kubernetes pods), beside `cidrs`: resolved against the cluster
+    /// inventory by `k8s::translate`; without an inventory it holds no addresses.
+    pub selector: Option<PodSelector>,
+}
+
+/// The pods a label-selected segment holds: those of `namespace` (any namespace when `None`)
+/// whose labels the selector matches. A pod address joins the first such segment (file order)
+/// that selects its pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSelector {
+    pub namespace: Option<String>,
+    pub selector: crate::k8s::LabelSelector,
 }
 
 /// A segment as a rule names it.
@@ -499,18 +511,51 @@ fn is_enforce(m: &Mode) -> bool {
 struct SegmentsOut<'a>(&'a [Segment]);
 
 #[derive(Serialize)]
-struct SegmentOut {
-    cidrs: Vec<String>,
+struct SegmentOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selector: Option<SelectorOut<'a>>,
     #[serde(skip_serializing_if = "is_enforce")]
     mode: Mode,
+}
+
+#[derive(Serialize)]
+struct SelectorOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: &'a std::collections::BTreeMap<String, String>,
+    #[serde(rename = "matchExpressions", skip_serializing_if = "Vec::is_empty")]
+    match_expressions: Vec<ExpressionOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ExpressionOut<'a> {
+    key: &'a str,
+    operator: &'static str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    values: &'a [String],
 }
 
 impl Serialize for SegmentsOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for seg in self.0 {
-            let cidrs = seg.cidrs.iter().map(|c| c.to_string()).collect();
-            m.serialize_entry(&seg.name, &SegmentOut { cidrs, mode: seg.mode })?;
+            // A label-selected segment without CIDRs is written without `cidrs`.
+            let cidrs = (seg.selector.is_none() || !seg.cidrs.is_empty())
+                .then(|| seg.cidrs.iter().map(|c| c.to_string()).collect());
+            let selector = seg.selector.as_ref().map(|s| SelectorOut {
+                namespace: s.namespace.as_deref(),
+                labels: &s.selector.match_labels,
+                match_expressions: s
+                    .selector
+                    .expressions
+                    .iter()
+                    .map(|r| ExpressionOut { key: &r.key, operator: r.operator.as_str(), values: &r.values })
+                    .collect(),
+            });
+            m.serialize_entry(&seg.name, &SegmentOut { cidrs, selector, mode: seg.mode })?;
         }
         m.end()
     }

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::diag::{Diagnostic, Diagnostics, quote, suggest};
 use super::model::{
     ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
-    Mode, POLICY_VERSION, Per, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
+    Mode, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
 };
 use super::node::{Node, Pos, Value, parse_tree};
 
@@ -56,18 +56,7 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
         std::fs::read(path).map_err(|e| one(1, 1, format!("cannot read the policy file: {e}")))?;
     match std::str::from_utf8(&bytes) {
         Ok(text) => parse(text, &origin),
-        Err(e) => {
-            // The prefix before the bad byte is valid UTF-8: count lines and characters in it.
-            let good = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
-            let line = good.matches('\n').count() + 1;
-            let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
-            Err(one(
-                line,
-                col,
-                format!("the file is not valid UTF-8 (byte 0x{byte:02x})"),
-            ))
-        }
+        Err(e) => Err(Diagnostics(vec![super::diag::utf8_diagnostic(&origin, &bytes, e)])),
     }
 }
 
@@ -91,7 +80,8 @@ const ALERT_FIELDS: &[&str] = &[
     "rateHistorySeconds",
     "rateWindowSeconds",
 ];
-const SEGMENT_FIELDS: &[&str] = &["cidrs", "mode"];
+const SEGMENT_FIELDS: &[&str] = &["cidrs", "selector", "mode"];
+const SELECTOR_FIELDS: &[&str] = &["namespace", "labels", "matchExpressions"];
 const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action", "mode"];
 const LIMIT_FIELDS: &[&str] = &[
     "name",
@@ -507,6 +497,7 @@ impl Validator<'_> {
             let index = segments.len();
             let mut cidrs = Vec::new();
             let mut mode = Mode::Enforce;
+            let mut selector = None;
             match self.fields(v, Owner::Segment(name), SEGMENT_FIELDS) {
                 None => self.err(
                     v.pos.or(k.pos),
@@ -517,11 +508,20 @@ impl Validator<'_> {
                     ),
                 ),
                 Some(f) => {
-                    match f.get("cidrs") {
-                        None => self.err(k.pos, format!("segment {} has no `cidrs`", quote(name))),
-                        Some(list) => {
-                            cidrs = self.cidrs(list, index, &segments, name, &mut seen);
-                        }
+                    if let Some(list) = f.get("cidrs") {
+                        cidrs = self.cidrs(list, index, &segments, name, &mut seen);
+                    }
+                    if let Some(n) = f.get("selector") {
+                        selector = self.selector(n);
+                    }
+                    if f.get("cidrs").is_none() && f.get("selector").is_none() {
+                        self.err(
+                            k.pos,
+                            format!(
+                                "segment {} has no `cidrs` (or `selector`, for pods selected by labels)",
+                                quote(name)
+                            ),
+                        );
                     }
                     if let Some(n) = f.get("mode") {
                         mode = self.mode(n);
@@ -532,9 +532,43 @@ impl Validator<'_> {
                 name: name.to_owned(),
                 cidrs,
                 mode,
+                selector,
             });
         }
         segments
+    }
+
+    /// A segment's `selector`: `{ namespace: NS, labels: { k: v }, matchExpressions: [...] }`,
+    /// every field optional (`{}`: every pod of every namespace).
+    fn selector(&mut self, n: &Node) -> Option<PodSelector> {
+        use crate::k8s::selector as sel;
+        let mut report = |pos, message| self.err(pos, message);
+        let Some(f) = sel::known_fields(n, "a segment's `selector`", SELECTOR_FIELDS, &mut report) else {
+            report(
+                n.pos,
+                format!(
+                    "`selector` must be a mapping like {{ namespace: prod, labels: {{ app: web }} }}, not {}",
+                    n.value.kind()
+                ),
+            );
+            return None;
+        };
+        let namespace = match sel::field(&f, "namespace") {
+            None => None,
+            Some(Node { value: Value::Str(s), .. }) if !s.is_empty() => Some(String::from(&**s)),
+            Some(v) => {
+                report(v.pos, format!("`namespace` must be a namespace name, not {}", v.value.kind()));
+                None
+            }
+        };
+        let mut selector = crate::k8s::LabelSelector::everything();
+        if let Some(l) = sel::field(&f, "labels") {
+            selector.match_labels = sel::read_labels(l, "labels", &mut report);
+        }
+        if let Some(e) = sel::field(&f, "matchExpressions") {
+            selector.expressions = sel::read_expressions(e, &mut report);
+        }
+        Some(PodSelector { namespace, selector })
     }
 
     /// A `mode` (of the policy, a segment or a rule): `enforce` or `audit`.

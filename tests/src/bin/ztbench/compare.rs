@@ -70,11 +70,12 @@ enum Dropper {
     Ztagent,
     NftNetdev,
     NftInet,
-    /// Breakdown, denied one source only: parse + one conntrack lookup, drop on the miss
-    /// (`zt_reference`).
+    /// Breakdown, denied traffic (one source and the scan): parse + one conntrack lookup, drop
+    /// on the miss (`zt_reference`).
     Reference,
-    /// Breakdown, denied one source only: parse, conntrack miss, the denial-cache hit, drop
-    /// (`zt_denied_floor`; the cache entry is the one ztagent wrote just before).
+    /// Breakdown, denied traffic: parse, conntrack miss, the denial-cache lookup, drop on a
+    /// hit, pass on a miss (`zt_denied_floor`; the cache entries are the ones ztagent wrote
+    /// just before: for the scan, as many of its 65,536 flows as the cache kept).
     DeniedFloor,
 }
 
@@ -158,7 +159,7 @@ fn filler(k: usize) -> String {
 fn ztagent_policy(n: usize) -> Result<Policy> {
     let seg = |name: &str, cidrs: Vec<String>| -> Result<Segment> {
         let cidrs = cidrs.iter().map(|c| c.parse().with_context(|| format!("CIDR {c}"))).collect::<Result<_>>()?;
-        Ok(Segment { name: name.into(), cidrs, mode: Mode::Enforce })
+        Ok(Segment { name: name.into(), cidrs, mode: Mode::Enforce, selector: None })
     };
     let mut segments = vec![
         seg("client", vec![format!("{CLIENT}/32")])?,
@@ -372,6 +373,10 @@ impl Bench {
 #[derive(Default, Clone)]
 struct Cell {
     mpps: Vec<f64>,
+    /// Nanoseconds per packet inside the dropper's XDP program, from the kernel's program
+    /// statistics in the extra round that has them on (they cost every program two clock
+    /// reads, so the rates are measured with them off).
+    prog_ns: Vec<f64>,
 }
 
 impl Cell {
@@ -445,10 +450,21 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
             "table netdev ztb {{ set s {{ type ipv4_addr; flags interval; elements = {{ {elements} }}; }}; }}\n\
              table inet ztb {{ set s {{ type ipv4_addr; flags interval; elements = {{ {elements} }}; }}; }}\n"
         ))?;
-        for _round in 0..opts.rounds {
+        // The last round is the breakdown's: the kernel's program statistics on (run time and
+        // count per program), no rates recorded, nftables left out (no program of theirs).
+        for round in 0..=opts.rounds {
+            let stats_round = round == opts.rounds;
+            let _stats = if stats_round {
+                Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF program statistics")?)
+            } else {
+                None
+            };
             for (di, &d) in Dropper::ALL.iter().enumerate() {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     bail!("interrupted");
+                }
+                if stats_round && matches!(d, Dropper::NftNetdev | Dropper::NftInet) {
+                    continue;
                 }
                 let name = match d {
                     Dropper::DropAll => programs::BENCH_DROP,
@@ -478,7 +494,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 }
                 for (ti, (t, fd, frame)) in frames.iter().enumerate() {
                     let breakdown = matches!(d, Dropper::Reference | Dropper::DeniedFloor);
-                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t != Traffic::Denied) {
+                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t == Traffic::Allowed) {
                         continue;
                     }
                     if *t == Traffic::Allowed {
@@ -487,6 +503,12 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     let count = |b: &Bench| if *t == Traffic::Allowed { b.in_delivers() } else { b.rx_packets() };
+                    let prog_stats = |dp: &Datapath| -> Result<(u64, u64)> {
+                        let p: &Xdp = dp.ebpf.program(name).context("program")?.try_into()?;
+                        let info = p.info()?;
+                        Ok((info.run_time().as_nanos() as u64, info.run_count()))
+                    };
+                    let stats_before = prog_stats(&dp)?;
                     let before = count(&bench)?;
                     let secs = in_ns(&bench.tx, || {
                         pin_to_cpu(0, 0)?;
@@ -496,7 +518,13 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     })?;
                     std::thread::sleep(Duration::from_millis(10));
                     let after = count(&bench)?;
-                    results[ni][di][ti].mpps.push((after - before) as f64 / secs / 1e6);
+                    if stats_round {
+                        let (t1, c1) = prog_stats(&dp)?;
+                        let runs = c1.saturating_sub(stats_before.1).max(1);
+                        results[ni][di][ti].prog_ns.push(t1.saturating_sub(stats_before.0) as f64 / runs as f64);
+                    } else {
+                        results[ni][di][ti].mpps.push((after - before) as f64 / secs / 1e6);
+                    }
                 }
                 match d {
                     Dropper::NftNetdev => bench.nft("flush chain netdev ztb c\ndelete chain netdev ztb c\n")?,
@@ -527,7 +555,7 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
         opts.rounds,
         fmt_count(repeat as usize)
     );
-    let mut json = serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [] });
+    let mut json = serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [], "breakdown": [] });
     let zi = Dropper::ALL.iter().position(|&d| d == Dropper::Ztagent).unwrap_or(0);
     for (ti, t) in Traffic::ALL.iter().enumerate() {
         let _ = write!(s, "**{}**\n\n| CIDRs |", t.name());
@@ -569,6 +597,39 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
         }
         let _ = writeln!(s);
     }
+    let _ = writeln!(
+        s,
+        "**Where a packet's time goes** on the receiving CPU: ns per packet received (1,000 / the median Mpps), \
+         of it inside the XDP program (the kernel's program statistics, in an extra round: run time / runs; \
+         they include the statistics' own clock reads, see the empty program's), the rest the veth, NAPI and, \
+         for passed packets, the stack.\n\n| traffic | CIDRs | dropper | ns per packet | in the program | rest |\n|---|---:|---|---:|---:|---:|"
+    );
+    for (ti, t) in Traffic::ALL.iter().enumerate() {
+        for (ni, &n) in sizes.iter().enumerate() {
+            for (di, d) in Dropper::ALL.iter().enumerate() {
+                let c = &r[ni][di][ti];
+                if c.mpps.is_empty() || c.prog_ns.is_empty() {
+                    continue;
+                }
+                let total = 1e3 / c.med().max(1e-9);
+                let prog = median(&mut c.prog_ns.clone());
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |",
+                    t.name(),
+                    fmt_count(n),
+                    d.name(),
+                    total - prog
+                );
+                if let Some(a) = json["breakdown"].as_array_mut() {
+                    a.push(serde_json::json!({
+                        "traffic": t.name(), "cidrs": n, "dropper": d.name(), "ns_per_packet": total, "ns_in_program": prog,
+                    }));
+                }
+            }
+        }
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "Targets:\n");
     let ratio = |ni: usize, ti: usize, d: Dropper| {
         let di = Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0);

@@ -15,6 +15,10 @@
 //! on the established frame and `zt_denied_floor` (parse, conntrack miss, one denial-cache
 //! lookup) on the denied one; the per-packet targets are ratios to these.
 //!
+//! And the ingress program of node mode's guarded (pod) interfaces, `zt_ingress_guarded`, on
+//! the established frame (its source allowed for the test run's interface): what anti-spoofing
+//! adds to a packet. The plain program, which every other interface runs, has no part of it.
+//!
 //! The frames are interleaved (empty, established, denied, new flow, empty, ...) and each cost
 //! is the median over several rounds; ratios are taken within a round, then their median, so
 //! that a noisy neighbour slowing one round down does not bias them. Every run checks the
@@ -69,6 +73,7 @@ mod fleet;
 use integration_tests::{Agent, Lan, Netns, TempDir};
 
 mod inventory;
+mod k8s;
 mod parse;
 use ztagent::{
     datapath::{self, Datapath, Limits, PinLayout},
@@ -140,6 +145,7 @@ struct Options {
     packets_only: bool,
     /// Only the memory of the inventory and the alerts' baseline.
     inventory_only: bool,
+    k8s_only: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -159,6 +165,7 @@ fn parse_args() -> Result<Options> {
         fleet_only: false,
         packets_only: false,
         inventory_only: false,
+        k8s_only: false,
     };
     let (mut runs, mut repeat, mut events, mut parse_mb, mut rounds) = (None, None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -174,6 +181,7 @@ fn parse_args() -> Result<Options> {
             "--fleet" => o.fleet_only = true,
             "--packets" => o.packets_only = true,
             "--inventory" => o.inventory_only = true,
+            "--k8s" => o.k8s_only = true,
             "--out" => o.out = Some(value("--out")?.into()),
             "--runs" => runs = Some(value("--runs")?.parse().context("--runs: not a number")?),
             "--repeat" => repeat = Some(value("--repeat")?.parse().context("--repeat: not a number")?),
@@ -182,7 +190,7 @@ fn parse_args() -> Result<Options> {
             "--parse-mb" => parse_mb = Some(value("--parse-mb")?.parse().context("--parse-mb: not a number")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--inventory] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
+                    "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--inventory] [--k8s] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
                      \x20            nftables netdev ingress and inet input; also part of the default run)\n\
@@ -192,8 +200,9 @@ fn parse_args() -> Result<Options> {
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
-                     --packets    only the per-packet table and the rate-limit overhead\n\
+                     --packets    only the per-packet table (with the guarded ingress and the rate-limit line)\n\
                      --inventory  only the memory of the inventory and the alerts' baseline (100,000 flows)\n\
+                     --k8s        only the Kubernetes section: `ztagent k8s translate` of 1,000 pods, 200 policies\n\
                      --out        also write the report (markdown) to PATH\n\
                      --runs N     rounds per policy (median taken; default 11, quick 7)\n\
                      --repeat N   runs of each frame per round (default 200,000, quick 50,000)\n\
@@ -302,7 +311,7 @@ fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
                 SEG_MONITORING => "monitoring".to_owned(),
                 _ => format!("seg{k}"),
             };
-            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce }
+            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce, selector: None }
         })
         .collect();
     for j in 0..nseg * CIDRS_PER_SEGMENT {
@@ -427,6 +436,8 @@ enum Prog {
     DeniedFloor,
     /// The real ingress program.
     Ingress,
+    /// The ingress program of guarded (pod) interfaces: anti-spoofing, then as `Ingress`.
+    Guarded,
 }
 
 /// One frame to measure, on one of the programs, and the verdict it must get.
@@ -444,6 +455,7 @@ const DENIED: usize = 2;
 const NEW_FLOW: usize = 3;
 const REFERENCE: usize = 4;
 const DENIED_FLOOR: usize = 5;
+const GUARDED: usize = 6;
 
 /// The frames of the benchmark. `[EMPTY]` must come first: every cost is a ratio to it.
 /// With `breakdown`, frames that each skip a part of the denied path, to attribute its cost.
@@ -459,10 +471,13 @@ fn probes(breakdown: bool) -> Vec<Probe> {
         p("denied", Prog::Ingress, denied.clone(), XDP_DROP),
         p("new flow", Prog::Ingress, tcp_frame(client, server, 40000, 443, TCP_SYN), XDP_PASS),
         // Its conntrack hit proves it did the lookup.
-        p("reference", Prog::Reference, established, XDP_PASS),
+        p("reference", Prog::Reference, established.clone(), XDP_PASS),
         // Its drop proves it found the denial the ingress program cached (the denied probe
         // runs before it in every round, the first time in the warm-up).
         p("denied floor", Prog::DeniedFloor, denied, XDP_DROP),
+        // Node mode's pod interfaces: the same established packet through anti-spoofing (its
+        // pass proves the source was found in ZT_SOURCES for the test run's interface).
+        p("established, guarded", Prog::Guarded, established, XDP_PASS),
     ];
     if breakdown {
         // ARP: parsing and the counter only.
@@ -549,7 +564,7 @@ fn first_denied(progs: [&Xdp; 2], empty_frame: &[u8], empty_ns: f64) -> Result<(
 /// Installs `compiled`, starts the tracked flow, then measures every probe. Returns the row.
 fn measure(
     writer: &mut MapWriter,
-    (progs, [reference, denied_floor]): ([&Xdp; 2], [&Xdp; 2]),
+    (progs, [reference, denied_floor, guarded]): ([&Xdp; 2], [&Xdp; 3]),
     probes: &[Probe],
     compiled: &CompiledPolicy,
     (rules, cidrs, compile_ms): (usize, usize, f64),
@@ -569,6 +584,7 @@ fn measure(
             Prog::Reference => reference,
             Prog::DeniedFloor => denied_floor,
             Prog::Ingress => ingress,
+            Prog::Guarded => guarded,
         };
         run_expect(prog, p.name, &p.frame, repeat, p.want)
     };
@@ -661,9 +677,25 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
             r.compile_ms
         );
     }
-    if probes.len() > DENIED_FLOOR + 1 {
+    let _ = writeln!(
+        s,
+        "\nAnti-spoofing (node mode's guarded ingress, `zt_ingress_guarded`: one LPM lookup of \
+         (interface, source) before the pipeline), the established frame, ns (x empty):\n"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "- {} rules / {} CIDRs: guarded {} against unguarded {}: {:+.0} ns",
+            fmt_count(r.rules),
+            fmt_count(r.cidrs),
+            cell(r, GUARDED),
+            cell(r, ESTABLISHED),
+            r.cost[GUARDED].0 - r.cost[ESTABLISHED].0
+        );
+    }
+    if probes.len() > GUARDED + 1 {
         // The breakdown: the same rounds, frames that each take part of the denied path.
-        let extra = &probes[DENIED_FLOOR + 1..];
+        let extra = &probes[GUARDED + 1..];
         let _ = write!(s, "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |");
         for p in extra {
             let _ = write!(s, " {} |", p.name);
@@ -671,7 +703,7 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
         let _ = writeln!(s, "\n|---:|---:|---:|---:|{}", "---:|".repeat(extra.len()));
         for r in rows {
             let _ = write!(s, "| {} | {} | {} | {} |", fmt_count(r.rules), fmt_count(r.cidrs), cell(r, ESTABLISHED), cell(r, DENIED));
-            for i in DENIED_FLOOR + 1..probes.len() {
+            for i in GUARDED + 1..probes.len() {
                 let _ = write!(s, " {} |", cell(r, i));
             }
             let _ = writeln!(s);
@@ -760,6 +792,15 @@ fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
 
 fn run() -> Result<bool> {
     let opts = parse_args()?;
+    // Kubernetes translation: a CLI run, no root needed.
+    let k8s_runs = if opts.quick { 5 } else { 9 };
+    if opts.k8s_only {
+        let mut text = String::new();
+        let ok = k8s::translate_time(&mut text, k8s_runs)?;
+        println!("{text}");
+        write_report(&opts, &text)?;
+        return Ok(ok || !opts.check);
+    }
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
@@ -842,6 +883,7 @@ fn run() -> Result<bool> {
         prog.load().with_context(|| format!("loading {name}"))?;
     }
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
+    allow_guarded_source(&mut dp)?;
     // This process's own event ring buffer: nobody else reads it, so it is full after the first
     // ~48,000 events of the table's runs; the event section drains it (or not) itself.
     let mut ring = RingBuf::try_from(dp.ebpf.take_map(maps::EVENTS).context("the event ring buffer is missing")?)
@@ -851,7 +893,7 @@ fn run() -> Result<bool> {
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
     };
     let (ingress, baseline) = (xdp(programs::INGRESS)?, xdp(programs::BASELINE)?);
-    let floors = [xdp(programs::REFERENCE)?, xdp(programs::DENIED_FLOOR)?];
+    let floors = [xdp(programs::REFERENCE)?, xdp(programs::DENIED_FLOOR)?, xdp(programs::INGRESS_GUARDED)?];
 
     let probes = probes(opts.breakdown);
     let mut rows = Vec::new();
@@ -889,6 +931,7 @@ fn run() -> Result<bool> {
     text.push_str(&inventory::memory(100_000)?);
     text.push_str(&inventory::table_read()?);
     all_ok &= ok;
+    all_ok &= k8s::translate_time(&mut text, k8s_runs)?;
     fleet::push_to_enforced(&mut text)?;
     println!("{text}");
     write_report(&opts, &text)?;
@@ -897,6 +940,23 @@ fn run() -> Result<bool> {
     drop(dp);
     all_ok &= compare::run(&compare_opts)?;
     Ok(all_ok || !opts.check)
+}
+
+/// The client's source, allowed on the interface a test run enters (the loopback of this
+/// network namespace, where BPF_PROG_TEST_RUN puts an XDP frame that names no interface), so
+/// that the guarded program passes the established frame.
+fn allow_guarded_source(dp: &mut Datapath) -> Result<()> {
+    use agent_common::{SOURCE_IFINDEX_BITS, SourceData};
+    use aya::maps::{LpmTrie, lpm_trie::Key};
+    let map = dp.ebpf.map_mut(maps::SOURCES).context("the sources map is missing")?;
+    let mut trie: LpmTrie<_, SourceData, u32> = LpmTrie::try_from(map).context("opening the sources map")?;
+    // SAFETY: a NUL-terminated name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    ensure!(lo != 0, "this network namespace has no loopback");
+    let addr = host_in(SEG_CLIENT, 10).to_ipv6_mapped().octets();
+    let key = Key::new(SOURCE_IFINDEX_BITS + 128, SourceData { ifindex: lo.to_be_bytes(), addr });
+    trie.insert(&key, 1u32, 0).context("allowing the client's source")?;
+    Ok(())
 }
 
 fn write_report(opts: &Options, text: &str) -> Result<()> {

@@ -1,0 +1,124 @@
+//! `ztagent run --k8s-objects DIR` against the real kernel: the test hosts are pods of the
+//! inventory (their addresses are the pods' IPs), a NetworkPolicy isolates payments and admits
+//! frontend on 443; real connections are allowed and denied as it says, `check` and events name
+//! the pods; a label change in the directory (no push) moves the verdicts; a broken file is
+//! kept out, its error (with its position) in `status`, and what was in force stays.
+use std::{fs, time::Duration};
+
+use integration_tests::{Agent, Lan, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json, tcp_ok, wait_for};
+
+/// The protocol property, not a speed figure: the agent takes a change of the directory up on
+/// its own (inotify at once, a second or so of settling and translating at most; failing
+/// inotify, the 5-s poll). The bound only has to tell "picked up" from "never".
+const PICKED_UP: Duration = Duration::from_secs(15);
+
+/// The shop's pods as `kubectl get pods -n shop -o yaml` prints them: the test hosts'
+/// addresses (payments 10.20.2.10, frontend 10.20.1.2, batch 10.20.3.2) with these `app`
+/// labels.
+fn pods(frontend_app: &str, batch_app: &str) -> String {
+    let pod = |name: &str, app: &str, v4: &str, v6: &str| {
+        format!(
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    labels:\n      app: {app}\n    name: {name}\n    namespace: shop\n  spec:\n    containers:\n    - name: main\n      ports:\n      - containerPort: 443\n        name: https\n        protocol: TCP\n  status:\n    phase: Running\n    podIP: {v4}\n    podIPs:\n    - ip: {v4}\n    - ip: {v6}\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nitems:\n{}{}{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
+        pod("payments-0", "payments", "10.20.2.10", "fd20:2::10"),
+        pod("frontend-0", frontend_app, "10.20.1.2", "fd20:1::2"),
+        pod("batch-0", batch_app, "10.20.3.2", "fd20:3::2"),
+    )
+}
+
+/// Payments admits the pods labelled `app: frontend`, on its named port `https`.
+const POLICIES: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: payments-from-frontend
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels:
+      app: payments
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: frontend
+    ports:
+    - port: https
+"#;
+
+#[test]
+fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
+    let lan = Lan::four_hosts();
+    let (payments, frontend, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
+    let objects = TempDir::new();
+    objects.file("pods.yaml", &pods("frontend", "batch"));
+    objects.file("policies.yaml", POLICIES);
+    let dir = objects.0.to_str().unwrap().to_string();
+    // No native policy: the NetworkPolicies alone.
+    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
+    let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
+    let status = || json(&agent.cli(&["status", "-o", "json"]));
+    let check = |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
+
+    // Real traffic: frontend in, batch and the attacker (no pod) out; 8443 is not `https`.
+    assert_only_frontend_reaches_payments(&lan, &agent);
+    let k = status()["k8s_source"].clone();
+    assert_eq!((k["dir"].as_str(), k["up_to_date"].as_bool()), (Some(dir.as_str()), Some(true)), "{k}");
+    assert_eq!((k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()), (Some(3), Some(6), Some(1)), "{k}");
+
+    // `check` and events name the pods beside the segments.
+    let c = check("10.20.1.2");
+    assert_eq!((c["verdict"].as_str(), c["src_pod"].as_str(), c["dst_pod"].as_str()), (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")), "{c}");
+    assert!(c["rule"].as_str().unwrap().contains("shop/payments-from-frontend"), "{c}");
+    let c = check("10.20.9.2");
+    assert_eq!((c["verdict"].as_str(), c["src_pod"].is_null()), (Some("deny"), true), "{c}");
+    let allowed = wait_for(Duration::from_secs(5), || {
+        agent.events(&["--verdict", "allowed"]).iter().any(|e| e["src_pod"] == "shop/frontend-0" && e["dst_pod"] == "shop/payments-0")
+    });
+    assert!(allowed.is_some(), "no allowed event names the pods: {:?}", agent.events(&[]));
+    let denied = agent.events(&["--verdict", "denied"]);
+    assert!(denied.iter().any(|e| e["src"] == "10.20.3.2" && e["src_pod"] == "shop/batch-0" && e["dst_pod"] == "shop/payments-0"), "{denied:?}");
+    let revision = status()["revision"].as_u64().unwrap();
+
+    // Labels change in the directory, nothing is pushed: batch is the frontend now.
+    objects.file("pods.yaml", &pods("legacy", "frontend"));
+    let took = wait_for(PICKED_UP, || tcp_ok(&batch.ns, payments.v4, 443));
+    assert!(took.is_some(), "the label change was not enforced within {PICKED_UP:?}:\n{}", agent.log());
+    eprintln!("label change enforced {:?} after the write", took.unwrap());
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 443), "the old frontend is still allowed");
+    assert_eq!(check("10.20.3.2")["verdict"], "allow");
+    assert!(status()["revision"].as_u64().unwrap() > revision, "no new revision for the change");
+
+    // A native push is translated with the inventory in force: its allow adds to the
+    // NetworkPolicy (the attacker's network may reach 443), and the NetworkPolicy still holds.
+    let native = objects.0.join("..native.yaml");
+    fs::write(&native, "version: 1\nsegments:\n  scanners: { cidrs: [10.20.9.0/24] }\nrules:\n  - { name: scanners-https, from: [scanners], to: [\"*\"], ports: [\"443/tcp\"], action: allow }\n").unwrap();
+    agent.push(&native);
+    assert!(tcp_ok(&attacker.ns, payments.v4, 443), "the native allow is not in force");
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 8443));
+    assert!(tcp_ok(&batch.ns, payments.v4, 443), "the push lost the NetworkPolicy");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 443), "the push lost the isolation");
+
+    // A broken file is kept out: the error, with its position, in status; what is in force stays.
+    let broken = objects.file("broken.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: { name: deny-all, namespace: shop }\nspec:\n  podSelector: {}\n  policyTypes: [Ingres]\n");
+    let rejected = wait_for(PICKED_UP, || status()["k8s_source"]["up_to_date"] == false);
+    assert!(rejected.is_some(), "the broken file was not noticed:\n{}", agent.log());
+    let k = status()["k8s_source"].clone();
+    let message = k["last_rejection"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(&format!("{}:6:17: error: unknown policy type `Ingres`", broken.display())), "{k}");
+    assert!(tcp_ok(&batch.ns, payments.v4, 443), "the broken version changed what is enforced");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 443));
+
+    // Fixed (the file removed): up to date again, the same objects in force.
+    fs::remove_file(&broken).unwrap();
+    let fixed = wait_for(PICKED_UP, || status()["k8s_source"]["up_to_date"] == true);
+    assert!(fixed.is_some(), "the directory did not come back:\n{}", agent.log());
+    assert!(tcp_ok(&batch.ns, payments.v4, 443));
+}
