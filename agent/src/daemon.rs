@@ -599,7 +599,14 @@ fn compile_with(
     grants: &[crate::grants::Grant],
     k8s: Option<&K8sView>,
 ) -> Result<(Arc<CompiledPolicy>, Vec<String>), DaemonError> {
-    let (with, skipped) = crate::grants::with_grants(parsed, grants);
+    // A grant from an address block is a pseudo-segment the translation has no class for
+    // (see `Policy::grant_sources`): under Kubernetes inputs only grants between segments apply.
+    let (applying, blocks): (Vec<_>, Vec<_>) =
+        grants.iter().cloned().partition(|g| k8s.is_none() || !matches!(crate::grants::block(&g.from), Ok(Some(_))));
+    for g in blocks {
+        tracing::warn!("grant {} does not apply: {}", g.id, crate::grants::GrantError::BlockUnderKubernetes(g.from));
+    }
+    let (with, skipped) = crate::grants::with_grants(parsed, &applying);
     for (id, e) in skipped {
         tracing::warn!("grant {id} does not apply to this policy: {e}");
     }
@@ -861,7 +868,11 @@ fn grant(
         return Err(GrantError::NoPolicy.into());
     };
     // An address block as its network (`10.20.9.7` is `10.20.9.7/32`).
-    let from = crate::grants::block(&from)?.map_or(from, |net| net.to_string());
+    let from = match crate::grants::block(&from)? {
+        Some(net) if state.k8s.is_some() => return Err(GrantError::BlockUnderKubernetes(net.to_string()).into()),
+        Some(net) => net.to_string(),
+        None => from,
+    };
     let g = state.grants.add(from, to, ports, reason, unix_now(), d)?;
     if let Err(e) = crate::grants::check(&installed.policy, &g) {
         let _ = state.grants.remove(g.id);

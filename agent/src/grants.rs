@@ -49,6 +49,8 @@ pub enum GrantError {
     Reason,
     #[error("this agent has no policy yet: a grant opens an exception in one, so push a policy first")]
     NoPolicy,
+    #[error("a grant from an address block ({0}) cannot apply while Kubernetes inputs are in force; grant from a segment instead")]
+    BlockUnderKubernetes(String),
     #[error("cannot write the grants to {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("the grants file {path} cannot be read: {message}")]

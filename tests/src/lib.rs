@@ -179,6 +179,47 @@ macro_rules! four_host_policy {
     };
 }
 
+/// The Kubernetes tests' and the demo's shop on [`Lan::four_hosts`]: its pods as `kubectl get pods -n shop -o yaml` prints them: the test hosts'
+/// addresses (payments 10.20.2.10, frontend 10.20.1.2, batch 10.20.3.2) with these `app`
+/// labels.
+pub fn shop_pods(frontend_app: &str, batch_app: &str) -> String {
+    let pod = |name: &str, app: &str, v4: &str, v6: &str| {
+        format!(
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    labels:\n      app: {app}\n    name: {name}\n    namespace: shop\n  spec:\n    containers:\n    - name: main\n      ports:\n      - containerPort: 443\n        name: https\n        protocol: TCP\n  status:\n    phase: Running\n    podIP: {v4}\n    podIPs:\n    - ip: {v4}\n    - ip: {v6}\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nitems:\n{}{}{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
+        pod("payments-0", "payments", "10.20.2.10", "fd20:2::10"),
+        pod("frontend-0", frontend_app, "10.20.1.2", "fd20:1::2"),
+        pod("batch-0", batch_app, "10.20.3.2", "fd20:3::2"),
+    )
+}
+
+/// Payments admits the pods labelled `app: frontend`, on its named port `https`.
+pub const SHOP_POLICIES: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: payments-from-frontend
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels:
+      app: payments
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: frontend
+    ports:
+    - port: https
+"#;
+
 /// The Kubernetes tests' shop on [`Lan::four_hosts`] as its first NetworkPolicy has it:
 /// payments admits the pods labelled `app: frontend` on its port named `https` (443) only.
 /// Checked with real connections: frontend in (IPv4 and IPv6) but not on 8443; batch and the
@@ -779,6 +820,9 @@ pub struct Why {
     pub dst_segment: String,
     pub rate_limit: Option<String>,
     pub revision: Option<u64>,
+    /// The pods (`ns/pod`) of the addresses, under Kubernetes inputs.
+    pub src_pod: Option<String>,
+    pub dst_pod: Option<String>,
 }
 
 pub fn check_args(src: IpAddr, dst: IpAddr, probe: Probe) -> Vec<String> {
@@ -823,6 +867,8 @@ pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
         dst_segment: v["dst_segment"].as_str().unwrap_or("?").into(),
         rate_limit: v["rate_limit"].as_str().map(String::from),
         revision: v["revision"].as_u64(),
+        src_pod: v["src_pod"].as_str().map(String::from),
+        dst_pod: v["dst_pod"].as_str().map(String::from),
     })
 }
 

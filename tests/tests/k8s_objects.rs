@@ -5,53 +5,15 @@
 //! kept out, its error (with its position) in `status`, and what was in force stays.
 use std::{fs, time::Duration};
 
-use integration_tests::{Agent, Lan, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json, tcp_ok, wait_for};
+use integration_tests::{
+    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json, shop_pods as pods, tcp_ok,
+    wait_for,
+};
 
 /// The protocol property, not a speed figure: the agent takes a change of the directory up on
 /// its own (inotify at once, a second or so of settling and translating at most; failing
 /// inotify, the 5-s poll). The bound only has to tell "picked up" from "never".
 const PICKED_UP: Duration = Duration::from_secs(15);
-
-/// The shop's pods as `kubectl get pods -n shop -o yaml` prints them: the test hosts'
-/// addresses (payments 10.20.2.10, frontend 10.20.1.2, batch 10.20.3.2) with these `app`
-/// labels.
-fn pods(frontend_app: &str, batch_app: &str) -> String {
-    let pod = |name: &str, app: &str, v4: &str, v6: &str| {
-        format!(
-            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    labels:\n      app: {app}\n    name: {name}\n    namespace: shop\n  spec:\n    containers:\n    - name: main\n      ports:\n      - containerPort: 443\n        name: https\n        protocol: TCP\n  status:\n    phase: Running\n    podIP: {v4}\n    podIPs:\n    - ip: {v4}\n    - ip: {v6}\n"
-        )
-    };
-    format!(
-        "apiVersion: v1\nitems:\n{}{}{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
-        pod("payments-0", "payments", "10.20.2.10", "fd20:2::10"),
-        pod("frontend-0", frontend_app, "10.20.1.2", "fd20:1::2"),
-        pod("batch-0", batch_app, "10.20.3.2", "fd20:3::2"),
-    )
-}
-
-/// Payments admits the pods labelled `app: frontend`, on its named port `https`.
-const POLICIES: &str = r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: payments-from-frontend
-  namespace: shop
-spec:
-  podSelector:
-    matchLabels:
-      app: payments
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: frontend
-    ports:
-    - port: https
-"#;
 
 #[test]
 fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
@@ -105,6 +67,18 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     assert!(!tcp_ok(&attacker.ns, payments.v4, 8443));
     assert!(tcp_ok(&batch.ns, payments.v4, 443), "the push lost the NetworkPolicy");
     assert!(!tcp_ok(&frontend.ns, payments.v4, 443), "the push lost the isolation");
+
+    // Time-bound grants under Kubernetes inputs: between segments they add up like a native
+    // allow; from an address block they are refused, with the reason.
+    let grant = |from: &str| agent.cli(&["grant", "--from", from, "--to", "*", "--port", "8443/tcp", "--for", "5m", "--reason", "k8s test"]);
+    let refused = grant("10.20.9.0/24");
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success() && message.contains("cannot apply while Kubernetes inputs are in force"), "{message}");
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 8443));
+    let given = grant("scanners");
+    assert!(given.status.success(), "{}", String::from_utf8_lossy(&given.stderr));
+    assert!(tcp_ok(&attacker.ns, payments.v4, 8443), "the grant between segments is not in force:\n{}", agent.log());
+    assert!(!tcp_ok(&batch.ns, payments.v4, 8443), "the grant opened more than its segment");
 
     // A broken file is kept out: the error, with its position, in status; what is in force stays.
     let broken = objects.file("broken.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: { name: deny-all, namespace: shop }\nspec:\n  podSelector: {}\n  policyTypes: [Ingres]\n");

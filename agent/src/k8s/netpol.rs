@@ -682,9 +682,8 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
         rules,
         rate_limits,
         alerts: native.alerts.clone(),
-        // A grant's address block (see `grants::with_grants`) is translated as the ordinary
-        // segment it is appended as: it holds the addresses of the block in no other
-        // segment, so a grant from a block reaches only its addresses outside every segment.
+        // The daemon applies no grant from an address block under Kubernetes inputs: the
+        // native policy has no grant sources here.
         grant_sources: Vec::new(),
     };
     Ok(Translation { policy, warnings, pod_addresses, classes: nclasses })

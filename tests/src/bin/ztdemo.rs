@@ -3,7 +3,9 @@
 //! example policy, real traffic, and for every attempt what the kernel did and why
 //! (`ztagent check`). Then two clients pinging as fast as each other, one of them held to its
 //! rate limit, a policy push that revokes an open connection, the agent's counters, and agents
-//! on the clients stopping lateral movement. Everything it creates is removed on
+//! on the clients stopping lateral movement, audit mode, the rollout from observe to enforce,
+//! and Kubernetes (pods and a NetworkPolicy as objects in a directory, verdicts out, a label
+//! change taking effect without a push). Everything it creates is removed on
 //! exit (the harness guards), also when it fails or is interrupted with Ctrl-C.
 //!
 //! Usage (as root): `ztdemo [POLICY]` (default: examples/policy.yaml). Exit status 0 when the
@@ -23,7 +25,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use integration_tests::{Agent, Lan, Netns, Probe, Servers, TempDir, Why, bin, check_args, check_file, parse_check};
+use integration_tests::{
+    Agent, Lan, Netns, Probe, SHOP_POLICIES, Servers, TempDir, Why, bin, check_args, check_file, parse_check, shop_pods, tcp_ok, wait_for,
+};
 
 /// The hosts, in `Lan` order: name, IPv4, IPv6. The first one is the server.
 const HOSTS: [(&str, &str, &str); 4] = [
@@ -393,7 +397,80 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     // Payments alone from here: its own policy decides.
     drop(client_agents);
     observe_to_enforce(&lan, &agent, &dir, st, &mut problems)?;
+    step()?;
+
+    // ---- 8. Kubernetes --------------------------------------------------------------------
+    header(st, 8, "Kubernetes: pods and a NetworkPolicy in, verdicts out; a label change, no push");
+    drop(agent);
+    kubernetes(&lan, st, &mut problems)?;
     Ok(problems)
+}
+
+/// How long the agent may take to enforce a change of its objects directory: a protocol
+/// bound (inotify at once, a second or so of settling), generous so that "never" stands out.
+const PICKED_UP: Duration = Duration::from_secs(15);
+
+/// Kubernetes on the same hosts: they are the pods of a namespace `shop` (the objects as
+/// `kubectl get -o yaml` prints them), and a NetworkPolicy isolates payments and admits the
+/// pods labelled `app: frontend` on its port named `https`. A new agent on payments reads them
+/// from a directory, with no native policy; then a label change in that directory, and no push,
+/// moves the verdicts.
+fn kubernetes(lan: &Lan, st: Style, problems: &mut Vec<String>) -> Result<()> {
+    use Probe::*;
+    let (payments, frontend, batch) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND], &lan.hosts[BATCH]);
+    let objects = TempDir::new();
+    let pods = objects.file("pods.yaml", &shop_pods("frontend", "batch"));
+    let policies = objects.file("policies.yaml", SHOP_POLICIES);
+    println!("  {}: a v1 List of the pods payments-0, frontend-0 and batch-0 in namespace shop", pods.display());
+    println!("    (labels app: payments / frontend / batch, the hosts' addresses; payments names port 443 `https`)");
+    println!("  {}: namespace shop, NetworkPolicy payments-from-frontend", policies.display());
+    println!("    (pods app=payments admit pods app=frontend on port `https`; the attacker is no pod)");
+    let out = Command::new(bin("ztagent")).args(["k8s", "translate"]).arg(&pods).arg(&policies).output()?;
+    if !out.status.success() {
+        bail!("ztagent k8s translate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let native = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("  ztagent k8s translate pods.yaml policies.yaml (the native policy the agent enforces; its rules):");
+    for l in native.lines().filter(|l| l.trim_start().starts_with("- name:") || l.contains("defaultAction")) {
+        println!("    {}", l.trim());
+    }
+    step()?;
+    let t = Instant::now();
+    let dir = objects.0.to_string_lossy().into_owned();
+    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
+    println!(
+        "  ztagent run --iface {} --k8s-objects {dir} on payments (no native policy): enforcing after {:.1} s",
+        payments.iface,
+        t.elapsed().as_secs_f64()
+    );
+    let probe_all = |cases: &[(usize, bool, Probe)], problems: &mut Vec<String>| -> Result<()> {
+        for &(from, v6, probe) in cases {
+            let a = Attempt::run(lan, from, PAYMENTS, v6, probe, |s, d| check_live(&agent, s, d, probe))?;
+            let pods = format!(
+                "  [{} -> {}]",
+                a.why.src_pod.as_deref().unwrap_or("no pod"),
+                a.why.dst_pod.as_deref().unwrap_or("no pod")
+            );
+            a.print(st, problems, &pods);
+        }
+        Ok(())
+    };
+    let first = [(FRONTEND, false, Tcp(443)), (FRONTEND, true, Tcp(443)), (FRONTEND, false, Tcp(8080)), (BATCH, false, Tcp(443)), (ATTACKER, false, Tcp(443))];
+    probe_all(&first, problems)?;
+    step()?;
+    objects.file("pods.yaml", &shop_pods("legacy", "frontend"));
+    match wait_for(PICKED_UP, || tcp_ok(&batch.ns, payments.v4, 443)) {
+        Some(d) => println!(
+            "\n  pods.yaml rewritten (frontend-0 now app: legacy, batch-0 app: frontend), nothing pushed: enforced {:.1} s after the write",
+            d.as_secs_f64()
+        ),
+        None => problems.push(format!("the label change was not enforced within {} s", PICKED_UP.as_secs())),
+    }
+    probe_all(&[(BATCH, false, Tcp(443)), (FRONTEND, false, Tcp(443))], problems)?;
+    if tcp_ok(&frontend.ns, payments.v4, 443) {
+        problems.push("after the label change the old frontend still reaches payments".into());
+    }
+    Ok(())
 }
 
 /// The zero-trust rollout on payments: what the agent saw (`ztagent inventory`), the least
