@@ -599,14 +599,8 @@ fn compile_with(
     grants: &[crate::grants::Grant],
     k8s: Option<&K8sView>,
 ) -> Result<(Arc<CompiledPolicy>, Vec<String>), DaemonError> {
-    // A grant from an address block is a pseudo-segment the translation has no class for
-    // (see `Policy::grant_sources`): under Kubernetes inputs only grants between segments apply.
-    let (applying, blocks): (Vec<_>, Vec<_>) =
-        grants.iter().cloned().partition(|g| k8s.is_none() || !matches!(crate::grants::block(&g.from), Ok(Some(_))));
-    for g in blocks {
-        tracing::warn!("grant {} does not apply: {}", g.id, crate::grants::GrantError::BlockUnderKubernetes(g.from));
-    }
-    let (with, skipped) = crate::grants::with_grants(parsed, &applying);
+    // Under Kubernetes inputs only grants between segments apply (see `with_grants`).
+    let (with, skipped) = crate::grants::with_grants(parsed, grants, k8s.is_none());
     for (id, e) in skipped {
         tracing::warn!("grant {id} does not apply to this policy: {e}");
     }

@@ -168,13 +168,16 @@ fn identity_of(policy: &Policy, net: &IpNet) -> Option<SegRef> {
 /// block a grant is from a pseudo-segment of its own (see `Policy::grant_sources`), which the
 /// rules of every grant whose block holds it name (so the longest block the datapath finds
 /// carries the grants of the blocks around it too). A grant that names a segment the policy
-/// no longer has cannot apply, and is left out (returned, for the log).
-pub fn with_grants(policy: &Policy, grants: &[Grant]) -> (Policy, Vec<(u32, GrantError)>) {
+/// no longer has cannot apply, and is left out (returned, for the log); so is a grant from an
+/// address block when `blocks` is false (under Kubernetes inputs: the translation has no class
+/// for such a pseudo-segment, see `k8s::translate`).
+pub fn with_grants(policy: &Policy, grants: &[Grant], blocks: bool) -> (Policy, Vec<(u32, GrantError)>) {
     let mut out = policy.clone();
     let mut skipped = Vec::new();
     let mut applying: Vec<(&Grant, Option<IpNet>)> = Vec::new();
     for g in grants {
         match check(policy, g).and_then(|()| block(&g.from)) {
+            Ok(Some(net)) if !blocks => skipped.push((g.id, GrantError::BlockUnderKubernetes(net.to_string()))),
             Ok(b) => applying.push((g, b)),
             Err(e) => skipped.push((g.id, e)),
         }
@@ -292,7 +295,7 @@ mod tests {
         let g1 = store.add("a".into(), "b".into(), vec!["8080/tcp".into()], "debugging".into(), 100.0, Duration::from_secs(60)).unwrap();
         let g2 = store.add("a".into(), "b".into(), vec![], "all of it".into(), 100.0, Duration::from_secs(5)).unwrap();
         assert_eq!((g1.index, g2.index, g1.id, g2.id), (0, 1, 1, 2));
-        let (with, skipped) = with_grants(&p, &store.grants);
+        let (with, skipped) = with_grants(&p, &store.grants, true);
         assert!(skipped.is_empty());
         assert_eq!(with.rules.len(), 3);
         let c = crate::policy::compile(&with);
@@ -303,7 +306,7 @@ mod tests {
         assert_eq!(check(5432).rule.as_deref(), Some("grant-2"));
         // A grant on a segment the policy lost is left out.
         let other = crate::policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap();
-        assert_eq!(with_grants(&other, &store.grants).1.len(), 2);
+        assert_eq!(with_grants(&other, &store.grants, true).1.len(), 2);
         // Saved and loaded back, less what has ended.
         let dir = std::env::temp_dir().join(format!("ztagent-grants-test-{}", std::process::id()));
         store.save(&dir).unwrap();
@@ -337,7 +340,11 @@ mod tests {
         add("10.0.1.7/32", vec![]); // one host of a
         add("10.0.0.0/16", vec!["9000/tcp".into()]); // around both segments
         let g = store.grants.clone();
-        let (with, skipped) = with_grants(&p, &g);
+        // Under Kubernetes inputs the blocks are left out, each with the reason.
+        let (without, skipped) = with_grants(&p, &g, false);
+        assert_eq!((without.segments.len(), without.rules.len()), (p.segments.len(), p.rules.len()));
+        assert!(skipped.iter().all(|(_, e)| matches!(e, GrantError::BlockUnderKubernetes(_))) && skipped.len() == 3, "{skipped:?}");
+        let (with, skipped) = with_grants(&p, &g, true);
         assert!(skipped.is_empty());
         assert_eq!(with.grant_sources.len(), 3);
         let c = crate::policy::compile(&with);
