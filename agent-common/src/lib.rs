@@ -544,9 +544,6 @@ pub mod programs {
     pub const REFERENCE: &str = "zt_reference";
     /// Parse, a conntrack miss and one denial-cache lookup: the benchmark's denied floor.
     pub const DENIED_FLOOR: &str = "zt_denied_floor";
-    /// The comparative benchmark's generator (XDP_TX) and scan generator (random source).
-    pub const BENCH_TX: &str = "zt_bench_tx";
-    pub const BENCH_SCAN: &str = "zt_bench_scan";
     /// The comparative benchmark's limit: drops everything.
     pub const BENCH_DROP: &str = "zt_bench_drop";
     /// The comparative benchmark's "XDP with one LPM lookup" (the active slot's CIDR trie).

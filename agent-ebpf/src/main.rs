@@ -100,39 +100,6 @@ pub fn zt_denied_floor(ctx: XdpContext) -> u32 {
     if DENIED.get_ptr(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
-/// The comparative benchmark's traffic generator, run by `BPF_PROG_TEST_RUN` with live frames
-/// on a veth: sends the frame out of that veth, so it arrives at the peer's dropper. Never
-/// attached by the agent.
-#[xdp]
-pub fn zt_bench_tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
-}
-
-/// As `zt_bench_tx`, for a scan: the low 16 bits of the IPv4 source address are random per
-/// packet (65,536 sources). Never attached by the agent.
-#[xdp]
-pub fn zt_bench_scan(ctx: XdpContext) -> u32 {
-    // Ethernet (14) + the IPv4 source at offset 12: its last two bytes at 28..30; the header
-    // checksum at 24..26, updated incrementally (RFC 1624: HC' = ~(~HC + ~m + m')).
-    let (at, csum) = (ctx.data() + 28, ctx.data() + 24);
-    if at + 2 > ctx.data_end() {
-        return xdp_action::XDP_ABORTED;
-    }
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let new = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as u16;
-    // SAFETY: bounds checked above (both fields lie before `at + 2`).
-    unsafe {
-        let old = core::ptr::read_unaligned(at as *const u16);
-        let hc = core::ptr::read_unaligned(csum as *const u16);
-        let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        core::ptr::write_unaligned(at as *mut u16, new);
-        core::ptr::write_unaligned(csum as *mut u16, !(sum as u16));
-    }
-    xdp_action::XDP_TX
-}
-
 /// Drops everything: the comparative benchmark's limit. Never attached by the agent.
 #[xdp]
 pub fn zt_bench_drop(_ctx: XdpContext) -> u32 {

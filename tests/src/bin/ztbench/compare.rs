@@ -3,17 +3,23 @@
 //! input, each with an interval set), at N CIDRs, on live traffic.
 //!
 //! Traffic: a sender namespace and a receiver namespace joined by a veth pair. The generator is
-//! an XDP program of the same object (`zt_bench_tx`, or `zt_bench_scan`, which randomises the
-//! low 16 bits of the source) run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on
-//! the sender's veth, pinned to CPU 0: every repeat is a real frame sent out of the veth
-//! (XDP_TX) into the receiver, whose veth NAPI runs threaded, its kthread pinned to CPU 1.
-//! The dropper under test sits on the receiving veth (XDP) or in the receiver's nftables. The
-//! receiver always has an XDP program (the empty `zt_baseline` for nftables and "no program"),
-//! because a veth only takes XDP_TX frames into a NAPI ring when it has one.
+//! an AF_PACKET socket with a TX ring and qdisc bypass on the sender's veth ([`TxRing`]), in a
+//! thread pinned to CPU 0; the scan rewrites the low 16 bits of the source per frame (all
+//! 65,536 sources in turn). (`BPF_PROG_TEST_RUN` with live frames, the earlier generator, is
+//! refused with EPERM on these kernels; there is no pktgen.) The receiving veth's NAPI runs
+//! threaded, its kthread pinned to CPU 1, so the whole receive path (XDP, and for passed frames
+//! the stack and nftables' hooks) runs in a thread whose CPU time we read. The dropper under
+//! test sits on the receiving veth (XDP: ours, or Debian's `xdp-filter`) or in the receiver's
+//! nftables. The receiver always has an XDP program (the empty `zt_baseline` for nftables and
+//! "no program"), so every dropper sees the same veth path (a veth takes frames into a NAPI
+//! ring only when it has one).
 //!
-//! Rates: what the receiver processed (`rx_packets` of its veth) or delivered to its stack
-//! (`Ip InDelivers`), divided by the sender's wall time. Frames the receiver cannot keep up
-//! with are lost in the veth ring, so the rate is the dropper's, not the generator's.
+//! Figures, per dropper and round: what the receiver processed (`rx_packets` of its veth) or
+//! delivered to its stack (`Ip InDelivers`) over the sender's wall time; what the generator
+//! offered (frames / its time: the generator's ceiling shows as drop-all's); and the receiver's
+//! CPU time per packet (the NAPI thread's `schedstat` run time over packets received). Where
+//! the generator caps the faster droppers, rates tie; the CPU time per packet still ranks them,
+//! and the targets are judged on it.
 //!
 //! Droppers are interleaved round by round; each figure is the median of the rounds, with
 //! their minimum and maximum.
@@ -21,7 +27,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
     sync::atomic::Ordering,
@@ -38,7 +44,7 @@ use ztagent::{
     policy::{self, Action, Mode, Policy, PortSpec, Proto, Rule, SegRef, Segment},
 };
 
-use super::{INTERRUPTED, PinGuard, fmt_count, median, verdict};
+use super::{INTERRUPTED, txring::TxRing, PinGuard, fmt_count, median, verdict};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 20);
@@ -46,12 +52,6 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 20);
 const SCANNER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PORT: u16 = 9;
 
-/// Targets of issue 11.
-const MIN_VS_NETDEV: f64 = 4.0;
-const MIN_VS_INET: f64 = 5.0;
-const MIN_VS_DROP_ALL: f64 = 0.5;
-const MIN_SCAN_VS_NETDEV: f64 = 3.0;
-const MIN_ALLOWED_VS_NONE: f64 = 0.9;
 
 /// What `--compare`, `--quick`, `--rounds` and `--json` ask of the comparative benchmark.
 pub struct CompareOptions {
@@ -70,6 +70,9 @@ enum Dropper {
     Ztagent,
     NftNetdev,
     NftInet,
+    /// xdp-filter (Debian's xdp-tools): policy deny, the client's address allowed (IPv4
+    /// features only, its cheapest configuration); the same verdicts as ztagent's policy.
+    XdpFilter,
     /// Breakdown, denied traffic (one source and the scan): parse + one conntrack lookup, drop
     /// on the miss (`zt_reference`).
     Reference,
@@ -80,11 +83,12 @@ enum Dropper {
 }
 
 impl Dropper {
-    const ALL: [Dropper; 8] = [
+    const ALL: [Dropper; 9] = [
         Dropper::None,
         Dropper::DropAll,
         Dropper::Lpm,
         Dropper::Ztagent,
+        Dropper::XdpFilter,
         Dropper::DeniedFloor,
         Dropper::Reference,
         Dropper::NftNetdev,
@@ -98,6 +102,7 @@ impl Dropper {
             Dropper::Ztagent => "ztagent",
             Dropper::NftNetdev => "nft netdev ingress",
             Dropper::NftInet => "nft inet input",
+            Dropper::XdpFilter => "xdp-filter",
             Dropper::Reference => "parse + ct lookup",
             Dropper::DeniedFloor => "denied floor",
         }
@@ -139,12 +144,9 @@ fn udp_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> Vec<
     f.extend_from_slice(&[0; 8]);
     f.resize(60, 0);
     // The IPv4 header checksum: the stack drops a frame without a valid one before nft's inet
-    // hooks (`zt_bench_scan` updates it incrementally).
-    let mut sum: u32 = f[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    // hooks (`scan_source` recomputes it for every scan frame).
+    let sum = ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
     f
 }
 
@@ -229,49 +231,42 @@ fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// BPF_PROG_TEST_RUN with live frames: `repeat` copies of `frame` through `prog_fd` as if
-/// received on `ifindex`, in the calling thread's namespace. aya 0.14 does not expose the
-/// flags, hence the raw syscall.
-fn live_run(prog_fd: i32, ifindex: u32, frame: &[u8], repeat: u32) -> Result<()> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
+/// The scan's frame `i`: the base frame with the low 16 bits of the source set to a
+/// permutation of `i` (every one of the 65,536 sources once in 65,536 frames) and the IPv4
+/// header checksum recomputed.
+fn scan_source(frame: &mut [u8], i: u64) {
+    let low = (i.wrapping_mul(40_503) & 0xffff) as u16;
+    frame[28..30].copy_from_slice(&low.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let sum = ipv4_checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
     }
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex;
-    // the kernel wants data_end = the frame's length.
-    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    let mut attr = TestAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: size_of_val(&ctx) as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        ..TestAttr::default()
-    };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; its pointers outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, size_of::<TestAttr>()) };
-    ensure!(rc == 0, "BPF_PROG_TEST_RUN with live frames: {}", std::io::Error::last_os_error());
-    Ok(())
+    !(sum as u16)
+}
+
+/// Sends `count` frames of `t` from a thread pinned to CPU 0; returns the seconds it took.
+fn send(ring: &mut TxRing, t: Traffic, frame: &[u8], count: u64) -> Result<f64> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<f64> {
+            pin_to_cpu(0, 0)?;
+            let t0 = Instant::now();
+            ring.send(count, frame.len(), |i, buf| {
+                buf[..frame.len()].copy_from_slice(frame);
+                if t == Traffic::Scan {
+                    scan_source(&mut buf[..frame.len()], i);
+                }
+            })?;
+            Ok(t0.elapsed().as_secs_f64())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?
+    })
 }
 
 /// The two namespaces, the veth between them, and what lives in the receiver.
@@ -318,23 +313,41 @@ impl Bench {
     /// Pins the receiver's NAPI kthreads (named `napi/IF-ID`, 15 bytes at most) to CPU 1.
     /// Threaded NAPI first (a veth has NAPI instances only while it has an XDP program), so
     /// the receiver's work runs in kthreads that can be pinned.
-    fn pin_napi(&self) -> Result<usize> {
+    fn pin_napi(&self) -> Result<Vec<libc::pid_t>> {
         let rx_if = &self.rx_if;
         let o = Command::new("ip")
             .args(["netns", "exec", &self.rx.name, "sh", "-c", &format!("echo 1 > /sys/class/net/{rx_if}/threaded")])
             .output()?;
         ensure!(o.status.success(), "threaded NAPI on {rx_if}: {}", String::from_utf8_lossy(&o.stderr));
         let want: String = format!("napi/{}-", self.rx_if).chars().take(15).collect();
-        let mut n = 0;
+        let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc")?.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
             let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
             if comm.trim_end().starts_with(&want) || comm.trim_end() == want.trim_end_matches('-') {
                 pin_to_cpu(pid, 1)?;
-                n += 1;
+                pids.push(pid);
             }
         }
-        Ok(n)
+        Ok(pids)
+    }
+
+    /// xdp-filter on the receiving veth (in the host's mounts: it pins its maps in bpffs).
+    fn xdp_filter(&self, args: &[&str]) -> Result<()> {
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", self.rx.path()))
+            .args(["--", "xdp-filter"])
+            .args(args)
+            .output()
+            .context("cannot run xdp-filter (Debian package xdp-tools; `cargo xtask setup` installs it)")?;
+        ensure!(
+            o.status.success(),
+            "xdp-filter {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(())
     }
 
     fn rx_packets(&self) -> Result<u64> {
@@ -369,10 +382,26 @@ impl Bench {
     }
 }
 
+/// CPU time the receiver's NAPI threads have run, in ns (`/proc/PID/schedstat`'s first field):
+/// with threaded NAPI, the whole receive path of the veth (XDP, and for passed packets the
+/// stack: nft's hooks included) runs in them.
+fn cpu_ns(pids: &[libc::pid_t]) -> Result<u64> {
+    let mut sum = 0;
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).with_context(|| format!("schedstat of NAPI thread {pid}"))?;
+        sum += text.split_whitespace().next().and_then(|w| w.parse::<u64>().ok()).context("schedstat")?;
+    }
+    Ok(sum)
+}
+
 /// One measurement: Mpps per round.
 #[derive(Default, Clone)]
 struct Cell {
     mpps: Vec<f64>,
+    /// What the generator offered (frames sent / the sender's time), Mpps per round.
+    offered: Vec<f64>,
+    /// The receiver's CPU time per packet received (its NAPI threads), ns per round.
+    rx_ns: Vec<f64>,
     /// Nanoseconds per packet inside the dropper's XDP program, from the kernel's program
     /// statistics in the extra round that has them on (they cost every program two clock
     /// reads, so the rates are measured with them off).
@@ -414,8 +443,6 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
     for name in [
         programs::BASELINE,
-        programs::BENCH_TX,
-        programs::BENCH_SCAN,
         programs::BENCH_DROP,
         programs::BENCH_LPM,
         programs::REFERENCE,
@@ -427,15 +454,12 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     }
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
     let bench = Bench::new()?;
-    let fd_of = |dp: &Datapath, name: &str| -> Result<i32> {
-        let p: &Xdp = dp.ebpf.program(name).with_context(|| format!("program {name} missing"))?.try_into()?;
-        Ok(p.fd()?.as_fd().as_raw_fd())
-    };
-    let (tx_fd, scan_fd) = (fd_of(&dp, programs::BENCH_TX)?, fd_of(&dp, programs::BENCH_SCAN)?);
+    let tx_index = bench.tx_index;
+    let mut ring = in_ns(&bench.tx, || TxRing::open(tx_index)).context("the traffic generator (AF_PACKET TX ring)")?;
     let frames = [
-        (Traffic::Denied, tx_fd, udp_frame(bench.rx_mac, SCANNER, SERVER, 40001)),
-        (Traffic::Scan, scan_fd, udp_frame(bench.rx_mac, SCANNER, SERVER, 40002)),
-        (Traffic::Allowed, tx_fd, udp_frame(bench.rx_mac, CLIENT, SERVER, 40000)),
+        (Traffic::Denied, udp_frame(bench.rx_mac, SCANNER, SERVER, 40001)),
+        (Traffic::Scan, udp_frame(bench.rx_mac, SCANNER, SERVER, 40002)),
+        (Traffic::Allowed, udp_frame(bench.rx_mac, CLIENT, SERVER, 40000)),
     ];
     let mut results: Results = vec![vec![vec![Cell::default(); Traffic::ALL.len()]; Dropper::ALL.len()]; sizes.len()];
     let mut napi_pinned = 0;
@@ -463,7 +487,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     bail!("interrupted");
                 }
-                if stats_round && matches!(d, Dropper::NftNetdev | Dropper::NftInet) {
+                if stats_round && matches!(d, Dropper::NftNetdev | Dropper::NftInet | Dropper::XdpFilter) {
                     continue;
                 }
                 let name = match d {
@@ -474,12 +498,19 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     Dropper::DeniedFloor => programs::DENIED_FLOOR,
                     _ => programs::BASELINE,
                 };
-                let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
-                let rx_index = bench.rx_index;
-                let link = in_ns(&bench.rx, || {
-                    prog.attach_to_if_index(rx_index, XdpMode::default()).with_context(|| format!("attaching {name}"))
-                })?;
-                napi_pinned = bench.pin_napi()?;
+                let link = if d == Dropper::XdpFilter {
+                    bench.xdp_filter(&["load", "--mode", "native", "--policy", "deny", "--features", "ipv4", &bench.rx_if])?;
+                    bench.xdp_filter(&["ip", "--mode", "src", &CLIENT.to_string()])?;
+                    None
+                } else {
+                    let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
+                    let rx_index = bench.rx_index;
+                    Some(in_ns(&bench.rx, || {
+                        prog.attach_to_if_index(rx_index, XdpMode::default()).with_context(|| format!("attaching {name}"))
+                    })?)
+                };
+                let napi = bench.pin_napi()?;
+                napi_pinned = napi.len();
                 match d {
                     Dropper::NftNetdev => bench.nft(&format!(
                         "add chain netdev ztb c {{ type filter hook ingress device {} priority 0; }}\n\
@@ -492,14 +523,14 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     )?,
                     _ => {}
                 }
-                for (ti, (t, fd, frame)) in frames.iter().enumerate() {
+                for (ti, (t, frame)) in frames.iter().enumerate() {
                     let breakdown = matches!(d, Dropper::Reference | Dropper::DeniedFloor);
                     if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t == Traffic::Allowed) {
                         continue;
                     }
                     if *t == Traffic::Allowed {
                         // The first packet starts the flow; the measured ones are established.
-                        in_ns(&bench.tx, || live_run(*fd, bench.tx_index, frame, 1))?;
+                        send(&mut ring, *t, frame, 1)?;
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     let count = |b: &Bench| if *t == Traffic::Allowed { b.in_delivers() } else { b.rx_packets() };
@@ -510,20 +541,21 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     };
                     let stats_before = prog_stats(&dp)?;
                     let before = count(&bench)?;
-                    let secs = in_ns(&bench.tx, || {
-                        pin_to_cpu(0, 0)?;
-                        let t0 = Instant::now();
-                        live_run(*fd, bench.tx_index, frame, repeat)?;
-                        Ok(t0.elapsed().as_secs_f64())
-                    })?;
+                    let (rx_before, cpu_before) = (bench.rx_packets()?, cpu_ns(&napi)?);
+                    let secs = send(&mut ring, *t, frame, u64::from(repeat))?;
                     std::thread::sleep(Duration::from_millis(10));
                     let after = count(&bench)?;
+                    let (rx_after, cpu_after) = (bench.rx_packets()?, cpu_ns(&napi)?);
                     if stats_round {
                         let (t1, c1) = prog_stats(&dp)?;
                         let runs = c1.saturating_sub(stats_before.1).max(1);
                         results[ni][di][ti].prog_ns.push(t1.saturating_sub(stats_before.0) as f64 / runs as f64);
                     } else {
-                        results[ni][di][ti].mpps.push((after - before) as f64 / secs / 1e6);
+                        let cell = &mut results[ni][di][ti];
+                        cell.mpps.push((after - before) as f64 / secs / 1e6);
+                        cell.offered.push(f64::from(repeat) / secs / 1e6);
+                        let rx = rx_after.saturating_sub(rx_before).max(1);
+                        cell.rx_ns.push(cpu_after.saturating_sub(cpu_before) as f64 / rx as f64);
                     }
                 }
                 match d {
@@ -531,8 +563,12 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     Dropper::NftInet => bench.nft("flush chain inet ztb c\ndelete chain inet ztb c\n")?,
                     _ => {}
                 }
-                let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
-                prog.detach(link).with_context(|| format!("detaching {name}"))?;
+                if let Some(link) = link {
+                    let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
+                    prog.detach(link).with_context(|| format!("detaching {name}"))?;
+                } else {
+                    bench.xdp_filter(&["unload", &bench.rx_if])?;
+                }
             }
         }
         bench.nft("delete table netdev ztb\ndelete table inet ztb\n")?;
@@ -547,112 +583,126 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
 
 fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repeat: u32) -> (String, serde_json::Value, bool) {
     let mut s = String::new();
-    let mut ok = true;
     let _ = writeln!(
         s,
-        "\nComparative benchmark, live traffic over a veth (sender on CPU 0, {napi} receiver NAPI thread(s) pinned to CPU 1): \
-         Mpps received per dropper, median of {} rounds of {} frames [min-max].\n",
+        "\nComparative benchmark, live traffic over a veth (AF_PACKET TX ring on CPU 0, {napi} receiver NAPI thread(s) \
+         pinned to CPU 1), median of {} rounds of {} frames [min-max].\n",
         opts.rounds,
         fmt_count(repeat as usize)
     );
     let mut json = serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [], "breakdown": [] });
-    let zi = Dropper::ALL.iter().position(|&d| d == Dropper::Ztagent).unwrap_or(0);
     for (ti, t) in Traffic::ALL.iter().enumerate() {
-        let _ = write!(s, "**{}**\n\n| CIDRs |", t.name());
-        for d in Dropper::ALL {
-            let _ = write!(s, " {} |", d.name());
-        }
-        let _ = writeln!(
-            s,
-            " ztagent / drop-all | ztagent / one LPM | ztagent / nft netdev | ztagent / nft inet | ztagent / no program |"
-        );
-        let _ = writeln!(s, "|---:|{}", "---:|".repeat(Dropper::ALL.len() + 5));
-        for (ni, &n) in sizes.iter().enumerate() {
-            let _ = write!(s, "| {} |", fmt_count(n));
-            for (di, d) in Dropper::ALL.iter().enumerate() {
-                let c = &r[ni][di][ti];
-                if c.mpps.is_empty() {
-                    let _ = write!(s, " - |");
-                    continue;
-                }
-                let _ = write!(s, " {:.2} [{:.2}-{:.2}] |", c.med(), c.min(), c.max());
-                if let Some(a) = json["results"].as_array_mut() {
-                    a.push(serde_json::json!({
-                        "traffic": t.name(), "cidrs": n, "dropper": d.name(),
-                        "mpps_median": c.med(), "mpps_min": c.min(), "mpps_max": c.max(), "mpps": c.mpps,
-                    }));
-                }
+        rate_table(&mut s, &mut json, sizes, r, ti, *t);
+    }
+    breakdown(&mut s, &mut json, sizes, r);
+    let ok = targets(&mut s, sizes, r);
+    json["targets_pass"] = serde_json::Value::Bool(ok);
+    (s, json, ok)
+}
+
+fn med(v: &[f64]) -> f64 {
+    if v.is_empty() { f64::NAN } else { median(&mut v.to_vec()) }
+}
+
+fn di(d: Dropper) -> usize {
+    Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0)
+}
+
+/// One traffic's table: per N, each dropper's received Mpps, the generator's offered Mpps and
+/// the receiver's CPU ns per packet.
+fn rate_table(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &Results, ti: usize, t: Traffic) {
+    let _ = write!(
+        s,
+        "**{}**: Mpps received [min-max] / the generator's offered Mpps / the receiver's CPU ns per packet\n\n| CIDRs |",
+        t.name()
+    );
+    for d in Dropper::ALL {
+        let _ = write!(s, " {} |", d.name());
+    }
+    let _ = writeln!(s, "\n|---:|{}", "---:|".repeat(Dropper::ALL.len()));
+    for (ni, &n) in sizes.iter().enumerate() {
+        let _ = write!(s, "| {} |", fmt_count(n));
+        for (di, d) in Dropper::ALL.iter().enumerate() {
+            let c = &r[ni][di][ti];
+            if c.mpps.is_empty() {
+                let _ = write!(s, " - |");
+                continue;
             }
-            let z = r[ni][zi][ti].med();
-            for d in [Dropper::DropAll, Dropper::Lpm, Dropper::NftNetdev, Dropper::NftInet, Dropper::None] {
-                let di = Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0);
-                let c = &r[ni][di][ti];
-                if c.mpps.is_empty() {
-                    let _ = write!(s, " - |");
-                } else {
-                    let _ = write!(s, " {:.2} |", z / c.med().max(1e-9));
-                }
+            let (offered, rx_ns) = (med(&c.offered), med(&c.rx_ns));
+            let _ = write!(s, " {:.2} [{:.2}-{:.2}] / {offered:.2} / {rx_ns:.0} |", c.med(), c.min(), c.max());
+            if let Some(a) = json["results"].as_array_mut() {
+                a.push(serde_json::json!({
+                    "traffic": t.name(), "cidrs": n, "dropper": d.name(),
+                    "mpps_median": c.med(), "mpps_min": c.min(), "mpps_max": c.max(), "mpps": c.mpps,
+                    "offered_mpps_median": offered, "rx_cpu_ns_per_packet_median": rx_ns,
+                }));
             }
-            let _ = writeln!(s);
         }
         let _ = writeln!(s);
     }
+    let _ = writeln!(s);
+}
+
+/// Where a packet's time goes inside each XDP program (the kernel's program statistics).
+fn breakdown(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &Results) {
     let _ = writeln!(
         s,
-        "**Where a packet's time goes** on the receiving CPU: ns per packet received (1,000 / the median Mpps), \
-         of it inside the XDP program (the kernel's program statistics, in an extra round: run time / runs; \
-         they include the statistics' own clock reads, see the empty program's), the rest the veth, NAPI and, \
-         for passed packets, the stack.\n\n| traffic | CIDRs | dropper | ns per packet | in the program | rest |\n|---|---:|---|---:|---:|---:|"
+        "**Where a packet's time goes** on the receiving CPU: its NAPI thread's CPU time per packet, of it inside \
+         the XDP program (the kernel's program statistics, in an extra round: run time / runs; they include the \
+         statistics' own clock reads, see the empty program's), the rest the veth, NAPI and, for passed packets, \
+         the stack.\n\n| traffic | CIDRs | dropper | receiver ns per packet | in the program | rest |\n|---|---:|---|---:|---:|---:|"
     );
     for (ti, t) in Traffic::ALL.iter().enumerate() {
         for (ni, &n) in sizes.iter().enumerate() {
             for (di, d) in Dropper::ALL.iter().enumerate() {
                 let c = &r[ni][di][ti];
-                if c.mpps.is_empty() || c.prog_ns.is_empty() {
+                if c.rx_ns.is_empty() || c.prog_ns.is_empty() {
                     continue;
                 }
-                let total = 1e3 / c.med().max(1e-9);
-                let prog = median(&mut c.prog_ns.clone());
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |",
-                    t.name(),
-                    fmt_count(n),
-                    d.name(),
-                    total - prog
-                );
+                let (total, prog) = (med(&c.rx_ns), med(&c.prog_ns));
+                let _ = writeln!(s, "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |", t.name(), fmt_count(n), d.name(), total - prog);
                 if let Some(a) = json["breakdown"].as_array_mut() {
                     a.push(serde_json::json!({
-                        "traffic": t.name(), "cidrs": n, "dropper": d.name(), "ns_per_packet": total, "ns_in_program": prog,
+                        "traffic": t.name(), "cidrs": n, "dropper": d.name(), "rx_cpu_ns_per_packet": total, "ns_in_program": prog,
                     }));
                 }
             }
         }
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "Targets:\n");
-    let ratio = |ni: usize, ti: usize, d: Dropper| {
-        let di = Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0);
-        r[ni][zi][ti].med() / r[ni][di][ti].med().max(1e-9)
-    };
-    let mut line = |pass: bool, text: String| {
-        ok &= pass;
-        let _ = writeln!(s, "- {}: {text}", verdict(pass));
-    };
+}
+
+/// Issue 18's targets. Each is judged by what a packet costs the receiving host (its NAPI
+/// thread's CPU time per packet: the other dropper's over ztagent's, so 2x = ztagent costs
+/// half), which the generator's ceiling cannot cap; the ratio of received rates is printed
+/// beside it.
+fn targets(s: &mut String, sizes: &[usize], r: &Results) -> bool {
+    let _ = writeln!(s, "Targets (cost ratio = the other's receiver CPU ns per packet / ztagent's; rate ratio beside it):\n");
+    let zi = di(Dropper::Ztagent);
+    let mut ok = true;
     for (ni, &n) in sizes.iter().enumerate() {
-        let n_text = fmt_count(n);
-        let (a, b) = (ratio(ni, 0, Dropper::NftNetdev), ratio(ni, 0, Dropper::NftInet));
-        line(a >= MIN_VS_NETDEV, format!("{n_text} CIDRs: denied, ztagent {a:.2}x nft netdev ingress >= {MIN_VS_NETDEV}x"));
-        line(b >= MIN_VS_INET, format!("{n_text} CIDRs: denied, ztagent {b:.2}x nft inet input >= {MIN_VS_INET}x"));
+        let mut line = |ti: usize, d: Dropper, min: f64, what: &str| {
+            let (z, o) = (&r[ni][zi][ti], &r[ni][di(d)][ti]);
+            let cost = med(&o.rx_ns) / med(&z.rx_ns).max(1e-9);
+            let rate = z.med() / o.med().max(1e-9);
+            let pass = cost >= min;
+            ok &= pass;
+            let _ = writeln!(
+                s,
+                "- {}: {} CIDRs: {what}, ztagent {cost:.2}x {} >= {min}x (rates: {rate:.2}x)",
+                verdict(pass),
+                fmt_count(n),
+                d.name()
+            );
+        };
+        line(1, Dropper::NftNetdev, 2.0, "scan");
+        line(1, Dropper::XdpFilter, 1.0, "scan");
+        line(0, Dropper::Lpm, 0.9, "denied, one source");
+        line(0, Dropper::NftNetdev, 2.0, "denied, one source");
         if n == 1_000 {
-            let c = ratio(ni, 0, Dropper::DropAll);
-            line(c >= MIN_VS_DROP_ALL, format!("{n_text} CIDRs: denied, ztagent {c:.2}x XDP drop-all >= {MIN_VS_DROP_ALL}x"));
+            line(0, Dropper::DropAll, 0.5, "denied, one source");
         }
-        let sc = ratio(ni, 1, Dropper::NftNetdev);
-        line(sc >= MIN_SCAN_VS_NETDEV, format!("{n_text} CIDRs: scan, ztagent {sc:.2}x nft netdev ingress >= {MIN_SCAN_VS_NETDEV}x"));
-        let al = ratio(ni, 2, Dropper::None);
-        line(al >= MIN_ALLOWED_VS_NONE, format!("{n_text} CIDRs: allowed, ztagent {al:.2}x no program >= {MIN_ALLOWED_VS_NONE}x"));
+        line(2, Dropper::None, 0.9, "allowed, established");
     }
-    json["targets_pass"] = serde_json::Value::Bool(ok);
-    (s, json, ok)
+    ok
 }

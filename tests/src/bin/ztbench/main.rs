@@ -49,6 +49,7 @@
 //! Usage: `ztbench [--quick] [--check] [--breakdown] [--out PATH] [--runs N] [--repeat N]
 //! [--events N] [--compare] [--rounds N] [--json PATH]` (as root; see `--help`).
 mod compare;
+mod txring;
 
 use std::{
     fmt::Write as _,
