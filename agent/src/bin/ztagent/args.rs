@@ -453,3 +453,17 @@ pub enum Format {
     Yaml,
     Json,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap's own checks of the definitions (ids that `requires` and `conflicts_with` name,
+    /// flattened groups that clash, defaults that their parsers refuse), for every command.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

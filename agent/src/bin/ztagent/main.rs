@@ -49,7 +49,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grant(args) => cmd::grant::grant(&socket, args).await,
         Command::Grants(args) => cmd::grants::grants(&socket, args).await,
         Command::Inventory(args) => cmd::inventory::inventory(&socket, args).await,
-        Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(args),
+        Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
         Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
         Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,
         Command::Uninstall(args) => cmd::uninstall::uninstall(&args.pin_path),

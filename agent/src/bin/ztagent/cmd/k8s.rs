@@ -8,7 +8,7 @@ use crate::args::{Format, TranslateArgs};
 
 /// The flattened policy on stdout, warnings and a summary on stderr; diagnostics and a
 /// failure when anything cannot be accepted (then nothing on stdout).
-pub fn translate(args: TranslateArgs) -> anyhow::Result<ExitCode> {
+pub fn translate(args: &TranslateArgs) -> anyhow::Result<ExitCode> {
     let native = match &args.policy {
         Some(path) => match policy::load(path) {
             Ok(p) => p,
