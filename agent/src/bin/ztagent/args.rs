@@ -1,0 +1,469 @@
+//! Every clap type of the command line: the commands, their arguments, and the option groups
+//! that several commands share (flattened where they appear).
+//!
+//! The order of the fields is the order of `--help`: a flattened group stands where its
+//! options appeared before they were grouped.
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ztagent::{
+    control,
+    datapath::{self, Limits},
+};
+
+#[derive(Parser)]
+#[command(name = "ztagent", version, about = "Zero-trust enforcement agent: identity microsegmentation in the kernel (XDP + TC)")]
+pub struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "ZTAGENT_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once at startup: the size of `Run` (all of the daemon's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the enforcement daemon on the given interfaces.
+    Run(RunArgs),
+    /// Work with policy files and the policy in force.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The verdict for a flow, and the rule that decides it.
+    Check(CheckArgs),
+    /// What the kernel decided: recent events, or (-f) the live stream.
+    Events(EventsArgs),
+    /// The agent's interfaces, policy revision and packet counters.
+    Status(StatusArgs),
+    /// Allow a flow for a while: an exception that ends by itself, in the kernel.
+    Grant(GrantArgs),
+    /// The grants in force; --revoke ends one now.
+    Grants(GrantsArgs),
+    /// What has been seen talking to what: every (source identity, destination service,
+    /// protocol, port), when, and what the policy did with it.
+    Inventory(InventoryArgs),
+    /// Kubernetes: NetworkPolicies and label-selected segments.
+    #[command(subcommand)]
+    K8s(K8sCommand),
+    /// Distribute policy to a fleet of agents through etcd (`run --policy-source etcd://...`).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Detach and unpin everything the agent left under the pin directory.
+    Uninstall(UninstallArgs),
+}
+
+// --- run
+
+// `ztagent run`: the daemon's configuration, in groups.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub interfaces: Interfaces,
+    #[command(flatten)]
+    pub inputs: PolicyInputs,
+    /// bpffs directory for the pinned maps and links.
+    #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+    /// Log level (error, warn, info, debug, trace), or a tracing filter.
+    #[arg(long, env = "ZTAGENT_LOG", default_value = "info")]
+    pub log: String,
+    #[command(flatten)]
+    pub limits: MapLimits,
+    /// Recent events the agent keeps for `ztagent events`.
+    #[arg(long, default_value_t = 10_000)]
+    pub events_history: usize,
+    /// Members of this group may use the control socket too (default: root only).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Where the last-known-good policy is kept (and restored from on restart).
+    #[arg(long, default_value = ztagent::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub exports: Exports,
+}
+
+/// The interfaces `run` enforces: named ones, and (node mode) those matching a pattern.
+#[derive(Args)]
+pub struct Interfaces {
+    /// An interface to enforce (ingress XDP + egress TC); repeat for several.
+    #[arg(long = "iface", required_unless_present = "iface_patterns")]
+    pub ifaces: Vec<String>,
+    /// Node mode: enforce every interface whose name matches this glob (`*`, `?`,
+    /// `[a-z]`), e.g. the pods' `veth*`, `lxc*` or `cali*`, as interfaces appear and go;
+    /// each is guarded by anti-spoofing (sources: the node's routes out of it). Repeat for
+    /// several; combines with --iface (those stay unguarded).
+    #[arg(long = "iface-pattern", value_name = "GLOB")]
+    pub iface_patterns: Vec<String>,
+}
+
+/// Where `run` takes its policy and the Kubernetes objects from.
+#[derive(Args)]
+pub struct PolicyInputs {
+    /// The policy to install before attaching; without it, the policy already in the
+    /// kernel is kept, or everything IP is dropped until one is pushed.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Take the policy from this directory (e.g. a Kubernetes ConfigMap volume) and apply
+    /// each new version; a broken version is rejected (logged, shown in `status`) and the
+    /// policy in force stays. The file: policy.yaml, else policy.json, else the only
+    /// *.yaml, *.yml or *.json file in DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "policy")]
+    pub policy_dir: Option<PathBuf>,
+    /// Take the policy from etcd: etcd://HOST:PORT[,HOST:PORT...]/PREFIX. Each new
+    /// revision of PREFIX/policy is applied like a push; this host's status is kept under
+    /// PREFIX/hosts/NAME (leased). Cut off from etcd, the policy in force stays.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["policy", "policy_dir"])]
+    pub policy_source: Option<String>,
+    /// This host's name in the fleet (its status key); default: the host name.
+    #[arg(long, value_name = "NAME", requires = "policy_source")]
+    pub fleet_host: Option<String>,
+    #[command(flatten)]
+    pub etcd_auth: EtcdAuth,
+    /// Take the cluster inventory (Namespaces, Pods) and NetworkPolicies from the
+    /// Kubernetes objects in this directory (*.yaml, *.yml, *.json, as `kubectl get -o yaml`
+    /// prints them); every policy is translated with them, and each change of the
+    /// directory is applied (a broken version is rejected, shown in `status`).
+    #[arg(long, value_name = "DIR")]
+    pub k8s_objects: Option<PathBuf>,
+    /// Take the cluster inventory and NetworkPolicies from the Kubernetes API instead:
+    /// watches of Pods, Namespaces and NetworkPolicies of all namespaces, as the pod's
+    /// service account (or --kubeconfig); each change is applied as with --k8s-objects.
+    #[arg(long, conflicts_with = "k8s_objects")]
+    pub k8s_api: bool,
+    /// The kubeconfig file for --k8s-api (its current context), instead of the service
+    /// account.
+    #[arg(long, value_name = "PATH", requires = "k8s_api")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The capacities of the kernel maps.
+#[derive(Args)]
+pub struct MapLimits {
+    /// Capacity of the CIDR and host-address maps (both policy slots together: a policy
+    /// may use half).
+    #[arg(long, default_value_t = Limits::default().cidrs)]
+    pub max_cidrs: u32,
+    /// Capacity of the segment-pair map (both policy slots together).
+    #[arg(long, default_value_t = Limits::default().pairs)]
+    pub max_pairs: u32,
+    /// Capacity of the port map (both policy slots together).
+    #[arg(long, default_value_t = Limits::default().ports)]
+    pub max_port_entries: u32,
+    /// Capacity of the connection-tracking map (two entries per flow).
+    #[arg(long, default_value_t = Limits::default().conntrack)]
+    pub max_conntrack: u32,
+    /// Capacity of the per-address rate-limit buckets (LRU: the oldest are evicted).
+    #[arg(long, default_value_t = Limits::default().addr_buckets)]
+    pub max_rate_buckets: u32,
+    /// Size of the kernel's event ring buffer in bytes (a power of two).
+    #[arg(long, default_value_t = Limits::default().events_bytes)]
+    pub events_ring_bytes: u32,
+}
+
+impl MapLimits {
+    /// The datapath's limits: one capacity for CIDRs and host addresses, the rest as default.
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            cidrs: self.max_cidrs,
+            hosts: self.max_cidrs,
+            pairs: self.max_pairs,
+            ports: self.max_port_entries,
+            conntrack: self.max_conntrack,
+            addr_buckets: self.max_rate_buckets,
+            events_bytes: self.events_ring_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
+/// What `run` serves and writes for others: metrics and the events file.
+#[derive(Args)]
+pub struct Exports {
+    /// Serve Prometheus (OpenMetrics) metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
+    /// No authentication: keep it on loopback or a management network. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Append every event to this file as one JSON line (the schema of `ztagent events
+    /// -o json`), rotated by size into PATH.1 .. PATH.3.
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<PathBuf>,
+    /// Rotate the events file when a line would take it past this many bytes.
+    #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::sink::DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_file_max_bytes: u64,
+}
+
+// --- the commands that ask the agent
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub src: IpAddr,
+    #[arg(long)]
+    pub dst: IpAddr,
+    /// Destination port (required for tcp and udp).
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+    /// Judge against this file instead of the running agent's policy.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Follow the live stream after the recent events.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only these verdicts (repeat for several).
+    #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended", "anomaly"])]
+    pub verdicts: Vec<String>,
+    /// Only events from this source segment.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events to this destination segment.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only events to this destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// The source: a segment, `world`, "*", or an address block (10.20.9.0/24, or one
+    /// address) whose addresses keep their segment.
+    #[arg(long)]
+    pub from: String,
+    /// The destination: a segment, `world` or "*".
+    #[arg(long)]
+    pub to: String,
+    /// A port spec as in a rule (443/tcp, 8000-8099/tcp, udp, icmp); repeat for several;
+    /// absent = every port and protocol.
+    #[arg(long = "port")]
+    pub ports: Vec<String>,
+    /// How long: 90s, 15m, 2h, 1d (at most 7 days).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Why: reported with every event about the grant.
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Args)]
+pub struct GrantsArgs {
+    #[arg(long, value_name = "ID")]
+    pub revoke: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Args)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub since: Since,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Args)]
+pub struct UninstallArgs {
+    #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+// --- policy
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file offline; prints FILE:LINE:COL: message for each problem.
+    Validate { file: PathBuf },
+    /// Validate a policy file and install it in the running agent, atomically.
+    Push { file: PathBuf },
+    /// The least policy that allows exactly what the agent's inventory saw allowed (or
+    /// would-deny), each rule commented with what it was learned from; compared with the policy
+    /// in force (or --base FILE): rules to add, rules unused in the window.
+    Suggest(SuggestArgs),
+    /// Print the policy in force.
+    Get {
+        #[command(flatten)]
+        output: FormatArg,
+    },
+}
+
+#[derive(Args)]
+pub struct SuggestArgs {
+    #[command(flatten)]
+    pub since: Since,
+    /// Leave out what was seen in fewer flows.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_flows: u64,
+    /// Compare with this policy file instead of the policy in force.
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
+}
+
+// --- k8s
+
+#[derive(Subcommand)]
+pub enum K8sCommand {
+    /// Print the native policy the agent would enforce for these Kubernetes objects
+    /// (Namespaces, Pods, NetworkPolicies: `kubectl get -o yaml` lists, multi-document YAML or
+    /// JSON, in any mix and order; a directory stands for its *.yaml, *.yml and *.json files)
+    /// and the native policy; deterministic. Problems are printed as FILE:LINE:COL and nothing
+    /// is printed on stdout then; warnings go to stderr.
+    Translate(TranslateArgs),
+}
+
+#[derive(Args)]
+pub struct TranslateArgs {
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The native policy to combine them with (default: `version: 1`, nothing allowed).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: FormatArg,
+}
+
+// --- fleet
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Validate a policy file and write it as the fleet's next revision (refused if someone
+    /// else pushed since the base revision).
+    Push(FleetPushArgs),
+    /// Every host's applied revision, and which are behind or rejected the newest.
+    Status(FleetStatusArgs),
+}
+
+#[derive(Args)]
+pub struct FleetPushArgs {
+    pub file: PathBuf,
+    /// The fleet: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
+    #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
+    pub etcd: String,
+    /// The fleet revision this push replaces (default: the newest, read just before).
+    #[arg(long, value_name = "REVISION")]
+    pub base: Option<i64>,
+    #[command(flatten)]
+    pub auth: EtcdAuth,
+}
+
+#[derive(Args)]
+pub struct FleetStatusArgs {
+    #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
+    pub etcd: String,
+    #[command(flatten)]
+    pub output: OutputArg,
+    #[command(flatten)]
+    pub auth: EtcdAuth,
+}
+
+// --- option groups shared by several commands
+
+/// How to log in to etcd.
+#[derive(Args, Clone)]
+pub struct EtcdAuth {
+    /// etcd user name (with --etcd-password).
+    #[arg(long, value_name = "NAME", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    #[arg(long, value_name = "PASSWORD", env = "ZTAGENT_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Speak TLS to etcd, trusting this CA (PEM) for the members' certificates.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for members that require client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdAuth {
+    /// The fleet at `url` (etcd://HOST:PORT[,HOST:PORT...]/PREFIX), logged in as these options say.
+    pub fn target(self, url: &str) -> Result<ztagent::fleet::Target, ztagent::fleet::FleetError> {
+        let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
+            .then(|| ztagent::fleet::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
+        let user = self.etcd_user.zip(self.etcd_password);
+        ztagent::fleet::Target::parse(url, user, tls.as_ref())
+    }
+}
+
+/// `-o text|json`, for the commands that print a report.
+#[derive(Args)]
+pub struct OutputArg {
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `-o yaml|json`, for the commands that print a policy.
+#[derive(Args)]
+pub struct FormatArg {
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
+    pub output: Format,
+}
+
+/// `--since DURATION`, for the commands that read the inventory.
+#[derive(Args)]
+pub struct Since {
+    /// Only what was seen in this last while (90s, 15m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap's own checks of the definitions (ids that `requires` and `conflicts_with` name,
+    /// flattened groups that clash, defaults that their parsers refuse), for every command.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,120 @@
+//! `ztagent status`: the agent's interfaces, maps, counters, rate limits and policy sources.
+use std::{path::Path, process::ExitCode};
+
+use ztagent::control::{K8sSource, LimitStatus, PolicySource, RejectedVersion, Reply, Request, Status};
+
+use super::{call, unexpected};
+use crate::{args::Output, output};
+
+pub async fn status(socket: &Path, out: Output) -> anyhow::Result<ExitCode> {
+    match call(socket, &Request::Status).await? {
+        Reply::Status(s) => {
+            if out == Output::Json {
+                output::json(&s)?;
+            } else {
+                print_datapath(&s);
+                for l in &s.limits {
+                    print_limit(l);
+                }
+                if let Some(p) = &s.policy_source {
+                    print_policy_source(p);
+                }
+                if let Some(k) = &s.k8s_source {
+                    print_k8s_source(k);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => unexpected(other),
+    }
+}
+
+/// The policy revision, the interfaces, the maps' fill and the packet counters.
+fn print_datapath(s: &Status) {
+    println!("policy revision: {} ({})", s.revision, s.mode);
+    println!("pin path: {}\nxdp mode: {}", s.pin_path, s.xdp_mode);
+    for i in &s.interfaces {
+        let how = match &i.pattern {
+            Some(p) => format!(" (pattern {p}, guarded)"),
+            None => String::new(),
+        };
+        println!("interface {}{how}: ingress {:?}, egress {:?}", i.name, i.ingress, i.egress);
+        if i.guarded {
+            println!("  allowed sources    {}", i.sources.join(", "));
+        }
+    }
+    for m in &s.maps {
+        println!("map {:<16} {} of {} entries", m.map, m.entries, m.capacity);
+    }
+    println!("counters:");
+    for (name, n) in &s.counters {
+        println!("  {name:<18} {n}");
+    }
+}
+
+/// One rate limit: its buckets and what it admitted and dropped.
+fn print_limit(l: &LimitStatus) {
+    let buckets = [("packets", &l.packets), ("connections", &l.connections), ("bytes", &l.bytes)]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    println!("rate limit {} (scope {}): {buckets}", l.name, l.scope);
+    if let Some(t) = l.packet_tokens {
+        println!("  packet tokens now  {t:.1}");
+    }
+    if l.scope == "address" {
+        println!("  address buckets    {} live, {} evicted", l.address_buckets, l.evicted);
+    }
+    println!("  packets            {} admitted, {} dropped", l.packets_passed, l.packets_dropped);
+    println!("  connections        {} admitted, {} dropped", l.connections_passed, l.connections_dropped);
+    println!("  bytes              {} admitted, {} dropped", l.bytes_passed, l.bytes_dropped);
+}
+
+/// The fleet (etcd: it has a connection) or the policy directory the policy comes from.
+fn print_policy_source(p: &PolicySource) {
+    if p.connected.is_some() {
+        let link = if p.connected == Some(true) { "connected" } else { "disconnected, retrying" };
+        let state = if p.up_to_date { "up to date" } else { "newest revision rejected" };
+        println!("fleet {} ({link}, {state}): fleet revision {}", p.dir, p.fleet_revision.map_or("none".into(), |r| r.to_string()));
+        if let Some(r) = &p.last_rejection {
+            println!("  last rejected      {} {}", r.time, r.message.lines().next().unwrap_or(""));
+        }
+    } else {
+        let state = if p.up_to_date { "up to date" } else { "newest version rejected" };
+        println!("policy directory {} ({state}): {}", p.dir, p.file.as_deref().unwrap_or("no file yet"));
+        if let Some(a) = &p.last_applied {
+            println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+        }
+        if let Some(r) = &p.last_rejection {
+            print_rejection(r);
+        }
+    }
+}
+
+/// The Kubernetes objects (a directory or the API server) the policy is translated with.
+fn print_k8s_source(k: &K8sSource) {
+    let state = if k.up_to_date { "up to date" } else { "newest version rejected" };
+    let (from, inputs) = if k.source == "api" { ("from the API server ", "objects") } else { ("", "files") };
+    println!(
+        "kubernetes objects {from}{} ({state}): {} {inputs}, {} namespaces, {} pods ({} addresses), {} NetworkPolicies",
+        k.dir, k.files, k.namespaces, k.pods, k.pod_addresses, k.network_policies
+    );
+    if let Some(a) = &k.last_applied {
+        println!("  last applied       {} revision {}, sha256 {}", a.time, a.revision, a.sha256);
+    }
+    for w in &k.warnings {
+        println!("  {w}");
+    }
+    if let Some(r) = &k.last_rejection {
+        print_rejection(r);
+    }
+}
+
+/// The last version rejected, its whole message indented.
+fn print_rejection(r: &RejectedVersion) {
+    println!("  last rejected      {} sha256 {}", r.time, r.sha256.as_deref().unwrap_or("-"));
+    for line in r.message.lines() {
+        println!("    {line}");
+    }
+}

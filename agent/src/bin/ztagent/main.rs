@@ -1,0 +1,66 @@
+//! `ztagent`: the daemon (`run`) and the CLI that drives it, in one binary.
+//!
+//! [`args`] holds every clap type, [`cmd`] one file per command, [`output`] the printing that
+//! several commands share. Here: parse, start the runtime, dispatch, print the error.
+mod args;
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command, FleetCommand, K8sCommand, PolicyCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // Only the outermost message: the commands' errors say everything in it (no
+            // `.context()`), as the library's errors do in their `Display`.
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket;
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(&args.log);
+            cmd::run::run(args, socket).await
+        }
+        Command::Policy(PolicyCommand::Validate { file }) => cmd::policy::validate(&file),
+        Command::Policy(PolicyCommand::Push { file }) => cmd::policy::push(&socket, &file).await,
+        Command::Policy(PolicyCommand::Get { output }) => cmd::policy::get(&socket, output.output).await,
+        Command::Policy(PolicyCommand::Suggest(args)) => cmd::policy::suggest(&socket, args).await,
+        Command::Check(args) => cmd::check::check(&socket, args).await,
+        Command::Events(args) => cmd::events::events(&socket, args).await,
+        Command::Status(args) => cmd::status::status(&socket, args.output.output).await,
+        Command::Grant(args) => cmd::grant::grant(&socket, args).await,
+        Command::Grants(args) => cmd::grants::grants(&socket, args).await,
+        Command::Inventory(args) => cmd::inventory::inventory(&socket, args).await,
+        Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
+        Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
+        Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,
+        Command::Uninstall(args) => cmd::uninstall::uninstall(&args.pin_path),
+    }
+}
+
+/// The daemon's log (`run --log`), on stderr.
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in a log file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+}
