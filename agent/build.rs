@@ -6,11 +6,14 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let object = out_dir.join("ztagent-ebpf");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        if !object.exists() {
-            fs::write(&object, [])?;
+        // The agent's object and the benchmark's (see agent-ebpf's two binaries).
+        for name in ["ztagent-ebpf", "ztbench-ebpf"] {
+            let object = out_dir.join(name);
+            if !object.exists() {
+                fs::write(&object, [])?;
+            }
         }
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());

@@ -538,6 +538,7 @@ pub mod programs {
     pub const EGRESS: &str = "zt_egress";
     /// Ingress on a guarded (pod) interface: anti-spoofing (`SOURCES`), then as `INGRESS`.
     pub const INGRESS_GUARDED: &str = "zt_ingress_guarded";
+    // The rest are in the benchmark's own object (`ztbench-ebpf`), never loaded by the agent.
     /// An empty XDP program, the benchmark's baseline.
     pub const BASELINE: &str = "zt_baseline";
     /// Parse and one conntrack lookup: the least a stateful program does, for the benchmark.
@@ -548,6 +549,10 @@ pub mod programs {
     pub const BENCH_DROP: &str = "zt_bench_drop";
     /// The comparative benchmark's "XDP with one LPM lookup" (the active slot's CIDR trie).
     pub const BENCH_LPM: &str = "zt_bench_lpm";
+    /// The comparative benchmark's forwarder (XDP_REDIRECT to the receiver's veth).
+    pub const BENCH_REDIRECT: &str = "zt_bench_redirect";
+    /// Its device map: `[0]` is the interface it sends to.
+    pub const BENCH_TX_PORT: &str = "ZTB_TX_PORT";
 }
 
 #[cfg(feature = "user")]

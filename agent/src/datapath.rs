@@ -21,6 +21,9 @@ use aya::{
 
 /// The compiled eBPF object, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztagent-ebpf"));
+/// The benchmark's own object (reference programs, the comparative benchmark's forwarder):
+/// never loaded by the agent, only by [`Datapath::load_bench`].
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztbench-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ztagent";
@@ -390,6 +393,20 @@ impl Datapath {
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::EGRESS)?;
         tc.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         Ok(ebpf)
+    }
+
+    /// The benchmark's object, on this datapath's pinned maps (shared by name: its reference
+    /// programs look up the entries the agent's programs use). Its programs are not loaded yet.
+    pub fn load_bench(&self, limits: &Limits) -> Result<Ebpf, DatapathError> {
+        if BENCH_OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(self.pins.maps());
+        for (name, size) in limits.sizes() {
+            loader.map_max_entries(name, size);
+        }
+        loader.load(BENCH_OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))
     }
 
     /// The agent started: what this start pinned stays, and the maps it replaced are released.

@@ -3,16 +3,20 @@
 //! input, each with an interval set), at N CIDRs, on live traffic.
 //!
 //! Traffic: a sender namespace and a receiver namespace joined by a veth pair. The generator is
-//! an AF_PACKET socket with a TX ring and qdisc bypass on the sender's veth ([`TxRing`]), in a
-//! thread pinned to CPU 0; the scan rewrites the low 16 bits of the source per frame (all
-//! 65,536 sources in turn). (`BPF_PROG_TEST_RUN` with live frames, the earlier generator, is
-//! refused with EPERM on these kernels; there is no pktgen.) The receiving veth's NAPI runs
-//! threaded, its kthread pinned to CPU 1, so the whole receive path (XDP, and for passed frames
-//! the stack and nftables' hooks) runs in a thread whose CPU time we read. The dropper under
-//! test sits on the receiving veth (XDP: ours, or Debian's `xdp-filter`) or in the receiver's
-//! nftables. The receiver always has an XDP program (the empty `zt_baseline` for nftables and
-//! "no program"), so every dropper sees the same veth path (a veth takes frames into a NAPI
-//! ring only when it has one).
+//! an AF_PACKET socket with a TX ring and qdisc bypass ([`TxRing`]) on a second veth pair inside
+//! the sender, in a thread pinned to CPU 0; the scan rewrites the low 16 bits of the source per
+//! frame (all 65,536 sources in turn). The generator's frames reach that pair's other end as
+//! skbs, which a veth copies before its XDP program runs; there the benchmark's forwarder
+//! (`zt_bench_redirect`, in the benchmark's own eBPF object) redirects each to the veth towards
+//! the receiver, which so receives XDP frames, as from a NIC: the copy is paid on CPU 0 (the
+//! forwarder's NAPI thread is pinned there), not by the receiver. (`BPF_PROG_TEST_RUN` with
+//! live frames, the earlier generator, is refused with EPERM on these kernels; there is no
+//! pktgen.) The receiving veth's NAPI runs threaded, its kthread pinned to CPU 1, so the whole
+//! receive path (XDP, and for passed frames the stack and nftables' hooks) runs in a thread
+//! whose CPU time we read. The dropper under test sits on the receiving veth (XDP: ours, or
+//! Debian's `xdp-filter`) or in the receiver's nftables. The receiver always has an XDP
+//! program (the empty `zt_baseline` for nftables and "no program"), so every dropper sees the
+//! same veth path (a veth takes XDP frames only when it has one).
 //!
 //! Figures, per dropper and round: what the receiver processed (`rx_packets` of its veth) or
 //! delivered to its stack (`Ip InDelivers`) over the sender's wall time; what the generator
@@ -36,7 +40,11 @@ use std::{
 
 use agent_common::programs;
 use anyhow::{Context, Result, bail, ensure};
-use aya::programs::{Xdp, XdpMode};
+use aya::{
+    Ebpf,
+    maps::DevMap,
+    programs::{Xdp, XdpMode},
+};
 use integration_tests::{Netns, unique, veth};
 use ztagent::{
     datapath::{Datapath, Limits, PinLayout},
@@ -274,6 +282,11 @@ struct Bench {
     tx: Netns,
     rx: Netns,
     rx_if: String,
+    /// The forwarder's veth (in `tx`, peer of the generator's) and the generator's.
+    fwd_if: String,
+    fwd_index: u32,
+    gen_index: u32,
+    /// The sender's end of the veth to the receiver: where the forwarder redirects to.
     tx_index: u32,
     rx_index: u32,
     rx_mac: [u8; 6],
@@ -290,7 +303,9 @@ impl Bench {
     fn new() -> Result<Bench> {
         let (tx, rx) = (Netns::new("zcs"), Netns::new("zcr"));
         let (tx_if, rx_if) = (unique("ga"), unique("gb"));
+        let (gen_if, fwd_if) = (unique("gg"), unique("gf"));
         veth(&tx, &tx_if, &rx, &rx_if);
+        veth(&tx, &gen_if, &tx, &fwd_if);
         tx.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", &tx_if]);
         rx.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", &rx_if]);
         let sysctl = |k: &str| -> Result<()> {
@@ -307,31 +322,48 @@ impl Bench {
         for (i, b) in mac_text.split(':').enumerate().take(6) {
             rx_mac[i] = u8::from_str_radix(b, 16).context("MAC")?;
         }
-        Ok(Bench { tx_index: ifindex(&tx, &tx_if)?, rx_index: ifindex(&rx, &rx_if)?, tx, rx, rx_if, rx_mac })
+        Ok(Bench {
+            tx_index: ifindex(&tx, &tx_if)?,
+            rx_index: ifindex(&rx, &rx_if)?,
+            gen_index: ifindex(&tx, &gen_if)?,
+            fwd_index: ifindex(&tx, &fwd_if)?,
+            tx,
+            rx,
+            rx_if,
+            fwd_if,
+            rx_mac,
+        })
     }
 
     /// Pins the receiver's NAPI kthreads (named `napi/IF-ID`, 15 bytes at most) to CPU 1.
     /// Threaded NAPI first (a veth has NAPI instances only while it has an XDP program), so
     /// the receiver's work runs in kthreads that can be pinned.
     fn pin_napi(&self) -> Result<Vec<libc::pid_t>> {
-        let rx_if = &self.rx_if;
-        let o = Command::new("ip")
-            .args(["netns", "exec", &self.rx.name, "sh", "-c", &format!("echo 1 > /sys/class/net/{rx_if}/threaded")])
-            .output()?;
-        ensure!(o.status.success(), "threaded NAPI on {rx_if}: {}", String::from_utf8_lossy(&o.stderr));
-        let want: String = format!("napi/{}-", self.rx_if).chars().take(15).collect();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
-            let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
-            if comm.trim_end().starts_with(&want) || comm.trim_end() == want.trim_end_matches('-') {
-                pin_to_cpu(pid, 1)?;
-                pids.push(pid);
-            }
-        }
-        Ok(pids)
+        pin_napi(&self.rx, &self.rx_if, 1)
     }
+}
 
+/// Threaded NAPI on `iface` (in `ns`), its kthreads (named `napi/IF-ID`, 15 bytes at most)
+/// pinned to `cpu`; returns their pids.
+fn pin_napi(ns: &Netns, iface: &str, cpu: usize) -> Result<Vec<libc::pid_t>> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])
+        .output()?;
+    ensure!(o.status.success(), "threaded NAPI on {iface}: {}", String::from_utf8_lossy(&o.stderr));
+    let want: String = format!("napi/{iface}-").chars().take(15).collect();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
+        if comm.trim_end().starts_with(&want) || comm.trim_end() == want.trim_end_matches('-') {
+            pin_to_cpu(pid, cpu)?;
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+impl Bench {
     /// xdp-filter on the receiving veth (in the host's mounts: it pins its maps in bpffs).
     fn xdp_filter(&self, args: &[&str]) -> Result<()> {
         let o = Command::new("nsenter")
@@ -423,10 +455,39 @@ impl Cell {
 /// Results: [n][dropper][traffic].
 type Results = Vec<Vec<Vec<Cell>>>;
 
+/// An XDP program of the agent's object (`zt_ingress`) or of the benchmark's (the rest).
+fn prog_mut<'a>(dp: &'a mut Datapath, obj: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let ebpf = if name == programs::INGRESS { &mut dp.ebpf } else { obj };
+    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
+}
+
+/// The forwarder between the generator and the receiver: `zt_bench_redirect` on the
+/// generator's peer veth, sending every frame out of the veth to the receiver as an XDP
+/// frame (a frame from an AF_PACKET socket reaches a veth's XDP as an skb, which the veth
+/// copies first; that copy is paid here, on CPU 0 with the sender, not by the receiver). Its
+/// threaded NAPI is pinned to CPU 0.
+fn forwarder(obj: &mut Ebpf, bench: &Bench) -> Result<()> {
+    let mut port: DevMap<_> =
+        DevMap::try_from(obj.map_mut(programs::BENCH_TX_PORT).context("the forwarder's device map")?)?;
+    // A device map resolves the ifindex in the writer's network namespace: write it from the
+    // sender's, or the index would name a device of the host's.
+    let tx_index = bench.tx_index;
+    in_ns(&bench.tx, || port.set(0, tx_index, None, 0).context("setting the forwarder's target"))?;
+    let prog = obj.program_mut(programs::BENCH_REDIRECT).context("the forwarder")?;
+    let prog: &mut Xdp = prog.try_into()?;
+    let fwd_index = bench.fwd_index;
+    in_ns(&bench.tx, || {
+        prog.attach_to_if_index(fwd_index, XdpMode::default()).context("attaching the forwarder")
+    })?;
+    let pinned = pin_napi(&bench.tx, &bench.fwd_if, 0)?;
+    ensure!(!pinned.is_empty(), "the forwarder's veth has no NAPI thread");
+    Ok(())
+}
+
 /// Runs the comparative benchmark and prints its report; true when every target holds.
 pub fn run(opts: &CompareOptions) -> Result<bool> {
     let sizes: Vec<usize> = if opts.quick { vec![10, 1_000] } else { vec![10, 1_000, 100_000] };
-    let repeat: u32 = if opts.quick { 300_000 } else { 1_000_000 };
+    let repeat: u32 = if opts.quick { 100_000 } else { 1_000_000 };
     let compiled: Vec<_> = sizes.iter().map(|&n| ztagent_policy(n).map(|p| policy::compile(&p))).collect::<Result<_>>()?;
     let room = |f: fn(&policy::CompiledPolicy) -> usize| {
         u32::try_from(2 * compiled.iter().map(f).max().unwrap_or(0) + 1024).unwrap_or(u32::MAX)
@@ -441,21 +502,24 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-cmp-{}", std::process::id()));
     let _guard = PinGuard(pins.clone());
     let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
+    // The references and the forwarder live in the benchmark's own object, on the same maps.
+    let mut obj = dp.load_bench(&limits).context("loading the benchmark's object")?;
     for name in [
         programs::BASELINE,
         programs::BENCH_DROP,
         programs::BENCH_LPM,
         programs::REFERENCE,
         programs::DENIED_FLOOR,
+        programs::BENCH_REDIRECT,
     ] {
-        let prog: &mut Xdp =
-            dp.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+        let prog: &mut Xdp = obj.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
     }
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
     let bench = Bench::new()?;
-    let tx_index = bench.tx_index;
-    let mut ring = in_ns(&bench.tx, || TxRing::open(tx_index)).context("the traffic generator (AF_PACKET TX ring)")?;
+    let _forwarder = forwarder(&mut obj, &bench)?;
+    let gen_index = bench.gen_index;
+    let mut ring = in_ns(&bench.tx, || TxRing::open(gen_index)).context("the traffic generator (AF_PACKET TX ring)")?;
     let frames = [
         (Traffic::Denied, udp_frame(bench.rx_mac, SCANNER, SERVER, 40001)),
         (Traffic::Scan, udp_frame(bench.rx_mac, SCANNER, SERVER, 40002)),
@@ -503,7 +567,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     bench.xdp_filter(&["ip", "--mode", "src", &CLIENT.to_string()])?;
                     None
                 } else {
-                    let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
+                    let prog = prog_mut(&mut dp, &mut obj, name)?;
                     let rx_index = bench.rx_index;
                     Some(in_ns(&bench.rx, || {
                         prog.attach_to_if_index(rx_index, XdpMode::default()).with_context(|| format!("attaching {name}"))
@@ -534,12 +598,12 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     let count = |b: &Bench| if *t == Traffic::Allowed { b.in_delivers() } else { b.rx_packets() };
-                    let prog_stats = |dp: &Datapath| -> Result<(u64, u64)> {
-                        let p: &Xdp = dp.ebpf.program(name).context("program")?.try_into()?;
+                    let prog_stats = |dp: &mut Datapath, obj: &mut Ebpf| -> Result<(u64, u64)> {
+                        let p = prog_mut(dp, obj, name)?;
                         let info = p.info()?;
                         Ok((info.run_time().as_nanos() as u64, info.run_count()))
                     };
-                    let stats_before = prog_stats(&dp)?;
+                    let stats_before = prog_stats(&mut dp, &mut obj)?;
                     let before = count(&bench)?;
                     let (rx_before, cpu_before) = (bench.rx_packets()?, cpu_ns(&napi)?);
                     let secs = send(&mut ring, *t, frame, u64::from(repeat))?;
@@ -547,7 +611,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     let after = count(&bench)?;
                     let (rx_after, cpu_after) = (bench.rx_packets()?, cpu_ns(&napi)?);
                     if stats_round {
-                        let (t1, c1) = prog_stats(&dp)?;
+                        let (t1, c1) = prog_stats(&mut dp, &mut obj)?;
                         let runs = c1.saturating_sub(stats_before.1).max(1);
                         results[ni][di][ti].prog_ns.push(t1.saturating_sub(stats_before.0) as f64 / runs as f64);
                     } else {
@@ -564,7 +628,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     _ => {}
                 }
                 if let Some(link) = link {
-                    let prog: &mut Xdp = dp.ebpf.program_mut(name).context("program")?.try_into()?;
+                    let prog = prog_mut(&mut dp, &mut obj, name)?;
                     prog.detach(link).with_context(|| format!("detaching {name}"))?;
                 } else {
                     bench.xdp_filter(&["unload", &bench.rx_if])?;
@@ -585,7 +649,7 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\nComparative benchmark, live traffic over a veth (AF_PACKET TX ring on CPU 0, {napi} receiver NAPI thread(s) \
+        "\nComparative benchmark, live traffic over a veth (AF_PACKET TX ring and XDP forwarder on CPU 0, {napi} receiver NAPI thread(s) \
          pinned to CPU 1), median of {} rounds of {} frames [min-max].\n",
         opts.rounds,
         fmt_count(repeat as usize)

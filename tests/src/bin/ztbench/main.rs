@@ -873,12 +873,12 @@ fn run() -> Result<bool> {
     let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-{}", std::process::id()));
     let _guard = PinGuard(pins.clone());
     let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
-    // The agent loads only the programs it attaches; the benchmark's references too.
+    // The references live in the benchmark's own object, on the same pinned maps.
+    let mut bench = dp.load_bench(&limits).context("loading the benchmark's object")?;
     for name in [programs::BASELINE, programs::REFERENCE, programs::DENIED_FLOOR] {
-        let prog: &mut Xdp = dp
-            .ebpf
+        let prog: &mut Xdp = bench
             .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
+            .with_context(|| format!("program {name} missing from the benchmark's object"))?
             .try_into()
             .with_context(|| format!("{name} is not an XDP program"))?;
         prog.load().with_context(|| format!("loading {name}"))?;
@@ -889,12 +889,14 @@ fn run() -> Result<bool> {
     // ~48,000 events of the table's runs; the event section drains it (or not) itself.
     let mut ring = RingBuf::try_from(dp.ebpf.take_map(maps::EVENTS).context("the event ring buffer is missing")?)
         .context("opening the event ring buffer")?;
-    let xdp = |name: &str| -> Result<&Xdp> {
-        let p: &Program = dp.ebpf.program(name).with_context(|| format!("program {name} missing"))?;
+    let xdp = |obj: &'static str, name: &str| -> Result<&Xdp> {
+        let ebpf = if obj == "bench" { &bench } else { &dp.ebpf };
+        let p: &Program = ebpf.program(name).with_context(|| format!("program {name} missing"))?;
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
     };
-    let (ingress, baseline) = (xdp(programs::INGRESS)?, xdp(programs::BASELINE)?);
-    let floors = [xdp(programs::REFERENCE)?, xdp(programs::DENIED_FLOOR)?, xdp(programs::INGRESS_GUARDED)?];
+    let (ingress, baseline) = (xdp("agent", programs::INGRESS)?, xdp("bench", programs::BASELINE)?);
+    let floors =
+        [xdp("bench", programs::REFERENCE)?, xdp("bench", programs::DENIED_FLOOR)?, xdp("agent", programs::INGRESS_GUARDED)?];
 
     let probes = probes(opts.breakdown);
     let mut rows = Vec::new();
