@@ -9,10 +9,9 @@ use std::{
 use aya::programs::xdp::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ztagent::{
-    control::{self, CheckResult, Flow, Reply, Request},
+    api::{self as control, CheckResult, EventFilter, EventRecord, Flow, Reply, Request},
     daemon,
-    datapath::{self, Limits, PinLayout},
-    events::{EventFilter, EventRecord},
+    kernel::datapath::{self, Limits, PinLayout},
     policy,
 };
 
@@ -111,7 +110,7 @@ enum Command {
         #[arg(long)]
         socket_group: Option<String>,
         /// Where the last-known-good policy is kept (and restored from on restart).
-        #[arg(long, default_value = ztagent::state::DEFAULT_STATE_DIR)]
+        #[arg(long, default_value = ztagent::store::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         // --- metrics and event files
         /// Serve Prometheus (OpenMetrics) metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
@@ -123,7 +122,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         events_file: Option<PathBuf>,
         /// Rotate the events file when a line would take it past this many bytes.
-        #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::sink::DEFAULT_MAX_BYTES,
+        #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::observe::sink::DEFAULT_MAX_BYTES,
               value_parser = clap::value_parser!(u64).range(1..))]
         events_file_max_bytes: u64,
         // ---
@@ -313,11 +312,11 @@ struct EtcdAuth {
 }
 
 impl EtcdAuth {
-    fn target(self, url: &str) -> Result<ztagent::fleet::Target, String> {
+    fn target(self, url: &str) -> Result<ztagent::sources::etcd::Target, String> {
         let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
-            .then(|| ztagent::fleet::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
+            .then(|| ztagent::sources::etcd::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
         let user = self.etcd_user.zip(self.etcd_password);
-        ztagent::fleet::Target::parse(url, user, tls.as_ref()).map_err(|e| e.to_string())
+        ztagent::sources::etcd::Target::parse(url, user, tls.as_ref()).map_err(|e| e.to_string())
     }
 }
 
@@ -397,13 +396,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         } => {
             init_logging(&log);
             let fleet = match policy_source {
-                Some(url) => Some((etcd_auth.target(&url)?, fleet_host.unwrap_or_else(ztagent::fleet::hostname))),
+                Some(url) => Some((etcd_auth.target(&url)?, fleet_host.unwrap_or_else(ztagent::sources::etcd::hostname))),
                 None => None,
             };
-            let access = ztagent::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
+            let access = ztagent::api::auth::Access::new(socket_group.as_deref()).map_err(|e| e.to_string())?;
             let iface_patterns = iface_patterns
                 .iter()
-                .map(|p| ztagent::node::Pattern::new(p))
+                .map(|p| ztagent::kernel::node::Pattern::new(p))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let cfg = daemon::Config {
@@ -436,7 +435,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 policy_dir,
                 fleet,
                 k8s_objects,
-                k8s_api: k8s_api.then_some(ztagent::k8s::api::ApiConfig { kubeconfig }),
+                k8s_api: k8s_api.then_some(ztagent::sources::k8s_api::ApiConfig { kubeconfig }),
             };
             daemon::run(cfg).await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -626,9 +625,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             other => unexpected(other),
         },
         Command::Grant { from, to, ports, duration, reason } => {
-            let d = ztagent::grants::parse_duration(&duration).map_err(|e| e.to_string())?;
-            ztagent::grants::ports(&ports).map_err(|e| e.to_string())?;
-            ztagent::grants::block(&from).map_err(|e| e.to_string())?;
+            let d = ztagent::daemon::grants::parse_duration(&duration).map_err(|e| e.to_string())?;
+            ztagent::daemon::grants::ports(&ports).map_err(|e| e.to_string())?;
+            ztagent::daemon::grants::block(&from).map_err(|e| e.to_string())?;
             let req = Request::Grant { from, to, ports, seconds: d.as_secs(), reason };
             match call(&socket, &req).await? {
                 Reply::Granted { grant, revision } => {
@@ -673,7 +672,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                     other => return unexpected(other),
                 },
             };
-            let s = ztagent::suggest::suggest(&base, &inventory.entries, min_flows);
+            let s = ztagent::observe::suggest::suggest(&base, &inventory.entries, min_flows);
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
             println!("# Compared with the base policy: rules allowing what it denies: {}", list(&s.added));
             println!("# The base's allow rules that allowed nothing in the window: {}", list(&s.unused));
@@ -727,13 +726,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let target = auth.target(&etcd)?;
-            let revision = ztagent::fleet::push(&target, &text, base).await.map_err(|e| e.to_string())?;
+            let revision = ztagent::sources::etcd::push(&target, &text, base).await.map_err(|e| e.to_string())?;
             println!("fleet revision {revision} pushed to {}", target.policy_key());
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet(FleetCommand::Status { etcd, output, auth }) => {
             let target = auth.target(&etcd)?;
-            let s = ztagent::fleet::status(&target).await.map_err(|e| e.to_string())?;
+            let s = ztagent::sources::etcd::status(&target).await.map_err(|e| e.to_string())?;
             if output == Output::Json {
                 let hosts: Vec<serde_json::Value> = s
                     .hosts
@@ -856,19 +855,19 @@ fn unexpected(r: Reply) -> Result<ExitCode, String> {
 /// `--since DURATION` as the unix time it names.
 fn since_of(since: Option<&str>) -> Result<Option<f64>, String> {
     let Some(d) = since else { return Ok(None) };
-    let d = ztagent::grants::parse_duration(d).map_err(|_| format!("--since takes a duration such as 90s, 15m, 2h or 1d (up to 7 days), not `{d}`"))?;
+    let d = ztagent::daemon::grants::parse_duration(d).map_err(|_| format!("--since takes a duration such as 90s, 15m, 2h or 1d (up to 7 days), not `{d}`"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Ok(Some(now.saturating_sub(d).as_secs_f64()))
 }
 
 /// `frontend -> payments 8080/tcp`.
-fn describe_grant(g: &ztagent::grants::Grant) -> String {
+fn describe_grant(g: &ztagent::api::Grant) -> String {
     let ports = if g.ports.is_empty() { "every port".to_string() } else { g.ports.join(", ") };
     format!("{} -> {} {ports}", g.from, g.to)
 }
 
 fn time_of(unix: f64) -> String {
-    ztagent::events::rfc3339((unix.max(0.0) * 1e9) as u64)
+    ztagent::clock::rfc3339((unix.max(0.0) * 1e9) as u64)
 }
 
 fn print_check(r: &CheckResult, output: Output) {

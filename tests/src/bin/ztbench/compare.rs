@@ -33,8 +33,8 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{Xdp, XdpMode};
 use integration_tests::{Netns, unique, veth};
 use ztagent::{
-    datapath::{Datapath, Limits, PinLayout},
-    mapwriter::MapWriter,
+    kernel::datapath::{Datapath, Limits, PinLayout},
+    kernel::mapwriter::MapWriter,
     policy::{self, Action, Mode, Policy, PortSpec, Proto, Rule, SegRef, Segment},
 };
 
