@@ -517,13 +517,7 @@ impl Agent {
         let out = self.cli(&["status", "-o", "json"]);
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c[0] == name)
-            .and_then(|c| c[1].as_u64())
-            .unwrap_or_else(|| panic!("no counter {name}"))
+        v["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
     }
 
     /// The daemon's pid.
@@ -875,22 +869,22 @@ pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
 /// The datapath loaded into the kernel in this process (not attached anywhere), with its pins
 /// under a unique bpffs directory removed on drop: for `Program::test_run` with crafted frames.
 pub struct Loaded {
-    pub datapath: ztagent::datapath::Datapath,
-    pub writer: ztagent::mapwriter::MapWriter,
+    pub datapath: ztagent::kernel::datapath::Datapath,
+    pub writer: ztagent::kernel::mapwriter::MapWriter,
 }
 
 impl Loaded {
-    pub fn new(limits: &ztagent::datapath::Limits) -> Loaded {
-        let pins = ztagent::datapath::PinLayout::new(PathBuf::from("/sys/fs/bpf").join(unique("zt-load-")));
-        let mut datapath = match ztagent::datapath::Datapath::load(pins.clone(), limits) {
+    pub fn new(limits: &ztagent::kernel::datapath::Limits) -> Loaded {
+        let pins = ztagent::kernel::datapath::PinLayout::new(PathBuf::from("/sys/fs/bpf").join(unique("zt-load-")));
+        let mut datapath = match ztagent::kernel::datapath::Datapath::load(pins.clone(), limits) {
             Ok(d) => d,
             Err(e) => {
                 // Maps pinned before the failure must not outlive the test.
-                let _ = ztagent::datapath::uninstall(&pins);
+                let _ = ztagent::kernel::datapath::uninstall(&pins);
                 panic!("load the datapath: {e}");
             }
         };
-        let writer = ztagent::mapwriter::MapWriter::new(&mut datapath.ebpf, limits).expect("policy maps");
+        let writer = ztagent::kernel::mapwriter::MapWriter::new(&mut datapath.ebpf, limits).expect("policy maps");
         Loaded { datapath, writer }
     }
 
@@ -914,7 +908,7 @@ impl Loaded {
             Ok(x) => x.test_run(opts),
             Err(_) => <&mut SchedClassifier>::try_from(prog).expect("XDP or TC program").test_run(opts),
         };
-        r.map(|r| r.return_value).map_err(|e| ztagent::datapath::error_chain(&e))
+        r.map(|r| r.return_value).map_err(|e| ztagent::kernel::datapath::error_chain(&e))
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -925,7 +919,7 @@ impl Loaded {
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        let _ = ztagent::datapath::uninstall(&self.datapath.pins);
+        let _ = ztagent::kernel::datapath::uninstall(&self.datapath.pins);
     }
 }
 

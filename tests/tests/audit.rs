@@ -11,7 +11,7 @@ use integration_tests::{
     ECHO, NO_ECHO, echoes, hold_tcp, tcp_ok,
 };
 use serde_json::Value;
-use ztagent::datapath::Limits;
+use ztagent::kernel::datapath::Limits;
 
 /// The harness's web policy and a deny rule.
 fn enforced() -> String {

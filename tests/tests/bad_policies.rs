@@ -29,7 +29,7 @@ use std::{
 };
 
 use integration_tests::{Agent, Lan, TempDir, bin};
-use ztagent::control::{MAX_REQUEST, Reply, Request};
+use ztagent::api::{MAX_REQUEST, Reply, Request};
 
 /// The committed corpus.
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/bad-policies");

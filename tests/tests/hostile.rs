@@ -76,7 +76,7 @@ fn counters(agent: &Agent) -> BTreeMap<String, u64> {
     let out = agent.cli(&["status", "-o", "json"]);
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["counters"].as_array().unwrap().iter().map(|c| (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap())).collect()
+    v["counters"].as_object().unwrap().iter().map(|(name, n)| (name.clone(), n.as_u64().unwrap())).collect()
 }
 
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {

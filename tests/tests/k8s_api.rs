@@ -3,7 +3,7 @@
 //! lists and chunked watches as the API server serves them. No real API server can be
 //! installed here: its exact behaviour and its RBAC enforcement are not tested.
 //!
-//! - The source (`ztagent::k8s::api::run_api_source`): its snapshots are what the directory
+//! - The source (`ztagent::sources::k8s_api::run_api_source`): its snapshots are what the directory
 //!   source reads from the same objects; watch events (labels changed, a policy deleted, pods
 //!   and namespaces added and removed) give new snapshots, a burst of them few; an invisible
 //!   change none; ended watches resume, a 410 Gone relists, a 403 at the start delays the
@@ -21,10 +21,8 @@ use integration_tests::{
     json_of as json, tcp_ok, wait_for,
 };
 use serde_json::{Value, json};
-use ztagent::k8s::{
-    Objects,
-    api::{ApiConfig, DEBOUNCE, Snapshot, client, run_api_source},
-};
+use ztagent::k8s::Objects;
+use ztagent::sources::k8s_api::{ApiConfig, DEBOUNCE, Snapshot, client, run_api_source};
 
 /// A bound on waiting for a snapshot or for the agent to enforce a change: generous (the
 /// source's own target is within 1 s of the event); it only tells "came" from "never".
@@ -232,7 +230,7 @@ fn an_absent_pod_selector_is_every_pod() {
     let fake = FakeApi::start(&[network_policy("x", "all", json!({ "policyTypes": ["Ingress"] }))]);
     let mut source = Source::start(&fake);
     let o = source.next_ok();
-    assert_eq!(o.policies[0].pod_selector, ztagent::k8s::LabelSelector::default());
+    assert_eq!(o.policies[0].pod_selector, ztagent::policy::selector::LabelSelector::default());
     assert!(o.policies[0].ingress_type && o.policies[0].ingress.is_empty());
 }
 

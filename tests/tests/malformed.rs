@@ -6,7 +6,7 @@ use integration_tests::{
     Loaded,
     frame::{ETH_IP, ETH_IPV6, TCP_SYN, cat, eth, ipv4, ipv6, tcp},
 };
-use ztagent::datapath::Limits;
+use ztagent::kernel::datapath::Limits;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

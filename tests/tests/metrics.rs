@@ -139,7 +139,7 @@ fn status(agent: &Agent) -> Value {
 }
 
 fn status_counters(s: &Value) -> BTreeMap<String, u64> {
-    s["counters"].as_array().expect("counters").iter().map(|c| (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap())).collect()
+    s["counters"].as_object().expect("counters").iter().map(|(name, n)| (name.clone(), n.as_u64().unwrap())).collect()
 }
 
 fn status_limit<'a>(s: &'a Value, name: &str) -> &'a Value {

@@ -12,13 +12,11 @@
 //!   `check` and events.
 //!
 //! Sources feed [`crate::daemon`]'s one reconcile entry point with a [`Cluster`] and the
-//! NetworkPolicies: the `--k8s-objects DIR` directory (see `crate::watch`), or the Kubernetes
+//! NetworkPolicies: the `--k8s-objects DIR` directory (see `crate::sources`), or the Kubernetes
 //! API (`--k8s-api`, see [`api`]), whose objects go through the same reader.
 
-pub mod api;
 pub mod netpol;
 pub mod objects;
-pub mod selector;
 
 #[cfg(test)]
 mod tests;
@@ -30,7 +28,7 @@ use ipnet::IpNet;
 
 pub use netpol::{TranslateError, Translation, translate};
 pub use objects::{Objects, load_dir, load_objects, parse_objects};
-pub use selector::{LabelSelector, Labels, Operator, Requirement};
+use crate::policy::selector::{LabelSelector, Labels};
 
 /// The label the API server puts on every namespace: its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

@@ -46,11 +46,11 @@
 //! (the first in the file), then one diagnostic says how many more there are.
 
 mod compile;
-pub(crate) mod diag;
 mod eval;
-mod fastyaml;
+mod explain;
 mod model;
-pub(crate) mod node;
+pub mod selector;
+pub(crate) mod source;
 mod validate;
 
 #[cfg(test)]
@@ -60,10 +60,11 @@ pub use agent_common::{Addr, MAX_GRANTS, SegmentInfo, Verdict};
 pub use compile::{
     Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint,
 };
-pub use diag::{Diagnostic, Diagnostics};
-pub(crate) use diag::utf8_diagnostic;
+pub use source::diag::{Diagnostic, Diagnostics};
+pub(crate) use source::diag::utf8_diagnostic;
 pub(crate) use compile::{PORT_SPACE, cidr_key};
 pub(crate) use eval::mask;
+pub use explain::{Explanation, explain};
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use model::{
     ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,

@@ -1075,8 +1075,8 @@ fn counters(agent: &Agent, names: &[&str]) -> Result<u64> {
         bail!("ztagent status failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let all = v["counters"].as_array().context("no counters in ztagent status")?;
-    Ok(all.iter().filter(|c| c[0].as_str().is_some_and(|n| names.contains(&n))).filter_map(|c| c[1].as_u64()).sum())
+    let all = v["counters"].as_object().context("no counters in ztagent status")?;
+    Ok(names.iter().filter_map(|n| all.get(*n)?.as_u64()).sum())
 }
 
 /// Packets an agent has dropped for any reason a policy gives.

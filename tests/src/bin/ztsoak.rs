@@ -486,8 +486,8 @@ fn status(agent: &Agent) -> Result<Value> {
 
 fn counters(s: &Value) -> BTreeMap<String, u64> {
     s["counters"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| Some((c[0].as_str()?.to_string(), c[1].as_u64()?))).collect())
+        .as_object()
+        .map(|o| o.iter().filter_map(|(name, n)| Some((name.clone(), n.as_u64()?))).collect())
         .unwrap_or_default()
 }
 

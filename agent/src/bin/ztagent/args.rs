@@ -7,8 +7,8 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ztagent::{
-    control,
-    datapath::{self, Limits},
+    api as control,
+    kernel::datapath::{self, Limits},
 };
 
 #[derive(Parser)]
@@ -80,7 +80,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub socket_group: Option<String>,
     /// Where the last-known-good policy is kept (and restored from on restart).
-    #[arg(long, default_value = ztagent::state::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = ztagent::store::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub exports: Exports,
@@ -192,7 +192,7 @@ pub struct Exports {
     #[arg(long, value_name = "PATH")]
     pub events_file: Option<PathBuf>,
     /// Rotate the events file when a line would take it past this many bytes.
-    #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::sink::DEFAULT_MAX_BYTES,
+    #[arg(long, value_name = "N", requires = "events_file", default_value_t = ztagent::observe::sink::DEFAULT_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub events_file_max_bytes: u64,
 }
@@ -398,11 +398,11 @@ pub struct EtcdAuth {
 
 impl EtcdAuth {
     /// The fleet at `url` (etcd://HOST:PORT[,HOST:PORT...]/PREFIX), logged in as these options say.
-    pub fn target(self, url: &str) -> Result<ztagent::fleet::Target, ztagent::fleet::FleetError> {
+    pub fn target(self, url: &str) -> Result<ztagent::sources::etcd::Target, ztagent::sources::etcd::FleetError> {
         let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
-            .then(|| ztagent::fleet::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
+            .then(|| ztagent::sources::etcd::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
         let user = self.etcd_user.zip(self.etcd_password);
-        ztagent::fleet::Target::parse(url, user, tls.as_ref())
+        ztagent::sources::etcd::Target::parse(url, user, tls.as_ref())
     }
 }
 

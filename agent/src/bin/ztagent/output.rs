@@ -21,11 +21,11 @@ pub fn paint(code: u8, text: &str) -> String {
 
 /// A unix time (seconds) in RFC 3339.
 pub fn time_of(unix: f64) -> String {
-    ztagent::events::rfc3339((unix.max(0.0) * 1e9) as u64)
+    ztagent::clock::rfc3339((unix.max(0.0) * 1e9) as u64)
 }
 
 /// `frontend -> payments 8080/tcp`.
-pub fn describe_grant(g: &ztagent::grants::Grant) -> String {
+pub fn describe_grant(g: &ztagent::api::Grant) -> String {
     let ports = if g.ports.is_empty() { "every port".to_string() } else { g.ports.join(", ") };
     format!("{} -> {} {ports}", g.from, g.to)
 }

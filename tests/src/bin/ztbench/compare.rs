@@ -47,8 +47,8 @@ use aya::{
 };
 use integration_tests::{Netns, unique, veth};
 use ztagent::{
-    datapath::{Datapath, Limits, PinLayout},
-    mapwriter::MapWriter,
+    kernel::datapath::{Datapath, Limits, PinLayout},
+    kernel::mapwriter::MapWriter,
     policy::{self, Action, Mode, Policy, PortSpec, Proto, Rule, SegRef, Segment},
 };
 

@@ -8,8 +8,8 @@ use std::{fmt::Write as _, time::Instant};
 use agent_common::{CT_F_REPLY, CtKey, CtValue, PROTO_TCP};
 use anyhow::Result;
 use ztagent::{
-    events::EventRecord,
-    inventory::{Inventory, Key},
+    api::{EventRecord, Key},
+    observe::inventory::Inventory,
 };
 
 /// Heap bytes in use (glibc's count: memory freed and reused does not hide what is kept, as it
@@ -102,7 +102,7 @@ pub fn memory(flows: u32) -> Result<String> {
          entry's counters {first_read:.0} ns the first time, {per_read:.0} ns in a later read where every entry counted more.",
         crate::fmt_count(flows as usize),
         crate::fmt_count(listed),
-        crate::fmt_count(ztagent::inventory::MAX_ENTRIES),
+        crate::fmt_count(ztagent::observe::inventory::MAX_ENTRIES),
         crate::fmt_count(inv.tracked()),
         mb(grown),
         mb(entries_grown),
@@ -115,7 +115,7 @@ pub fn memory(flows: u32) -> Result<String> {
     // The alerts' baseline, learning the same flows: services and ports per identity, then a
     // rate window closed.
     let before = heap();
-    let mut engine = ztagent::alerts::Engine::default();
+    let mut engine = ztagent::observe::alerts::Engine::default();
     engine.configure(Some(ztagent::policy::Alerts::default()), 0.0);
     engine.tick(0.0);
     let t = Instant::now();
@@ -138,7 +138,7 @@ pub fn memory(flows: u32) -> Result<String> {
 
     // The rate history's own cost per identity, at its bound (16,384 identities).
     let before = heap();
-    let mut engine = ztagent::alerts::Engine::default();
+    let mut engine = ztagent::observe::alerts::Engine::default();
     engine.configure(Some(ztagent::policy::Alerts::default()), 0.0);
     engine.tick(0.0);
     for i in 0..16_384u32 {
@@ -163,7 +163,7 @@ pub fn memory(flows: u32) -> Result<String> {
 /// agent's own code): the datapath's maps loaded with a table of 262,144 entries, all filled.
 pub fn table_read() -> Result<String> {
     use anyhow::Context as _;
-    use ztagent::datapath::{Datapath, Limits, PinLayout};
+    use ztagent::kernel::datapath::{Datapath, Limits, PinLayout};
     const ENTRIES: u32 = 262_144;
     let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-ct-{}", std::process::id()));
     let _guard = crate::PinGuard(pins.clone());
@@ -176,7 +176,7 @@ pub fn table_read() -> Result<String> {
         let k = CtKey { sport: (i >> 1) as u16, ..k };
         table.insert(k, v, 0).context("filling the conntrack table")?;
     }
-    let mut reader = ztagent::flowcount::FlowReader::open(&pins.maps())?;
+    let mut reader = ztagent::kernel::flowcount::FlowReader::open(&pins.maps())?;
     let t = Instant::now();
     let read = reader.read();
     let took = t.elapsed();

@@ -77,8 +77,8 @@ mod inventory;
 mod k8s;
 mod parse;
 use ztagent::{
-    datapath::{self, Datapath, Limits, PinLayout},
-    mapwriter::MapWriter,
+    kernel::datapath::{self, Datapath, Limits, PinLayout},
+    kernel::mapwriter::MapWriter,
     policy::{
         self, Action, BucketSpec, CompiledPolicy, LimitScope, Mode, Per, Policy, PortSpec, Proto, RateLimit, Rule,
         SegRef, Segment,

@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use integration_tests::{Agent, Lan, TempDir, bin};
-use ztagent::control::{Reply, Request};
+use ztagent::api::{Reply, Request};
 
 use crate::{median, verdict};
 

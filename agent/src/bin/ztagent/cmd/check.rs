@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use ztagent::{
-    control::{CheckResult, Flow, Reply, Request},
+    api::{CheckResult, Flow, Reply, Request},
     daemon, policy,
 };
 

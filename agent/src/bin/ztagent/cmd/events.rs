@@ -3,8 +3,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::anyhow;
 use ztagent::{
-    control::{self, Request},
-    events::{EventFilter, EventRecord},
+    api::{self as control, EventFilter, EventRecord, Request},
 };
 
 use crate::{

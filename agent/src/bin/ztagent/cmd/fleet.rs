@@ -15,7 +15,7 @@ pub async fn push(args: FleetPushArgs) -> anyhow::Result<ExitCode> {
     }
     let text = std::fs::read_to_string(&file).map_err(|e| anyhow!("cannot read {}: {e}", file.display()))?;
     let target = auth.target(&etcd)?;
-    let revision = ztagent::fleet::push(&target, &text, base).await?;
+    let revision = ztagent::sources::etcd::push(&target, &text, base).await?;
     println!("fleet revision {revision} pushed to {}", target.policy_key());
     Ok(ExitCode::SUCCESS)
 }
@@ -23,7 +23,7 @@ pub async fn push(args: FleetPushArgs) -> anyhow::Result<ExitCode> {
 /// `fleet status`: every host's applied revision, and its state against the newest.
 pub async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
     let target = args.auth.target(&args.etcd)?;
-    let s = ztagent::fleet::status(&target).await?;
+    let s = ztagent::sources::etcd::status(&target).await?;
     if args.output.output == Output::Json {
         let hosts: Vec<serde_json::Value> = s
             .hosts

@@ -1,7 +1,7 @@
 //! `ztagent grant`: allow a flow for a while.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::control::{Reply, Request};
+use ztagent::api::{Reply, Request};
 
 use super::{call, unexpected};
 use crate::{
@@ -12,9 +12,9 @@ use crate::{
 /// Checked here first (duration, ports, address block), then asked of the agent.
 pub async fn grant(socket: &Path, args: GrantArgs) -> anyhow::Result<ExitCode> {
     let GrantArgs { from, to, ports, duration, reason } = args;
-    let d = ztagent::grants::parse_duration(&duration)?;
-    ztagent::grants::ports(&ports)?;
-    ztagent::grants::block(&from)?;
+    let d = ztagent::daemon::grants::parse_duration(&duration)?;
+    ztagent::daemon::grants::ports(&ports)?;
+    ztagent::daemon::grants::block(&from)?;
     let req = Request::Grant { from, to, ports, seconds: d.as_secs(), reason };
     match call(socket, &req).await? {
         Reply::Granted { grant, revision } => {

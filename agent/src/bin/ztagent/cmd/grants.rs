@@ -1,7 +1,7 @@
 //! `ztagent grants`: the grants in force, or (--revoke) end one now.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::control::{Reply, Request};
+use ztagent::api::{Reply, Request};
 
 use super::{call, unexpected};
 use crate::{

@@ -1,7 +1,7 @@
 //! `ztagent inventory`: what has been seen talking to what.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::control::{Reply, Request};
+use ztagent::api::{Reply, Request};
 
 use super::{call, since_of, unexpected};
 use crate::{

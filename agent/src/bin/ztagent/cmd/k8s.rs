@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
-use ztagent::{datapath::Limits, k8s, policy};
+use ztagent::{k8s, kernel::datapath::Limits, policy};
 
 use crate::args::{Format, TranslateArgs};
 

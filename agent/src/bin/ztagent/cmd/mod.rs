@@ -14,7 +14,7 @@ pub mod uninstall;
 use std::path::Path;
 
 use anyhow::anyhow;
-use ztagent::control::{self, Reply, Request};
+use ztagent::api::{self as control, Reply, Request};
 
 /// One request to the agent; its `Error` reply is an error here.
 pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
@@ -32,7 +32,7 @@ pub fn unexpected<T>(r: Reply) -> anyhow::Result<T> {
 /// `--since DURATION` as the unix time it names.
 pub fn since_of(since: Option<&str>) -> anyhow::Result<Option<f64>> {
     let Some(d) = since else { return Ok(None) };
-    let d = ztagent::grants::parse_duration(d)
+    let d = ztagent::daemon::grants::parse_duration(d)
         .map_err(|_| anyhow!("--since takes a duration such as 90s, 15m, 2h or 1d (up to 7 days), not `{d}`"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Ok(Some(now.saturating_sub(d).as_secs_f64()))

@@ -3,7 +3,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::anyhow;
 use ztagent::{
-    control::{Reply, Request},
+    api::{Reply, Request},
     policy,
 };
 
@@ -74,7 +74,7 @@ pub async fn suggest(socket: &Path, args: SuggestArgs) -> anyhow::Result<ExitCod
             other => return unexpected(other),
         },
     };
-    let s = ztagent::suggest::suggest(&base, &inventory.entries, args.min_flows);
+    let s = ztagent::observe::suggest::suggest(&base, &inventory.entries, args.min_flows);
     let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     println!("# Compared with the base policy: rules allowing what it denies: {}", list(&s.added));
     println!("# The base's allow rules that allowed nothing in the window: {}", list(&s.unused));

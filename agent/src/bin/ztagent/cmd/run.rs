@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use aya::programs::xdp::XdpMode;
-use ztagent::{daemon, datapath::PinLayout};
+use ztagent::{daemon, kernel::datapath::PinLayout};
 
 use crate::args::{Mode, RunArgs};
 
@@ -11,12 +11,12 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
     let RunArgs { interfaces, inputs, pin_path, xdp_mode, log: _, limits, events_history, socket_group, state_dir, exports } =
         args;
     let fleet = match inputs.policy_source {
-        Some(url) => Some((inputs.etcd_auth.target(&url)?, inputs.fleet_host.unwrap_or_else(ztagent::fleet::hostname))),
+        Some(url) => Some((inputs.etcd_auth.target(&url)?, inputs.fleet_host.unwrap_or_else(ztagent::sources::etcd::hostname))),
         None => None,
     };
-    let access = ztagent::auth::Access::new(socket_group.as_deref())?;
+    let access = ztagent::api::auth::Access::new(socket_group.as_deref())?;
     let iface_patterns =
-        interfaces.iface_patterns.iter().map(|p| ztagent::node::Pattern::new(p)).collect::<Result<Vec<_>, _>>()?;
+        interfaces.iface_patterns.iter().map(|p| ztagent::kernel::node::Pattern::new(p)).collect::<Result<Vec<_>, _>>()?;
     let cfg = daemon::Config {
         ifaces: interfaces.ifaces,
         iface_patterns,
@@ -38,7 +38,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         policy_dir: inputs.policy_dir,
         fleet,
         k8s_objects: inputs.k8s_objects,
-        k8s_api: inputs.k8s_api.then_some(ztagent::k8s::api::ApiConfig { kubeconfig: inputs.kubeconfig }),
+        k8s_api: inputs.k8s_api.then_some(ztagent::sources::k8s_api::ApiConfig { kubeconfig: inputs.kubeconfig }),
     };
     daemon::run(cfg).await?;
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
 //! `ztagent status`: the agent's interfaces, maps, counters, rate limits and policy sources.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::control::{K8sSource, LimitStatus, PolicySource, RejectedVersion, Reply, Request, Status};
+use ztagent::api::{K8sSource, LimitStatus, PolicySource, RejectedVersion, Reply, Request, Status};
 
 use super::{call, unexpected};
 use crate::{args::Output, output};

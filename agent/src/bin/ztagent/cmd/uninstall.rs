@@ -2,7 +2,7 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::anyhow;
-use ztagent::datapath::{self, PinLayout};
+use ztagent::kernel::datapath::{self, PinLayout};
 
 pub fn uninstall(pin_path: &Path) -> anyhow::Result<ExitCode> {
     let removed = datapath::uninstall(&PinLayout::new(pin_path))

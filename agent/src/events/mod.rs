@@ -1,0 +1,15 @@
+//! The kernel event stream, userspace side: read the `EVENTS` ring buffer, turn each event into
+//! an [`EventRecord`] (names for segments, rules and limits; exact packet counts), keep the most
+//! recent ones, and fan them out to every client.
+//!
+//! Drops are aggregated in the kernel per flow and reason: an event carries the aggregate's
+//! running packet total, and the count of a record is the difference from the last total seen
+//! for that aggregate. The packets of a flood's last interval are in the kernel's aggregation
+//! maps, not in any event; a sweep of those maps once a second reports them.
+
+mod decode;
+mod hub;
+
+pub use decode::{Decoder, reason_name, verdict_name};
+pub(crate) use decode::{ip_of, proto_name};
+pub use hub::{EventHub, Subscription};

@@ -1,0 +1,9 @@
+//! Consumers of events; nothing flows back into policy or the kernel: what has been seen
+//! talking to what ([`inventory`]), anomalies ([`alerts`]), a policy learned from the
+//! inventory ([`suggest`]), the events file ([`sink`]), the OpenMetrics endpoint ([`metrics`]).
+
+pub mod alerts;
+pub mod inventory;
+pub mod metrics;
+pub mod sink;
+pub mod suggest;
