@@ -7,6 +7,7 @@
 //! event; lists may be refused with 403 a given number of times. Every request is recorded
 //! with its Authorization header. It is no API server: no RBAC, no validation, no field or
 //! label selectors, no pagination, no bookmarks.
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::{BufRead, BufReader, Write},

@@ -2,10 +2,10 @@
 //! with the documented JSON fields, and errors that are one sentence, never a panic.
 use std::process::Command;
 
-use integration_tests::{TempDir, bin};
+use integration_tests::{TempDir, build_bin};
 
 fn ztagent(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("ztagent")).args(args).output().unwrap();
+    let out = Command::new(build_bin("ztagent", "ztagent")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -3,10 +3,10 @@
 //! objects refused with FILE:LINE:COL diagnostics and nothing printed; warnings on stderr.
 use std::process::Command;
 
-use integration_tests::{TempDir, bin};
+use integration_tests::{TempDir, build_bin};
 
 fn ztagent(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("ztagent")).args(args).output().unwrap();
+    let out = Command::new(build_bin("ztagent", "ztagent")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
