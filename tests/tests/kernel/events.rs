@@ -13,12 +13,8 @@ use std::{
 use integration_tests::{Agent, Lan, Netns, Servers, TempDir, bin, ping_ok, tcp_ok};
 use serde_json::Value;
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-  batch: { cidrs: [10.20.3.0/24] }
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"  batch: { cidrs: [10.20.3.0/24] }
 rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8080/tcp", "53/udp"], action: allow }
   - { name: pings, from: [batch], to: [payments], ports: ["icmp"], action: allow }
@@ -27,7 +23,8 @@ rateLimits:
   - name: batch-pings
     from: batch
     packets: { rate: 1, per: second, burst: 2 }
-"#;
+"#
+);
 
 /// `ztagent events -o json ARGS`: the recent events.
 /// Runs Debian's python3 (with scapy) in a namespace.

@@ -8,18 +8,15 @@ use std::{
 
 use integration_tests::{Agent, Lan, Netns, Servers, TempDir};
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-rules:
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"rules:
   - name: frontend-dns
     from: [frontend]
     to: [payments]
     ports: ["53/udp"]
     action: allow
-"#;
+"#
+);
 
 /// Sends one UDP datagram of `size` bytes to `dst:port` as fragments of at most ~1000 bytes;
 /// with `skip_first`, only the later fragments are sent.

@@ -44,15 +44,12 @@ use integration_tests::{
     sh, unique,
 };
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-rules:
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp", "8080/tcp", "53/udp"], action: allow }
   - { name: no-admin, from: ["*"], to: [payments], ports: ["8081/tcp"], action: deny }
-"#;
+"#
+);
 
 /// payments (server), frontend (allowed), attacker (world: denied by default).
 const HOSTS: [(&str, &str); 3] = [("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")];

@@ -13,14 +13,11 @@ const XDP_PASS: u32 = 2;
 const TC_OK: u32 = 0;
 const TC_SHOT: u32 = 2;
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-rules:
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
-"#;
+"#
+);
 
 const FRONT: [u8; 4] = [10, 20, 1, 5];
 const PAY: [u8; 4] = [10, 20, 2, 10];

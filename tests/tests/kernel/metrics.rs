@@ -17,12 +17,8 @@ use serde_json::Value;
 /// The agent listens on the loopback of the namespace it runs in (the payments host's).
 const METRICS_PORT: u16 = 9464;
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-  batch: { cidrs: [10.20.3.0/24, "fd20:3::/64"] }
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"  batch: { cidrs: [10.20.3.0/24, "fd20:3::/64"] }
 rules:
   - { name: web, from: [frontend], to: [payments], ports: ["443/tcp"], action: allow }
   - { name: pings, from: [batch], to: [payments], ports: ["icmp"], action: allow }
@@ -32,7 +28,8 @@ rateLimits:
     to: [payments]
     ports: ["icmp"]
     packets: { rate: 1, per: second, burst: 2 }
-"#;
+"#
+);
 
 // ---------------------------------------------------------------------------------------------
 // Reading the endpoint

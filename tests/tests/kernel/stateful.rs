@@ -14,18 +14,15 @@ use std::{
 
 use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok, udp_ok};
 
-const POLICY: &str = r#"
-version: 1
-segments:
-  frontend: { cidrs: [10.20.1.0/24, "fd20:1::/64"] }
-  payments: { cidrs: [10.20.2.10/32, "fd20:2::10/128"] }
-rules:
+const POLICY: &str = integration_tests::frontend_payments_policy!(
+    r#"rules:
   - name: frontend-calls-payments
     from: [frontend]
     to: [payments]
     ports: ["443/tcp", "8080/tcp", "53/udp"]
     action: allow
-"#;
+"#
+);
 
 fn lan() -> Lan {
     Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")])
