@@ -169,6 +169,28 @@ pub(crate) fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>
     );
     let _ = writeln!(s, "| denied, repeat packet (aggregated away: no event) | {:.0} | | |", c.repeat_denied);
     let Some(t) = t else { return true };
+    throughput_report(s, t)
+}
+
+/// CPU time per event, what a shared machine's load changes least.
+fn cpu(r: &EventRun) -> String {
+    format!(
+        "the agent used {:.2} CPU-s ({:.2} us per event; {:.0} context switches per 1,000 events), this \
+         process {:.2} CPU-s ({:.2} us per event, test runs included; it waited {:.2} s for a CPU), \
+         other processes {:.2} of the machine's {:.2} CPU-s",
+        r.agent_cpu,
+        r.agent_cpu * 1e6 / r.produced.max(1) as f64,
+        r.agent_switches as f64 * 1e3 / r.produced.max(1) as f64,
+        r.self_cpu,
+        r.self_cpu * 1e6 / r.produced.max(1) as f64,
+        r.producer_wait,
+        r.others_cpu,
+        r.machine_cpu,
+    )
+}
+
+/// The throughput part of the events section; false when its target fails.
+fn throughput_report(s: &mut String, t: &Throughput) -> bool {
     let (p, u) = (&t.paced, &t.unpaced);
     let _ = writeln!(
         s,
@@ -178,22 +200,6 @@ pub(crate) fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>
          appends to its JSON-lines file):\n",
         Limits::default().events_bytes >> 10
     );
-    // CPU time per event, what a shared machine's load changes least.
-    let cpu = |r: &EventRun| {
-        format!(
-            "the agent used {:.2} CPU-s ({:.2} us per event; {:.0} context switches per 1,000 events), this \
-             process {:.2} CPU-s ({:.2} us per event, test runs included; it waited {:.2} s for a CPU), \
-             other processes {:.2} of the machine's {:.2} CPU-s",
-            r.agent_cpu,
-            r.agent_cpu * 1e6 / r.produced.max(1) as f64,
-            r.agent_switches as f64 * 1e3 / r.produced.max(1) as f64,
-            r.self_cpu,
-            r.self_cpu * 1e6 / r.produced.max(1) as f64,
-            r.producer_wait,
-            r.others_cpu,
-            r.machine_cpu,
-        )
-    };
     let _ = writeln!(
         s,
         "- Without loss (paced: a test run of {} events starts when at most {} are not in the file yet, \

@@ -262,30 +262,10 @@ fn run() -> Result<bool> {
     let opts = parse_args()?;
     // Kubernetes translation: a CLI run, no root needed.
     let k8s_runs = if opts.quick { 5 } else { 9 };
-    if opts.k8s_only {
-        let mut text = String::new();
-        let ok = k8s::translate_time(&mut text, k8s_runs)?;
-        println!("{text}");
-        write_report(&opts, &text)?;
-        return Ok(ok || !opts.check);
-    }
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
     // Policy input: parse throughput (YAML against JSON), rounds as in the packet runs' quick mode.
     let parse_rounds = if opts.quick { 3 } else { 7 };
-    if opts.inventory_only {
-        let mut text = inventory::memory(100_000)?;
-        text.push_str(&inventory::table_read()?);
-        println!("{text}");
-        write_report(&opts, &text)?;
-        return Ok(true);
-    }
-    if opts.parse_only {
-        let (mut text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
-        text.push_str(&inventory::memory(100_000)?);
-        println!("{text}");
-        write_report(&opts, &text)?;
-        return Ok(ok || !opts.check);
+    if let Some(ok) = run_without_pins(&opts, k8s_runs, parse_rounds)? {
+        return Ok(ok);
     }
     // From here on there are pins to remove: turn Ctrl-C into an error the guards see.
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -311,11 +291,51 @@ fn run() -> Result<bool> {
     } else {
         [10, 1_000, 100_000].into_iter().flat_map(|r| [(r, 1_000), (r, 100_000)]).collect()
     };
+    let compiled = compile_policies(&sizes)?;
+    let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-{}", std::process::id()));
+    let _guard = PinGuard(pins.clone());
+    let mut all_ok = in_kernel(pins, &sizes, &compiled, &opts, (k8s_runs, parse_rounds))?;
+    if opts.packets_only {
+        return Ok(all_ok || !opts.check);
+    }
+    all_ok &= compare::run(&compare_opts)?;
+    Ok(all_ok || !opts.check)
+}
 
-    // Build and compile every policy first, so the maps can be sized for the largest two
-    // (a push writes the inactive slot while the previous policy is still in force).
+/// The sections that pin nothing (`--k8s`, `--inventory`, `--parse`): their verdict, or None
+/// when none of them was asked for. Past the Kubernetes one, root is required.
+fn run_without_pins(opts: &Options, k8s_runs: usize, parse_rounds: usize) -> Result<Option<bool>> {
+    if opts.k8s_only {
+        let mut text = String::new();
+        let ok = k8s::translate_time(&mut text, k8s_runs)?;
+        println!("{text}");
+        write_report(opts, &text)?;
+        return Ok(Some(ok || !opts.check));
+    }
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN needs root");
+    if opts.inventory_only {
+        let mut text = inventory::memory(100_000)?;
+        text.push_str(&inventory::table_read()?);
+        println!("{text}");
+        write_report(opts, &text)?;
+        return Ok(Some(true));
+    }
+    if opts.parse_only {
+        let (mut text, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
+        text.push_str(&inventory::memory(100_000)?);
+        println!("{text}");
+        write_report(opts, &text)?;
+        return Ok(Some(ok || !opts.check));
+    }
+    Ok(None)
+}
+
+/// Builds and compiles every policy first, so the maps can be sized for the largest two (a
+/// push writes the inactive slot while the previous policy is still in force).
+fn compile_policies(sizes: &[(usize, usize)]) -> Result<Vec<(CompiledPolicy, f64)>> {
     let mut compiled = Vec::new();
-    for &(rules, cidrs) in &sizes {
+    for &(rules, cidrs) in sizes {
         eprintln!("ztbench: compiling {} rules over {} CIDRs", fmt_count(rules), fmt_count(cidrs));
         let p = make_policy(rules, cidrs)?;
         let t = Instant::now();
@@ -325,9 +345,14 @@ fn run() -> Result<bool> {
         eprintln!("ztbench:   {} ({compile_ms:.0} ms)", c.summary());
         compiled.push((c, compile_ms));
     }
+    Ok(compiled)
+}
+
+/// Maps with room for twice the largest compiled policy.
+fn limits_for(compiled: &[(CompiledPolicy, f64)]) -> Limits {
     let max = |f: fn(&CompiledPolicy) -> usize| compiled.iter().map(|(c, _)| f(c)).max().unwrap_or(0);
     let room = |n: usize| u32::try_from(2 * n + 1024).unwrap_or(u32::MAX);
-    let limits = Limits {
+    Limits {
         hosts: room(max(|c| c.hosts.len())),
         cidrs: room(max(|c| c.cidrs.len())),
         pairs: room(max(|c| c.pairs.len())),
@@ -335,11 +360,14 @@ fn run() -> Result<bool> {
         conntrack: 4096,
         frags: 1024,
         ..Limits::default()
-    };
+    }
+}
 
-    let pins = PinLayout::new(format!("/sys/fs/bpf/ztbench-{}", std::process::id()));
-    let _guard = PinGuard(pins.clone());
-    let mut dp = Datapath::load(pins, &limits).context("loading the datapath")?;
+/// The datapath loaded on `pins` with the benchmark's reference programs too, its policy
+/// writer and this process's own event ring buffer (nobody else reads it, so it is full after
+/// the first ~48,000 events of the table's runs; the event section drains it, or not, itself).
+fn load(pins: PinLayout, limits: &Limits) -> Result<(Datapath, MapWriter, RingBuf<MapData>)> {
+    let mut dp = Datapath::load(pins, limits).context("loading the datapath")?;
     // The agent loads only the programs it attaches; the benchmark's references too.
     for name in [programs::BASELINE, programs::REFERENCE, programs::DENIED_FLOOR] {
         let prog: &mut Xdp = dp
@@ -350,12 +378,25 @@ fn run() -> Result<bool> {
             .with_context(|| format!("{name} is not an XDP program"))?;
         prog.load().with_context(|| format!("loading {name}"))?;
     }
-    let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
+    let writer = MapWriter::new(&mut dp.ebpf, limits).context("opening the policy maps")?;
     allow_guarded_source(&mut dp)?;
-    // This process's own event ring buffer: nobody else reads it, so it is full after the first
-    // ~48,000 events of the table's runs; the event section drains it (or not) itself.
-    let mut ring = RingBuf::try_from(dp.ebpf.take_map(maps::EVENTS).context("the event ring buffer is missing")?)
+    let ring = RingBuf::try_from(dp.ebpf.take_map(maps::EVENTS).context("the event ring buffer is missing")?)
         .context("opening the event ring buffer")?;
+    Ok((dp, writer, ring))
+}
+
+/// Everything measured on the datapath loaded in this process: the per-packet table, the
+/// rate-limit overhead, then (unless `--packets`) events, policy input, inventory, Kubernetes
+/// and fleet. Prints and writes the report; true when every target passed.
+fn in_kernel(
+    pins: PinLayout,
+    sizes: &[(usize, usize)],
+    compiled: &[(CompiledPolicy, f64)],
+    opts: &Options,
+    (k8s_runs, parse_rounds): (usize, usize),
+) -> Result<bool> {
+    let limits = limits_for(compiled);
+    let (dp, mut writer, mut ring) = load(pins, &limits)?;
     let xdp = |name: &str| -> Result<&Xdp> {
         let p: &Program = dp.ebpf.program(name).with_context(|| format!("program {name} missing"))?;
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
@@ -365,15 +406,15 @@ fn run() -> Result<bool> {
 
     let probes = probes(opts.breakdown);
     let mut rows = Vec::new();
-    for (&(rules, cidrs), (c, compile_ms)) in sizes.iter().zip(&compiled) {
+    for (&(rules, cidrs), (c, compile_ms)) in sizes.iter().zip(compiled) {
         eprintln!("ztbench: measuring {} rules over {} CIDRs", fmt_count(rules), fmt_count(cidrs));
-        let row = measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), &opts)
+        let row = measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), opts)
             .with_context(|| format!("{rules} rules over {cidrs} CIDRs"))?;
         rows.push(row);
     }
 
-    let (mut text, mut all_ok) = report(&rows, &probes, &opts);
-    let (limited, plain, ratio) = limit_overhead(&mut writer, [baseline, ingress], &opts)?;
+    let (mut text, mut all_ok) = report(&rows, &probes, opts);
+    let (limited, plain, ratio) = limit_overhead(&mut writer, [baseline, ingress], opts)?;
     let ok = ratio <= MAX_LIMIT_OVERHEAD;
     all_ok &= ok;
     let _ = writeln!(
@@ -385,15 +426,15 @@ fn run() -> Result<bool> {
     );
     if opts.packets_only {
         println!("{text}");
-        write_report(&opts, &text)?;
-        return Ok(all_ok || !opts.check);
+        write_report(opts, &text)?;
+        return Ok(all_ok);
     }
 
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
-    let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &opts))?;
-    let throughput = if opts.events > 0 { Some(event_throughput(&opts)?) } else { None };
-    all_ok &= event_report(&mut text, &cost, throughput.as_ref(), &opts);
+    let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, opts))?;
+    let throughput = if opts.events > 0 { Some(event_throughput(opts)?) } else { None };
+    all_ok &= event_report(&mut text, &cost, throughput.as_ref(), opts);
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
     text.push_str(&parsing);
     text.push_str(&inventory::memory(100_000)?);
@@ -402,12 +443,11 @@ fn run() -> Result<bool> {
     all_ok &= k8s::translate_time(&mut text, k8s_runs)?;
     fleet::push_to_enforced(&mut text)?;
     println!("{text}");
-    write_report(&opts, &text)?;
+    write_report(opts, &text)?;
     drop(ring);
     drop(writer);
     drop(dp);
-    all_ok &= compare::run(&compare_opts)?;
-    Ok(all_ok || !opts.check)
+    Ok(all_ok)
 }
 
 /// The client's source, allowed on the interface a test run enters (the loopback of this

@@ -22,7 +22,19 @@ pub(crate) fn verdict(ok: bool) -> &'static str {
 /// The markdown report and whether every target passed.
 pub(crate) fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String, bool) {
     let mut s = String::new();
-    let mut all_ok = true;
+    cost_tables(&mut s, rows, probes, opts);
+    let all_ok = targets(&mut s, rows);
+    (s, all_ok)
+}
+
+/// A cost and its ratio to the empty program: `12 (1.50x)`.
+fn cell(r: &Row, i: usize) -> String {
+    format!("{:.0} ({:.2}x)", r.cost[i].0, r.cost[i].1)
+}
+
+/// The per-packet table, the guarded ingress, the breakdown (when measured), the notes and the
+/// policies measured.
+fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
     let _ = writeln!(
         s,
         "ztagent XDP ingress, BPF_PROG_TEST_RUN: median of {} runs of {} repeats; \
@@ -35,7 +47,6 @@ pub(crate) fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String,
     );
     let _ = writeln!(s, "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | reference ns (x empty) | denied floor ns (x empty) | established / reference | denied / denied floor | push ms | compile ms |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let cell = |r: &Row, i: usize| format!("{:.0} ({:.2}x)", r.cost[i].0, r.cost[i].1);
     for r in rows {
         let _ = writeln!(
             s,
@@ -72,8 +83,25 @@ pub(crate) fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String,
             r.cost[GUARDED].0 - r.cost[ESTABLISHED].0
         );
     }
+    breakdown(s, rows, probes);
+    let _ = writeln!(
+        s,
+        "\n*reference*: a program that only parses the established frame and looks its flow up in \
+         the conntrack table (`zt_reference`): the least any stateful program does per packet, \
+         measured in the same runs. *denied floor*: a program that parses the denied frame, \
+         misses the conntrack table and finds the flow in the denial cache (`zt_denied_floor`): \
+         the least a stateful program with a denial cache does with a repeat-denied packet. The \
+         two ratio columns are medians of per-round ratios."
+    );
+    let _ = writeln!(s, "\nPolicies (one slot; both slots hold the policy while it is measured):\n");
+    for r in rows {
+        let _ = writeln!(s, "- {} rules / {} CIDRs: {}", fmt_count(r.rules), fmt_count(r.cidrs), r.summary);
+    }
+}
+
+/// With `--breakdown`: the same rounds, frames that each take part of the denied path.
+fn breakdown(s: &mut String, rows: &[Row], probes: &[Probe]) {
     if probes.len() > GUARDED + 1 {
-        // The breakdown: the same rounds, frames that each take part of the denied path.
         let extra = &probes[GUARDED + 1..];
         let _ = write!(s, "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |");
         for p in extra {
@@ -88,19 +116,11 @@ pub(crate) fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String,
             let _ = writeln!(s);
         }
     }
-    let _ = writeln!(
-        s,
-        "\n*reference*: a program that only parses the established frame and looks its flow up in \
-         the conntrack table (`zt_reference`): the least any stateful program does per packet, \
-         measured in the same runs. *denied floor*: a program that parses the denied frame, \
-         misses the conntrack table and finds the flow in the denial cache (`zt_denied_floor`): \
-         the least a stateful program with a denial cache does with a repeat-denied packet. The \
-         two ratio columns are medians of per-round ratios."
-    );
-    let _ = writeln!(s, "\nPolicies (one slot; both slots hold the policy while it is measured):\n");
-    for r in rows {
-        let _ = writeln!(s, "- {} rules / {} CIDRs: {}", fmt_count(r.rules), fmt_count(r.cidrs), r.summary);
-    }
+}
+
+/// The targets, each PASS or FAIL; true when all pass.
+fn targets(s: &mut String, rows: &[Row]) -> bool {
+    let mut all_ok = true;
     let _ = writeln!(s, "\nTargets:\n");
     let mut line = |ok: bool, text: String| {
         all_ok &= ok;
@@ -164,5 +184,5 @@ pub(crate) fn report(rows: &[Row], probes: &[Probe], opts: &Options) -> (String,
             }
         }
     }
-    (s, all_ok)
+    all_ok
 }
