@@ -176,16 +176,48 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         bail!("the policy is invalid:\n{}", String::from_utf8_lossy(&valid.stderr));
     }
 
+    let (lan, _servers, agent) = topology(&policy, &String::from_utf8_lossy(&valid.stdout), st)?;
+    traffic(&lan, &agent, &policy, st, &mut problems)?;
+
+    // ---- 3. Rate limits -----------------------------------------------------------------
+    header(st, 3, "Rate limits: one identity throttled, another not");
+    rate_limits(&lan, &agent, &policy, st, &mut problems)?;
+    step()?;
+
+    let dir = TempDir::new();
+    let v2_text = push(&lan, &agent, &policy, &dir, st, &mut problems)?;
+
+    let (client_agents, _frontend_servers) = lateral(&lan, &agent, &policy, st, &mut problems)?;
+
+    audit(&lan, &agent, &dir, &v2_text, st, &mut problems)?;
+
+    // ---- 7. From observe to enforce -----------------------------------------------------
+    header(st, 7, "From observe to enforce: inventory, the least policy, a time-bound grant, an alert");
+    // Payments alone from here: its own policy decides.
+    drop(client_agents);
+    observe_to_enforce(&lan, &agent, &dir, st, &mut problems)?;
+    step()?;
+
+    // ---- 8. Kubernetes --------------------------------------------------------------------
+    header(st, 8, "Kubernetes: pods and a NetworkPolicy in, verdicts out; a label change, no push");
+    drop(agent);
+    kubernetes(&lan, st, &mut problems)?;
+    Ok(problems)
+}
+
+/// Step 1: the hosts, the server, the policy's segments, and the agent on payments (with the
+/// servers, which must live as long as the demo).
+fn topology(policy: &Path, validated: &str, st: Style) -> Result<(Lan, Servers, Agent)> {
     // ---- 1. Topology ------------------------------------------------------------------
     header(st, 1, "Topology: four hosts (network namespaces) on one bridge");
     let lan = Lan::new(&HOSTS.map(|(_, v4, v6)| (v4, v6)));
     let payments = &lan.hosts[PAYMENTS];
-    let _servers = Servers::start(&payments.ns, SERVER_TCP, SERVER_UDP);
+    let servers = Servers::start(&payments.ns, SERVER_TCP, SERVER_UDP);
     for (i, h) in lan.hosts.iter().enumerate() {
         let segment = if i == PAYMENTS {
-            check_file(&policy, lan.hosts[FRONTEND].v4, h.v4, Probe::Icmp)?.dst_segment
+            check_file(policy, lan.hosts[FRONTEND].v4, h.v4, Probe::Icmp)?.dst_segment
         } else {
-            check_file(&policy, h.v4, payments.v4, Probe::Icmp)?.src_segment
+            check_file(policy, h.v4, payments.v4, Probe::Icmp)?.src_segment
         };
         let role = if i == PAYMENTS {
             let ports: Vec<String> = SERVER_TCP
@@ -199,10 +231,10 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         };
         println!("  {:<8}  {:<10}  {:<10}  segment {segment:<8}  {role}", HOSTS[i].0, h.v4, h.v6);
     }
-    println!("  policy: {}", String::from_utf8_lossy(&valid.stdout).trim());
+    println!("  policy: {}", validated.trim());
     step()?;
     let t = Instant::now();
-    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(&policy));
+    let agent = Agent::start(&payments.ns, &[&payments.iface], Some(policy));
     println!(
         "  ztagent run --iface {} --policy {} on payments: enforcing (XDP ingress + TC egress) after {:.1} s",
         payments.iface,
@@ -211,6 +243,12 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     );
     step()?;
 
+    Ok((lan, servers, agent))
+}
+
+/// Step 2: traffic to payments from every client, each attempt judged by `ztagent check` too,
+/// while the event stream is tailed.
+fn traffic(lan: &Lan, agent: &Agent, policy: &Path, st: Style, problems: &mut Vec<String>) -> Result<()> {
     // ---- 2. Traffic -------------------------------------------------------------------
     header(st, 2, "Traffic to payments: what the kernel did, and why (ztagent check)");
     use Probe::*;
@@ -229,13 +267,13 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         }
     }
     // What an operator tailing the event stream sees meanwhile.
-    let tail = Tail::start(&agent)?;
+    let tail = Tail::start(agent)?;
     // All probes at once (a denied one waits for its timeout); printed in order.
     let attempts: Vec<Result<Attempt>> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
             .iter()
             .map(|&(client, v6, probe)| {
-                let (lan, policy) = (&lan, &policy);
+                
                 s.spawn(move || {
                     Attempt::run(lan, client, PAYMENTS, v6, probe, |src, dst| check_file(policy, src, dst, probe))
                 })
@@ -256,7 +294,7 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         } else {
             denied += 1
         }
-        a.print(st, &mut problems, "");
+        a.print(st, problems, "");
     }
     let verdict = if problems.is_empty() {
         st.green("the kernel did what `ztagent check` said every time")
@@ -276,14 +314,14 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     }
     step()?;
 
-    // ---- 3. Rate limits -----------------------------------------------------------------
-    header(st, 3, "Rate limits: one identity throttled, another not");
-    rate_limits(&lan, &agent, &policy, st, &mut problems)?;
-    step()?;
+    Ok(())
+}
 
+/// Step 4: a push that revokes an open connection; returns the second policy's text.
+fn push(lan: &Lan, agent: &Agent, policy: &Path, dir: &TempDir, st: Style, problems: &mut Vec<String>) -> Result<String> {
+    use Probe::*;
     // ---- 4. Policy push and revocation --------------------------------------------------
     header(st, 4, "Policy push: revoke frontend -> payments:8080 while a connection is open");
-    let dir = TempDir::new();
     let source = fs::read_to_string(&policy)?;
     let removed = "\"8000-8099/tcp\", ";
     let v2_text = if source.contains(removed) {
@@ -294,11 +332,11 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     };
     let v2 = dir.file("policy-v2.yaml", &v2_text);
     println!("  new policy {}: frontend-calls-payments loses 8000-8099/tcp, keeps 443/tcp, 53/udp, icmp", v2.display());
-    revocation(&lan, &agent, &v2, st, &mut problems)?;
+    revocation(lan, agent, &v2, st, problems)?;
     step()?;
     for probe in [Tcp(8080), Tcp(443)] {
-        let live = |src, dst| check_live(&agent, src, dst, probe);
-        Attempt::run(&lan, FRONTEND, PAYMENTS, false, probe, live)?.print(st, &mut problems, "");
+        let live = |src, dst| check_live(agent, src, dst, probe);
+        Attempt::run(lan, FRONTEND, PAYMENTS, false, probe, live)?.print(st, problems, "");
     }
     println!("\n  ztagent status:");
     let status = agent.cli(&["status"]);
@@ -310,6 +348,13 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     }
     step()?;
 
+    Ok(v2_text)
+}
+
+/// Step 5: agents on frontend and batch too; lateral attempts, and which agent dropped each.
+/// Returns the client agents and frontend's servers, which live on for the later steps.
+fn lateral(lan: &Lan, agent: &Agent, policy: &Path, st: Style, problems: &mut Vec<String>) -> Result<(Vec<Agent>, Servers)> {
+    use Probe::*;
     // ---- 5. Lateral movement ------------------------------------------------------------
     header(st, 5, "Lateral movement: agents on frontend and batch too (the attacker runs none)");
     // Back to the example policy everywhere.
@@ -318,7 +363,7 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         let handles: Vec<_> = [FRONTEND, BATCH]
             .iter()
             .map(|&i| {
-                let (h, policy) = (&lan.hosts[i], &policy);
+                let h = &lan.hosts[i];
                 s.spawn(move || Agent::start(&h.ns, &[&h.iface], Some(policy)))
             })
             .collect();
@@ -326,9 +371,9 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     });
     println!("  ztagent run on frontend and batch with {} (payments back on it too)", policy.display());
     let frontend = &lan.hosts[FRONTEND];
-    let _frontend_servers = Servers::start(&frontend.ns, &[443, 8080], &[]);
+    let frontend_servers = Servers::start(&frontend.ns, &[443, 8080], &[]);
     println!("  frontend serves tcp/443 and tcp/8080");
-    let agents: [(usize, &Agent); 3] = [(PAYMENTS, &agent), (FRONTEND, &client_agents[0]), (BATCH, &client_agents[1])];
+    let agents: [(usize, &Agent); 3] = [(PAYMENTS, agent), (FRONTEND, &client_agents[0]), (BATCH, &client_agents[1])];
     let lateral: &[(usize, usize, bool, Probe)] = &[
         (ATTACKER, FRONTEND, false, Tcp(8080)),
         (ATTACKER, FRONTEND, true, Icmp),
@@ -340,7 +385,7 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     for &(from, to, v6, probe) in lateral {
         step()?;
         let before: Vec<u64> = agents.iter().map(|(_, a)| drops(a)).collect::<Result<_>>()?;
-        let a = Attempt::run(&lan, from, to, v6, probe, |src, dst| check_file(&policy, src, dst, probe))?;
+        let a = Attempt::run(lan, from, to, v6, probe, |src, dst| check_file(policy, src, dst, probe))?;
         let after: Vec<u64> = agents.iter().map(|(_, a)| drops(a)).collect::<Result<_>>()?;
         let by: Vec<String> = agents
             .iter()
@@ -372,18 +417,25 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
         } else {
             String::new()
         };
-        a.print(st, &mut problems, &note);
+        a.print(st, problems, &note);
     }
     step()?;
 
+    Ok((client_agents, frontend_servers))
+}
+
+/// Step 6: the second policy in audit mode: what it would deny passes, reported and counted.
+fn audit(lan: &Lan, agent: &Agent, dir: &TempDir, v2_text: &str, st: Style, problems: &mut Vec<String>) -> Result<()> {
+    use Probe::*;
+    let (payments, frontend) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND]);
     // ---- 6. Audit mode ------------------------------------------------------------------
     header(st, 6, "Audit mode: a stricter policy tried out before it is enforced");
     let audit = dir.file("policy-v2-audit.yaml", &format!("mode: audit\n{v2_text}"));
     agent.push(&audit);
     println!("  pushed the policy of step 4 (no 8000-8099/tcp for frontend) with `mode: audit` to payments");
-    let tail = Tail::start(&agent)?;
+    let tail = Tail::start(agent)?;
     let passed = integration_tests::tcp_ok(&frontend.ns, payments.v4, 8080);
-    let why = check_live(&agent, frontend.v4, payments.v4, Tcp(8080))?;
+    let why = check_live(agent, frontend.v4, payments.v4, Tcp(8080))?;
     let rule = why.rule.as_deref().unwrap_or("default action");
     println!(
         "  frontend -> payments tcp/8080: {}; `ztagent check`: deny by {rule}, in audit mode",
@@ -395,7 +447,7 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     for l in &would {
         println!("    {l}");
     }
-    let counted = counters(&agent, &["audit_deny"])?;
+    let counted = counters(agent, &["audit_deny"])?;
     println!("  audit_deny counter: {counted} packets passed that enforcing would have dropped");
     if !passed || why.allow || would.is_empty() || counted == 0 {
         problems.push(format!(
@@ -406,16 +458,5 @@ fn demo(policy: &Path, st: Style) -> Result<Vec<String>> {
     }
     step()?;
 
-    // ---- 7. From observe to enforce -----------------------------------------------------
-    header(st, 7, "From observe to enforce: inventory, the least policy, a time-bound grant, an alert");
-    // Payments alone from here: its own policy decides.
-    drop(client_agents);
-    observe_to_enforce(&lan, &agent, &dir, st, &mut problems)?;
-    step()?;
-
-    // ---- 8. Kubernetes --------------------------------------------------------------------
-    header(st, 8, "Kubernetes: pods and a NetworkPolicy in, verdicts out; a label change, no push");
-    drop(agent);
-    kubernetes(&lan, st, &mut problems)?;
-    Ok(problems)
+    Ok(())
 }
