@@ -58,9 +58,8 @@ mod throughput;
 use std::{
     fmt::Write as _,
     fs::File,
-    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    io::{BufReader, SeekFrom},
     net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -71,7 +70,7 @@ use agent_common::{ACTION_ALLOW, ACTION_DENY, Event, PROTO_TCP, counter, maps, p
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     maps::{MapData, RingBuf},
-    programs::{Program, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{Program, TestRunOptions, Xdp, XdpMode},
 };
 mod fleet;
 

@@ -1,7 +1,10 @@
 //! The per-packet table as markdown, and the targets it is judged against.
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    DENIED, DENIED_FLOOR, EMPTY, ESTABLISHED, GUARDED, MAX_CIDR_GROWTH, MAX_DENIED_VS_FLOOR,
+    MAX_ESTABLISHED_VS_REFERENCE, MAX_RULE_GROWTH, NEW_FLOW, Options, Probe, REFERENCE, Row,
+};
+use std::fmt::Write as _;
 
 pub(crate) fn fmt_count(n: usize) -> String {
     let s = n.to_string();
@@ -45,8 +48,14 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
         opts.runs,
         fmt_count(opts.repeat as usize)
     );
-    let _ = writeln!(s, "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | reference ns (x empty) | denied floor ns (x empty) | established / reference | denied / denied floor | push ms | compile ms |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | reference ns (x empty) | denied floor ns (x empty) | established / reference | denied / denied floor | push ms | compile ms |"
+    );
+    let _ = writeln!(
+        s,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in rows {
         let _ = writeln!(
             s,
@@ -93,9 +102,18 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
          the least a stateful program with a denial cache does with a repeat-denied packet. The \
          two ratio columns are medians of per-round ratios."
     );
-    let _ = writeln!(s, "\nPolicies (one slot; both slots hold the policy while it is measured):\n");
+    let _ = writeln!(
+        s,
+        "\nPolicies (one slot; both slots hold the policy while it is measured):\n"
+    );
     for r in rows {
-        let _ = writeln!(s, "- {} rules / {} CIDRs: {}", fmt_count(r.rules), fmt_count(r.cidrs), r.summary);
+        let _ = writeln!(
+            s,
+            "- {} rules / {} CIDRs: {}",
+            fmt_count(r.rules),
+            fmt_count(r.cidrs),
+            r.summary
+        );
     }
 }
 
@@ -103,13 +121,23 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
 fn breakdown(s: &mut String, rows: &[Row], probes: &[Probe]) {
     if probes.len() > GUARDED + 1 {
         let extra = &probes[GUARDED + 1..];
-        let _ = write!(s, "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |");
+        let _ = write!(
+            s,
+            "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |"
+        );
         for p in extra {
             let _ = write!(s, " {} |", p.name);
         }
         let _ = writeln!(s, "\n|---:|---:|---:|---:|{}", "---:|".repeat(extra.len()));
         for r in rows {
-            let _ = write!(s, "| {} | {} | {} | {} |", fmt_count(r.rules), fmt_count(r.cidrs), cell(r, ESTABLISHED), cell(r, DENIED));
+            let _ = write!(
+                s,
+                "| {} | {} | {} | {} |",
+                fmt_count(r.rules),
+                fmt_count(r.cidrs),
+                cell(r, ESTABLISHED),
+                cell(r, DENIED)
+            );
             for i in GUARDED + 1..probes.len() {
                 let _ = write!(s, " {} |", cell(r, i));
             }
@@ -131,16 +159,21 @@ fn targets(s: &mut String, rows: &[Row]) -> bool {
         let (est, den) = r.vs_floor;
         line(
             est <= MAX_ESTABLISHED_VS_REFERENCE,
-            format!("{rules} rules / {cidrs} CIDRs: established {est:.2}x the reference <= {MAX_ESTABLISHED_VS_REFERENCE}x"),
+            format!(
+                "{rules} rules / {cidrs} CIDRs: established {est:.2}x the reference <= {MAX_ESTABLISHED_VS_REFERENCE}x"
+            ),
         );
         line(
             den <= MAX_DENIED_VS_FLOOR,
-            format!("{rules} rules / {cidrs} CIDRs: repeat denied {den:.2}x the denied floor <= {MAX_DENIED_VS_FLOOR}x"),
+            format!(
+                "{rules} rules / {cidrs} CIDRs: repeat denied {den:.2}x the denied floor <= {MAX_DENIED_VS_FLOOR}x"
+            ),
         );
     }
     // Growth checks compare ratios to the empty program (the cost normalised by the run's
     // speed), between the smallest and the largest size measured.
-    let find = |rules: usize, cidrs: usize| rows.iter().find(|r| r.rules == rules && r.cidrs == cidrs);
+    let find =
+        |rules: usize, cidrs: usize| rows.iter().find(|r| r.rules == rules && r.cidrs == cidrs);
     let sizes = |f: fn(&Row) -> usize| {
         let mut v: Vec<usize> = rows.iter().map(f).collect();
         v.sort_unstable();

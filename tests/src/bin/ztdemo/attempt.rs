@@ -1,7 +1,7 @@
 //! One attempt: the policy's word (`ztagent check`) and the kernel's deed (real traffic).
 
-#[allow(unused_imports)]
-use super::*;
+use super::{Agent, HOSTS, IpAddr, Lan, Probe, Result, Style, Why, bail, check_args, parse_check};
+use anyhow::Context as _;
 
 /// Judged by the running agent, against the policy in force.
 pub(crate) fn check_live(agent: &Agent, src: IpAddr, dst: IpAddr, probe: Probe) -> Result<Why> {
@@ -30,10 +30,21 @@ impl Attempt {
         check: impl FnOnce(IpAddr, IpAddr) -> Result<Why>,
     ) -> Result<Attempt> {
         let (src, dst) = (&lan.hosts[from], &lan.hosts[to]);
-        let (s, d) = if v6 { (src.v6, dst.v6) } else { (src.v4, dst.v4) };
+        let (s, d) = if v6 {
+            (src.v6, dst.v6)
+        } else {
+            (src.v4, dst.v4)
+        };
         let why = check(s, d)?;
         let got_through = probe.observe(&src.ns, d);
-        Ok(Attempt { from, to, dst: d, probe, why, got_through })
+        Ok(Attempt {
+            from,
+            to,
+            dst: d,
+            probe,
+            why,
+            got_through,
+        })
     }
 
     pub(crate) fn print(&self, st: Style, problems: &mut Vec<String>, note: &str) {
@@ -42,13 +53,21 @@ impl Attempt {
             (true, Probe::Tcp(_)) => "connected",
             (true, _) => "answered",
         };
-        let verdict = if self.why.allow { st.green("ALLOW") } else { st.red("DENY ") };
+        let verdict = if self.why.allow {
+            st.green("ALLOW")
+        } else {
+            st.red("DENY ")
+        };
         let by = match (&self.why.rule, self.why.allow) {
             (Some(r), _) => format!("rule {r}"),
             (None, true) => "default allow".into(),
             (None, false) => "default deny".into(),
         };
-        let revision = self.why.revision.map(|r| format!(" [revision {r}]")).unwrap_or_default();
+        let revision = self
+            .why
+            .revision
+            .map(|r| format!(" [revision {r}]"))
+            .unwrap_or_default();
         println!(
             "  {:<8} -> {:<8} {:<10}  {:<9}  {observed:<9}  {verdict}  {by} ({} -> {}){revision}{note}",
             HOSTS[self.from].0,
@@ -65,7 +84,11 @@ impl Attempt {
                 HOSTS[self.to].0,
                 self.dst,
                 self.probe.label(),
-                if self.got_through { "let it through" } else { "dropped it" },
+                if self.got_through {
+                    "let it through"
+                } else {
+                    "dropped it"
+                },
                 if self.why.allow { "allow" } else { "deny" },
             );
             println!("  {}", st.alarm(&format!("!!! {msg} !!!")));
@@ -78,11 +101,20 @@ impl Attempt {
 pub(crate) fn counters(agent: &Agent, names: &[&str]) -> Result<u64> {
     let out = agent.cli(&["status", "-o", "json"]);
     if !out.status.success() {
-        bail!("ztagent status failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ztagent status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let all = v["counters"].as_array().context("no counters in ztagent status")?;
-    Ok(all.iter().filter(|c| c[0].as_str().is_some_and(|n| names.contains(&n))).filter_map(|c| c[1].as_u64()).sum())
+    let all = v["counters"]
+        .as_array()
+        .context("no counters in ztagent status")?;
+    Ok(all
+        .iter()
+        .filter(|c| c[0].as_str().is_some_and(|n| names.contains(&n)))
+        .filter_map(|c| c[1].as_u64())
+        .sum())
 }
 
 /// Packets an agent has dropped for any reason a policy gives.

@@ -12,9 +12,9 @@
 //! kernel did exactly what the policy says, 1 otherwise.
 use std::{
     fs,
-    io::{IsTerminal, Read, Write},
+    io::IsTerminal,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::{

@@ -41,9 +41,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fmt::Write as _,
-    io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
     sync::{

@@ -1,7 +1,7 @@
 //! The per-second samples, the trends fitted to them, and the checks' tally.
 
-#[allow(unused_imports)]
-use super::*;
+use super::{Agent, BTreeMap, Instant, Netns, Result, counters, metric, rss_kb, scrape, status};
+use anyhow::Context as _;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sample {
@@ -41,8 +41,14 @@ pub(crate) fn slope(samples: &[Sample]) -> f64 {
     if n < 2.0 {
         return 0.0;
     }
-    let (mt, mr) = (samples.iter().map(|s| s.t).sum::<f64>() / n, samples.iter().map(|s| s.rss_kb as f64).sum::<f64>() / n);
-    let cov: f64 = samples.iter().map(|s| (s.t - mt) * (s.rss_kb as f64 - mr)).sum();
+    let (mt, mr) = (
+        samples.iter().map(|s| s.t).sum::<f64>() / n,
+        samples.iter().map(|s| s.rss_kb as f64).sum::<f64>() / n,
+    );
+    let cov: f64 = samples
+        .iter()
+        .map(|s| (s.t - mt) * (s.rss_kb as f64 - mr))
+        .sum();
     let var: f64 = samples.iter().map(|s| (s.t - mt).powi(2)).sum();
     if var == 0.0 { 0.0 } else { cov / var }
 }

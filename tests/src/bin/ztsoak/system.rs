@@ -1,7 +1,7 @@
 //! Clocks, namespaces and processes.
 
-#[allow(unused_imports)]
-use super::*;
+use super::{AtomicBool, Child, Duration, Instant, JoinHandle, Ordering};
+use std::os::fd::AsRawFd as _;
 
 /// CLOCK_MONOTONIC in ns: the clock of the datapath's timestamps (`bpf_ktime_get_*ns`).
 pub(crate) fn mono_ns() -> u64 {
@@ -14,7 +14,10 @@ pub(crate) fn mono_ns() -> u64 {
 }
 
 /// A thread that has entered the network namespace at `path`.
-pub(crate) fn spawn_in<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+pub(crate) fn spawn_in<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
         // SAFETY: setns on a valid namespace fd, affecting only this thread for CLONE_NEWNET.
@@ -52,5 +55,7 @@ pub(crate) fn paced(stop: &AtomicBool, rate: f64, mut f: impl FnMut(u64)) {
 
 pub(crate) fn rss_kb(pid: u32) -> Option<i64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

@@ -1,7 +1,11 @@
 //! The offered traffic: its rates, the threads that send it, and their tallies.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io::{Read as _, Write as _};
+
+use super::{
+    Arc, AtomicBool, AtomicU64, Duration, Instant, IpAddr, Ipv4Addr, JoinHandle, LIMIT_BURST,
+    LIMIT_RATE, Mutex, Ordering, SocketAddr, TcpStream, UdpSocket, mono_ns, paced, spawn_in,
+};
 
 // Offered traffic, per second.
 pub(crate) const TCP_RATE: f64 = 40.0;
@@ -41,7 +45,12 @@ impl Tally {
     }
     /// Flows whose last packet was at or after `t`.
     pub(crate) fn flows_since(&self, t: u64) -> u64 {
-        self.flow_times.lock().unwrap().iter().filter(|&&x| x >= t).count() as u64
+        self.flow_times
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&x| x >= t)
+            .count() as u64
     }
 }
 
@@ -65,7 +74,9 @@ pub(crate) struct Tallies {
 /// A short TCP session: greeting, one echoed line, close (both sides send a FIN).
 pub(crate) fn tcp_session(dst: SocketAddr) -> bool {
     // Generous: a failure is a check failure, and a busy machine may delay the server's thread.
-    let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(5)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(5)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut hi = [0u8; 3];
     if s.read_exact(&mut hi).is_err() || &hi != b"hi\n" {
@@ -110,11 +121,18 @@ pub(crate) struct Hosts {
 }
 
 pub(crate) fn attacker_sources(n: u8) -> Vec<IpAddr> {
-    (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(10, 20, 9, 3 + i))).collect()
+    (0..n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 20, 9, 3 + i)))
+        .collect()
 }
 
 /// Starts every generator; they run until `stop`.
-pub(crate) fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>, scan_rate: f64) -> Vec<JoinHandle<()>> {
+pub(crate) fn start_traffic(
+    h: &Hosts,
+    t: &Arc<Tallies>,
+    stop: &Arc<AtomicBool>,
+    scan_rate: f64,
+) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
     let (pay4, pay6) = (h.pay4, h.pay6);
     let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -138,7 +156,11 @@ pub(crate) fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>,
     let (tt, st) = (t.clone(), stop.clone());
     threads.push(spawn_in(h.front.clone(), move || {
         paced(&st, UDP_FLOW_RATE, |i| {
-            let (dst, bind) = if i % 2 == 0 { (pay4, any4) } else { (pay6, any6) };
+            let (dst, bind) = if i % 2 == 0 {
+                (pay4, any4)
+            } else {
+                (pay6, any6)
+            };
             let s = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind udp");
             // Generous: an echo missed counts against the 99%, and the server's thread may wait.
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -178,7 +200,9 @@ pub(crate) fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>,
     threads.push(spawn_in(h.front.clone(), move || {
         let s = udp_socket(any4);
         paced(&st, TOGGLE_RATE, |_| {
-            if s.send_to(b"toggle", SocketAddr::new(pay4, TOGGLE_PORT)).is_ok() {
+            if s.send_to(b"toggle", SocketAddr::new(pay4, TOGGLE_PORT))
+                .is_ok()
+            {
                 Tally::add(&tt.toggle.sent);
             }
             tt.toggle.ok.fetch_add(drain(&s), Ordering::Relaxed);
@@ -208,9 +232,13 @@ pub(crate) fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>,
             let gap = last.elapsed();
             last = Instant::now();
             if gap > fills {
-                tt.batch_idle_ns.fetch_add((gap - fills).as_nanos() as u64, Ordering::Relaxed);
+                tt.batch_idle_ns
+                    .fetch_add((gap - fills).as_nanos() as u64, Ordering::Relaxed);
             }
-            match s.send_to(b"batch", SocketAddr::new(pay4, 7000 + (i % BATCH_PORTS as u64) as u16)) {
+            match s.send_to(
+                b"batch",
+                SocketAddr::new(pay4, 7000 + (i % BATCH_PORTS as u64) as u16),
+            ) {
                 Ok(_) => Tally::add(&tt.batch.sent),
                 Err(_) => Tally::add(&tt.batch.failed),
             }
@@ -229,16 +257,21 @@ pub(crate) fn start_traffic(h: &Hosts, t: &Arc<Tallies>, stop: &Arc<AtomicBool>,
     let attacker4 = h.attacker4;
     threads.push(spawn_in(h.attacker.clone(), move || {
         let s = udp_socket(attacker4);
-        paced(&st, FLOOD_RATE, |_| match s.send_to(b"flood", SocketAddr::new(pay4, FLOOD_PORT)) {
-            Ok(_) => Tally::add(&tt.flood.sent),
-            Err(_) => Tally::add(&tt.flood.failed),
+        paced(&st, FLOOD_RATE, |_| {
+            match s.send_to(b"flood", SocketAddr::new(pay4, FLOOD_PORT)) {
+                Ok(_) => Tally::add(&tt.flood.sent),
+                Err(_) => Tally::add(&tt.flood.failed),
+            }
         });
     }));
     // Denied: a scan, one datagram to each of ever-new ports from 8 addresses (ports 1024 and
     // up, never repeating a (source, port) within the run: each is a new denial).
     let (tt, st) = (t.clone(), stop.clone());
     threads.push(spawn_in(h.attacker.clone(), move || {
-        let socks: Vec<UdpSocket> = attacker_sources(SCAN_SOURCES).into_iter().map(udp_socket).collect();
+        let socks: Vec<UdpSocket> = attacker_sources(SCAN_SOURCES)
+            .into_iter()
+            .map(udp_socket)
+            .collect();
         if scan_rate <= 0.0 {
             return;
         }
