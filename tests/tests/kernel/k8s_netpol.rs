@@ -1,5 +1,5 @@
 //! The upstream Kubernetes NetworkPolicy e2e cases (tests/data/k8s), run on the upstream 9-pod
-//! model (tests/src/k8s.rs): the agent enforces the node's pod interfaces, every step's objects
+//! model (tests/src/harness/k8s/): the agent enforces the node's pod interfaces, every step's objects
 //! are put in force, and all 81 ordered pairs x {80, 81} x {TCP, UDP} are probed for real, in
 //! parallel, until the observed truth tables are the case's (or a generous bound passes).
 use std::{

@@ -1,5 +1,5 @@
 //! Node mode (`ztagent run --iface-pattern GLOB`): a node namespace routing between pod
-//! namespaces as a CNI does (tests/src/lib.rs, `PodNode`), the agent started before the pods.
+//! namespaces as a CNI does (the harness's `PodNode`), the agent started before the pods.
 //!
 //! - Pods whose veths appear after the agent started are attached (polled, within a generous
 //!   bound; the time is printed) and enforced (a denied flow dropped, an allowed one passes);

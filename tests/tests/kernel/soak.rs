@@ -1,6 +1,6 @@
 //! The soak, short: `ztsoak --seconds 12 --no-wait-udp` (mixed allowed, denied and rate-limited
 //! traffic with a policy push every second, then the audit of memory, map entries and events;
-//! see `src/bin/ztsoak.rs`) must pass every check. The full soak (60 s of traffic, then past
+//! see `src/bin/ztsoak/`) must pass every check. The full soak (60 s of traffic, then past
 //! the UDP timeout) is `cargo xtask soak`.
 use std::process::Command;
 
