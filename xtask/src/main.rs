@@ -70,10 +70,12 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup()?;
             build_release()?;
-            // Unit tests, then the kernel tests; the kernel tests share one machine's network
+            // Unit tests, the unprivileged tests (tests/cli), then the kernel tests
+            // (tests/kernel: built only with integration-tests' `privileged` feature, so that a
+            // plain `cargo test` leaves them out); the kernel tests share one machine's network
             // namespaces and BPF, each test isolating itself by unique names.
             let mut cmd = Command::new(cargo());
-            cmd.args(["test", "--release"]).args(&args);
+            cmd.args(["test", "--release", "--features", "integration-tests/privileged"]).args(&args);
             cmd.env("ZTAGENT_KUBERNETES_VALIDATE", kubernetes_validate_bin());
             run(&mut cmd)
         }
@@ -237,7 +239,7 @@ fn share_dir() -> PathBuf {
     PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share/ztagent")
 }
 
-/// The kubernetes-validate the tests run (tests/src/k8s.rs finds it here, or through
+/// The kubernetes-validate the tests run (tests/src/harness/k8s/cases.rs finds it here, or through
 /// `ZTAGENT_KUBERNETES_VALIDATE`, which `cargo xtask test` sets).
 fn kubernetes_validate_bin() -> PathBuf {
     share_dir().join("kubernetes-validate/bin/kubernetes-validate")
