@@ -48,7 +48,7 @@ pub fn zt_baseline(_ctx: XdpContext) -> u32 {
 
 /// The least a stateful program can do with a packet: parse it and look its flow up in the
 /// conntrack table (pass on a hit). The benchmark's second reference, next to the empty
-/// program: what any design pays before it decides anything. 
+/// program: what any design pays before it decides anything.
 #[xdp]
 pub fn zt_reference(ctx: XdpContext) -> u32 {
     let mut pkt = Packet::new();
@@ -63,7 +63,7 @@ pub fn zt_reference(ctx: XdpContext) -> u32 {
 /// The least a stateful program with a denial cache does with a repeat-denied packet: parse
 /// it, miss the conntrack table, find its flow in the denial cache (drop on a hit, pass on a
 /// miss, so the verdict proves the lookup). The benchmark's denied floor, next to
-/// `zt_reference`. 
+/// `zt_reference`.
 #[xdp]
 pub fn zt_denied_floor(ctx: XdpContext) -> u32 {
     let mut pkt = Packet::new();
@@ -71,11 +71,12 @@ pub fn zt_denied_floor(ctx: XdpContext) -> u32 {
     if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_err() || conntrack::get(&pkt.tuple).is_some() {
         return xdp_action::XDP_PASS;
     }
-    let key = DenyKey { src: pkt.tuple.src, dst: pkt.tuple.dst, port: pkt.policy_port, proto: pkt.tuple.proto, _pad: 0 };
+    let key =
+        DenyKey { src: pkt.tuple.src, dst: pkt.tuple.dst, port: pkt.policy_port, proto: pkt.tuple.proto, _pad: 0 };
     if DENIED.get_ptr(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
-/// Drops everything: the comparative benchmark's limit. 
+/// Drops everything: the comparative benchmark's limit.
 #[xdp]
 pub fn zt_bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
@@ -83,7 +84,7 @@ pub fn zt_bench_drop(_ctx: XdpContext) -> u32 {
 
 /// One LPM lookup and nothing else: the IPv4 source (Ethernet, no VLAN) in the active slot's
 /// CIDR trie, drop on a hit. The comparative benchmark's "XDP with one LPM lookup", on the
-/// same trie ztagent uses. 
+/// same trie ztagent uses.
 #[xdp]
 pub fn zt_bench_lpm(ctx: XdpContext) -> u32 {
     let data = ctx.data();
@@ -92,7 +93,10 @@ pub fn zt_bench_lpm(ctx: XdpContext) -> u32 {
     }
     // SAFETY: the 34 bytes of Ethernet + IPv4 header read below are within the frame.
     let (ethertype, src) = unsafe {
-        (core::ptr::read_unaligned((data + 12) as *const [u8; 2]), core::ptr::read_unaligned((data + 26) as *const [u8; 4]))
+        (
+            core::ptr::read_unaligned((data + 12) as *const [u8; 2]),
+            core::ptr::read_unaligned((data + 26) as *const [u8; 4]),
+        )
     };
     let slot = match ACTIVE.get(0) {
         Some(&s) if s == 1 || s == 2 => s - 1,
@@ -111,7 +115,6 @@ pub fn zt_bench_lpm(ctx: XdpContext) -> u32 {
     );
     if CIDRS.get(&key).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
-
 
 #[cfg(not(test))]
 #[panic_handler]

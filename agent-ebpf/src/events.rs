@@ -4,7 +4,9 @@
 //! the aggregate's running packet total; one CPU wins the right to emit with a
 //! compare-and-exchange on the time of the last event. An event that does not fit in the ring
 //! is counted (`events_lost`), never silently dropped.
-use agent_common::{AGG_AUDIT, AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter, event::VERDICT_WOULD_RATE_LIMIT};
+use agent_common::{
+    AGG_AUDIT, AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter, event::VERDICT_WOULD_RATE_LIMIT,
+};
 
 use crate::{
     maps::{AGG, EVENTS, count},

@@ -21,22 +21,22 @@ mod parse;
 mod policy;
 mod ratelimit;
 
-use agent_common::{
-    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, SLOT_F_AUDIT, DenyValue, FRAG_TIMEOUT_NS, FragKey, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    counter,
+use agent_common::event::{
+    REASON_DEFAULT, REASON_FRAGMENT, REASON_GRANT_EXPIRED, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
+    REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED,
+    VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
 };
+use agent_common::{
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SLOT_F_AUDIT, counter,
+};
+use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use agent_common::event::{
-    REASON_DEFAULT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY, REASON_RATE_LIMIT,
-    REASON_GRANT_EXPIRED, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY,
-    VERDICT_WOULD_RATE_LIMIT,
-};
 use events::what;
-use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use maps::{ACTIVE, Clock, DENIED, FRAGS, SLOTS, count, count_segment};
 use parse::{Kind, Packet, TCP_ACK, TCP_SYN};
 
@@ -79,7 +79,11 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context's __sk_buff, valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if enforce::<false, false>(ctx.data(), ctx.data_end(), len, ifindex) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+    if enforce::<false, false>(ctx.data(), ctx.data_end(), len, ifindex) {
+        TC_ACT_OK as i32
+    } else {
+        TC_ACT_SHOT as i32
+    }
 }
 
 /// true = pass, false = drop. Every outcome is counted, and reported as an event (drops
@@ -206,13 +210,8 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
     }
 
     // A flow denied under this revision already: no need to judge it again.
-    let deny_key = DenyKey {
-        src: pkt.tuple.src,
-        dst: pkt.tuple.dst,
-        port: pkt.policy_port,
-        proto: pkt.tuple.proto,
-        _pad: 0,
-    };
+    let deny_key =
+        DenyKey { src: pkt.tuple.src, dst: pkt.tuple.dst, port: pkt.policy_port, proto: pkt.tuple.proto, _pad: 0 };
     // A denied flow's aggregate lives as long as its cache entry: its running total only
     // grows, across pushes too, so the agent's counts stay exact.
     let mut renewing: Option<*mut DenyValue> = None;
@@ -288,8 +287,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         let _ = DENIED.remove(&deny_key);
     }
     // Echo replies and ICMP errors belong to other flows; everything else starts one.
-    let starts_flow = pkt.kind == Kind::Ip
-        && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
+    let starts_flow = pkt.kind == Kind::Ip && (pkt.tuple.proto != PROTO_ICMP || pkt.policy_port == ICMP_ECHO_REQUEST);
     // A new TCP connection or UDP flow also takes from the connections bucket.
     let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
     if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock, audit) {
@@ -355,7 +353,10 @@ fn over_limit<const INGRESS: bool>(
     audit: bool,
 ) -> bool {
     let src = &pkt.tuple.src;
-    if !INGRESS || limit == 0 || ratelimit::admit(ratelimit::index(slot, limit), src, pkt.len as u64, new_conn, clock.fine()) {
+    if !INGRESS
+        || limit == 0
+        || ratelimit::admit(ratelimit::index(slot, limit), src, pkt.len as u64, new_conn, clock.fine())
+    {
         return false;
     }
     pkt.now = clock.fine();

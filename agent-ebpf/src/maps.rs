@@ -5,7 +5,8 @@
 //! same.
 use agent_common::{
     AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES, PairKey, SEGMENT_OUTCOMES, PortData, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
+    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES, PairKey, PortData,
+    SEGMENT_OUTCOMES, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},

@@ -2,9 +2,7 @@
 //! (with a bounded walk of extension headers), and the first bytes of TCP, UDP and ICMP.
 //! Everything the later stages need ends in a [`Packet`]; anything that cannot be parsed is an
 //! error and the packet is dropped.
-use agent_common::{
-    Addr, CtKey, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-};
+use agent_common::{Addr, CtKey, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use core::mem::size_of;
 use network_types::{
     eth::EthHdr,
@@ -182,9 +180,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             }
             let payload = be16(ip.payload_len) as usize;
             // payload 0 is only legal for a jumbogram, announced in hop-by-hop options.
-            if (payload == 0 && ip.next_hdr != IPPROTO_HOPOPTS)
-                || off + Ipv6Hdr::LEN + payload > pkt_len
-            {
+            if (payload == 0 && ip.next_hdr != IPPROTO_HOPOPTS) || off + Ipv6Hdr::LEN + payload > pkt_len {
                 return Err(Malformed);
             }
             ip_end = if payload == 0 { pkt_len } else { off + Ipv6Hdr::LEN + payload };

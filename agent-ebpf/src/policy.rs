@@ -1,8 +1,8 @@
 //! Policy: (source segment, destination segment, protocol, port) -> verdict, in a fixed number
 //! of lookups whatever the size of the policy (see `agent_common` for the map design).
 use agent_common::{
-    ACTION_ALLOW, Addr, CIDR_SLOT_BITS, CidrData, PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD,
-    SEG_F_SRC_WILD, SLOT_F_GRANT_SOURCES, SlotConfig, VERDICT_F_AUDIT, VERDICT_GRANT_SHIFT, Verdict,
+    ACTION_ALLOW, Addr, CIDR_SLOT_BITS, CidrData, PROFILE_NONE, PairKey, PortData, SEG_ANY, SEG_F_AUDIT,
+    SEG_F_DST_WILD, SEG_F_SRC_WILD, SLOT_F_GRANT_SOURCES, SlotConfig, VERDICT_F_AUDIT, VERDICT_GRANT_SHIFT, Verdict,
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -72,7 +72,8 @@ pub fn judge(slot: u32, cfg: &SlotConfig, t: &Tuple, port: u16) -> Judgement {
         None => cfg.any_any,
     };
     let default = Verdict { action: cfg.default_action, rule: 0, limit: 0, flags: 0 };
-    let mut verdict = if profile == PROFILE_NONE { default } else { port_verdict(profile, t.proto, port).unwrap_or(default) };
+    let mut verdict =
+        if profile == PROFILE_NONE { default } else { port_verdict(profile, t.proto, port).unwrap_or(default) };
     // Denied by default: a time-bound grant from an address block may allow it (deny rules
     // beat grants, and where a rule allows, it decides).
     if verdict.rule == 0

@@ -2,8 +2,8 @@
 //! updated with compare-and-exchange so that packets of one identity on several CPUs share
 //! one exact budget without a lock. Applied at ingress, after policy allowed the packet.
 use agent_common::{
-    Addr, BUCKET_BYTES, BUCKET_CONNECTIONS, BUCKET_PACKETS, BucketConfig, BucketKey, LimitConfig,
-    LimitStats, MAX_LIMITS, TICK_SHIFT,
+    Addr, BUCKET_BYTES, BUCKET_CONNECTIONS, BUCKET_PACKETS, BucketConfig, BucketKey, LimitConfig, LimitStats,
+    MAX_LIMITS, TICK_SHIFT,
 };
 
 use crate::maps::{ADDR_BUCKETS, BUCKETS, LIMIT_STATS, LIMITS};

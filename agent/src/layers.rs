@@ -24,7 +24,8 @@ const RULE: &[(&str, &[&str])] = &[
 ];
 
 /// Crates only some modules may use: (crate, the modules allowed).
-const CRATES: &[(&str, &[&str])] = &[("aya", &["kernel"]), ("tokio", &["api", "events", "observe", "sources", "kernel", "daemon"])];
+const CRATES: &[(&str, &[&str])] =
+    &[("aya", &["kernel"]), ("tokio", &["api", "events", "observe", "sources", "kernel", "daemon"])];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

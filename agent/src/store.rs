@@ -97,7 +97,11 @@ mod tests {
         assert!(load(&dir).unwrap().is_none());
         let p1 = policy::parse("version: 1\nsegments:\n  a: { cidrs: [10.0.0.0/8] }\nrules: []\n", "t").unwrap();
         // Segments keep their order (their ids): not sorted by name.
-        let p0 = policy::parse("version: 1\nsegments:\n  z: { cidrs: [10.0.0.0/8] }\n  a: { cidrs: [11.0.0.0/8] }\nrules: []\n", "t").unwrap();
+        let p0 = policy::parse(
+            "version: 1\nsegments:\n  z: { cidrs: [10.0.0.0/8] }\n  a: { cidrs: [11.0.0.0/8] }\nrules: []\n",
+            "t",
+        )
+        .unwrap();
         save(&dir, 1, &p0).unwrap();
         assert_eq!(load(&dir).unwrap().unwrap(), (1, p0));
         let p2 = policy::parse("version: 1\ndefaultAction: allow\nsegments: {}\nrules: []\n", "t").unwrap();

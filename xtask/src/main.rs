@@ -48,14 +48,27 @@ enum Cmd {
 /// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
 /// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
 /// bpftool to inspect what is loaded, xdp-tools (xdp-filter, the comparative benchmark's XDP peer).
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux", "python3-scapy", "nftables", "bpftool", "nmap", "xdp-tools",
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "util-linux",
+    "python3-scapy",
+    "nftables",
+    "bpftool",
+    "nmap",
+    "xdp-tools",
     // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc with its
     // well-known types (google/protobuf/*.proto, in libprotobuf-dev) for etcd-client.
     // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl
     // makes the TLS test's certificates.
-    "etcd-server", "protobuf-compiler", "libprotobuf-dev", "curl", "openssl",
+    "etcd-server",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "curl",
+    "openssl",
     // Kubernetes (issue 9): the virtualenv that PyPI's kubernetes-validate is installed into.
-    "python3-venv"];
+    "python3-venv",
+];
 
 /// PyPI kubernetes-validate, pinned: it bundles the Kubernetes schemas of its version, so the
 /// manifests' schema validation (tests deploy, k8s_netpol) runs offline.
@@ -69,6 +82,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::Test { args } => {
             setup()?;
+            lint()?;
             build_release()?;
             // Unit tests, the unprivileged tests (tests/cli), then the kernel tests
             // (tests/kernel: built only with integration-tests' `privileged` feature, so that a
@@ -95,6 +109,25 @@ fn main() -> Result<()> {
             run(Command::new(root.join("target/release/ztsoak")).args(&args))
         }
     }
+}
+
+/// The project's style and lints, as CI enforces them: `cargo fmt --check` (rustfmt.toml) and
+/// clippy on every target of the default members, the kernel tests included, with
+/// `-D warnings` (the workspace's `[workspace.lints]`).
+fn lint() -> Result<()> {
+    run(Command::new(cargo()).args(["fmt", "--all", "--check"]))
+        .context("the code is not formatted: run `cargo fmt --all`")?;
+    run(Command::new(cargo()).args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--features",
+        "integration-tests/privileged",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems (above)")
 }
 
 fn workspace_root() -> PathBuf {
@@ -132,6 +165,7 @@ fn setup() -> Result<()> {
         bail!("ztagent's tests and demo load BPF programs and create network namespaces: run as root");
     }
     apt_packages()?;
+    rust_components()?;
     nightly()?;
     bpf_linker()?;
     bpffs()?;
@@ -164,6 +198,16 @@ fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// rustfmt and clippy for the stable toolchain (`cargo xtask test` runs both).
+fn rust_components() -> Result<()> {
+    let has = |tool: &str| output(Command::new(cargo()).args([tool, "--version"])).is_some();
+    if !has("fmt") || !has("clippy") {
+        step("adding rustfmt and clippy to the stable toolchain");
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    Ok(())
+}
+
 /// The eBPF crate is built with nightly (`-Z build-std=core`), which needs rust-src. An
 /// existing nightly is kept as it is: bpf-linker must match its LLVM.
 fn nightly() -> Result<()> {
@@ -171,7 +215,15 @@ fn nightly() -> Result<()> {
         .is_some_and(|l| l.lines().any(|t| t.starts_with("nightly")));
     if !has_nightly {
         step("installing a nightly toolchain with rust-src");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("rustc +nightly does not run")?;
@@ -192,7 +244,8 @@ fn bpf_linker() -> Result<()> {
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly does not say its LLVM version")?;
     let major = llvm.split('.').next().unwrap_or_default().to_string();
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("no nightly sysroot")?;
+    let sysroot =
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("no nightly sysroot")?;
     let libdir = Path::new(&sysroot).join("lib");
     let lib = std::fs::read_dir(&libdir)?
         .flatten()

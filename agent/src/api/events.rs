@@ -55,7 +55,15 @@ pub struct EventRecord {
 impl EventRecord {
     /// A record of a flow from (segment, address) to (segment, address), on an interface's
     /// ingress, the other fields empty: for tests and benchmarks of what consumes records.
-    pub fn flow(verdict: &str, reason: &str, src: (&str, IpAddr), dst: (&str, IpAddr), proto: &str, dport: u16, count: u64) -> EventRecord {
+    pub fn flow(
+        verdict: &str,
+        reason: &str,
+        src: (&str, IpAddr),
+        dst: (&str, IpAddr),
+        proto: &str,
+        dport: u16,
+        count: u64,
+    ) -> EventRecord {
         EventRecord {
             time: String::new(),
             iface: "eth0".into(),

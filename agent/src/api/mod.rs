@@ -30,7 +30,10 @@ pub const MAX_REQUEST: u64 = 64 << 20;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Validate and install a policy file's text; `origin` names it in messages.
-    Push { origin: String, source: String },
+    Push {
+        origin: String,
+        source: String,
+    },
     /// The policy in force.
     Get,
     /// The verdict for one flow under the policy in force.
@@ -44,11 +47,19 @@ pub enum Request {
         filter: EventFilter,
     },
     /// A time-bound allow (see `grants`).
-    Grant { from: String, to: String, ports: Vec<String>, seconds: u64, reason: String },
+    Grant {
+        from: String,
+        to: String,
+        ports: Vec<String>,
+        seconds: u64,
+        reason: String,
+    },
     /// The grants in force.
     Grants,
     /// Ends a grant now.
-    Revoke { id: u32 },
+    Revoke {
+        id: u32,
+    },
     /// What has been seen talking to what (since `since`, unix seconds; all without).
     Inventory {
         #[serde(default)]
@@ -76,15 +87,28 @@ pub struct Flow {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Pushed(PushResult),
-    Policy { revision: u32, policy: serde_json::Value },
+    Policy {
+        revision: u32,
+        policy: serde_json::Value,
+    },
     Check(CheckResult),
     Status(Box<Status>),
     /// A grant given (and the revision that holds it) or ended early.
-    Granted { grant: Grant, revision: u32 },
-    Grants { grants: Vec<Grant> },
-    Revoked { grant: Grant, revision: u32 },
+    Granted {
+        grant: Grant,
+        revision: u32,
+    },
+    Grants {
+        grants: Vec<Grant>,
+    },
+    Revoked {
+        grant: Grant,
+        revision: u32,
+    },
     Inventory(Listing),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -292,7 +316,6 @@ pub enum Attachment {
     /// A link pinned by an earlier agent was updated in place to the new program.
     Adopted,
 }
-
 
 /// `Status::counters` as a JSON object keyed by name, in the datapath's order (read back in the
 /// order written).

@@ -28,4 +28,3 @@ pub async fn write_line<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(w: &mut 
     w.write_all(&line).await?;
     w.flush().await
 }
-

@@ -34,7 +34,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    #[error("unknown segment `{0}` in the policy in force (a grant names segments, `world` or \"*\", and comes --from those or an address block)")]
+    #[error(
+        "unknown segment `{0}` in the policy in force (a grant names segments, `world` or \"*\", and comes --from those or an address block)"
+    )]
     Segment(String),
     #[error("the address block {given} has host bits set: did you mean {network}?")]
     HostBits { given: String, network: String },
@@ -50,7 +52,9 @@ pub enum GrantError {
     Reason,
     #[error("this agent has no policy yet: a grant opens an exception in one, so push a policy first")]
     NoPolicy,
-    #[error("a grant from an address block ({0}) cannot apply while Kubernetes inputs are in force; grant from a segment instead")]
+    #[error(
+        "a grant from an address block ({0}) cannot apply while Kubernetes inputs are in force; grant from a segment instead"
+    )]
     BlockUnderKubernetes(String),
     #[error("cannot write the grants to {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
@@ -176,7 +180,12 @@ pub fn with_grants(policy: &Policy, grants: &[Grant], blocks: bool) -> (Policy, 
     }
     for (g, b) in applying {
         let from = match b {
-            Some(net) => blocks.iter().enumerate().filter(|(_, c)| net.contains(*c)).map(|(j, _)| SegRef::Named(first + j)).collect(),
+            Some(net) => blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| net.contains(*c))
+                .map(|(j, _)| SegRef::Named(first + j))
+                .collect(),
             // Checked above.
             None => side(policy, &g.from).into_iter().collect(),
         };
@@ -213,11 +222,20 @@ impl Store {
     }
 
     /// A new grant (not saved yet), with the first free index.
-    pub fn add(&mut self, from: String, to: String, ports: Vec<String>, reason: String, now: f64, d: Duration) -> Result<Grant, GrantError> {
+    pub fn add(
+        &mut self,
+        from: String,
+        to: String,
+        ports: Vec<String>,
+        reason: String,
+        now: f64,
+        d: Duration,
+    ) -> Result<Grant, GrantError> {
         if reason.trim().is_empty() {
             return Err(GrantError::Reason);
         }
-        let index = (0..MAX_GRANTS).find(|i| self.grants.iter().all(|g| g.index != *i)).ok_or(GrantError::Full(MAX_GRANTS))?;
+        let index =
+            (0..MAX_GRANTS).find(|i| self.grants.iter().all(|g| g.index != *i)).ok_or(GrantError::Full(MAX_GRANTS))?;
         self.next_id += 1;
         let g = Grant {
             id: self.next_id,
@@ -276,14 +294,26 @@ mod tests {
         )
         .unwrap();
         let mut store = Store::default();
-        let g1 = store.add("a".into(), "b".into(), vec!["8080/tcp".into()], "debugging".into(), 100.0, Duration::from_secs(60)).unwrap();
+        let g1 = store
+            .add("a".into(), "b".into(), vec!["8080/tcp".into()], "debugging".into(), 100.0, Duration::from_secs(60))
+            .unwrap();
         let g2 = store.add("a".into(), "b".into(), vec![], "all of it".into(), 100.0, Duration::from_secs(5)).unwrap();
         assert_eq!((g1.index, g2.index, g1.id, g2.id), (0, 1, 1, 2));
         let (with, skipped) = with_grants(&p, &store.grants, true);
         assert!(skipped.is_empty());
         assert_eq!(with.rules.len(), 3);
         let c = crate::policy::compile(&with);
-        let check = |port| crate::daemon::check(&c, &crate::api::Flow { src: "10.0.1.1".parse().unwrap(), dst: "10.0.2.1".parse().unwrap(), proto: 6, port });
+        let check = |port| {
+            crate::daemon::check(
+                &c,
+                &crate::api::Flow {
+                    src: "10.0.1.1".parse().unwrap(),
+                    dst: "10.0.2.1".parse().unwrap(),
+                    proto: 6,
+                    port,
+                },
+            )
+        };
         // The grant allows what the default denied; the deny rule still wins.
         assert_eq!((check(8080).verdict.as_str(), check(8080).rule.as_deref()), ("allow", Some("grant-1")));
         assert_eq!((check(22).verdict.as_str(), check(22).rule.as_deref()), ("deny", Some("no-ssh")));
@@ -302,7 +332,10 @@ mod tests {
         let g3 = back.add("a".into(), "b".into(), vec![], "again".into(), 106.0, Duration::from_secs(5)).unwrap();
         assert_eq!((g3.id, g3.index), (3, 1));
         assert!(matches!(back.remove(7), Err(GrantError::Unknown(7))));
-        assert!(matches!(store.add("a".into(), "b".into(), vec![], " ".into(), 0.0, Duration::from_secs(1)), Err(GrantError::Reason)));
+        assert!(matches!(
+            store.add("a".into(), "b".into(), vec![], " ".into(), 0.0, Duration::from_secs(1)),
+            Err(GrantError::Reason)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -327,7 +360,10 @@ mod tests {
         // Under Kubernetes inputs the blocks are left out, each with the reason.
         let (without, skipped) = with_grants(&p, &g, false);
         assert_eq!((without.segments.len(), without.rules.len()), (p.segments.len(), p.rules.len()));
-        assert!(skipped.iter().all(|(_, e)| matches!(e, GrantError::BlockUnderKubernetes(_))) && skipped.len() == 3, "{skipped:?}");
+        assert!(
+            skipped.iter().all(|(_, e)| matches!(e, GrantError::BlockUnderKubernetes(_))) && skipped.len() == 3,
+            "{skipped:?}"
+        );
         let (with, skipped) = with_grants(&p, &g, true);
         assert!(skipped.is_empty());
         assert_eq!(with.grant_sources.len(), 3);

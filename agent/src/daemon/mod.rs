@@ -76,7 +76,9 @@ pub enum DaemonError {
     Write(#[from] crate::kernel::mapwriter::WriteError),
     #[error("the policy {0} is invalid:\n{1}")]
     Policy(String, policy::Diagnostics),
-    #[error("another agent is running: it answers on {path} (stop it first, or give this one another --socket and --pin-path)")]
+    #[error(
+        "another agent is running: it answers on {path} (stop it first, or give this one another --socket and --pin-path)"
+    )]
     Running { path: PathBuf },
     #[error("cannot serve the control socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },

@@ -68,7 +68,11 @@ pub(super) fn reinstall(state: &mut State) -> Result<PushResult, DaemonError> {
 }
 
 /// As [`install`], with the policy already compiled (with the grants of `state`).
-pub(super) fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<CompiledPolicy>) -> Result<PushResult, DaemonError> {
+pub(super) fn install_compiled(
+    state: &mut State,
+    parsed: Policy,
+    compiled: Arc<CompiledPolicy>,
+) -> Result<PushResult, DaemonError> {
     // The deadlines first: a grant's rule must never be in force without its own.
     let (unix, mono) = (unix_now(), crate::clock::monotonic_ns());
     for g in &state.grants.grants {
@@ -90,6 +94,7 @@ pub(super) fn install_compiled(state: &mut State, parsed: Policy, compiled: Arc<
     state.alerts.lock().unwrap_or_else(|p| p.into_inner()).configure(parsed.alerts.clone(), unix_now());
     // Acknowledged only once the state directory holds it too.
     crate::store::save(&state.state_dir, written.revision, &parsed)?;
-    state.installed = Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at: unix_now() });
+    state.installed =
+        Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at: unix_now() });
     Ok(result)
 }

@@ -13,7 +13,11 @@ use super::{Config, DaemonError, Installed, K8sView, State, unix_now};
 use crate::{
     api::{Interface, auth::Access},
     events::EventHub,
-    kernel::{datapath::{Datapath, XdpMode}, mapwriter::MapWriter, ring::EventSources},
+    kernel::{
+        datapath::{Datapath, XdpMode},
+        mapwriter::MapWriter,
+        ring::EventSources,
+    },
     observe::{metrics, sink},
     policy::{self, Policy},
     sources::{etcd, k8s_api, objects_dir::ObjectsDir, policy_dir::PolicyDir},
@@ -138,7 +142,11 @@ pub(super) fn load(
         interfaces: Vec::new(),
         hub: Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG)),
         state_dir: cfg.state_dir.clone(),
-        policy_source: inputs.policy_dir.as_ref().map(|d| d.report()).or_else(|| inputs.fleet.as_ref().map(|f| f.report())),
+        policy_source: inputs
+            .policy_dir
+            .as_ref()
+            .map(|d| d.report())
+            .or_else(|| inputs.fleet.as_ref().map(|f| f.report())),
         k8s: inputs.initial_objects.take().map(|o| Arc::new(K8sView::new(o.cluster, o.policies))),
         k8s_source: inputs.objects_dir.as_ref().map(|d| d.report()).or_else(|| inputs.api.as_ref().map(|a| a.report())),
         last_k8s_warnings: Vec::new(),
@@ -154,14 +162,20 @@ pub(super) fn load(
 
 /// Installs the first policy (the sources' own, told once installed), attaches, and binds the
 /// control socket; the Kubernetes sources are told their objects are in force.
-pub(super) fn start_enforcing(state: &mut State, cfg: &Config, inputs: &mut Inputs) -> Result<UnixListener, DaemonError> {
-    let initial = match (inputs.from_dir.take(), inputs.policy_dir.as_mut(), inputs.from_fleet.take(), inputs.fleet.as_mut()) {
-        (Some(p), Some(d), _, _) => Some((p, Initial::Dir(d))),
-        (_, _, Some(p), Some(f)) => Some((p, Initial::Fleet(f))),
-        _ => None,
-    };
+pub(super) fn start_enforcing(
+    state: &mut State,
+    cfg: &Config,
+    inputs: &mut Inputs,
+) -> Result<UnixListener, DaemonError> {
+    let initial =
+        match (inputs.from_dir.take(), inputs.policy_dir.as_mut(), inputs.from_fleet.take(), inputs.fleet.as_mut()) {
+            (Some(p), Some(d), _, _) => Some((p, Initial::Dir(d))),
+            (_, _, Some(p), Some(f)) => Some((p, Initial::Fleet(f))),
+            _ => None,
+        };
     let listener = enforce(state, cfg, initial)?;
-    let reconciled = crate::sources::k8s_versions::Reconciled { revision: state.writer.revision(), warnings: state.k8s_warnings() };
+    let reconciled =
+        crate::sources::k8s_versions::Reconciled { revision: state.writer.revision(), warnings: state.k8s_warnings() };
     if let Some(dir) = inputs.objects_dir.as_mut() {
         dir.installed(&reconciled);
     }
@@ -174,7 +188,11 @@ pub(super) fn start_enforcing(state: &mut State, cfg: &Config, inputs: &mut Inpu
 /// Installs the policy the agent starts with, attaches to every interface, then serves the
 /// control socket: the interfaces are never enforced with an empty policy (which would drop
 /// everything) when a policy was given.
-fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>)>) -> Result<UnixListener, DaemonError> {
+fn enforce(
+    state: &mut State,
+    cfg: &Config,
+    initial: Option<(Policy, Initial<'_>)>,
+) -> Result<UnixListener, DaemonError> {
     if let Some(path) = &cfg.policy {
         let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
         let r = install(state, parsed)?;
@@ -240,12 +258,20 @@ fn enforce(state: &mut State, cfg: &Config, initial: Option<(Policy, Initial<'_>
 }
 
 /// Node mode's state and its watch, when `--iface-pattern` is given.
-fn node_mode(cfg: &Config, datapath: &mut Datapath) -> Result<Option<(crate::kernel::node::Node, crate::kernel::node::Watch)>, DaemonError> {
+fn node_mode(
+    cfg: &Config,
+    datapath: &mut Datapath,
+) -> Result<Option<(crate::kernel::node::Node, crate::kernel::node::Watch)>, DaemonError> {
     if cfg.iface_patterns.is_empty() {
         return Ok(None);
     }
     let watch = crate::kernel::node::Watch::subscribe().map_err(crate::kernel::node::NodeError::Watch)?;
-    let node = crate::kernel::node::Node::new(cfg.iface_patterns.clone(), cfg.ifaces.clone(), cfg.xdp_mode, &mut datapath.ebpf)?;
+    let node = crate::kernel::node::Node::new(
+        cfg.iface_patterns.clone(),
+        cfg.ifaces.clone(),
+        cfg.xdp_mode,
+        &mut datapath.ebpf,
+    )?;
     Ok(Some((node, watch)))
 }
 

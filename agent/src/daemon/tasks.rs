@@ -37,7 +37,12 @@ pub(super) fn spawn_event_reader(events: EventSources, hub: Arc<EventHub>, deliv
 }
 
 /// `/metrics`, served on its own task.
-pub(super) fn spawn_metrics(tcp: TcpListener, counters: &metrics::EventCounters, shared: &Shared, delivered: &Arc<AtomicU64>) {
+pub(super) fn spawn_metrics(
+    tcp: TcpListener,
+    counters: &metrics::EventCounters,
+    shared: &Shared,
+    delivered: &Arc<AtomicU64>,
+) {
     let (scraped, delivered) = (shared.clone(), delivered.clone());
     let gauges = lock(shared).gauges.clone();
     let exporter = metrics::Exporter::new(counters, move || gauges.fill(), move || scrape(&scraped, &delivered));
@@ -73,7 +78,8 @@ pub(super) fn spawn_sources(inputs: Inputs, shared: &Shared, cfg: &Config) -> Re
         }
     };
     if let Some(dir) = inputs.objects_dir {
-        dir.spawn(reconciler(shared.clone())).map_err(|source| watcher_failed(shared, cfg.k8s_objects.as_deref(), &source))?;
+        dir.spawn(reconciler(shared.clone()))
+            .map_err(|source| watcher_failed(shared, cfg.k8s_objects.as_deref(), &source))?;
     }
     if let Some(api) = inputs.api {
         api.spawn(reconciler(shared.clone()));

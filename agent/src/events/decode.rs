@@ -9,7 +9,7 @@ use std::{
 use agent_common::{
     AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
     event::{
-        DIRECTION_EGRESS, REASON_DEFAULT, REASON_GRANT_EXPIRED, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_POLICY,
+        DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_GRANT_EXPIRED, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
         VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
     },
@@ -347,9 +347,8 @@ pub(crate) fn ip_of(a: &[u8; 16]) -> IpAddr {
 /// Wall-clock nanoseconds since the epoch of a CLOCK_MONOTONIC time.
 fn wall_clock_of(mono_ns: u64) -> u64 {
     let now_mono = monotonic_ns();
-    let now_wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let now_wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     now_wall.saturating_sub(now_mono.saturating_sub(mono_ns))
 }
 
@@ -357,7 +356,10 @@ fn wall_clock_of(mono_ns: u64) -> u64 {
 mod tests {
     use agent_common::{
         AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event,
-        event::{DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_RATE_LIMIT, VERDICT_DENIED, VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT},
+        event::{
+            DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_RATE_LIMIT, VERDICT_DENIED, VERDICT_RATE_LIMITED,
+            VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
+        },
     };
 
     use super::*;

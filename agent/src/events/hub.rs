@@ -113,4 +113,3 @@ impl EventHub {
         Subscription { history, live: self.tx.subscribe() }
     }
 }
-

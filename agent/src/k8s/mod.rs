@@ -26,9 +26,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::policy::selector::{LabelSelector, Labels};
 pub use netpol::{TranslateError, Translation, translate};
 pub use objects::{Objects, load_dir, load_objects, parse_objects};
-use crate::policy::selector::{LabelSelector, Labels};
 
 /// The label the API server puts on every namespace: its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

@@ -151,14 +151,9 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
         let target = CString::new("/sys/fs/bpf").expect("no NUL");
         let fstype = CString::new("bpf").expect("no NUL");
         // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-        };
+        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
-            return Err(DatapathError::Mount {
-                path: default_mount.into(),
-                source: io::Error::last_os_error(),
-            });
+            return Err(DatapathError::Mount { path: default_mount.into(), source: io::Error::last_os_error() });
         }
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
@@ -193,11 +188,10 @@ macro_rules! attach_or_adopt {
                     let _ = fs::remove_file(&pin);
                 }
                 let id = $attach.map_err(|e| $err(error_chain(&e)))?;
-                let link: FdLink = $prog
-                    .take_link(id)
-                    .map_err(|e| $err(error_chain(&e)))?
-                    .try_into()
-                    .map_err(|e: LinkError| $err(format!("the link cannot be pinned ({e}); XDP links need Linux 5.9 and TCX 6.6")))?;
+                let link: FdLink =
+                    $prog.take_link(id).map_err(|e| $err(error_chain(&e)))?.try_into().map_err(|e: LinkError| {
+                        $err(format!("the link cannot be pinned ({e}); XDP links need Linux 5.9 and TCX 6.6"))
+                    })?;
                 link.pin(&pin).map_err(|e| $err(error_chain(&e)))?;
                 Attachment::Attached
             }
@@ -302,7 +296,11 @@ const POLICY_MAPS: [&str; 8] = [
 /// afresh (its state is lost; a replaced policy is installed again from the last-known-good
 /// one) and keeps every other map's state. The earlier programs keep their maps until their
 /// links are updated.
-fn set_aside_changed_maps(pins: &PinLayout, limits: &Limits, moved: &mut Vec<(PathBuf, PathBuf)>) -> Result<(), DatapathError> {
+fn set_aside_changed_maps(
+    pins: &PinLayout,
+    limits: &Limits,
+    moved: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<(), DatapathError> {
     // Left by a start that died before it committed: the maps it set aside are not in force.
     for leftover in pinned(&pins.replaced()) {
         remove_pin(&leftover);
@@ -503,23 +501,21 @@ impl Datapath {
 
     /// Packet counters by outcome, summed over CPUs, in `counter::NAMES` order.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
-        let map = self.ebpf.map(maps::COUNTERS).ok_or(DatapathError::Map {
-            name: maps::COUNTERS,
-            message: "missing".into(),
-        })?;
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .ok_or(DatapathError::Map { name: maps::COUNTERS, message: "missing".into() })?;
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
             .map_err(|e| DatapathError::Map { name: maps::COUNTERS, message: e.to_string() })?;
         (0..counter::COUNT)
             .map(|i| {
-                let v = arr
-                    .get(&i, 0)
-                    .map_err(|e| DatapathError::Map { name: maps::COUNTERS, message: e.to_string() })?;
+                let v =
+                    arr.get(&i, 0).map_err(|e| DatapathError::Map { name: maps::COUNTERS, message: e.to_string() })?;
                 Ok((counter::NAMES[i as usize], v.iter().sum()))
             })
             .collect()
     }
 }
-
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
 where

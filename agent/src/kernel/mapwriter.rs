@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use std::collections::HashSet;
 
 use agent_common::{
-    BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats,
-    MAX_BUCKET_SETS, MAX_GRANTS, MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT,
-    SLOT_F_GRANT_SOURCES, SegmentInfo, SlotConfig,
-    TICK_SHIFT, Verdict, maps,
+    BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats, MAX_BUCKET_SETS, MAX_GRANTS,
+    MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, SegmentInfo,
+    SlotConfig, TICK_SHIFT, Verdict, maps,
 };
 use aya::{
     Ebpf,
@@ -26,7 +25,9 @@ pub enum WriteError {
     Map { map: &'static str, message: String },
     #[error("map {map} is full ({message}); raise its limit or shrink the policy — the policy in force is unchanged")]
     Full { map: &'static str, message: String },
-    #[error("the policy needs {needed} {what}, more than the {allowed} per policy that {flag} allows (half the map: a push holds two policies); the policy in force is unchanged")]
+    #[error(
+        "the policy needs {needed} {what}, more than the {allowed} per policy that {flag} allows (half the map: a push holds two policies); the policy in force is unchanged"
+    )]
     TooLarge { what: &'static str, needed: usize, allowed: usize, flag: &'static str },
 }
 
@@ -68,9 +69,7 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, WriteError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(WriteError::Map { map: name, message: "not in the object".into() })?;
+    let map = ebpf.take_map(name).ok_or(WriteError::Map { map: name, message: "not in the object".into() })?;
     T::try_from(map).map_err(|e| WriteError::Map { map: name, message: e.to_string() })
 }
 
@@ -130,9 +129,7 @@ impl MapWriter {
 
     /// The revision in force (0 before the first push).
     pub fn revision(&self) -> u32 {
-        self.active_slot()
-            .and_then(|s| self.slots.get(&s, 0).ok())
-            .map_or(0, |c| c.revision)
+        self.active_slot().and_then(|s| self.slots.get(&s, 0).ok()).map_or(0, |c| c.revision)
     }
 
     /// Installs `policy` as the policy in force, atomically; returns what was written.
@@ -260,10 +257,9 @@ impl MapWriter {
             let bucket = match kept {
                 Some((_, c)) => c.bucket,
                 None => {
-                    let free = (0..MAX_BUCKET_SETS).find(|b| !taken.contains(b)).ok_or(WriteError::Full {
-                        map: maps::BUCKETS,
-                        message: "no free bucket set".into(),
-                    })?;
+                    let free = (0..MAX_BUCKET_SETS)
+                        .find(|b| !taken.contains(b))
+                        .ok_or(WriteError::Full { map: maps::BUCKETS, message: "no free bucket set".into() })?;
                     taken.insert(free);
                     for kind in 0..3 {
                         self.buckets.set(free * 3 + kind, now, 0).map_err(full(maps::BUCKETS))?;
@@ -318,13 +314,17 @@ impl MapWriter {
     /// `kind` (None if the limit is not in force or per address), and the number of its live
     /// per-address buckets.
     pub fn bucket_state(&self, fingerprint: u64, kind: usize) -> (Option<u64>, usize) {
-        let limit = self.active_slot().and_then(|a| {
-            self.slot_limits(a).into_iter().map(|(_, c)| c).find(|c| c.fingerprint == fingerprint)
-        });
-        let tat = limit
-            .filter(|c| c.per_address == 0)
-            .and_then(|c| self.buckets.get(&(c.bucket * 3 + kind as u32), 0).ok());
-        let live = self.addr_buckets.keys().filter_map(Result::ok).filter(|k| k.fingerprint == fingerprint && k.kind == kind as u32).count();
+        let limit = self
+            .active_slot()
+            .and_then(|a| self.slot_limits(a).into_iter().map(|(_, c)| c).find(|c| c.fingerprint == fingerprint));
+        let tat =
+            limit.filter(|c| c.per_address == 0).and_then(|c| self.buckets.get(&(c.bucket * 3 + kind as u32), 0).ok());
+        let live = self
+            .addr_buckets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.fingerprint == fingerprint && k.kind == kind as u32)
+            .count();
         (tat, live)
     }
 
@@ -357,4 +357,3 @@ impl MapWriter {
         Ok(p.hosts.len() + p.cidrs.len() + p.grant_sources.len() + p.pairs.len() + p.ports.len())
     }
 }
-

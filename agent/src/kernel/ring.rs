@@ -22,7 +22,8 @@ impl EventSources {
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or_else(|| DatapathError::Map { name, message: "missing".into() })
         };
-        let err = |name: &'static str| move |e: aya::maps::MapError| DatapathError::Map { name, message: e.to_string() };
+        let err =
+            |name: &'static str| move |e: aya::maps::MapError| DatapathError::Map { name, message: e.to_string() };
         Ok(EventSources {
             ring: RingBuf::try_from(take(ebpf, maps::EVENTS)?).map_err(err(maps::EVENTS))?,
             denied: aya::maps::HashMap::try_from(take(ebpf, maps::DENIED)?).map_err(err(maps::DENIED))?,
@@ -36,15 +37,16 @@ impl EventSources {
     pub fn spawn<P, S>(self, publish: P, sweep: S, delivered: Arc<AtomicU64>)
     where
         P: Fn(&[Event]) + Send + 'static,
-        S: Fn(&mut dyn Iterator<Item = (DenyKey, DenyValue)>, &mut dyn Iterator<Item = (AggKey, AggValue)>) + Send + 'static,
+        S: Fn(&mut dyn Iterator<Item = (DenyKey, DenyValue)>, &mut dyn Iterator<Item = (AggKey, AggValue)>)
+            + Send
+            + 'static,
     {
         let EventSources { ring, denied, dropped } = self;
         tokio::spawn(async move {
             // SAFETY: the RingBuf owns its map fd, which stays open and the same while the
             // AsyncFd owns the RingBuf.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-            };
+            let registered =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
             let mut fd = match registered {
                 Ok(fd) => fd,
                 Err(e) => return tracing::error!("cannot watch the event ring buffer: {e}"),

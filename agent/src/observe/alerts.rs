@@ -200,7 +200,11 @@ impl Engine {
                     if seen as f64 > bound {
                         *slot = bound as u64;
                         let times = seen as f64 / expected.max(1e-9);
-                        let scope = if b == tallies[hour] { format!("{hour:02}:00-{:02}:00 UTC", hour + 1) } else { "all hours".into() };
+                        let scope = if b == tallies[hour] {
+                            format!("{hour:02}:00-{:02}:00 UTC", hour + 1)
+                        } else {
+                            "all hours".into()
+                        };
                         let note = format!(
                             "{who}: {seen} {what} in {w} s, {times:.1}x its baseline of {expected:.1} ({scope}, {} s of history; factor {k})",
                             b.seconds
@@ -239,8 +243,12 @@ impl Engine {
             return;
         }
         let what = match (seen_service, cfg.new_peer, cfg.new_port) {
-            (false, true, _) => ("new-peer", "medium", format!("{who} reached {service} ({}/{port}) for the first time", r.proto)),
-            (true, _, true) => ("new-port", "low", format!("{who} reached {service} on {}/{port} for the first time", r.proto)),
+            (false, true, _) => {
+                ("new-peer", "medium", format!("{who} reached {service} ({}/{port}) for the first time", r.proto))
+            }
+            (true, _, true) => {
+                ("new-port", "low", format!("{who} reached {service} on {}/{port} for the first time", r.proto))
+            }
             _ => return,
         };
         self.alert(cfg, r, who, service, what, now);
@@ -278,7 +286,15 @@ impl Engine {
 
     /// One alert of `kind`, unless one of that kind and identity went out less than an
     /// interval ago (then it is counted in the next).
-    fn alert(&mut self, cfg: &Alerts, r: &EventRecord, who: String, service: String, (kind, severity, note): (&'static str, &str, String), now: f64) {
+    fn alert(
+        &mut self,
+        cfg: &Alerts,
+        r: &EventRecord,
+        who: String,
+        service: String,
+        (kind, severity, note): (&'static str, &str, String),
+        now: f64,
+    ) {
         let slot = self.last.entry((who.clone(), kind)).or_insert((f64::NEG_INFINITY, 0));
         if now - slot.0 < cfg.interval_seconds as f64 {
             slot.1 += 1;
@@ -309,7 +325,8 @@ impl Engine {
 
     /// The baseline saved in `dir` (none when there is no file).
     pub fn load(dir: &Path) -> Result<Engine, BaselineError> {
-        let saved: Saved = crate::store::read_json(dir, FILE).map_err(|(path, message)| BaselineError::Read { path, message })?;
+        let saved: Saved =
+            crate::store::read_json(dir, FILE).map_err(|(path, message)| BaselineError::Read { path, message })?;
         if saved.rates.values().any(|t| t.len() != ALL_HOURS + 1) {
             let message = format!("every identity's rates must have {} tallies", ALL_HOURS + 1);
             return Err(BaselineError::Read { path: dir.join(FILE), message });
@@ -338,14 +355,36 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn rec(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16, count: u64) -> EventRecord {
-        EventRecord::flow(verdict, reason, (src.0, src.1.parse().unwrap()), (dst.0, dst.1.parse().unwrap()), proto, dport, count)
+    fn rec(
+        verdict: &str,
+        reason: &str,
+        src: (&str, &str),
+        dst: (&str, &str),
+        proto: &str,
+        dport: u16,
+        count: u64,
+    ) -> EventRecord {
+        EventRecord::flow(
+            verdict,
+            reason,
+            (src.0, src.1.parse().unwrap()),
+            (dst.0, dst.1.parse().unwrap()),
+            proto,
+            dport,
+            count,
+        )
     }
 
     #[test]
     fn learns_then_reports_what_deviates_once_per_interval() {
         let mut e = Engine::default();
-        let cfg = Alerts { learn_seconds: 10, scan_destinations: 5, scan_seconds: 10, interval_seconds: 60, ..Alerts::default() };
+        let cfg = Alerts {
+            learn_seconds: 10,
+            scan_destinations: 5,
+            scan_seconds: 10,
+            interval_seconds: 60,
+            ..Alerts::default()
+        };
         e.configure(Some(cfg), 0.0);
         let (front, pay, db) = (("frontend", "10.0.1.2"), ("payments", "10.0.2.10"), ("db", "10.0.3.5"));
         e.observe(&rec("allowed", "rule", front, pay, "tcp", 443, 1), 1.0);
@@ -354,7 +393,10 @@ mod tests {
         e.observe(&rec("allowed", "rule", front, db, "tcp", 5432, 1), 21.0);
         e.observe(&rec("allowed", "rule", front, pay, "tcp", 8443, 1), 22.0);
         let a = e.take();
-        assert_eq!(a.iter().map(|r| (r.reason.as_str(), r.dst_segment.as_str())).collect::<Vec<_>>(), [("new-peer", "db"), ("new-port", "payments")]);
+        assert_eq!(
+            a.iter().map(|r| (r.reason.as_str(), r.dst_segment.as_str())).collect::<Vec<_>>(),
+            [("new-peer", "db"), ("new-port", "payments")]
+        );
         assert_eq!(a[0].severity.as_deref(), Some("medium"));
         // A scan from one address in no segment: one alert, however many denials.
         for p in 0..200 {
@@ -362,7 +404,10 @@ mod tests {
         }
         let a = e.take();
         assert_eq!(a.len(), 1, "{a:?}");
-        assert_eq!((a[0].reason.as_str(), a[0].src_segment.as_str(), a[0].severity.as_deref()), ("scan", "world 10.9.9.0/24", Some("high")));
+        assert_eq!(
+            (a[0].reason.as_str(), a[0].src_segment.as_str(), a[0].severity.as_deref()),
+            ("scan", "world 10.9.9.0/24", Some("high"))
+        );
         // Held back within the interval, counted in the next one.
         for p in 0..200 {
             e.observe(&rec("denied", "default", ("world", "10.9.9.9"), pay, "tcp", 3000 + p, 1), 40.0);
@@ -390,7 +435,13 @@ mod tests {
     #[test]
     fn rates_beyond_the_baseline_raise_one_alert_per_interval() {
         let mut e = Engine::default();
-        let cfg = Alerts { learn_seconds: 100_000, rate_factor: 5, rate_history_seconds: 100, rate_window_seconds: 10, ..Alerts::default() };
+        let cfg = Alerts {
+            learn_seconds: 100_000,
+            rate_factor: 5,
+            rate_history_seconds: 100,
+            rate_window_seconds: 10,
+            ..Alerts::default()
+        };
         e.configure(Some(cfg), 0.0);
         e.tick(0.0);
         // Steady: 100 packets and 1 new flow every 10 s, for 300 s.
@@ -402,7 +453,11 @@ mod tests {
         window(&mut e, "frontend", (5_000, 1), 310.0);
         window(&mut e, "frontend", (5_000, 1), 320.0);
         let a = e.take();
-        assert_eq!(a.iter().map(|r| (r.reason.as_str(), r.src_segment.as_str())).collect::<Vec<_>>(), [("packet-rate", "frontend")], "{a:?}");
+        assert_eq!(
+            a.iter().map(|r| (r.reason.as_str(), r.src_segment.as_str())).collect::<Vec<_>>(),
+            [("packet-rate", "frontend")],
+            "{a:?}"
+        );
         assert!(a[0].note.as_deref().unwrap().contains("5000 packets in 10 s"), "{:?}", a[0].note);
         // The burst was learned at no more than the factor: steady traffic is still normal.
         for i in 33..=40 {
@@ -414,7 +469,11 @@ mod tests {
         window(&mut e, "frontend", (110, 40), 410.0);
         window(&mut e, "frontend", (5_000, 1), 420.0);
         let a = e.take();
-        assert_eq!(a.iter().map(|r| (r.reason.as_str(), r.count)).collect::<Vec<_>>(), [("flow-rate", 1), ("packet-rate", 2)], "{a:?}");
+        assert_eq!(
+            a.iter().map(|r| (r.reason.as_str(), r.count)).collect::<Vec<_>>(),
+            [("flow-rate", 1), ("packet-rate", 2)],
+            "{a:?}"
+        );
         // An identity without enough history is not judged.
         window(&mut e, "batch", (100_000, 100), 430.0);
         assert!(e.take().is_empty());
@@ -423,7 +482,13 @@ mod tests {
     #[test]
     fn rates_are_judged_per_hour_of_the_day_where_there_is_history() {
         let mut e = Engine::default();
-        let cfg = Alerts { learn_seconds: 100_000, rate_factor: 5, rate_history_seconds: 100, rate_window_seconds: 10, ..Alerts::default() };
+        let cfg = Alerts {
+            learn_seconds: 100_000,
+            rate_factor: 5,
+            rate_history_seconds: 100,
+            rate_window_seconds: 10,
+            ..Alerts::default()
+        };
         e.configure(Some(cfg), 3600.0);
         e.tick(3600.0);
         // Busy from 01:00 (1,000 packets a window), quiet from 02:00 (100).
@@ -450,7 +515,13 @@ mod tests {
 
     #[test]
     fn the_baseline_survives_a_restart() {
-        let cfg = Alerts { learn_seconds: 10, rate_factor: 5, rate_history_seconds: 30, rate_window_seconds: 10, ..Alerts::default() };
+        let cfg = Alerts {
+            learn_seconds: 10,
+            rate_factor: 5,
+            rate_history_seconds: 30,
+            rate_window_seconds: 10,
+            ..Alerts::default()
+        };
         let mut e = Engine::default();
         e.configure(Some(cfg.clone()), 0.0);
         e.tick(0.0);
@@ -465,7 +536,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         back.configure(Some(cfg.clone()), 1000.0);
         back.tick(1000.0);
-        back.observe(&rec("allowed", "rule", ("frontend", "10.0.1.2"), ("payments", "10.0.2.10"), "tcp", 443, 1), 1001.0);
+        back.observe(
+            &rec("allowed", "rule", ("frontend", "10.0.1.2"), ("payments", "10.0.2.10"), "tcp", 443, 1),
+            1001.0,
+        );
         back.observe(&rec("allowed", "rule", ("frontend", "10.0.1.2"), ("db", "10.0.3.5"), "tcp", 5432, 1), 1002.0);
         window(&mut back, "frontend", (5_000, 0), 1010.0);
         let a = back.take();

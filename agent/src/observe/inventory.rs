@@ -100,7 +100,12 @@ impl Inventory {
             _ => return,
         };
         let port = if r.proto == "tcp" || r.proto == "udp" { r.dport } else { 0 };
-        let key = Key { src: identity(&r.src_segment, r.src), dst: identity(&r.dst_segment, r.dst), proto: r.proto.clone(), port };
+        let key = Key {
+            src: identity(&r.src_segment, r.src),
+            dst: identity(&r.dst_segment, r.dst),
+            proto: r.proto.clone(),
+            port,
+        };
         if !self.map.contains_key(&key) && self.map.len() >= MAX_ENTRIES {
             self.evict();
         }
@@ -202,7 +207,8 @@ impl Inventory {
     }
 
     pub fn load(dir: &Path) -> Result<Inventory, InventoryError> {
-        let saved: Saved = crate::store::read_json(dir, FILE).map_err(|(path, message)| InventoryError::Read { path, message })?;
+        let saved: Saved =
+            crate::store::read_json(dir, FILE).map_err(|(path, message)| InventoryError::Read { path, message })?;
         let map = saved.listing.entries.into_iter().map(|r| (r.key, r.seen)).collect();
         let read = saved.flows.into_iter().map(|(id, p, b)| (id, (p, b))).collect();
         Ok(Inventory { map, evicted: saved.listing.evicted, dirty: false, read })
@@ -224,7 +230,8 @@ impl Inventory {
 /// The inventory key of the flow a conntrack entry belongs to, named by `lookup` of the policy
 /// in force: (source identity, destination service, protocol, port) of its original direction.
 pub fn key_of(compiled: &CompiledPolicy, lookup: &Lookup<'_>, k: &CtKey, v: &CtValue) -> Key {
-    let (src, dst, dport) = if v.flags & CT_F_REPLY != 0 { (&k.dst, &k.src, k.sport) } else { (&k.src, &k.dst, k.dport) };
+    let (src, dst, dport) =
+        if v.flags & CT_F_REPLY != 0 { (&k.dst, &k.src, k.sport) } else { (&k.src, &k.dst, k.dport) };
     let name = |a: &[u8; 16]| {
         let id = lookup.segment_of(a).id;
         identity(compiled.segment_name(id).unwrap_or(crate::policy::WORLD_NAME), ip_of(a))
@@ -237,8 +244,24 @@ pub fn key_of(compiled: &CompiledPolicy, lookup: &Lookup<'_>, k: &CtKey, v: &CtV
 mod tests {
     use super::*;
 
-    fn record(verdict: &str, reason: &str, src: (&str, &str), dst: (&str, &str), proto: &str, dport: u16, count: u64) -> EventRecord {
-        EventRecord::flow(verdict, reason, (src.0, src.1.parse().unwrap()), (dst.0, dst.1.parse().unwrap()), proto, dport, count)
+    fn record(
+        verdict: &str,
+        reason: &str,
+        src: (&str, &str),
+        dst: (&str, &str),
+        proto: &str,
+        dport: u16,
+        count: u64,
+    ) -> EventRecord {
+        EventRecord::flow(
+            verdict,
+            reason,
+            (src.0, src.1.parse().unwrap()),
+            (dst.0, dst.1.parse().unwrap()),
+            proto,
+            dport,
+            count,
+        )
     }
 
     #[test]
@@ -275,7 +298,8 @@ mod tests {
         let reply = CtKey { src: orig.dst, dst: orig.src, sport: 53, dport: 4000, ..orig };
         let entry = |k: CtKey, flags, packets, bytes| (k, CtValue { flags, packets, bytes, ..CtValue::default() });
         let name = |_: &CtKey, _: &CtValue| Some(key.clone());
-        let totals = |inv: &Inventory| inv.list(None).entries.iter().map(|r| (r.seen.packets, r.seen.bytes)).collect::<Vec<_>>();
+        let totals =
+            |inv: &Inventory| inv.list(None).entries.iter().map(|r| (r.seen.packets, r.seen.bytes)).collect::<Vec<_>>();
         let mut inv = Inventory::default();
         // Both directions count for the flow; an entry that passed nothing is skipped.
         let added = inv.count_flows(&[entry(orig, 0, 3, 300), entry(reply, CT_F_REPLY, 2, 150)], name, 1.0);
@@ -307,7 +331,12 @@ mod tests {
             inv.record(&record("allowed", "rule", (&src, "10.0.0.1"), ("d", "10.0.0.2"), "tcp", port, 1), f64::from(i));
         }
         let l = inv.list(None);
-        assert!(l.entries.len() <= MAX_ENTRIES && l.evicted >= 10, "{} entries, {} evicted", l.entries.len(), l.evicted);
+        assert!(
+            l.entries.len() <= MAX_ENTRIES && l.evicted >= 10,
+            "{} entries, {} evicted",
+            l.entries.len(),
+            l.evicted
+        );
         // The most recent ones stay.
         assert!(l.entries.iter().any(|r| r.seen.last_seen == f64::from(MAX_ENTRIES as u32 + 9)));
     }

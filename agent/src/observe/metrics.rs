@@ -34,12 +34,7 @@
 //! under the daemon's lock (a few map lookups), the map fills by walking the pinned maps'
 //! keys without it. The per-segment counters come from a subscriber of the event stream,
 //! which never holds up the event reader (it is told what it missed instead).
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -117,11 +112,8 @@ impl EventCounters {
     }
 
     fn record(&self, src: &str, dst: &str, verdict: &str, count: u64) {
-        let labels = [
-            ("src_segment", src.to_string()),
-            ("dst_segment", dst.to_string()),
-            ("verdict", verdict.to_string()),
-        ];
+        let labels =
+            [("src_segment", src.to_string()), ("dst_segment", dst.to_string()), ("verdict", verdict.to_string())];
         self.packets.get_or_create(&labels).inc_by(count);
     }
 
@@ -222,7 +214,8 @@ impl Snapshot {
             )?;
             for (segment, counts) in &s.segments {
                 for (outcome, v) in ["passed", "denied", "rate_limited"].iter().zip(counts) {
-                    ConstCounter::new(*v).encode(e.encode_family(&[("segment", segment.as_str()), ("outcome", outcome)])?)?;
+                    ConstCounter::new(*v)
+                        .encode(e.encode_family(&[("segment", segment.as_str()), ("outcome", outcome)])?)?;
                 }
             }
         }
@@ -258,11 +251,26 @@ impl Snapshot {
     /// The policy, the inventory, the grants, the fleet.
     fn encode_state(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.scrape;
-        let e = enc.encode_descriptor("policy_revision", "Revision of the policy in force (0: none).", None, MetricType::Gauge)?;
+        let e = enc.encode_descriptor(
+            "policy_revision",
+            "Revision of the policy in force (0: none).",
+            None,
+            MetricType::Gauge,
+        )?;
         ConstGauge::new(s.revision).encode(e)?;
-        let e = enc.encode_descriptor("inventory_entries", "Entries in the inventory (identity, service, protocol, port).", None, MetricType::Gauge)?;
+        let e = enc.encode_descriptor(
+            "inventory_entries",
+            "Entries in the inventory (identity, service, protocol, port).",
+            None,
+            MetricType::Gauge,
+        )?;
         ConstGauge::new(s.inventory.0).encode(e)?;
-        let e = enc.encode_descriptor("inventory_evicted", "Inventory entries evicted to stay within its bound.", None, MetricType::Counter)?;
+        let e = enc.encode_descriptor(
+            "inventory_evicted",
+            "Inventory entries evicted to stay within its bound.",
+            None,
+            MetricType::Counter,
+        )?;
         ConstCounter::new(s.inventory.1).encode(e)?;
         let e = enc.encode_descriptor("grants", "Time-bound grants in force.", None, MetricType::Gauge)?;
         ConstGauge::new(s.grants).encode(e)?;
@@ -276,9 +284,15 @@ impl Snapshot {
             ConstGauge::new(t).encode(e)?;
         }
         if let Some((connected, revision)) = s.fleet {
-            let e = enc.encode_descriptor("fleet_connected", "1 while connected to etcd, 0 while cut off.", None, MetricType::Gauge)?;
+            let e = enc.encode_descriptor(
+                "fleet_connected",
+                "1 while connected to etcd, 0 while cut off.",
+                None,
+                MetricType::Gauge,
+            )?;
             ConstGauge::new(i64::from(connected)).encode(e)?;
-            let e = enc.encode_descriptor("fleet_revision", "Fleet revision in force (0: none).", None, MetricType::Gauge)?;
+            let e =
+                enc.encode_descriptor("fleet_revision", "Fleet revision in force (0: none).", None, MetricType::Gauge)?;
             ConstGauge::new(revision).encode(e)?;
         }
         Ok(())

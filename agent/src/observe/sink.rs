@@ -185,11 +185,7 @@ impl Sink {
     }
 }
 
-async fn run(
-    mut file: EventFile,
-    mut live: broadcast::Receiver<Arc<EventRecord>>,
-    mut stop: oneshot::Receiver<()>,
-) {
+async fn run(mut file: EventFile, mut live: broadcast::Receiver<Arc<EventRecord>>, mut stop: oneshot::Receiver<()>) {
     // Records not in the file because writing failed, reported when it works again.
     let mut unwritten: u64 = 0;
     let mut failing = false;

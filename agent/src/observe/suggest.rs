@@ -202,9 +202,15 @@ fn segments_text(base: &Policy, pairs: &BTreeMap<(String, String), Learned>) -> 
         let mode = if s.mode == policy::Mode::Audit { ", mode: audit" } else { "" };
         let _ = writeln!(text, "  {}: {{ cidrs: [{}]{mode} }}", scalar(&s.name), cidrs.join(", "));
     }
-    let unknown: BTreeSet<&str> = pairs.keys().flat_map(|(s, d)| [s.as_str(), d.as_str()]).filter_map(world_prefix).collect();
+    let unknown: BTreeSet<&str> =
+        pairs.keys().flat_map(|(s, d)| [s.as_str(), d.as_str()]).filter_map(world_prefix).collect();
     for p in &unknown {
-        let _ = writeln!(text, "  {}: {{ cidrs: [{}] }}   # seen from or to addresses in no segment", scalar(&unknown_name(p)), scalar(p));
+        let _ = writeln!(
+            text,
+            "  {}: {{ cidrs: [{}] }}   # seen from or to addresses in no segment",
+            scalar(&unknown_name(p)),
+            scalar(p)
+        );
     }
     if base.segments.is_empty() && unknown.is_empty() {
         text.push_str("  {}\n");
@@ -307,7 +313,9 @@ mod tests {
         let s = suggest(&base, &rows, 1);
         let p = policy::parse(&s.text, "suggested").unwrap_or_else(|d| panic!("invalid suggestion:\n{d}\n{}", s.text));
         let c = policy::compile(&p);
-        let check = |src: &str, dst: &str, proto, port| policy::explain(&c, src.parse().unwrap(), dst.parse().unwrap(), proto, port).verdict;
+        let check = |src: &str, dst: &str, proto, port| {
+            policy::explain(&c, src.parse().unwrap(), dst.parse().unwrap(), proto, port).verdict
+        };
         assert_eq!(check("10.0.1.7", "10.0.2.5", 6, 5432), "allow");
         assert_eq!(check("10.0.1.7", "10.0.2.5", 6, 6380), "allow");
         assert_eq!(check("10.0.1.7", "10.0.2.5", 6, 6381), "deny", "a range wider than what was seen");

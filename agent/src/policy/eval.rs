@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use agent_common::{
-    ACTION_ALLOW, Addr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PORT_KEY_BITS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD,
-    SegmentInfo, VERDICT_F_AUDIT, Verdict,
+    ACTION_ALLOW, Addr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PORT_KEY_BITS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, SEG_ANY, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, VERDICT_F_AUDIT, Verdict,
 };
 
 use super::compile::{CompiledPolicy, cidr_key, combine, limit_ranges, rule_ranges, seg_id};
@@ -80,12 +79,7 @@ impl CompiledPolicy {
         // Insert in reverse so that, as in a map written in order, the first entry of a
         // duplicate key would win (the compiler never writes duplicates).
         let hosts = self.hosts.iter().rev().map(|(a, i)| (*a, *i)).collect();
-        let cidrs = self
-            .cidrs
-            .iter()
-            .rev()
-            .map(|(l, a, i)| ((*l, mask(a, *l)), *i))
-            .collect();
+        let cidrs = self.cidrs.iter().rev().map(|(l, a, i)| ((*l, mask(a, *l)), *i)).collect();
         let mut cidr_lens: Vec<u32> = self.cidrs.iter().map(|c| c.0.min(128)).collect();
         cidr_lens.sort_unstable_by(|a, b| b.cmp(a));
         cidr_lens.dedup();
@@ -93,12 +87,7 @@ impl CompiledPolicy {
         let mut block_lens: Vec<u32> = self.grant_sources.iter().map(|c| c.0.min(128)).collect();
         block_lens.sort_unstable_by(|a, b| b.cmp(a));
         block_lens.dedup();
-        let pairs = self
-            .pairs
-            .iter()
-            .rev()
-            .map(|&(s, d, p)| ((s, d), p))
-            .collect();
+        let pairs = self.pairs.iter().rev().map(|&(s, d, p)| ((s, d), p)).collect();
         let mut ports = HashMap::new();
         let mut port_bits: HashMap<u32, Vec<u32>> = HashMap::new();
         for e in self.ports.iter().rev() {
@@ -110,17 +99,7 @@ impl CompiledPolicy {
             v.sort_unstable_by(|a, b| b.cmp(a));
             v.dedup();
         }
-        Lookup {
-            policy: self,
-            hosts,
-            cidrs,
-            cidr_lens,
-            blocks,
-            block_lens,
-            pairs,
-            ports,
-            port_bits,
-        }
+        Lookup { policy: self, hosts, cidrs, cidr_lens, blocks, block_lens, pairs, ports, port_bits }
     }
 
     /// The datapath's decision for a packet. Builds the indexes on every call: for many
@@ -143,9 +122,8 @@ impl Lookup<'_> {
         {
             v = g;
         }
-        let audited = self.policy.mode == Mode::Audit
-            || v.flags & VERDICT_F_AUDIT != 0
-            || (s.flags | d.flags) & SEG_F_AUDIT != 0;
+        let audited =
+            self.policy.mode == Mode::Audit || v.flags & VERDICT_F_AUDIT != 0 || (s.flags | d.flags) & SEG_F_AUDIT != 0;
         Decision {
             action: v.action,
             rule: v.rule,
@@ -166,10 +144,7 @@ impl Lookup<'_> {
                 return *info;
             }
         }
-        SegmentInfo {
-            id: SEG_WORLD,
-            flags: self.policy.world_flags,
-        }
+        SegmentInfo { id: SEG_WORLD, flags: self.policy.world_flags }
     }
 
     /// The allow of a time-bound grant from an address block holding `src` (the longest), as
@@ -205,21 +180,14 @@ impl Lookup<'_> {
 
     /// Pair, then ports; a miss at either step is the default action.
     pub fn judge(&self, src: SegmentInfo, dst: SegmentInfo, key: u32) -> Verdict {
-        let default = Verdict {
-            action: self.policy.default_action,
-            rule: 0,
-            ..Default::default()
-        };
+        let default = Verdict { action: self.policy.default_action, rule: 0, ..Default::default() };
         let Some(profile) = self.profile(src, dst) else {
             return default;
         };
         let Some(lens) = self.port_bits.get(&profile) else {
             return default;
         };
-        lens.iter()
-            .find_map(|&bits| self.ports.get(&(profile, bits, mask_key(key, bits))))
-            .copied()
-            .unwrap_or(default)
+        lens.iter().find_map(|&bits| self.ports.get(&(profile, bits, mask_key(key, bits)))).copied().unwrap_or(default)
     }
 }
 
@@ -240,11 +208,7 @@ pub(crate) fn mask(addr: &Addr, len: u32) -> Addr {
 /// Keeps the first `bits` bits of a 24-bit port key.
 fn mask_key(key: u32, bits: u32) -> u32 {
     let key = key & ((1 << PORT_KEY_BITS) - 1);
-    if bits == 0 {
-        0
-    } else {
-        key & !((1u32 << (PORT_KEY_BITS - bits.min(PORT_KEY_BITS))) - 1)
-    }
+    if bits == 0 { 0 } else { key & !((1u32 << (PORT_KEY_BITS - bits.min(PORT_KEY_BITS))) - 1) }
 }
 
 /// The reference semantics: the segment of an address is the longest prefix over all the
@@ -267,7 +231,8 @@ pub fn evaluate_naive(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port
     {
         let n = policy.segments.len();
         let first = n - policy.grant_sources.len().min(n);
-        let identity = policy.grant_sources.get(b as usize - 1 - first).and_then(|g| g.identity).and_then(|r| seg_id(r, n));
+        let identity =
+            policy.grant_sources.get(b as usize - 1 - first).and_then(|g| g.identity).and_then(|r| seg_id(r, n));
         // A block with no single identity is bound by no limit (an id no limit names).
         let g = naive_verdict_as(policy, b, identity.unwrap_or(b), d, port_key(proto, port));
         if g.action == ACTION_ALLOW && g.rule != 0 {
@@ -333,10 +298,7 @@ pub(crate) fn naive_verdict(policy: &Policy, src: u32, dst: u32, key: u32) -> Ve
 /// (for a grant block: the identity its addresses have).
 fn naive_verdict_as(policy: &Policy, src: u32, limits_src: u32, dst: u32, key: u32) -> Verdict {
     let n = policy.segments.len();
-    let side = |refs: &[SegRef], id: u32| {
-        refs.iter()
-            .any(|r| *r == SegRef::Any || seg_id(*r, n) == Some(id))
-    };
+    let side = |refs: &[SegRef], id: u32| refs.iter().any(|r| *r == SegRef::Any || seg_id(*r, n) == Some(id));
     let covers = |ranges: Vec<(u32, u32)>| ranges.iter().any(|&(lo, hi)| lo <= key && key <= hi);
     let matching = policy
         .rules
@@ -351,9 +313,7 @@ fn naive_verdict_as(policy: &Policy, src: u32, limits_src: u32, dst: u32, key: u
     // Written independently of the compiler's `piece_verdict`, as the reference.
     if verdict.action == ACTION_ALLOW
         && let Some(i) = policy.rate_limits.iter().position(|l| {
-            side(&[l.from], limits_src)
-                && l.to.as_deref().is_none_or(|to| side(to, dst))
-                && covers(limit_ranges(l))
+            side(&[l.from], limits_src) && l.to.as_deref().is_none_or(|to| side(to, dst)) && covers(limit_ranges(l))
         })
     {
         verdict.limit = u32::try_from(i + 1).unwrap_or(u32::MAX);

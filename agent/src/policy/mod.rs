@@ -57,18 +57,16 @@ mod validate;
 mod tests;
 
 pub use agent_common::{Addr, MAX_GRANTS, SegmentInfo, Verdict};
-pub use compile::{
-    Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint,
-};
-pub use source::diag::{Diagnostic, Diagnostics};
-pub(crate) use source::diag::utf8_diagnostic;
+pub use compile::{Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, compile, limit_fingerprint};
 pub(crate) use compile::{PORT_SPACE, cidr_key};
 pub(crate) use eval::mask;
-pub use explain::{Explanation, explain};
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
+pub use explain::{Explanation, explain};
 pub use model::{
-    ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
-    GrantSource, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
+    ANY_NAME, Action, Alerts, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
+    POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
     WORLD_NAME,
 };
+pub(crate) use source::diag::utf8_diagnostic;
+pub use source::diag::{Diagnostic, Diagnostics};
 pub use validate::{load, parse};

@@ -130,7 +130,9 @@ impl fmt::Display for LabelSelector {
 /// `no`, `on`, `true`, ... as booleans and digits as numbers, which Kubernetes refuses too.
 pub(crate) fn not_a_string(v: &Value) -> String {
     match v {
-        Value::Bool(_) => "a boolean (quote it: YAML reads y, n, yes, no, on, off, true and false as booleans)".to_owned(),
+        Value::Bool(_) => {
+            "a boolean (quote it: YAML reads y, n, yes, no, on, off, true and false as booleans)".to_owned()
+        }
         Value::Int(_) | Value::Float(_) => "a number (quote it)".to_owned(),
         other => other.kind().to_owned(),
     }
@@ -162,7 +164,9 @@ pub(crate) fn known_fields<'n, 't>(
             None => {
                 let hint = match suggest(key, allowed.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("expected {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")),
+                    None => {
+                        format!("expected {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", "))
+                    }
                 };
                 report(k.pos, format!("unknown field {} in {what}; {hint}", quote(key)));
             }
@@ -204,7 +208,10 @@ pub(crate) fn read_labels(n: &Node, field: &str, report: Report<'_>) -> Labels {
             Value::Null => {
                 out.insert(String::from(&**key), String::new());
             }
-            other => report(v.pos, format!("the value of label {} must be a string, not {}", quote(key), not_a_string(other))),
+            other => report(
+                v.pos,
+                format!("the value of label {} must be a string, not {}", quote(key), not_a_string(other)),
+            ),
         }
     }
     out
@@ -231,14 +238,20 @@ pub(crate) fn read_expressions(n: &Node, report: Report<'_>) -> Vec<Requirement>
         Value::Seq(items) => &items[..],
         Value::Null => return Vec::new(),
         v => {
-            report(n.pos, format!("`matchExpressions` must be a list of {{ key, operator, values }}, not {}", v.kind()));
+            report(
+                n.pos,
+                format!("`matchExpressions` must be a list of {{ key, operator, values }}, not {}", v.kind()),
+            );
             return Vec::new();
         }
     };
     let mut out = Vec::new();
     for item in items {
         let Some(f) = known_fields(item, "a match expression", EXPRESSION_FIELDS, report) else {
-            report(item.pos, format!("a match expression must be a mapping with `key` and `operator`, not {}", item.value.kind()));
+            report(
+                item.pos,
+                format!("a match expression must be a mapping with `key` and `operator`, not {}", item.value.kind()),
+            );
             continue;
         };
         let key = match field(&f, "key") {
@@ -257,7 +270,10 @@ pub(crate) fn read_expressions(n: &Node, report: Report<'_>) -> Vec<Requirement>
                 Some(op) => Some(op),
                 None => {
                     let hint = suggest(s, Operator::NAMES).map_or(String::new(), |g| format!("; did you mean `{g}`?"));
-                    report(*pos, format!("unknown operator {}: expected In, NotIn, Exists or DoesNotExist{hint}", quote(s)));
+                    report(
+                        *pos,
+                        format!("unknown operator {}: expected In, NotIn, Exists or DoesNotExist{hint}", quote(s)),
+                    );
                     None
                 }
             },
@@ -266,7 +282,10 @@ pub(crate) fn read_expressions(n: &Node, report: Report<'_>) -> Vec<Requirement>
                 None
             }
             None => {
-                report(item.pos, "this match expression has no `operator` (In, NotIn, Exists or DoesNotExist)".to_owned());
+                report(
+                    item.pos,
+                    "this match expression has no `operator` (In, NotIn, Exists or DoesNotExist)".to_owned(),
+                );
                 None
             }
         };
@@ -278,7 +297,10 @@ pub(crate) fn read_expressions(n: &Node, report: Report<'_>) -> Vec<Requirement>
                     for v in vs.iter() {
                         match &v.value {
                             Value::Str(s) => values.push(String::from(&**s)),
-                            other => report(v.pos, format!("a value of `values` must be a string, not {}", not_a_string(other))),
+                            other => report(
+                                v.pos,
+                                format!("a value of `values` must be a string, not {}", not_a_string(other)),
+                            ),
                         }
                     }
                 }
@@ -315,7 +337,13 @@ pub(crate) fn read_selector(n: &Node, what: &str, report: Report<'_>) -> Option<
         return Some(LabelSelector::everything());
     }
     let Some(f) = known_fields(n, &format!("`{what}`"), SELECTOR_FIELDS, report) else {
-        report(n.pos, format!("`{what}` must be a label selector such as {{ matchLabels: {{ app: web }} }}, not {}", n.value.kind()));
+        report(
+            n.pos,
+            format!(
+                "`{what}` must be a label selector such as {{ matchLabels: {{ app: web }} }}, not {}",
+                n.value.kind()
+            ),
+        );
         return None;
     };
     let mut sel = LabelSelector::everything();
@@ -363,7 +391,8 @@ mod tests {
         let s = selector("matchExpressions: [ { key: legacy, operator: DoesNotExist } ]").unwrap();
         assert!(s.matches(&web) && !s.matches(&db) && s.matches(&none));
         // Everything is ANDed.
-        let s = selector("matchLabels: { app: web }\nmatchExpressions: [ { key: tier, operator: In, values: [db] } ]").unwrap();
+        let s = selector("matchLabels: { app: web }\nmatchExpressions: [ { key: tier, operator: In, values: [db] } ]")
+            .unwrap();
         assert!(!s.matches(&web));
         assert_eq!(s.to_string(), "app=web,tier in (db)");
     }

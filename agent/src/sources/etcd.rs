@@ -51,7 +51,9 @@ pub enum FleetError {
     TlsFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot reach etcd at {endpoints}: {source}")]
     Etcd { endpoints: String, source: etcd_client::Error },
-    #[error("the fleet policy changed since revision {base}: it is now revision {now}, pushed by someone else; review it and push again with --base {now}")]
+    #[error(
+        "the fleet policy changed since revision {base}: it is now revision {now}, pushed by someone else; review it and push again with --base {now}"
+    )]
     Conflict { base: i64, now: i64 },
 }
 
@@ -105,8 +107,11 @@ impl Target {
         if prefix == "/" {
             return Err(err("the key prefix is empty"));
         }
-        let endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
-        if endpoints.is_empty() || hosts.split(',').any(|h| h.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err())) {
+        let endpoints: Vec<String> =
+            hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
+        if endpoints.is_empty()
+            || hosts.split(',').any(|h| h.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()))
+        {
             return Err(err("every member must be HOST:PORT"));
         }
         let tls = tls.map(TlsFiles::options).transpose()?;
@@ -333,7 +338,9 @@ impl Source {
 
     /// Applies fleet revision `revision` unless it is already in force or already rejected.
     async fn consider(&mut self, text: &[u8], revision: i64, apply: &Apply) {
-        if self.status.revision == Some(revision) || self.status.rejected.as_ref().is_some_and(|r| r.revision == revision) {
+        if self.status.revision == Some(revision)
+            || self.status.rejected.as_ref().is_some_and(|r| r.revision == revision)
+        {
             return;
         }
         let parsed = match self.parse(text, revision) {
@@ -441,11 +448,10 @@ impl FleetStatus {
 pub async fn status(target: &Target) -> Result<FleetStatus, FleetError> {
     let mut client = target.connect().await?;
     let (revision, sha256) = current(&mut client, target).await?;
-    let resp = client
-        .get(target.hosts_prefix(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| target.etcd(e))?;
-    let mut hosts: Vec<HostStatus> = resp.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect();
+    let resp =
+        client.get(target.hosts_prefix(), Some(GetOptions::new().with_prefix())).await.map_err(|e| target.etcd(e))?;
+    let mut hosts: Vec<HostStatus> =
+        resp.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect();
     hosts.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(FleetStatus { revision, sha256, hosts })
 }
@@ -467,7 +473,10 @@ mod tests {
     fn urls_name_members_and_a_prefix() {
         let t = Target::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/ztagent/prod/", None, None).unwrap();
         assert_eq!(t.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
-        assert_eq!((t.policy_key().as_str(), t.hosts_prefix().as_str()), ("/ztagent/prod/policy", "/ztagent/prod/hosts/"));
+        assert_eq!(
+            (t.policy_key().as_str(), t.hosts_prefix().as_str()),
+            ("/ztagent/prod/policy", "/ztagent/prod/hosts/")
+        );
         for bad in ["http://a:1/p", "etcd://a:1", "etcd://a:1/", "etcd://a/p", "etcd://a:x/p"] {
             assert!(matches!(Target::parse(bad, None, None), Err(FleetError::Url { .. })), "{bad}");
         }

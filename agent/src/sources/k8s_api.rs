@@ -96,7 +96,8 @@ async fn config(cfg: &ApiConfig) -> Result<kube::Config, ApiError> {
     Ok(match &cfg.kubeconfig {
         None => kube::Config::incluster().map_err(|e| ApiError::InCluster(e.to_string()))?,
         Some(path) => {
-            let err = |e: kube::config::KubeconfigError| ApiError::Kubeconfig { path: path.clone(), message: e.to_string() };
+            let err =
+                |e: kube::config::KubeconfigError| ApiError::Kubeconfig { path: path.clone(), message: e.to_string() };
             let kubeconfig = Kubeconfig::read_from(path).map_err(err)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(err)?
         }
@@ -235,7 +236,11 @@ impl Stores {
             all.push(0);
             all.extend_from_slice(text.as_bytes());
         }
-        Snapshot { objects: crate::k8s::parse_objects(&inputs), sha256: crate::sources::sha256_hex(&all), inputs: inputs.len() }
+        Snapshot {
+            objects: crate::k8s::parse_objects(&inputs),
+            sha256: crate::sources::sha256_hex(&all),
+            inputs: inputs.len(),
+        }
     }
 }
 
@@ -336,7 +341,9 @@ impl ApiSource {
             }
             Ok(None) => None,
             Err(_) => {
-                tracing::warn!("no snapshot of the Kubernetes API within {wait:?}: starting without an inventory; it is reconciled when one comes");
+                tracing::warn!(
+                    "no snapshot of the Kubernetes API within {wait:?}: starting without an inventory; it is reconciled when one comes"
+                );
                 None
             }
         }

@@ -52,8 +52,12 @@ impl K8sVersions {
             c.pods.len(),
             objects.policies.len()
         );
-        let warnings: Vec<String> =
-            objects.warnings.iter().map(|w| w.to_string()).chain(done.warnings.iter().map(|w| format!("warning: {w}"))).collect();
+        let warnings: Vec<String> = objects
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain(done.warnings.iter().map(|w| format!("warning: {w}")))
+            .collect();
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -72,8 +76,16 @@ impl K8sVersions {
 
     /// A version is rejected: what was in force stays.
     pub fn reject(&mut self, sha256: Option<String>, message: &str) {
-        let keeps = if self.applied { "the objects applied before stay in force" } else { "the agent has no inventory from it yet" };
-        tracing::warn!(sha256 = sha256.as_deref().unwrap_or("-"), "Kubernetes objects of {}: the version is rejected; {keeps}:\n{message}", self.name());
+        let keeps = if self.applied {
+            "the objects applied before stay in force"
+        } else {
+            "the agent has no inventory from it yet"
+        };
+        tracing::warn!(
+            sha256 = sha256.as_deref().unwrap_or("-"),
+            "Kubernetes objects of {}: the version is rejected; {keeps}:\n{message}",
+            self.name()
+        );
         let mut r = self.lock();
         r.up_to_date = false;
         r.last_rejection = Some(RejectedVersion { sha256, message: message.to_string(), time: now() });

@@ -40,7 +40,6 @@ pub enum WatchError {
     Dir { path: PathBuf, message: String },
 }
 
-
 /// That `dir` is a directory.
 pub(crate) fn usable(dir: &Path) -> Result<(), WatchError> {
     let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
@@ -54,7 +53,12 @@ pub(crate) fn usable(dir: &Path) -> Result<(), WatchError> {
 /// Calls `check` on a thread of its own whenever `dir` may have changed (inotify events in it,
 /// gathered for [`DEBOUNCE`]) and at least every [`POLL`] (every [`POLL_WITHOUT_NOTIFY`]
 /// without inotify), for the rest of the process's life. `what` names the directory in logs.
-pub(crate) fn watch_dir(dir: &Path, what: &'static str, thread: &str, mut check: impl FnMut() + Send + 'static) -> std::io::Result<()> {
+pub(crate) fn watch_dir(
+    dir: &Path,
+    what: &'static str,
+    thread: &str,
+    mut check: impl FnMut() + Send + 'static,
+) -> std::io::Result<()> {
     let (tx, rx) = mpsc::sync_channel::<()>(1);
     let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
         // A full channel already holds a wake-up: the check reads the directory anyway.
@@ -106,7 +110,6 @@ pub(crate) fn settle<T: PartialEq>(mut last: T, read: impl Fn() -> T, dir: &Path
     tracing::warn!(dir = %dir.display(), "the files keep changing: trying again later");
     None
 }
-
 
 /// Now, RFC 3339, UTC.
 pub(crate) fn now() -> String {

@@ -14,7 +14,6 @@ type ObjectFiles = Result<Files, String>;
 /// Object files: paths and bytes.
 type Files = Vec<(PathBuf, Vec<u8>)>;
 
-
 /// The `--k8s-objects DIR` source: every `*.yaml`, `*.yml` and `*.json` file of DIR (names
 /// starting with `.` skipped, symlinks followed: a ConfigMap volume works as for
 /// `--policy-dir`) holds Kubernetes objects; together they are the inventory and the

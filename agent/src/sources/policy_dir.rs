@@ -186,7 +186,10 @@ impl PolicyDir {
         };
         let what = v.map_or_else(|| self.dir.display().to_string(), |v| v.path.display().to_string());
         let when = if when.is_empty() { String::new() } else { format!(" {when}") };
-        tracing::warn!(sha256 = sha256.as_deref().unwrap_or("-"), "policy directory: the version of {what}{when} is rejected; {keeps}:\n{message}");
+        tracing::warn!(
+            sha256 = sha256.as_deref().unwrap_or("-"),
+            "policy directory: the version of {what}{when} is rejected; {keeps}:\n{message}"
+        );
         let mut r = self.lock();
         r.up_to_date = false;
         if let Some(v) = v {
@@ -218,10 +221,8 @@ fn read(dir: &Path) -> Snapshot {
 /// `policy.yaml`, else `policy.json`, else the only `*.yaml`/`*.yml`/`*.json` regular file
 /// (through symlinks); hidden names are skipped.
 fn choose(dir: &Path) -> Result<String, String> {
-    let mut candidates: Vec<String> = crate::k8s::load_dir(dir)?
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-        .collect();
+    let mut candidates: Vec<String> =
+        crate::k8s::load_dir(dir)?.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_string)).collect();
     for preferred in ["policy.yaml", "policy.json"] {
         if candidates.iter().any(|n| n == preferred) {
             return Ok(preferred.into());

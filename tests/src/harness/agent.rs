@@ -38,22 +38,11 @@ impl Agent {
     }
 
     /// As [`Agent::start`], on a given pin directory (e.g. one a killed agent left).
-    pub fn start_with_pins(
-        ns: &Netns,
-        ifaces: &[&str],
-        policy: Option<&Path>,
-        pins: &Path,
-    ) -> Agent {
+    pub fn start_with_pins(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path) -> Agent {
         Self::start_on(ns, ifaces, policy, pins, &[])
     }
 
-    fn start_on(
-        ns: &Netns,
-        ifaces: &[&str],
-        policy: Option<&Path>,
-        pins: &Path,
-        args: &[&str],
-    ) -> Agent {
+    fn start_on(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, args: &[&str]) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
         let cmd = Self::run_command(ns, ifaces, policy, pins, &socket, args);
@@ -62,13 +51,7 @@ impl Agent {
 
     /// `ztagent ARGS...` as given (a deployment's own command line), in `ns`; `socket`, `pins`
     /// and `state` are the paths those arguments use, for the guard and its clean-up.
-    pub fn start_args(
-        ns: &Netns,
-        args: &[String],
-        socket: &Path,
-        pins: &Path,
-        state: &Path,
-    ) -> Agent {
+    pub fn start_args(ns: &Netns, args: &[String], socket: &Path, pins: &Path, state: &Path) -> Agent {
         let mut cmd = Self::command(ns);
         cmd.args(args);
         Self::spawn(cmd, TempDir::new(), socket, pins, state)
@@ -80,38 +63,22 @@ impl Agent {
         let out = File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let child = cmd.spawn().expect("spawn ztagent");
-        let (socket, pins, state) = (
-            socket.to_path_buf(),
-            pins.to_path_buf(),
-            state.to_path_buf(),
-        );
-        let mut agent = Agent {
-            child,
-            socket,
-            pins,
-            state,
-            log,
-            _dir: dir,
-            handed_over: false,
-        };
+        let (socket, pins, state) = (socket.to_path_buf(), pins.to_path_buf(), state.to_path_buf());
+        let mut agent = Agent { child, socket, pins, state, log, _dir: dir, handed_over: false };
         agent.wait_ready();
         agent
     }
 
     /// The state directory of the agents on `pins`.
     fn state_dir(pins: &Path) -> PathBuf {
-        let name = pins
-            .file_name()
-            .map_or_else(|| "agent".into(), |n| n.to_string_lossy().into_owned());
+        let name = pins.file_name().map_or_else(|| "agent".into(), |n| n.to_string_lossy().into_owned());
         std::env::temp_dir().join(format!("ztagent-state-{name}"))
     }
 
     /// `ztagent` in `ns`, without arguments yet.
     fn command(ns: &Netns) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path()))
-            .arg("--")
-            .arg(bin("ztagent"));
+        cmd.arg(format!("--net={}", ns.path())).arg("--").arg(bin("ztagent"));
         cmd
     }
 
@@ -156,11 +123,7 @@ impl Agent {
         let mut cmd = Self::run_command(ns, ifaces, policy, pins, &socket, args);
         // A file, not a pipe: the debug log can outgrow a pipe's buffer while nobody reads it.
         let out = File::create(&log).unwrap();
-        let mut child = cmd
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn ztagent");
+        let mut child = cmd.stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("spawn ztagent");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait().expect("wait for ztagent") {
@@ -190,10 +153,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "ztagent did not open its socket within 20 s:\n{}",
-            self.log()
-        );
+        panic!("ztagent did not open its socket within 20 s:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
@@ -202,47 +162,28 @@ impl Agent {
 
     /// `ztagent --socket S ARGS...` (the CLI, from the host).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("ztagent"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run ztagent")
+        Command::new(bin("ztagent")).arg("--socket").arg(&self.socket).args(args).output().expect("run ztagent")
     }
 
     /// Pushes a policy file; panics if the push fails.
     pub fn push(&self, policy: &Path) -> String {
         let out = self.cli(&["policy", "push", policy.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "push failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `ztagent events -o json ARGS...`: the recent events, one object each.
     pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let out = self.cli(&[&["events", "-o", "json"], args].concat());
-        assert!(
-            out.status.success(),
-            "events failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "events failed: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect()
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
     }
 
     /// Packet counters from `ztagent status -o json`.
     pub fn counter(&self, name: &str) -> u64 {
         let out = self.cli(&["status", "-o", "json"]);
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
     }
@@ -256,11 +197,7 @@ impl Agent {
     pub fn freeze(&self, frozen: bool) {
         let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: signalling the pid of a child we spawned and have not reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, sig) },
-            0,
-            "signal the agent"
-        );
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0, "signal the agent");
     }
 
     /// Kills the daemon with SIGKILL (enforcement must stay).
@@ -324,11 +261,7 @@ impl Drop for Agent {
 
 /// Removes what agents pinned under `pins` (`ztagent uninstall`) and their state directory.
 pub fn uninstall(pins: &Path) {
-    let _ = Command::new(bin("ztagent"))
-        .args(["uninstall", "--pin-path"])
-        .arg(pins)
-        .stdout(Stdio::null())
-        .status();
+    let _ = Command::new(bin("ztagent")).args(["uninstall", "--pin-path"]).arg(pins).stdout(Stdio::null()).status();
     let _ = fs::remove_dir_all(pins);
     let _ = fs::remove_dir_all(Agent::state_dir(pins));
 }

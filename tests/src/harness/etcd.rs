@@ -45,10 +45,7 @@ impl EtcdCerts {
             "/CN=ztagent-test-ca",
         ]);
         for (name, ext) in [
-            (
-                "server",
-                format!("subjectAltName=IP:{ETCD_ADDR}\nextendedKeyUsage=serverAuth\n"),
-            ),
+            ("server", format!("subjectAltName=IP:{ETCD_ADDR}\nextendedKeyUsage=serverAuth\n")),
             ("client", "extendedKeyUsage=clientAuth\n".to_string()),
         ] {
             let ext_file = d.file(&format!("{name}.ext"), &ext);
@@ -104,10 +101,7 @@ impl Etcd {
     /// A cluster of `size` members; panics if etcd is not installed (`cargo xtask setup`).
     pub fn start(mgmt: &Mgmt, size: usize) -> Etcd {
         assert!(
-            Command::new("etcd")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success()),
+            Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
             "etcd is not installed: run `cargo xtask setup` (Debian package etcd-server)"
         );
         Self::start_with(mgmt, size, None)
@@ -120,13 +114,7 @@ impl Etcd {
 
     fn start_with(mgmt: &Mgmt, size: usize, tls: Option<PathBuf>) -> Etcd {
         let members = (0..size).map(|_| None).collect();
-        let mut e = Etcd {
-            members,
-            dir: TempDir::new(),
-            ns_path: mgmt.ns.path(),
-            size,
-            tls,
-        };
+        let mut e = Etcd { members, dir: TempDir::new(), ns_path: mgmt.ns.path(), size, tls };
         for i in 0..size {
             e.start_member(i);
         }
@@ -139,27 +127,21 @@ impl Etcd {
 
     /// etcd://members/PREFIX, all members.
     pub fn url(&self, prefix: &str) -> String {
-        let members: Vec<String> = (0..self.size)
-            .map(|i| format!("{ETCD_ADDR}:{}", Self::client_port(i)))
-            .collect();
+        let members: Vec<String> = (0..self.size).map(|i| format!("{ETCD_ADDR}:{}", Self::client_port(i))).collect();
         format!("etcd://{}/{prefix}", members.join(","))
     }
 
     /// Starts member `i` again (on its data directory, if it ran before).
     pub fn start_member(&mut self, i: usize) {
         let peer = |i: usize| format!("http://{ETCD_ADDR}:{}", Self::client_port(i) + 1);
-        let cluster: Vec<String> = (0..self.size)
-            .map(|j| format!("m{j}={}", peer(j)))
-            .collect();
+        let cluster: Vec<String> = (0..self.size).map(|j| format!("m{j}={}", peer(j))).collect();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{ETCD_ADDR}:{}", Self::client_port(i));
         let mut tls = Vec::new();
         if let Some(d) = &self.tls {
-            for (flag, file) in [
-                ("--cert-file", "server.pem"),
-                ("--key-file", "server-key.pem"),
-                ("--trusted-ca-file", "ca.pem"),
-            ] {
+            for (flag, file) in
+                [("--cert-file", "server.pem"), ("--key-file", "server-key.pem"), ("--trusted-ca-file", "ca.pem")]
+            {
                 tls.push(flag.to_string());
                 tls.push(d.join(file).to_str().unwrap().to_string());
             }
@@ -171,24 +153,9 @@ impl Etcd {
             .arg(format!("--net={}", self.ns_path))
             .args(["--", "etcd", "--name", &format!("m{i}"), "--data-dir"])
             .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer(i),
-                "--initial-advertise-peer-urls",
-                &peer(i),
-            ])
-            .args([
-                "--initial-cluster",
-                &cluster.join(","),
-                "--initial-cluster-token",
-                &self.ns_path,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-token", &self.ns_path])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&tls)
             .stdout(log.try_clone().unwrap())
@@ -224,9 +191,7 @@ impl Etcd {
 
     /// The members' logs, for failure messages.
     pub fn log(&self) -> String {
-        (0..self.size)
-            .map(|i| fs::read_to_string(self.dir.0.join(format!("m{i}.log"))).unwrap_or_default())
-            .collect()
+        (0..self.size).map(|i| fs::read_to_string(self.dir.0.join(format!("m{i}.log"))).unwrap_or_default()).collect()
     }
 }
 

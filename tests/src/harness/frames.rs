@@ -11,11 +11,7 @@ pub mod frame {
     pub fn eth(tags: &[u16], ethertype: u16) -> Vec<u8> {
         let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
         for (i, _) in tags.iter().enumerate() {
-            let tpid: u16 = if i == 0 && tags.len() > 1 {
-                0x88A8
-            } else {
-                0x8100
-            };
+            let tpid: u16 = if i == 0 && tags.len() > 1 { 0x88A8 } else { 0x8100 };
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&(100 + i as u16).to_be_bytes());
         }
@@ -33,14 +29,7 @@ pub mod frame {
     }
 
     /// IPv4 header (with `options`, a multiple of 4 bytes) and payload `l4`.
-    pub fn ipv4(
-        src: [u8; 4],
-        dst: [u8; 4],
-        proto: u8,
-        options: &[u8],
-        frag: u16,
-        l4: &[u8],
-    ) -> Vec<u8> {
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], frag: u16, l4: &[u8]) -> Vec<u8> {
         let ihl = 20 + options.len();
         let mut h = vec![0u8; 20];
         h[0] = 0x40 | (ihl / 4) as u8;
@@ -77,10 +66,8 @@ pub mod frame {
     /// The Internet checksum (RFC 1071) of `parts` in sequence.
     pub fn checksum(parts: &[&[u8]]) -> u16 {
         let bytes = parts.concat();
-        let mut sum: u32 = bytes
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
+        let mut sum: u32 =
+            bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
         while sum >> 16 != 0 {
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -144,11 +131,7 @@ pub fn send_frame(ns: &Netns, iface: &str, frame: Vec<u8>) {
         // buffer outlive the calls.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;

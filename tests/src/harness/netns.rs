@@ -32,12 +32,7 @@ impl Netns {
     }
     /// Runs `cmd` inside the namespace (network only, host mounts).
     pub fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .arg("--")
-            .args(cmd)
-            .output()
-            .expect("nsenter")
+        Command::new("nsenter").arg(format!("--net={}", self.path())).arg("--").args(cmd).output().expect("nsenter")
     }
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -61,18 +56,13 @@ pub(crate) fn enter(path: &str) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 /// Creates a veth pair `a` (in `na`) <-> `b` (in `nb`), both up.
 pub fn veth(na: &Netns, a: &str, nb: &Netns, b: &str) {
-    sh(&[
-        "ip", "link", "add", a, "netns", &na.name, "type", "veth", "peer", "name", b, "netns",
-        &nb.name,
-    ]);
+    sh(&["ip", "link", "add", a, "netns", &na.name, "type", "veth", "peer", "name", b, "netns", &nb.name]);
     na.ip(&["link", "set", a, "up"]);
     nb.ip(&["link", "set", b, "up"]);
 }

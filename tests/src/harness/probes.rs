@@ -21,11 +21,7 @@ const TCP_GREETING: Duration = Duration::from_secs(5);
 /// How long each try of a UDP probe waits for its echo: the echo comes from the server's
 /// thread, which a busy machine may delay, so the last try is patient. A denied probe costs
 /// the sum.
-const UDP_TRIES: [Duration; 3] = [
-    Duration::from_millis(300),
-    Duration::from_millis(300),
-    Duration::from_millis(1000),
-];
+const UDP_TRIES: [Duration; 3] = [Duration::from_millis(300), Duration::from_millis(300), Duration::from_millis(1000)];
 
 /// Connects from `ns` to `dst:port` and reads the server's greeting.
 pub fn tcp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
@@ -49,8 +45,7 @@ pub fn hold_tcp(ns: &Netns, dst: IpAddr, port: u16) -> TcpStream {
         s
     });
     let mut greeting = [0u8; 3];
-    (&s).read_exact(&mut greeting)
-        .unwrap_or_else(|e| panic!("no greeting from {dst}:{port}: {e}"));
+    (&s).read_exact(&mut greeting).unwrap_or_else(|e| panic!("no greeting from {dst}:{port}: {e}"));
     s
 }
 
@@ -62,18 +57,12 @@ pub const NO_ECHO: Duration = Duration::from_millis(500);
 /// One line sent on `s` and echoed back within `wait` ([`ECHO`] or [`NO_ECHO`]).
 pub fn echoes(s: &mut TcpStream, wait: Duration) -> bool {
     let mut line = [0u8; 5];
-    s.set_read_timeout(Some(wait)).is_ok()
-        && s.write_all(b"ping\n").is_ok()
-        && s.read_exact(&mut line).is_ok()
+    s.set_read_timeout(Some(wait)).is_ok() && s.write_all(b"ping\n").is_ok() && s.read_exact(&mut line).is_ok()
 }
 
 /// Sends a datagram from `ns` to `dst:port` and waits for its echo (up to 3 tries).
 pub fn udp_ok(ns: &Netns, dst: IpAddr, port: u16) -> bool {
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     udp_ok_from(ns, bind.ip(), dst, port)
 }
 
@@ -165,23 +154,16 @@ pub fn check_args(src: IpAddr, dst: IpAddr, probe: Probe) -> Vec<String> {
 
 /// Judged offline against a policy file.
 pub fn check_file(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> anyhow::Result<Why> {
-    let out = Command::new(bin("ztagent"))
-        .args(check_args(src, dst, probe))
-        .arg("--policy")
-        .arg(policy)
-        .output()?;
+    let out = Command::new(bin("ztagent")).args(check_args(src, dst, probe)).arg("--policy").arg(policy).output()?;
     parse_check(out)
 }
 
 pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
     if !out.status.success() {
-        anyhow::bail!(
-            "ztagent check failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        anyhow::bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| anyhow::anyhow!("ztagent check -o json: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("ztagent check -o json: {e}"))?;
     let allow = match v["verdict"].as_str() {
         Some("allow") => true,
         Some("deny") => false,

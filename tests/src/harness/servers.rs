@@ -25,8 +25,7 @@ pub struct Servers {
 impl Servers {
     pub fn start(ns: &Netns, tcp: &[u16], udp: &[u16]) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
-        let counts: Arc<Vec<(u16, AtomicU64)>> =
-            Arc::new(udp.iter().map(|p| (*p, AtomicU64::new(0))).collect());
+        let counts: Arc<Vec<(u16, AtomicU64)>> = Arc::new(udp.iter().map(|p| (*p, AtomicU64::new(0))).collect());
         let mut threads = Vec::new();
         let (tx, rx) = std::sync::mpsc::channel();
         for &port in tcp {
@@ -78,21 +77,13 @@ impl Servers {
             }));
         }
         for _ in 0..tcp.len() + udp.len() {
-            rx.recv_timeout(Duration::from_secs(5))
-                .expect("server did not start");
+            rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
         }
-        Servers {
-            stop,
-            threads,
-            udp_received: counts,
-        }
+        Servers { stop, threads, udp_received: counts }
     }
 
     pub fn udp_count(&self, port: u16) -> u64 {
-        self.udp_received
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
+        self.udp_received.iter().find(|(p, _)| *p == port).map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 }
 
@@ -111,9 +102,7 @@ fn tcp_echo(mut s: TcpStream, stop: &AtomicBool) {
                     return;
                 }
             }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return,
         }
     }

@@ -28,11 +28,7 @@ impl Lan {
         // A plain switch: where br_netfilter is loaded, bridged frames would otherwise be
         // validated (and malformed ones dropped) before any host sees them.
         for family in ["iptables", "ip6tables"] {
-            let _ = switch.exec(&[
-                "sh",
-                "-c",
-                &format!("echo 0 > /proc/sys/net/bridge/bridge-nf-call-{family}"),
-            ]);
+            let _ = switch.exec(&["sh", "-c", &format!("echo 0 > /proc/sys/net/bridge/bridge-nf-call-{family}")]);
         }
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
@@ -45,12 +41,7 @@ impl Lan {
             switch.ip(&["link", "set", &port, "master", "br0"]);
             ns.ip(&["addr", "add", &format!("{v4}/16"), "dev", &iface]);
             ns.ip(&["addr", "add", &format!("{v6}/16"), "dev", &iface, "nodad"]);
-            out.push(Host {
-                ns,
-                iface,
-                v4: v4.parse().unwrap(),
-                v6: v6.parse().unwrap(),
-            });
+            out.push(Host { ns, iface, v4: v4.parse().unwrap(), v6: v6.parse().unwrap() });
         }
         Lan { hosts: out, switch }
     }
@@ -88,10 +79,7 @@ impl Mgmt {
         ns.ip(&["link", "add", "br0", "type", "bridge"]);
         ns.ip(&["link", "set", "br0", "up"]);
         ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"]);
-        Mgmt {
-            ns,
-            links: Vec::new(),
-        }
+        Mgmt { ns, links: Vec::new() }
     }
 
     /// Connects `host` to the management network; returns its management interface.
@@ -99,13 +87,7 @@ impl Mgmt {
         let (iface, port) = (unique("m"), unique("q"));
         veth(host, &iface, &self.ns, &port);
         self.ns.ip(&["link", "set", &port, "master", "br0"]);
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("10.99.0.{}/24", 10 + self.links.len()),
-            "dev",
-            &iface,
-        ]);
+        host.ip(&["addr", "add", &format!("10.99.0.{}/24", 10 + self.links.len()), "dev", &iface]);
         self.links.push((host.name.clone(), iface.clone()));
         iface
     }
@@ -165,23 +147,13 @@ pub struct Pod {
 impl PodNode {
     pub fn new() -> PodNode {
         let ns = Netns::new("zn");
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-        ] {
+        for (key, value) in [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")] {
             let out = ns.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
-            assert!(
-                out.status.success(),
-                "sysctl {key}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
         }
         // An address of the node's own, the source of its ARP requests towards the pods.
         ns.ip(&["addr", "add", "10.77.255.1/32", "dev", "lo"]);
-        PodNode {
-            ns,
-            prefix: unique("v"),
-        }
+        PodNode { ns, prefix: unique("v") }
     }
 
     /// The `--iface-pattern` that matches this node's pod interfaces and no one else's.
@@ -210,24 +182,12 @@ impl PodNode {
             "netns",
             &ns.name,
         ]);
-        let pod = Pod {
-            ns,
-            veth: veth.clone(),
-            v4: v4.parse().unwrap(),
-            v6: v6.parse().unwrap(),
-        };
+        let pod = Pod { ns, veth: veth.clone(), v4: v4.parse().unwrap(), v6: v6.parse().unwrap() };
         let n = &self.ns;
         // Proxy ARP answers at once (by default after up to 0.8 s, as Calico also changes).
-        for key in [
-            format!("net.ipv4.conf.{veth}.proxy_arp=1"),
-            format!("net.ipv4.neigh.{veth}.proxy_delay=0"),
-        ] {
+        for key in [format!("net.ipv4.conf.{veth}.proxy_arp=1"), format!("net.ipv4.neigh.{veth}.proxy_delay=0")] {
             let out = n.exec(&["sysctl", "-qw", &key]);
-            assert!(
-                out.status.success(),
-                "sysctl {key}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
         }
         n.ip(&["addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
         n.ip(&["link", "set", &veth, "up"]);
@@ -236,50 +196,23 @@ impl PodNode {
         let p = &pod.ns;
         p.ip(&["link", "set", "eth0", "up"]);
         p.ip(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-        p.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{v6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
+        p.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"]);
         p.ip(&["route", "add", "10.77.0.0/16", "dev", "eth0"]);
-        p.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd77::/64",
-            "via",
-            "fe80::1",
-            "dev",
-            "eth0",
-        ]);
+        p.ip(&["-6", "route", "add", "fd77::/64", "via", "fe80::1", "dev", "eth0"]);
         pod
     }
 
     /// The interface index of `iface` in the node.
     pub fn ifindex(&self, iface: &str) -> u32 {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
-        v[0]["ifindex"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no ifindex for {iface}: {v}")) as u32
+        let v: serde_json::Value = serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
+        v[0]["ifindex"].as_u64().unwrap_or_else(|| panic!("no ifindex for {iface}: {v}")) as u32
     }
 
     /// The MAC address of `iface` in the node.
     pub fn mac(&self, iface: &str) -> [u8; 6] {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
-        let text = v[0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no address for {iface}: {v}"))
-            .to_string();
-        let bytes: Vec<u8> = text
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect();
+        let v: serde_json::Value = serde_json::from_str(&self.ns.ip(&["-j", "link", "show", iface])).unwrap();
+        let text = v[0]["address"].as_str().unwrap_or_else(|| panic!("no address for {iface}: {v}")).to_string();
+        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
         bytes.try_into().unwrap()
     }
 }

@@ -5,8 +5,8 @@ use std::{
     fs::{self},
     path::PathBuf,
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
     sync::OnceLock,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -20,10 +20,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -38,17 +35,9 @@ pub fn sh(args: &[&str]) -> String {
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let dir = exe.parent().expect("executable directory");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("target/<profile>")
-    } else {
-        dir
-    };
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build with `cargo xtask test` (or demo, bench)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: build with `cargo xtask test` (or demo, bench)", p.display());
     p
 }
 
@@ -99,6 +88,8 @@ pub fn require_root() {
 pub struct Rng(pub u64);
 
 impl Rng {
+    // Not an Iterator: the sequence never ends, and `next` returns the number itself.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -162,10 +153,6 @@ pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duratio
 
 /// The JSON a successful CLI call printed (panics with its stderr otherwise).
 pub fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -22,7 +22,10 @@ fn the_corpus_is_complete_and_small() {
     assert_eq!(listed.len(), CASES.len(), "a file is listed twice in CASES");
     let unlisted: Vec<_> = files.difference(&listed).collect();
     let missing: Vec<_> = listed.difference(&files).collect();
-    assert!(unlisted.is_empty() && missing.is_empty(), "files without an expectation: {unlisted:?}; expectations without a file: {missing:?}");
+    assert!(
+        unlisted.is_empty() && missing.is_empty(),
+        "files without an expectation: {unlisted:?}; expectations without a file: {missing:?}"
+    );
     assert!(files.len() >= 60, "only {} broken policies", files.len());
     for f in &files {
         let n = fs::metadata(Path::new(DATA).join(f)).unwrap().len();

@@ -38,11 +38,7 @@ struct Block {
 /// "`ztagent policy push --help`" (alone on a line, maybe after `#`s, maybe ending with `:`)
 /// -> ["policy", "push"].
 fn help_line(line: &str) -> Option<Vec<String>> {
-    let t = line
-        .trim()
-        .trim_start_matches('#')
-        .trim()
-        .trim_end_matches(':');
+    let t = line.trim().trim_start_matches('#').trim().trim_end_matches(':');
     let inner = t.strip_prefix('`')?.strip_suffix('`')?;
     let mut words: Vec<&str> = inner.split_whitespace().collect();
     if words.first() != Some(&"ztagent") || words.last() != Some(&"--help") {
@@ -78,17 +74,8 @@ fn parse_reference(lines: &[&str]) -> Result<Vec<Block>, String> {
                 })?;
             let close = (open + 1..lines.len())
                 .find(|&j| lines[j].trim() == "```")
-                .ok_or_else(|| {
-                    format!(
-                        "docs/cli.md:{}: the ```text block is never closed",
-                        open + 1
-                    )
-                })?;
-            blocks.push(Block {
-                command,
-                open,
-                close,
-            });
+                .ok_or_else(|| format!("docs/cli.md:{}: the ```text block is never closed", open + 1))?;
+            blocks.push(Block { command, open, close });
             i = close + 1;
             continue;
         }
@@ -109,8 +96,7 @@ fn help(command: &[String]) -> Result<String, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    String::from_utf8(out.stdout)
-        .map_err(|e| format!("`ztagent {} --help` is not UTF-8: {e}", command.join(" ")))
+    String::from_utf8(out.stdout).map_err(|e| format!("`ztagent {} --help` is not UTF-8: {e}", command.join(" ")))
 }
 
 /// The subcommands a help text lists under `Commands:` (clap's own `help` left out).
@@ -147,11 +133,7 @@ fn diff(expected: &[&str], actual: &[&str]) -> String {
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if expected[i] == actual[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
+            lcs[i][j] = if expected[i] == actual[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -172,18 +154,13 @@ fn diff(expected: &[&str], actual: &[&str]) -> String {
 }
 
 fn name(command: &[String]) -> String {
-    if command.is_empty() {
-        "ztagent".to_string()
-    } else {
-        format!("ztagent {}", command.join(" "))
-    }
+    if command.is_empty() { "ztagent".to_string() } else { format!("ztagent {}", command.join(" ")) }
 }
 
 #[test]
 fn cli_reference_matches_help() {
     let path = reference_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let lines: Vec<&str> = text.lines().collect();
     let blocks = parse_reference(&lines).unwrap_or_else(|e| panic!("{e}"));
     let bless = std::env::var_os("ZTAGENT_BLESS").is_some_and(|v| !v.is_empty() && v != "0");
@@ -194,10 +171,7 @@ fn cli_reference_matches_help() {
     let mut rewrites: Vec<(&Block, String)> = Vec::new();
     for block in &blocks {
         if !documented.insert(block.command.clone()) {
-            problems.push(format!(
-                "`{} --help` is documented twice in docs/cli.md",
-                name(&block.command)
-            ));
+            problems.push(format!("`{} --help` is documented twice in docs/cli.md", name(&block.command)));
             continue;
         }
         let actual = match help(&block.command) {
@@ -212,15 +186,8 @@ fn cli_reference_matches_help() {
             }
         };
         // Verbatim but for white space at line ends, which editors strip and nobody sees.
-        let expected: Vec<&str> = lines[block.open + 1..block.close]
-            .iter()
-            .map(|l| l.trim_end())
-            .collect();
-        let actual_lines: Vec<&str> = actual
-            .trim_end_matches('\n')
-            .lines()
-            .map(str::trim_end)
-            .collect();
+        let expected: Vec<&str> = lines[block.open + 1..block.close].iter().map(|l| l.trim_end()).collect();
+        let actual_lines: Vec<&str> = actual.trim_end_matches('\n').lines().map(str::trim_end).collect();
         if expected != actual_lines {
             problems.push(format!(
                 "docs/cli.md:{}: `{} --help` differs from the reference (- docs/cli.md, + the binary):\n{}",
@@ -233,23 +200,13 @@ fn cli_reference_matches_help() {
     }
 
     let commands = binary_commands().unwrap_or_else(|e| panic!("{e}"));
-    let missing: Vec<&Vec<String>> = commands
-        .iter()
-        .filter(|c| !documented.contains(*c))
-        .collect();
+    let missing: Vec<&Vec<String>> = commands.iter().filter(|c| !documented.contains(*c)).collect();
     for command in &missing {
-        problems.push(format!(
-            "`{}` is missing from docs/cli.md (no `{} --help` block)",
-            name(command),
-            name(command)
-        ));
+        problems.push(format!("`{}` is missing from docs/cli.md (no `{} --help` block)", name(command), name(command)));
     }
 
     if problems.is_empty() {
-        println!(
-            "docs/cli.md holds the --help of all {} commands, verbatim",
-            commands.len()
-        );
+        println!("docs/cli.md holds the --help of all {} commands, verbatim", commands.len());
         return;
     }
     if bless {
@@ -258,11 +215,7 @@ fn cli_reference_matches_help() {
         let mut rewrites = rewrites;
         rewrites.sort_by_key(|(b, _)| std::cmp::Reverse(b.open));
         for (block, actual) in rewrites {
-            let new: Vec<String> = actual
-                .trim_end_matches('\n')
-                .lines()
-                .map(|l| l.trim_end().to_string())
-                .collect();
+            let new: Vec<String> = actual.trim_end_matches('\n').lines().map(|l| l.trim_end().to_string()).collect();
             out.splice(block.open + 1..block.close, new);
         }
         while out.last().is_some_and(|l| l.trim().is_empty()) {
@@ -278,40 +231,23 @@ fn cli_reference_matches_help() {
             out.push(format!("`{} --help`", name(command)));
             out.push(String::new());
             out.push("```text".to_string());
-            out.extend(
-                actual
-                    .trim_end_matches('\n')
-                    .lines()
-                    .map(|l| l.trim_end().to_string()),
-            );
+            out.extend(actual.trim_end_matches('\n').lines().map(|l| l.trim_end().to_string()));
             out.push("```".to_string());
         }
         let mut joined = out.join("\n");
         joined.push('\n');
-        std::fs::write(&path, joined)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        let left: Vec<&String> = problems
-            .iter()
-            .filter(|p| p.contains("no such command") || p.contains("twice"))
-            .collect();
+        std::fs::write(&path, joined).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        let left: Vec<&String> =
+            problems.iter().filter(|p| p.contains("no such command") || p.contains("twice")).collect();
         assert!(
             left.is_empty(),
             "docs/cli.md refreshed, but these need a hand:\n{}",
-            left.iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            left.iter().map(|p| p.as_str()).collect::<Vec<_>>().join("\n")
         );
-        println!(
-            "docs/cli.md refreshed ({} problems fixed): review the prose around the blocks",
-            problems.len()
-        );
+        println!("docs/cli.md refreshed ({} problems fixed): review the prose around the blocks", problems.len());
         return;
     }
-    panic!(
-        "docs/cli.md and the binary's --help disagree:\n\n{}\n\n{REFRESH}",
-        problems.join("\n\n")
-    );
+    panic!("docs/cli.md and the binary's --help disagree:\n\n{}\n\n{REFRESH}", problems.join("\n\n"));
 }
 
 #[test]
@@ -320,14 +256,8 @@ fn reference_parser_reads_blocks() {
     let lines: Vec<&str> = doc.lines().collect();
     let blocks = parse_reference(&lines).expect("parses");
     assert_eq!(blocks.len(), 1);
-    assert_eq!(
-        blocks[0].command,
-        vec!["policy".to_string(), "push".to_string()]
-    );
+    assert_eq!(blocks[0].command, vec!["policy".to_string(), "push".to_string()]);
     assert_eq!(&lines[blocks[0].open + 1..blocks[0].close], &["a", "b"]);
-    assert_eq!(
-        subcommands("x\n\nCommands:\n  run   R\n  help  H\n\nOptions:\n  -h\n"),
-        vec!["run".to_string()]
-    );
+    assert_eq!(subcommands("x\n\nCommands:\n  run   R\n  help  H\n\nOptions:\n  -h\n"), vec!["run".to_string()]);
     assert_eq!(diff(&["a", "b"], &["a", "c"]), "   a\n  -b\n  +c\n");
 }

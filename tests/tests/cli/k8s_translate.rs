@@ -7,7 +7,11 @@ use integration_tests::{TempDir, build_bin};
 
 fn ztagent(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(build_bin("ztagent", "ztagent")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Pods of namespace prod as `kubectl get pods -n prod -o yaml` prints them.
@@ -80,7 +84,8 @@ metadata:
 const NATIVE: &str = "version: 1\nsegments:\n  nodes: { cidrs: [192.168.0.0/24] }\nrules:\n  - { name: nodes, from: [nodes], to: [nodes], action: allow }\n";
 
 fn verdict(policy: &str, src: &str, dst: &str, port: &str) -> String {
-    let (ok, out, err) = ztagent(&["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"]);
+    let (ok, out, err) =
+        ztagent(&["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["verdict"].as_str().unwrap().to_string()
@@ -130,7 +135,9 @@ fn objects_translate_to_a_valid_deterministic_policy() {
 fn broken_objects_are_refused_with_positions_and_nothing_is_printed() {
     let dir = TempDir::new();
     let pods = dir.file("pods.yaml", &PODS.replace("10.1.0.6", "10.1.0.600"));
-    let broken = POLICIES.replace("    - port: http", "    - port: http\n      endPort: 9000").replace("podSelector:\n    matchLabels", "podSelecter:\n    matchLabels");
+    let broken = POLICIES
+        .replace("    - port: http", "    - port: http\n      endPort: 9000")
+        .replace("podSelector:\n    matchLabels", "podSelecter:\n    matchLabels");
     let policies = dir.file("policies.yaml", &broken);
     let (pods, policies) = (pods.to_str().unwrap(), policies.to_str().unwrap());
     let (ok, out, err) = ztagent(&["k8s", "translate", pods, policies]);
@@ -138,7 +145,9 @@ fn broken_objects_are_refused_with_positions_and_nothing_is_printed() {
     assert!(out.is_empty(), "something was printed: {out}");
     for want in [
         format!("{pods}:31:12: error: `10.1.0.600` is not an IP address"),
-        format!("{policies}:13:3: error: unknown field `podSelecter` in a NetworkPolicy's `spec`; did you mean `podSelector`?"),
+        format!(
+            "{policies}:13:3: error: unknown field `podSelecter` in a NetworkPolicy's `spec`; did you mean `podSelector`?"
+        ),
         format!("{policies}:23:16: error: `endPort` needs a numeric `port`"),
     ] {
         assert!(err.lines().any(|l| l.starts_with(&want)), "missing {want:?} in:\n{err}");
@@ -146,14 +155,32 @@ fn broken_objects_are_refused_with_positions_and_nothing_is_printed() {
     assert!(!err.contains("panicked"), "{err}");
     // A broken native policy: its own diagnostics.
     let native = dir.file("native.yaml", "version: 1\nsegments:\n  web: { selector: { labels: { app: 1 } } }\n");
-    let (ok, out, err) = ztagent(&["k8s", "translate", dir.file("ok.yaml", PODS).to_str().unwrap(), "--policy", native.to_str().unwrap()]);
+    let (ok, out, err) = ztagent(&[
+        "k8s",
+        "translate",
+        dir.file("ok.yaml", PODS).to_str().unwrap(),
+        "--policy",
+        native.to_str().unwrap(),
+    ]);
     assert!(!ok && out.is_empty());
-    assert!(err.starts_with(&format!("{}:3:", native.display())) && err.contains("label `app` must be a string"), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:3:", native.display())) && err.contains("label `app` must be a string"),
+        "{err}"
+    );
     // NetworkPolicies with a native `defaultAction: allow`: one sentence.
     let allow = dir.file("allow.yaml", "version: 1\ndefaultAction: allow\n");
-    let (ok, out, err) = ztagent(&["k8s", "translate", dir.file("np.yaml", POLICIES).to_str().unwrap(), "--policy", allow.to_str().unwrap()]);
+    let (ok, out, err) = ztagent(&[
+        "k8s",
+        "translate",
+        dir.file("np.yaml", POLICIES).to_str().unwrap(),
+        "--policy",
+        allow.to_str().unwrap(),
+    ]);
     assert!(!ok && out.is_empty());
-    assert!(err.contains("defaultAction: allow") && err.lines().filter(|l| l.starts_with("error")).count() == 1, "{err}");
+    assert!(
+        err.contains("defaultAction: allow") && err.lines().filter(|l| l.starts_with("error")).count() == 1,
+        "{err}"
+    );
     // A file that is not there.
     let (ok, _, err) = ztagent(&["k8s", "translate", "/nonexistent/objects.yaml"]);
     assert!(!ok && err.starts_with("/nonexistent/objects.yaml:1:1: error: cannot read the file"), "{err}");

@@ -6,7 +6,11 @@ use integration_tests::{TempDir, build_bin};
 
 fn ztagent(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(build_bin("ztagent", "ztagent")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -32,17 +36,44 @@ fn validate_reports_every_problem_with_its_position() {
 #[test]
 fn check_offline_prints_the_documented_fields() {
     let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml");
-    let (ok, out, err) = ztagent(&["check", "--policy", policy, "--src", "10.20.1.7", "--dst", "10.20.2.10", "--port", "8081", "-o", "json"]);
+    let (ok, out, err) = ztagent(&[
+        "check",
+        "--policy",
+        policy,
+        "--src",
+        "10.20.1.7",
+        "--dst",
+        "10.20.2.10",
+        "--port",
+        "8081",
+        "-o",
+        "json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["rule"], "nobody-reaches-admin-port");
     assert_eq!(v["src_segment"], "frontend");
     assert_eq!(v["dst_segment"], "payments");
-    let (ok, out, _) = ztagent(&["check", "--policy", policy, "--src", "fd20:9::1", "--dst", "fd20:2::10", "--proto", "icmp", "-o", "json"]);
+    let (ok, out, _) = ztagent(&[
+        "check",
+        "--policy",
+        policy,
+        "--src",
+        "fd20:9::1",
+        "--dst",
+        "fd20:2::10",
+        "--proto",
+        "icmp",
+        "-o",
+        "json",
+    ]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["verdict"].as_str(), v["rule"].is_null(), v["src_segment"].as_str()), (Some("deny"), true, Some("world")));
+    assert_eq!(
+        (v["verdict"].as_str(), v["rule"].is_null(), v["src_segment"].as_str()),
+        (Some("deny"), true, Some("world"))
+    );
 }
 
 #[test]
@@ -53,7 +84,17 @@ fn errors_are_one_clear_sentence() {
         vec!["--socket".into(), sock.display().to_string(), "status".into()],
         vec!["--socket".into(), sock.display().to_string(), "policy".into(), "get".into()],
         vec!["policy".into(), "validate".into(), "/nonexistent/policy.yaml".into()],
-        vec!["check".into(), "--src".into(), "10.0.0.1".into(), "--dst".into(), "fd00::1".into(), "--port".into(), "1".into(), "--policy".into(), "x".into()],
+        vec![
+            "check".into(),
+            "--src".into(),
+            "10.0.0.1".into(),
+            "--dst".into(),
+            "fd00::1".into(),
+            "--port".into(),
+            "1".into(),
+            "--policy".into(),
+            "x".into(),
+        ],
         vec!["check".into(), "--src".into(), "10.0.0.1".into(), "--dst".into(), "10.0.0.2".into()],
     ];
     for args in cases {

@@ -77,7 +77,10 @@ pub(crate) const CASES: &[Case] = &[
     // line (beyond the depth limit of 64); not a position-less 1:1.
     Case {
         file: "json-nested-100-deep.json",
-        any_of: &[&[(4, 24, "a CIDR must be a string like 10.0.0.0/8, not a list")], &[(4, 0, "nests deeper than 64 levels")]],
+        any_of: &[
+            &[(4, 24, "a CIDR must be a string like 10.0.0.0/8, not a list")],
+            &[(4, 0, "nests deeper than 64 levels")],
+        ],
         exact: true,
     },
     // ---- encoding and degenerate files
@@ -257,10 +260,9 @@ pub(crate) fn short(s: &str, max: usize) -> String {
 
 pub(crate) fn case_check(case: &'static Case) -> Check {
     Box::new(move |diags| {
-        let ok = case
-            .any_of
-            .iter()
-            .any(|alt| alt.iter().all(|w| diags.iter().any(|d| matches(d, w))) && (!case.exact || diags.len() == alt.len()));
+        let ok = case.any_of.iter().any(|alt| {
+            alt.iter().all(|w| diags.iter().any(|d| matches(d, w))) && (!case.exact || diags.len() == alt.len())
+        });
         if ok {
             Ok(())
         } else {
@@ -324,7 +326,15 @@ pub(crate) fn yaml_segments(target_bytes: usize) -> (String, usize, usize) {
     let mut lines = 2;
     let mut i = 0u32;
     while s.len() < target_bytes {
-        let _ = writeln!(s, "  s{i}: {{ cidrs: [10.{}.{}.{}/32, \"fd00::{:x}:{:x}/128\"] }}", (i >> 16) & 255, (i >> 8) & 255, i & 255, i >> 16, i & 0xffff);
+        let _ = writeln!(
+            s,
+            "  s{i}: {{ cidrs: [10.{}.{}.{}/32, \"fd00::{:x}:{:x}/128\"] }}",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255,
+            i >> 16,
+            i & 0xffff
+        );
         lines += 1;
         i += 1;
     }
@@ -355,7 +365,12 @@ pub(crate) fn generated(dir: &TempDir) -> Vec<Input> {
     };
     // Deep nesting, 10,000 levels.
     add("deep-flow-sequences.yaml", "[".repeat(10_000).into_bytes(), nesting_on(1), None);
-    add("deep-flow-sequences-closed.yaml", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), nesting_on(1), None);
+    add(
+        "deep-flow-sequences-closed.yaml",
+        format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        nesting_on(1),
+        None,
+    );
     add(
         "deep-flow-mappings.yaml",
         format!("version: 1\nsegments: {}1{}\n", "{a: ".repeat(10_000), "}".repeat(10_000)).into_bytes(),
@@ -370,7 +385,8 @@ pub(crate) fn generated(dir: &TempDir) -> Vec<Input> {
     );
     add(
         "deep-arrays-in-policy.json",
-        format!("{{\"version\": 1, \"segments\": {{}}, \"rules\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        format!("{{\"version\": 1, \"segments\": {{}}, \"rules\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000))
+            .into_bytes(),
         nesting_on(1),
         None,
     );
@@ -390,7 +406,9 @@ pub(crate) fn generated(dir: &TempDir) -> Vec<Input> {
     add("deep-block-mappings.yaml", block.into_bytes(), block_check, None);
 
     // An alias bomb: 10^9 strings if expanded.
-    let mut bomb = String::from("a0: &a0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n");
+    let mut bomb = String::from(
+        "a0: &a0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n",
+    );
     for i in 1..10 {
         let refs = vec![format!("*a{}", i - 1); 10].join(", ");
         let _ = writeln!(bomb, "a{i}: &a{i} [{refs}]");
@@ -528,7 +546,11 @@ pub(crate) fn diags(origin: &str, stderr: &str) -> Result<Vec<Diag>, String> {
             let line: usize = it.next()?.parse().ok()?;
             let col: usize = it.next()?.parse().ok()?;
             let message = it.next()?.strip_prefix(' ')?;
-            (line >= 1 && col >= 1 && !message.trim().is_empty()).then(|| Diag { line, col, message: message.to_owned() })
+            (line >= 1 && col >= 1 && !message.trim().is_empty()).then(|| Diag {
+                line,
+                col,
+                message: message.to_owned(),
+            })
         });
         match parsed {
             Some(d) if d.message.len() <= MAX_MESSAGE => out.push(d),
@@ -571,10 +593,13 @@ pub(crate) fn size(path: &Path) -> String {
 /// bytes are put into the string raw, and the agent must refuse the request.
 pub(crate) fn push_request(origin: &str, bytes: &[u8]) -> Vec<u8> {
     match std::str::from_utf8(bytes) {
-        Ok(source) => serde_json::to_vec(&Request::Push { origin: origin.to_owned(), source: source.to_owned() }).unwrap(),
+        Ok(source) => {
+            serde_json::to_vec(&Request::Push { origin: origin.to_owned(), source: source.to_owned() }).unwrap()
+        }
         Err(_) => {
             const MARK: &str = "\u{1}SOURCE\u{1}";
-            let template = serde_json::to_string(&Request::Push { origin: origin.to_owned(), source: MARK.to_owned() }).unwrap();
+            let template =
+                serde_json::to_string(&Request::Push { origin: origin.to_owned(), source: MARK.to_owned() }).unwrap();
             let escaped_mark = serde_json::to_string(MARK).unwrap();
             let escaped_mark = &escaped_mark[1..escaped_mark.len() - 1];
             let (head, tail) = template.split_once(escaped_mark).unwrap();

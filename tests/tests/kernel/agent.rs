@@ -24,7 +24,9 @@ fn push_get_check_and_rejected_pushes() {
     assert!(String::from_utf8_lossy(&yaml.stdout).contains("frontend"), "policy get (yaml) lacks the segments");
 
     // Live check agrees with the kernel, before and after a push.
-    let live = |port: &str| json(&agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", port, "-o", "json"]));
+    let live = |port: &str| {
+        json(&agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", port, "-o", "json"]))
+    };
     assert_eq!((live("443")["verdict"].as_str(), live("443")["revision"].as_u64()), (Some("allow"), Some(1)));
     assert_eq!(live("8443")["verdict"], "deny");
     assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&frontend.ns, payments.v4, 8443));
@@ -45,7 +47,11 @@ fn push_get_check_and_rejected_pushes() {
     let bad = dir.file("bad.yaml", &POLICY.replace("10.20.2.10/32", "10.20.2.300/32"));
     let refused = agent.cli(&["policy", "push", bad.to_str().unwrap()]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.yaml:5:"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("bad.yaml:5:"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(json(&agent.cli(&["policy", "get", "-o", "json"]))["revision"], 2);
     assert!(tcp_ok(&frontend.ns, payments.v4, 8443));
 }
@@ -83,7 +89,8 @@ fn a_restart_restores_the_last_known_good_policy() {
     let mut agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("p.yaml", POLICY)));
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     agent.push(&dir.file("more.yaml", &POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#)));
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(agent.state.join("policy.json")).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.state.join("policy.json")).unwrap()).unwrap();
     assert_eq!(saved["revision"], 2, "the push was acknowledged before the state directory held it");
 
     // Same pins, no --policy: the kernel still holds revision 2, which matches the saved one.

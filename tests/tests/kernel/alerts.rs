@@ -57,18 +57,41 @@ fn deviations_raise_one_alert_each_and_steady_traffic_none() {
     assert!(anomalies(&agent).is_empty(), "steady traffic raised alerts: {:?}", anomalies(&agent));
 
     // A scan of 1,000 ports from the attacker: one alert.
-    let out = attacker.ns.exec(&["nmap", "-n", "-Pn", "-sS", "-p", "1-1000", "-T4", "--max-retries", "1", "--min-rate", "3000", &pay.v4.to_string()]);
+    let out = attacker.ns.exec(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sS",
+        "-p",
+        "1-1000",
+        "-T4",
+        "--max-retries",
+        "1",
+        "--min-rate",
+        "3000",
+        &pay.v4.to_string(),
+    ]);
     assert!(out.status.success(), "nmap failed: {}", String::from_utf8_lossy(&out.stderr));
     // A known service on a new port, and a new peer.
     assert!(tcp_ok(&front.ns, pay.v4, 8443));
     assert!(udp_ok(&batch.ns, pay.v4, 53));
     let a = wait_for(&agent, 3);
-    let kinds: Vec<(&str, &str)> = a.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
+    let kinds: Vec<(&str, &str)> =
+        a.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
     let scans: Vec<_> = a.iter().filter(|e| e["reason"] == "scan").collect();
     assert_eq!(scans.len(), 1, "one scan, one alert: {kinds:?}");
-    assert_eq!((&scans[0]["src"], &scans[0]["src_segment"], &scans[0]["severity"]), (&"10.20.9.2".into(), &"world 10.20.9.0/24".into(), &"high".into()));
-    assert!(a.iter().any(|e| e["reason"] == "new-port" && e["src_segment"] == "frontend" && e["dport"] == 8443), "{kinds:?}");
-    assert!(a.iter().any(|e| e["reason"] == "new-peer" && e["src_segment"] == "batch" && e["dst_segment"] == "payments"), "{kinds:?}");
+    assert_eq!(
+        (&scans[0]["src"], &scans[0]["src_segment"], &scans[0]["severity"]),
+        (&"10.20.9.2".into(), &"world 10.20.9.0/24".into(), &"high".into())
+    );
+    assert!(
+        a.iter().any(|e| e["reason"] == "new-port" && e["src_segment"] == "frontend" && e["dport"] == 8443),
+        "{kinds:?}"
+    );
+    assert!(
+        a.iter().any(|e| e["reason"] == "new-peer" && e["src_segment"] == "batch" && e["dst_segment"] == "payments"),
+        "{kinds:?}"
+    );
     assert_eq!(a.len(), 3, "nothing else: {kinds:?}");
     // The steady traffic still raises nothing.
     assert!(tcp_ok(&front.ns, pay.v4, 443));
@@ -116,7 +139,8 @@ fn rates_beyond_the_baseline_raise_one_alert_and_the_baseline_survives_a_restart
     udp_stream(&front.ns, pay.v4, 7, 60, Duration::from_millis(50));
     std::thread::sleep(Duration::from_secs(3));
     let a2 = anomalies(&agent);
-    let kinds: Vec<(&str, &str)> = a2.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
+    let kinds: Vec<(&str, &str)> =
+        a2.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
     assert_eq!(kinds, [("packet-rate", "frontend")], "first: {a:?}");
     assert_eq!(a2[0]["severity"], "medium");
     assert!(a2[0]["note"].as_str().unwrap().contains("its baseline"), "{}", a2[0]);
@@ -128,7 +152,8 @@ fn rates_beyond_the_baseline_raise_one_alert_and_the_baseline_survives_a_restart
     assert!(udp_ok(&batch.ns, pay.v4, 53));
     udp_stream(&front.ns, pay.v4, 7, 3000, Duration::ZERO);
     let a = wait_for(&agent, 2);
-    let kinds: Vec<(&str, &str)> = a.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
+    let kinds: Vec<(&str, &str)> =
+        a.iter().map(|e| (e["reason"].as_str().unwrap(), e["src_segment"].as_str().unwrap())).collect();
     assert!(kinds.contains(&("new-peer", "batch")), "{a:#?}");
     assert!(kinds.contains(&("packet-rate", "frontend")), "{a:#?}");
     assert_eq!(a.len(), 2, "nothing else: {kinds:?}");

@@ -6,22 +6,23 @@ use std::time::Duration;
 
 use agent_common::programs::INGRESS;
 use integration_tests::{
-    Agent, Lan, Loaded, Servers, TempDir, WEB_POLICY,
+    Agent, ECHO, Lan, Loaded, NO_ECHO, Servers, TempDir, WEB_POLICY, echoes,
     frame::{ETH_IP, TCP_ACK, TCP_SYN, cat, eth, ipv4, tcp},
-    ECHO, NO_ECHO, echoes, hold_tcp, tcp_ok,
+    hold_tcp, tcp_ok,
 };
 use serde_json::Value;
 use ztagent::kernel::datapath::Limits;
 
 /// The harness's web policy and a deny rule.
 fn enforced() -> String {
-    format!("{WEB_POLICY}  - {{ name: no-admin, from: [\"*\"], to: [payments], ports: [\"8081/tcp\"], action: deny }}\n")
+    format!(
+        "{WEB_POLICY}  - {{ name: no-admin, from: [\"*\"], to: [payments], ports: [\"8081/tcp\"], action: deny }}\n"
+    )
 }
 
 fn audit(policy: &str) -> String {
     policy.replacen("version: 1\n", "version: 1\nmode: audit\n", 1)
 }
-
 
 #[test]
 fn audit_mode_passes_and_reports_what_enforce_then_drops() {
@@ -46,10 +47,16 @@ fn audit_mode_passes_and_reports_what_enforce_then_drops() {
     assert!(agent.counter("audit_deny") >= 6, "audit_deny {}", agent.counter("audit_deny"));
     let would = agent.events(&["--verdict", "would-deny"]);
     let find = |src: &str, port: u64| {
-        would.iter().find(|e| e["src"] == src && e["dport"] == port).unwrap_or_else(|| panic!("no would-deny event for {src} -> {port}: {would:?}"))
+        would
+            .iter()
+            .find(|e| e["src"] == src && e["dport"] == port)
+            .unwrap_or_else(|| panic!("no would-deny event for {src} -> {port}: {would:?}"))
     };
     let e = find("10.20.9.2", 443);
-    assert_eq!((&e["reason"], &e["src_segment"], &e["dst_segment"]), (&"default".into(), &"world".into(), &"payments".into()));
+    assert_eq!(
+        (&e["reason"], &e["src_segment"], &e["dst_segment"]),
+        (&"default".into(), &"world".into(), &"payments".into())
+    );
     let e = find("10.20.1.2", 8081);
     assert_eq!((&e["reason"], &e["rule"]), (&"rule".into(), &"no-admin".into()));
     assert!(agent.events(&["--verdict", "denied"]).is_empty(), "a packet was reported denied in audit mode");
@@ -72,7 +79,8 @@ fn over_a_rate_limit_audit_mode_passes_and_counts() {
     );
     let mut dp = Loaded::new(&Limits::default());
     dp.apply(&policy);
-    let frame = |flags| cat(&[&eth(&[], ETH_IP), &ipv4([10, 20, 1, 5], [10, 20, 2, 10], 6, &[], 0, &tcp(40000, 443, flags))]);
+    let frame =
+        |flags| cat(&[&eth(&[], ETH_IP), &ipv4([10, 20, 1, 5], [10, 20, 2, 10], 6, &[], 0, &tcp(40000, 443, flags))]);
     for i in 0..20 {
         assert_eq!(dp.run(INGRESS, &frame(if i == 0 { TCP_SYN } else { TCP_ACK })), 2, "packet {i} was dropped");
     }
@@ -114,7 +122,10 @@ fn a_rule_or_a_segment_in_audit_mode_passes_only_its_own_denials() {
     assert!(would.iter().all(|e| e["dport"] == 8080), "only the audited rule's flow is would-deny: {would:?}");
     let denied = agent.events(&["--verdict", "denied"]);
     assert!(denied.iter().any(|e| e["dport"] == 8081 && e["rule"] == "no-admin"), "no denial by no-admin: {denied:?}");
-    assert!(denied.iter().any(|e| e["src"] == "10.20.9.2" && e["reason"] == "default"), "no default denial: {denied:?}");
+    assert!(
+        denied.iter().any(|e| e["src"] == "10.20.9.2" && e["reason"] == "default"),
+        "no default denial: {denied:?}"
+    );
     assert!(agent.counter("audit_deny") > 0 && agent.counter("drop_rule") > 0 && agent.counter("drop_default") > 0);
     let check = agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
     let v: Value = serde_json::from_slice(&check.stdout).unwrap();
@@ -122,8 +133,10 @@ fn a_rule_or_a_segment_in_audit_mode_passes_only_its_own_denials() {
 
     // A segment in audit mode: the outsider's segment (its /24 named, in audit) may reach
     // payments on anything while frontend's denials are still dropped.
-    let segment = format!("{}  outsiders: {{ cidrs: [10.20.9.0/24], mode: audit }}\n", enforced().split("rules:").next().unwrap())
-        + &format!("rules:{}", enforced().split("rules:").nth(1).unwrap());
+    let segment = format!(
+        "{}  outsiders: {{ cidrs: [10.20.9.0/24], mode: audit }}\n",
+        enforced().split("rules:").next().unwrap()
+    ) + &format!("rules:{}", enforced().split("rules:").nth(1).unwrap());
     assert!(agent.push(&dir.file("segment.yaml", &segment)).starts_with("revision 2"));
     assert!(tcp_ok(&outsider.ns, payments.v4, 443), "the audited segment's default denial was dropped");
     assert!(tcp_ok(&outsider.ns, payments.v4, 8081), "the audited segment's rule denial was dropped");

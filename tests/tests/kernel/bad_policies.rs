@@ -57,7 +57,6 @@ rateLimits:
     packets: { rate: 2000, per: second, burst: 400 }
 "#;
 
-
 /// `VmRSS` and `VmHWM` of a process, in kB.
 fn memory(pid: u32) -> (u64, u64) {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -100,7 +99,8 @@ fn raw(socket: &Path, line: &[u8]) -> Result<(Reply, Duration), String> {
     if first.is_empty() {
         return Err(format!("no answer after {took:?}"));
     }
-    let reply = serde_json::from_slice(first).map_err(|e| format!("unreadable answer ({e}): {}", short(&String::from_utf8_lossy(first), 300)))?;
+    let reply = serde_json::from_slice(first)
+        .map_err(|e| format!("unreadable answer ({e}): {}", short(&String::from_utf8_lossy(first), 300)))?;
     Ok((reply, took))
 }
 
@@ -168,7 +168,11 @@ fn pushing_bad_policies_changes_nothing() {
     let dir = TempDir::new();
     let agent = Agent::start(&host.ns, &[&host.iface], Some(&dir.file("good.yaml", GOOD)));
     let pid = agent.pid();
-    assert_eq!(fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "ztagent", "Agent::pid is not the daemon");
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(),
+        "ztagent",
+        "Agent::pid is not the daemon"
+    );
     let before = policy_get(&agent);
     assert_eq!(before["revision"], 1, "{before}");
     assert_eq!(before["policy"]["rules"][0]["name"], "web", "{before}");
@@ -244,9 +248,10 @@ fn pushing_bad_policies_changes_nothing() {
                 "the push was in flight for {:?} and no other client's status request was answered meanwhile",
                 p.work
             ))),
-            Ok(p) if p.slowest > STALL => {
-                failures.push(fail(format!("meanwhile another client waited {:?} for status (stall bound {STALL:?})", p.slowest)))
-            }
+            Ok(p) if p.slowest > STALL => failures.push(fail(format!(
+                "meanwhile another client waited {:?} for status (stall bound {STALL:?})",
+                p.slowest
+            ))),
             Ok(_) => {}
             Err(e) => failures.push(fail(format!("meanwhile another client was not served: {e}"))),
         }
@@ -294,6 +299,10 @@ fn pushing_bad_policies_changes_nothing() {
     let live = agent.cli(&["check", "--src", "10.20.1.7", "--dst", "10.20.2.10", "--port", "443", "-o", "json"]);
     assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
     let v: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
-    assert_eq!((v["verdict"].as_str(), v["rule"].as_str(), v["revision"].as_u64()), (Some("allow"), Some("web"), Some(1)), "{v}");
+    assert_eq!(
+        (v["verdict"].as_str(), v["rule"].as_str(), v["revision"].as_u64()),
+        (Some("allow"), Some("web"), Some(1)),
+        "{v}"
+    );
     assert!(failures.is_empty(), "{} of {} inputs:\n  {}", failures.len(), inputs.len(), failures.join("\n  "));
 }

@@ -22,8 +22,15 @@ fn every_dropper_is_set_up_and_sees_live_traffic() {
     assert!(out.status.success(), "ztbench --compare failed ({}):\n{stdout}\n{stderr}", out.status);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report")).expect("JSON");
     let results = v["results"].as_array().expect("results");
-    for dropper in ["no program", "XDP drop-all", "XDP one LPM lookup", "ztagent", "xdp-filter", "nft netdev ingress", "nft inet input"]
-    {
+    for dropper in [
+        "no program",
+        "XDP drop-all",
+        "XDP one LPM lookup",
+        "ztagent",
+        "xdp-filter",
+        "nft netdev ingress",
+        "nft inet input",
+    ] {
         for traffic in ["denied, one source", "denied, scan from 65,536 sources", "allowed, established"] {
             if dropper == "XDP drop-all" && traffic.starts_with("allowed") {
                 continue;

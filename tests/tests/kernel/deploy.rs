@@ -93,7 +93,11 @@ fn the_daemonset_starts_an_agent_that_enforces_its_configmap() {
         .unwrap()
         .iter()
         .find(|m| {
-            pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == m["name"] && v["configMap"]["name"] == cm["metadata"]["name"])
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == m["name"] && v["configMap"]["name"] == cm["metadata"]["name"])
         })
         .expect("the ConfigMap is mounted");
     let args = strings(&container["args"]);
@@ -116,8 +120,10 @@ fn the_daemonset_starts_an_agent_that_enforces_its_configmap() {
     enforces_example_policy(&agent, &lan);
 
     // The liveness probe, as the kubelet would run it (inside the pod's network namespace).
-    let probe: Vec<String> =
-        strings(&container["livenessProbe"]["exec"]["command"]).iter().map(|a| paths.map(a, configmap.path())).collect();
+    let probe: Vec<String> = strings(&container["livenessProbe"]["exec"]["command"])
+        .iter()
+        .map(|a| paths.map(a, configmap.path()))
+        .collect();
     let out = lan.hosts[0].ns.exec(&probe.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "the liveness probe fails: {}", String::from_utf8_lossy(&out.stderr));
 
@@ -147,8 +153,11 @@ fn the_systemd_unit_starts_an_agent_with_its_default_arguments() {
     let policy_dir = dir.0.join("policy");
     std::fs::create_dir(&policy_dir).unwrap();
     // The example policy, as the unit's comments install it.
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml"), policy_dir.join("policy.yaml"))
-        .unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml"),
+        policy_dir.join("policy.yaml"),
+    )
+    .unwrap();
     let paths = Paths::new();
     let expanded = exec.replace("$ZTAGENT_ARGS", &args);
     let mut argv: Vec<String> = expanded.split_whitespace().map(|a| paths.map(a, &policy_dir)).collect();
@@ -183,7 +192,10 @@ fn the_kubernetes_manifests_pass_offline_schema_validation() {
     }
     // And it refuses what is wrong: the check is not vacuous.
     let bad = TempDir::new();
-    let misspelt = bad.file("bad.yaml", &repo_file("deploy/kubernetes/ztagent.yaml").replace("serviceAccountName:", "serviceAcountName:"));
+    let misspelt = bad.file(
+        "bad.yaml",
+        &repo_file("deploy/kubernetes/ztagent.yaml").replace("serviceAccountName:", "serviceAcountName:"),
+    );
     assert!(k8s::validate_manifests(&[misspelt]).is_err(), "a misspelt DaemonSet field passed the validation");
 }
 
@@ -197,13 +209,17 @@ fn the_daemonset_runs_as_a_service_account_with_read_only_rbac_on_pods_namespace
         assert_eq!(v.len(), 1, "one {k} in the manifest");
         v[0]
     };
-    let (sa, role, binding, ds) = (one("ServiceAccount"), one("ClusterRole"), one("ClusterRoleBinding"), one("DaemonSet"));
+    let (sa, role, binding, ds) =
+        (one("ServiceAccount"), one("ClusterRole"), one("ClusterRoleBinding"), one("DaemonSet"));
     assert!(all("Role").is_empty() && all("RoleBinding").is_empty(), "no namespaced grants beside the ClusterRole");
     // The DaemonSet's pods run as the ServiceAccount.
     assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
     assert_eq!(ds["metadata"]["namespace"], sa["metadata"]["namespace"]);
     // The binding gives that ServiceAccount, and only it, the ClusterRole.
-    assert_eq!(binding["roleRef"], serde_json::json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"] }));
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"] })
+    );
     assert_eq!(
         binding["subjects"],
         serde_json::json!([{ "kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"] }])
@@ -214,7 +230,8 @@ fn the_daemonset_runs_as_a_service_account_with_read_only_rbac_on_pods_namespace
     for rule in role["rules"].as_array().expect("rules") {
         let keys: BTreeSet<&str> = rule.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, BTreeSet::from(["apiGroups", "resources", "verbs"]), "{rule}");
-        let strs = |k: &str| rule[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let strs =
+            |k: &str| rule[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
         for group in strs("apiGroups") {
             for resource in strs("resources") {
                 for verb in strs("verbs") {

@@ -58,9 +58,9 @@ fn matches(e: &Value, want: &[(&str, Value)]) -> bool {
 }
 
 fn find<'a>(evs: &'a [Value], want: &[(&str, Value)]) -> &'a Value {
-    evs.iter()
-        .find(|e| matches(e, want))
-        .unwrap_or_else(|| panic!("no event with {want:?} among:\n{}", evs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))
+    evs.iter().find(|e| matches(e, want)).unwrap_or_else(|| {
+        panic!("no event with {want:?} among:\n{}", evs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    })
 }
 
 #[test]
@@ -79,16 +79,22 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
         ping_ok(&batch.ns, pay.v4);
     }
     // Later fragments without their first; a malformed IPv4 header (IHL 3).
-    python(&front.ns, &format!(
-        "from scapy.all import *\nsend(fragment(IP(dst='{}', id=77)/UDP(dport=53)/Raw(b'x'*2500), fragsize=1000)[1:], verbose=0)",
-        pay.v4
-    ));
+    python(
+        &front.ns,
+        &format!(
+            "from scapy.all import *\nsend(fragment(IP(dst='{}', id=77)/UDP(dport=53)/Raw(b'x'*2500), fragsize=1000)[1:], verbose=0)",
+            pay.v4
+        ),
+    );
     // A raw Ethernet frame (broadcast, so the bridge floods it to payments): IPv4 with IHL 3.
-    python(&attacker.ns, &format!(
-        "import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('{}', 0))\n\
+    python(
+        &attacker.ns,
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('{}', 0))\n\
          s.send(b'\\xff' * 6 + b'\\x02\\x00\\x00\\x00\\x00\\x09' + b'\\x08\\x00' + b'\\x43' + b'\\x00' * 59)",
-        attacker.iface
-    ));
+            attacker.iface
+        ),
+    );
     // An established connection that a push then revokes.
     let mut conn = front.ns.run({
         let dst = SocketAddr::new(pay.v4, 8080);
@@ -116,14 +122,23 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
     let allowed = find(&evs, &[("verdict", s("allowed")), ("dport", 443.into())]);
     assert_eq!((allowed["reason"].clone(), allowed["rule"].clone()), (s("rule"), s("web")));
     assert_eq!((allowed["src_segment"].clone(), allowed["dst_segment"].clone()), (s("frontend"), s("payments")));
-    assert_eq!((allowed["src"].clone(), allowed["proto"].clone(), allowed["direction"].clone()), (s("10.20.1.2"), s("tcp"), s("ingress")));
+    assert_eq!(
+        (allowed["src"].clone(), allowed["proto"].clone(), allowed["direction"].clone()),
+        (s("10.20.1.2"), s("tcp"), s("ingress"))
+    );
     assert_eq!(allowed["iface"], s(&pay.iface));
     let by_rule = find(&evs, &[("verdict", s("denied")), ("dport", 8081.into())]);
     assert_eq!((by_rule["reason"].clone(), by_rule["rule"].clone()), (s("rule"), s("no-admin")));
     let by_default = find(&evs, &[("verdict", s("denied")), ("src", s("fd20:9::2"))]);
-    assert_eq!((by_default["reason"].clone(), by_default["src_segment"].clone(), by_default["rule"].clone()), (s("default"), s("world"), Value::Null));
+    assert_eq!(
+        (by_default["reason"].clone(), by_default["src_segment"].clone(), by_default["rule"].clone()),
+        (s("default"), s("world"), Value::Null)
+    );
     let limited = find(&evs, &[("verdict", s("rate-limited"))]);
-    assert_eq!((limited["rate_limit"].clone(), limited["src_segment"].clone(), limited["proto"].clone()), (s("batch-pings"), s("batch"), s("icmp")));
+    assert_eq!(
+        (limited["rate_limit"].clone(), limited["src_segment"].clone(), limited["proto"].clone()),
+        (s("batch-pings"), s("batch"), s("icmp"))
+    );
     let fragment = find(&evs, &[("reason", s("fragment"))]);
     assert_eq!((fragment["verdict"].clone(), fragment["src_segment"].clone()), (s("denied"), s("frontend")));
     let malformed = find(&evs, &[("reason", s("malformed"))]);
@@ -142,9 +157,12 @@ fn every_kind_of_event_comes_with_its_reason_and_names() {
 /// Sends `n` UDP datagrams from `ns` to `dst:port` as fast as Python can.
 fn flood(ns: &Netns, dst: IpAddr, port: u16, n: usize, distinct_ports: bool) {
     let port_expr = if distinct_ports { format!("{port} + i % 20000") } else { port.to_string() };
-    python(ns, &format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range({n}): s.sendto(b'x', ('{dst}', {port_expr}))"
-    ));
+    python(
+        ns,
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range({n}): s.sendto(b'x', ('{dst}', {port_expr}))"
+        ),
+    );
 }
 
 #[test]
@@ -167,7 +185,11 @@ fn a_flood_of_one_denied_flow_is_a_handful_of_events_that_add_up() {
         total >= sent as u64
     });
     let dropped = agent.counter("drop_default") - before;
-    eprintln!("{sent} datagrams in {secs:.1} s: {} events, counts {:?}", evs.len(), evs.iter().map(|e| &e["count"]).collect::<Vec<_>>());
+    eprintln!(
+        "{sent} datagrams in {secs:.1} s: {} events, counts {:?}",
+        evs.len(),
+        evs.iter().map(|e| &e["count"]).collect::<Vec<_>>()
+    );
     assert_eq!(agent.counter("events_lost"), 0);
     // Every datagram reached the datapath and was denied (the default-deny counter also counts
     // other hosts' chatter, such as IGMP reports: at least), and the events of this one flow
@@ -232,7 +254,11 @@ fn a_slow_client_holds_nobody_up() {
     let rss = || -> u64 {
         let pid = agent.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     };
     let rss_before = rss();
     for round in 0..3 {

@@ -38,10 +38,7 @@ impl Drop for Pins {
 /// Every file pinned under `dir`, recursively.
 fn pinned_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .flat_map(|e| if e.path().is_dir() { pinned_files(&e.path()) } else { vec![e.path()] })
-        .collect()
+    entries.flatten().flat_map(|e| if e.path().is_dir() { pinned_files(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 /// Whether an XDP program is attached to `iface` in `ns`. (This bpftool does not list TCX
@@ -148,11 +145,18 @@ fn an_upgrade_replaces_only_the_maps_whose_layout_changed() {
     // the real one, which the pin no longer names).
     std::fs::remove_file(&ct).unwrap();
     let old = ct.to_str().unwrap();
-    integration_tests::sh(&["bpftool", "map", "create", old, "type", "lru_hash", "key", "40", "value", "8", "entries", "1024", "name", "ZT_CT"]);
+    integration_tests::sh(&[
+        "bpftool", "map", "create", old, "type", "lru_hash", "key", "40", "value", "8", "entries", "1024", "name",
+        "ZT_CT",
+    ]);
     assert_eq!(map_shape(&ct), (8, 1024));
 
     let upgraded = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
-    assert!(upgraded.log().contains("ZT_CT") && upgraded.log().contains("replaced by a new, empty one"), "{}", upgraded.log());
+    assert!(
+        upgraded.log().contains("ZT_CT") && upgraded.log().contains("replaced by a new, empty one"),
+        "{}",
+        upgraded.log()
+    );
     assert_eq!(map_shape(&ct), (value_size, entries), "the conntrack map has this build's layout again");
     assert_eq!(pinned_files(&agent.pins.join("replaced")), Vec::<PathBuf>::new(), "the old map is released");
     // Unchanged maps kept their state: the counters go on from where they were.
@@ -168,7 +172,22 @@ fn an_upgrade_replaces_only_the_maps_whose_layout_changed() {
     upgraded.kill();
     let hosts = agent.pins.join("maps/ZT_HOSTS");
     std::fs::remove_file(&hosts).unwrap();
-    integration_tests::sh(&["bpftool", "map", "create", hosts.to_str().unwrap(), "type", "hash", "key", "20", "value", "4", "entries", "64", "name", "ZT_HOSTS"]);
+    integration_tests::sh(&[
+        "bpftool",
+        "map",
+        "create",
+        hosts.to_str().unwrap(),
+        "type",
+        "hash",
+        "key",
+        "20",
+        "value",
+        "4",
+        "entries",
+        "64",
+        "name",
+        "ZT_HOSTS",
+    ]);
     let again = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
     let log = again.log();
     assert!(log.contains("all of them are") && log.contains("installed again"), "{log}");

@@ -9,10 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-
 use integration_tests::{
-    Agent, ETCD_ADDR, Etcd, EtcdCerts, Lan, Mgmt, Servers, TempDir, broken_ports_policy, fleet_lan, json_of as json, ports_policy, tcp_ok,
-    unique, wait_for,
+    Agent, ETCD_ADDR, Etcd, EtcdCerts, Lan, Mgmt, Servers, TempDir, broken_ports_policy, fleet_lan, json_of as json,
+    ports_policy, tcp_ok, unique, wait_for,
 };
 
 /// Frontend may reach payments (10.20.2.0/24, the three hosts) on these ports.
@@ -44,8 +43,11 @@ impl Fleet {
         let etcd = start(&mgmt);
         let url = etcd.url(&unique("ztagent/t"));
         let servers = lan.hosts[1..].iter().map(|h| Servers::start(&h.ns, &PORTS, &[])).collect();
-        let f = Fleet { lan, mgmt, etcd, url, agents: vec![None, None, None], _servers: servers, files: TempDir::new() };
-        let up = wait_for(Duration::from_secs(30), || f.cli(&[&["fleet", "status", "-o", "json"][..], creds].concat()).status.success());
+        let f =
+            Fleet { lan, mgmt, etcd, url, agents: vec![None, None, None], _servers: servers, files: TempDir::new() };
+        let up = wait_for(Duration::from_secs(30), || {
+            f.cli(&[&["fleet", "status", "-o", "json"][..], creds].concat()).status.success()
+        });
         assert!(up.is_some(), "etcd did not come up:\n{}", f.etcd.log());
         f
     }
@@ -124,7 +126,15 @@ impl Fleet {
         let prefix = self.url.rsplit_once("2379/").map(|(_, p)| p).unwrap().to_string();
         let b64 = |s: &str| integration_tests::sh(&["sh", "-c", &format!("printf %s '{s}' | base64 -w0")]);
         let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(&format!("/{prefix}/policy")), b64(text));
-        let out = self.mgmt.ns.exec(&["curl", "-sf", "-X", "POST", "-d", &body, &format!("http://{ETCD_ADDR}:2379/v3/kv/put")]);
+        let out = self.mgmt.ns.exec(&[
+            "curl",
+            "-sf",
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &format!("http://{ETCD_ADDR}:2379/v3/kv/put"),
+        ]);
         assert!(out.status.success(), "curl put failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -206,7 +216,8 @@ fn cut_off_agents_keep_enforcing_and_catch_up_to_the_newest_revision() {
     for i in 0..3 {
         f.start_agent(i);
     }
-    let agent_rev = |f: &Fleet, i: usize| json(&f.agent(i).cli(&["status", "-o", "json"]))["revision"].as_u64().unwrap();
+    let agent_rev =
+        |f: &Fleet, i: usize| json(&f.agent(i).cli(&["status", "-o", "json"]))["revision"].as_u64().unwrap();
 
     // host0 is cut off from etcd (its management link down); two revisions go by.
     let (ns0, link0) = f.mgmt.links[0].clone();
@@ -239,7 +250,11 @@ fn cut_off_agents_keep_enforcing_and_catch_up_to_the_newest_revision() {
     let args = ["--policy-source", &f.url, "--fleet-host", "host1"];
     let restarted = a.crash_and_restart_with(&h.ns, &[&h.iface], &args);
     f.agents[1] = Some(restarted);
-    assert!(f.enforces(1, &[443, 9443]), "restarted without etcd, host1 does not enforce its last-known-good:\n{}", f.agent(1).log());
+    assert!(
+        f.enforces(1, &[443, 9443]),
+        "restarted without etcd, host1 does not enforce its last-known-good:\n{}",
+        f.agent(1).log()
+    );
     assert_eq!(f.source(1)["connected"].as_bool(), Some(false));
 
     // etcd back: every agent reconnects and converges on the next push.
@@ -311,7 +326,8 @@ fn with_etcd_authentication_on_the_fleet_takes_a_user_and_password() {
         ("auth/user/grant", r#"{"user":"root","role":"root"}"#),
         ("auth/enable", "{}"),
     ] {
-        let out = f.mgmt.ns.exec(&["curl", "-sf", "-X", "POST", "-d", body, &format!("http://{ETCD_ADDR}:2379/v3/{path}")]);
+        let out =
+            f.mgmt.ns.exec(&["curl", "-sf", "-X", "POST", "-d", body, &format!("http://{ETCD_ADDR}:2379/v3/{path}")]);
         assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stdout));
     }
     let creds = ["--etcd-user", "root", "--etcd-password", "s3cret"];

@@ -42,7 +42,8 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
     assert!(!tcp_ok(&client.ns, payments.v4, 8080), "8080 is open before any grant");
 
     let grant = |from: &str, port: &str, d: &str, why: &str| {
-        let out = agent.cli(&["grant", "--from", from, "--to", "payments", "--port", port, "--for", d, "--reason", why]);
+        let out =
+            agent.cli(&["grant", "--from", from, "--to", "payments", "--port", port, "--for", d, "--reason", why]);
         assert!(out.status.success(), "grant: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -62,7 +63,11 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
     let src = client.v4.to_string();
     let check = agent.cli(&["check", "--src", &src, "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
     let v: Value = serde_json::from_slice(&check.stdout).unwrap();
-    assert_eq!((&v["verdict"], &v["rule"], &v["src_segment"]), (&"allow".into(), &"grant-1".into(), &case.identity.into()), "{v}");
+    assert_eq!(
+        (&v["verdict"], &v["rule"], &v["src_segment"]),
+        (&"allow".into(), &"grant-1".into(), &case.identity.into()),
+        "{v}"
+    );
     let mut held = hold_tcp(&client.ns, payments.v4, 8080);
     assert!(echoes(&mut held, ECHO), "the granted connection does not flow");
     let events = agent.events(&["--verdict", "granted"]);
@@ -97,12 +102,18 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
         left = grants(&agent);
     }
     assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!((&left[0]["id"], &left[0]["ports"][0], &left[0]["from"]), (&2.into(), &"9090/tcp".into(), &case.again.1.into()));
+    assert_eq!(
+        (&left[0]["id"], &left[0]["ports"][0], &left[0]["from"]),
+        (&2.into(), &"9090/tcp".into(), &case.again.1.into())
+    );
     let ended = agent.events(&["--verdict", "grant-ended"]);
     assert!(ended.iter().any(|e| e["rule"] == "grant-1" && e["reason"] == "expired"), "{ended:?}");
     // The cut, reported by the kernel while no agent ran, named by the policy that allowed it.
     let cut = agent.events(&["--verdict", "denied"]);
-    assert!(cut.iter().any(|e| e["reason"] == "grant-expired" && e["dport"] == 8080 && e["rule"] == "grant-1"), "{cut:?}");
+    assert!(
+        cut.iter().any(|e| e["reason"] == "grant-expired" && e["dport"] == 8080 && e["rule"] == "grant-1"),
+        "{cut:?}"
+    );
     assert!(tcp_ok(&client.ns, payments.v4, 9090), "the remaining grant does not apply after the restart");
 
     // Revoked early: ends at once.
@@ -113,7 +124,11 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
     let out = agent.cli(&["grants", "--revoke", "2"]);
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: no grant 2 is in force");
     let out = agent.cli(&["grant", "--from", "nowhere", "--to", "payments", "--for", "1m", "--reason", "x"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown segment `nowhere`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown segment `nowhere`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = agent.cli(&["grant", "--from", "10.20.9.2/24", "--to", "payments", "--for", "1m", "--reason", "x"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),

@@ -122,7 +122,10 @@ fn account(c: &Corpus, d: &BTreeMap<String, u64>, problems: &mut Vec<String>) {
     };
     check(c.frames.len() >= 1000, format!("only {} frames in the corpus", c.frames.len()));
     for (counter, label) in [("drop_malformed", "malformed"), ("drop_fragment", "fragment"), ("drop_rule", "rule")] {
-        check(d[counter] == c.count(label) as u64, format!("{counter} counted {} for {} {label} frames", d[counter], c.count(label)));
+        check(
+            d[counter] == c.count(label) as u64,
+            format!("{counter} counted {} for {} {label} frames", d[counter], c.count(label)),
+        );
     }
     // Default denials: at least (replies the server's egress denies count there too).
     check(
@@ -225,7 +228,13 @@ impl Sniffer {
                 // struct tpacket_stats { tp_packets, tp_drops }: frames the socket lost.
                 let mut stats = [0u32; 2];
                 let mut len = std::mem::size_of_val(&stats) as libc::socklen_t;
-                libc::getsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, stats.as_mut_ptr().cast(), &mut len);
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    stats.as_mut_ptr().cast(),
+                    &mut len,
+                );
                 (seen, stats[1])
             }
         });
@@ -296,7 +305,16 @@ impl Corpus {
 
 /// Generates the corpus of `family` in `ns` and sends it on `iface` to `dst_mac`.
 #[allow(clippy::too_many_arguments)]
-fn send_corpus(ns: &Netns, iface: &str, family: u8, role: u8, dst_mac: &str, src: IpAddr, dst: IpAddr, allowed: bool) -> Corpus {
+fn send_corpus(
+    ns: &Netns,
+    iface: &str,
+    family: u8,
+    role: u8,
+    dst_mac: &str,
+    src: IpAddr,
+    dst: IpAddr,
+    allowed: bool,
+) -> Corpus {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hostile/corpus.py");
     let args = [
         family.to_string(),
@@ -442,19 +460,33 @@ fn hostile_frames_from_a_denied_segment_reach_nothing_and_are_all_counted() {
         );
         if got != visible {
             let diff: Vec<_> = got.symmetric_difference(&visible).map(|&i| &c.frames[i as usize]).collect();
-            problems.push(format!("IPv{}: without the agent the packet socket saw other frames than expected: {diff:?}", c.family));
+            problems.push(format!(
+                "IPv{}: without the agent the packet socket saw other frames than expected: {diff:?}",
+                c.family
+            ));
         }
     }
     for c in &direct {
         let got = marked(&seen, ROLE_ATTACKER_LINK, c.family, |s| s.pkttype != PACKET_OUTGOING);
-        eprintln!("IPv{} over the direct link: the server's packet socket saw {} of {} frames", c.family, got.len(), c.frames.len());
+        eprintln!(
+            "IPv{} over the direct link: the server's packet socket saw {} of {} frames",
+            c.family,
+            got.len(),
+            c.frames.len()
+        );
         if !got.is_empty() {
-            problems.push(format!("IPv{}: frames from the denied segment reached the server: {:?}", c.family, c.kinds_of(&got)));
+            problems.push(format!(
+                "IPv{}: frames from the denied segment reached the server: {:?}",
+                c.family,
+                c.kinds_of(&got)
+            ));
         }
     }
     for (c, d) in &switched {
         let got = marked(&seen, ROLE_ATTACKER_SWITCH, c.family, |s| s.pkttype != PACKET_OUTGOING);
-        let on_link = marked(&delivered, ROLE_ATTACKER_SWITCH, c.family, |s| s.ifindex == switch_port && s.pkttype == PACKET_OUTGOING);
+        let on_link = marked(&delivered, ROLE_ATTACKER_SWITCH, c.family, |s| {
+            s.ifindex == switch_port && s.pkttype == PACKET_OUTGOING
+        });
         let all: BTreeSet<u16> = (0..c.frames.len() as u16).collect();
         let lost: Vec<u16> = all.difference(&on_link).copied().collect();
         let drops: u64 = DROPS.iter().map(|k| d[*k]).sum();
@@ -488,10 +520,19 @@ fn hostile_frames_from_a_denied_segment_reach_nothing_and_are_all_counted() {
         }
         // Not a vacuous pass: the switch delivers nearly all of the corpus.
         if on_link.len() * 10 < c.frames.len() * 9 {
-            problems.push(format!("IPv{}: the switch delivered only {} of {} frames", c.family, on_link.len(), c.frames.len()));
+            problems.push(format!(
+                "IPv{}: the switch delivered only {} of {} frames",
+                c.family,
+                on_link.len(),
+                c.frames.len()
+            ));
         }
         if drops < on_link.len() as u64 {
-            problems.push(format!("IPv{} through the switch: {drops} drops counted for {} frames delivered", c.family, on_link.len()));
+            problems.push(format!(
+                "IPv{} through the switch: {drops} drops counted for {} frames delivered",
+                c.family,
+                on_link.len()
+            ));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
@@ -550,10 +591,18 @@ fn from_an_allowed_segment_only_the_well_formed_allowed_frames_reach_the_server(
             extra.len()
         );
         if !missing.is_empty() {
-            problems.push(format!("IPv{}: well-formed allowed frames did not reach the server: {:?}", c.family, c.kinds_of(&missing)));
+            problems.push(format!(
+                "IPv{}: well-formed allowed frames did not reach the server: {:?}",
+                c.family,
+                c.kinds_of(&missing)
+            ));
         }
         if !extra.is_empty() {
-            problems.push(format!("IPv{}: frames that must be dropped reached the server: {:?}", c.family, c.kinds_of(&extra)));
+            problems.push(format!(
+                "IPv{}: frames that must be dropped reached the server: {:?}",
+                c.family,
+                c.kinds_of(&extra)
+            ));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
@@ -582,7 +631,8 @@ impl Scan {
 /// A TCP SYN scan of the server from `ns`, parsed from nmap's greppable output.
 fn nmap(ns: &Netns, dst: IpAddr) -> Scan {
     let addr = dst.to_string();
-    let mut args = vec!["nmap", "-n", "-Pn", "-sS", "-p", SCAN_PORTS, "-T4", "--max-retries", "1", "--host-timeout", "60s"];
+    let mut args =
+        vec!["nmap", "-n", "-Pn", "-sS", "-p", SCAN_PORTS, "-T4", "--max-retries", "1", "--host-timeout", "60s"];
     args.extend(["--min-rate", "3000", "-oG", "-"]);
     if dst.is_ipv6() {
         args.push("-6");
@@ -631,13 +681,19 @@ fn scan_expecting(ns: &Netns, dst: IpAddr, open: &BTreeSet<u16>, what: &str) -> 
     let mut found = BTreeSet::new();
     for attempt in 1..=3 {
         let s = nmap(ns, dst);
-        eprintln!("{what} -> {dst}: open {:?}, closed {:?}, other {:?}, in {:.1} s", s.open, s.closed, s.others, s.secs);
+        eprintln!(
+            "{what} -> {dst}: open {:?}, closed {:?}, other {:?}, in {:.1} s",
+            s.open, s.closed, s.others, s.secs
+        );
         assert!(s.open.is_subset(open), "{what} found ports open on {dst} beyond {open:?}: {:?}", s.open);
         found.extend(s.open.iter().copied());
         if &found == open {
             return Scan { open: found, ..s };
         }
-        eprintln!("{what} -> {dst}: scan {attempt} missed {:?} (machine busy?): scanning again", open.difference(&found).collect::<Vec<_>>());
+        eprintln!(
+            "{what} -> {dst}: scan {attempt} missed {:?} (machine busy?): scanning again",
+            open.difference(&found).collect::<Vec<_>>()
+        );
     }
     panic!("{what} did not find {:?} open on {dst} in three scans", open.difference(&found).collect::<Vec<_>>());
 }
@@ -659,7 +715,10 @@ fn a_port_scan_finds_exactly_the_allowed_ports() {
     let mut attacker_probes = 0;
     for dst in [pay.v4, pay.v6] {
         let s = nmap(&attacker.ns, dst);
-        eprintln!("attacker -> {dst}: open {:?}, closed {:?}, other {:?}, in {:.1} s", s.open, s.closed, s.others, s.secs);
+        eprintln!(
+            "attacker -> {dst}: open {:?}, closed {:?}, other {:?}, in {:.1} s",
+            s.open, s.closed, s.others, s.secs
+        );
         assert!(s.open.is_empty(), "the attacker found open ports on {dst}: {:?}", s.open);
         // Not even a reset: the server's stack never saw a probe.
         assert!(s.closed.is_empty(), "the attacker got answers from {dst} (closed ports): {:?}", s.closed);
@@ -696,7 +755,11 @@ fn send_raw(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
             sa.sll_family = libc::AF_PACKET as u16;
             sa.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
             assert!(sa.sll_ifindex > 0, "no interface {iface:?}");
-            let rc = libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_ll).cast(), std::mem::size_of_val(&sa) as libc::socklen_t);
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of_val(&sa) as libc::socklen_t,
+            );
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
             for f in frames {
                 let n = libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0);
@@ -791,8 +854,11 @@ fn the_parser_limits_are_the_documented_ones() {
     let (s6, d6): ([u8; 16], [u8; 16]) = (octets(front.v6).try_into().unwrap(), octets(pay.v6).try_into().unwrap());
     let (s4, d4): ([u8; 4], [u8; 4]) = (octets(front.v4).try_into().unwrap(), octets(pay.v4).try_into().unwrap());
     // n destination-options headers (8 bytes each), then TCP.
-    let chain = |n: usize| -> Vec<u8> { (0..n).flat_map(|i| [if i + 1 < n { 60u8 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]).collect() };
-    let v6_with = |n: usize| cat(&[&eth(&[], ETH_IPV6), &ipv6(s6, d6, 60, &chain(n), &tcp(41000 + n as u16, 443, TCP_SYN))]);
+    let chain = |n: usize| -> Vec<u8> {
+        (0..n).flat_map(|i| [if i + 1 < n { 60u8 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]).collect()
+    };
+    let v6_with =
+        |n: usize| cat(&[&eth(&[], ETH_IPV6), &ipv6(s6, d6, 60, &chain(n), &tcp(41000 + n as u16, 443, TCP_SYN))]);
     // An allowed SYN whose IP length ends 4 bytes into the TCP header; the rest of the header
     // follows in the frame.
     let mut v4_short = cat(&[&eth(&[], ETH_IP), &ipv4(s4, d4, 6, &[], 0, &tcp(42000, 443, TCP_SYN))]);
@@ -804,7 +870,11 @@ fn the_parser_limits_are_the_documented_ones() {
         ("IPv6, 7 extension headers", v6_with(7), true),
         ("IPv6, 8 extension headers", v6_with(8), true),
         ("IPv6, 9 extension headers", v6_with(9), false),
-        ("IPv4 allowed SYN, whole", cat(&[&eth(&[], ETH_IP), &ipv4(s4, d4, 6, &[], 0, &tcp(42002, 443, TCP_SYN))]), true),
+        (
+            "IPv4 allowed SYN, whole",
+            cat(&[&eth(&[], ETH_IP), &ipv4(s4, d4, 6, &[], 0, &tcp(42002, 443, TCP_SYN))]),
+            true,
+        ),
         ("IPv4 allowed SYN, total length ending 4 bytes into TCP", v4_short, false),
         ("IPv6 allowed SYN, payload length 4", v6_short, false),
     ];

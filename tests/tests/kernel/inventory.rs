@@ -42,8 +42,13 @@ fn count_in(ns: &Netns, payments: &str) {
     for port in ["443", "8443"] {
         let name = format!("p{port}");
         nft(&["add", "counter", "inet", "ztc", &name]);
-        nft(&["add", "rule", "inet", "ztc", "out", "ip", "daddr", payments, "tcp", "dport", port, "counter", "name", &name]);
-        nft(&["add", "rule", "inet", "ztc", "in", "ip", "saddr", payments, "tcp", "sport", port, "counter", "name", &name]);
+        nft(&[
+            "add", "rule", "inet", "ztc", "out", "ip", "daddr", payments, "tcp", "dport", port, "counter", "name",
+            &name,
+        ]);
+        nft(&[
+            "add", "rule", "inet", "ztc", "in", "ip", "saddr", payments, "tcp", "sport", port, "counter", "name", &name,
+        ]);
     }
 }
 
@@ -73,7 +78,12 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let lan = Lan::four_hosts();
     let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
     let dir = TempDir::new();
-    let agent = Agent::start_with(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)), &["--metrics-addr", "127.0.0.1:9470"]);
+    let agent = Agent::start_with(
+        &pay.ns,
+        &[&pay.iface],
+        Some(&dir.file("p.yaml", POLICY)),
+        &["--metrics-addr", "127.0.0.1:9470"],
+    );
     let _srv = Servers::start(&pay.ns, &[443, 8443, 9443], &[53, 9999]);
 
     count_in(&front.ns, &pay.v4.to_string());
@@ -166,13 +176,23 @@ fn the_inventory_lists_exactly_what_was_seen() {
     let out = agent.cli(&["policy", "suggest"]);
     assert!(out.status.success(), "suggest: {}", String::from_utf8_lossy(&out.stderr));
     let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(suggested.contains("# learned from 3 flows") || suggested.contains("# learned from 4 flows"), "{suggested}");
+    assert!(
+        suggested.contains("# learned from 3 flows") || suggested.contains("# learned from 4 flows"),
+        "{suggested}"
+    );
     assert!(suggested.contains("allowed nothing in the window: none"), "{suggested}");
     let file = dir.file("suggested.yaml", &suggested);
     let check = std::process::Command::new(bin("ztagent")).args(["policy", "validate"]).arg(&file).output().unwrap();
-    assert!(check.status.success(), "the suggestion does not validate:\n{}\n{suggested}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "the suggestion does not validate:\n{}\n{suggested}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     agent.push(&file);
-    assert!(tcp_ok(&front.ns, pay.v4, 443) && tcp_ok(&front.ns, pay.v4, 8443), "an observed flow is denied:\n{suggested}");
+    assert!(
+        tcp_ok(&front.ns, pay.v4, 443) && tcp_ok(&front.ns, pay.v4, 8443),
+        "an observed flow is denied:\n{suggested}"
+    );
     assert!(udp_ok(&batch.ns, pay.v4, 53), "the observed UDP flow is denied:\n{suggested}");
     assert!(!tcp_ok(&front.ns, pay.v4, 9443), "a port nobody used is still allowed:\n{suggested}");
     assert!(!udp_ok(&attacker.ns, pay.v4, 9999), "what was only ever denied is allowed:\n{suggested}");

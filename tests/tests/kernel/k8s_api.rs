@@ -41,12 +41,20 @@ fn served() -> Vec<Value> {
         pod("x", "b", json!({ "pod": "b" }), &["10.0.1.2", "fd00::2"], &ports),
         pod("y", "a", json!({ "pod": "a" }), &["10.0.2.1"], &ports),
         network_policy("x", "deny-all", json!({ "podSelector": {}, "policyTypes": ["Ingress"] })),
-        network_policy("x", "allow-from-y", json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+        network_policy(
+            "x",
+            "allow-from-y",
+            json!({ "podSelector": { "matchLabels": { "pod": "a" } },
             "ingress": [ { "from": [ { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "y" } } } ],
-                           "ports": [ { "port": "serve-80-tcp" }, { "protocol": "UDP", "port": 80 } ] } ] })),
-        network_policy("y", "egress-ip", json!({ "podSelector": {}, "policyTypes": ["Egress"],
+                           "ports": [ { "port": "serve-80-tcp" }, { "protocol": "UDP", "port": 80 } ] } ] }),
+        ),
+        network_policy(
+            "y",
+            "egress-ip",
+            json!({ "podSelector": {}, "policyTypes": ["Egress"],
             "egress": [ { "to": [ { "ipBlock": { "cidr": "10.0.0.0/8", "except": ["10.0.1.0/24"] } } ],
-                          "ports": [ { "port": 5000, "endPort": 5010 } ] } ] })),
+                          "ports": [ { "port": 5000, "endPort": 5010 } ] } ] }),
+        ),
     ]
 }
 
@@ -162,7 +170,13 @@ fn snapshots_follow_the_api_server() {
 
     // A change the reader does not see (a status condition): no snapshot. The next snapshot
     // is the next real change, a policy deleted.
-    let mut p = pod("x", "a", json!({ "pod": "a" }), &["10.0.1.1"], &[(80, "serve-80-tcp", "TCP"), (80, "serve-80-udp", "UDP")]);
+    let mut p = pod(
+        "x",
+        "a",
+        json!({ "pod": "a" }),
+        &["10.0.1.1"],
+        &[(80, "serve-80-tcp", "TCP"), (80, "serve-80-udp", "UDP")],
+    );
     p["status"]["conditions"][0]["status"] = json!("False");
     fake.apply(p);
     std::thread::sleep(DEBOUNCE * 5);
@@ -221,7 +235,11 @@ fn nothing_is_sent_before_every_resource_is_listed() {
     let mut source = Source::start(&fake);
     let first = source.next_ok();
     assert_eq!(policy_ids(&first), ["x/allow-from-y", "x/deny-all", "y/egress-ip"]);
-    assert!(fake.lists("networkpolicies") >= 3, "{} lists of networkpolicies, two refused", fake.lists("networkpolicies"));
+    assert!(
+        fake.lists("networkpolicies") >= 3,
+        "{} lists of networkpolicies, two refused",
+        fake.lists("networkpolicies")
+    );
 }
 
 #[test]
@@ -250,7 +268,11 @@ fn client_configuration_errors_are_one_sentence() {
     // The tests never run in a pod: there is no service account.
     assert!(std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(), "the tests run in a pod");
     let e = error(ApiConfig { kubeconfig: None });
-    assert!(e.starts_with("cannot use the in-cluster service account (") && e.ends_with("outside a cluster, give --kubeconfig PATH"), "{e}");
+    assert!(
+        e.starts_with("cannot use the in-cluster service account (")
+            && e.ends_with("outside a cluster, give --kubeconfig PATH"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -274,9 +296,13 @@ fn shop_pod(name: &str, app: &str, v4: &str, v6: &str) -> Value {
 
 /// Payments admits the pods labelled `app: frontend`, on its named port `https`.
 fn payments_policy() -> Value {
-    network_policy("shop", "payments-from-frontend", json!({
+    network_policy(
+        "shop",
+        "payments-from-frontend",
+        json!({
         "podSelector": { "matchLabels": { "app": "payments" } },
-        "ingress": [ { "from": [ { "podSelector": { "matchLabels": { "app": "frontend" } } } ], "ports": [ { "port": "https" } ] } ] }))
+        "ingress": [ { "from": [ { "podSelector": { "matchLabels": { "app": "frontend" } } } ], "ports": [ { "port": "https" } ] } ] }),
+    )
 }
 
 #[test]
@@ -298,19 +324,33 @@ fn network_policies_from_the_api_are_enforced_and_follow_its_changes() {
     let files = TempDir::new();
     let kubeconfig = fake.kubeconfig(&files.0);
     // No native policy: the NetworkPolicies alone.
-    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-api", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    let agent = Agent::start_with(
+        &payments.ns,
+        &[&payments.iface],
+        None,
+        &["--k8s-api", "--kubeconfig", kubeconfig.to_str().unwrap()],
+    );
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check = |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
+    let check =
+        |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
 
     // The first snapshot is in force from the start: frontend in, batch and the attacker out.
     assert_only_frontend_reaches_payments(&lan, &agent);
     let k = status()["k8s_source"].clone();
     assert_eq!((k["source"].as_str(), k["up_to_date"].as_bool()), (Some("api"), Some(true)), "{k}");
     assert_eq!(k["dir"].as_str(), Some(format!("http://{}/", fake.addr).as_str()), "{k}");
-    assert_eq!((k["files"].as_u64(), k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()), (Some(5), Some(3), Some(6), Some(1)), "{k}");
+    assert_eq!(
+        (k["files"].as_u64(), k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()),
+        (Some(5), Some(3), Some(6), Some(1)),
+        "{k}"
+    );
     let c = check("10.20.1.2");
-    assert_eq!((c["verdict"].as_str(), c["src_pod"].as_str(), c["dst_pod"].as_str()), (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")), "{c}");
+    assert_eq!(
+        (c["verdict"].as_str(), c["src_pod"].as_str(), c["dst_pod"].as_str()),
+        (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")),
+        "{c}"
+    );
     let out = agent.cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("kubernetes objects from the API server http://{}/ (up to date): 5 objects, 1 namespaces, 3 pods (6 addresses), 1 NetworkPolicies", fake.addr)), "{text}");
@@ -334,12 +374,18 @@ fn network_policies_from_the_api_are_enforced_and_follow_its_changes() {
 
     // A broken object is kept out: its error, naming it, in status; what is in force stays.
     fake.apply(payments_policy());
-    assert!(wait_for(WAIT, || !tcp_ok(&attacker.ns, payments.v4, 443)).is_some(), "the policy created again is not enforced");
+    assert!(
+        wait_for(WAIT, || !tcp_ok(&attacker.ns, payments.v4, 443)).is_some(),
+        "the policy created again is not enforced"
+    );
     fake.apply(pod("shop", "broken", json!({}), &["10.20.9.300"], &[]));
     let rejected = wait_for(WAIT, || status()["k8s_source"]["up_to_date"] == false);
     assert!(rejected.is_some(), "the broken object was not noticed:\n{}", agent.log());
     let message = status()["k8s_source"]["last_rejection"]["message"].as_str().unwrap_or_default().to_string();
-    assert!(message.starts_with("api:pods/shop/broken:") && message.contains(": error: `10.20.9.300` is not an IP address"), "{message}");
+    assert!(
+        message.starts_with("api:pods/shop/broken:") && message.contains(": error: `10.20.9.300` is not an IP address"),
+        "{message}"
+    );
     assert!(tcp_ok(&batch.ns, payments.v4, 443), "the broken version changed what is enforced");
     assert!(!tcp_ok(&attacker.ns, payments.v4, 443));
     fake.delete("pods", "shop", "broken");

@@ -65,7 +65,12 @@ impl<'t> Enforcement<'t> {
         let agent = if WIRED {
             let native = scratch.file("native.yaml", "version: 1\n");
             let dir = objects.path().to_str().expect("a UTF-8 path").to_string();
-            Agent::start_with(&topo.node, &[], Some(native.as_path()), &["--iface-pattern", &topo.iface_pattern(), "--k8s-objects", &dir])
+            Agent::start_with(
+                &topo.node,
+                &[],
+                Some(native.as_path()),
+                &["--iface-pattern", &topo.iface_pattern(), "--k8s-objects", &dir],
+            )
         } else {
             let native = scratch.file("native.yaml", NO_NETWORKPOLICY);
             Agent::start(&topo.node, &topo.node_ifaces(), Some(native.as_path()))
@@ -181,8 +186,12 @@ fn the_case_files_and_the_cluster_objects_pass_schema_validation() {
     // kubernetes-validate has no schema for a `v1 List`: its items go one document each.
     let mut cluster = Cluster::upstream();
     files.push(dir.file("cluster.yaml", &cluster.to_documents()));
-    cluster.set_pod_labels(1, [("pod".to_string(), "b".to_string()), ("pod2".to_string(), "updated".to_string())].into());
-    cluster.set_namespace_labels(1, [("kubernetes.io/metadata.name".into(), "y".into()), ("ns2".into(), "updated".into())].into());
+    cluster
+        .set_pod_labels(1, [("pod".to_string(), "b".to_string()), ("pod2".to_string(), "updated".to_string())].into());
+    cluster.set_namespace_labels(
+        1,
+        [("kubernetes.io/metadata.name".into(), "y".into()), ("ns2".into(), "updated".into())].into(),
+    );
     files.push(dir.file("cluster-relabelled.yaml", &cluster.to_documents()));
     assert!(files.len() > 44, "{} files", files.len());
     if let Err(report) = k8s::validate_manifests(&files) {
@@ -205,7 +214,10 @@ fn the_cluster_objects_read_back_as_kubectl_prints_them() {
     assert_eq!(items.len(), 12);
     for (i, pod) in items[..9].iter().enumerate() {
         let name = k8s::pod_name(i);
-        assert_eq!(format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap(), pod["metadata"]["name"].as_str().unwrap()), name);
+        assert_eq!(
+            format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap(), pod["metadata"]["name"].as_str().unwrap()),
+            name
+        );
         assert_eq!(pod["status"]["podIP"], k8s::pod_ip(i).to_string());
         assert_eq!(pod["status"]["podIPs"][0]["ip"], k8s::pod_ip(i).to_string());
         assert_eq!(pod["metadata"]["labels"]["pod"], name.split('/').nth(1).unwrap());
@@ -224,5 +236,8 @@ fn the_cluster_objects_read_back_as_kubectl_prints_them() {
         assert_eq!(ns["kind"], "Namespace");
         assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], k8s::NAMESPACES[n]);
     }
-    assert!(text.contains("kubernetes.io/metadata.name: \"y\"\n"), "YAML 1.1's boolean `y` is quoted, as kubectl quotes it");
+    assert!(
+        text.contains("kubernetes.io/metadata.name: \"y\"\n"),
+        "YAML 1.1's boolean `y` is quoted, as kubectl quotes it"
+    );
 }

@@ -6,8 +6,8 @@
 use std::{fs, time::Duration};
 
 use integration_tests::{
-    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json, shop_pods as pods, tcp_ok,
-    wait_for,
+    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json,
+    shop_pods as pods, tcp_ok, wait_for,
 };
 
 /// The protocol property, not a speed figure: the agent takes a change of the directory up on
@@ -27,26 +27,43 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check = |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
+    let check =
+        |src: &str| json(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
 
     // Real traffic: frontend in, batch and the attacker (no pod) out; 8443 is not `https`.
     assert_only_frontend_reaches_payments(&lan, &agent);
     let k = status()["k8s_source"].clone();
     assert_eq!((k["dir"].as_str(), k["up_to_date"].as_bool()), (Some(dir.as_str()), Some(true)), "{k}");
-    assert_eq!((k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()), (Some(3), Some(6), Some(1)), "{k}");
+    assert_eq!(
+        (k["pods"].as_u64(), k["pod_addresses"].as_u64(), k["network_policies"].as_u64()),
+        (Some(3), Some(6), Some(1)),
+        "{k}"
+    );
 
     // `check` and events name the pods beside the segments.
     let c = check("10.20.1.2");
-    assert_eq!((c["verdict"].as_str(), c["src_pod"].as_str(), c["dst_pod"].as_str()), (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")), "{c}");
+    assert_eq!(
+        (c["verdict"].as_str(), c["src_pod"].as_str(), c["dst_pod"].as_str()),
+        (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")),
+        "{c}"
+    );
     assert!(c["rule"].as_str().unwrap().contains("shop/payments-from-frontend"), "{c}");
     let c = check("10.20.9.2");
     assert_eq!((c["verdict"].as_str(), c["src_pod"].is_null()), (Some("deny"), true), "{c}");
     let allowed = wait_for(Duration::from_secs(5), || {
-        agent.events(&["--verdict", "allowed"]).iter().any(|e| e["src_pod"] == "shop/frontend-0" && e["dst_pod"] == "shop/payments-0")
+        agent
+            .events(&["--verdict", "allowed"])
+            .iter()
+            .any(|e| e["src_pod"] == "shop/frontend-0" && e["dst_pod"] == "shop/payments-0")
     });
     assert!(allowed.is_some(), "no allowed event names the pods: {:?}", agent.events(&[]));
     let denied = agent.events(&["--verdict", "denied"]);
-    assert!(denied.iter().any(|e| e["src"] == "10.20.3.2" && e["src_pod"] == "shop/batch-0" && e["dst_pod"] == "shop/payments-0"), "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["src"] == "10.20.3.2" && e["src_pod"] == "shop/batch-0" && e["dst_pod"] == "shop/payments-0"),
+        "{denied:?}"
+    );
     let revision = status()["revision"].as_u64().unwrap();
 
     // Labels change in the directory, nothing is pushed: batch is the frontend now.
@@ -70,10 +87,15 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
 
     // Time-bound grants under Kubernetes inputs: between segments they add up like a native
     // allow; from an address block they are refused, with the reason.
-    let grant = |from: &str| agent.cli(&["grant", "--from", from, "--to", "*", "--port", "8443/tcp", "--for", "5m", "--reason", "k8s test"]);
+    let grant = |from: &str| {
+        agent.cli(&["grant", "--from", from, "--to", "*", "--port", "8443/tcp", "--for", "5m", "--reason", "k8s test"])
+    };
     let refused = grant("10.20.9.0/24");
     let message = String::from_utf8_lossy(&refused.stderr).into_owned();
-    assert!(!refused.status.success() && message.contains("cannot apply while Kubernetes inputs are in force"), "{message}");
+    assert!(
+        !refused.status.success() && message.contains("cannot apply while Kubernetes inputs are in force"),
+        "{message}"
+    );
     assert!(!tcp_ok(&attacker.ns, payments.v4, 8443));
     let given = grant("scanners");
     assert!(given.status.success(), "{}", String::from_utf8_lossy(&given.stderr));

@@ -58,7 +58,10 @@ fn well_formed_packets_are_judged_through_vlan_options_and_extension_headers() {
     assert_eq!(dp.run(INGRESS, &with_opts(443)), XDP_PASS);
     assert_eq!(dp.run(INGRESS, &with_opts(22)), XDP_DROP);
     // IPv6 extension headers (hop-by-hop, destination options, routing) are walked.
-    let ext = [60u8, 0, 1, 4, 0, 0, 0, 0, /* dst opts -> routing */ 43, 0, 1, 4, 0, 0, 0, 0, /* routing -> tcp */ 6, 0, 0, 0, 0, 0, 0, 0];
+    let ext = [
+        60u8, 0, 1, 4, 0, 0, 0, 0, /* dst opts -> routing */ 43, 0, 1, 4, 0, 0, 0, 0, /* routing -> tcp */ 6,
+        0, 0, 0, 0, 0, 0, 0,
+    ];
     let v6pkt = |src, port| cat(&[&eth(&[], ETH_IPV6), &ipv6(src, v6(0x10, 2), 0, &ext, &tcp(40003, port, TCP_SYN))]);
     assert_eq!(dp.run(INGRESS, &v6pkt(v6(5, 1), 443)), XDP_PASS);
     assert_eq!(dp.run(INGRESS, &v6pkt(v6(5, 1), 22)), XDP_DROP);
@@ -102,7 +105,10 @@ fn malformed_and_truncated_packets_are_dropped_and_counted() {
     cases.push(("overlapping fragment", cat(&[&eth(&[], ETH_IP), &ipv4(FRONT, PAY, 6, &[], 1, &[0u8; 16])])));
     // Nine hop-by-hop headers: longer than the bounded walk.
     let chain: Vec<u8> = (0..9).flat_map(|i| [if i < 8 { 0u8 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]).collect();
-    cases.push(("IPv6 extension chain too long", cat(&[&eth(&[], ETH_IPV6), &ipv6(v6(5, 1), v6(0x10, 2), 0, &chain, &tcp(1, 443, TCP_SYN))])));
+    cases.push((
+        "IPv6 extension chain too long",
+        cat(&[&eth(&[], ETH_IPV6), &ipv6(v6(5, 1), v6(0x10, 2), 0, &chain, &tcp(1, 443, TCP_SYN))]),
+    ));
     let mut short6 = cat(&[&eth(&[], ETH_IPV6), &ipv6(v6(5, 1), v6(0x10, 2), 6, &[], &tcp(1, 443, TCP_SYN))]);
     short6.truncate(14 + 40 + 6);
     cases.push(("IPv6 payload truncated", short6));
@@ -134,7 +140,10 @@ fn icmp_errors_of_tracked_flows_pass() {
     dp.apply(POLICY);
     let router = [10, 20, 9, 1];
     // Track frontend:40000 -> payments:443.
-    assert_eq!(dp.run(INGRESS, &cat(&[&eth(&[], ETH_IP), &ipv4(FRONT, PAY, 6, &[], 0, &tcp(40000, 443, TCP_SYN))])), XDP_PASS);
+    assert_eq!(
+        dp.run(INGRESS, &cat(&[&eth(&[], ETH_IP), &ipv4(FRONT, PAY, 6, &[], 0, &tcp(40000, 443, TCP_SYN))])),
+        XDP_PASS
+    );
     // "Fragmentation needed" from a router, quoting a packet of the flow (either direction).
     let frag_needed = |inner_src, inner_dst, sport, dport| {
         let quoted = ipv4(inner_src, inner_dst, 6, &[], 0, &tcp(sport, dport, 0x10)[..8]);

@@ -63,7 +63,9 @@ impl Metrics {
         self.samples
             .iter()
             .filter(|((n, _), _)| n == name)
-            .map(|((_, l), v)| (l.iter().cloned().collect(), v.parse().unwrap_or_else(|e| panic!("{name} = {v:?}: {e}"))))
+            .map(|((_, l), v)| {
+                (l.iter().cloned().collect(), v.parse().unwrap_or_else(|e| panic!("{name} = {v:?}: {e}")))
+            })
             .collect()
     }
 }
@@ -83,7 +85,8 @@ fn parse_sample(line: &str) -> ((String, Vec<(String, String)>), String) {
             }
             let eq = r.find('=').unwrap_or_else(|| panic!("bad labels in {line:?}"));
             let key = r[..eq].to_string();
-            let mut chars = r[eq + 1..].strip_prefix('"').unwrap_or_else(|| panic!("bad label value in {line:?}")).char_indices();
+            let mut chars =
+                r[eq + 1..].strip_prefix('"').unwrap_or_else(|| panic!("bad label value in {line:?}")).char_indices();
             let mut value = String::new();
             let end = loop {
                 match chars.next() {
@@ -114,7 +117,8 @@ fn scrape(ns: &Netns) -> Metrics {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in:\n{raw}"));
     assert!(head.starts_with("HTTP/1.1 200 "), "metrics answered:\n{raw}");
     assert!(
-        head.lines().any(|l| l.to_ascii_lowercase().starts_with("content-type: application/openmetrics-text; version=1.0.0")),
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("content-type: application/openmetrics-text; version=1.0.0")),
         "content type:\n{head}"
     );
     assert!(body.ends_with("# EOF\n"), "the exposition does not end with # EOF:\n{body}");
@@ -140,7 +144,12 @@ fn status_counters(s: &Value) -> BTreeMap<String, u64> {
 }
 
 fn status_limit<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["limits"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("no limit {name} in {s}"))
+    s["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no limit {name} in {s}"))
 }
 
 /// A scrape and a `status` taken at the same moment: the status is read between two scrapes
@@ -241,7 +250,8 @@ fn read_event_files(path: &Path) -> Vec<Value> {
     for p in event_files(path) {
         let text = fs::read_to_string(&p).unwrap_or_default();
         for (i, line) in text.lines().enumerate() {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: not JSON ({e}): {line:?}", p.display(), i + 1));
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: not JSON ({e}): {line:?}", p.display(), i + 1));
             assert!(v.is_object(), "{}:{}: not an object: {line}", p.display(), i + 1);
             out.push(v);
         }
@@ -310,11 +320,7 @@ fn kernel_matches_events(m: &Metrics) -> Result<(), String> {
         *by_verdict.entry(l["verdict"].clone()).or_default() += v;
     }
     let kernel = |outcome: &str| m.u("ztagent_packets_total", &[("outcome", outcome)]);
-    let pairs = [
-        ("allowed", "pass_policy"),
-        ("denied", "drop_default"),
-        ("rate-limited", "drop_rate_limit"),
-    ];
+    let pairs = [("allowed", "pass_policy"), ("denied", "drop_default"), ("rate-limited", "drop_rate_limit")];
     for (verdict, outcome) in pairs {
         let (events, counter) = (by_verdict.get(verdict).copied().unwrap_or(0), kernel(outcome));
         if events != counter {
@@ -351,7 +357,10 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     assert_counters_agree(&m0, &s0);
     assert_eq!(m0.u("ztagent_policy_revision", &[]), 1, "revision before any push");
     let pushed1 = m0.f("ztagent_policy_last_push_timestamp_seconds", &[]).expect("no last push time after --policy");
-    assert!(pushed1 >= started - 0.01 && pushed1 <= unix_now() + 0.01, "last push {pushed1}, agent started at {started}");
+    assert!(
+        pushed1 >= started - 0.01 && pushed1 <= unix_now() + 0.01,
+        "last push {pushed1}, agent started at {started}"
+    );
 
     // The traffic.
     for i in 0..N {
@@ -365,7 +374,10 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     assert_eq!(transmitted, PINGS as u64);
     // A burst of 2, then 1 a second (ping waits a second for the last replies).
     let most = 2 + secs.ceil() as u64;
-    assert!((1..=most).contains(&received), "{received} of {transmitted} pings in {secs:.1} s passed a limit of 1/s, burst 2");
+    assert!(
+        (1..=most).contains(&received),
+        "{received} of {transmitted} pings in {secs:.1} s passed a limit of 1/s, burst 2"
+    );
     let limited = transmitted - received;
     // The flood's and the SYNs' last packets are reported by the sweep once their aggregate has
     // been idle for a second.
@@ -434,13 +446,24 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     let mut ours = got.clone();
     ours.remove(&chatter_key);
     assert_eq!(ours, want, "ztagent_event_packets_total");
-    assert!(chatter <= evs.iter().filter(|r| is_igmp_chatter(r)).map(|r| r["count"].as_u64().unwrap()).sum(), "IGMP packets counted vs reported");
+    assert!(
+        chatter <= evs.iter().filter(|r| is_igmp_chatter(r)).map(|r| r["count"].as_u64().unwrap()).sum(),
+        "IGMP packets counted vs reported"
+    );
     if let Err(e) = kernel_matches_events(&m) {
         panic!("{e}");
     }
     let kernel = |outcome: &str| m.u("ztagent_packets_total", &[("outcome", outcome)]);
-    assert_eq!(kernel("pass_policy"), N as u64 + 1, "pass_policy: the first packet of each allowed flow (the pings are one)");
-    assert_eq!(kernel("drop_default"), (M + K) as u64 + chatter, "drop_default: the denied packets sent, and the IGMP reports");
+    assert_eq!(
+        kernel("pass_policy"),
+        N as u64 + 1,
+        "pass_policy: the first packet of each allowed flow (the pings are one)"
+    );
+    assert_eq!(
+        kernel("drop_default"),
+        (M + K) as u64 + chatter,
+        "drop_default: the denied packets sent, and the IGMP reports"
+    );
     assert_eq!(kernel("drop_rate_limit"), limited, "drop_rate_limit");
     assert_eq!(delta["pass_policy"], N as u64 + 1);
     assert_eq!(delta["drop_rate_limit"], limited);
@@ -451,7 +474,9 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     assert_eq!(m.u("ztagent_events_lost_total", &[]), 0);
 
     // The kernel's per-CPU counters by source segment: every packet, also of tracked flows.
-    let seg = |segment: &str, outcome: &str| m.u("ztagent_segment_packets_total", &[("segment", segment), ("outcome", outcome)]);
+    let seg = |segment: &str, outcome: &str| {
+        m.u("ztagent_segment_packets_total", &[("segment", segment), ("outcome", outcome)])
+    };
     assert_eq!(seg("frontend", "denied"), M as u64, "frontend's denied SYNs");
     assert_eq!(seg("batch", "rate_limited"), 18, "batch's pings over the limit");
     // Each of the N connections: its SYN, the handshake's ACK, at least the close (payments
@@ -464,7 +489,11 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     let st = status_limit(&s, "batch-pings");
     let dropped = m.u("ztagent_rate_limit_dropped_packets_total", &[("limit", "batch-pings")]);
     let passed = m.u("ztagent_rate_limit_passed_packets_total", &[("limit", "batch-pings")]);
-    assert_eq!((dropped, passed), (st["packets_dropped"].as_u64().unwrap(), st["packets_passed"].as_u64().unwrap()), "limit vs status {st}");
+    assert_eq!(
+        (dropped, passed),
+        (st["packets_dropped"].as_u64().unwrap(), st["packets_passed"].as_u64().unwrap()),
+        "limit vs status {st}"
+    );
     assert_eq!((dropped, passed), (limited, received), "the limit's counts vs the pings");
     assert_eq!(m.family("ztagent_rate_limit_dropped_packets_total").len(), 1, "one limit in force");
 
@@ -483,7 +512,12 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
         evs.len(),
         counts_by_verdict(&evs)
     );
-    assert!(file == evs, "the events file and `events -o json` differ:\n--- file\n{}\n--- events\n{}", show(&file), show(&evs));
+    assert!(
+        file == evs,
+        "the events file and `events -o json` differ:\n--- file\n{}\n--- events\n{}",
+        show(&file),
+        show(&evs)
+    );
     assert!(file.iter().all(|r| r.get("missed").is_none()), "the file writer missed records");
     let by_verdict = counts_by_verdict(&file);
     let chatter_in_file: u64 = file.iter().filter(|r| is_igmp_chatter(r)).map(|r| r["count"].as_u64().unwrap()).sum();
@@ -504,12 +538,23 @@ fn the_endpoint_counts_what_was_sent_and_agrees_with_status_and_the_events_file(
     let after_push = unix_now();
     let m2 = scrape(&pay.ns);
     let pushed2 = m2.f("ztagent_policy_last_push_timestamp_seconds", &[]).expect("no last push time after a push");
-    eprintln!("push: revision {} -> {}, last push {pushed1:.3} -> {pushed2:.3}", 1, m2.u("ztagent_policy_revision", &[]));
+    eprintln!(
+        "push: revision {} -> {}, last push {pushed1:.3} -> {pushed2:.3}",
+        1,
+        m2.u("ztagent_policy_revision", &[])
+    );
     assert_eq!(m2.u("ztagent_policy_revision", &[]), 2);
     assert_eq!(status(&agent)["revision"], 2);
     assert!(pushed2 > pushed1, "the last push time did not advance: {pushed1} -> {pushed2}");
-    assert!(pushed2 >= before_push - 0.01 && pushed2 <= after_push + 0.01, "push at {pushed2}, between {before_push} and {after_push}");
-    assert_eq!(m2.u("ztagent_rate_limit_dropped_packets_total", &[("limit", "batch-pings")]), dropped, "an unchanged limit keeps its counts");
+    assert!(
+        pushed2 >= before_push - 0.01 && pushed2 <= after_push + 0.01,
+        "push at {pushed2}, between {before_push} and {after_push}"
+    );
+    assert_eq!(
+        m2.u("ztagent_rate_limit_dropped_packets_total", &[("limit", "batch-pings")]),
+        dropped,
+        "an unchanged limit keeps its counts"
+    );
 }
 
 #[test]
@@ -547,7 +592,10 @@ fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them()
         }
     };
     let counters = status_counters(&s);
-    let counted = m.u("ztagent_event_packets_total", &[("src_segment", "world"), ("dst_segment", "payments"), ("verdict", "denied")]);
+    let counted = m.u(
+        "ztagent_event_packets_total",
+        &[("src_segment", "world"), ("dst_segment", "payments"), ("verdict", "denied")],
+    );
     eprintln!(
         "tiny ring: {FLOWS} flows sent, {} denied during the flood ({denied} since the start), {delivered} events delivered, \
          {lost} lost (status: {}), {counted} packets counted from events; same moment after {attempts} attempt(s)",
@@ -558,7 +606,10 @@ fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them()
     assert!(lost > 0, "no event was lost through a 4 KiB ring buffer");
     assert_eq!(lost, counters["events_lost"]);
     assert!(delivered > 0, "no event got through at all");
-    assert_eq!(counters.iter().filter(|(k, _)| k.starts_with("drop_") && *k != "drop_default").map(|(_, v)| v).sum::<u64>(), 0);
+    assert_eq!(
+        counters.iter().filter(|(k, _)| k.starts_with("drop_") && *k != "drop_default").map(|(_, v)| v).sum::<u64>(),
+        0
+    );
     assert_eq!(counters["pass_policy"], 0, "nothing was allowed");
     // Every event here is a denial, and each datagram of the flood is the first of its flow: one
     // event each, delivered or lost. The IGMP reports (a few, see `is_igmp_chatter`) are the
@@ -567,7 +618,10 @@ fn a_tiny_ring_buffer_loses_events_and_both_status_and_the_endpoint_count_them()
         delivered + lost <= denied && delivered + lost + 8 >= denied,
         "{delivered} events delivered + {lost} lost for {denied} packets denied"
     );
-    assert!(denied - (counters["drop_default"] - before["drop_default"]) <= 8, "denials before the flood: only IGMP reports");
+    assert!(
+        denied - (counters["drop_default"] - before["drop_default"]) <= 8,
+        "denials before the flood: only IGMP reports"
+    );
     assert!(counted <= delivered && counted > 0, "{counted} packets counted from {delivered} events");
 }
 
@@ -613,7 +667,12 @@ fn the_events_file_rotates_and_keeps_every_record() {
         assert!(*size > 0, "{name} is empty");
     }
     // No record lost or added: the files, oldest first, are exactly the events kept.
-    assert!(file == evs, "the files and `events -o json` differ:\n--- files\n{}\n--- events\n{}", show(&file), show(&evs));
+    assert!(
+        file == evs,
+        "the files and `events -o json` differ:\n--- files\n{}\n--- events\n{}",
+        show(&file),
+        show(&evs)
+    );
     // One record per flow sent; anything else is the LAN's IGMP reports.
     let (ours, others): (Vec<&Value>, Vec<&Value>) = file.iter().partition(|r| r["dst_segment"] == "payments");
     let mut ports: Vec<u64> = ours.iter().map(|r| r["dport"].as_u64().unwrap()).collect();

@@ -176,12 +176,17 @@ fn pods_are_attached_cleaned_up_and_adopted() {
         let i = listed(&agent, &pod.veth).unwrap_or_else(|| panic!("{} not adopted: {}", pod.veth, status(&agent)));
         assert_eq!((i["ingress"].as_str(), i["egress"].as_str()), (Some("adopted"), Some("adopted")), "{i}");
     }
-    let mut want: Vec<String> = [&a.veth, &b.veth].iter().flat_map(|v| [format!("tc-egress@{v}"), format!("xdp@{v}")]).collect();
+    let mut want: Vec<String> =
+        [&a.veth, &b.veth].iter().flat_map(|v| [format!("tc-egress@{v}"), format!("xdp@{v}")]).collect();
     want.sort();
     assert_eq!(link_pins(&agent.pins), want, "only the present pods' pins");
     let indexes = source_ifindexes(&agent.pins);
     assert!(!indexes.contains(&d_index), "sources of {} (gone while no agent ran) left: {indexes:?}", d_index);
-    assert_eq!(indexes, { let mut v = vec![node.ifindex(&a.veth), node.ifindex(&b.veth)]; v.sort(); v });
+    assert_eq!(indexes, {
+        let mut v = vec![node.ifindex(&a.veth), node.ifindex(&b.veth)];
+        v.sort();
+        v
+    });
     assert!(echoes(&mut held, ECHO), "the established connection after the restart");
     assert!(tcp_ok(&a.ns, b.v4, 80), "a -> b after the restart");
     assert!(!tcp_ok(&b.ns, a.v4, 81), "b -> a still denied after the restart");
@@ -242,15 +247,25 @@ fn forged_sources_are_dropped_and_reported() {
     // Raw frames from pod a to pod b's 7000/udp, to the node's MAC on a's veth.
     let mac = node.mac(&a.veth);
     let me = [0x02, 0, 0, 0, 0, 0xaa];
-    let send4 = |src: &str| send_frame(&a.ns, "eth0", frame::udp4_frame(mac, me, v4(src.parse().unwrap()), v4(b.v4), 7000, b"spoof"));
-    let send6 = |src: &str| send_frame(&a.ns, "eth0", frame::udp6_frame(mac, me, v6(src.parse().unwrap()), v6(b.v6), 7000, b"spoof"));
-    let delivered = |before: u64, n: u64| wait_for(Duration::from_secs(5), || servers.udp_count(7000) >= before + n).is_some();
+    let send4 = |src: &str| {
+        send_frame(&a.ns, "eth0", frame::udp4_frame(mac, me, v4(src.parse().unwrap()), v4(b.v4), 7000, b"spoof"))
+    };
+    let send6 = |src: &str| {
+        send_frame(&a.ns, "eth0", frame::udp6_frame(mac, me, v6(src.parse().unwrap()), v6(b.v6), 7000, b"spoof"))
+    };
+    let delivered =
+        |before: u64, n: u64| wait_for(Duration::from_secs(5), || servers.udp_count(7000) >= before + n).is_some();
 
     // The same frames from the real addresses are delivered: the frames are sound.
     let before = servers.udp_count(7000);
     send4("10.77.0.1");
     send6("fd77::1");
-    assert!(delivered(before, 2), "real-source frames not delivered ({} of 2):\n{}", servers.udp_count(7000) - before, agent.log());
+    assert!(
+        delivered(before, 2),
+        "real-source frames not delivered ({} of 2):\n{}",
+        servers.udp_count(7000) - before,
+        agent.log()
+    );
 
     // Forged: an address of `trusted` (which the policy would let reach b), and b's own.
     let spoofed_before = agent.counter("drop_spoofed");
@@ -263,7 +278,12 @@ fn forged_sources_are_dropped_and_reported() {
         send6(forged[3]);
     }
     let counted = wait_for(WITHIN, || agent.counter("drop_spoofed") >= spoofed_before + 20);
-    assert!(counted.is_some(), "drop_spoofed {} (before {spoofed_before}):\n{}", agent.counter("drop_spoofed"), agent.log());
+    assert!(
+        counted.is_some(),
+        "drop_spoofed {} (before {spoofed_before}):\n{}",
+        agent.counter("drop_spoofed"),
+        agent.log()
+    );
     // Give any that slipped through time to arrive: none may.
     send4("10.77.0.1");
     assert!(delivered(before, 1), "the real-source frame after the forged ones");
@@ -272,10 +292,7 @@ fn forged_sources_are_dropped_and_reported() {
 
     let events = agent.events(&["--verdict", "denied"]);
     for src in forged {
-        let e = events
-            .iter()
-            .filter(|e| e["reason"] == "spoofed" && e["src"] == src)
-            .collect::<Vec<_>>();
+        let e = events.iter().filter(|e| e["reason"] == "spoofed" && e["src"] == src).collect::<Vec<_>>();
         assert!(!e.is_empty(), "no spoofed event from {src}: {events:?}");
         assert!(e.iter().all(|e| e["iface"] == a.veth.as_str() && e["direction"] == "ingress"), "{e:?}");
         let count: u64 = e.iter().map(|e| e["count"].as_u64().unwrap()).sum();
@@ -298,7 +315,11 @@ fn forged_sources_are_dropped_and_reported() {
     assert!(wait_for(WITHIN, || !has_source(&agent, &a.veth, "10.77.0.1/32")).is_some(), "{}", status(&agent));
     let (spoofed, before) = (agent.counter("drop_spoofed"), servers.udp_count(7000));
     send4("10.77.0.1");
-    assert!(wait_for(WITHIN, || agent.counter("drop_spoofed") > spoofed).is_some(), "no route, no source:\n{}", agent.log());
+    assert!(
+        wait_for(WITHIN, || agent.counter("drop_spoofed") > spoofed).is_some(),
+        "no route, no source:\n{}",
+        agent.log()
+    );
     node.ns.ip(&["route", "add", "10.77.0.1/32", "dev", &a.veth]);
     assert!(wait_for(WITHIN, || has_source(&agent, &a.veth, "10.77.0.1/32")).is_some(), "{}", status(&agent));
     send4("10.77.0.1");
@@ -307,7 +328,10 @@ fn forged_sources_are_dropped_and_reported() {
 
     // The metrics' outcome and the text status name the counter.
     let text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
-    assert!(text.contains("drop_spoofed") && text.contains(&format!("interface {} (pattern {pattern}, guarded)", a.veth)), "{text}");
+    assert!(
+        text.contains("drop_spoofed") && text.contains(&format!("interface {} (pattern {pattern}, guarded)", a.veth)),
+        "{text}"
+    );
 }
 
 /// The packets the spoofed events from `srcs` stand for, once they add up to `want` (the sweep

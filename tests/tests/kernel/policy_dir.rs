@@ -2,14 +2,11 @@
 //! way the kubelet does a ConfigMap volume: each version is applied within seconds, a broken
 //! one is rejected (the policy in force stays, `status` and the log say why, with positions),
 //! and a broken directory at startup falls back to the last-known-good policy.
-use std::{
-    fs,
-    path::Path,
-    process::Output,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Output, time::Duration};
 
-use integration_tests::{Agent, ConfigMap, Lan, Servers, broken_ports_policy, json_of as json, ports_policy, sh, tcp_ok, wait_for};
+use integration_tests::{
+    Agent, ConfigMap, Lan, Servers, broken_ports_policy, json_of as json, ports_policy, sh, tcp_ok, wait_for,
+};
 
 /// Version `n` of the policy: frontend may reach payments on these TCP ports.
 fn policy(ports: &[u16]) -> String {
@@ -123,9 +120,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
     assert!(agent.log().contains("at startup is rejected"), "{}", agent.log());
     assert!(!reach(443), "traffic passed with no valid policy");
     cm.publish(&policy(&[443]));
-    let applied = wait_for(PICKED_UP, || {
-        revision_of(&agent.cli(&["policy", "get", "-o", "json"])) == Some(1)
-    });
+    let applied = wait_for(PICKED_UP, || revision_of(&agent.cli(&["policy", "get", "-o", "json"])) == Some(1));
     assert!(applied.is_some(), "the first valid version was not applied:\n{}", agent.log());
     assert!(reach(443) && !reach(8443));
 
@@ -144,9 +139,7 @@ fn a_broken_directory_at_startup_is_reported_and_the_last_known_good_policy_kept
 
     // And the next valid version is applied.
     cm.publish(&policy(&[443, 8443]));
-    let applied = wait_for(PICKED_UP, || {
-        revision_of(&again.cli(&["policy", "get", "-o", "json"])) == Some(2)
-    });
+    let applied = wait_for(PICKED_UP, || revision_of(&again.cli(&["policy", "get", "-o", "json"])) == Some(2));
     assert!(applied.is_some(), "version not applied after the fallback:\n{}", again.log());
     assert!(reach(8443));
     drop(again);

@@ -64,13 +64,21 @@ fn address_scope_gives_each_address_its_own_budget() {
     let mut dp = Loaded::new(&Limits::default());
     dp.apply(&POLICY.replace("burst: 20 }", "burst: 5 }\n    scope: address"));
     assert!((5..=6).contains(&burst(&mut dp, [10, 20, 1, 5], 40000, 20)));
-    assert!((5..=6).contains(&burst(&mut dp, [10, 20, 1, 6], 40000, 20)), "a second address shared the first one's bucket");
+    assert!(
+        (5..=6).contains(&burst(&mut dp, [10, 20, 1, 6], 40000, 20)),
+        "a second address shared the first one's bucket"
+    );
 }
 
 #[test]
 fn new_connections_have_their_own_bucket() {
     let mut dp = Loaded::new(&Limits::default());
-    dp.apply(&POLICY.replace("packets: { rate: 10, per: second, burst: 20 }", "connections: { rate: 1, per: minute, burst: 3 }"));
+    dp.apply(
+        &POLICY.replace(
+            "packets: { rate: 10, per: second, burst: 20 }",
+            "connections: { rate: 1, per: minute, burst: 3 }",
+        ),
+    );
     // Three new connections pass, the fourth is refused...
     let syns: Vec<u32> = (0..4).map(|i| dp.run(INGRESS, &packet([10, 20, 1, 5], 41000 + i, TCP_SYN))).collect();
     assert_eq!(syns, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP]);

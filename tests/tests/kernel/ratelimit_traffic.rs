@@ -340,56 +340,84 @@ fn packets_rate_and_burst_are_accurate_under_5x_overload_from_two_cpus() {
     std::thread::sleep(Duration::from_millis(500)); // idle: the bucket refills (400 in 0.2 s)
 
     // --- 1. sustained rate: 2 x 5000/s from two CPUs and two addresses, batch 1000/s ---
-    let (f_sent, f_errors, f_recv, b_sent, b_recv, window, admitted_rate, drops, dropped, passed, rcvbuf_errors, fast) = retry(|| {
-        let (f0, b0) = (sink_f.count(), sink_b.count());
-        let (drops0, errs0) = (agent.counter("drop_rate_limit"), udp_rcvbuf_errors(&pay.ns));
-        let stats0 = limit(&agent, "frontend-packets");
-        let start_at = mono() + 0.5;
-        let per_sender = (RATE * 2.5 * SECS) as u64; // 5000/s each: together 5x the limit
-        let mut senders = Senders::new();
-        for (cpu, bind) in [(0, front.v4.to_string()), (1, FRONT2.to_string())] {
-            let phase = json!({"bind": bind, "port": 5301, "socks": 4, "count": per_sender, "rate": RATE * 2.5});
-            senders.spawn(&front.ns, Some(cpu), UDP_SENDER, &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}));
-        }
-        let phase = json!({"bind": batch.v4.to_string(), "port": 5302, "socks": 1, "count": (1000.0 * SECS) as u64, "rate": 1000});
-        senders.spawn(&batch.ns, None, UDP_SENDER, &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}));
-        let reports = senders.join(Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(300)); // the tail: the servers drain their sockets
-        let (f_recv, b_recv) = (sink_f.count() - f0, sink_b.count() - b0);
-        let drops = agent.counter("drop_rate_limit") - drops0;
-        let rcvbuf_errors = udp_rcvbuf_errors(&pay.ns) - errs0;
-        let stats1 = limit(&agent, "frontend-packets");
-        let passed = u64_of(&stats1, "packets_passed") - u64_of(&stats0, "packets_passed");
-        let dropped = u64_of(&stats1, "packets_dropped") - u64_of(&stats0, "packets_dropped");
+    let (f_sent, f_errors, f_recv, b_sent, b_recv, window, admitted_rate, drops, dropped, passed, rcvbuf_errors, fast) =
+        retry(|| {
+            let (f0, b0) = (sink_f.count(), sink_b.count());
+            let (drops0, errs0) = (agent.counter("drop_rate_limit"), udp_rcvbuf_errors(&pay.ns));
+            let stats0 = limit(&agent, "frontend-packets");
+            let start_at = mono() + 0.5;
+            let per_sender = (RATE * 2.5 * SECS) as u64; // 5000/s each: together 5x the limit
+            let mut senders = Senders::new();
+            for (cpu, bind) in [(0, front.v4.to_string()), (1, FRONT2.to_string())] {
+                let phase = json!({"bind": bind, "port": 5301, "socks": 4, "count": per_sender, "rate": RATE * 2.5});
+                senders.spawn(
+                    &front.ns,
+                    Some(cpu),
+                    UDP_SENDER,
+                    &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}),
+                );
+            }
+            let phase = json!({"bind": batch.v4.to_string(), "port": 5302, "socks": 1, "count": (1000.0 * SECS) as u64, "rate": 1000});
+            senders.spawn(
+                &batch.ns,
+                None,
+                UDP_SENDER,
+                &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}),
+            );
+            let reports = senders.join(Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(300)); // the tail: the servers drain their sockets
+            let (f_recv, b_recv) = (sink_f.count() - f0, sink_b.count() - b0);
+            let drops = agent.counter("drop_rate_limit") - drops0;
+            let rcvbuf_errors = udp_rcvbuf_errors(&pay.ns) - errs0;
+            let stats1 = limit(&agent, "frontend-packets");
+            let passed = u64_of(&stats1, "packets_passed") - u64_of(&stats0, "packets_passed");
+            let dropped = u64_of(&stats1, "packets_dropped") - u64_of(&stats0, "packets_dropped");
 
-        let (fr, br) = (&reports[..2], &reports[2][0]);
-        let f_sent: u64 = fr.iter().map(|r| u64_of(&r[0], "sent")).sum();
-        let f_errors: u64 = fr.iter().map(|r| u64_of(&r[0], "errors")).sum();
-        let first = fr.iter().map(|r| f64_of(&r[0], "t_first")).fold(f64::MAX, f64::min);
-        let last = fr.iter().map(|r| f64_of(&r[0], "t_last")).fold(f64::MIN, f64::max);
-        let window = last - first;
-        let offered = f_sent as f64 / window;
-        let admitted_rate = (f_recv as f64 - BURST) / window;
-        let b_sent = u64_of(br, "sent");
-        eprintln!(
-            "packets: frontend sent {f_sent} ({f_errors} send errors) in {window:.3} s from 2 CPUs = {offered:.0}/s offered \
+            let (fr, br) = (&reports[..2], &reports[2][0]);
+            let f_sent: u64 = fr.iter().map(|r| u64_of(&r[0], "sent")).sum();
+            let f_errors: u64 = fr.iter().map(|r| u64_of(&r[0], "errors")).sum();
+            let first = fr.iter().map(|r| f64_of(&r[0], "t_first")).fold(f64::MAX, f64::min);
+            let last = fr.iter().map(|r| f64_of(&r[0], "t_last")).fold(f64::MIN, f64::max);
+            let window = last - first;
+            let offered = f_sent as f64 / window;
+            let admitted_rate = (f_recv as f64 - BURST) / window;
+            let b_sent = u64_of(br, "sent");
+            eprintln!(
+                "packets: frontend sent {f_sent} ({f_errors} send errors) in {window:.3} s from 2 CPUs = {offered:.0}/s offered \
              ({:.2}x the limit); payments received {f_recv}; admitted rate (received - burst) / window = {admitted_rate:.1}/s \
              (limit {RATE}/s, {:+.2}%); over a nominal 5 s: {:.1}/s; expected burst + rate * window = {:.0}",
-            offered / RATE,
-            (admitted_rate / RATE - 1.0) * 100.0,
-            (f_recv as f64 - BURST) / SECS,
-            BURST + RATE * window,
-        );
-        eprintln!(
-            "packets: datapath passed {passed}, dropped {dropped}, drop_rate_limit +{drops}, payments UDP RcvbufErrors +{rcvbuf_errors}; \
+                offered / RATE,
+                (admitted_rate / RATE - 1.0) * 100.0,
+                (f_recv as f64 - BURST) / SECS,
+                BURST + RATE * window,
+            );
+            eprintln!(
+                "packets: datapath passed {passed}, dropped {dropped}, drop_rate_limit +{drops}, payments UDP RcvbufErrors +{rcvbuf_errors}; \
              batch sent {b_sent} ({} errors), received {b_recv}",
-            u64_of(br, "errors")
-        );
-        // Whether the senders were fast enough for the exact judgment (speed, not correctness).
-        let fast = offered >= 4.5 * RATE && (SECS - 0.1..SECS + 0.5).contains(&window);
-        let why = format!("the senders offered {offered:.0}/s over {window:.3} s, not >= 4.5x {RATE}/s over ~{SECS} s");
-        ((f_sent, f_errors, f_recv, b_sent, b_recv, window, admitted_rate, drops, dropped, passed, rcvbuf_errors, fast), fast.then_some(()).ok_or(why))
-    });
+                u64_of(br, "errors")
+            );
+            // Whether the senders were fast enough for the exact judgment (speed, not correctness).
+            let fast = offered >= 4.5 * RATE && (SECS - 0.1..SECS + 0.5).contains(&window);
+            let why =
+                format!("the senders offered {offered:.0}/s over {window:.3} s, not >= 4.5x {RATE}/s over ~{SECS} s");
+            (
+                (
+                    f_sent,
+                    f_errors,
+                    f_recv,
+                    b_sent,
+                    b_recv,
+                    window,
+                    admitted_rate,
+                    drops,
+                    dropped,
+                    passed,
+                    rcvbuf_errors,
+                    fast,
+                ),
+                fast.then_some(()).ok_or(why),
+            )
+        });
     assert_eq!(f_errors, 0, "frontend send errors");
     assert_eq!(rcvbuf_errors, 0, "payments' sockets lost datagrams: the counts would not measure the limit");
     assert_eq!(b_recv, b_sent, "batch (no limit) lost datagrams while frontend was limited");
@@ -415,7 +443,12 @@ fn packets_rate_and_burst_are_accurate_under_5x_overload_from_two_cpus() {
         let (drops0, errs0) = (agent.counter("drop_rate_limit"), udp_rcvbuf_errors(&pay.ns));
         let mut senders = Senders::new();
         let phase = json!({"bind": front.v4.to_string(), "port": 5301, "socks": 1, "count": 1000, "rate": 0});
-        senders.spawn(&front.ns, Some(0), UDP_SENDER, &json!({"dst": pay.v4.to_string(), "start_at": 0.0, "phases": [phase]}));
+        senders.spawn(
+            &front.ns,
+            Some(0),
+            UDP_SENDER,
+            &json!({"dst": pay.v4.to_string(), "start_at": 0.0, "phases": [phase]}),
+        );
         let r = senders.join(Duration::from_secs(10))[0][0].clone();
         std::thread::sleep(Duration::from_millis(300));
         let got = sink_f.count() - f0;
@@ -434,7 +467,10 @@ fn packets_rate_and_burst_are_accurate_under_5x_overload_from_two_cpus() {
         );
         let fast = elapsed < 0.1;
         let sent = u64_of(&r, "sent");
-        ((sent, got, drops, rcvbuf_errors, elapsed, burst, fast), fast.then_some(()).ok_or(format!("1000 datagrams took {elapsed:.3} s to send, not back to back")))
+        (
+            (sent, got, drops, rcvbuf_errors, elapsed, burst, fast),
+            fast.then_some(()).ok_or(format!("1000 datagrams took {elapsed:.3} s to send, not back to back")),
+        )
     });
     assert_eq!(sent, 1000);
     assert_eq!(rcvbuf_errors, 0, "payments' socket lost datagrams: the count would not measure the limit");
@@ -572,9 +608,15 @@ fn scope_address_gives_each_address_its_own_budget() {
         let drops0 = agent.counter("drop_rate_limit");
         let before = [sinks[0].count(), sinks[1].count()];
         let mut senders = Senders::new();
-        let phases: Vec<Value> =
-            (0..2).map(|i| json!({"bind": addrs[i].to_string(), "port": ports[i], "socks": 1, "count": 100, "rate": 0})).collect();
-        senders.spawn(&front.ns, Some(0), UDP_SENDER, &json!({"dst": pay.v4.to_string(), "start_at": 0.0, "phases": phases}));
+        let phases: Vec<Value> = (0..2)
+            .map(|i| json!({"bind": addrs[i].to_string(), "port": ports[i], "socks": 1, "count": 100, "rate": 0}))
+            .collect();
+        senders.spawn(
+            &front.ns,
+            Some(0),
+            UDP_SENDER,
+            &json!({"dst": pay.v4.to_string(), "start_at": 0.0, "phases": phases}),
+        );
         let r = senders.join(Duration::from_secs(10)).remove(0);
         std::thread::sleep(Duration::from_millis(200));
         let drops = agent.counter("drop_rate_limit") - drops0;
@@ -615,7 +657,12 @@ fn scope_address_gives_each_address_its_own_budget() {
         let mut senders = Senders::new();
         for i in 0..2 {
             let phase = json!({"bind": addrs[i].to_string(), "port": ports[i], "socks": 2, "count": (RATE * 5.0 * SECS) as u64, "rate": RATE * 5.0});
-            senders.spawn(&front.ns, Some(i), UDP_SENDER, &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}));
+            senders.spawn(
+                &front.ns,
+                Some(i),
+                UDP_SENDER,
+                &json!({"dst": pay.v4.to_string(), "start_at": start_at, "phases": [phase]}),
+            );
         }
         let reports = senders.join(Duration::from_secs(15));
         std::thread::sleep(Duration::from_millis(200));
@@ -625,7 +672,9 @@ fn scope_address_gives_each_address_its_own_budget() {
         let slow: Vec<String> = (0..2)
             .map(|i| (i, &reports[i][0]))
             .map(|(i, r)| (i, f64_of(r, "t_last") - f64_of(r, "t_first"), u64_of(r, "sent")))
-            .filter(|(_, window, sent)| !(*sent as f64 / window >= 4.5 * RATE && (SECS - 0.1..SECS + 0.5).contains(window)))
+            .filter(|(_, window, sent)| {
+                !(*sent as f64 / window >= 4.5 * RATE && (SECS - 0.1..SECS + 0.5).contains(window))
+            })
             .map(|(i, window, sent)| format!("{} offered {:.1}/s over {window:.3} s", addrs[i], sent as f64 / window))
             .collect();
         ((reports, got, drops, stats), if slow.is_empty() { Ok(()) } else { Err(slow.join("; ")) })
@@ -652,7 +701,10 @@ fn scope_address_gives_each_address_its_own_budget() {
             assert_within_bounds(got, u64_of(r, "sent"), BURST, RATE, window, &addrs[i].to_string());
         }
     }
-    eprintln!("address concurrent: total {total}, drop_rate_limit +{drops}, address buckets {}", stats["address_buckets"]);
+    eprintln!(
+        "address concurrent: total {total}, drop_rate_limit +{drops}, address buckets {}",
+        stats["address_buckets"]
+    );
     let sent: u64 = reports.iter().map(|r| u64_of(&r[0], "sent")).sum();
     assert_eq!(drops + total, sent, "received {total} + dropped {drops} != {sent} sent");
     assert!(u64_of(&stats, "address_buckets") >= 2, "fewer than two per-address buckets: {stats}");

@@ -72,7 +72,8 @@ fn twenty_restarts_leave_no_gap_and_no_hole() {
             let f = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on this thread only.
             assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
-            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+            let mut s =
+                TcpStream::connect_timeout(&dst, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(STALL)).unwrap();
             let mut r = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
@@ -136,9 +137,15 @@ fn twenty_restarts_leave_no_gap_and_no_hole() {
     assert!(echoed_during > 0, "no line was echoed while the agents were being restarted");
     assert!(e.len() >= target, "the stream did not go on after the restarts");
     assert!(denied.iter().all(|(_, n)| *n == 0), "the datapath dropped packets of the established stream: {denied:?}");
-    assert!(passed >= e.len() as u64, "frontend's passed packets ({passed}) do not cover the stream's {} lines", e.len());
+    assert!(
+        passed >= e.len() as u64,
+        "frontend's passed packets ({passed}) do not cover the stream's {} lines",
+        e.len()
+    );
     // The last agent adopted everything and still takes pushes.
     let status: serde_json::Value = serde_json::from_slice(&agent.cli(&["status", "-o", "json"]).stdout).unwrap();
     assert_eq!(status["interfaces"][0]["ingress"], "adopted");
-    assert!(agent.push(&dir.file("p2.yaml", &POLICY.replace("443/tcp", "443/tcp\", \"8443/tcp"))).starts_with("revision 2"));
+    assert!(
+        agent.push(&dir.file("p2.yaml", &POLICY.replace("443/tcp", "443/tcp\", \"8443/tcp"))).starts_with("revision 2")
+    );
 }

@@ -12,7 +12,11 @@ use ztagent::{
 };
 
 #[derive(Parser)]
-#[command(name = "ztagent", version, about = "Zero-trust enforcement agent: identity microsegmentation in the kernel (XDP + TC)")]
+#[command(
+    name = "ztagent",
+    version,
+    about = "Zero-trust enforcement agent: identity microsegmentation in the kernel (XDP + TC)"
+)]
 pub struct Cli {
     /// The agent's control socket.
     #[arg(long, global = true, env = "ZTAGENT_SOCKET", default_value = control::DEFAULT_SOCKET)]
@@ -399,8 +403,10 @@ pub struct EtcdAuth {
 impl EtcdAuth {
     /// The fleet at `url` (etcd://HOST:PORT[,HOST:PORT...]/PREFIX), logged in as these options say.
     pub fn target(self, url: &str) -> Result<ztagent::sources::etcd::Target, ztagent::sources::etcd::FleetError> {
-        let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some())
-            .then(|| ztagent::sources::etcd::TlsFiles { ca: self.etcd_cacert, cert: self.etcd_cert.zip(self.etcd_key) });
+        let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some()).then(|| ztagent::sources::etcd::TlsFiles {
+            ca: self.etcd_cacert,
+            cert: self.etcd_cert.zip(self.etcd_key),
+        });
         let user = self.etcd_user.zip(self.etcd_password);
         ztagent::sources::etcd::Target::parse(url, user, tls.as_ref())
     }

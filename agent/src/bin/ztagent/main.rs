@@ -58,8 +58,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The daemon's log (`run --log`), on stderr.
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in a log file or the journal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();

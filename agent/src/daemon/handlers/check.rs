@@ -12,7 +12,9 @@ pub(super) fn get(state: &State) -> Reply {
             Ok(policy) => Reply::Policy { revision: i.revision, policy },
             Err(e) => Reply::Error { message: format!("internal error: {e}") },
         },
-        None => Reply::Error { message: "this agent has not been given a policy yet; push one with `ztagent policy push FILE`".into() },
+        None => Reply::Error {
+            message: "this agent has not been given a policy yet; push one with `ztagent policy push FILE`".into(),
+        },
     }
 }
 

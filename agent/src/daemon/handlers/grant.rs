@@ -3,7 +3,14 @@ use super::super::reconcile::reinstall;
 use super::super::{DaemonError, State, unix_now};
 use crate::api::{EventRecord, Grant, Reply};
 
-pub(super) fn give(state: &mut State, from: String, to: String, ports: Vec<String>, seconds: u64, reason: String) -> Reply {
+pub(super) fn give(
+    state: &mut State,
+    from: String,
+    to: String,
+    ports: Vec<String>,
+    seconds: u64,
+    reason: String,
+) -> Reply {
     match grant(state, from, to, ports, seconds, reason) {
         Ok((grant, revision)) => Reply::Granted { grant, revision },
         Err(e) => Reply::Error { message: e.to_string() },

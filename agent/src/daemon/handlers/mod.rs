@@ -99,14 +99,18 @@ fn handle(req: Request, shared: &Shared) -> Reply {
         req => {
             let mut state = lock(shared);
             match req {
-                Request::Grant { from, to, ports, seconds, reason } => grant::give(&mut state, from, to, ports, seconds, reason),
+                Request::Grant { from, to, ports, seconds, reason } => {
+                    grant::give(&mut state, from, to, ports, seconds, reason)
+                }
                 Request::Grants => Reply::Grants { grants: state.grants.grants.clone() },
                 Request::Revoke { id } => grant::revoke(&mut state, id),
                 Request::Get => check::get(&state),
                 Request::Check(flow) => check::live(&state, flow),
                 Request::Status => status::status(&state),
                 Request::Events { .. } => Reply::Error { message: "internal error: events are streamed".into() },
-                Request::Push { .. } | Request::Inventory { .. } => Reply::Error { message: "internal error: handled above".into() },
+                Request::Push { .. } | Request::Inventory { .. } => {
+                    Reply::Error { message: "internal error: handled above".into() }
+                }
             }
         }
     }

@@ -15,7 +15,13 @@ pub(super) struct PodFacts {
     pub(super) selected: Option<usize>,
 }
 
-pub(super) fn pod_facts(pod: &Pod, policies: &[NetworkPolicy], words: usize, ns_labels: &Labels, selectors: &[(usize, &policy::PodSelector)]) -> PodFacts {
+pub(super) fn pod_facts(
+    pod: &Pod,
+    policies: &[NetworkPolicy],
+    words: usize,
+    ns_labels: &Labels,
+    selectors: &[(usize, &policy::PodSelector)],
+) -> PodFacts {
     let (mut ing, mut eg) = (Vec::new(), Vec::new());
     for (pi, p) in policies.iter().enumerate() {
         if p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels) {

@@ -212,11 +212,14 @@ struct Index {
 
 impl Index {
     fn new(policies: &[NetworkPolicy]) -> Index {
-        let mut ix = Index { rules: Vec::new(), ingress: Vec::new(), egress: Vec::new(), blocks: Vec::new(), names: Vec::new() };
+        let mut ix =
+            Index { rules: Vec::new(), ingress: Vec::new(), egress: Vec::new(), blocks: Vec::new(), names: Vec::new() };
         let mut name_ids: HashMap<PortName, u32> = HashMap::new();
         for p in policies {
             let mut lists = [Vec::new(), Vec::new()];
-            for (dir, rules, on) in [(Dir::Ingress, &p.ingress, p.ingress_type), (Dir::Egress, &p.egress, p.egress_type)] {
+            for (dir, rules, on) in
+                [(Dir::Ingress, &p.ingress, p.ingress_type), (Dir::Egress, &p.egress, p.egress_type)]
+            {
                 // Rules of a direction the policy does not isolate are ignored (upstream).
                 if !on {
                     continue;
@@ -233,7 +236,9 @@ impl Index {
                         };
                         match &port.port {
                             None => fixed.push(proto_range(proto, 0, u16::MAX)),
-                            Some(PortRef::Number(lo)) => fixed.push(proto_range(proto, *lo, port.end_port.unwrap_or(*lo))),
+                            Some(PortRef::Number(lo)) => {
+                                fixed.push(proto_range(proto, *lo, port.end_port.unwrap_or(*lo)))
+                            }
                             Some(PortRef::Name(n)) => {
                                 let next = name_ids.len() as u32;
                                 let nid = *name_ids.entry((n.clone(), proto)).or_insert(next);
@@ -454,7 +459,12 @@ fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut t
         }
     }
     for (entry, from) in &rows {
-        emitted.push(Emitted { from: b.refs(from), to: vec![SegRef::Any], entry: *entry, order: (usize::MAX - 1, b.first(from)) });
+        emitted.push(Emitted {
+            from: b.refs(from),
+            to: vec![SegRef::Any],
+            entry: *entry,
+            order: (usize::MAX - 1, b.first(from)),
+        });
     }
     // The other pairs: per destination, the sources of each entry; then the destinations
     // sharing (sources, entry) in one rule.
@@ -472,7 +482,12 @@ fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut t
         }
     }
     for ((from, entry), to) in &groups {
-        emitted.push(Emitted { from: b.refs(from), to: b.refs(to), entry: *entry, order: (b.first(to), b.first(from)) });
+        emitted.push(Emitted {
+            from: b.refs(from),
+            to: b.refs(to),
+            entry: *entry,
+            order: (b.first(to), b.first(from)),
+        });
     }
     emitted.sort_by_key(|e| (e.order, e.entry));
     let mut rules = Vec::with_capacity(emitted.len());

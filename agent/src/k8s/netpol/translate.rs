@@ -8,7 +8,11 @@ use super::*;
 
 /// Translates (native policy, inventory, NetworkPolicies) into the native policy to enforce.
 /// See the module documentation for the meaning and the construction.
-pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy]) -> Result<Translation, TranslateError> {
+pub fn translate(
+    native: &Policy,
+    cluster: &Cluster,
+    policies: &[NetworkPolicy],
+) -> Result<Translation, TranslateError> {
     if !policies.is_empty() && native.default_action == Action::Allow {
         return Err(TranslateError::DefaultAllow);
     }
@@ -21,7 +25,16 @@ pub fn translate(native: &Policy, cluster: &Cluster, policies: &[NetworkPolicy])
     let selectors: Vec<(usize, &crate::policy::PodSelector)> =
         native.segments.iter().enumerate().filter_map(|(i, s)| s.selector.as_ref().map(|sel| (i, sel))).collect();
     let owner = endpoint_owners(cluster, &mut warnings);
-    let ctx = Ctx { native, cluster, policies, ix: &ix, netpol, words: ix.rules.len().div_ceil(64), nat: &nat, selectors: &selectors };
+    let ctx = Ctx {
+        native,
+        cluster,
+        policies,
+        ix: &ix,
+        netpol,
+        words: ix.rules.len().div_ceil(64),
+        nat: &nat,
+        selectors: &selectors,
+    };
     let mut classes = Classes::new(ctx.words);
     let (pod_addresses, classified) = classify_pods(&ctx, &owner, &mut classes, &mut warnings);
     let block_net = classify_regions(&ctx, &classified, &mut classes);
@@ -137,7 +150,15 @@ impl Classes {
     /// The world base is class 0.
     fn new(words: usize) -> Classes {
         let mut c = Classes { keys: Vec::new(), members: Vec::new(), ids: HashMap::new() };
-        c.class_of(ClassKey { native: None, world_base: true, pod: false, ing: vec![], eg: vec![], matched: vec![0; words], named: vec![] });
+        c.class_of(ClassKey {
+            native: None,
+            world_base: true,
+            pod: false,
+            ing: vec![],
+            eg: vec![],
+            matched: vec![0; words],
+            named: vec![],
+        });
         c
     }
 
@@ -184,9 +205,25 @@ fn classify_pods(
                     matched[b.rule as usize / 64] |= 1 << (b.rule % 64);
                 }
             }
-            ClassKey { native: native_seg, world_base: false, pod: true, ing: facts.ing, eg: facts.eg, matched, named: named_ports(ctx.ix, pod) }
+            ClassKey {
+                native: native_seg,
+                world_base: false,
+                pod: true,
+                ing: facts.ing,
+                eg: facts.eg,
+                matched,
+                named: named_ports(ctx.ix, pod),
+            }
         } else {
-            ClassKey { native: native_seg, world_base: false, pod: false, ing: vec![], eg: vec![], matched: vec![0; ctx.words], named: vec![] }
+            ClassKey {
+                native: native_seg,
+                world_base: false,
+                pod: false,
+                ing: vec![],
+                eg: vec![],
+                matched: vec![0; ctx.words],
+                named: vec![],
+            }
         };
         let c = classes.class_of(key);
         classes.members[c].pods.push(ip);
@@ -198,7 +235,13 @@ fn classify_pods(
 
 /// The native segment of a pod's address: a CIDR naming it exactly wins over a selector
 /// (with a warning), a selector over a wider CIDR.
-fn pod_segment(ctx: &Ctx<'_>, pod: &Pod, ip: IpAddr, selected: Option<usize>, warnings: &mut Vec<String>) -> Option<usize> {
+fn pod_segment(
+    ctx: &Ctx<'_>,
+    pod: &Pod,
+    ip: IpAddr,
+    selected: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> Option<usize> {
     let k = (128, addr16(ip));
     match ctx.nat.cidrs.get(&k) {
         Some(&i) => {
@@ -264,7 +307,15 @@ fn classify_regions(ctx: &Ctx<'_>, classified: &BTreeSet<IpAddr>, classes: &mut 
                 }
             }
         }
-        let key = ClassKey { native: ctx.nat.of(k), world_base: false, pod: false, ing: vec![], eg: vec![], matched, named: vec![] };
+        let key = ClassKey {
+            native: ctx.nat.of(k),
+            world_base: false,
+            pod: false,
+            ing: vec![],
+            eg: vec![],
+            matched,
+            named: vec![],
+        };
         let c = classes.class_of(key);
         classes.members[c].regions.push(k);
     }
@@ -292,7 +343,9 @@ fn plain(c: &ClassKey) -> bool {
 /// The blocks in output order: per native segment (native order, world last), the one
 /// holding the plain addresses first, then by address.
 fn block_order(classes: &Classes, blocks: &[Vec<usize>]) -> Vec<usize> {
-    let first_of = |b: &Vec<usize>| -> Option<Key> { b.iter().filter_map(|&c| classes.members[c].first()).min_by_key(|(l, a)| (*a, *l)) };
+    let first_of = |b: &Vec<usize>| -> Option<Key> {
+        b.iter().filter_map(|&c| classes.members[c].first()).min_by_key(|(l, a)| (*a, *l))
+    };
     let sort_key = |b: usize| {
         let c0 = &classes.keys[blocks[b][0]];
         let native_rank = c0.native.map_or(usize::MAX, |i| i);
@@ -312,7 +365,11 @@ fn name_blocks(native: &Policy, classes: &Classes, blocks: &[Vec<usize>]) -> Nam
     taken.insert(policy::WORLD_NAME.to_owned());
     let mut named = Named {
         seg_ref: vec![SegRef::World; blocks.len()],
-        segments: native.segments.iter().map(|s| Segment { name: s.name.clone(), cidrs: Vec::new(), mode: s.mode, selector: None }).collect(),
+        segments: native
+            .segments
+            .iter()
+            .map(|s| Segment { name: s.name.clone(), cidrs: Vec::new(), mode: s.mode, selector: None })
+            .collect(),
         of_native: vec![Vec::new(); native.segments.len()],
         of_world: vec![SegRef::World],
         order: Vec::new(),
@@ -359,7 +416,14 @@ fn name_blocks(native: &Policy, classes: &Classes, blocks: &[Vec<usize>]) -> Nam
 }
 
 /// The segments' CIDRs: a native segment's own CIDRs in its order, then the rest by address.
-fn fill_cidrs(native: &Policy, classes: &Classes, blocks: &[Vec<usize>], named: &mut Named, nat: &NativeCidrs, block_net: &HashMap<Key, IpNet>) {
+fn fill_cidrs(
+    native: &Policy,
+    classes: &Classes,
+    blocks: &[Vec<usize>],
+    named: &mut Named,
+    nat: &NativeCidrs,
+    block_net: &HashMap<Key, IpNet>,
+) {
     for (b, block) in blocks.iter().enumerate() {
         let SegRef::Named(si) = named.seg_ref[b] else { continue };
         let members = &classes.members;
@@ -372,8 +436,10 @@ fn fill_cidrs(native: &Policy, classes: &Classes, blocks: &[Vec<usize>], named: 
             .map(|s| s.cidrs.iter().enumerate().map(|(i, c)| (cidr_key(c), i)).collect())
             .unwrap_or_default();
         keys.sort_by_key(|k| rank.get(k).copied().unwrap_or(usize::MAX));
-        named.segments[si].cidrs =
-            keys.iter().map(|k| nat.nets.get(k).or_else(|| block_net.get(k)).copied().unwrap_or_else(|| net_of(*k))).collect();
+        named.segments[si].cidrs = keys
+            .iter()
+            .map(|k| nat.nets.get(k).or_else(|| block_net.get(k)).copied().unwrap_or_else(|| net_of(*k)))
+            .collect();
     }
 }
 
@@ -396,7 +462,8 @@ fn rewrite_native(native: &Policy, named: &Named, warnings: &mut Vec<String>) ->
         }
         out
     };
-    let rules: Vec<Rule> = native.rules.iter().map(|r| Rule { from: rewrite(&r.from), to: rewrite(&r.to), ..r.clone() }).collect();
+    let rules: Vec<Rule> =
+        native.rules.iter().map(|r| Rule { from: rewrite(&r.from), to: rewrite(&r.to), ..r.clone() }).collect();
     let mut rate_limits = Vec::new();
     for l in &native.rate_limits {
         let sources = rewrite(&[l.from]);

@@ -16,9 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-
+use super::{Cluster, ContainerPort, Namespace, NetpolPort, NetpolRule, NetworkPolicy, Peer, Pod, PortRef, Protocol};
 use crate::policy::selector::{field, known_fields, not_a_string, read_labels, read_selector};
-use super::{Cluster, ContainerPort, NetpolPort, NetpolRule, NetworkPolicy, Namespace, Peer, Pod, PortRef, Protocol};
 use crate::policy::source::diag::{quote, utf8_diagnostic};
 use crate::policy::source::tree::{Limits, Node, Pos, Value, parse_tree_with};
 use crate::policy::{Diagnostic, Diagnostics};
@@ -131,7 +130,9 @@ fn documents(text: &str) -> Vec<(u32, &str)> {
     for l in body.split_inclusive('\n') {
         let content = l.trim_end_matches(['\n', '\r']);
         let bare = |marker: &str| {
-            content.strip_prefix(marker).is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
+            content
+                .strip_prefix(marker)
+                .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
         };
         let next = at + l.len();
         if content.starts_with("---") && (content.len() == 3 || content[3..].starts_with([' ', '\t'])) {
@@ -227,7 +228,10 @@ impl Reader {
                 && let Some(last) = errors.last().cloned()
             {
                 errors.push(Diagnostic {
-                    message: format!("error: {} more problems are not shown; only the first {MAX_ERRORS} are reported", self.omitted),
+                    message: format!(
+                        "error: {} more problems are not shown; only the first {MAX_ERRORS} are reported",
+                        self.omitted
+                    ),
                     ..last
                 });
             }
@@ -243,16 +247,27 @@ impl Reader {
         match root.value {
             Value::Null => {}
             Value::Map(_) => self.object(root, 0),
-            ref v => self.err(root.pos, format!("expected a Kubernetes object (a mapping with `apiVersion` and `kind`), not {}", v.kind())),
+            ref v => self.err(
+                root.pos,
+                format!("expected a Kubernetes object (a mapping with `apiVersion` and `kind`), not {}", v.kind()),
+            ),
         }
     }
 
     fn object(&mut self, n: &Node, depth: usize) {
         let Value::Map(entries) = &n.value else {
-            self.err(n.pos, format!("an item of a list must be a Kubernetes object (a mapping with `apiVersion` and `kind`), not {}", n.value.kind()));
+            self.err(
+                n.pos,
+                format!(
+                    "an item of a list must be a Kubernetes object (a mapping with `apiVersion` and `kind`), not {}",
+                    n.value.kind()
+                ),
+            );
             return;
         };
-        let get = |name: &str| entries.iter().find(|(k, _)| matches!(&k.value, Value::Str(s) if &**s == name)).map(|(_, v)| v);
+        let get = |name: &str| {
+            entries.iter().find(|(k, _)| matches!(&k.value, Value::Str(s) if &**s == name)).map(|(_, v)| v)
+        };
         let string = |r: &mut Reader, name: &str| -> Option<String> {
             match get(name) {
                 None => {
@@ -269,24 +284,37 @@ impl Reader {
         let (Some(api), Some(kind)) = (string(self, "apiVersion"), string(self, "kind")) else { return };
         let at = get("kind").map_or(n.pos, |k| k.pos);
         match (api.as_str(), kind.as_str()) {
-            ("v1", "List") | (_, "PodList" | "NamespaceList" | "NetworkPolicyList") if depth == 0 => match get("items") {
-                Some(Node { value: Value::Seq(items), .. }) => {
-                    for item in items.iter() {
-                        self.object(item, depth + 1);
+            ("v1", "List") | (_, "PodList" | "NamespaceList" | "NetworkPolicyList") if depth == 0 => {
+                match get("items") {
+                    Some(Node { value: Value::Seq(items), .. }) => {
+                        for item in items.iter() {
+                            self.object(item, depth + 1);
+                        }
                     }
+                    Some(Node { value: Value::Null, .. }) => {}
+                    Some(v) => self
+                        .err(v.pos, format!("`items` of a {kind} must be a list of objects, not {}", v.value.kind())),
+                    None => self.err(n.pos, format!("this {kind} has no `items`")),
                 }
-                Some(Node { value: Value::Null, .. }) => {}
-                Some(v) => self.err(v.pos, format!("`items` of a {kind} must be a list of objects, not {}", v.value.kind())),
-                None => self.err(n.pos, format!("this {kind} has no `items`")),
-            },
+            }
             ("v1", "Namespace") => self.namespace(n),
             ("v1", "Pod") => self.pod(n),
             ("networking.k8s.io/v1", "NetworkPolicy") => self.network_policy(n),
             (_, "Namespace" | "Pod" | "NetworkPolicy") => {
                 let want = if kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" };
-                self.warn(at, format!("skipped: a {kind} of apiVersion {} (this agent reads {kind} of {want})", quote(&api)));
+                self.warn(
+                    at,
+                    format!("skipped: a {kind} of apiVersion {} (this agent reads {kind} of {want})", quote(&api)),
+                );
             }
-            _ => self.warn(at, format!("skipped: kind {} ({}) is not read (only Namespace, Pod, NetworkPolicy and lists of them)", quote(&kind), quote(&api))),
+            _ => self.warn(
+                at,
+                format!(
+                    "skipped: kind {} ({}) is not read (only Namespace, Pod, NetworkPolicy and lists of them)",
+                    quote(&kind),
+                    quote(&api)
+                ),
+            ),
         }
     }
 }

@@ -19,7 +19,10 @@ impl Reader {
         let mut np = NetworkPolicy { namespace, name, ..NetworkPolicy::default() };
         match field(&f, "podSelector") {
             Some(s) => np.pod_selector = read_selector(s, "podSelector", &mut self.report()).unwrap_or_default(),
-            None => self.err(spec.pos, "this NetworkPolicy has no `podSelector`; write `podSelector: {}` to select every pod of its namespace"),
+            None => self.err(
+                spec.pos,
+                "this NetworkPolicy has no `podSelector`; write `podSelector: {}` to select every pod of its namespace",
+            ),
         }
         if let Some(rules) = field(&f, "ingress") {
             np.ingress = self.rules(rules, "ingress", "from", INGRESS_FIELDS);
@@ -36,7 +39,9 @@ impl Reader {
                     match &item.value {
                         Value::Str(s) if &**s == "Ingress" => np.ingress_type = true,
                         Value::Str(s) if &**s == "Egress" => np.egress_type = true,
-                        Value::Str(s) => self.err(item.pos, format!("unknown policy type {}: expected Ingress or Egress", quote(s))),
+                        Value::Str(s) => {
+                            self.err(item.pos, format!("unknown policy type {}: expected Ingress or Egress", quote(s)))
+                        }
                         v => self.err(item.pos, format!("a policy type must be Ingress or Egress, not {}", v.kind())),
                     }
                 }
@@ -48,12 +53,21 @@ impl Reader {
     }
 
     /// The `ingress` or `egress` rules; `peers` is `from` or `to`.
-    pub(super) fn rules(&mut self, n: &Node, what: &str, peers: &str, fields: &'static [&'static str]) -> Vec<NetpolRule> {
+    pub(super) fn rules(
+        &mut self,
+        n: &Node,
+        what: &str,
+        peers: &str,
+        fields: &'static [&'static str],
+    ) -> Vec<NetpolRule> {
         let mut out = Vec::new();
         for item in seq_of(self, n, what, "a list of rules") {
             let owner = format!("an {what} rule");
             let Some(f) = known_fields(item, &owner, fields, &mut self.report()) else {
-                self.err(item.pos, format!("{owner} must be a mapping with `{peers}` and `ports`, not {}", item.value.kind()));
+                self.err(
+                    item.pos,
+                    format!("{owner} must be a mapping with `{peers}` and `ports`, not {}", item.value.kind()),
+                );
                 continue;
             };
             let mut rule = NetpolRule::default();
@@ -78,11 +92,18 @@ impl Reader {
 
     pub(super) fn peer(&mut self, n: &Node) -> Option<Peer> {
         let Some(f) = known_fields(n, "a peer", PEER_FIELDS, &mut self.report()) else {
-            self.err(n.pos, format!("a peer must be a mapping with `podSelector`, `namespaceSelector` or `ipBlock`, not {}", n.value.kind()));
+            self.err(
+                n.pos,
+                format!(
+                    "a peer must be a mapping with `podSelector`, `namespaceSelector` or `ipBlock`, not {}",
+                    n.value.kind()
+                ),
+            );
             return None;
         };
         let pods = field(&f, "podSelector").and_then(|s| read_selector(s, "podSelector", &mut self.report()));
-        let namespaces = field(&f, "namespaceSelector").and_then(|s| read_selector(s, "namespaceSelector", &mut self.report()));
+        let namespaces =
+            field(&f, "namespaceSelector").and_then(|s| read_selector(s, "namespaceSelector", &mut self.report()));
         match field(&f, "ipBlock") {
             Some(b) if pods.is_some() || namespaces.is_some() => {
                 self.err(b.pos, "a peer with `ipBlock` cannot also have `podSelector` or `namespaceSelector`; make them separate peers");
@@ -114,7 +135,12 @@ impl Reader {
             for e in seq_of(self, list, "except", "a list of CIDRs") {
                 let Some(net) = self.cidr(e) else { continue };
                 if !(cidr.contains(&net) && net.prefix_len() > cidr.prefix_len()) {
-                    self.err(e.pos, format!("the except {net} is not inside the ipBlock's cidr {cidr} (it must be a smaller part of it)"));
+                    self.err(
+                        e.pos,
+                        format!(
+                            "the except {net} is not inside the ipBlock's cidr {cidr} (it must be a smaller part of it)"
+                        ),
+                    );
                     continue;
                 }
                 except.push(net);
@@ -137,7 +163,10 @@ impl Reader {
                 Some(trunc)
             }
             Err(_) => {
-                self.err(n.pos, format!("invalid CIDR {}; expected an address and a prefix length such as 10.0.0.0/8", quote(s)));
+                self.err(
+                    n.pos,
+                    format!("invalid CIDR {}; expected an address and a prefix length such as 10.0.0.0/8", quote(s)),
+                );
                 None
             }
         }
@@ -145,7 +174,10 @@ impl Reader {
 
     pub(super) fn np_port(&mut self, n: &Node) -> Option<NetpolPort> {
         let Some(f) = known_fields(n, "a port", PORT_FIELDS, &mut self.report()) else {
-            self.err(n.pos, format!("a port must be a mapping such as {{ protocol: TCP, port: 80 }}, not {}", n.value.kind()));
+            self.err(
+                n.pos,
+                format!("a port must be a mapping such as {{ protocol: TCP, port: 80 }}, not {}", n.value.kind()),
+            );
             return None;
         };
         let protocol = self.protocol(field(&f, "protocol"))?;

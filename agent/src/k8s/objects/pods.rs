@@ -6,7 +6,12 @@ use super::*;
 
 impl Reader {
     /// `metadata`: the name, the namespace (`None` for a namespace itself) and the labels.
-    pub(super) fn metadata(&mut self, n: &Node, kind: &'static str, namespaced: bool) -> Option<(String, String, crate::policy::selector::Labels)> {
+    pub(super) fn metadata(
+        &mut self,
+        n: &Node,
+        kind: &'static str,
+        namespaced: bool,
+    ) -> Option<(String, String, crate::policy::selector::Labels)> {
         let meta = map_get(n, "metadata");
         let Some(meta) = meta.filter(|m| matches!(m.value, Value::Map(_))) else {
             self.err(meta.map_or(n.pos, |m| m.pos), format!("this {kind} has no `metadata` mapping with its `name`"));
@@ -15,7 +20,10 @@ impl Reader {
         let name = match map_get(meta, "name") {
             Some(Node { value: Value::Str(s), .. }) if !s.is_empty() => String::from(&**s),
             Some(v) => {
-                self.err(v.pos, format!("`metadata.name` of a {kind} must be a non-empty string, not {}", not_a_string(&v.value)));
+                self.err(
+                    v.pos,
+                    format!("`metadata.name` of a {kind} must be a non-empty string, not {}", not_a_string(&v.value)),
+                );
                 return None;
             }
             None => {
@@ -28,7 +36,10 @@ impl Reader {
             None | Some(Node { value: Value::Null, .. }) => "default".to_owned(),
             Some(Node { value: Value::Str(s), .. }) if !s.is_empty() => String::from(&**s),
             Some(v) => {
-                self.err(v.pos, format!("`metadata.namespace` must be a non-empty string, not {}", not_a_string(&v.value)));
+                self.err(
+                    v.pos,
+                    format!("`metadata.namespace` must be a non-empty string, not {}", not_a_string(&v.value)),
+                );
                 return None;
             }
         };

@@ -24,7 +24,9 @@ fn ip(s: &str) -> IpAddr {
 fn model() -> String {
     let mut out = String::new();
     for (i, ns) in ["x", "y", "z"].iter().enumerate() {
-        out.push_str(&format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: \"{ns}\", labels: {{ ns: \"{ns}\" }} }}\n"));
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: \"{ns}\", labels: {{ ns: \"{ns}\" }} }}\n"
+        ));
         for (j, pod) in ["a", "b", "c"].iter().enumerate() {
             out.push_str(&format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: {pod}, namespace: \"{ns}\", labels: {{ pod: {pod} }} }}\n\
@@ -54,7 +56,9 @@ const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b",
 /// A NetworkPolicy document in namespace `ns` with `spec`.
 fn np(ns: &str, name: &str, spec: &str) -> String {
     let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
-    format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{ name: {name}, namespace: \"{ns}\" }}\nspec:\n{spec}")
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{ name: {name}, namespace: \"{ns}\" }}\nspec:\n{spec}"
+    )
 }
 
 /// The translated policy of `native` (YAML; empty: `version: 1`) and objects `text`, checked
@@ -64,7 +68,8 @@ fn translated(native: &str, text: &str) -> Translation {
     let native = policy::parse(native, "native.yaml").unwrap_or_else(|d| panic!("{d}"));
     let objs = parse_objects(&[("objs.yaml", text)]).unwrap_or_else(|d| panic!("{d}"));
     let t = translate(&native, &objs.cluster, &objs.policies).unwrap();
-    let again = policy::parse(&t.policy.to_yaml(), "out.yaml").unwrap_or_else(|d| panic!("{d}\n{}", t.policy.to_yaml()));
+    let again =
+        policy::parse(&t.policy.to_yaml(), "out.yaml").unwrap_or_else(|d| panic!("{d}\n{}", t.policy.to_yaml()));
     assert_eq!(again, t.policy, "the translation does not read back as itself");
     t
 }

@@ -93,7 +93,10 @@ rules:
   - { name: web-to-db, from: [web], to: [db], ports: ["5432/tcp"], action: allow }
   - { name: b-never-db, from: [others-b], to: [db], action: deny }
 "#;
-    let deny_all = ["x", "y", "z"].iter().map(|ns| np(ns, "deny-all", "podSelector: {}\npolicyTypes: [Ingress, Egress]")).collect::<String>();
+    let deny_all = ["x", "y", "z"]
+        .iter()
+        .map(|ns| np(ns, "deny-all", "podSelector: {}\npolicyTypes: [Ingress, Egress]"))
+        .collect::<String>();
     let objs = parse_objects(&[("o.yaml", &(model() + &deny_all))]).unwrap();
     let t = translate(&policy::parse(native, "n.yaml").unwrap(), &objs.cluster, &objs.policies).unwrap();
     // y/b's /32 in `pinned` wins over the selector of `others-b`, with a warning.
@@ -126,13 +129,23 @@ rules:
 
 #[test]
 fn the_output_is_deterministic_and_independent_of_input_order() {
-    let p1 = np("x", "a", "podSelector: { matchLabels: { pod: a } }\ningress: [ { from: [ { ipBlock: { cidr: 10.0.0.0/8, except: [10.0.2.0/24] } } ], ports: [ { port: serve-80-tcp } ] } ]");
-    let p2 = np("y", "b", "podSelector: {}\npolicyTypes: [Egress]\negress: [ { to: [ { namespaceSelector: { matchLabels: { ns: z } } } ] } ]");
+    let p1 = np(
+        "x",
+        "a",
+        "podSelector: { matchLabels: { pod: a } }\ningress: [ { from: [ { ipBlock: { cidr: 10.0.0.0/8, except: [10.0.2.0/24] } } ], ports: [ { port: serve-80-tcp } ] } ]",
+    );
+    let p2 = np(
+        "y",
+        "b",
+        "podSelector: {}\npolicyTypes: [Egress]\negress: [ { to: [ { namespaceSelector: { matchLabels: { ns: z } } } ] } ]",
+    );
     let forward = translated(NATIVE, &(model() + &p1 + &p2)).policy.to_yaml();
     // The documents in reverse order, over two files.
-    let docs: Vec<String> = (model() + &p1 + &p2).split("---\n").filter(|d| !d.is_empty()).map(|d| format!("---\n{d}")).collect();
+    let docs: Vec<String> =
+        (model() + &p1 + &p2).split("---\n").filter(|d| !d.is_empty()).map(|d| format!("---\n{d}")).collect();
     let half = docs.len() / 2;
-    let (first, second): (String, String) = (docs[half..].iter().rev().cloned().collect(), docs[..half].iter().rev().cloned().collect());
+    let (first, second): (String, String) =
+        (docs[half..].iter().rev().cloned().collect(), docs[..half].iter().rev().cloned().collect());
     let objs = parse_objects(&[("b.yaml", &first), ("a.yaml", &second)]).unwrap();
     let t = translate(&policy::parse(NATIVE, "n.yaml").unwrap(), &objs.cluster, &objs.policies).unwrap();
     assert_eq!(t.policy.to_yaml(), forward);
@@ -152,7 +165,10 @@ rateLimits:
 "#;
     let t = translated(native, &(model() + &np("x", "iso", "podSelector: { matchLabels: { pod: a } }\ningress: []")));
     let names: Vec<&str> = t.policy.rate_limits.iter().map(|l| l.name.as_str()).collect();
-    assert!(names.len() > 1 && names[0] == "pods-pps" && names[1..].iter().all(|n| n.starts_with("pods-pps@pods~")), "{names:?}");
+    assert!(
+        names.len() > 1 && names[0] == "pods-pps" && names[1..].iter().all(|n| n.starts_with("pods-pps@pods~")),
+        "{names:?}"
+    );
     assert!(t.warnings.iter().any(|w| w.contains("pods-pps")), "{:?}", t.warnings);
     let c = policy::compile(&t.policy);
     for from in PODS {

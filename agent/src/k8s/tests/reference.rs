@@ -5,18 +5,29 @@ use super::*;
 // ---- the upstream semantics, directly ------------------------------------------------------
 
 /// The reference: the documented semantics evaluated for one flow, without classes.
-fn reference(native: &Policy, cluster: &Cluster, nps: &[NetworkPolicy], src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> bool {
+fn reference(
+    native: &Policy,
+    cluster: &Cluster,
+    nps: &[NetworkPolicy],
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    port: u16,
+) -> bool {
     let owner = |ipa: IpAddr| cluster.pods.iter().find(|p| p.is_endpoint() && p.ips.contains(&ipa));
     let (sp, dp) = (owner(src), owner(dst));
     let seg_of = |ipa: IpAddr, pod: Option<&Pod>| -> Option<usize> {
         let host = if ipa.is_ipv4() { 32 } else { 128 };
-        let exact = native.segments.iter().position(|s| s.cidrs.iter().any(|c| c.prefix_len() == host && c.contains(&ipa)));
+        let exact =
+            native.segments.iter().position(|s| s.cidrs.iter().any(|c| c.prefix_len() == host && c.contains(&ipa)));
         if exact.is_some() {
             return exact;
         }
         if let Some(p) = pod {
             let sel = native.segments.iter().position(|s| {
-                s.selector.as_ref().is_some_and(|sel| sel.namespace.as_deref().is_none_or(|n| n == p.namespace) && sel.selector.matches(&p.labels))
+                s.selector.as_ref().is_some_and(|sel| {
+                    sel.namespace.as_deref().is_none_or(|n| n == p.namespace) && sel.selector.matches(&p.labels)
+                })
             });
             if sel.is_some() {
                 return sel;
@@ -42,12 +53,16 @@ fn reference(native: &Policy, cluster: &Cluster, nps: &[NetworkPolicy], src: IpA
     };
     let key = policy::port_key(proto, port);
     let covers = |ports: &Option<Vec<policy::PortSpec>>| {
-        ports.as_ref().is_none_or(|v| v.iter().any(|p| {
-            let (lo, hi) = p.key_range();
-            lo <= key && key <= hi
-        }))
+        ports.as_ref().is_none_or(|v| {
+            v.iter().any(|p| {
+                let (lo, hi) = p.key_range();
+                lo <= key && key <= hi
+            })
+        })
     };
-    let matching = |action: Action| native.rules.iter().any(|r| r.action == action && side(&r.from, ss) && side(&r.to, ds) && covers(&r.ports));
+    let matching = |action: Action| {
+        native.rules.iter().any(|r| r.action == action && side(&r.from, ss) && side(&r.to, ds) && covers(&r.ports))
+    };
     let (deny, allow) = (matching(Action::Deny), matching(Action::Allow));
     let native_alone = !deny && (allow || native.default_action == Action::Allow);
     if (sp.is_none() && dp.is_none()) || (nps.is_empty() && native.default_action == Action::Allow) {
@@ -84,23 +99,31 @@ fn reference(native: &Policy, cluster: &Cluster, nps: &[NetworkPolicy], src: IpA
                     None => true,
                     Some(PortRef::Number(lo)) => (*lo..=np_port.end_port.unwrap_or(*lo)).contains(&port),
                     Some(PortRef::Name(n)) => dp.is_some_and(|d| {
-                        d.ports.iter().any(|cp| cp.name.as_deref() == Some(n) && cp.protocol == np_port.protocol && cp.port == port)
+                        d.ports.iter().any(|cp| {
+                            cp.name.as_deref() == Some(n) && cp.protocol == np_port.protocol && cp.port == port
+                        })
                     }),
                 }
             })
     };
     let selecting = |pod: &Pod, egress: bool| -> Vec<&NetworkPolicy> {
         nps.iter()
-            .filter(|np| np.namespace == pod.namespace && np.pod_selector.matches(&pod.labels) && if egress { np.egress_type } else { np.ingress_type })
+            .filter(|np| {
+                np.namespace == pod.namespace
+                    && np.pod_selector.matches(&pod.labels)
+                    && if egress { np.egress_type } else { np.ingress_type }
+            })
             .collect()
     };
     let egress_ok = sp.is_none_or(|s| {
         let sel = selecting(s, true);
-        sel.is_empty() || sel.iter().any(|np| np.egress.iter().any(|r| peer_match(np, &r.peers, dst, dp) && port_match(&r.ports)))
+        sel.is_empty()
+            || sel.iter().any(|np| np.egress.iter().any(|r| peer_match(np, &r.peers, dst, dp) && port_match(&r.ports)))
     });
     let ingress_ok = dp.is_none_or(|d| {
         let sel = selecting(d, false);
-        sel.is_empty() || sel.iter().any(|np| np.ingress.iter().any(|r| peer_match(np, &r.peers, src, sp) && port_match(&r.ports)))
+        sel.is_empty()
+            || sel.iter().any(|np| np.ingress.iter().any(|r| peer_match(np, &r.peers, src, sp) && port_match(&r.ports)))
     });
     (egress_ok && ingress_ok) || allow
 }
@@ -130,7 +153,11 @@ fn random_selector(rng: &mut Rng, keys: &[&str], values: &[&str]) -> String {
     if rng.below(3) == 0 {
         let key = rng.pick(keys);
         parts.push(match rng.below(4) {
-            0 => format!("matchExpressions: [ {{ key: {key}, operator: In, values: [{}, {}] }} ]", rng.pick(values), rng.pick(values)),
+            0 => format!(
+                "matchExpressions: [ {{ key: {key}, operator: In, values: [{}, {}] }} ]",
+                rng.pick(values),
+                rng.pick(values)
+            ),
             1 => format!("matchExpressions: [ {{ key: {key}, operator: NotIn, values: [{}] }} ]", rng.pick(values)),
             2 => format!("matchExpressions: [ {{ key: {key}, operator: Exists }} ]"),
             _ => format!("matchExpressions: [ {{ key: {key}, operator: DoesNotExist }} ]"),
@@ -145,7 +172,10 @@ fn random_case(rng: &mut Rng) -> (String, String) {
     let mut objs = String::new();
     let nss = ["n1", "n2", "n3"];
     for ns in nss {
-        objs.push_str(&format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: {ns}, labels: {{ team: {} }} }}\n", rng.pick(&VALUES)));
+        objs.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: {ns}, labels: {{ team: {} }} }}\n",
+            rng.pick(&VALUES)
+        ));
     }
     let npods = 2 + rng.below(7);
     for i in 0..npods {
@@ -173,9 +203,16 @@ fn random_case(rng: &mut Rng) -> (String, String) {
         let peer = |rng: &mut Rng| match rng.below(5) {
             0 => format!("{{ podSelector: {} }}", random_selector(rng, &KEYS, &VALUES)),
             1 => format!("{{ namespaceSelector: {} }}", random_selector(rng, &KEYS, &VALUES)),
-            2 => format!("{{ namespaceSelector: {}, podSelector: {} }}", random_selector(rng, &KEYS, &VALUES), random_selector(rng, &KEYS, &VALUES)),
+            2 => format!(
+                "{{ namespaceSelector: {}, podSelector: {} }}",
+                random_selector(rng, &KEYS, &VALUES),
+                random_selector(rng, &KEYS, &VALUES)
+            ),
             3 => "{ ipBlock: { cidr: 10.0.0.0/16, except: [10.0.1.0/24] } }".to_string(),
-            _ => format!("{{ ipBlock: {{ cidr: {} }} }}", rng.pick(&["10.0.2.0/24", "192.168.0.0/16", "0.0.0.0/0", "fd00::/8", "::/0"])),
+            _ => format!(
+                "{{ ipBlock: {{ cidr: {} }} }}",
+                rng.pick(&["10.0.2.0/24", "192.168.0.0/16", "0.0.0.0/0", "fd00::/8", "::/0"])
+            ),
         };
         let ports = |rng: &mut Rng| match rng.below(6) {
             0 => "[ { port: 80 } ]",
@@ -196,7 +233,8 @@ fn random_case(rng: &mut Rng) -> (String, String) {
                 .collect();
             format!("[ {} ]", rules.join(", "))
         };
-        let types = rng.pick(&["", "policyTypes: [Ingress]\n", "policyTypes: [Egress]\n", "policyTypes: [Ingress, Egress]\n"]);
+        let types =
+            rng.pick(&["", "policyTypes: [Ingress]\n", "policyTypes: [Egress]\n", "policyTypes: [Ingress, Egress]\n"]);
         let mut spec = format!("podSelector: {}\n{types}", random_selector(rng, &KEYS, &VALUES));
         if rng.below(3) != 0 {
             spec.push_str(&format!("ingress: {}\n", rules(rng, "from")));
@@ -211,14 +249,22 @@ fn random_case(rng: &mut Rng) -> (String, String) {
         native = String::from("version: 1\ndefaultAction: allow\nsegments:\n");
     }
     native.push_str(&format!("  s1: {{ cidrs: [{}] }}\n", rng.pick(&["10.0.0.0/16", "10.0.1.0/24", "10.0.0.0/8"])));
-    native.push_str(&format!("  s2: {{ selector: {{ labels: {{ app: {} }} }}, cidrs: [192.168.1.0/24] }}\n", rng.pick(&VALUES)));
+    native.push_str(&format!(
+        "  s2: {{ selector: {{ labels: {{ app: {} }} }}, cidrs: [192.168.1.0/24] }}\n",
+        rng.pick(&VALUES)
+    ));
     native.push_str(&format!("  s3: {{ cidrs: [{}] }}\n", rng.pick(&["10.0.1.1/32", "192.168.0.0/16", "fd00::/16"])));
     native.push_str("rules:\n");
     for i in 0..rng.below(4) {
         let side = |rng: &mut Rng| rng.pick(&["[s1]", "[s2]", "[s3]", "[world]", "[\"*\"]", "[s1, s3]"]);
-        let ports = rng.pick(&["", ", ports: [\"80/tcp\"]", ", ports: [\"udp\"]", ", ports: [icmp, \"8000-8010/tcp\"]"]);
+        let ports =
+            rng.pick(&["", ", ports: [\"80/tcp\"]", ", ports: [\"udp\"]", ", ports: [icmp, \"8000-8010/tcp\"]"]);
         let action = rng.pick(&["allow", "deny"]);
-        native.push_str(&format!("  - {{ name: r{i}, from: {}, to: {}{ports}, action: {action} }}\n", side(rng), side(rng)));
+        native.push_str(&format!(
+            "  - {{ name: r{i}, from: {}, to: {}{ports}, action: {action} }}\n",
+            side(rng),
+            side(rng)
+        ));
     }
     (native, objs)
 }
@@ -228,7 +274,8 @@ fn random_case(rng: &mut Rng) -> (String, String) {
 #[test]
 fn random_cases_agree_with_the_upstream_semantics() {
     let mut rng = Rng(0x5eed_1234_9876_4321);
-    let probes: [(u8, u16); 9] = [(TCP, 80), (TCP, 81), (TCP, 8080), (TCP, 8005), (UDP, 53), (UDP, 80), (ICMP, 8), (SCTP, 0), (TCP, 22)];
+    let probes: [(u8, u16); 9] =
+        [(TCP, 80), (TCP, 81), (TCP, 8080), (TCP, 8005), (UDP, 53), (UDP, 80), (ICMP, 8), (SCTP, 0), (TCP, 22)];
     for case in 0..300 {
         let (native_text, objs_text) = random_case(&mut rng);
         let native = policy::parse(&native_text, "n.yaml").unwrap_or_else(|d| panic!("{d}\n{native_text}"));
@@ -239,7 +286,17 @@ fn random_cases_agree_with_the_upstream_semantics() {
         let compiled = policy::compile(&t.policy);
         let lookup = compiled.index();
         let mut addrs: Vec<IpAddr> = objs.cluster.pods.iter().flat_map(|p| p.ips.clone()).collect();
-        for a in ["10.0.1.200", "10.0.2.200", "10.0.9.9", "192.168.1.7", "192.168.9.9", "8.8.8.8", "fd00::99", "fe80::1", "10.0.1.1"] {
+        for a in [
+            "10.0.1.200",
+            "10.0.2.200",
+            "10.0.9.9",
+            "192.168.1.7",
+            "192.168.9.9",
+            "8.8.8.8",
+            "fd00::99",
+            "fe80::1",
+            "10.0.1.1",
+        ] {
             addrs.push(ip(a));
         }
         addrs.sort();

@@ -116,7 +116,11 @@ impl Sources {
                 Err(e) => {
                     full = true;
                     if self.full.insert(ifindex) {
-                        tracing::warn!(ifindex, "cannot add the allowed source {} ({e}); its packets are dropped as spoofed", net_of(p));
+                        tracing::warn!(
+                            ifindex,
+                            "cannot add the allowed source {} ({e}); its packets are dropped as spoofed",
+                            net_of(p)
+                        );
                     }
                 }
             }
@@ -162,8 +166,20 @@ pub struct PodStatus {
 
 impl Node {
     /// Node mode for these patterns; `fixed`: the `--iface` interfaces (never guarded).
-    pub fn new(patterns: Vec<Pattern>, fixed: Vec<String>, mode: XdpMode, ebpf: &mut aya::Ebpf) -> Result<Node, NodeError> {
-        Ok(Node { patterns, fixed, mode, pods: BTreeMap::new(), sources: Sources::take(ebpf)?, failed: BTreeMap::new() })
+    pub fn new(
+        patterns: Vec<Pattern>,
+        fixed: Vec<String>,
+        mode: XdpMode,
+        ebpf: &mut aya::Ebpf,
+    ) -> Result<Node, NodeError> {
+        Ok(Node {
+            patterns,
+            fixed,
+            mode,
+            pods: BTreeMap::new(),
+            sources: Sources::take(ebpf)?,
+            failed: BTreeMap::new(),
+        })
     }
 
     /// The pattern that makes `name` a guarded interface, if any.
@@ -195,10 +211,8 @@ impl Node {
             .iter()
             .filter_map(|l| self.pattern_of(&l.name).map(|p| (l.index, (l.name.clone(), p.to_string()))))
             .collect();
-        let mut sources: BTreeMap<u32, BTreeSet<Prefix>> = want
-            .keys()
-            .map(|&i| (i, always_allowed().iter().map(prefix_of).collect()))
-            .collect();
+        let mut sources: BTreeMap<u32, BTreeSet<Prefix>> =
+            want.keys().map(|&i| (i, always_allowed().iter().map(prefix_of).collect())).collect();
         for r in routes {
             if let Some(s) = sources.get_mut(&r.oif) {
                 s.insert(prefix_of(&r.dst));

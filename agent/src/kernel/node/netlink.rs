@@ -89,7 +89,9 @@ fn dump_once(msg: RouteNetlinkMessage) -> io::Result<Option<Vec<RouteNetlinkMess
             interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
             match message.payload {
                 NetlinkPayload::Done(_) => return Ok((!interrupted).then_some(out)),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(io::Error::from_raw_os_error(-e.raw_code())),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(io::Error::from_raw_os_error(-e.raw_code()));
+                }
                 NetlinkPayload::InnerMessage(m) => out.push(m),
                 _ => {}
             }

@@ -70,9 +70,7 @@ pub fn limit_fingerprint(policy: &Policy, limit: &RateLimit) -> u64 {
     h.str(&limit.name);
     h.str(&policy.seg_ref_name(limit.from));
     let to: BTreeSet<String> = match limit.to.as_deref() {
-        Some(to) if !to.contains(&SegRef::Any) => {
-            to.iter().map(|r| policy.seg_ref_name(*r)).collect()
-        }
+        Some(to) if !to.contains(&SegRef::Any) => to.iter().map(|r| policy.seg_ref_name(*r)).collect(),
         _ => [policy.seg_ref_name(SegRef::Any)].into(),
     };
     h.u64(to.len() as u64);
@@ -111,4 +109,3 @@ pub fn limit_fingerprint(policy: &Policy, limit: &RateLimit) -> u64 {
     // 0 is free for "no limit" in the datapath's tables; FNV-1a gives it with odds of 2^-64.
     if h.0 == 0 { 1 } else { h.0 }
 }
-

@@ -62,15 +62,10 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use agent_common::{
-    Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo,
-    Verdict,
-};
+use agent_common::{Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict};
 
 use super::eval::addr16;
-use super::model::{
-    BucketSpec, Mode, Policy, WORLD_NAME,
-};
+use super::model::{BucketSpec, Mode, Policy, WORLD_NAME};
 
 mod limits;
 mod pairs;
@@ -78,10 +73,10 @@ mod ports;
 #[cfg(test)]
 mod tests;
 
-pub use limits::limit_fingerprint;
 use limits::compile_limit;
-use pairs::{Sides, pair_items, intern_profiles, wildcards};
+pub use limits::limit_fingerprint;
 pub(crate) use pairs::seg_id;
+use pairs::{Sides, intern_profiles, pair_items, wildcards};
 pub(crate) use ports::{combine, limit_ranges, prefixes, profile_intervals, rule_ranges};
 
 /// The whole port-key space: `(proto << 16) | port`, 24 bits.
@@ -188,13 +183,7 @@ impl Bucket {
         let cost = (num + r / 2) / r;
         let tolerance = cost.saturating_mul(u128::from(burst));
         let sat = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
-        Bucket {
-            rate,
-            per_seconds,
-            burst,
-            cost_fp16: sat(cost),
-            tolerance_fp16: sat(tolerance),
-        }
+        Bucket { rate, per_seconds, burst, cost_fp16: sat(cost), tolerance_fp16: sat(tolerance) }
     }
 
     fn of(spec: &BucketSpec) -> Bucket {
@@ -221,13 +210,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "{} segments, {} rules, {} hosts, {} cidrs, {} pairs, {} profiles, {} port entries",
-            self.segments,
-            self.rules,
-            self.hosts,
-            self.cidrs,
-            self.pairs,
-            self.profiles,
-            self.port_entries
+            self.segments, self.rules, self.hosts, self.cidrs, self.pairs, self.profiles, self.port_entries
         )?;
         match self.rate_limits {
             0 => {}
@@ -266,9 +249,7 @@ impl CompiledPolicy {
 
     /// The name of a segment id (0 is `world`).
     pub fn segment_name(&self, id: u32) -> Option<&str> {
-        self.segment_names
-            .get(usize::try_from(id).ok()?)
-            .map(String::as_str)
+        self.segment_names.get(usize::try_from(id).ok()?).map(String::as_str)
     }
 }
 
@@ -280,7 +261,6 @@ pub(crate) fn cidr_key(net: &IpNet) -> (u32, Addr) {
         IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
     }
 }
-
 
 /// Compiles a policy. Pure and deterministic: the same policy gives the same output.
 pub fn compile(policy: &Policy) -> CompiledPolicy {

@@ -33,20 +33,13 @@ impl Sides {
                 BTreeSet::new()
             } else {
                 // A dangling index (hand-built policy) names a segment no address is in.
-                refs.iter()
-                    .filter_map(|r| seg_id(*r, segment_count))
-                    .collect()
+                refs.iter().filter_map(|r| seg_id(*r, segment_count)).collect()
             };
             (any, ids)
         };
         let (from_any, from) = side(from);
         let (to_any, to) = side(to);
-        Sides {
-            from_any,
-            from,
-            to_any,
-            to,
-        }
+        Sides { from_any, from, to_any, to }
     }
 }
 
@@ -59,7 +52,6 @@ pub(crate) fn seg_id(r: SegRef, segment_count: usize) -> Option<u32> {
         SegRef::Named(_) => None,
     }
 }
-
 
 impl Sides {
     /// The sides of every item: the rules, then the rate limits. The address blocks of grants
@@ -135,6 +127,13 @@ fn file_items(sides: &[Sides]) -> Filed {
     f
 }
 
+/// (source segment, destination segment) -> the items (rule and limit indexes, increasing)
+/// that apply to it.
+pub(super) type PairItems = BTreeMap<(u32, u32), Vec<usize>>;
+
+/// Profiles (item sets), the pairs as (source, destination, profile), the profile of (any, any).
+pub(super) type Interned = (Vec<Vec<usize>>, Vec<(u32, u32, u32)>, Option<u32>);
+
 /// Pair -> items (indexes, increasing), and the items of (any, any). (s, ANY) and (ANY, d)
 /// sort after the explicit pairs of the same source since SEG_ANY is u32::MAX. One pass files
 /// every item under what it names; a pair's items are then the merge of its own lists, so the
@@ -143,14 +142,14 @@ pub(super) fn pair_items(
     sides: &[Sides],
     src_wild: &BTreeSet<u32>,
     dst_wild: &BTreeSet<u32>,
-) -> (BTreeMap<(u32, u32), Vec<usize>>, Vec<usize>) {
+) -> (PairItems, Vec<usize>) {
     let f = file_items(sides);
     let merged = |lists: &[Option<&Vec<usize>>]| -> Vec<usize> {
         let mut v: Vec<usize> = lists.iter().flatten().flat_map(|l| l.iter().copied()).collect();
         v.sort_unstable();
         v
     };
-    let mut pair_items: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+    let mut pair_items = PairItems::new();
     let explicit = f.direct.keys().copied().chain(src_wild.iter().flat_map(|&a| dst_wild.iter().map(move |&b| (a, b))));
     for (a, b) in explicit.collect::<BTreeSet<_>>() {
         let items = merged(&[f.direct.get(&(a, b)), f.by_src.get(&a), f.by_dst.get(&b), Some(&f.any_any)]);
@@ -167,10 +166,7 @@ pub(super) fn pair_items(
 
 /// Profiles: identical item sets (rules and limits) share one. Returns the profiles, the
 /// pairs with theirs, and the profile of (any, any).
-pub(super) fn intern_profiles(
-    pair_items: BTreeMap<(u32, u32), Vec<usize>>,
-    any_any_items: Vec<usize>,
-) -> (Vec<Vec<usize>>, Vec<(u32, u32, u32)>, Option<u32>) {
+pub(super) fn intern_profiles(pair_items: PairItems, any_any_items: Vec<usize>) -> Interned {
     let mut profiles: Vec<Vec<usize>> = Vec::new();
     let mut interned: HashMap<Vec<usize>, u32> = HashMap::new();
     let mut intern = |items: Vec<usize>| -> u32 {

@@ -68,11 +68,9 @@ pub(crate) fn piece_verdict(
 ) -> Option<Verdict> {
     let mut verdict = match combine(policy, rules) {
         Some(v) => v,
-        None if policy.default_action == Action::Allow && first_limit.is_some() => Verdict {
-            action: Action::Allow.code(),
-            rule: 0,
-            ..Default::default()
-        },
+        None if policy.default_action == Action::Allow && first_limit.is_some() => {
+            Verdict { action: Action::Allow.code(), rule: 0, ..Default::default() }
+        }
         None => return None,
     };
     if verdict.action == Action::Allow.code() {
@@ -81,16 +79,11 @@ pub(crate) fn piece_verdict(
     Some(verdict)
 }
 
-
 /// The port-key intervals `[lo, hi]` of one profile with their verdicts: sorted, disjoint,
 /// adjacent intervals with equal verdicts merged, keys that need no entry (default action and
 /// no limit, see [`piece_verdict`]) left out. `rules` and `limits` are 0-based indexes into
 /// the policy's rules and rate limits, increasing.
-pub(crate) fn profile_intervals(
-    policy: &Policy,
-    rules: &[usize],
-    limits: &[usize],
-) -> Vec<(u32, u32, Verdict)> {
+pub(crate) fn profile_intervals(policy: &Policy, rules: &[usize], limits: &[usize]) -> Vec<(u32, u32, Verdict)> {
     // Sweep over the boundaries: +1 where a range starts, -1 just after it ends. An item may
     // list overlapping ranges, hence a count per item. Items are numbered rules first, then
     // limits (j >= rules.len()).
@@ -117,11 +110,8 @@ pub(crate) fn profile_intervals(
         let pos = events[i].0;
         while i < events.len() && events[i].0 == pos {
             let (_, start, j) = events[i];
-            let (set, id) = if j < rules.len() {
-                (&mut active, rules[j])
-            } else {
-                (&mut active_limits, limits[j - rules.len()])
-            };
+            let (set, id) =
+                if j < rules.len() { (&mut active, rules[j]) } else { (&mut active_limits, limits[j - rules.len()]) };
             if start {
                 counts[j] += 1;
                 if counts[j] == 1 {
@@ -139,11 +129,7 @@ pub(crate) fn profile_intervals(
         if pos >= PORT_SPACE || end <= pos {
             continue;
         }
-        let Some(verdict) = piece_verdict(
-            policy,
-            active.iter().copied(),
-            active_limits.first().copied(),
-        ) else {
+        let Some(verdict) = piece_verdict(policy, active.iter().copied(), active_limits.first().copied()) else {
             continue;
         };
         match out.last_mut() {
@@ -162,11 +148,7 @@ pub(crate) fn prefixes(lo: u32, hi: u32) -> Vec<(u32, u32)> {
     let space = u64::from(PORT_SPACE);
     while lo < end {
         // The largest aligned block starting at lo that fits.
-        let mut size = if lo == 0 {
-            space
-        } else {
-            (lo & lo.wrapping_neg()).min(space)
-        };
+        let mut size = if lo == 0 { space } else { (lo & lo.wrapping_neg()).min(space) };
         while lo + size > end {
             size >>= 1;
         }
@@ -176,4 +158,3 @@ pub(crate) fn prefixes(lo: u32, hi: u32) -> Vec<(u32, u32)> {
     }
     out
 }
-

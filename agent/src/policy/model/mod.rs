@@ -144,11 +144,7 @@ pub enum PortSpecError {
     #[error("port {0} is out of range; ports are 1 to 65535")]
     OutOfRange(String),
     #[error("the port range is reversed; did you mean `{lo}-{hi}/{proto}`?")]
-    Reversed {
-        lo: u16,
-        hi: u16,
-        proto: &'static str,
-    },
+    Reversed { lo: u16, hi: u16, proto: &'static str },
     #[error("unknown protocol `{0}`; expected tcp or udp")]
     UnknownProto(String),
     #[error("expected N/tcp, N/udp, LO-HI/tcp, LO-HI/udp, tcp, udp or icmp")]
@@ -203,11 +199,7 @@ impl FromStr for PortSpec {
         }
         let proto = proto_of(proto)?;
         if lo > hi {
-            return Err(PortSpecError::Reversed {
-                lo: hi,
-                hi: lo,
-                proto: proto.as_str(),
-            });
+            return Err(PortSpecError::Reversed { lo: hi, hi: lo, proto: proto.as_str() });
         }
         Ok(PortSpec::Range { proto, lo, hi })
     }
@@ -226,9 +218,7 @@ fn parse_port(s: &str) -> Result<u16, PortSpecError> {
         Ok(p) if p >= 1 => Ok(p),
         _ if digits.is_empty() => Err(PortSpecError::OutOfRange("0".to_owned())),
         // ASCII digits: any byte index is a character boundary.
-        _ if digits.len() > SHOWN => {
-            Err(PortSpecError::OutOfRange(format!("{}…", &digits[..SHOWN])))
-        }
+        _ if digits.len() > SHOWN => Err(PortSpecError::OutOfRange(format!("{}…", &digits[..SHOWN]))),
         _ => Err(PortSpecError::OutOfRange(digits.to_owned())),
     }
 }

@@ -115,11 +115,7 @@ struct BucketOut {
 
 impl From<&BucketSpec> for BucketOut {
     fn from(b: &BucketSpec) -> Self {
-        BucketOut {
-            rate: b.rate,
-            per: b.per,
-            burst: b.burst,
-        }
+        BucketOut { rate: b.rate, per: b.per, burst: b.burst }
     }
 }
 
@@ -163,4 +159,3 @@ impl Serialize for Policy {
         .serialize(s)
     }
 }
-

@@ -93,18 +93,19 @@ pub(crate) fn utf8_diagnostic(origin: &str, bytes: &[u8], e: std::str::Utf8Error
     let line = good.matches('\n').count() + 1;
     let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
-    Diagnostic { origin: origin.to_owned(), line, col, message: format!("the file is not valid UTF-8 (byte 0x{byte:02x})") }
+    Diagnostic {
+        origin: origin.to_owned(),
+        line,
+        col,
+        message: format!("the file is not valid UTF-8 (byte 0x{byte:02x})"),
+    }
 }
 
 /// Makes third-party message text fit on one line.
 pub(crate) fn one_line(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
+            let esc: Vec<char> = if c.is_control() { c.escape_default().collect() } else { vec![c] };
             esc
         })
         .collect()
@@ -128,10 +129,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `name`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     // Names are compared case-insensitively; a pure case difference is the best suggestion.
     let lower = name.to_lowercase();
     if lower.chars().count() > 64 {
@@ -158,18 +156,8 @@ mod tests {
     #[test]
     fn display_one_per_line() {
         let d = Diagnostics(vec![
-            Diagnostic {
-                origin: "p.yaml".into(),
-                line: 3,
-                col: 7,
-                message: "bad thing".into(),
-            },
-            Diagnostic {
-                origin: "p.yaml".into(),
-                line: 9,
-                col: 1,
-                message: "other".into(),
-            },
+            Diagnostic { origin: "p.yaml".into(), line: 3, col: 7, message: "bad thing".into() },
+            Diagnostic { origin: "p.yaml".into(), line: 9, col: 1, message: "other".into() },
         ]);
         assert_eq!(d.to_string(), "p.yaml:3:7: bad thing\np.yaml:9:1: other");
     }
@@ -178,14 +166,8 @@ mod tests {
     fn quoting_and_suggestions() {
         assert_eq!(quote("a\nb"), "`a\\nb`");
         assert_eq!(edit_distance("paymnts", "payments"), 1);
-        assert_eq!(
-            suggest("paymnts", ["frontend", "payments"]),
-            Some("payments")
-        );
-        assert_eq!(
-            suggest("Payments", ["frontend", "payments"]),
-            Some("payments")
-        );
+        assert_eq!(suggest("paymnts", ["frontend", "payments"]), Some("payments"));
+        assert_eq!(suggest("Payments", ["frontend", "payments"]), Some("payments"));
         assert_eq!(suggest("zzz", ["frontend", "payments"]), None);
     }
 }

@@ -16,10 +16,7 @@ impl Cursor {
     fn advance(&mut self, bytes: &[u8], to: usize) -> Pos {
         if to < self.offset {
             // Not expected; recount rather than report a wrong position.
-            *self = Cursor {
-                offset: 0,
-                pos: Pos::START,
-            };
+            *self = Cursor { offset: 0, pos: Pos::START };
         }
         let (mut line, mut col) = (self.pos.line, self.pos.col);
         for &b in &bytes[self.offset..to] {
@@ -68,10 +65,7 @@ impl<'a> JsonReader<'a> {
             text,
             bytes: text.as_bytes(),
             i: 0,
-            cursor: Cursor {
-                offset: 0,
-                pos: Pos::START,
-            },
+            cursor: Cursor { offset: 0, pos: Pos::START },
             values: 0,
             limits,
             items: Vec::new(),
@@ -82,23 +76,13 @@ impl<'a> JsonReader<'a> {
     pub(super) fn read(mut self) -> Result<Node<'a>, SyntaxError> {
         let result = self.value(0).and_then(|root| {
             self.ws();
-            if self.i < self.bytes.len() {
-                Err(self.syntax(self.i, "trailing characters"))
-            } else {
-                Ok(root)
-            }
+            if self.i < self.bytes.len() { Err(self.syntax(self.i, "trailing characters")) } else { Ok(root) }
         });
-        result.map_err(|e| SyntaxError {
-            pos: self.cursor.advance(self.bytes, e.offset),
-            message: e.message,
-        })
+        result.map_err(|e| SyntaxError { pos: self.cursor.advance(self.bytes, e.offset), message: e.message })
     }
 
     fn syntax(&self, offset: usize, what: &str) -> JsonError {
-        JsonError {
-            offset,
-            message: format!("invalid JSON: {what}"),
-        }
+        JsonError { offset, message: format!("invalid JSON: {what}") }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -115,10 +99,7 @@ impl<'a> JsonReader<'a> {
     fn start_value(&mut self, offset: usize) -> JsonResult<Pos> {
         self.values += 1;
         if self.values > self.limits.values {
-            return Err(JsonError {
-                offset,
-                message: self.limits.values_message(),
-            });
+            return Err(JsonError { offset, message: self.limits.values_message() });
         }
         Ok(self.cursor.advance(self.bytes, offset))
     }
@@ -131,10 +112,7 @@ impl<'a> JsonReader<'a> {
             return Err(self.syntax(start, "EOF while parsing a value"));
         };
         if matches!(c, b'{' | b'[') && depth >= self.limits.depth {
-            return Err(JsonError {
-                offset: start,
-                message: self.limits.depth_message(),
-            });
+            return Err(JsonError { offset: start, message: self.limits.depth_message() });
         }
         let pos = self.start_value(start)?;
         let value = match c {
@@ -184,15 +162,9 @@ impl<'a> JsonReader<'a> {
             let pos = self.start_value(start)?;
             let key = Text::from(self.string()?);
             if keys.seen(&key, entries.items(&self.entries)) {
-                return Err(JsonError {
-                    offset: start,
-                    message: format!("duplicate key {}", quote(&key)),
-                });
+                return Err(JsonError { offset: start, message: format!("duplicate key {}", quote(&key)) });
             }
-            let key_node = Node {
-                pos,
-                value: Value::Str(key),
-            };
+            let key_node = Node { pos, value: Value::Str(key) };
             self.ws();
             match self.peek() {
                 Some(b':') => self.i += 1,
@@ -407,4 +379,3 @@ impl<'a> JsonReader<'a> {
         }
     }
 }
-

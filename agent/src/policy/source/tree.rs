@@ -47,23 +47,14 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub const POLICY: Limits = Limits {
-        depth: MAX_DEPTH,
-        values: MAX_VALUES,
-    };
+    pub const POLICY: Limits = Limits { depth: MAX_DEPTH, values: MAX_VALUES };
 
     pub(super) fn depth_message(self) -> String {
-        format!(
-            "the document nests deeper than {} levels (the maximum nesting depth)",
-            self.depth
-        )
+        format!("the document nests deeper than {} levels (the maximum nesting depth)", self.depth)
     }
 
     pub(super) fn values_message(self) -> String {
-        format!(
-            "the document is too large: it holds more than {} values (the maximum)",
-            thousands(self.values)
-        )
+        format!("the document is too large: it holds more than {} values (the maximum)", thousands(self.values))
     }
 }
 
@@ -92,10 +83,7 @@ impl Pos {
 
     pub(super) fn from_location(l: serde_saphyr::Location) -> Pos {
         let conv = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        Pos {
-            line: conv(l.line()),
-            col: conv(l.column()),
-        }
+        Pos { line: conv(l.line()), col: conv(l.column()) }
     }
 
     pub fn is_known(self) -> bool {
@@ -125,10 +113,7 @@ impl Int {
 impl From<i128> for Int {
     fn from(v: i128) -> Int {
         let v = v as u128;
-        Int {
-            lo: v as u64,
-            hi: (v >> 64) as u64,
-        }
+        Int { lo: v as u64, hi: (v >> 64) as u64 }
     }
 }
 
@@ -259,7 +244,6 @@ pub(crate) fn parse_tree_with(text: &str, limits: Limits) -> Result<Node<'_>, Sy
     }
 }
 
-
 /// The children of one container being read. While few, they sit on a stack shared by all the
 /// containers being read (innermost last), so that a small container is allocated once, at its
 /// size; beyond, in a vector of their own, so that a huge one is not copied when complete.
@@ -272,10 +256,7 @@ impl<T> Gather<T> {
     const FEW: usize = 16;
 
     pub(crate) fn new(stack: &[T]) -> Self {
-        Gather {
-            base: stack.len(),
-            own: None,
-        }
+        Gather { base: stack.len(), own: None }
     }
 
     pub(crate) fn push(&mut self, stack: &mut Vec<T>, item: T) {
@@ -332,10 +313,7 @@ pub(crate) struct KeySet {
 
 impl KeySet {
     pub(crate) fn new() -> Self {
-        KeySet {
-            hashes: None,
-            hasher: RandomState::new(),
-        }
+        KeySet { hashes: None, hasher: RandomState::new() }
     }
 
     /// Whether `key` is a key of `entries` (the mapping's entries so far) already. Each key
@@ -359,4 +337,3 @@ impl KeySet {
         }
     }
 }
-

@@ -18,10 +18,7 @@ pub(super) struct SpannedNode<'de>(Node<'de>);
 impl<'de> Deserialize<'de> for SpannedNode<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<PlainValue<'de>>::deserialize(d)?;
-        Ok(SpannedNode(Node {
-            pos: Pos::from_location(s.referenced),
-            value: s.value.0,
-        }))
+        Ok(SpannedNode(Node { pos: Pos::from_location(s.referenced), value: s.value.0 }))
     }
 }
 
@@ -64,9 +61,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'de> {
         Ok(Value::Int(v.into()))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value<'de>, E> {
-        Ok(i128::try_from(v)
-            .map(|v| Value::Int(v.into()))
-            .unwrap_or(Value::Float(v as f64)))
+        Ok(i128::try_from(v).map(|v| Value::Int(v.into())).unwrap_or(Value::Float(v as f64)))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value<'de>, E> {
         Ok(Value::Float(v))
@@ -110,11 +105,7 @@ pub(super) fn yaml_options(limits: Limits) -> serde_saphyr::Options {
     budget.max_nodes = limits.values;
     // Each value is one or two events (start and end of a collection), each alias one: the
     // values run out first.
-    budget.max_events = limits
-        .values
-        .saturating_mul(2)
-        .saturating_add(budget.max_aliases)
-        .saturating_add(1024);
+    budget.max_events = limits.values.saturating_mul(2).saturating_add(budget.max_aliases).saturating_add(1024);
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.with_snippet = false;
@@ -129,28 +120,20 @@ pub(crate) fn parse_yaml(text: &str, limits: Limits) -> Result<Node<'_>, SyntaxE
 
 /// The characters of the line at a 1-based position (`None` past the end).
 pub(super) fn line_at(text: &str, line: u32) -> Option<&str> {
-    text.split('\n')
-        .nth(usize::try_from(line.checked_sub(1)?).ok()?)
+    text.split('\n').nth(usize::try_from(line.checked_sub(1)?).ok()?)
 }
 
 /// The character at a 1-based line and column (columns count characters).
 pub(super) fn char_at(text: &str, pos: Pos) -> Option<char> {
-    line_at(text, pos.line)?
-        .chars()
-        .nth(usize::try_from(pos.col.checked_sub(1)?).ok()?)
+    line_at(text, pos.line)?.chars().nth(usize::try_from(pos.col.checked_sub(1)?).ok()?)
 }
 
 /// The name of the alias at `pos` (`*name`), as written.
 pub(super) fn alias_at(text: &str, pos: Pos) -> Option<String> {
     let line = line_at(text, pos.line)?;
-    let rest: String = line
-        .chars()
-        .skip(usize::try_from(pos.col.checked_sub(1)?).ok()?)
-        .collect();
+    let rest: String = line.chars().skip(usize::try_from(pos.col.checked_sub(1)?).ok()?).collect();
     let name = rest.strip_prefix('*')?;
-    let end = name
-        .find(|c: char| c.is_whitespace() || ",[]{}".contains(c))
-        .unwrap_or(name.len());
+    let end = name.find(|c: char| c.is_whitespace() || ",[]{}".contains(c)).unwrap_or(name.len());
     (end > 0).then(|| name[..end].to_owned())
 }
 
@@ -167,14 +150,10 @@ pub(super) fn tab_start(text: &str, pos: Pos) -> Pos {
     while col > 1 && chars.get(col - 2) == Some(&'\t') {
         col -= 1;
     }
-    Pos {
-        line: pos.line,
-        col: col as u32,
-    }
+    Pos { line: pos.line, col: col as u32 }
 }
 
-pub(super) const ALIASES_EXPAND_TOO_MUCH: &str =
-    "the document is too large: its aliases expand to too many values";
+pub(super) const ALIASES_EXPAND_TOO_MUCH: &str = "the document is too large: its aliases expand to too many values";
 
 /// The message for a budget breach: one sentence, no internals.
 pub(super) fn budget_message(breach: &BudgetBreach, limits: Limits) -> String {
@@ -186,14 +165,12 @@ pub(super) fn budget_message(breach: &BudgetBreach, limits: Limits) -> String {
             "the document is too large: its values hold more than {} MiB of text",
             defaults.max_total_scalar_bytes >> 20
         ),
-        BudgetBreach::Aliases { .. } => format!(
-            "the document is too large: it uses more than {} aliases",
-            thousands(defaults.max_aliases)
-        ),
-        BudgetBreach::Anchors { .. } => format!(
-            "the document is too large: it defines more than {} anchors",
-            thousands(defaults.max_anchors)
-        ),
+        BudgetBreach::Aliases { .. } => {
+            format!("the document is too large: it uses more than {} aliases", thousands(defaults.max_aliases))
+        }
+        BudgetBreach::Anchors { .. } => {
+            format!("the document is too large: it defines more than {} anchors", thousands(defaults.max_anchors))
+        }
         BudgetBreach::RecordedAnchorEvents { .. } | BudgetBreach::RecordedAnchorBytes { .. } => {
             ALIASES_EXPAND_TOO_MUCH.to_owned()
         }
@@ -210,11 +187,7 @@ pub(super) fn budget_message(breach: &BudgetBreach, limits: Limits) -> String {
 /// Turns a serde-saphyr error into a one-line message and its position.
 pub(super) fn yaml_error(e: &serde_saphyr::Error, text: &str, limits: Limits) -> SyntaxError {
     use serde_saphyr::Error as E;
-    let mut pos = e
-        .location()
-        .map(Pos::from_location)
-        .unwrap_or_default()
-        .or(Pos::START);
+    let mut pos = e.location().map(Pos::from_location).unwrap_or_default().or(Pos::START);
     // Unwrap the snippet and alias wrappers: we print our own position.
     let mut inner = e.without_snippet();
     while let E::AliasError { error, .. } = inner {
@@ -241,28 +214,21 @@ pub(super) fn yaml_error(e: &serde_saphyr::Error, text: &str, limits: Limits) ->
         | E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
         | E::AliasReplayStackDepthExceeded { .. } => ALIASES_EXPAND_TOO_MUCH.to_owned(),
-        E::ExternalMessage { source, .. }
-            if let ExternalMessageSource::Parser(scan) = &**source =>
-        {
-            match scan.kind() {
-                ErrorKind::RecursionLimitExceeded => limits.depth_message(),
-                ErrorKind::UnexpectedCharacter { character } => {
-                    format!("unexpected character {}", quote(&character.to_string()))
-                }
-                ErrorKind::TabInBlockIndentation
-                | ErrorKind::TabNotAllowed
-                | ErrorKind::TabInIndentation => {
-                    pos = tab_start(text, pos);
-                    lower_first(&one_line(&scan.kind().to_string()))
-                }
-                _ => default_message(inner),
+        E::ExternalMessage { source, .. } if let ExternalMessageSource::Parser(scan) = &**source => match scan.kind() {
+            ErrorKind::RecursionLimitExceeded => limits.depth_message(),
+            ErrorKind::UnexpectedCharacter { character } => {
+                format!("unexpected character {}", quote(&character.to_string()))
             }
-        }
+            ErrorKind::TabInBlockIndentation | ErrorKind::TabNotAllowed | ErrorKind::TabInIndentation => {
+                pos = tab_start(text, pos);
+                lower_first(&one_line(&scan.kind().to_string()))
+            }
+            _ => default_message(inner),
+        },
         other => default_message(other),
     };
     // `from: [*]` is the most likely YAML mistake in a policy: `*` starts an alias.
-    if message.contains("alias") && char_at(text, pos) == Some('*') && alias_at(text, pos).is_none()
-    {
+    if message.contains("alias") && char_at(text, pos) == Some('*') && alias_at(text, pos).is_none() {
         message.push_str("; to mean any address, write \"*\" in quotes");
     }
     SyntaxError { pos, message }
@@ -283,4 +249,3 @@ pub(super) fn lower_first(s: &str) -> String {
         _ => s.to_owned(),
     }
 }
-

@@ -59,9 +59,7 @@ const PORTS: &[&str] = &[
     "8/tcp",
 ];
 const PROTOS: &[u8] = &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, 47];
-const PACKET_PORTS: &[u16] = &[
-    0, 1, 8, 22, 53, 55, 80, 128, 129, 443, 999, 1000, 1024, 1025, 2000, 2001, 65535,
-];
+const PACKET_PORTS: &[u16] = &[0, 1, 8, 22, 53, 55, 80, 128, 129, 443, 999, 1000, 1024, 1025, 2000, 2001, 65535];
 
 fn random_policy(rng: &mut Rng) -> Policy {
     let mut cidrs: Vec<&str> = CIDRS.to_vec();
@@ -105,55 +103,23 @@ fn random_policy(rng: &mut Rng) -> Policy {
             let n = 1 + rng.below(3);
             Some((0..n).map(|_| rng.pick(PORTS).parse().unwrap()).collect())
         };
-        let action = if rng.chance(2) {
-            Action::Allow
-        } else {
-            Action::Deny
-        };
+        let action = if rng.chance(2) { Action::Allow } else { Action::Deny };
         // Only a deny rule may be audited.
         let mode = if action == Action::Deny && rng.below(4) == 0 { Mode::Audit } else { Mode::Enforce };
-        rules.push(Rule {
-            name: format!("r{i}"),
-            description: None,
-            from,
-            to,
-            ports,
-            action,
-            mode,
-            grant: None,
-        });
+        rules.push(Rule { name: format!("r{i}"), description: None, from, to, ports, action, mode, grant: None });
     }
-    let default_action = if rng.chance(2) {
-        Action::Allow
-    } else {
-        Action::Deny
-    };
+    let default_action = if rng.chance(2) { Action::Allow } else { Action::Deny };
     let mut rate_limits = Vec::new();
     for i in 0..rng.below(5) {
         rate_limits.push(random_limit(rng, format!("l{i}"), nseg, &side));
     }
-    Policy {
-        default_action,
-        segments,
-        rules,
-        rate_limits,
-        ..Policy::default()
-    }
+    Policy { default_action, segments, rules, rate_limits, ..Policy::default() }
 }
 
 /// A random valid rate limit: `from` one segment or world, `to` absent or a list that may hold
 /// `*`, `ports` absent or a list, at least one bucket.
-fn random_limit(
-    rng: &mut Rng,
-    name: String,
-    nseg: usize,
-    side: &dyn Fn(&mut Rng) -> Vec<SegRef>,
-) -> RateLimit {
-    let from = if nseg == 0 || rng.chance(4) {
-        SegRef::World
-    } else {
-        SegRef::Named(rng.below(nseg))
-    };
+fn random_limit(rng: &mut Rng, name: String, nseg: usize, side: &dyn Fn(&mut Rng) -> Vec<SegRef>) -> RateLimit {
+    let from = if nseg == 0 || rng.chance(4) { SegRef::World } else { SegRef::Named(rng.below(nseg)) };
     let to = (!rng.chance(3)).then(|| side(rng));
     let ports = (!rng.chance(3)).then(|| {
         let n = 1 + rng.below(3);
@@ -174,11 +140,7 @@ fn random_limit(
         packets: rng.chance(2).then(|| bucket(rng, 1)),
         connections: rng.chance(2).then(|| bucket(rng, 1)),
         bytes: rng.chance(2).then(|| bucket(rng, MIN_BYTES_BURST)),
-        scope: if rng.chance(2) {
-            LimitScope::Segment
-        } else {
-            LimitScope::Address
-        },
+        scope: if rng.chance(2) { LimitScope::Segment } else { LimitScope::Address },
     };
     if limit.packets.is_none() && limit.connections.is_none() && limit.bytes.is_none() {
         limit.packets = Some(bucket(rng, 1));
@@ -190,16 +152,8 @@ fn random_limit(
 fn check_compiled(p: &Policy, c: &CompiledPolicy) {
     assert_eq!(c, &compile(p), "compile is deterministic");
     assert_eq!(c.segment_names.len(), p.segments.len() + 1);
-    assert!(
-        c.hosts
-            .iter()
-            .all(|(_, i)| i.id >= 1 && i.id as usize <= p.segments.len())
-    );
-    assert!(
-        c.cidrs
-            .iter()
-            .all(|(l, _, i)| *l < 128 && i.id >= 1 && i.id as usize <= p.segments.len())
-    );
+    assert!(c.hosts.iter().all(|(_, i)| i.id >= 1 && i.id as usize <= p.segments.len()));
+    assert!(c.cidrs.iter().all(|(l, _, i)| *l < 128 && i.id >= 1 && i.id as usize <= p.segments.len()));
     assert!(c.pairs.iter().all(|&(_, _, prof)| prof < c.profile_count));
     assert!(c.any_any.is_none_or(|a| a < c.profile_count));
     let mut per_profile: Vec<Vec<(u32, u32)>> = vec![Vec::new(); c.profile_count as usize];
@@ -221,11 +175,7 @@ fn check_compiled(p: &Policy, c: &CompiledPolicy) {
     }
     assert_eq!(c.limits.len(), p.rate_limits.len());
     let fingerprints: BTreeSet<u64> = c.limits.iter().map(|l| l.fingerprint).collect();
-    assert_eq!(
-        fingerprints.len(),
-        c.limits.len(),
-        "distinct limits, distinct fingerprints"
-    );
+    assert_eq!(fingerprints.len(), c.limits.len(), "distinct limits, distinct fingerprints");
     for (l, cl) in p.rate_limits.iter().zip(&c.limits) {
         assert_eq!(cl.name, l.name);
         assert_eq!(cl.per_address, l.scope == LimitScope::Address);
@@ -235,10 +185,7 @@ fn check_compiled(p: &Policy, c: &CompiledPolicy) {
     }
     for ranges in &mut per_profile {
         ranges.sort_unstable();
-        assert!(
-            ranges.windows(2).all(|w| w[0].1 < w[1].0),
-            "entries of a profile overlap"
-        );
+        assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "entries of a profile overlap");
     }
 }
 
@@ -255,35 +202,20 @@ fn compiled_lookup_matches_reference() {
             let src = ip(ADDRS[rng.below(ADDRS.len())]);
             let dst = ip(ADDRS[rng.below(ADDRS.len())]);
             let proto = *rng.pick(PROTOS);
-            let port = if rng.chance(4) {
-                rng.next() as u16
-            } else {
-                *rng.pick(PACKET_PORTS)
-            };
+            let port = if rng.chance(4) { rng.next() as u16 } else { *rng.pick(PACKET_PORTS) };
             let naive = evaluate_naive(&p, src, dst, proto, port);
             let got = idx.lookup(src, dst, proto, port);
             total += 1;
             limited += usize::from(got.limit != 0);
-            assert_eq!(
-                got,
-                naive,
-                "round {round}: {src} -> {dst} {proto}/{port}\n{}",
-                p.to_yaml()
-            );
+            assert_eq!(got, naive, "round {round}: {src} -> {dst} {proto}/{port}\n{}", p.to_yaml());
         }
         // The text forms are exact.
         let yaml = p.to_yaml();
-        assert_eq!(
-            parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")),
-            p
-        );
+        assert_eq!(parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")), p);
         assert_eq!(parse(&p.to_json(), "json").unwrap(), p);
     }
     // The random policies exercise the limits (not only limit 0).
-    assert!(
-        limited * 20 > total,
-        "{limited} of {total} decisions limited"
-    );
+    assert!(limited * 20 > total, "{limited} of {total} decisions limited");
 }
 
 /// For every pair of segments and every port key that can change the outcome, the datapath's
@@ -308,17 +240,9 @@ fn pair_scheme_is_exact_for_every_pair() {
         }
         // The SegmentInfo the datapath would see for each segment id (only segments with an
         // address can be seen at all).
-        let mut infos = vec![SegmentInfo {
-            id: 0,
-            flags: c.world_flags,
-        }];
+        let mut infos = vec![SegmentInfo { id: 0, flags: c.world_flags }];
         for id in 1..=p.segments.len() as u32 {
-            let info = c
-                .hosts
-                .iter()
-                .map(|h| h.1)
-                .chain(c.cidrs.iter().map(|c| c.2))
-                .find(|i| i.id == id);
+            let info = c.hosts.iter().map(|h| h.1).chain(c.cidrs.iter().map(|c| c.2)).find(|i| i.id == id);
             infos.extend(info);
         }
         for &s in &infos {
@@ -345,16 +269,9 @@ fn segments_without_addresses_and_empty_policies() {
     let c = compile(&p);
     assert_eq!(c.segment_names, ["world"]);
     assert!(c.pairs.is_empty() && c.ports.is_empty() && c.any_any.is_none());
-    assert_eq!(
-        verdict(decide(&p, "1.1.1.1", "2.2.2.2", PROTO_TCP, 80)),
-        deny(0)
-    );
+    assert_eq!(verdict(decide(&p, "1.1.1.1", "2.2.2.2", PROTO_TCP, 80)), deny(0));
     let p = ok(
         "version: 1\ndefaultAction: allow\nsegments:\n  empty: { cidrs: [] }\nrules:\n  - { name: x, from: [empty], to: [\"*\"], action: deny }\n",
     );
-    assert_eq!(
-        verdict(decide(&p, "1.1.1.1", "2.2.2.2", PROTO_TCP, 80)),
-        allow(0)
-    );
+    assert_eq!(verdict(decide(&p, "1.1.1.1", "2.2.2.2", PROTO_TCP, 80)), allow(0));
 }
-

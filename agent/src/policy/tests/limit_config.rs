@@ -24,28 +24,18 @@ fn fingerprints() {
     bytes.extend(1u64.to_le_bytes());
     bytes.extend(((6u32 << 16) | 443).to_le_bytes());
     bytes.extend(((6u32 << 16) | 443).to_le_bytes());
-    for (rate, per, burst) in [
-        (2000u64, 1u64, 400u64),
-        (600, 60, 20),
-        (50_000_000, 1, 5_000_000),
-    ] {
+    for (rate, per, burst) in [(2000u64, 1u64, 400u64), (600, 60, 20), (50_000_000, 1, 5_000_000)] {
         bytes.push(1);
         for v in [rate, per, burst] {
             bytes.extend(v.to_le_bytes());
         }
     }
     bytes.push(0);
-    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     assert_eq!(f0, fnv);
     // Pinned: the canonical form must not change between agent versions.
     assert_eq!(f0, 0x6627_1705_345c_2eeb, "{f0:#x}");
-    let all: BTreeSet<u64> = compile(&base)
-        .limits
-        .iter()
-        .map(|l| l.fingerprint)
-        .collect();
+    let all: BTreeSet<u64> = compile(&base).limits.iter().map(|l| l.fingerprint).collect();
     assert_eq!(all.len(), 3);
 
     // Independent of everything else: other rules, other limits, the limit's position,
@@ -91,42 +81,18 @@ fn fingerprints() {
         ("from", Box::new(|l| l.from = SegRef::World)),
         ("from", Box::new(|l| l.from = SegRef::Named(2))),
         ("to", Box::new(|l| l.to = None)),
-        (
-            "to",
-            Box::new(|l| l.to = Some(vec![SegRef::Named(1), SegRef::World])),
-        ),
+        ("to", Box::new(|l| l.to = Some(vec![SegRef::Named(1), SegRef::World]))),
         ("ports", Box::new(|l| l.ports = None)),
-        (
-            "ports",
-            Box::new(|l| l.ports = Some(vec!["444/tcp".parse().unwrap()])),
-        ),
-        (
-            "ports",
-            Box::new(|l| l.ports = Some(vec!["443/udp".parse().unwrap()])),
-        ),
+        ("ports", Box::new(|l| l.ports = Some(vec!["444/tcp".parse().unwrap()]))),
+        ("ports", Box::new(|l| l.ports = Some(vec!["443/udp".parse().unwrap()]))),
         ("packets", Box::new(|l| l.packets = None)),
-        (
-            "packets.rate",
-            Box::new(|l| l.packets.as_mut().unwrap().rate += 1),
-        ),
-        (
-            "packets.per",
-            Box::new(|l| l.packets.as_mut().unwrap().per = Per::Minute),
-        ),
-        (
-            "packets.burst",
-            Box::new(|l| l.packets.as_mut().unwrap().burst += 1),
-        ),
+        ("packets.rate", Box::new(|l| l.packets.as_mut().unwrap().rate += 1)),
+        ("packets.per", Box::new(|l| l.packets.as_mut().unwrap().per = Per::Minute)),
+        ("packets.burst", Box::new(|l| l.packets.as_mut().unwrap().burst += 1)),
         ("connections", Box::new(|l| l.connections = None)),
-        (
-            "connections.rate",
-            Box::new(|l| l.connections.as_mut().unwrap().rate = 601),
-        ),
+        ("connections.rate", Box::new(|l| l.connections.as_mut().unwrap().rate = 601)),
         ("bytes", Box::new(|l| l.bytes = None)),
-        (
-            "bytes.burst",
-            Box::new(|l| l.bytes.as_mut().unwrap().burst = 5_000_001),
-        ),
+        ("bytes.burst", Box::new(|l| l.bytes.as_mut().unwrap().burst = 5_000_001)),
         // The same bucket moved to another kind.
         (
             "packets -> connections",
@@ -175,28 +141,12 @@ rateLimits:
 "#;
     let e = errs(text);
     let expect: Vec<(usize, usize, &str)> = vec![
-        (
-            7,
-            11,
-            "unknown segment `frontnd` in `from`; did you mean `frontend`?",
-        ),
+        (7, 11, "unknown segment `frontnd` in `from`; did you mean `frontend`?"),
         (8, 22, "`rate` must be at least 1, not 0"),
-        (
-            8,
-            30,
-            "`per` must be `second`, `minute` or `hour`, not `fortnight`",
-        ),
+        (8, 30, "`per` must be `second`, `minute` or `hour`, not `fortnight`"),
         (8, 48, "`burst` must be at least 1, not 0"),
-        (
-            9,
-            11,
-            "duplicate rate limit name `a` (first used on line 6)",
-        ),
-        (
-            11,
-            20,
-            "unknown segment `paymentz` in `to`; did you mean `payments`?",
-        ),
+        (9, 11, "duplicate rate limit name `a` (first used on line 6)"),
+        (11, 20, "unknown segment `paymentz` in `to`; did you mean `payments`?"),
         (
             12,
             46,
@@ -210,16 +160,8 @@ rateLimits:
             "rate limit `c` limits nothing; give at least one of `packets`, `connections`, \
              `bytes`",
         ),
-        (
-            18,
-            11,
-            "the `from` of a rate limit is one segment name, not a list; write `from: frontend`",
-        ),
-        (
-            19,
-            49,
-            "unknown field `brust` in `packets`; expected `rate`, `per`, `burst`",
-        ),
+        (18, 11, "the `from` of a rate limit is one segment name, not a list; write `from: frontend`"),
+        (19, 49, "unknown field `brust` in `packets`; expected `rate`, `per`, `burst`"),
         (
             20,
             5,
@@ -234,11 +176,7 @@ rateLimits:
              limit bounds one source identity",
         ),
         (22, 26, "`rate` must be at least 1, not -3"),
-        (
-            22,
-            35,
-            "`per` must be `second`, `minute` or `hour`, not `seconds`; did you mean `second`?",
-        ),
+        (22, 35, "`per` must be `second`, `minute` or `hour`, not `seconds`; did you mean `second`?"),
         (22, 51, "`burst` must be a whole number, not 2.5"),
     ];
     let got: Vec<(usize, usize, &str)> = e.iter().map(|(l, c, m)| (*l, *c, m.as_str())).collect();
@@ -251,21 +189,9 @@ fn rate_limit_single_errors() {
     let limit = |body: &str| format!("{seg}  - {{ name: x, {body} }}\n");
     let pk = "packets: { rate: 1, per: second, burst: 1 }";
     ok(&limit(&format!("from: a, {pk}")));
-    ok(&limit(&format!(
-        "from: world, to: [\"*\", world, a], ports: [icmp], {pk}"
-    )));
-    assert_eq!(
-        one_err(&limit(&format!("from: b, {pk}"))),
-        (5, 22, "unknown segment `b` in `from`".into())
-    );
-    assert_eq!(
-        one_err(&limit(pk)),
-        (
-            5,
-            5,
-            "rate limit `x` has no `from`; name one source segment, or world".into()
-        )
-    );
+    ok(&limit(&format!("from: world, to: [\"*\", world, a], ports: [icmp], {pk}")));
+    assert_eq!(one_err(&limit(&format!("from: b, {pk}"))), (5, 22, "unknown segment `b` in `from`".into()));
+    assert_eq!(one_err(&limit(pk)), (5, 5, "rate limit `x` has no `from`; name one source segment, or world".into()));
     assert_eq!(
         one_err(&limit(&format!("from: [a, world], {pk}"))).2,
         "the `from` of a rate limit is one segment name, not a list; write one rate limit per \
@@ -279,10 +205,7 @@ fn rate_limit_single_errors() {
         one_err(&limit(&format!("from: a, to: [], {pk}"))).2,
         "`to` is empty, so the rate limit could never match; remove it to match every destination"
     );
-    assert_eq!(
-        one_err(&limit(&format!("from: a, to: a, {pk}"))).2,
-        "`to` must be a list; write [a]"
-    );
+    assert_eq!(one_err(&limit(&format!("from: a, to: a, {pk}"))).2, "`to` must be a list; write [a]");
     assert_eq!(
         one_err(&limit(&format!("from: a, ports: [], {pk}"))).2,
         "`ports` is empty, so the rate limit could never match; remove it to match every port"
@@ -292,26 +215,11 @@ fn rate_limit_single_errors() {
         "invalid port spec `99999/tcp`: port 99999 is out of range; ports are 1 to 65535"
     );
     let bucket = |b: &str| one_err(&limit(&format!("from: a, packets: {b}"))).2;
-    assert_eq!(
-        bucket("{ rate: 10, burst: 1 }"),
-        "`packets` has no `per`; add `per: second`, `minute` or `hour`"
-    );
-    assert_eq!(
-        bucket("{ per: second, burst: 1 }"),
-        "`packets` has no `rate`"
-    );
-    assert_eq!(
-        bucket("{ rate: 1, per: second }"),
-        "`packets` has no `burst` (how many units may pass at once)"
-    );
-    assert_eq!(
-        bucket("{ rate: 1.5, per: second, burst: 1 }"),
-        "`rate` must be a whole number, not 1.5"
-    );
-    assert_eq!(
-        bucket("{ rate: ten, per: second, burst: 1 }"),
-        "`rate` must be a whole number, not a string"
-    );
+    assert_eq!(bucket("{ rate: 10, burst: 1 }"), "`packets` has no `per`; add `per: second`, `minute` or `hour`");
+    assert_eq!(bucket("{ per: second, burst: 1 }"), "`packets` has no `rate`");
+    assert_eq!(bucket("{ rate: 1, per: second }"), "`packets` has no `burst` (how many units may pass at once)");
+    assert_eq!(bucket("{ rate: 1.5, per: second, burst: 1 }"), "`rate` must be a whole number, not 1.5");
+    assert_eq!(bucket("{ rate: ten, per: second, burst: 1 }"), "`rate` must be a whole number, not a string");
     assert_eq!(
         bucket("{ rate: 1000000000001, per: second, burst: 1 }"),
         "`rate` must be at most 1000000000000, not 1000000000001"
@@ -324,23 +232,11 @@ fn rate_limit_single_errors() {
         bucket("{ rate: 1e13, per: second, burst: 1 }"),
         "`rate` must be at most 1000000000000, not 10000000000000"
     );
+    assert_eq!(bucket("{ rate: 1, per: minute, burst: -0.0 }"), "`burst` must be at least 1, not 0");
+    assert_eq!(bucket("{ rate: 1, per: 1, burst: 1 }"), "`per` must be `second`, `minute` or `hour`, not a number");
+    assert_eq!(bucket("100"), "`packets` must be a mapping like { rate: 100, per: second, burst: 20 }, not a number");
     assert_eq!(
-        bucket("{ rate: 1, per: minute, burst: -0.0 }"),
-        "`burst` must be at least 1, not 0"
-    );
-    assert_eq!(
-        bucket("{ rate: 1, per: 1, burst: 1 }"),
-        "`per` must be `second`, `minute` or `hour`, not a number"
-    );
-    assert_eq!(
-        bucket("100"),
-        "`packets` must be a mapping like { rate: 100, per: second, burst: 20 }, not a number"
-    );
-    assert_eq!(
-        one_err(&format!(
-            "{seg}  - {{ name: x, from: a, scope: 1, {pk} }}\n"
-        ))
-        .2,
+        one_err(&format!("{seg}  - {{ name: x, from: a, scope: 1, {pk} }}\n")).2,
         "`scope` must be `segment` or `address`, not a number"
     );
     assert_eq!(
@@ -349,11 +245,7 @@ fn rate_limit_single_errors() {
     );
     assert_eq!(
         one_err("version: 1\nrateLimits: {}\n"),
-        (
-            2,
-            13,
-            "`rateLimits` must be a list of rate limits, not a mapping".into()
-        )
+        (2, 13, "`rateLimits` must be a list of rate limits, not a mapping".into())
     );
     assert_eq!(
         one_err("version: 1\nrateLimits: [3]\n").2,
@@ -377,25 +269,16 @@ fn rate_limit_single_errors() {
 fn rate_limits_round_trip() {
     let p = ok(LIMITS);
     let yaml = p.to_yaml();
-    assert_eq!(
-        parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")),
-        p
-    );
+    assert_eq!(parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")), p);
     let json = p.to_json();
-    assert_eq!(
-        parse(&json, "json").unwrap_or_else(|d| panic!("{d}\n{json}")),
-        p
-    );
+    assert_eq!(parse(&json, "json").unwrap_or_else(|d| panic!("{d}\n{json}")), p);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let l = &v["rateLimits"];
     assert_eq!(l[0]["name"], "frontend-to-payments");
     assert_eq!(l[0]["from"], "frontend");
     assert_eq!(l[0]["to"][0], "payments");
     assert_eq!(l[0]["ports"][0], "443/tcp");
-    assert_eq!(
-        l[0]["packets"],
-        serde_json::json!({ "rate": 2000, "per": "second", "burst": 400 })
-    );
+    assert_eq!(l[0]["packets"], serde_json::json!({ "rate": 2000, "per": "second", "burst": 400 }));
     assert_eq!(l[0]["connections"]["per"], "minute");
     assert_eq!(l[0]["bytes"]["burst"], 5_000_000);
     assert_eq!(l[0]["scope"], "segment");
@@ -435,10 +318,7 @@ fn summary_counts_rate_limits() {
     let c = compile(&ok(LIMITS));
     let s = c.summary();
     assert_eq!(s.rate_limits, 3);
-    assert!(
-        s.to_string().ends_with(" port entries, 3 rate limits"),
-        "{s}"
-    );
+    assert!(s.to_string().ends_with(" port entries, 3 rate limits"), "{s}");
     // Unchanged without limits.
     let s = compile(&ok(EXAMPLE)).summary();
     assert_eq!(s.rate_limits, 0);

@@ -39,22 +39,8 @@ fn first_matching_limit_wins() {
     let p = ok(LIMITS);
     assert_eq!(p.rate_limits.len(), 3);
     let l = &p.rate_limits[0];
-    assert_eq!(
-        (l.from, l.to.clone(), l.scope),
-        (
-            SegRef::Named(0),
-            Some(vec![SegRef::Named(1)]),
-            LimitScope::Segment
-        )
-    );
-    assert_eq!(
-        l.packets,
-        Some(BucketSpec {
-            rate: 2000,
-            per: Per::Second,
-            burst: 400
-        })
-    );
+    assert_eq!((l.from, l.to.clone(), l.scope), (SegRef::Named(0), Some(vec![SegRef::Named(1)]), LimitScope::Segment));
+    assert_eq!(l.packets, Some(BucketSpec { rate: 2000, per: Per::Second, burst: 400 }));
     assert_eq!(p.rate_limits[1].to, None);
     assert_eq!(p.rate_limits[1].ports, None);
     let (f, pay, batch) = ("10.20.1.5", "10.20.2.5", "10.20.3.5");
@@ -87,36 +73,13 @@ fn first_matching_limit_wins() {
     assert_eq!(c.limit_name(0), None);
     assert_eq!(c.limit_name(4), None);
     // The port partition of (frontend, payments) is split at the limits' boundaries.
-    let verdict = |rule, limit| Verdict {
-        action: ACTION_ALLOW,
-        rule,
-        limit,
-        ..Default::default()
-    };
-    let profile = c
-        .pairs
-        .iter()
-        .find(|&&(s, d, _)| (s, d) == (1, 2))
-        .unwrap()
-        .2;
-    let entries: Vec<(u32, u32, Verdict)> = c
-        .ports
-        .iter()
-        .filter(|e| e.profile == profile)
-        .map(|e| (e.bits, e.value, e.verdict))
-        .collect();
-    assert!(
-        entries.contains(&(24, (6 << 16) | 443, verdict(1, 1))),
-        "{entries:?}"
-    );
-    assert!(
-        entries.contains(&(24, (6 << 16) | 442, verdict(1, 2))),
-        "{entries:?}"
-    );
-    assert!(
-        entries.contains(&(8, 17 << 16, verdict(1, 2))),
-        "{entries:?}"
-    );
+    let verdict = |rule, limit| Verdict { action: ACTION_ALLOW, rule, limit, ..Default::default() };
+    let profile = c.pairs.iter().find(|&&(s, d, _)| (s, d) == (1, 2)).unwrap().2;
+    let entries: Vec<(u32, u32, Verdict)> =
+        c.ports.iter().filter(|e| e.profile == profile).map(|e| (e.bits, e.value, e.verdict)).collect();
+    assert!(entries.contains(&(24, (6 << 16) | 443, verdict(1, 1))), "{entries:?}");
+    assert!(entries.contains(&(24, (6 << 16) | 442, verdict(1, 2))), "{entries:?}");
+    assert!(entries.contains(&(8, 17 << 16, verdict(1, 2))), "{entries:?}");
 }
 
 #[test]
@@ -136,38 +99,19 @@ rateLimits:
 "#);
     let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
     // No rule matches, the default allows, the limit bounds it.
-    assert_eq!(
-        v("10.0.1.1", "1.1.1.1", PROTO_TCP, 443),
-        (ACTION_ALLOW, 0, 1)
-    );
+    assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 443), (ACTION_ALLOW, 0, 1));
     assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 0), (ACTION_ALLOW, 0, 1));
     // Not covered by the limit's ports: default allow, no limit.
-    assert_eq!(
-        v("10.0.1.1", "1.1.1.1", PROTO_UDP, 443),
-        (ACTION_ALLOW, 0, 0)
-    );
+    assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_UDP, 443), (ACTION_ALLOW, 0, 0));
     // Denied by a rule: no limit.
     assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 25), (ACTION_DENY, 1, 0));
     // Allowed by a rule that no limit matches.
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
-        (ACTION_ALLOW, 2, 0)
-    );
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80), (ACTION_ALLOW, 2, 0));
     // `from: world`.
-    assert_eq!(
-        v("8.8.8.8", "10.0.2.1", PROTO_UDP, 53),
-        (ACTION_ALLOW, 0, 2)
-    );
-    assert_eq!(
-        v("8.8.8.8", "10.0.1.1", PROTO_UDP, 53),
-        (ACTION_ALLOW, 0, 0)
-    );
+    assert_eq!(v("8.8.8.8", "10.0.2.1", PROTO_UDP, 53), (ACTION_ALLOW, 0, 2));
+    assert_eq!(v("8.8.8.8", "10.0.1.1", PROTO_UDP, 53), (ACTION_ALLOW, 0, 0));
     let c = compile(&p);
-    assert!(
-        c.ports.iter().any(|e| e.verdict.rule == 0
-            && e.verdict.action == ACTION_ALLOW
-            && e.verdict.limit == 1)
-    );
+    assert!(c.ports.iter().any(|e| e.verdict.rule == 0 && e.verdict.action == ACTION_ALLOW && e.verdict.limit == 1));
     // The profile of (world, b) holds only a limit, and still gets its entry.
     assert!(c.pairs.iter().any(|&(s, d, _)| (s, d) == (0, 2)));
 }
@@ -187,25 +131,12 @@ rateLimits:
   - { name: lim, from: a, packets: { rate: 5, per: second, burst: 5 } }
 "#);
     let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
-        (ACTION_ALLOW, 1, 1)
-    );
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 8080),
-        (ACTION_DENY, 2, 0)
-    );
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 81),
-        (ACTION_DENY, 0, 0)
-    );
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80), (ACTION_ALLOW, 1, 1));
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 8080), (ACTION_DENY, 2, 0));
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 81), (ACTION_DENY, 0, 0));
     assert_eq!(v("10.0.1.1", "1.1.1.1", PROTO_TCP, 80), (ACTION_DENY, 0, 0));
     let c = compile(&p);
-    assert!(
-        c.ports
-            .iter()
-            .all(|e| (e.verdict.action == ACTION_ALLOW) == (e.verdict.limit == 1))
-    );
+    assert!(c.ports.iter().all(|e| (e.verdict.action == ACTION_ALLOW) == (e.verdict.limit == 1)));
     // Only 80/tcp (allowed, limited) and 8080/tcp (denied) have entries.
     assert_eq!(c.ports.len(), 2, "{:?}", c.ports);
     // The limit without `to` makes `a` a wildcard source, as a rule with `to: ["*"]` would.
@@ -229,31 +160,13 @@ rateLimits:
   - { name: web, from: web, bytes: { rate: 1000000, per: second, burst: 100000 } }
 "#);
     let v = |src, dst, proto, port| limit_of(decide(&p, src, dst, proto, port));
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 5432),
-        (ACTION_ALLOW, 1, 1)
-    );
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 22),
-        (ACTION_DENY, 2, 0)
-    );
-    assert_eq!(
-        v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80),
-        (ACTION_ALLOW, 0, 1)
-    );
-    assert_eq!(
-        v("10.0.1.1", "9.9.9.9", PROTO_TCP, 80),
-        (ACTION_ALLOW, 0, 1)
-    );
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 5432), (ACTION_ALLOW, 1, 1));
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 22), (ACTION_DENY, 2, 0));
+    assert_eq!(v("10.0.1.1", "10.0.2.1", PROTO_TCP, 80), (ACTION_ALLOW, 0, 1));
+    assert_eq!(v("10.0.1.1", "9.9.9.9", PROTO_TCP, 80), (ACTION_ALLOW, 0, 1));
     assert_eq!(v("9.9.9.9", "10.0.2.1", PROTO_TCP, 22), (ACTION_DENY, 2, 0));
-    assert_eq!(
-        v("10.0.2.1", "10.0.2.2", PROTO_TCP, 5432),
-        (ACTION_ALLOW, 1, 0)
-    );
-    assert_eq!(
-        v("10.0.2.1", "9.9.9.9", PROTO_TCP, 80),
-        (ACTION_ALLOW, 0, 0)
-    );
+    assert_eq!(v("10.0.2.1", "10.0.2.2", PROTO_TCP, 5432), (ACTION_ALLOW, 1, 0));
+    assert_eq!(v("10.0.2.1", "9.9.9.9", PROTO_TCP, 80), (ACTION_ALLOW, 0, 0));
     let c = compile(&p);
     let keys: Vec<(u32, u32)> = c.pairs.iter().map(|&(s, d, _)| (s, d)).collect();
     assert_eq!(keys, vec![(1, 2), (1, SEG_ANY), (SEG_ANY, 2)]);
@@ -296,10 +209,7 @@ fn fixed_point_costs() {
     assert_eq!(bytes.cost_fp16, 20 << 16);
     assert_eq!(bytes.tolerance_fp16, 5_000_000 * (20 << 16));
     // 10/hour: 360 s per packet.
-    assert_eq!(
-        c.limits[2].packets.unwrap().cost_fp16,
-        360_000_000_000 << 16
-    );
+    assert_eq!(c.limits[2].packets.unwrap().cost_fp16, 360_000_000_000 << 16);
     // Rounding to the nearest: 3/s is 333333333.33.. ns = 21845333333333.33.. << 16 units;
     // 7/s is 142857142.857.. ns = 9362285714285.71.. units.
     assert_eq!(Bucket::new(3, 1, 1).cost_fp16, 21_845_333_333_333);
@@ -321,16 +231,11 @@ fn fixed_point_costs() {
 #[test]
 fn refill_bound_is_exact() {
     let limit = |b: &str| {
-        format!(
-            "version: 1\nsegments:\n  a: {{ cidrs: [10.0.0.0/8] }}\nrateLimits:\n  - {{ name: x, from: a, {b} }}\n"
-        )
+        format!("version: 1\nsegments:\n  a: {{ cidrs: [10.0.0.0/8] }}\nrateLimits:\n  - {{ name: x, from: a, {b} }}\n")
     };
     // Refilling in exactly 24 hours is accepted; one more unit is not.
     let p = ok(&limit("packets: { rate: 1, per: hour, burst: 24 }"));
-    assert_eq!(
-        compile(&p).limits[0].packets.unwrap().tolerance_fp16,
-        86_400_000_000_000 << 16
-    );
+    assert_eq!(compile(&p).limits[0].packets.unwrap().tolerance_fp16, 86_400_000_000_000 << 16);
     assert_eq!(
         one_err(&limit("packets: { rate: 1, per: hour, burst: 25 }")),
         (
@@ -347,17 +252,8 @@ fn refill_bound_is_exact() {
         "a burst of 1000000000 at 1 per hour takes about 1000000000 hours to refill; at most \
          24 hours is supported: lower `burst` or raise `rate`"
     );
-    ok(&limit(
-        "bytes: { rate: 1000000000000, per: second, burst: 1500 }",
-    ));
+    ok(&limit("bytes: { rate: 1000000000000, per: second, burst: 1500 }"));
     // Whole floats are whole numbers.
     let p = ok(&limit("bytes: { rate: 5e6, per: second, burst: 1.5e6 }"));
-    assert_eq!(
-        p.rate_limits[0].bytes,
-        Some(BucketSpec {
-            rate: 5_000_000,
-            per: Per::Second,
-            burst: 1_500_000
-        })
-    );
+    assert_eq!(p.rate_limits[0].bytes, Some(BucketSpec { rate: 5_000_000, per: Per::Second, burst: 1_500_000 }));
 }

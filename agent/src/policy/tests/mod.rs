@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use agent_common::{
-    ACTION_ALLOW, ACTION_DENY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY,
-    SEG_F_DST_WILD, SEG_F_SRC_WILD, SegmentInfo,
+    ACTION_ALLOW, ACTION_DENY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DST_WILD, SEG_F_SRC_WILD,
+    SegmentInfo,
 };
 
 use super::compile::PORT_SPACE;
@@ -74,11 +74,7 @@ fn decide(p: &Policy, src: &str, dst: &str, proto: u8, port: u16) -> Decision {
     let (src, dst) = (ip(src), ip(dst));
     let compiled = compile(p);
     let d = compiled.lookup(src, dst, proto, port);
-    assert_eq!(
-        d,
-        evaluate_naive(p, src, dst, proto, port),
-        "{src} -> {dst} {proto}/{port}"
-    );
+    assert_eq!(d, evaluate_naive(p, src, dst, proto, port), "{src} -> {dst} {proto}/{port}");
     d
 }
 
@@ -91,7 +87,6 @@ fn deny(rule: u32) -> (u32, u32) {
 fn verdict(d: Decision) -> (u32, u32) {
     (d.action, d.rule)
 }
-
 
 /// xorshift64*: a tiny deterministic PRNG for the randomized tests.
 struct Rng(u64);
@@ -128,4 +123,3 @@ fn check_no_panic(text: &str) {
         }
     }
 }
-

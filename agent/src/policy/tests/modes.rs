@@ -109,7 +109,12 @@ fn selector_segments_are_validated_with_positions() {
     let e = errs(
         "version: 1\nsegments:\n  a: { selector: { namespace: 5, labels: { app: 1 }, matchExpressions: [ { key: x, operator: In } ], tier: web } }\n  b: { mode: audit }\n  c: { selector: [app] }\nrules: []\n",
     );
-    let at = |line: usize, col: usize| e.iter().find(|(l, c, _)| (*l, *c) == (line, col)).map(|(_, _, m)| m.as_str()).unwrap_or_else(|| panic!("nothing at {line}:{col} in {e:#?}"));
+    let at = |line: usize, col: usize| {
+        e.iter()
+            .find(|(l, c, _)| (*l, *c) == (line, col))
+            .map(|(_, _, m)| m.as_str())
+            .unwrap_or_else(|| panic!("nothing at {line}:{col} in {e:#?}"))
+    };
     assert_eq!(at(3, 31), "`namespace` must be a namespace name, not a number");
     assert!(at(3, 49).starts_with("the value of label `app` must be a string, not a number"));
     assert_eq!(at(3, 74), "operator In needs at least one value in `values`");
@@ -118,4 +123,3 @@ fn selector_segments_are_validated_with_positions() {
     assert!(at(5, 18).starts_with("`selector` must be a mapping"));
     assert_eq!(e.len(), 6, "{e:#?}");
 }
-

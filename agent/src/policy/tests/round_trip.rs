@@ -31,17 +31,9 @@ rules:
     for text in [EXAMPLE, tricky] {
         let p = ok(text);
         let yaml = p.to_yaml();
-        assert_eq!(
-            parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")),
-            p,
-            "{yaml}"
-        );
+        assert_eq!(parse(&yaml, "yaml").unwrap_or_else(|d| panic!("{d}\n{yaml}")), p, "{yaml}");
         let json = p.to_json();
-        assert_eq!(
-            parse(&json, "json").unwrap_or_else(|d| panic!("{d}\n{json}")),
-            p,
-            "{json}"
-        );
+        assert_eq!(parse(&json, "json").unwrap_or_else(|d| panic!("{d}\n{json}")), p, "{json}");
     }
     let json: serde_json::Value = serde_json::from_str(&ok(EXAMPLE).to_json()).unwrap();
     assert_eq!(json["version"], 1);
@@ -50,7 +42,6 @@ rules:
     assert_eq!(json["rules"][0]["ports"][1], "8000-8099/tcp");
     assert!(json["rules"][0].get("description").is_none());
 }
-
 
 #[test]
 fn never_panics() {
@@ -63,15 +54,9 @@ fn never_panics() {
     }
     // Random mutations with YAML-significant characters, and random bytes.
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let specials: Vec<char> = ":-[]{}\"'*&!|>#,%@`? \n\t\\/0123456789xé\u{feff}"
-        .chars()
-        .collect();
+    let specials: Vec<char> = ":-[]{}\"'*&!|>#,%@`? \n\t\\/0123456789xé\u{feff}".chars().collect();
     for _ in 0..1500 {
-        let base = if rng.chance(2) {
-            EXAMPLE
-        } else {
-            json.as_str()
-        };
+        let base = if rng.chance(2) { EXAMPLE } else { json.as_str() };
         let mut chars: Vec<char> = base.chars().collect();
         for _ in 0..1 + rng.below(4) {
             let i = rng.below(chars.len());
@@ -96,8 +81,9 @@ fn never_panics() {
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 0..12u8 {
         let (prev, cur) = ((b'a' + i) as char, (b'b' + i) as char);
-        bomb.push_str(&format!("{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        bomb.push_str(&format!(
+            "{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        ));
     }
     check_no_panic(&bomb);
 }
-

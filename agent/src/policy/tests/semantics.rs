@@ -21,10 +21,7 @@ fn example_policy() {
     let d = decide(&p, "fd20:1::5", pay, PROTO_TCP, 443);
     assert_eq!((d.src_segment, d.dst_segment, d.rule), (1, 2, 1));
     let d = decide(&p, "10.20.3.1", "10.20.2.11", PROTO_TCP, 443);
-    assert_eq!(
-        (d.src_segment, d.dst_segment, d.action),
-        (3, 0, ACTION_DENY)
-    );
+    assert_eq!((d.src_segment, d.dst_segment, d.action), (3, 0, ACTION_DENY));
 
     let c = compile(&p);
     assert_eq!(c.segment_names, ["world", "frontend", "payments", "batch"]);
@@ -35,85 +32,36 @@ fn example_policy() {
     assert_eq!(c.segment_name(3), Some("batch"));
     assert_eq!(c.segment_name(4), None);
     assert_eq!(c.default_action, ACTION_DENY);
-    assert_eq!(
-        c.hosts,
-        vec![(addr16(ip("10.20.2.10")), SegmentInfo { id: 2, flags: 0 })]
-    );
+    assert_eq!(c.hosts, vec![(addr16(ip("10.20.2.10")), SegmentInfo { id: 2, flags: 0 })]);
     assert_eq!(
         c.cidrs,
         vec![
-            (
-                120,
-                addr16(ip("10.20.1.0")),
-                SegmentInfo { id: 1, flags: 0 }
-            ),
+            (120, addr16(ip("10.20.1.0")), SegmentInfo { id: 1, flags: 0 }),
             (64, addr16(ip("fd20:1::")), SegmentInfo { id: 1, flags: 0 }),
-            (
-                120,
-                addr16(ip("10.20.3.0")),
-                SegmentInfo { id: 3, flags: 0 }
-            ),
+            (120, addr16(ip("10.20.3.0")), SegmentInfo { id: 3, flags: 0 }),
         ]
     );
     assert_eq!(c.pairs, vec![(1, 2, 0)]);
     assert_eq!(c.any_any, None);
     assert_eq!(c.world_flags, 0);
     assert_eq!(c.profile_count, 1);
-    let v = Verdict {
-        action: ACTION_ALLOW,
-        rule: 1,
-        ..Default::default()
-    };
+    let v = Verdict { action: ACTION_ALLOW, rule: 1, ..Default::default() };
     let mut expect = vec![
-        PortEntry {
-            profile: 0,
-            bits: 24,
-            value: (1 << 16) | 8,
-            verdict: v,
-        },
-        PortEntry {
-            profile: 0,
-            bits: 24,
-            value: (6 << 16) | 443,
-            verdict: v,
-        },
-        PortEntry {
-            profile: 0,
-            bits: 24,
-            value: (17 << 16) | 53,
-            verdict: v,
-        },
+        PortEntry { profile: 0, bits: 24, value: (1 << 16) | 8, verdict: v },
+        PortEntry { profile: 0, bits: 24, value: (6 << 16) | 443, verdict: v },
+        PortEntry { profile: 0, bits: 24, value: (17 << 16) | 53, verdict: v },
     ];
     // 8000-8099 = 8000-8063 (/18), 8064-8095 (/19), 8096-8099 (/22)
     for (bits, port) in [(18, 8000), (19, 8064), (22, 8096)] {
-        expect.push(PortEntry {
-            profile: 0,
-            bits,
-            value: (6 << 16) | port,
-            verdict: v,
-        });
+        expect.push(PortEntry { profile: 0, bits, value: (6 << 16) | port, verdict: v });
     }
     let mut got = c.ports.clone();
     got.sort_by_key(|e| e.value);
     expect.sort_by_key(|e| e.value);
     assert_eq!(got, expect);
     let s = c.summary();
-    assert_eq!(
-        (
-            s.segments,
-            s.rules,
-            s.hosts,
-            s.cidrs,
-            s.pairs,
-            s.profiles,
-            s.port_entries
-        ),
-        (3, 1, 1, 3, 1, 1, 6)
-    );
-    assert_eq!(
-        s.to_string(),
-        "3 segments, 1 rules, 1 hosts, 3 cidrs, 1 pairs, 1 profiles, 6 port entries"
-    );
+    assert_eq!((s.segments, s.rules, s.hosts, s.cidrs, s.pairs, s.profiles, s.port_entries), (3, 1, 1, 3, 1, 1, 6));
+    assert_eq!(s.to_string(), "3 segments, 1 rules, 1 hosts, 3 cidrs, 1 pairs, 1 profiles, 6 port entries");
 }
 
 #[test]
@@ -156,19 +104,10 @@ rules:
   - { name: in, from: [world], to: [web], ports: ["443/tcp"], action: allow }
   - { name: out, from: [db], to: [world], action: deny }
 "#);
-    assert_eq!(
-        verdict(decide(&p, "1.2.3.4", "10.0.1.1", PROTO_TCP, 443)),
-        allow(1)
-    );
+    assert_eq!(verdict(decide(&p, "1.2.3.4", "10.0.1.1", PROTO_TCP, 443)), allow(1));
     // db is not world: the world rule does not cover it.
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 443)),
-        deny(0)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "1.1.1.1", PROTO_UDP, 53)),
-        deny(2)
-    );
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 443)), deny(0));
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "1.1.1.1", PROTO_UDP, 53)), deny(2));
     let c = compile(&p);
     assert_eq!(c.pairs, vec![(0, 1, 0), (2, 0, 1)]);
     assert_eq!(c.world_flags, 0);
@@ -188,10 +127,7 @@ rules:
         let d = decide(&p, src, "10.0.2.1", PROTO_TCP, 5432);
         assert_eq!(verdict(d), allow(1), "{src}");
     }
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 5432)),
-        deny(0)
-    );
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 5432)), deny(0));
     let c = compile(&p);
     assert_eq!(c.pairs, vec![(SEG_ANY, 2, 0)]);
     let db = c.cidrs.iter().find(|c| c.2.id == 2).unwrap().2;
@@ -210,42 +146,15 @@ rules:
   - { name: no-telnet, from: ["*"], to: ["*"], ports: ["23/tcp"], action: deny }
   - { name: ping, from: ["*"], to: [db], ports: [icmp], action: allow }
 "#);
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "10.0.2.1", PROTO_TCP, 80)),
-        allow(1)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "9.9.9.9", PROTO_TCP, 80)),
-        allow(1)
-    );
-    assert_eq!(
-        verdict(decide(&p, "9.9.9.9", "10.0.1.1", PROTO_TCP, 0)),
-        allow(1)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "10.0.2.1", PROTO_TCP, 23)),
-        deny(2)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 23)),
-        deny(2)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 80)),
-        deny(0)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.2.1", "10.0.2.2", PROTO_ICMP, 8)),
-        allow(3)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "10.0.2.2", PROTO_ICMP, 8)),
-        allow(3)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "10.0.1.2", PROTO_ICMP, 8)),
-        deny(0)
-    );
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "10.0.2.1", PROTO_TCP, 80)), allow(1));
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "9.9.9.9", PROTO_TCP, 80)), allow(1));
+    assert_eq!(verdict(decide(&p, "9.9.9.9", "10.0.1.1", PROTO_TCP, 0)), allow(1));
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "10.0.2.1", PROTO_TCP, 23)), deny(2));
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 23)), deny(2));
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.1.1", PROTO_TCP, 80)), deny(0));
+    assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.2.2", PROTO_ICMP, 8)), allow(3));
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "10.0.2.2", PROTO_ICMP, 8)), allow(3));
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "10.0.1.2", PROTO_ICMP, 8)), deny(0));
     let c = compile(&p);
     assert_eq!(c.world_flags, SEG_F_SRC_WILD);
     let flags = |id| c.cidrs.iter().find(|c| c.2.id == id).unwrap().2.flags;
@@ -253,10 +162,7 @@ rules:
     assert_eq!(flags(2), SEG_F_DST_WILD);
     let keys: Vec<(u32, u32)> = c.pairs.iter().map(|&(s, d, _)| (s, d)).collect();
     // SRC_WILD x DST_WILD is explicit; then (s, ANY), (ANY, d).
-    assert_eq!(
-        keys,
-        vec![(0, 2), (0, SEG_ANY), (1, 2), (1, SEG_ANY), (SEG_ANY, 2)]
-    );
+    assert_eq!(keys, vec![(0, 2), (0, SEG_ANY), (1, 2), (1, SEG_ANY), (SEG_ANY, 2)]);
     assert!(c.any_any.is_some());
 }
 
@@ -287,14 +193,9 @@ rules:
 fn deny_beats_allow_in_any_order() {
     for deny_first in [false, true] {
         let allow_rule = r#"{ name: allow-all, from: [a], to: [b], action: allow }"#;
-        let deny_rule =
-            r#"{ name: no-ssh, from: ["*"], to: [b], ports: ["22/tcp"], action: deny }"#;
+        let deny_rule = r#"{ name: no-ssh, from: ["*"], to: [b], ports: ["22/tcp"], action: deny }"#;
         let deny2 = r#"{ name: no-ssh-2, from: [a], to: [b], ports: ["20-30/tcp"], action: deny }"#;
-        let (r1, r2) = if deny_first {
-            (deny_rule, allow_rule)
-        } else {
-            (allow_rule, deny_rule)
-        };
+        let (r1, r2) = if deny_first { (deny_rule, allow_rule) } else { (allow_rule, deny_rule) };
         let p = ok(&format!(
             "version: 1\nsegments:\n  a: {{ cidrs: [10.0.1.0/24] }}\n  b: {{ cidrs: [10.0.2.0/24] }}\n\
              rules:\n  - {r1}\n  - {r2}\n  - {deny2}\n"
@@ -304,10 +205,7 @@ fn deny_beats_allow_in_any_order() {
         assert_eq!(v(22), deny(deny_id), "the first matching deny decides");
         assert_eq!(v(21), deny(3));
         assert_eq!(v(80), allow(allow_id));
-        assert_eq!(
-            verdict(decide(&p, "10.0.2.1", "10.0.2.1", PROTO_TCP, 22)),
-            deny(deny_id)
-        );
+        assert_eq!(verdict(decide(&p, "10.0.2.1", "10.0.2.1", PROTO_TCP, 22)), deny(deny_id));
     }
 }
 
@@ -337,18 +235,9 @@ segments:
 rules:
   - { name: block, from: [a], to: [world], ports: ["25/tcp"], action: deny }
 "#);
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "1.2.3.4", PROTO_TCP, 25)),
-        deny(1)
-    );
-    assert_eq!(
-        verdict(decide(&p, "10.0.1.1", "1.2.3.4", PROTO_TCP, 26)),
-        allow(0)
-    );
-    assert_eq!(
-        verdict(decide(&p, "1.2.3.4", "10.0.1.1", PROTO_TCP, 25)),
-        allow(0)
-    );
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "1.2.3.4", PROTO_TCP, 25)), deny(1));
+    assert_eq!(verdict(decide(&p, "10.0.1.1", "1.2.3.4", PROTO_TCP, 26)), allow(0));
+    assert_eq!(verdict(decide(&p, "1.2.3.4", "10.0.1.1", PROTO_TCP, 25)), allow(0));
     assert_eq!(compile(&p).default_action, ACTION_ALLOW);
 }
 
@@ -370,17 +259,10 @@ rules:
     assert_eq!(verdict(decide(&p, a, b, PROTO_ICMP, 0)), deny(0));
     assert_eq!(verdict(decide(&p, a, b, PROTO_TCP, 8)), deny(0));
     assert_eq!(verdict(decide(&p, a, b, PROTO_UDP, 53)), allow(2));
-    assert_eq!(
-        verdict(decide(&p, a, "2001:db8:2::2", PROTO_UDP, 53)),
-        deny(0)
-    );
+    assert_eq!(verdict(decide(&p, a, "2001:db8:2::2", PROTO_UDP, 53)), deny(0));
     let d = decide(&p, a, b, PROTO_UDP, 53);
     assert_eq!((d.src_segment, d.dst_segment), (1, 2));
     let c = compile(&p);
-    assert_eq!(
-        c.hosts,
-        vec![(addr16(ip(b)), SegmentInfo { id: 2, flags: 0 })]
-    );
+    assert_eq!(c.hosts, vec![(addr16(ip(b)), SegmentInfo { id: 2, flags: 0 })]);
     assert_eq!(c.cidrs[0].0, 48);
 }
-

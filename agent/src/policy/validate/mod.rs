@@ -7,11 +7,11 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use crate::policy::source::diag::{Diagnostic, Diagnostics, quote, suggest};
 use crate::policy::model::{
-    ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST,
-    Mode, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
+    ANY_NAME, Action, Alerts, BucketSpec, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
+    POLICY_VERSION, Per, PodSelector, Policy, PortSpec, RateLimit, Rule, SegRef, Segment, WORLD_NAME,
 };
+use crate::policy::source::diag::{Diagnostic, Diagnostics, quote, suggest};
 use crate::policy::source::tree::{Node, Pos, Value, parse_tree};
 
 mod refs;
@@ -37,41 +37,21 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy, Diagnostics> {
         }
     };
     let policy = v.policy(&root);
-    if v.diags.is_empty() {
-        Ok(policy)
-    } else {
-        Err(v.finish())
-    }
+    if v.diags.is_empty() { Ok(policy) } else { Err(v.finish()) }
 }
 
 /// Reads and validates a policy file. Read errors and invalid UTF-8 are diagnostics too.
 pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
     let origin = path.display().to_string();
-    let one = |line, col, message: String| {
-        Diagnostics(vec![Diagnostic {
-            origin: origin.clone(),
-            line,
-            col,
-            message,
-        }])
-    };
-    let bytes =
-        std::fs::read(path).map_err(|e| one(1, 1, format!("cannot read the policy file: {e}")))?;
+    let one = |line, col, message: String| Diagnostics(vec![Diagnostic { origin: origin.clone(), line, col, message }]);
+    let bytes = std::fs::read(path).map_err(|e| one(1, 1, format!("cannot read the policy file: {e}")))?;
     match std::str::from_utf8(&bytes) {
         Ok(text) => parse(text, &origin),
         Err(e) => Err(Diagnostics(vec![super::source::diag::utf8_diagnostic(&origin, &bytes, e)])),
     }
 }
 
-const TOP_FIELDS: &[&str] = &[
-    "version",
-    "mode",
-    "defaultAction",
-    "segments",
-    "rules",
-    "rateLimits",
-    "alerts",
-];
+const TOP_FIELDS: &[&str] = &["version", "mode", "defaultAction", "segments", "rules", "rateLimits", "alerts"];
 const ALERT_FIELDS: &[&str] = &[
     "learnSeconds",
     "newPeer",
@@ -86,16 +66,7 @@ const ALERT_FIELDS: &[&str] = &[
 const SEGMENT_FIELDS: &[&str] = &["cidrs", "selector", "mode"];
 const SELECTOR_FIELDS: &[&str] = &["namespace", "labels", "matchExpressions"];
 const RULE_FIELDS: &[&str] = &["name", "description", "from", "to", "ports", "action", "mode"];
-const LIMIT_FIELDS: &[&str] = &[
-    "name",
-    "from",
-    "to",
-    "ports",
-    "packets",
-    "connections",
-    "bytes",
-    "scope",
-];
+const LIMIT_FIELDS: &[&str] = &["name", "from", "to", "ports", "packets", "connections", "bytes", "scope"];
 const BUCKET_FIELDS: &[&str] = &["rate", "per", "burst"];
 /// The buckets of a rate limit, in file order.
 const BUCKETS: [&str; 3] = ["packets", "connections", "bytes"];
@@ -142,11 +113,7 @@ struct Names<'p> {
 
 impl<'p> Names<'p> {
     fn new(segments: &'p [Segment]) -> Self {
-        let index = segments
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
+        let index = segments.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
         Names { segments, index }
     }
 }
@@ -249,16 +216,10 @@ impl Validator<'_> {
         let Value::Map(entries) = &node.value else {
             return None;
         };
-        let mut fields = Fields {
-            pos: node.pos,
-            found: Vec::new(),
-        };
+        let mut fields = Fields { pos: node.pos, found: Vec::new() };
         for (k, v) in entries {
             let Value::Str(key) = &k.value else {
-                self.err(
-                    k.pos,
-                    format!("keys of {what} must be strings, not {}", k.value.kind()),
-                );
+                self.err(k.pos, format!("keys of {what} must be strings, not {}", k.value.kind()));
                 continue;
             };
             let Some(name) = allowed.iter().find(|a| **a == &**key) else {
@@ -267,19 +228,11 @@ impl Validator<'_> {
                 }
                 let hint = match suggest(key, allowed.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => format!(
-                        "expected {}",
-                        allowed
-                            .iter()
-                            .map(|a| format!("`{a}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    None => {
+                        format!("expected {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", "))
+                    }
                 };
-                self.err(
-                    k.pos,
-                    format!("unknown field {} in {what}; {hint}", quote(key)),
-                );
+                self.err(k.pos, format!("unknown field {} in {what}; {hint}", quote(key)));
                 continue;
             };
             if fields.get(name).is_some() {
@@ -299,39 +252,24 @@ impl Validator<'_> {
                 Value::Null => "the policy is empty; expected a mapping with `version`, \
                                 `segments` and `rules`"
                     .to_owned(),
-                ref v => format!(
-                    "the policy must be a mapping with `version`, `segments` and `rules`, not {}",
-                    v.kind()
-                ),
+                ref v => {
+                    format!("the policy must be a mapping with `version`, `segments` and `rules`, not {}", v.kind())
+                }
             };
             self.err(root.pos, msg);
             return policy;
         };
 
         match top.get("version") {
-            None => self.err(
-                top.pos,
-                format!("missing `version`; add `version: {POLICY_VERSION}`"),
-            ),
+            None => self.err(top.pos, format!("missing `version`; add `version: {POLICY_VERSION}`")),
             Some(n) => match n.value {
                 Value::Int(v) if v.get() == i128::from(POLICY_VERSION) => {}
-                Value::Int(v) => self.err(
-                    n.pos,
-                    format!(
-                        "unsupported policy version {v}; this agent reads version {POLICY_VERSION}"
-                    ),
-                ),
-                Value::Float(f) => self.err(
-                    n.pos,
-                    format!("`version` must be the whole number {POLICY_VERSION}, not {f:?}"),
-                ),
-                ref v => self.err(
-                    n.pos,
-                    format!(
-                        "`version` must be the number {POLICY_VERSION}, not {}",
-                        v.kind()
-                    ),
-                ),
+                Value::Int(v) => self
+                    .err(n.pos, format!("unsupported policy version {v}; this agent reads version {POLICY_VERSION}")),
+                Value::Float(f) => {
+                    self.err(n.pos, format!("`version` must be the whole number {POLICY_VERSION}, not {f:?}"))
+                }
+                ref v => self.err(n.pos, format!("`version` must be the number {POLICY_VERSION}, not {}", v.kind())),
             },
         }
 

@@ -7,18 +7,9 @@ use ipnet::IpNet;
 use super::*;
 
 impl Validator<'_> {
-    pub(super) fn seg_refs(
-        &mut self,
-        f: &Fields<'_>,
-        field: &str,
-        rule: &str,
-        segments: &Names<'_>,
-    ) -> Vec<SegRef> {
+    pub(super) fn seg_refs(&mut self, f: &Fields<'_>, field: &str, rule: &str, segments: &Names<'_>) -> Vec<SegRef> {
         let Some(n) = f.get(field) else {
-            self.err(
-                f.pos,
-                format!("{rule} has no `{field}`; list segment names, or \"*\" for any address"),
-            );
+            self.err(f.pos, format!("{rule} has no `{field}`; list segment names, or \"*\" for any address"));
             return Vec::new();
         };
         self.seg_list(
@@ -30,13 +21,7 @@ impl Validator<'_> {
     }
 
     /// A list of segment references (`field` is `from` or `to`); `empty` is the message for `[]`.
-    pub(super) fn seg_list(
-        &mut self,
-        n: &Node,
-        field: &str,
-        empty: &str,
-        segments: &Names<'_>,
-    ) -> Vec<SegRef> {
+    pub(super) fn seg_list(&mut self, n: &Node, field: &str, empty: &str, segments: &Names<'_>) -> Vec<SegRef> {
         let items = match &n.value {
             Value::Seq(items) => &items[..],
             Value::Str(s) => {
@@ -44,13 +29,7 @@ impl Validator<'_> {
                 return Vec::new();
             }
             v => {
-                self.err(
-                    n.pos,
-                    format!(
-                        "`{field}` must be a list of segment names, not {}",
-                        v.kind()
-                    ),
-                );
+                self.err(n.pos, format!("`{field}` must be a list of segment names, not {}", v.kind()));
                 return Vec::new();
             }
         };
@@ -60,10 +39,7 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for item in items {
             let Value::Str(s) = &item.value else {
-                self.err(
-                    item.pos,
-                    format!("a segment name must be a string, not {}", item.value.kind()),
-                );
+                self.err(item.pos, format!("a segment name must be a string, not {}", item.value.kind()));
                 continue;
             };
             if let Some(r) = self.seg_name(item.pos, s, field, segments) {
@@ -90,11 +66,7 @@ impl Validator<'_> {
         let hint = match self.suggestions_left.checked_sub(1) {
             Some(left) => {
                 self.suggestions_left = left;
-                let known = names
-                    .segments
-                    .iter()
-                    .map(|seg| seg.name.as_str())
-                    .chain([WORLD_NAME]);
+                let known = names.segments.iter().map(|seg| seg.name.as_str()).chain([WORLD_NAME]);
                 match suggest(s, known) {
                     Some(g) => format!("; did you mean {}?", quote(g)),
                     None => String::new(),
@@ -102,10 +74,7 @@ impl Validator<'_> {
             }
             None => String::new(),
         };
-        self.err(
-            pos,
-            format!("unknown segment {} in `{field}`{hint}", quote(s)),
-        );
+        self.err(pos, format!("unknown segment {} in `{field}`{hint}", quote(s)));
         None
     }
 
@@ -115,9 +84,7 @@ impl Validator<'_> {
         if items.is_empty() {
             self.err(
                 n.pos,
-                format!(
-                    "`ports` is empty, so the {what} could never match; remove it to match every port"
-                ),
+                format!("`ports` is empty, so the {what} could never match; remove it to match every port"),
             );
         }
         let mut out = Vec::new();
@@ -127,17 +94,10 @@ impl Validator<'_> {
                     Ok(p) => out.push(p),
                     Err(e) => self.err(item.pos, format!("invalid port spec {}: {e}", quote(s))),
                 },
-                Value::Int(p) => self.err(
-                    item.pos,
-                    format!("port {p} needs a protocol: write \"{p}/tcp\" or \"{p}/udp\""),
-                ),
-                v => self.err(
-                    item.pos,
-                    format!(
-                        "a port spec must be a string such as \"443/tcp\", not {}",
-                        v.kind()
-                    ),
-                ),
+                Value::Int(p) => {
+                    self.err(item.pos, format!("port {p} needs a protocol: write \"{p}/tcp\" or \"{p}/udp\""))
+                }
+                v => self.err(item.pos, format!("a port spec must be a string such as \"443/tcp\", not {}", v.kind())),
             }
         }
         out
@@ -149,19 +109,13 @@ pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = IpNet::from_str(text) {
         let trunc = net.trunc();
         if trunc != net {
-            return Err(format!(
-                "{} has host bits set; did you mean {trunc}?",
-                quote(text)
-            ));
+            return Err(format!("{} has host bits set; did you mean {trunc}?", quote(text)));
         }
         return Ok(net);
     }
     if let Ok(ip) = IpAddr::from_str(text) {
         let len = if ip.is_ipv4() { 32 } else { 128 };
-        return Err(format!(
-            "{} is an address, not a CIDR; write {ip}/{len} for a single address",
-            quote(text)
-        ));
+        return Err(format!("{} is an address, not a CIDR; write {ip}/{len} for a single address", quote(text)));
     }
     if let Some((addr, len)) = text.split_once('/')
         && let Ok(ip) = IpAddr::from_str(addr)

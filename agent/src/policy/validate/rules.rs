@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-
 use super::*;
 
 impl Validator<'_> {
@@ -22,20 +21,13 @@ impl Validator<'_> {
                 continue;
             };
             let name = self.unique_name(&f, "rule", &mut names);
-            let rule_label = if name.is_empty() {
-                "this rule".to_owned()
-            } else {
-                format!("rule {}", quote(&name))
-            };
+            let rule_label = if name.is_empty() { "this rule".to_owned() } else { format!("rule {}", quote(&name)) };
             let description = match f.get("description") {
                 None => None,
                 Some(n) => match &n.value {
                     Value::Str(s) => Some(String::from(&**s)),
                     v => {
-                        self.err(
-                            n.pos,
-                            format!("`description` must be a string, not {}", v.kind()),
-                        );
+                        self.err(n.pos, format!("`description` must be a string, not {}", v.kind()));
                         None
                     }
                 },
@@ -45,12 +37,7 @@ impl Validator<'_> {
             let ports = f.get("ports").map(|n| self.ports(n, "rule"));
             let action = match f.get("action") {
                 None => {
-                    self.err(
-                        f.pos,
-                        format!(
-                            "{rule_label} has no `action`; add `action: allow` or `action: deny`"
-                        ),
-                    );
+                    self.err(f.pos, format!("{rule_label} has no `action`; add `action: allow` or `action: deny`"));
                     Action::Deny
                 }
                 Some(n) => self.action(n, "action").unwrap_or_default(),
@@ -68,16 +55,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            rules.push(Rule {
-                name,
-                description,
-                from,
-                to,
-                ports,
-                action,
-                mode,
-                grant: None,
-            });
+            rules.push(Rule { name, description, from, to, ports, action, mode, grant: None });
         }
         rules
     }
@@ -99,17 +77,11 @@ impl Validator<'_> {
                 continue;
             };
             let name = self.unique_name(&f, "rate limit", &mut names);
-            let label = if name.is_empty() {
-                "this rate limit".to_owned()
-            } else {
-                format!("rate limit {}", quote(&name))
-            };
+            let label =
+                if name.is_empty() { "this rate limit".to_owned() } else { format!("rate limit {}", quote(&name)) };
             let from = match f.get("from") {
                 None => {
-                    self.err(
-                        f.pos,
-                        format!("{label} has no `from`; name one source segment, or world"),
-                    );
+                    self.err(f.pos, format!("{label} has no `from`; name one source segment, or world"));
                     None
                 }
                 Some(n) => self.limit_from(n, segments),
@@ -124,8 +96,7 @@ impl Validator<'_> {
                 )
             });
             let ports = f.get("ports").map(|n| self.ports(n, "rate limit"));
-            let [packets, connections, bytes] =
-                BUCKETS.map(|b| f.get(b).and_then(|n| self.bucket(n, b)));
+            let [packets, connections, bytes] = BUCKETS.map(|b| f.get(b).and_then(|n| self.bucket(n, b)));
             if BUCKETS.iter().all(|b| f.get(b).is_none()) {
                 self.err(
                     f.pos,
@@ -186,20 +157,11 @@ impl Validator<'_> {
                     },
                     _ => "; write one rate limit per source segment".to_owned(),
                 };
-                self.err(
-                    n.pos,
-                    format!("the `from` of a rate limit is one segment name, not a list{hint}"),
-                );
+                self.err(n.pos, format!("the `from` of a rate limit is one segment name, not a list{hint}"));
                 None
             }
             v => {
-                self.err(
-                    n.pos,
-                    format!(
-                        "the `from` of a rate limit must be a segment name, not {}",
-                        v.kind()
-                    ),
-                );
+                self.err(n.pos, format!("the `from` of a rate limit must be a segment name, not {}", v.kind()));
                 None
             }
         }
@@ -228,10 +190,7 @@ impl Validator<'_> {
         let per = self.per(f.get("per"), f.pos, &what);
         let (burst_node, burst) = match f.get("burst") {
             None => {
-                self.err(
-                    f.pos,
-                    format!("{what} has no `burst` (how many units may pass at once)"),
-                );
+                self.err(f.pos, format!("{what} has no `burst` (how many units may pass at once)"));
                 (None, None)
             }
             Some(n) => (Some(n), self.whole(n, "burst", 1, u64::MAX)),
@@ -297,30 +256,18 @@ impl Validator<'_> {
         let (v, exact) = match n.value {
             Value::Int(v) => (v.get(), true),
             // A whole f64 below 1e30 converts to i128 without rounding.
-            Value::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e30 => {
-                (x as i128, x.abs() <= EXACT)
-            }
+            Value::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e30 => (x as i128, x.abs() <= EXACT),
             Value::Float(x) => {
-                self.err(
-                    n.pos,
-                    format!("`{field}` must be a whole number, not {x:?}"),
-                );
+                self.err(n.pos, format!("`{field}` must be a whole number, not {x:?}"));
                 return None;
             }
             ref v => {
-                self.err(
-                    n.pos,
-                    format!("`{field}` must be a whole number, not {}", v.kind()),
-                );
+                self.err(n.pos, format!("`{field}` must be a whole number, not {}", v.kind()));
                 return None;
             }
         };
         let not = |v: i128| {
-            if exact {
-                format!(", not {v}")
-            } else {
-                String::new()
-            }
+            if exact { format!(", not {v}") } else { String::new() }
         };
         if v < i128::from(min) {
             self.err(n.pos, format!("`{field}` must be at least {min}{}", not(v)));

@@ -11,7 +11,10 @@ impl Validator<'_> {
     /// The `alerts` section: every field optional, defaults as in [`Alerts::default`].
     pub(super) fn alerts(&mut self, n: &Node) -> Option<Alerts> {
         let Some(f) = self.fields(n, Owner::Text("`alerts`"), ALERT_FIELDS) else {
-            self.err(n.pos, format!("`alerts` must be a mapping like {{ scanDestinations: 20 }}, not {}", n.value.kind()));
+            self.err(
+                n.pos,
+                format!("`alerts` must be a mapping like {{ scanDestinations: 20 }}, not {}", n.value.kind()),
+            );
             return None;
         };
         let mut a = Alerts::default();
@@ -47,17 +50,11 @@ impl Validator<'_> {
             Value::Str(s) if &**s == "allow" => Some(Action::Allow),
             Value::Str(s) if &**s == "deny" => Some(Action::Deny),
             Value::Str(s) => {
-                self.err(
-                    n.pos,
-                    format!("`{field}` must be `allow` or `deny`, not {}", quote(s)),
-                );
+                self.err(n.pos, format!("`{field}` must be `allow` or `deny`, not {}", quote(s)));
                 None
             }
             v => {
-                self.err(
-                    n.pos,
-                    format!("`{field}` must be `allow` or `deny`, not {}", v.kind()),
-                );
+                self.err(n.pos, format!("`{field}` must be `allow` or `deny`, not {}", v.kind()));
                 None
             }
         }
@@ -87,10 +84,7 @@ impl Validator<'_> {
             v => {
                 self.err(
                     n.pos,
-                    format!(
-                        "`segments` must be a mapping from segment name to {{ cidrs: [...] }}, not {}",
-                        v.kind()
-                    ),
+                    format!("`segments` must be a mapping from segment name to {{ cidrs: [...] }}, not {}", v.kind()),
                 );
                 return Vec::new();
             }
@@ -154,7 +148,11 @@ impl Validator<'_> {
         match self.fields(v, Owner::Segment(name), SEGMENT_FIELDS) {
             None => self.err(
                 v.pos.or(k.pos),
-                format!("segment {} must be a mapping like {{ cidrs: [10.0.0.0/8] }}, not {}", quote(name), v.value.kind()),
+                format!(
+                    "segment {} must be a mapping like {{ cidrs: [10.0.0.0/8] }}, not {}",
+                    quote(name),
+                    v.value.kind()
+                ),
             ),
             Some(f) => {
                 if let Some(list) = f.get("cidrs") {
@@ -238,13 +236,7 @@ impl Validator<'_> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let Value::Str(text) = &item.value else {
-                self.err(
-                    item.pos,
-                    format!(
-                        "a CIDR must be a string like 10.0.0.0/8, not {}",
-                        item.value.kind()
-                    ),
-                );
+                self.err(item.pos, format!("a CIDR must be a string like 10.0.0.0/8, not {}", item.value.kind()));
                 continue;
             };
             let net = match parse_cidr(text) {
@@ -278,11 +270,7 @@ impl Validator<'_> {
                 None => {
                     seen.insert(
                         key,
-                        CidrSeen {
-                            net,
-                            segment: u32::try_from(index).unwrap_or(u32::MAX),
-                            line: item.pos.line,
-                        },
+                        CidrSeen { net, segment: u32::try_from(index).unwrap_or(u32::MAX), line: item.pos.line },
                     );
                     out.push(net);
                 }

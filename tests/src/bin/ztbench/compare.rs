@@ -52,14 +52,13 @@ use ztagent::{
     policy::{self, Action, Mode, Policy, PortSpec, Proto, Rule, SegRef, Segment},
 };
 
-use super::{INTERRUPTED, txring::TxRing, PinGuard, fmt_count, median, verdict};
+use super::{INTERRUPTED, PinGuard, fmt_count, median, txring::TxRing, verdict};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 20);
 /// Denied sources: one (`SCANNER`), or 65,536 (`SCANNER`'s /16, see `zt_bench_scan`).
 const SCANNER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PORT: u16 = 9;
-
 
 /// What `--compare`, `--quick`, `--rounds` and `--json` ask of the comparative benchmark.
 pub struct CompareOptions {
@@ -193,7 +192,12 @@ fn ztagent_policy(n: usize) -> Result<Policy> {
     let mut rules = vec![rule("client-to-server".into(), SegRef::Named(0), SegRef::Named(1), PORT)];
     let fillers = segments.len() - 3;
     for i in 0..fillers {
-        rules.push(rule(format!("r{i}"), SegRef::Named(3 + i), SegRef::Named(3 + (i + 1) % fillers), 1000 + (i % 60000) as u16));
+        rules.push(rule(
+            format!("r{i}"),
+            SegRef::Named(3 + i),
+            SegRef::Named(3 + (i + 1) % fillers),
+            1000 + (i % 60000) as u16,
+        ));
     }
     Ok(Policy { default_action: Action::Deny, segments, rules, ..Policy::default() })
 }
@@ -420,7 +424,8 @@ impl Bench {
 fn cpu_ns(pids: &[libc::pid_t]) -> Result<u64> {
     let mut sum = 0;
     for pid in pids {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).with_context(|| format!("schedstat of NAPI thread {pid}"))?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .with_context(|| format!("schedstat of NAPI thread {pid}"))?;
         sum += text.split_whitespace().next().and_then(|w| w.parse::<u64>().ok()).context("schedstat")?;
     }
     Ok(sum)
@@ -476,9 +481,7 @@ fn forwarder(obj: &mut Ebpf, bench: &Bench) -> Result<()> {
     let prog = obj.program_mut(programs::BENCH_REDIRECT).context("the forwarder")?;
     let prog: &mut Xdp = prog.try_into()?;
     let fwd_index = bench.fwd_index;
-    in_ns(&bench.tx, || {
-        prog.attach_to_if_index(fwd_index, XdpMode::default()).context("attaching the forwarder")
-    })?;
+    in_ns(&bench.tx, || prog.attach_to_if_index(fwd_index, XdpMode::default()).context("attaching the forwarder"))?;
     let pinned = pin_napi(&bench.tx, &bench.fwd_if, 0)?;
     ensure!(!pinned.is_empty(), "the forwarder's veth has no NAPI thread");
     Ok(())
@@ -488,7 +491,8 @@ fn forwarder(obj: &mut Ebpf, bench: &Bench) -> Result<()> {
 pub fn run(opts: &CompareOptions) -> Result<bool> {
     let sizes: Vec<usize> = if opts.quick { vec![10, 1_000] } else { vec![10, 1_000, 100_000] };
     let repeat: u32 = if opts.quick { 100_000 } else { 1_000_000 };
-    let compiled: Vec<_> = sizes.iter().map(|&n| ztagent_policy(n).map(|p| policy::compile(&p))).collect::<Result<_>>()?;
+    let compiled: Vec<_> =
+        sizes.iter().map(|&n| ztagent_policy(n).map(|p| policy::compile(&p))).collect::<Result<_>>()?;
     let room = |f: fn(&policy::CompiledPolicy) -> usize| {
         u32::try_from(2 * compiled.iter().map(f).max().unwrap_or(0) + 1024).unwrap_or(u32::MAX)
     };
@@ -517,7 +521,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     }
     let mut writer = MapWriter::new(&mut dp.ebpf, &limits).context("opening the policy maps")?;
     let bench = Bench::new()?;
-    let _forwarder = forwarder(&mut obj, &bench)?;
+    forwarder(&mut obj, &bench)?;
     let gen_index = bench.gen_index;
     let mut ring = in_ns(&bench.tx, || TxRing::open(gen_index)).context("the traffic generator (AF_PACKET TX ring)")?;
     let frames = [
@@ -563,14 +567,24 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                     _ => programs::BASELINE,
                 };
                 let link = if d == Dropper::XdpFilter {
-                    bench.xdp_filter(&["load", "--mode", "native", "--policy", "deny", "--features", "ipv4", &bench.rx_if])?;
+                    bench.xdp_filter(&[
+                        "load",
+                        "--mode",
+                        "native",
+                        "--policy",
+                        "deny",
+                        "--features",
+                        "ipv4",
+                        &bench.rx_if,
+                    ])?;
                     bench.xdp_filter(&["ip", "--mode", "src", &CLIENT.to_string()])?;
                     None
                 } else {
                     let prog = prog_mut(&mut dp, &mut obj, name)?;
                     let rx_index = bench.rx_index;
                     Some(in_ns(&bench.rx, || {
-                        prog.attach_to_if_index(rx_index, XdpMode::default()).with_context(|| format!("attaching {name}"))
+                        prog.attach_to_if_index(rx_index, XdpMode::default())
+                            .with_context(|| format!("attaching {name}"))
                     })?)
                 };
                 let napi = bench.pin_napi()?;
@@ -589,7 +603,7 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
                 }
                 for (ti, (t, frame)) in frames.iter().enumerate() {
                     let breakdown = matches!(d, Dropper::Reference | Dropper::DeniedFloor);
-                    if (d == Dropper::DropAll && *t == Traffic::Allowed) || (breakdown && *t == Traffic::Allowed) {
+                    if *t == Traffic::Allowed && (d == Dropper::DropAll || breakdown) {
                         continue;
                     }
                     if *t == Traffic::Allowed {
@@ -640,12 +654,19 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
     let (text, json, ok) = report(&sizes, &results, opts, napi_pinned, repeat);
     println!("{text}");
     if let Some(path) = &opts.json {
-        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ok)
 }
 
-fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repeat: u32) -> (String, serde_json::Value, bool) {
+fn report(
+    sizes: &[usize],
+    r: &Results,
+    opts: &CompareOptions,
+    napi: usize,
+    repeat: u32,
+) -> (String, serde_json::Value, bool) {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -654,7 +675,8 @@ fn report(sizes: &[usize], r: &Results, opts: &CompareOptions, napi: usize, repe
         opts.rounds,
         fmt_count(repeat as usize)
     );
-    let mut json = serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [], "breakdown": [] });
+    let mut json =
+        serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [], "breakdown": [] });
     for (ti, t) in Traffic::ALL.iter().enumerate() {
         rate_table(&mut s, &mut json, sizes, r, ti, *t);
     }
@@ -724,7 +746,14 @@ fn breakdown(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &
                     continue;
                 }
                 let (total, prog) = (med(&c.rx_ns), med(&c.prog_ns));
-                let _ = writeln!(s, "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |", t.name(), fmt_count(n), d.name(), total - prog);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |",
+                    t.name(),
+                    fmt_count(n),
+                    d.name(),
+                    total - prog
+                );
                 if let Some(a) = json["breakdown"].as_array_mut() {
                     a.push(serde_json::json!({
                         "traffic": t.name(), "cidrs": n, "dropper": d.name(), "rx_cpu_ns_per_packet": total, "ns_in_program": prog,
@@ -741,7 +770,10 @@ fn breakdown(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &
 /// half), which the generator's ceiling cannot cap; the ratio of received rates is printed
 /// beside it.
 fn targets(s: &mut String, sizes: &[usize], r: &Results) -> bool {
-    let _ = writeln!(s, "Targets (cost ratio = the other's receiver CPU ns per packet / ztagent's; rate ratio beside it):\n");
+    let _ = writeln!(
+        s,
+        "Targets (cost ratio = the other's receiver CPU ns per packet / ztagent's; rate ratio beside it):\n"
+    );
     let zi = di(Dropper::Ztagent);
     let mut ok = true;
     for (ni, &n) in sizes.iter().enumerate() {

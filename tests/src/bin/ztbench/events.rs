@@ -2,18 +2,17 @@
 //! the report.
 
 use super::{
-    DENIED, Datapath, EMPTY, Event, EventRun, FIRST_SAMPLES, INTERRUPTED, Limits, MapData,
-    MapWriter, NEW_FLOW, Options, Ordering, PACE_AHEAD, PACE_CHUNK, Probe, Result, RingBuf, Row,
-    SINK_DEPTH, Throughput, UNPACED_CHUNK, XDP_PASS, Xdp, bail, check_shape, counter, ensure,
-    first_denied, fmt_count, make_policy, median, policy, run_expect, verdict,
+    DENIED, Datapath, EMPTY, Event, EventRun, FIRST_SAMPLES, INTERRUPTED, Limits, MapData, MapWriter, NEW_FLOW,
+    Options, Ordering, PACE_AHEAD, PACE_CHUNK, Probe, Result, RingBuf, Row, SINK_DEPTH, Throughput, UNPACED_CHUNK,
+    XDP_PASS, Xdp, bail, check_shape, counter, ensure, first_denied, fmt_count, make_policy, median, policy,
+    run_expect, verdict,
 };
 use anyhow::Context as _;
 use std::fmt::Write as _;
 
 /// Bytes one event takes in a ring buffer: the kernel's 8-byte record header, then the event,
 /// rounded up to 8.
-pub(crate) const EVENT_RECORD_BYTES: u32 =
-    (8 + std::mem::size_of::<Event>() as u32).div_ceil(8) * 8;
+pub(crate) const EVENT_RECORD_BYTES: u32 = (8 + std::mem::size_of::<Event>() as u32).div_ceil(8) * 8;
 
 /// Repeats of the allowed SYN per measurement of the event cost: well under a ring's worth, so
 /// that after the ring is emptied every one of its events is written.
@@ -47,10 +46,7 @@ pub(crate) struct EventCost {
 pub(crate) fn events_lost(dp: &Datapath) -> Result<u64> {
     let name = counter::NAMES[counter::EVENTS_LOST as usize];
     let all = dp.counters().context("reading the counters")?;
-    all.into_iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
-        .context("no events_lost counter")
+    all.into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).context("no events_lost counter")
 }
 
 /// Empties `ring` (this process is its only reader). Returns how many events it held.
@@ -83,19 +79,8 @@ pub(crate) fn event_cost(
     writer.apply(&compiled).context("installing the policy")?;
     let syn = &probes[NEW_FLOW].frame;
     let ring_events = ring_bytes / EVENT_RECORD_BYTES;
-    ensure!(
-        EVENT_COST_REPEAT < ring_events,
-        "the ring buffer ({ring_bytes} bytes) is too small"
-    );
-    let fill = || {
-        run_expect(
-            ingress,
-            "allowed SYN (filling the ring)",
-            syn,
-            ring_events + 1,
-            XDP_PASS,
-        )
-    };
+    ensure!(EVENT_COST_REPEAT < ring_events, "the ring buffer ({ring_bytes} bytes) is too small");
+    let fill = || run_expect(ingress, "allowed SYN (filling the ring)", syn, ring_events + 1, XDP_PASS);
     // Warm up (and create the flow's conntrack entries).
     drain(ring);
     run_expect(ingress, "allowed SYN", syn, EVENT_COST_REPEAT, XDP_PASS)?;
@@ -107,28 +92,12 @@ pub(crate) fn event_cost(
         }
         drain(ring);
         let l0 = events_lost(dp)?;
-        let w = run_expect(
-            ingress,
-            "allowed SYN (ring with room)",
-            syn,
-            EVENT_COST_REPEAT,
-            XDP_PASS,
-        )? as f64;
+        let w = run_expect(ingress, "allowed SYN (ring with room)", syn, EVENT_COST_REPEAT, XDP_PASS)? as f64;
         let l1 = events_lost(dp)?;
-        ensure!(
-            l1 == l0,
-            "{} events lost while the ring had room for all of them",
-            l1 - l0
-        );
+        ensure!(l1 == l0, "{} events lost while the ring had room for all of them", l1 - l0);
         fill()?;
         let l2 = events_lost(dp)?;
-        let f = run_expect(
-            ingress,
-            "allowed SYN (ring full)",
-            syn,
-            EVENT_COST_REPEAT,
-            XDP_PASS,
-        )? as f64;
+        let f = run_expect(ingress, "allowed SYN (ring full)", syn, EVENT_COST_REPEAT, XDP_PASS)? as f64;
         let l3 = events_lost(dp)?;
         ensure!(
             l3 - l2 == u64::from(EVENT_COST_REPEAT),
@@ -153,11 +122,7 @@ pub(crate) fn event_cost(
         let l0 = events_lost(dp)?;
         first_written.push(first_denied(progs, &probes[EMPTY].frame, empty_ns)?.0);
         let l1 = events_lost(dp)?;
-        ensure!(
-            l1 == l0,
-            "{} events of first denied packets lost while the ring had room",
-            l1 - l0
-        );
+        ensure!(l1 == l0, "{} events of first denied packets lost while the ring had room", l1 - l0);
         fill()?;
         writer.apply(&compiled).context("installing the policy")?;
         let l2 = events_lost(dp)?;
@@ -184,12 +149,7 @@ pub(crate) fn event_cost(
 }
 
 /// The events section of the report; false when the throughput target fails.
-pub(crate) fn event_report(
-    s: &mut String,
-    c: &EventCost,
-    t: Option<&Throughput>,
-    opts: &Options,
-) -> bool {
+pub(crate) fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>, opts: &Options) -> bool {
     let _ = writeln!(
         s,
         "\nEvents, cost per packet (10 rules / 1,000 CIDRs; this process's own {} KiB ring buffer \
@@ -203,10 +163,7 @@ pub(crate) fn event_report(
         fmt_count(EVENT_COST_REPEAT as usize),
         fmt_count(FIRST_SAMPLES as usize),
     );
-    let _ = writeln!(
-        s,
-        "| packet | event written ns | event lost ns | written - lost ns |"
-    );
+    let _ = writeln!(s, "| packet | event written ns | event lost ns | written - lost ns |");
     let _ = writeln!(s, "|---|---:|---:|---:|");
     let _ = writeln!(
         s,
@@ -220,11 +177,7 @@ pub(crate) fn event_report(
         c.first_lost,
         c.first_written - c.first_lost
     );
-    let _ = writeln!(
-        s,
-        "| denied, repeat packet (aggregated away: no event) | {:.0} | | |",
-        c.repeat_denied
-    );
+    let _ = writeln!(s, "| denied, repeat packet (aggregated away: no event) | {:.0} | | |", c.repeat_denied);
     let Some(t) = t else { return true };
     throughput_report(s, t)
 }

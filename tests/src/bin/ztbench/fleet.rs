@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Result, bail, ensure};
-use std::{io::Read, net::{IpAddr, SocketAddr, TcpStream}};
+use std::{
+    io::Read,
+    net::{IpAddr, SocketAddr, TcpStream},
+};
 
 use integration_tests::{Agent, Etcd, Netns, Servers, TempDir, fleet_lan, ports_policy};
 

@@ -34,7 +34,8 @@ fn addr(i: u32) -> [u8; 16] {
 /// The two conntrack entries of flow `i` (its first packet and the reply), as the agent reads
 /// them: 3 packets of 300 bytes one way, 2 of 200 the other.
 fn entries(i: u32) -> [(CtKey, CtValue); 2] {
-    let orig = CtKey { src: addr(i), dst: addr(u32::MAX), sport: 40_000, dport: port(i), proto: PROTO_TCP, _pad: [0; 3] };
+    let orig =
+        CtKey { src: addr(i), dst: addr(u32::MAX), sport: 40_000, dport: port(i), proto: PROTO_TCP, _pad: [0; 3] };
     let reply = CtKey { src: orig.dst, dst: orig.src, sport: orig.dport, dport: orig.sport, ..orig };
     [
         (orig, CtValue { packets: 3, bytes: 300, ..CtValue::default() }),
@@ -50,7 +51,15 @@ fn mb(bytes: u64) -> f64 {
 pub fn memory(flows: u32) -> Result<String> {
     let record = |i: u32| {
         let src = std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
-        let mut r = EventRecord::flow("allowed", "rule", (&format!("client{}", i / PER_IDENTITY), src), ("payments", [10, 2, 0, 1].into()), "tcp", port(i), 1);
+        let mut r = EventRecord::flow(
+            "allowed",
+            "rule",
+            (&format!("client{}", i / PER_IDENTITY), src),
+            ("payments", [10, 2, 0, 1].into()),
+            "tcp",
+            port(i),
+            1,
+        );
         r.rule = Some("web".into());
         r
     };
@@ -60,7 +69,12 @@ pub fn memory(flows: u32) -> Result<String> {
     let mut table: Vec<(CtKey, CtValue)> = Vec::with_capacity(2 * flows as usize);
     let mut names = std::collections::HashMap::with_capacity(2 * flows as usize);
     for i in 0..flows {
-        let key = Key { src: format!("client{}", i / PER_IDENTITY), dst: "payments".into(), proto: "tcp".into(), port: port(i) };
+        let key = Key {
+            src: format!("client{}", i / PER_IDENTITY),
+            dst: "payments".into(),
+            proto: "tcp".into(),
+            port: port(i),
+        };
         for (k, v) in entries(i) {
             names.insert(k, key.clone());
             table.push((k, v));
@@ -91,7 +105,10 @@ pub fn memory(flows: u32) -> Result<String> {
     drop(counted);
     let listed = inv.list(None).entries.len();
     let packets: u64 = inv.list(None).entries.iter().map(|r| r.seen.packets).sum();
-    anyhow::ensure!(packets == 7 * u64::from(flows), "the inventory counted {packets} packets of {flows} flows, not 7 each");
+    anyhow::ensure!(
+        packets == 7 * u64::from(flows),
+        "the inventory counted {packets} packets of {flows} flows, not 7 each"
+    );
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -142,7 +159,15 @@ pub fn memory(flows: u32) -> Result<String> {
     engine.configure(Some(ztagent::policy::Alerts::default()), 0.0);
     engine.tick(0.0);
     for i in 0..16_384u32 {
-        let r = EventRecord::flow("denied", "default", ("world", std::net::IpAddr::from([10, (i >> 8) as u8, i as u8, 1])), ("payments", [10, 2, 0, 1].into()), "tcp", 22, 1);
+        let r = EventRecord::flow(
+            "denied",
+            "default",
+            ("world", std::net::IpAddr::from([10, (i >> 8) as u8, i as u8, 1])),
+            ("payments", [10, 2, 0, 1].into()),
+            "tcp",
+            22,
+            1,
+        );
         engine.observe(&r, 1.0);
     }
     engine.tick(60.0);

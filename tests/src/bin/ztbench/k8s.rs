@@ -43,7 +43,11 @@ pub fn objects() -> (String, String, String) {
         );
         for p in 0..PODS_PER_NAMESPACE {
             let app = p % APPS;
-            let grpc = if tier(app) == "api" { "      - containerPort: 50051\n        name: grpc\n        protocol: TCP\n" } else { "" };
+            let grpc = if tier(app) == "api" {
+                "      - containerPort: 50051\n        name: grpc\n        protocol: TCP\n"
+            } else {
+                ""
+            };
             let _ = write!(
                 pods,
                 "- apiVersion: v1\n  kind: Pod\n  metadata:\n    creationTimestamp: \"2026-12-01T10:00:00Z\"\n    labels:\n      app: app-{app}\n      pod-template-hash: 7d4b9c{app}f\n      tier: {}\n      version: v{}\n    name: app-{app}-7d4b9c{app}f-{p:05}\n    namespace: ns-{n}\n    resourceVersion: \"{}\"\n    uid: 6f1c2a3b-0000-4000-8000-{:012}\n  spec:\n    containers:\n    - image: registry.example/app-{app}:1.{}\n      name: app\n      ports:\n      - containerPort: {}\n        name: http\n        protocol: TCP\n      - containerPort: 9090\n        name: metrics\n        protocol: TCP\n{grpc}    nodeName: node-{}\n    restartPolicy: Always\n  status:\n    hostIP: 192.168.0.{}\n    phase: Running\n    podIP: 10.{}.{}.{}\n    podIPs:\n    - ip: 10.{}.{}.{}\n",
@@ -66,7 +70,9 @@ pub fn objects() -> (String, String, String) {
         }
         let next = (n + 1) % NAMESPACES;
         let policy = |name: &str, spec: &str| {
-            format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns-{n}\nspec:\n{spec}")
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: ns-{n}\nspec:\n{spec}"
+            )
         };
         let specs = [
             ("default-deny", "  podSelector: {}\n  policyTypes:\n  - Ingress\n".to_string()),
@@ -135,7 +141,8 @@ pub fn translate_time(text: &mut String, runs: usize) -> Result<bool> {
         ensure!(std::fs::read(&out)? == std::fs::read(&first)?, "two translations of the same objects differ");
     }
     let summary = stderr.lines().rev().find(|l| l.starts_with("translated ")).unwrap_or("").to_string();
-    let policy = ztagent::policy::load(&first).map_err(|d| anyhow::anyhow!("the translated policy is invalid:\n{d}"))?;
+    let policy =
+        ztagent::policy::load(&first).map_err(|d| anyhow::anyhow!("the translated policy is invalid:\n{d}"))?;
     let c = ztagent::policy::compile(&policy);
     let s = c.summary();
     let max = times.iter().copied().fold(0.0, f64::max);

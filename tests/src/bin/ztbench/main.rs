@@ -50,11 +50,11 @@
 //! [--events N] [--compare] [--rounds N] [--json PATH]` (as root; see `--help`).
 mod compare;
 mod events;
-mod txring;
 mod measure;
 mod policies;
 mod report;
 mod throughput;
+mod txring;
 
 use std::{
     fmt::Write as _,
@@ -277,8 +277,7 @@ fn run() -> Result<bool> {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
     }
-    let compare_opts =
-        compare::CompareOptions { quick: opts.quick, rounds: opts.rounds, json: opts.json.clone() };
+    let compare_opts = compare::CompareOptions { quick: opts.quick, rounds: opts.rounds, json: opts.json.clone() };
     if opts.compare_only {
         return Ok(compare::run(&compare_opts)? || !opts.check);
     }
@@ -406,8 +405,11 @@ fn in_kernel(
         p.try_into().with_context(|| format!("{name} is not an XDP program"))
     };
     let (ingress, baseline) = (xdp("agent", programs::INGRESS)?, xdp("bench", programs::BASELINE)?);
-    let floors =
-        [xdp("bench", programs::REFERENCE)?, xdp("bench", programs::DENIED_FLOOR)?, xdp("agent", programs::INGRESS_GUARDED)?];
+    let floors = [
+        xdp("bench", programs::REFERENCE)?,
+        xdp("bench", programs::DENIED_FLOOR)?,
+        xdp("agent", programs::INGRESS_GUARDED)?,
+    ];
 
     let probes = probes(opts.breakdown);
     let mut rows = Vec::new();
@@ -437,7 +439,8 @@ fn in_kernel(
 
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
-    let cost = event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, opts))?;
+    let cost =
+        event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, opts))?;
     let throughput = if opts.events > 0 { Some(event_throughput(opts)?) } else { None };
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), opts);
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
@@ -478,4 +481,3 @@ fn write_report(opts: &Options, text: &str) -> Result<()> {
     }
     Ok(())
 }
-

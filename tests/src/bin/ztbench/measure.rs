@@ -5,10 +5,9 @@ use anyhow::Context as _;
 use aya::programs::TestRun as _;
 
 use super::{
-    ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr,
-    LimitScope, MapWriter, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT,
-    SEG_DENIED, SEG_SERVER, SegRef, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in,
-    make_policy, policy, tcp,
+    ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr, LimitScope,
+    MapWriter, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
+    TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
 };
 
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -17,13 +16,7 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// Ethernet + IPv4 (IHL 5, no options) + TCP (20 bytes), padded to the 60-byte minimum
 /// frame. Checksums are left at zero: the program never checks them.
-pub(crate) fn tcp_frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    flags: u8,
-) -> Vec<u8> {
+pub(crate) fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut f = Vec::with_capacity(60);
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // destination MAC
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC
@@ -49,29 +42,15 @@ pub(crate) fn tcp_frame(
 /// run in ns. The kernel reports the mean per repeat (total / repeat, rounded down to whole
 /// ns), timing only the runs themselves (not time spent rescheduled).
 pub(crate) fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        repeat,
-        ..Default::default()
-    };
+    let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
     let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_nanos() as u64))
 }
 
 /// A test run that must return `want`.
-pub(crate) fn run_expect(
-    prog: &Xdp,
-    what: &str,
-    frame: &[u8],
-    repeat: u32,
-    want: u32,
-) -> Result<u64> {
+pub(crate) fn run_expect(prog: &Xdp, what: &str, frame: &[u8], repeat: u32, want: u32) -> Result<u64> {
     let (ret, ns) = test_run(prog, frame, repeat).with_context(|| format!("{what} frame"))?;
-    ensure!(
-        ret == want,
-        "{what} frame: the program returned {ret}, expected {want} ({})",
-        xdp_name(want)
-    );
+    ensure!(ret == want, "{what} frame: the program returned {ret}, expected {want} ({})", xdp_name(want));
     Ok(ns)
 }
 
@@ -86,11 +65,7 @@ pub(crate) fn xdp_name(v: u32) -> &'static str {
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// Which program a probe runs.
@@ -128,30 +103,16 @@ pub(crate) const GUARDED: usize = 6;
 /// The frames of the benchmark. `[EMPTY]` must come first: every cost is a ratio to it.
 /// With `breakdown`, frames that each skip a part of the denied path, to attribute its cost.
 pub(crate) fn probes(breakdown: bool) -> Vec<Probe> {
-    let (client, server, denied) = (
-        host_in(SEG_CLIENT, 10),
-        host_in(SEG_SERVER, 20),
-        host_in(SEG_DENIED, 30),
-    );
+    let (client, server, denied) = (host_in(SEG_CLIENT, 10), host_in(SEG_SERVER, 20), host_in(SEG_DENIED, 30));
     let ack = TCP_ACK | TCP_PSH;
     let established = tcp_frame(client, server, 40000, 443, ack);
     let denied = tcp_frame(denied, server, 40001, 443, ack);
-    let p = |name, prog, frame, want| Probe {
-        name,
-        prog,
-        frame,
-        want,
-    };
+    let p = |name, prog, frame, want| Probe { name, prog, frame, want };
     let mut v = vec![
         p("empty", Prog::Empty, established.clone(), XDP_PASS),
         p("established", Prog::Ingress, established.clone(), XDP_PASS),
         p("denied", Prog::Ingress, denied.clone(), XDP_DROP),
-        p(
-            "new flow",
-            Prog::Ingress,
-            tcp_frame(client, server, 40000, 443, TCP_SYN),
-            XDP_PASS,
-        ),
+        p("new flow", Prog::Ingress, tcp_frame(client, server, 40000, 443, TCP_SYN), XDP_PASS),
         // Its conntrack hit proves it did the lookup.
         p("reference", Prog::Reference, established.clone(), XDP_PASS),
         // Its drop proves it found the denial the ingress program cached (the denied probe
@@ -192,27 +153,17 @@ pub(crate) fn check_shape(c: &CompiledPolicy) -> Result<()> {
         allow.action == ACTION_ALLOW && allow.rule == 1,
         "client -> server:443 is not allowed by rule 1: {allow:?}"
     );
-    for (src, dst) in [
-        (host_in(SEG_DENIED, 30), server),
-        (host32(SEG_DENIED), ip(host32(SEG_SERVER))),
-    ] {
+    for (src, dst) in [(host_in(SEG_DENIED, 30), server), (host32(SEG_DENIED), ip(host32(SEG_SERVER)))] {
         let deny = c.lookup(ip(src), dst, PROTO_TCP, 443);
-        ensure!(
-            deny.action == ACTION_DENY && deny.rule == 0,
-            "{src} -> {dst}:443 is not a default deny: {deny:?}"
-        );
+        ensure!(deny.action == ACTION_DENY && deny.rule == 0, "{src} -> {dst}:443 is not a default deny: {deny:?}");
         let pair = (deny.src_segment, deny.dst_segment);
         ensure!(
-            pair == (SEG_DENIED as u32 + 1, SEG_SERVER as u32 + 1)
-                && c.pairs.iter().any(|&(a, b, _)| (a, b) == pair),
+            pair == (SEG_DENIED as u32 + 1, SEG_SERVER as u32 + 1) && c.pairs.iter().any(|&(a, b, _)| (a, b) == pair),
             "{src} -> {dst}: not the (denied, server) pair, or it is missing: the port lookup would be skipped"
         );
     }
     let world = c.lookup(ip(WORLD_HOST), server, PROTO_TCP, 443);
-    ensure!(
-        world.action == ACTION_DENY && world.src_segment == 0,
-        "world -> server:443 is not denied: {world:?}"
-    );
+    ensure!(world.action == ACTION_DENY && world.src_segment == 0, "world -> server:443 is not denied: {world:?}");
     Ok(())
 }
 
@@ -241,11 +192,7 @@ pub(crate) const FIRST_SAMPLES: u16 = 1001;
 /// one run (`repeat` = 1) of a frame to a port not yet judged under this policy, paired with
 /// one run of the empty program, whose difference cancels the fixed cost of a test run.
 /// Returns (estimated ns, ratio to `empty_ns`).
-pub(crate) fn first_denied(
-    progs: [&Xdp; 2],
-    empty_frame: &[u8],
-    empty_ns: f64,
-) -> Result<(f64, f64)> {
+pub(crate) fn first_denied(progs: [&Xdp; 2], empty_frame: &[u8], empty_ns: f64) -> Result<(f64, f64)> {
     let [baseline, ingress] = progs;
     let (denied, server) = (host_in(SEG_DENIED, 30), host_in(SEG_SERVER, 20));
     let mut extra = Vec::with_capacity(FIRST_SAMPLES as usize);
@@ -275,9 +222,7 @@ pub(crate) fn measure(
     // Push it again, so that both slots hold this policy (the state after two pushes of
     // similar policies): the size of the maps then depends on this policy only, not on the
     // one measured before.
-    writer
-        .apply(compiled)
-        .context("installing the policy again")?;
+    writer.apply(compiled).context("installing the policy again")?;
     let [baseline, ingress] = progs;
     let run = |p: &Probe, repeat| {
         let prog = match p.prog {
@@ -300,16 +245,12 @@ pub(crate) fn measure(
     // Interleaved rounds: a slow moment affects every probe of its round alike.
     let mut ns = vec![Vec::with_capacity(opts.runs); probes.len()];
     let mut ratio = vec![Vec::with_capacity(opts.runs); probes.len()];
-    let (mut est_ref, mut den_floor) =
-        (Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs));
+    let (mut est_ref, mut den_floor) = (Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs));
     for _ in 0..opts.runs {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
-        let round = probes
-            .iter()
-            .map(|p| run(p, opts.repeat))
-            .collect::<Result<Vec<_>>>()?;
+        let round = probes.iter().map(|p| run(p, opts.repeat)).collect::<Result<Vec<_>>>()?;
         // The kernel rounds down to whole ns; never divide by zero on a very fast machine.
         let empty = (round[EMPTY] as f64).max(0.5);
         let of = |a: usize, b: usize| round[a] as f64 / (round[b] as f64).max(0.5);
@@ -320,45 +261,24 @@ pub(crate) fn measure(
             ratio[i].push(c as f64 / empty);
         }
     }
-    let cost: Vec<(f64, f64)> = ns
-        .iter_mut()
-        .zip(&mut ratio)
-        .map(|(n, r)| (median(n), median(r)))
-        .collect();
+    let cost: Vec<(f64, f64)> = ns.iter_mut().zip(&mut ratio).map(|(n, r)| (median(n), median(r))).collect();
     let first_denied = first_denied(progs, &probes[EMPTY].frame, cost[EMPTY].0)?;
     let summary = compiled.summary().to_string();
     let vs_floor = (median(&mut est_ref), median(&mut den_floor));
-    Ok(Row {
-        rules,
-        cidrs,
-        cost,
-        vs_floor,
-        first_denied,
-        compile_ms,
-        push_ms,
-        summary,
-    })
+    Ok(Row { rules, cidrs, cost, vs_floor, first_denied, compile_ms, push_ms, summary })
 }
 
 /// The cost a rate limit adds to an allowed packet. One policy (10 rules over 1,000 CIDRs) lets
 /// the client reach the server on 443 and 8443; a packets limit (high enough never to drop
 /// here) applies to 443 only. Two established flows of the same client, measured in the same
 /// rounds, differ only by the limit. Returns (limited ns, unlimited ns, median ratio).
-pub(crate) fn limit_overhead(
-    writer: &mut MapWriter,
-    progs: [&Xdp; 2],
-    opts: &Options,
-) -> Result<(f64, f64, f64)> {
+pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Options) -> Result<(f64, f64, f64)> {
     let mut p = make_policy(10, 1000)?;
     let mut extra = p.rules[0].clone();
     extra.name = "client-8443".into();
     extra.ports = Some(vec![tcp(8443, 8443)]);
     p.rules.push(extra);
-    let bucket = BucketSpec {
-        rate: 1_000_000_000,
-        per: Per::Second,
-        burst: 1_000_000_000,
-    };
+    let bucket = BucketSpec { rate: 1_000_000_000, per: Per::Second, burst: 1_000_000_000 };
     p.rate_limits.push(RateLimit {
         name: "client-443".into(),
         from: SegRef::Named(SEG_CLIENT),
@@ -370,37 +290,20 @@ pub(crate) fn limit_overhead(
         scope: LimitScope::Segment,
     });
     let c = policy::compile(&p);
-    writer
-        .apply(&c)
-        .context("installing the rate-limited policy")?;
+    writer.apply(&c).context("installing the rate-limited policy")?;
     let [_, ingress] = progs;
     let (client, server) = (host_in(SEG_CLIENT, 10), host_in(SEG_SERVER, 20));
     let ack = TCP_ACK | TCP_PSH;
     let flows = [(443, 41000), (8443, 41001)].map(|(port, sport)| {
-        (
-            tcp_frame(client, server, sport, port, TCP_SYN),
-            tcp_frame(client, server, sport, port, ack),
-        )
+        (tcp_frame(client, server, sport, port, TCP_SYN), tcp_frame(client, server, sport, port, ack))
     });
     for (syn, _) in &flows {
         run_expect(ingress, "rate-limited SYN", syn, 1, XDP_PASS)?;
     }
     let (mut limited, mut plain, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs {
-        let l = run_expect(
-            ingress,
-            "rate-limited established",
-            &flows[0].1,
-            opts.repeat,
-            XDP_PASS,
-        )? as f64;
-        let u = run_expect(
-            ingress,
-            "unlimited established",
-            &flows[1].1,
-            opts.repeat,
-            XDP_PASS,
-        )? as f64;
+        let l = run_expect(ingress, "rate-limited established", &flows[0].1, opts.repeat, XDP_PASS)? as f64;
+        let u = run_expect(ingress, "unlimited established", &flows[1].1, opts.repeat, XDP_PASS)? as f64;
         limited.push(l);
         plain.push(u);
         ratio.push(l / u.max(0.5));

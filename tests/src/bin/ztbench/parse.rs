@@ -126,7 +126,10 @@ pub fn throughput(mb: usize, rounds: usize) -> Result<(String, bool)> {
     let validate = |file: &str, valid: bool| -> Result<Duration> {
         let (took, ok, stderr) = ztagent(&["policy", "validate", file])?;
         ensure!(ok == valid, "validate {file}: {}", if valid { stderr } else { "accepted".into() });
-        ensure!(valid || stderr.contains("has host bits set"), "validate {file} refused it for another reason: {stderr}");
+        ensure!(
+            valid || stderr.contains("has host bits set"),
+            "validate {file} refused it for another reason: {stderr}"
+        );
         Ok(took)
     };
     let validate_valid = interleaved(rounds, |yaml| validate(if yaml { &vy } else { &vj }, true))?;
@@ -169,7 +172,12 @@ pub fn throughput(mb: usize, rounds: usize) -> Result<(String, bool)> {
     let rows = [
         ("`policy validate`, valid", &validate_valid, size(&valid_yaml), size(&valid_json)),
         ("`policy validate`, a mistake at the end", &validate_broken, size(&broken_yaml), size(&broken_json)),
-        ("`policy push` (CLI check, agent's parse, compile, map writes)", &push_valid, size(&valid_yaml), size(&valid_json)),
+        (
+            "`policy push` (CLI check, agent's parse, compile, map writes)",
+            &push_valid,
+            size(&valid_yaml),
+            size(&valid_json),
+        ),
         ("push refused by the agent (its parse and validation)", &push_broken, size(&broken_yaml), size(&broken_json)),
     ];
     for (name, f, ymb, jmb) in rows {

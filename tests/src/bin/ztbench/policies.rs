@@ -2,9 +2,8 @@
 //! CIDRs, with the fixed segments and rules the measured paths need.
 
 use super::{
-    Action, CIDRS_PER_SEGMENT, FIXED_RULES, FIXED_SEGMENTS, Ipv4Addr, Mode, Policy, PortSpec,
-    Proto, Result, Rng, Rule, SEG_CLIENT, SEG_DENIED, SEG_MONITORING, SEG_SERVER, SegRef, Segment,
-    ensure,
+    Action, CIDRS_PER_SEGMENT, FIXED_RULES, FIXED_SEGMENTS, Ipv4Addr, Mode, Policy, PortSpec, Proto, Result, Rng, Rule,
+    SEG_CLIENT, SEG_DENIED, SEG_MONITORING, SEG_SERVER, SegRef, Segment, ensure,
 };
 use anyhow::Context as _;
 
@@ -20,10 +19,7 @@ pub(crate) fn cidr_text(j: usize) -> String {
     let (block, kind) = (j / 10, j % 10);
     match kind {
         0..=6 => format!("{}/24", Ipv4Addr::from(net24(block * 7 + kind))),
-        7 | 8 => format!(
-            "{}/32",
-            Ipv4Addr::from(0x6440_0000 + (block * 2 + kind - 7) as u32)
-        ),
+        7 | 8 => format!("{}/32", Ipv4Addr::from(0x6440_0000 + (block * 2 + kind - 7) as u32)),
         _ if block % 2 == 0 => format!("fd00:{:x}:{:x}::/64", block >> 16, block & 0xffff),
         _ => format!("fd01::{:x}:{:x}/128", block >> 16, block & 0xffff),
     }
@@ -35,11 +31,7 @@ pub(crate) fn host_in(segment: usize, host: u8) -> Ipv4Addr {
 }
 
 pub(crate) fn tcp(lo: u16, hi: u16) -> PortSpec {
-    PortSpec::Range {
-        proto: Proto::Tcp,
-        lo,
-        hi,
-    }
+    PortSpec::Range { proto: Proto::Tcp, lo, hi }
 }
 
 /// A policy of `rules` rules over `cidrs` CIDRs, `CIDRS_PER_SEGMENT` per segment. Random rules
@@ -48,10 +40,7 @@ pub(crate) fn tcp(lo: u16, hi: u16) -> PortSpec {
 /// ten denies.
 pub(crate) fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
     let nseg = cidrs / CIDRS_PER_SEGMENT;
-    ensure!(
-        nseg > FIXED_SEGMENTS + 1 && rules >= FIXED_RULES,
-        "policy too small"
-    );
+    ensure!(nseg > FIXED_SEGMENTS + 1 && rules >= FIXED_RULES, "policy too small");
     let mut segments: Vec<Segment> = (0..nseg)
         .map(|k| {
             let name = match k {
@@ -61,19 +50,12 @@ pub(crate) fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
                 SEG_MONITORING => "monitoring".to_owned(),
                 _ => format!("seg{k}"),
             };
-            Segment {
-                name,
-                cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT),
-                mode: Mode::Enforce,
-                selector: None,
-            }
+            Segment { name, cidrs: Vec::with_capacity(CIDRS_PER_SEGMENT), mode: Mode::Enforce, selector: None }
         })
         .collect();
     for j in 0..nseg * CIDRS_PER_SEGMENT {
         let text = cidr_text(j);
-        let net = text
-            .parse()
-            .with_context(|| format!("generated CIDR {text}"))?;
+        let net = text.parse().with_context(|| format!("generated CIDR {text}"))?;
         segments[j / CIDRS_PER_SEGMENT].cidrs.push(net);
     }
 
@@ -117,11 +99,7 @@ pub(crate) fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
         let to = SegRef::Named(FIXED_SEGMENTS + rng.below(nseg - FIXED_SEGMENTS));
         let ports = match rng.below(100) {
             0..45 => {
-                let p = if rng.below(2) == 0 {
-                    WELL_KNOWN[rng.below(WELL_KNOWN.len())]
-                } else {
-                    rng.port(1024, 65535)
-                };
+                let p = if rng.below(2) == 0 { WELL_KNOWN[rng.below(WELL_KNOWN.len())] } else { rng.port(1024, 65535) };
                 vec![tcp(p, p)]
             }
             45..65 => {
@@ -130,27 +108,14 @@ pub(crate) fn make_policy(rules: usize, cidrs: usize) -> Result<Policy> {
             }
             65..80 => {
                 let p = rng.port(1, 65535);
-                vec![PortSpec::Range {
-                    proto: Proto::Udp,
-                    lo: p,
-                    hi: p,
-                }]
+                vec![PortSpec::Range { proto: Proto::Udp, lo: p, hi: p }]
             }
             80..85 => vec![PortSpec::All(Proto::Tcp)],
             85..95 => vec![tcp(80, 80), tcp(443, 443), tcp(8000, 8099)],
             _ => vec![PortSpec::Icmp, tcp(22, 22)],
         };
-        let action = if rng.below(10) == 0 {
-            Action::Deny
-        } else {
-            Action::Allow
-        };
+        let action = if rng.below(10) == 0 { Action::Deny } else { Action::Allow };
         out.push(rule(format!("r{i}"), from, to, ports, action));
     }
-    Ok(Policy {
-        default_action: Action::Deny,
-        segments,
-        rules: out,
-        ..Policy::default()
-    })
+    Ok(Policy { default_action: Action::Deny, segments, rules: out, ..Policy::default() })
 }

@@ -52,10 +52,7 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
         s,
         "| rules | CIDRs | empty ns | established ns (x empty) | denied ns (x empty) | denied, first packet ns (x empty) | new flow ns (x empty) | reference ns (x empty) | denied floor ns (x empty) | established / reference | denied / denied floor | push ms | compile ms |"
     );
-    let _ = writeln!(
-        s,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
@@ -102,18 +99,9 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
          the least a stateful program with a denial cache does with a repeat-denied packet. The \
          two ratio columns are medians of per-round ratios."
     );
-    let _ = writeln!(
-        s,
-        "\nPolicies (one slot; both slots hold the policy while it is measured):\n"
-    );
+    let _ = writeln!(s, "\nPolicies (one slot; both slots hold the policy while it is measured):\n");
     for r in rows {
-        let _ = writeln!(
-            s,
-            "- {} rules / {} CIDRs: {}",
-            fmt_count(r.rules),
-            fmt_count(r.cidrs),
-            r.summary
-        );
+        let _ = writeln!(s, "- {} rules / {} CIDRs: {}", fmt_count(r.rules), fmt_count(r.cidrs), r.summary);
     }
 }
 
@@ -121,10 +109,7 @@ fn cost_tables(s: &mut String, rows: &[Row], probes: &[Probe], opts: &Options) {
 fn breakdown(s: &mut String, rows: &[Row], probes: &[Probe]) {
     if probes.len() > GUARDED + 1 {
         let extra = &probes[GUARDED + 1..];
-        let _ = write!(
-            s,
-            "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |"
-        );
+        let _ = write!(s, "\nBreakdown, ns (x empty):\n\n| rules | CIDRs | established | denied |");
         for p in extra {
             let _ = write!(s, " {} |", p.name);
         }
@@ -172,8 +157,7 @@ fn targets(s: &mut String, rows: &[Row]) -> bool {
     }
     // Growth checks compare ratios to the empty program (the cost normalised by the run's
     // speed), between the smallest and the largest size measured.
-    let find =
-        |rules: usize, cidrs: usize| rows.iter().find(|r| r.rules == rules && r.cidrs == cidrs);
+    let find = |rules: usize, cidrs: usize| rows.iter().find(|r| r.rules == rules && r.cidrs == cidrs);
     let sizes = |f: fn(&Row) -> usize| {
         let mut v: Vec<usize> = rows.iter().map(f).collect();
         v.sort_unstable();

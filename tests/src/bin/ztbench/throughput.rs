@@ -6,9 +6,9 @@ use std::io::{BufRead as _, Read as _, Seek as _};
 use std::os::fd::AsRawFd as _;
 
 use super::{
-    Agent, BufReader, Datapath, Duration, File, INTERRUPTED, Instant, Ipv4Addr, Lan, Limits, Netns,
-    Options, Ordering, Path, PinLayout, Result, SeekFrom, TCP_SYN, TempDir, XDP_PASS, Xdp, XdpMode,
-    ensure, events_lost, fmt_count, programs, run_expect, tcp_frame,
+    Agent, BufReader, Datapath, Duration, File, INTERRUPTED, Instant, Ipv4Addr, Lan, Limits, Netns, Options, Ordering,
+    Path, PinLayout, Result, SeekFrom, TCP_SYN, TempDir, XDP_PASS, Xdp, XdpMode, ensure, events_lost, fmt_count,
+    programs, run_expect, tcp_frame,
 };
 
 /// The host the agent enforces in the throughput runs, and a client of a segment it allows.
@@ -103,21 +103,13 @@ pub(crate) struct Tail {
 impl Tail {
     pub(crate) fn open(path: &Path) -> Result<Tail> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Tail {
-            file,
-            buf: vec![0; 1 << 20],
-            bytes: 0,
-            lines: 0,
-        })
+        Ok(Tail { file, buf: vec![0; 1 << 20], bytes: 0, lines: 0 })
     }
 
     /// Lines in the file now.
     pub(crate) fn lines(&mut self) -> Result<u64> {
         loop {
-            let n = self
-                .file
-                .read(&mut self.buf)
-                .context("reading the events file")?;
+            let n = self.file.read(&mut self.buf).context("reading the events file")?;
             if n == 0 {
                 return Ok(self.lines);
             }
@@ -129,11 +121,7 @@ impl Tail {
 
 /// What bytes `from..to` of the events file hold: records of allowed events, events the writer
 /// reported missed (`{"missed": N}`), and other lines (and the first of them).
-pub(crate) fn count_lines(
-    path: &Path,
-    from: u64,
-    to: u64,
-) -> Result<(u64, u64, u64, Option<String>)> {
+pub(crate) fn count_lines(path: &Path, from: u64, to: u64) -> Result<(u64, u64, u64, Option<String>)> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     f.seek(SeekFrom::Start(from))?;
     let mut r = BufReader::with_capacity(1 << 20, f.take(to - from));
@@ -142,23 +130,17 @@ pub(crate) fn count_lines(
     const ALLOWED: &[u8] = b"\"verdict\":\"allowed\"";
     loop {
         line.clear();
-        if r.read_until(b'\n', &mut line)
-            .context("reading the events file")?
-            == 0
-        {
+        if r.read_until(b'\n', &mut line).context("reading the events file")? == 0 {
             return Ok((records, missed, other, first_other));
         }
         if line.starts_with(b"{\"missed\":") {
             let v: serde_json::Value = serde_json::from_slice(&line).context("a missed line")?;
-            missed += v["missed"]
-                .as_u64()
-                .context("a missed line without a count")?;
+            missed += v["missed"].as_u64().context("a missed line without a count")?;
         } else if line.starts_with(b"{") && line.windows(ALLOWED.len()).any(|w| w == ALLOWED) {
             records += 1;
         } else {
             other += 1;
-            first_other
-                .get_or_insert_with(|| String::from_utf8_lossy(&line).trim_end().to_string());
+            first_other.get_or_insert_with(|| String::from_utf8_lossy(&line).trim_end().to_string());
         }
     }
 }
@@ -170,8 +152,7 @@ pub(crate) struct AgentMetrics {
 }
 
 pub(crate) fn scrape(ns: &Netns) -> Result<AgentMetrics> {
-    let text =
-        integration_tests::get_metrics(ns, METRICS_PORT).context("scraping the agent's metrics")?;
+    let text = integration_tests::get_metrics(ns, METRICS_PORT).context("scraping the agent's metrics")?;
     ensure!(
         text.starts_with("HTTP/1.1 200"),
         "the agent's metrics endpoint answered: {}",
@@ -179,35 +160,21 @@ pub(crate) fn scrape(ns: &Netns) -> Result<AgentMetrics> {
     );
     let value = |name: &str| {
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
             .with_context(|| format!("no {name} in the agent's metrics"))
     };
-    Ok(AgentMetrics {
-        delivered: value("ztagent_events_delivered_total")?,
-        lost: value("ztagent_events_lost_total")?,
-    })
+    Ok(AgentMetrics { delivered: value("ztagent_events_delivered_total")?, lost: value("ztagent_events_lost_total")? })
 }
 
 /// CPU time (user + system, all threads) of process `pid` ("self": this one), in seconds.
 pub(crate) fn cpu_secs(pid: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // After the command name (in parentheses, which may hold spaces): state is field 3, utime
     // and stime fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("a malformed /proc stat")?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("a malformed /proc stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(f.get(i - 3).context("a short /proc stat")?.parse::<f64>()?)
-    };
+    let ticks = |i: usize| -> Result<f64> { Ok(f.get(i - 3).context("a short /proc stat")?.parse::<f64>()?) };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((ticks(14)? + ticks(15)?) / hz)
@@ -218,12 +185,7 @@ pub(crate) fn machine_cpu() -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().context("an empty /proc/stat")?;
     // user nice system idle iowait irq softirq steal (guest time is within user).
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
+    let v: Vec<f64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().unwrap_or(0.0)).collect();
     ensure!(v.len() == 8, "a short /proc/stat");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -234,16 +196,13 @@ pub(crate) fn machine_cpu() -> Result<(f64, f64)> {
 /// Context switches (voluntary and not) of every thread of process `pid` alive now.
 pub(crate) fn context_switches(pid: &str) -> Result<u64> {
     let mut n = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .with_context(|| format!("reading /proc/{pid}/task"))?
-    {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))? {
         let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
             continue;
         };
         for l in status.lines() {
-            if let Some(v) = l
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            if let Some(v) =
+                l.strip_prefix("voluntary_ctxt_switches:").or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
             {
                 n += v.trim().parse::<u64>().unwrap_or(0);
             }
@@ -254,16 +213,14 @@ pub(crate) fn context_switches(pid: &str) -> Result<u64> {
 
 /// Seconds this thread has spent runnable but waiting for a CPU.
 pub(crate) fn cpu_wait_secs() -> Result<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .context("reading /proc/thread-self/schedstat")?;
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").context("reading /proc/thread-self/schedstat")?;
     // Time on a CPU, time waiting on a run queue (ns), timeslices.
     let wait = s.split_whitespace().nth(1).context("a short schedstat")?;
     Ok(wait.parse::<f64>().context("a malformed schedstat")? / 1e9)
 }
 
 pub(crate) fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
 /// Events per second from the kernel into the real agent's JSON-lines file. The agent runs
@@ -322,11 +279,7 @@ pub(crate) fn event_throughput(opts: &Options) -> Result<Throughput> {
         if let Some(line) = text.lines().find(|l| l.contains("\"verdict\":\"allowed\"")) {
             break serde_json::from_str(line).context("the first event")?;
         }
-        ensure!(
-            t.elapsed() < STALL,
-            "the agent wrote no allowed event in {STALL:?}:\n{text}\n{}",
-            agent.log()
-        );
+        ensure!(t.elapsed() < STALL, "the agent wrote no allowed event in {STALL:?}:\n{text}\n{}", agent.log());
         std::thread::sleep(Duration::from_millis(5));
     };
     let fields = [
@@ -338,17 +291,9 @@ pub(crate) fn event_throughput(opts: &Options) -> Result<Throughput> {
         ("dst", EV_SERVER.0),
     ];
     for (k, want) in fields {
-        ensure!(
-            v[k] == want,
-            "the first event's {k} is {}, expected {want}: {v}",
-            v[k]
-        );
+        ensure!(v[k] == want, "the first event's {k} is {}, expected {want}: {v}", v[k]);
     }
-    ensure!(
-        v["dport"] == 443,
-        "the first event's dport is {}, expected 443: {v}",
-        v["dport"]
-    );
+    ensure!(v["dport"] == 443, "the first event's dport is {}, expected 443: {v}", v["dport"]);
 
     let agent_pid = agent.pid().to_string();
     let ctx = (&dp, &host.ns, agent_pid.as_str());
@@ -373,13 +318,8 @@ pub(crate) fn hold_in_dispatcher(prog: &mut Xdp, ns: &Netns) -> Result<()> {
             let f = File::open(&path).with_context(|| format!("cannot open {path}"))?;
             // SAFETY: setns with a network namespace fd affects only this thread.
             let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            ensure!(
-                rc == 0,
-                "setns({path}): {}",
-                std::io::Error::last_os_error()
-            );
-            prog.attach("lo", XdpMode::Skb)
-                .context("attaching the test program to an idle loopback")?;
+            ensure!(rc == 0, "setns({path}): {}", std::io::Error::last_os_error());
+            prog.attach("lo", XdpMode::Skb).context("attaching the test program to an idle loopback")?;
             Ok(())
         })
         .join()
@@ -402,10 +342,7 @@ pub(crate) fn through_agent(
     paced: bool,
 ) -> Result<EventRun> {
     let label = if paced { "paced" } else { "unpaced" };
-    eprintln!(
-        "ztbench: {label} run of {} events through the agent",
-        fmt_count(total as usize)
-    );
+    eprintln!("ztbench: {label} run of {} events through the agent", fmt_count(total as usize));
     let start_lines = tail.lines()?;
     let start_bytes = tail.bytes;
     let m0 = scrape(ns)?;
@@ -415,14 +352,7 @@ pub(crate) fn through_agent(
     let wait0 = cpu_wait_secs()?;
     let chunk = u64::from(if paced { PACE_CHUNK } else { UNPACED_CHUNK });
     let t0 = Instant::now();
-    let mut watch = Watch {
-        label,
-        start_lines,
-        lines: start_lines,
-        last_change: t0,
-        end: Duration::ZERO,
-        t0,
-    };
+    let mut watch = Watch { label, start_lines, lines: start_lines, last_change: t0, end: Duration::ZERO, t0 };
 
     let (mut produced, mut produce_secs, mut kernel_ns) = (0u64, 0.0, 0.0);
     while produced < total {
@@ -459,10 +389,7 @@ pub(crate) fn through_agent(
         std::thread::sleep(Duration::from_micros(100));
     }
     let end = watch.end;
-    let (agent_cpu, self_cpu) = (
-        cpu_secs(agent_pid)? - agent_cpu0,
-        cpu_secs("self")? - self_cpu0,
-    );
+    let (agent_cpu, self_cpu) = (cpu_secs(agent_pid)? - agent_cpu0, cpu_secs("self")? - self_cpu0);
     let ((busy1, total1), switches1) = (machine_cpu()?, context_switches(agent_pid)?);
     let wait1 = cpu_wait_secs()?;
     let m1 = scrape(ns)?;
@@ -517,10 +444,7 @@ impl Watch {
         }
         ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
         let label = self.label;
-        ensure!(
-            self.last_change.elapsed() < STALL,
-            "{label} run: the agent wrote nothing for {STALL:?} ({what})"
-        );
+        ensure!(self.last_change.elapsed() < STALL, "{label} run: the agent wrote nothing for {STALL:?} ({what})");
         Ok(l - self.start_lines)
     }
 }

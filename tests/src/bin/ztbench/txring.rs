@@ -38,7 +38,9 @@ fn os_err(what: &str) -> anyhow::Error {
     let hint = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => " (AF_PACKET sockets need CAP_NET_RAW: run as root)",
         Some(libc::EAFNOSUPPORT) => " (the kernel has no AF_PACKET: CONFIG_PACKET)",
-        Some(libc::ENOPROTOOPT) => " (the kernel's AF_PACKET has no TX ring or qdisc bypass: CONFIG_PACKET_MMAP, Linux >= 3.14)",
+        Some(libc::ENOPROTOOPT) => {
+            " (the kernel's AF_PACKET has no TX ring or qdisc bypass: CONFIG_PACKET_MMAP, Linux >= 3.14)"
+        }
         _ => "",
     };
     anyhow::anyhow!("{what}: {e}{hint}")
@@ -68,7 +70,12 @@ impl TxRing {
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
-        setsockopt(s, libc::PACKET_VERSION, &(libc::tpacket_versions::TPACKET_V2 as libc::c_int), "PACKET_VERSION TPACKET_V2")?;
+        setsockopt(
+            s,
+            libc::PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
+            "PACKET_VERSION TPACKET_V2",
+        )?;
         setsockopt(s, libc::PACKET_QDISC_BYPASS, &1 as &libc::c_int, "PACKET_QDISC_BYPASS")?;
         let req = libc::tpacket_req {
             tp_block_size: 4096,

@@ -30,21 +30,10 @@ impl Attempt {
         check: impl FnOnce(IpAddr, IpAddr) -> Result<Why>,
     ) -> Result<Attempt> {
         let (src, dst) = (&lan.hosts[from], &lan.hosts[to]);
-        let (s, d) = if v6 {
-            (src.v6, dst.v6)
-        } else {
-            (src.v4, dst.v4)
-        };
+        let (s, d) = if v6 { (src.v6, dst.v6) } else { (src.v4, dst.v4) };
         let why = check(s, d)?;
         let got_through = probe.observe(&src.ns, d);
-        Ok(Attempt {
-            from,
-            to,
-            dst: d,
-            probe,
-            why,
-            got_through,
-        })
+        Ok(Attempt { from, to, dst: d, probe, why, got_through })
     }
 
     pub(crate) fn print(&self, st: Style, problems: &mut Vec<String>, note: &str) {
@@ -53,21 +42,13 @@ impl Attempt {
             (true, Probe::Tcp(_)) => "connected",
             (true, _) => "answered",
         };
-        let verdict = if self.why.allow {
-            st.green("ALLOW")
-        } else {
-            st.red("DENY ")
-        };
+        let verdict = if self.why.allow { st.green("ALLOW") } else { st.red("DENY ") };
         let by = match (&self.why.rule, self.why.allow) {
             (Some(r), _) => format!("rule {r}"),
             (None, true) => "default allow".into(),
             (None, false) => "default deny".into(),
         };
-        let revision = self
-            .why
-            .revision
-            .map(|r| format!(" [revision {r}]"))
-            .unwrap_or_default();
+        let revision = self.why.revision.map(|r| format!(" [revision {r}]")).unwrap_or_default();
         println!(
             "  {:<8} -> {:<8} {:<10}  {:<9}  {observed:<9}  {verdict}  {by} ({} -> {}){revision}{note}",
             HOSTS[self.from].0,
@@ -84,11 +65,7 @@ impl Attempt {
                 HOSTS[self.to].0,
                 self.dst,
                 self.probe.label(),
-                if self.got_through {
-                    "let it through"
-                } else {
-                    "dropped it"
-                },
+                if self.got_through { "let it through" } else { "dropped it" },
                 if self.why.allow { "allow" } else { "deny" },
             );
             println!("  {}", st.alarm(&format!("!!! {msg} !!!")));
@@ -101,10 +78,7 @@ impl Attempt {
 pub(crate) fn counters(agent: &Agent, names: &[&str]) -> Result<u64> {
     let out = agent.cli(&["status", "-o", "json"]);
     if !out.status.success() {
-        bail!(
-            "ztagent status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("ztagent status failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let all = v["counters"].as_object().context("no counters in ztagent status")?;

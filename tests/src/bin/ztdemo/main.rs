@@ -26,7 +26,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use integration_tests::{
-    Agent, Lan, Netns, Probe, SHOP_POLICIES, Servers, TempDir, Why, bin, check_args, check_file, parse_check, shop_pods, tcp_ok, wait_for,
+    Agent, Lan, Netns, Probe, SHOP_POLICIES, Servers, TempDir, Why, bin, check_args, check_file, parse_check,
+    shop_pods, tcp_ok, wait_for,
 };
 
 mod attempt;
@@ -273,7 +274,6 @@ fn traffic(lan: &Lan, agent: &Agent, policy: &Path, st: Style, problems: &mut Ve
         let handles: Vec<_> = cases
             .iter()
             .map(|&(client, v6, probe)| {
-                
                 s.spawn(move || {
                     Attempt::run(lan, client, PAYMENTS, v6, probe, |src, dst| check_file(policy, src, dst, probe))
                 })
@@ -318,11 +318,18 @@ fn traffic(lan: &Lan, agent: &Agent, policy: &Path, st: Style, problems: &mut Ve
 }
 
 /// Step 4: a push that revokes an open connection; returns the second policy's text.
-fn push(lan: &Lan, agent: &Agent, policy: &Path, dir: &TempDir, st: Style, problems: &mut Vec<String>) -> Result<String> {
+fn push(
+    lan: &Lan,
+    agent: &Agent,
+    policy: &Path,
+    dir: &TempDir,
+    st: Style,
+    problems: &mut Vec<String>,
+) -> Result<String> {
     use Probe::*;
     // ---- 4. Policy push and revocation --------------------------------------------------
     header(st, 4, "Policy push: revoke frontend -> payments:8080 while a connection is open");
-    let source = fs::read_to_string(&policy)?;
+    let source = fs::read_to_string(policy)?;
     let removed = "\"8000-8099/tcp\", ";
     let v2_text = if source.contains(removed) {
         source.replace(removed, "")
@@ -353,12 +360,18 @@ fn push(lan: &Lan, agent: &Agent, policy: &Path, dir: &TempDir, st: Style, probl
 
 /// Step 5: agents on frontend and batch too; lateral attempts, and which agent dropped each.
 /// Returns the client agents and frontend's servers, which live on for the later steps.
-fn lateral(lan: &Lan, agent: &Agent, policy: &Path, st: Style, problems: &mut Vec<String>) -> Result<(Vec<Agent>, Servers)> {
+fn lateral(
+    lan: &Lan,
+    agent: &Agent,
+    policy: &Path,
+    st: Style,
+    problems: &mut Vec<String>,
+) -> Result<(Vec<Agent>, Servers)> {
     use Probe::*;
     // ---- 5. Lateral movement ------------------------------------------------------------
     header(st, 5, "Lateral movement: agents on frontend and batch too (the attacker runs none)");
     // Back to the example policy everywhere.
-    agent.push(&policy);
+    agent.push(policy);
     let client_agents: Vec<Agent> = std::thread::scope(|s| {
         let handles: Vec<_> = [FRONTEND, BATCH]
             .iter()

@@ -1,9 +1,8 @@
 //! The rate-limit step: two clients ping equally hard, one of them limited.
 
 use super::{
-    Agent, BATCH, Duration, FLOOD_COUNT, FLOOD_INTERVAL, FLOOD_LINGER, FLOOD_SLACK, FRONTEND,
-    HOSTS, Instant, IpAddr, Ipv4Addr, Lan, Netns, OwnedFd, PAYMENTS, Path, Probe, Result, Style,
-    bail, check_args, counters,
+    Agent, BATCH, Duration, FLOOD_COUNT, FLOOD_INTERVAL, FLOOD_LINGER, FLOOD_SLACK, FRONTEND, HOSTS, Instant, IpAddr,
+    Ipv4Addr, Lan, Netns, OwnedFd, PAYMENTS, Path, Probe, Result, Style, bail, check_args, counters,
 };
 use anyhow::Context as _;
 use std::os::fd::{AsRawFd as _, FromRawFd as _};
@@ -19,9 +18,7 @@ pub(crate) fn rate_limits(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let payments = &lan.hosts[PAYMENTS];
-    let IpAddr::V4(dst) = payments.v4 else {
-        bail!("payments has no IPv4 address")
-    };
+    let IpAddr::V4(dst) = payments.v4 else { bail!("payments has no IPv4 address") };
     // What the policy in force says about each client's pings.
     let mut checks = Vec::new();
     for client in [FRONTEND, BATCH] {
@@ -29,61 +26,38 @@ pub(crate) fn rate_limits(
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = agent.cli(&args);
         if !out.status.success() {
-            bail!(
-                "ztagent check failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("ztagent check -o json")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ztagent check -o json")?;
         checks.push((client, v));
     }
-    let limits: Vec<(usize, &str)> = checks
-        .iter()
-        .filter_map(|(c, v)| v["rate_limit"].as_str().map(|l| (*c, l)))
-        .collect();
+    let limits: Vec<(usize, &str)> =
+        checks.iter().filter_map(|(c, v)| v["rate_limit"].as_str().map(|l| (*c, l))).collect();
     let all_allowed = checks.iter().all(|(_, v)| v["verdict"] == "allow");
     let [(limited, name)] = limits[..] else {
-        println!(
-            "  (the policy does not rate limit exactly one of frontend's and batch's pings: nothing to compare)"
-        );
+        println!("  (the policy does not rate limit exactly one of frontend's and batch's pings: nothing to compare)");
         return Ok(());
     };
     let parsed = ztagent::policy::load(policy).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let spec = parsed
-        .rate_limits
-        .iter()
-        .find(|l| l.name == name)
-        .and_then(|l| l.packets.map(|p| (p, l.scope)));
+    let spec = parsed.rate_limits.iter().find(|l| l.name == name).and_then(|l| l.packets.map(|p| (p, l.scope)));
     let (Some((spec, scope)), true) = (spec, all_allowed) else {
-        println!(
-            "  (the rate limit {name} has no packets bucket, or a ping is denied: nothing to compare)"
-        );
+        println!("  (the rate limit {name} has no packets bucket, or a ping is denied: nothing to compare)");
         return Ok(());
     };
     let per_second = spec.rate as f64 / spec.per.seconds() as f64;
     for (client, v) in &checks {
-        let by = v["rule"]
-            .as_str()
-            .map_or("default allow".to_string(), |r| format!("rule {r}"));
+        let by = v["rule"].as_str().map_or("default allow".to_string(), |r| format!("rule {r}"));
         let limit = match v["rate_limit"].as_str() {
             Some(l) => format!(
                 "rate limit {l}: {}/{}, burst {} (scope {})",
                 spec.rate,
                 spec.per.as_str(),
                 spec.burst,
-                if scope == ztagent::policy::LimitScope::Address {
-                    "address"
-                } else {
-                    "segment"
-                }
+                if scope == ztagent::policy::LimitScope::Address { "address" } else { "segment" }
             ),
             None => "no rate limit".to_string(),
         };
-        let revision = v["revision"]
-            .as_u64()
-            .map(|r| format!(" [revision {r}]"))
-            .unwrap_or_default();
+        let revision = v["revision"].as_u64().map(|r| format!(" [revision {r}]")).unwrap_or_default();
         println!(
             "  {:<8} -> {:<8} {:<10}  {:<9}  {}  {by}, {limit}{revision}",
             HOSTS[*client].0,
@@ -96,9 +70,7 @@ pub(crate) fn rate_limits(
     let before = limit_status(agent, name)?;
     let drops_before = counters(agent, &["drop_rate_limit"])?;
     // Address scope has no shared bucket to read: it starts full for a quiet address.
-    let tokens = before["packet_tokens"]
-        .as_f64()
-        .unwrap_or(spec.burst as f64);
+    let tokens = before["packet_tokens"].as_f64().unwrap_or(spec.burst as f64);
     let span = (FLOOD_INTERVAL * (FLOOD_COUNT as u32 - 1)).as_secs_f64();
     if tokens + per_second * span >= FLOOD_COUNT as f64 {
         println!(
@@ -111,10 +83,7 @@ pub(crate) fn rate_limits(
         FLOOD_INTERVAL.as_millis()
     );
     let clients = [FRONTEND, BATCH];
-    let sockets = clients
-        .iter()
-        .map(|&c| raw_icmp(&lan.hosts[c].ns))
-        .collect::<Result<Vec<_>>>()?;
+    let sockets = clients.iter().map(|&c| raw_icmp(&lan.hosts[c].ns)).collect::<Result<Vec<_>>>()?;
     let start = Instant::now() + Duration::from_millis(50);
     let floods: Vec<Flood> = std::thread::scope(|s| {
         let handles: Vec<_> = sockets
@@ -125,10 +94,7 @@ pub(crate) fn rate_limits(
                 s.spawn(move || flood(fd, dst, id, start))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("ping thread"))
-            .collect::<std::io::Result<_>>()
+        handles.into_iter().map(|h| h.join().expect("ping thread")).collect::<std::io::Result<_>>()
     })?;
     let after = limit_status(agent, name)?;
     let drops_after = counters(agent, &["drop_rate_limit"])?;
@@ -138,9 +104,7 @@ pub(crate) fn rate_limits(
         let note = if client == limited {
             // One packet per whole token: what the bucket held, plus what the rate refilled.
             expected = (tokens + per_second * secs).floor().min(f.sent as f64);
-            format!(
-                "rate limit {name}: {expected} expected ({tokens:.1} tokens + {per_second}/s x {secs:.3} s)"
-            )
+            format!("rate limit {name}: {expected} expected ({tokens:.1} tokens + {per_second}/s x {secs:.3} s)")
         } else {
             format!("no rate limit: all {} expected", f.sent)
         };
@@ -157,38 +121,22 @@ pub(crate) fn rate_limits(
     println!("\n  ztagent status:");
     let status = agent.cli(&["status"]);
     if !status.status.success() {
-        bail!(
-            "ztagent status failed: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        bail!("ztagent status failed: {}", String::from_utf8_lossy(&status.stderr));
     }
     let text = String::from_utf8_lossy(&status.stdout);
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.starts_with(&format!("rate limit {name} ")));
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&format!("rate limit {name} ")));
     if let Some(first) = lines.next() {
         println!("    {first}");
         for l in lines.take_while(|l| l.starts_with("  ")) {
             println!("    {l}");
         }
     }
-    let delta = |k: &str| {
-        after[k]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(before[k].as_u64().unwrap_or(0))
-    };
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0).saturating_sub(before[k].as_u64().unwrap_or(0));
     let (admitted, dropped) = (delta("packets_passed"), delta("packets_dropped"));
     let drop_counter = drops_after.saturating_sub(drops_before);
-    println!(
-        "  during the flood: {admitted} admitted, {dropped} dropped by {name}; drop_rate_limit +{drop_counter}"
-    );
+    println!("  during the flood: {admitted} admitted, {dropped} dropped by {name}; drop_rate_limit +{drop_counter}");
 
-    let (held, free) = if limited == clients[0] {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
+    let (held, free) = if limited == clients[0] { (0, 1) } else { (1, 0) };
     let (held_name, free_name) = (HOSTS[clients[held]].0, HOSTS[clients[free]].0);
     let (held, free) = (&floods[held], &floods[free]);
     let mut msgs = Vec::new();
@@ -209,10 +157,7 @@ pub(crate) fn rate_limits(
             held.answered
         ));
     }
-    if admitted != held.answered as u64
-        || dropped != (held.sent - held.answered) as u64
-        || drop_counter != dropped
-    {
+    if admitted != held.answered as u64 || dropped != (held.sent - held.answered) as u64 || drop_counter != dropped {
         msgs.push(format!(
             "the agent counted {admitted} admitted and {dropped} dropped (drop_rate_limit +{drop_counter}), {held_name} saw {} of {} answered",
             held.answered, held.sent
@@ -240,15 +185,10 @@ pub(crate) fn rate_limits(
 pub(crate) fn limit_status(agent: &Agent, name: &str) -> Result<serde_json::Value> {
     let out = agent.cli(&["status", "-o", "json"]);
     if !out.status.success() {
-        bail!(
-            "ztagent status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("ztagent status failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let limits = v["limits"]
-        .as_array()
-        .context("no limits in ztagent status")?;
+    let limits = v["limits"].as_array().context("no limits in ztagent status")?;
     limits
         .iter()
         .find(|l| l["name"] == name)
@@ -260,18 +200,8 @@ pub(crate) fn limit_status(agent: &Agent, name: &str) -> Result<serde_json::Valu
 pub(crate) fn raw_icmp(ns: &Netns) -> Result<OwnedFd> {
     ns.run(|| {
         // SAFETY: socket has no preconditions; a non-negative result is a new descriptor we own.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+        if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
     })
     .context("cannot open a raw ICMP socket")
 }
@@ -286,20 +216,13 @@ pub(crate) struct Flood {
 
 /// Sends `FLOOD_COUNT` echo requests (ICMP id `id`) to `dst`, the first at `start`, then one
 /// every `FLOOD_INTERVAL`, and counts the distinct replies until `FLOOD_LINGER` after the last.
-pub(crate) fn flood(
-    fd: &OwnedFd,
-    dst: Ipv4Addr,
-    id: u16,
-    start: Instant,
-) -> std::io::Result<Flood> {
+pub(crate) fn flood(fd: &OwnedFd, dst: Ipv4Addr, id: u16, start: Instant) -> std::io::Result<Flood> {
     let mut answered = [false; FLOOD_COUNT];
     let (mut sent, mut first, mut last) = (0usize, start, start);
     let to = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.octets()),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
         sin_zero: [0; 8],
     };
     let mut buf = [0u8; 2048];
@@ -338,11 +261,7 @@ pub(crate) fn flood(
         if done && answered.iter().all(|a| *a) {
             break;
         }
-        let deadline = if done {
-            last + FLOOD_LINGER
-        } else {
-            start + FLOOD_INTERVAL * sent as u32
-        };
+        let deadline = if done { last + FLOOD_LINGER } else { start + FLOOD_INTERVAL * sent as u32 };
         if now >= deadline {
             if done {
                 break;
@@ -350,34 +269,19 @@ pub(crate) fn flood(
             continue;
         }
         let wait = (deadline - now).as_micros().div_ceil(1000) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, wait) };
         loop {
             // SAFETY: buf outlives the call; its length is given.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n <= 0 {
                 break;
             }
             // An IPv4 packet: header, then the ICMP echo reply (type 0) with our id.
             let p = &buf[..n as usize];
             let ihl = usize::from(p[0] & 0x0f) * 4;
-            if p.len() < ihl + 8
-                || p[0] >> 4 != 4
-                || p[9] != libc::IPPROTO_ICMP as u8
-                || p[12..16] != dst.octets()
-            {
+            if p.len() < ihl + 8 || p[0] >> 4 != 4 || p[9] != libc::IPPROTO_ICMP as u8 || p[12..16] != dst.octets() {
                 continue;
             }
             let icmp = &p[ihl..];
@@ -387,19 +291,12 @@ pub(crate) fn flood(
             }
         }
     }
-    Ok(Flood {
-        sent,
-        answered: answered.iter().filter(|a| **a).count(),
-        took: last - first,
-    })
+    Ok(Flood { sent, answered: answered.iter().filter(|a| **a).count(), took: last - first })
 }
 
 /// The Internet checksum of an ICMP message (its checksum field zero).
 pub(crate) fn icmp_checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

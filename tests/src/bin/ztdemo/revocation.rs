@@ -3,19 +3,13 @@
 use std::io::{Read as _, Write as _};
 
 use super::{
-    Agent, Arc, AtomicBool, Duration, FRONTEND, Instant, Lan, Mutex, Ordering, PAYMENTS, Path,
-    REVOKE_LIMIT, Result, SocketAddr, Style, TALK_PERIOD, TcpStream, counters,
+    Agent, Arc, AtomicBool, Duration, FRONTEND, Instant, Lan, Mutex, Ordering, PAYMENTS, Path, REVOKE_LIMIT, Result,
+    SocketAddr, Style, TALK_PERIOD, TcpStream, counters,
 };
 use anyhow::Context as _;
 
 /// The push section's measured part: an open connection, the push, and when it was cut.
-pub(crate) fn revocation(
-    lan: &Lan,
-    agent: &Agent,
-    v2: &Path,
-    st: Style,
-    problems: &mut Vec<String>,
-) -> Result<()> {
+pub(crate) fn revocation(lan: &Lan, agent: &Agent, v2: &Path, st: Style, problems: &mut Vec<String>) -> Result<()> {
     let (frontend, payments) = (&lan.hosts[FRONTEND], &lan.hosts[PAYMENTS]);
     let dst = SocketAddr::new(payments.v4, 8080);
     // A socket opened in the frontend namespace stays there whichever thread uses it.
@@ -25,9 +19,7 @@ pub(crate) fn revocation(
         .context("frontend cannot connect to payments:8080 under the first policy")?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut hi = [0u8; 3];
-    stream
-        .read_exact(&mut hi)
-        .context("no greeting from payments:8080")?;
+    stream.read_exact(&mut hi).context("no greeting from payments:8080")?;
     let log = Arc::new(Mutex::new(Talk::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let talker = {
@@ -50,22 +42,14 @@ pub(crate) fn revocation(
     let t0 = Instant::now();
     let pushed = agent.push(v2);
     let push_took = t0.elapsed();
-    println!(
-        "  ztagent policy push: {} ({} ms)",
-        pushed.trim(),
-        push_took.as_millis()
-    );
+    println!("  ztagent policy push: {} ({} ms)", pushed.trim(), push_took.as_millis());
     std::thread::sleep(REVOKE_LIMIT + Duration::from_millis(600));
     stop.store(true, Ordering::SeqCst);
     let _ = talker.join();
     let end = Instant::now();
     let l = log.lock().unwrap();
     let ms = |t: Instant| -> i128 {
-        if t >= t0 {
-            t.duration_since(t0).as_millis() as i128
-        } else {
-            -(t0.duration_since(t).as_millis() as i128)
-        }
+        if t >= t0 { t.duration_since(t0).as_millis() as i128 } else { -(t0.duration_since(t).as_millis() as i128) }
     };
     if ok == 0 {
         problems.push("the connection to payments:8080 exchanged nothing before the push".into());
@@ -145,9 +129,7 @@ pub(crate) fn talk(mut s: TcpStream, stop: &AtomicBool, log: &Mutex<Talk>) {
             next += TALK_PERIOD;
             continue;
         }
-        let wait = (next - now)
-            .min(Duration::from_millis(50))
-            .max(Duration::from_millis(1));
+        let wait = (next - now).min(Duration::from_millis(50)).max(Duration::from_millis(1));
         let _ = s.set_read_timeout(Some(wait));
         match s.read(&mut chunk) {
             Ok(0) => {
@@ -168,11 +150,7 @@ pub(crate) fn talk(mut s: TcpStream, stop: &AtomicBool, log: &Mutex<Talk>) {
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => {
                 log.lock().unwrap().error = Some(e.to_string());
                 return;

@@ -1,9 +1,6 @@
 //! From observe to enforce: inventory, suggest, enforce with alerts, a grant that ends.
 
-use super::{
-    Agent, BATCH, Duration, FRONTEND, Lan, PAYMENTS, Probe, Result, Style, TempDir, bail,
-    check_live, step,
-};
+use super::{Agent, BATCH, Duration, FRONTEND, Lan, PAYMENTS, Probe, Result, Style, TempDir, bail, check_live, step};
 
 /// The zero-trust rollout on payments: what the agent saw (`ztagent inventory`), the least
 /// policy that allows exactly that (`ztagent policy suggest`), enforced with deviation alerts;
@@ -16,37 +13,24 @@ pub(crate) fn observe_to_enforce(
     st: Style,
     problems: &mut Vec<String>,
 ) -> Result<()> {
-    let (payments, frontend, batch) = (
-        &lan.hosts[PAYMENTS],
-        &lan.hosts[FRONTEND],
-        &lan.hosts[BATCH],
-    );
+    let (payments, frontend, batch) = (&lan.hosts[PAYMENTS], &lan.hosts[FRONTEND], &lan.hosts[BATCH]);
     let inv = agent.cli(&["inventory"]);
     let text = String::from_utf8_lossy(&inv.stdout).into_owned();
     println!(
         "  ztagent inventory (what payments saw during the steps above; packets and bytes of the allowed flows, both ways):"
     );
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("from") || l.contains("payments"))
-        .take(12)
-    {
+    for l in text.lines().filter(|l| l.starts_with("from") || l.contains("payments")).take(12) {
         println!("    {l}");
     }
     let out = agent.cli(&["policy", "suggest"]);
     if !out.status.success() {
-        bail!(
-            "ztagent policy suggest failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("ztagent policy suggest failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "\n  ztagent policy suggest: the least policy that allows exactly what was seen allowed (or would-deny):"
-    );
-    for l in suggested.lines().filter(|l| {
-        l.starts_with("# Compared") || l.starts_with("# The base") || l.contains("name:")
-    }) {
+    println!("\n  ztagent policy suggest: the least policy that allows exactly what was seen allowed (or would-deny):");
+    for l in
+        suggested.lines().filter(|l| l.starts_with("# Compared") || l.starts_with("# The base") || l.contains("name:"))
+    {
         println!("    {l}");
     }
     // With deviation alerts: their baseline is learned for 3 s from this push on.
@@ -64,17 +48,9 @@ pub(crate) fn observe_to_enforce(
     let reached = integration_tests::tcp_ok(&frontend.ns, payments.v4, 443);
     println!(
         "  pushed it: frontend -> payments tcp/443 {} ({}); tcp/8099, allowed before but never used: {}",
-        if reached {
-            st.green("connected")
-        } else {
-            st.alarm("no answer")
-        },
+        if reached { st.green("connected") } else { st.alarm("no answer") },
         web.rule.as_deref().unwrap_or("default"),
-        if unused.allow {
-            st.alarm("still allowed")
-        } else {
-            st.green("now denied")
-        },
+        if unused.allow { st.alarm("still allowed") } else { st.green("now denied") },
     );
     if !reached || unused.allow {
         problems.push(format!(
@@ -101,10 +77,7 @@ pub(crate) fn observe_to_enforce(
         "demo: a short exception",
     ]);
     if !grant.status.success() {
-        bail!(
-            "ztagent grant failed: {}",
-            String::from_utf8_lossy(&grant.stderr)
-        );
+        bail!("ztagent grant failed: {}", String::from_utf8_lossy(&grant.stderr));
     }
     println!(
         "  ztagent grant --from {from} --to payments --port 443/tcp --for 4s --reason ...   (one address of batch)"
@@ -115,21 +88,11 @@ pub(crate) fn observe_to_enforce(
     let after = integration_tests::tcp_ok(&batch.ns, payments.v4, 443);
     println!(
         "  batch -> payments tcp/443 during the grant: {}; after it ended (in the kernel, no push): {}",
-        if during {
-            st.green("connected")
-        } else {
-            st.alarm("no answer")
-        },
-        if after {
-            st.alarm("still connected")
-        } else {
-            st.green("denied again")
-        },
+        if during { st.green("connected") } else { st.alarm("no answer") },
+        if after { st.alarm("still connected") } else { st.green("denied again") },
     );
     if !during || after {
-        problems.push(format!(
-            "the grant: batch tcp/443 during {during}, after {after}"
-        ));
+        problems.push(format!("the grant: batch tcp/443 during {during}, after {after}"));
     }
     // The deviation the grant made, as an alert (published within a second or so).
     let mut alerts = Vec::new();
@@ -140,9 +103,7 @@ pub(crate) fn observe_to_enforce(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!(
-        "  ztagent events --verdict anomaly (the least policy with `alerts: {{ learnSeconds: 3 }}`):"
-    );
+    println!("  ztagent events --verdict anomaly (the least policy with `alerts: {{ learnSeconds: 3 }}`):");
     for a in &alerts {
         println!(
             "    {} ({}): {}",
@@ -152,9 +113,7 @@ pub(crate) fn observe_to_enforce(
         );
     }
     if !alerts.iter().any(|a| a["src_segment"] == "batch") {
-        problems.push(format!(
-            "no alert about batch's new flow under the grant: {alerts:?}"
-        ));
+        problems.push(format!("no alert about batch's new flow under the grant: {alerts:?}"));
     }
     Ok(())
 }

@@ -7,26 +7,16 @@ use anyhow::Context as _;
 pub(crate) fn leftovers() -> Vec<String> {
     let tag = format!("{}x", std::process::id() % 100_000);
     let mut left = Vec::new();
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
+    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
     for line in String::from_utf8_lossy(&netns).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with(&format!("zs{tag}")) || name.starts_with(&format!("zh{tag}")) {
             left.push(format!("netns {name}"));
         }
     }
-    for (dir, prefix) in [
-        (PathBuf::from("/sys/fs/bpf"), "zt-test-"),
-        (std::env::temp_dir(), "ztagent-test-"),
-    ] {
+    for (dir, prefix) in [(PathBuf::from("/sys/fs/bpf"), "zt-test-"), (std::env::temp_dir(), "ztagent-test-")] {
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{prefix}{tag}"))
-            {
+            if e.file_name().to_string_lossy().starts_with(&format!("{prefix}{tag}")) {
                 left.push(e.path().display().to_string());
             }
         }
@@ -35,11 +25,7 @@ pub(crate) fn leftovers() -> Vec<String> {
 }
 
 pub(crate) fn possessive(name: &str) -> String {
-    if name.ends_with('s') {
-        format!("{name}'")
-    } else {
-        format!("{name}'s")
-    }
+    if name.ends_with('s') { format!("{name}'") } else { format!("{name}'s") }
 }
 
 pub(crate) fn header(st: Style, n: u32, title: &str) {
@@ -52,11 +38,7 @@ pub(crate) struct Style(pub(crate) bool);
 
 impl Style {
     pub(crate) fn paint(self, code: &str, s: &str) -> String {
-        if self.0 {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
     }
     pub(crate) fn green(self, s: &str) -> String {
         self.paint("32", s)
@@ -92,24 +74,15 @@ impl Tail {
         let out = child.stdout.take().context("no stdout")?;
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
-            std::io::BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .collect()
+            std::io::BufReader::new(out).lines().map_while(Result::ok).collect()
         });
-        Ok(Tail {
-            child,
-            reader: Some(reader),
-        })
+        Ok(Tail { child, reader: Some(reader) })
     }
 
     pub(crate) fn stop(mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.reader
-            .take()
-            .and_then(|r| r.join().ok())
-            .unwrap_or_default()
+        self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default()
     }
 }
 

@@ -5,11 +5,7 @@ use anyhow::Context as _;
 
 pub(crate) fn status(agent: &Agent) -> Result<Value> {
     let out = agent.cli(&["status", "-o", "json"]);
-    ensure!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).context("status JSON")
 }
 
@@ -25,15 +21,9 @@ pub(crate) type Metrics = BTreeMap<(String, String), f64>;
 
 pub(crate) fn scrape(ns: &Netns) -> Result<Metrics> {
     let raw = integration_tests::get_metrics(ns, METRICS_PORT)?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("no metrics body")?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).context("no metrics body")?;
     let mut m = Metrics::new();
-    for line in body
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (key, value) = line.rsplit_once(' ').context("bad sample line")?;
         let (name, labels) = match key.split_once('{') {
             Some((n, l)) => {
@@ -54,9 +44,7 @@ pub(crate) fn scrape(ns: &Netns) -> Result<Metrics> {
 }
 
 pub(crate) fn metric(m: &Metrics, name: &str, labels: &str) -> u64 {
-    m.get(&(name.to_string(), labels.to_string()))
-        .copied()
-        .unwrap_or(0.0) as u64
+    m.get(&(name.to_string(), labels.to_string())).copied().unwrap_or(0.0) as u64
 }
 
 /// Sum of `ztagent_event_packets_total` per verdict.
@@ -84,10 +72,7 @@ pub(crate) struct EventFile {
 }
 
 pub(crate) fn read_events(path: &Path) -> Result<EventFile> {
-    let mut files: Vec<PathBuf> = (1..=3)
-        .rev()
-        .map(|n| PathBuf::from(format!("{}.{n}", path.display())))
-        .collect();
+    let mut files: Vec<PathBuf> = (1..=3).rev().map(|n| PathBuf::from(format!("{}.{n}", path.display()))).collect();
     files.push(path.to_path_buf());
     let mut ev = EventFile::default();
     for p in files.into_iter().filter(|p| p.exists()) {
@@ -105,16 +90,10 @@ pub(crate) fn read_events(path: &Path) -> Result<EventFile> {
             let verdict = v["verdict"].as_str().unwrap_or("?").to_string();
             let count = v["count"].as_u64().unwrap_or(0);
             *ev.by_verdict.entry(verdict.clone()).or_default() += count;
-            *ev.by_reason
-                .entry((
-                    verdict.clone(),
-                    v["reason"].as_str().unwrap_or("?").to_string(),
-                ))
-                .or_default() += count;
+            *ev.by_reason.entry((verdict.clone(), v["reason"].as_str().unwrap_or("?").to_string())).or_default() +=
+                count;
             if v["dst_segment"] == "payments" {
-                *ev.by_port
-                    .entry((verdict, v["dport"].as_u64().unwrap_or(0) as u16))
-                    .or_default() += count;
+                *ev.by_port.entry((verdict, v["dport"].as_u64().unwrap_or(0) as u16)).or_default() += count;
             }
         }
     }
@@ -123,12 +102,7 @@ pub(crate) fn read_events(path: &Path) -> Result<EventFile> {
 
 /// The final status, events file and scrape: retried until the kernel's counters and the file
 /// agree, or stop moving (the LAN's own chatter, IGMP reports, may arrive at any moment).
-pub(crate) fn settle(
-    agent: &Agent,
-    ns: &Netns,
-    events: &Path,
-    tries: usize,
-) -> Result<(Value, EventFile, Metrics)> {
+pub(crate) fn settle(agent: &Agent, ns: &Netns, events: &Path, tries: usize) -> Result<(Value, EventFile, Metrics)> {
     let mut last: Option<(BTreeMap<String, u64>, EventFile)> = None;
     for _ in 0..tries {
         let s = status(agent)?;
@@ -136,9 +110,7 @@ pub(crate) fn settle(
         let m = scrape(ns)?;
         let c = counters(&s);
         let done = accounting(&c, &ev).iter().all(|(_, e, k)| e == k);
-        let stable = last
-            .as_ref()
-            .is_some_and(|(c0, ev0)| *c0 == c && *ev0 == ev);
+        let stable = last.as_ref().is_some_and(|(c0, ev0)| *c0 == c && *ev0 == ev);
         if done || stable {
             return Ok((s, ev, m));
         }
@@ -149,30 +121,15 @@ pub(crate) fn settle(
 }
 
 /// (verdict, sum of the events' counts, the kernel counters that verdict stands for).
-pub(crate) fn accounting(
-    c: &BTreeMap<String, u64>,
-    ev: &EventFile,
-) -> Vec<(&'static str, u64, u64)> {
-    let k = |names: &[&str]| {
-        names
-            .iter()
-            .map(|n| c.get(*n).copied().unwrap_or(0))
-            .sum::<u64>()
-    };
+pub(crate) fn accounting(c: &BTreeMap<String, u64>, ev: &EventFile) -> Vec<(&'static str, u64, u64)> {
+    let k = |names: &[&str]| names.iter().map(|n| c.get(*n).copied().unwrap_or(0)).sum::<u64>();
     let e = |v: &str| ev.by_verdict.get(v).copied().unwrap_or(0);
     vec![
         ("allowed", e("allowed"), k(&["pass_policy"])),
         (
             "denied",
             e("denied"),
-            k(&[
-                "drop_default",
-                "drop_rule",
-                "drop_revoked",
-                "drop_fragment",
-                "drop_malformed",
-                "drop_no_policy",
-            ]),
+            k(&["drop_default", "drop_rule", "drop_revoked", "drop_fragment", "drop_malformed", "drop_no_policy"]),
         ),
         ("rate-limited", e("rate-limited"), k(&["drop_rate_limit"])),
     ]

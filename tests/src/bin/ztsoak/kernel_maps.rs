@@ -1,30 +1,23 @@
 //! The kernel maps, read from the agent's pins.
 
 use super::{
-    Array, BTreeMap, BpfHashMap, CT_F_CLOSING, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
-    CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CidrData, Command, CtKey, CtValue, HostKey, LimitConfig,
-    LpmTrie, MAX_LIMITS, Map, MapData, PROFILE_SLOT_SHIFT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PairKey, Path, PortData, Result, SegmentInfo, SlotConfig, Verdict, bin, ensure, maps, mono_ns,
+    Array, BTreeMap, BpfHashMap, CT_F_CLOSING, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS,
+    CT_TIMEOUT_UDP_NS, CidrData, Command, CtKey, CtValue, HostKey, LimitConfig, LpmTrie, MAX_LIMITS, Map, MapData,
+    PROFILE_SLOT_SHIFT, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PairKey, Path, PortData, Result, SegmentInfo, SlotConfig,
+    Verdict, bin, ensure, maps, mono_ns,
 };
 use anyhow::Context as _;
 
 pub(crate) fn open_map(pins: &Path, name: &str) -> Result<Map> {
-    let data = MapData::from_pin(pins.join("maps").join(name))
-        .with_context(|| format!("open pinned map {name}"))?;
+    let data = MapData::from_pin(pins.join("maps").join(name)).with_context(|| format!("open pinned map {name}"))?;
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
-pub(crate) fn hash<K: aya::Pod, V: aya::Pod>(
-    pins: &Path,
-    name: &str,
-) -> Result<BpfHashMap<MapData, K, V>> {
+pub(crate) fn hash<K: aya::Pod, V: aya::Pod>(pins: &Path, name: &str) -> Result<BpfHashMap<MapData, K, V>> {
     BpfHashMap::try_from(open_map(pins, name)?).with_context(|| format!("{name} as a hash map"))
 }
 
-pub(crate) fn trie<K: aya::Pod, V: aya::Pod>(
-    pins: &Path,
-    name: &str,
-) -> Result<LpmTrie<MapData, K, V>> {
+pub(crate) fn trie<K: aya::Pod, V: aya::Pod>(pins: &Path, name: &str) -> Result<LpmTrie<MapData, K, V>> {
     LpmTrie::try_from(open_map(pins, name)?).with_context(|| format!("{name} as an LPM trie"))
 }
 
@@ -55,28 +48,15 @@ impl std::fmt::Display for SlotSize {
 /// `ztagent policy validate FILE`: "... (3 segments, 4 rules, 2 hosts, 4 cidrs, 3 pairs, 3
 /// profiles, 14 port entries, 1 rate limit)".
 pub(crate) fn compiled_size(file: &Path) -> Result<SlotSize> {
-    let out = Command::new(bin("ztagent"))
-        .args(["policy", "validate"])
-        .arg(file)
-        .output()?;
+    let out = Command::new(bin("ztagent")).args(["policy", "validate"]).arg(file).output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "policy validate {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let inner = text
-        .rsplit_once('(')
-        .and_then(|(_, r)| r.split_once(')'))
-        .map(|(i, _)| i)
-        .context("validate output")?;
+    ensure!(out.status.success(), "policy validate {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    let inner =
+        text.rsplit_once('(').and_then(|(_, r)| r.split_once(')')).map(|(i, _)| i).context("validate output")?;
     let mut s = SlotSize::default();
     for part in inner.split(", ") {
         let (n, what) = part.split_once(' ').context("validate output")?;
-        let n: usize = n
-            .parse()
-            .with_context(|| format!("validate output {text:?}"))?;
+        let n: usize = n.parse().with_context(|| format!("validate output {text:?}"))?;
         match what {
             "hosts" | "host" => s.hosts = n,
             "cidrs" | "cidr" => s.cidrs = n,
@@ -115,8 +95,7 @@ pub(crate) fn read_policy_maps(pins: &Path) -> Result<PolicyMaps> {
         slots[k?.slot as usize & 1].pairs += 1;
     }
     for k in trie::<PortData, Verdict>(pins, maps::PORTS)?.keys() {
-        slots[(u32::from_be_bytes(k?.data().profile) >> PROFILE_SLOT_SHIFT) as usize & 1].ports +=
-            1;
+        slots[(u32::from_be_bytes(k?.data().profile) >> PROFILE_SLOT_SHIFT) as usize & 1].ports += 1;
     }
     let limits = array::<LimitConfig>(pins, maps::LIMITS)?;
     let mut fingerprints = [Vec::new(), Vec::new()];
@@ -130,12 +109,7 @@ pub(crate) fn read_policy_maps(pins: &Path) -> Result<PolicyMaps> {
             slots[slot as usize].limits += 1;
         }
     }
-    Ok(PolicyMaps {
-        active,
-        revision,
-        slots,
-        fingerprints,
-    })
+    Ok(PolicyMaps { active, revision, slots, fingerprints })
 }
 
 /// Conntrack, classified at one moment.
@@ -172,10 +146,7 @@ pub(crate) fn ct_timeout(k: &CtKey, v: &CtValue) -> u64 {
 
 pub(crate) fn audit_conntrack(pins: &Path) -> Result<CtAudit> {
     let ct = hash::<CtKey, CtValue>(pins, maps::CONNTRACK)?;
-    let mut a = CtAudit {
-        now: mono_ns(),
-        ..Default::default()
-    };
+    let mut a = CtAudit { now: mono_ns(), ..Default::default() };
     for entry in ct.iter() {
         let (k, v) = entry?;
         a.total += 1;
@@ -197,19 +168,12 @@ impl CtAudit {
         self.by.get(&(proto, live)).copied().unwrap_or(0)
     }
     pub(crate) fn live(&self) -> u64 {
-        self.by
-            .iter()
-            .filter(|((_, l), _)| *l)
-            .map(|(_, n)| n)
-            .sum()
+        self.by.iter().filter(|((_, l), _)| *l).map(|(_, n)| n).sum()
     }
 }
 
 pub(crate) fn count_keys<K: aya::Pod, V: aya::Pod>(pins: &Path, name: &str) -> Result<u64> {
-    Ok(hash::<K, V>(pins, name)?
-        .keys()
-        .filter(Result::is_ok)
-        .count() as u64)
+    Ok(hash::<K, V>(pins, name)?.keys().filter(Result::is_ok).count() as u64)
 }
 
 pub(crate) fn max_entries(pins: &Path, name: &str) -> Result<u64> {

@@ -97,7 +97,10 @@ rateLimits:
 fn policy_b() -> String {
     POLICY_A
         .replace("# ztsoak policy A: B plus the toggled range", "# ztsoak policy B: A without the toggled range")
-        .replace("  - { name: toggled, from: [frontend], to: [payments], ports: [\"9000-9099/udp\"], action: allow }\n", "")
+        .replace(
+            "  - { name: toggled, from: [frontend], to: [payments], ports: [\"9000-9099/udp\"], action: allow }\n",
+            "",
+        )
 }
 
 const LIMIT_NAME: &str = "batch-udp";
@@ -190,7 +193,8 @@ fn run(o: &Options) -> Result<bool> {
     let events_path = dir.0.join("events.jsonl");
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
     let history = EVENTS_HISTORY.to_string();
-    let flags = ["--metrics-addr", &metrics_addr, "--events-file", events_path.to_str().unwrap(), "--events-history", &history];
+    let flags =
+        ["--metrics-addr", &metrics_addr, "--events-file", events_path.to_str().unwrap(), "--events-history", &history];
     let agent = Agent::start_with(&pay.ns, &[&pay.iface], Some(&policy_a), &flags);
     let mut udp_ports = vec![53, TOGGLE_PORT, FLOOD_PORT];
     udp_ports.extend((0..BATCH_PORTS).map(|i| 7000 + i));
@@ -284,7 +288,9 @@ fn run(o: &Options) -> Result<bool> {
     eprintln!("ztsoak: traffic stopped; waiting {:.0} s past it for the conntrack timeouts", wait.as_secs_f64());
     while mono_ns() < waited_until {
         samples.push(sample(&agent, &pay.ns, t0)?);
-        std::thread::sleep(Duration::from_millis(1000).min(Duration::from_nanos(waited_until.saturating_sub(mono_ns()))));
+        std::thread::sleep(
+            Duration::from_millis(1000).min(Duration::from_nanos(waited_until.saturating_sub(mono_ns()))),
+        );
     }
     let end = sample(&agent, &pay.ns, t0)?;
     samples.push(end.clone());
@@ -302,7 +308,11 @@ fn run(o: &Options) -> Result<bool> {
     let (st, ev, m) = settle(&agent, &pay.ns, &events_path, 10)?;
     let c = counters(&st);
     let k = |name: &str| c.get(name).copied().unwrap_or(0);
-    let limit = st["limits"].as_array().and_then(|l| l.iter().find(|l| l["name"] == LIMIT_NAME)).cloned().unwrap_or(Value::Null);
+    let limit = st["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == LIMIT_NAME))
+        .cloned()
+        .unwrap_or(Value::Null);
     let lu = |f: &str| limit[f].as_u64().unwrap_or(0);
 
     let t = &*tallies;
@@ -310,14 +320,21 @@ fn run(o: &Options) -> Result<bool> {
     let mut checks = Checks { results: Vec::new() };
 
     // Traffic did what it was meant to.
-    checks.check(g(&t.tcp.failed) == 0, format!("allowed TCP: {} of {} connections completed", g(&t.tcp.ok), g(&t.tcp.sent)));
+    checks.check(
+        g(&t.tcp.failed) == 0,
+        format!("allowed TCP: {} of {} connections completed", g(&t.tcp.ok), g(&t.tcp.sent)),
+    );
     checks.check(
         g(&t.udp_flows.ok) * 100 >= g(&t.udp_flows.sent) * 99,
         format!("allowed UDP: {} of {} new flows echoed (>= 99%)", g(&t.udp_flows.ok), g(&t.udp_flows.sent)),
     );
     checks.check(
         g(&t.udp_long.ok) * 100 >= g(&t.udp_long.sent) * 99,
-        format!("allowed UDP: {} of {} datagrams of {UDP_LONG_FLOWS} long-lived flows echoed (>= 99%)", g(&t.udp_long.ok), g(&t.udp_long.sent)),
+        format!(
+            "allowed UDP: {} of {} datagrams of {UDP_LONG_FLOWS} long-lived flows echoed (>= 99%)",
+            g(&t.udp_long.ok),
+            g(&t.udp_long.sent)
+        ),
     );
     checks.check(
         g(&t.attack_syn.ok) == 0 && g(&t.admin_syn.ok) == 0 && servers.udp_count(FLOOD_PORT) == 0,
@@ -355,7 +372,11 @@ fn run(o: &Options) -> Result<bool> {
     // Pushes.
     checks.check(
         push_failures.is_empty() && st["revision"].as_u64() == Some(1 + pushes) && pm.revision as u64 == 1 + pushes,
-        format!("pushes: {pushes} pushed, revision {} (want {}); failures: {push_failures:?}", st["revision"], 1 + pushes),
+        format!(
+            "pushes: {pushes} pushed, revision {} (want {}); failures: {push_failures:?}",
+            st["revision"],
+            1 + pushes
+        ),
     );
 
     // Policy maps: the active slot holds the current policy, the other the previous one.
@@ -386,7 +407,11 @@ fn run(o: &Options) -> Result<bool> {
     let flows_created = k("pass_policy");
     checks.check(
         ct.tcp_established == 0,
-        format!("conntrack: no TCP entry left with the established timeout (6 h): {} of {} TCP entries", ct.tcp_established, ct.count("tcp", true) + ct.count("tcp", false)),
+        format!(
+            "conntrack: no TCP entry left with the established timeout (6 h): {} of {} TCP entries",
+            ct.tcp_established,
+            ct.count("tcp", true) + ct.count("tcp", false)
+        ),
     );
     checks.check(
         ct.count("tcp", true) <= live_tcp_bound
@@ -421,13 +446,19 @@ fn run(o: &Options) -> Result<bool> {
     let denied_keys = g(&t.scan.sent) + 16;
     checks.check(
         denied_entries <= denied_keys.min(denied_cap),
-        format!("ZT_DENIED: {denied_entries} entries <= {} (distinct denied keys sent + 16, capacity {denied_cap})", denied_keys),
+        format!(
+            "ZT_DENIED: {denied_entries} entries <= {} (distinct denied keys sent + 16, capacity {denied_cap})",
+            denied_keys
+        ),
     );
     checks.check(
         agg_entries <= BATCH_PORTS as u64 && agg_entries <= agg_cap,
         format!("ZT_AGG: {agg_entries} entries <= {BATCH_PORTS} rate-limited flows (capacity {agg_cap})"),
     );
-    checks.check(frag_entries == 0 && addr_bucket_entries == 0, format!("ZT_FRAGS {frag_entries}, ZT_ADDR_BUCKETS {addr_bucket_entries}: none used"));
+    checks.check(
+        frag_entries == 0 && addr_bucket_entries == 0,
+        format!("ZT_FRAGS {frag_entries}, ZT_ADDR_BUCKETS {addr_bucket_entries}: none used"),
+    );
 
     // Events.
     let lost = k("events_lost");
@@ -436,10 +467,16 @@ fn run(o: &Options) -> Result<bool> {
         if lost == 0 && ev.missed == 0 {
             checks.check(events == kernel, format!("events: {verdict} {events} = kernel {kernel}"));
         } else {
-            checks.check(events <= kernel, format!("events: {verdict} {events} <= kernel {kernel} ({lost} lost, {} missed)", ev.missed));
+            checks.check(
+                events <= kernel,
+                format!("events: {verdict} {events} <= kernel {kernel} ({lost} lost, {} missed)", ev.missed),
+            );
         }
     }
-    checks.check(lost == 0 && ev.missed == 0, format!("events: {lost} lost in the kernel, {} missed by the file writer", ev.missed));
+    checks.check(
+        lost == 0 && ev.missed == 0,
+        format!("events: {lost} lost in the kernel, {} missed by the file writer", ev.missed),
+    );
     let from_metrics = metric_event_packets(&m);
     checks.check(
         from_metrics == ev.by_verdict && metric(&m, "ztagent_event_records_missed_total", "") == 0,
@@ -461,7 +498,12 @@ fn run(o: &Options) -> Result<bool> {
     let slope_kb = slope(&during);
     checks.check(
         end.rss_kb <= rss_warm + RSS_END_SLACK_KB,
-        format!("memory: RSS at the end {} <= after warm-up {} + {}", mb(end.rss_kb), mb(rss_warm), mb(RSS_END_SLACK_KB)),
+        format!(
+            "memory: RSS at the end {} <= after warm-up {} + {}",
+            mb(end.rss_kb),
+            mb(rss_warm),
+            mb(RSS_END_SLACK_KB)
+        ),
     );
     checks.check(
         last_q - first_q <= RSS_TREND_KB,
@@ -476,7 +518,13 @@ fn run(o: &Options) -> Result<bool> {
 
     // --- the report
     let mut r = String::new();
-    let _ = writeln!(r, "\n== ztsoak: {} s of traffic, {pushes} pushes (revision {}), {} CPUs ==", o.seconds, st["revision"], std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _ = writeln!(
+        r,
+        "\n== ztsoak: {} s of traffic, {pushes} pushes (revision {}), {} CPUs ==",
+        o.seconds,
+        st["revision"],
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     let _ = writeln!(r, "{:<34} {:>9} {:>11} {:>9}", "traffic", "sent", "ok", "failed");
     let rows: [(&str, &Tally); 9] = [
         ("frontend tcp/443 connections", &t.tcp),
@@ -501,7 +549,13 @@ fn run(o: &Options) -> Result<bool> {
     for (verdict, events, kernel) in &acct {
         let _ = writeln!(r, "{verdict:<14} {events:>12} {kernel:>12} {:>10}", *events as i64 - *kernel as i64);
     }
-    let _ = writeln!(r, "records {}, missed {}, events_lost {lost}, delivered {}", ev.records, ev.missed, metric(&m, "ztagent_events_delivered_total", ""));
+    let _ = writeln!(
+        r,
+        "records {}, missed {}, events_lost {lost}, delivered {}",
+        ev.records,
+        ev.missed,
+        metric(&m, "ztagent_events_delivered_total", "")
+    );
     let _ = writeln!(r, "by reason: {:?}", ev.by_reason);
     let port = |v: &str, p: u16| ev.by_port.get(&(v.to_string(), p)).copied().unwrap_or(0);
     let _ = writeln!(
@@ -557,7 +611,9 @@ fn run(o: &Options) -> Result<bool> {
     }
     println!("{r}");
     if let Some(path) = &o.csv {
-        let mut csv = String::from("t,rss_kb,revision,ct,denied,agg,delivered,pass_policy,drop_default,drop_rule,drop_revoked,drop_rate_limit,events_lost\n");
+        let mut csv = String::from(
+            "t,rss_kb,revision,ct,denied,agg,delivered,pass_policy,drop_default,drop_rule,drop_revoked,drop_rate_limit,events_lost\n",
+        );
         for s in &samples {
             let c = |n: &str| s.counters.get(n).copied().unwrap_or(0);
             let _ = writeln!(

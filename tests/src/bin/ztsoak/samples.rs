@@ -41,14 +41,9 @@ pub(crate) fn slope(samples: &[Sample]) -> f64 {
     if n < 2.0 {
         return 0.0;
     }
-    let (mt, mr) = (
-        samples.iter().map(|s| s.t).sum::<f64>() / n,
-        samples.iter().map(|s| s.rss_kb as f64).sum::<f64>() / n,
-    );
-    let cov: f64 = samples
-        .iter()
-        .map(|s| (s.t - mt) * (s.rss_kb as f64 - mr))
-        .sum();
+    let (mt, mr) =
+        (samples.iter().map(|s| s.t).sum::<f64>() / n, samples.iter().map(|s| s.rss_kb as f64).sum::<f64>() / n);
+    let cov: f64 = samples.iter().map(|s| (s.t - mt) * (s.rss_kb as f64 - mr)).sum();
     let var: f64 = samples.iter().map(|s| (s.t - mt).powi(2)).sum();
     if var == 0.0 { 0.0 } else { cov / var }
 }

@@ -14,10 +14,7 @@ pub(crate) fn mono_ns() -> u64 {
 }
 
 /// A thread that has entered the network namespace at `path`.
-pub(crate) fn spawn_in<T: Send + 'static>(
-    path: String,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
+pub(crate) fn spawn_in<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
         // SAFETY: setns on a valid namespace fd, affecting only this thread for CLONE_NEWNET.
@@ -55,7 +52,5 @@ pub(crate) fn paced(stop: &AtomicBool, rate: f64, mut f: impl FnMut(u64)) {
 
 pub(crate) fn rss_kb(pid: u32) -> Option<i64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

@@ -3,8 +3,8 @@
 use std::io::{Read as _, Write as _};
 
 use super::{
-    Arc, AtomicBool, AtomicU64, Duration, Instant, IpAddr, Ipv4Addr, JoinHandle, LIMIT_BURST,
-    LIMIT_RATE, Mutex, Ordering, SocketAddr, TcpStream, UdpSocket, mono_ns, paced, spawn_in,
+    Arc, AtomicBool, AtomicU64, Duration, Instant, IpAddr, Ipv4Addr, JoinHandle, LIMIT_BURST, LIMIT_RATE, Mutex,
+    Ordering, SocketAddr, TcpStream, UdpSocket, mono_ns, paced, spawn_in,
 };
 
 // Offered traffic, per second.
@@ -45,12 +45,7 @@ impl Tally {
     }
     /// Flows whose last packet was at or after `t`.
     pub(crate) fn flows_since(&self, t: u64) -> u64 {
-        self.flow_times
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|&&x| x >= t)
-            .count() as u64
+        self.flow_times.lock().unwrap().iter().filter(|&&x| x >= t).count() as u64
     }
 }
 
@@ -121,9 +116,7 @@ pub(crate) struct Hosts {
 }
 
 pub(crate) fn attacker_sources(n: u8) -> Vec<IpAddr> {
-    (0..n)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 20, 9, 3 + i)))
-        .collect()
+    (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(10, 20, 9, 3 + i))).collect()
 }
 
 /// Starts every generator; they run until `stop`.
@@ -156,11 +149,7 @@ pub(crate) fn start_traffic(
     let (tt, st) = (t.clone(), stop.clone());
     threads.push(spawn_in(h.front.clone(), move || {
         paced(&st, UDP_FLOW_RATE, |i| {
-            let (dst, bind) = if i % 2 == 0 {
-                (pay4, any4)
-            } else {
-                (pay6, any6)
-            };
+            let (dst, bind) = if i % 2 == 0 { (pay4, any4) } else { (pay6, any6) };
             let s = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind udp");
             // Generous: an echo missed counts against the 99%, and the server's thread may wait.
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -200,9 +189,7 @@ pub(crate) fn start_traffic(
     threads.push(spawn_in(h.front.clone(), move || {
         let s = udp_socket(any4);
         paced(&st, TOGGLE_RATE, |_| {
-            if s.send_to(b"toggle", SocketAddr::new(pay4, TOGGLE_PORT))
-                .is_ok()
-            {
+            if s.send_to(b"toggle", SocketAddr::new(pay4, TOGGLE_PORT)).is_ok() {
                 Tally::add(&tt.toggle.sent);
             }
             tt.toggle.ok.fetch_add(drain(&s), Ordering::Relaxed);
@@ -232,13 +219,9 @@ pub(crate) fn start_traffic(
             let gap = last.elapsed();
             last = Instant::now();
             if gap > fills {
-                tt.batch_idle_ns
-                    .fetch_add((gap - fills).as_nanos() as u64, Ordering::Relaxed);
+                tt.batch_idle_ns.fetch_add((gap - fills).as_nanos() as u64, Ordering::Relaxed);
             }
-            match s.send_to(
-                b"batch",
-                SocketAddr::new(pay4, 7000 + (i % BATCH_PORTS as u64) as u16),
-            ) {
+            match s.send_to(b"batch", SocketAddr::new(pay4, 7000 + (i % BATCH_PORTS as u64) as u16)) {
                 Ok(_) => Tally::add(&tt.batch.sent),
                 Err(_) => Tally::add(&tt.batch.failed),
             }
@@ -257,21 +240,16 @@ pub(crate) fn start_traffic(
     let attacker4 = h.attacker4;
     threads.push(spawn_in(h.attacker.clone(), move || {
         let s = udp_socket(attacker4);
-        paced(&st, FLOOD_RATE, |_| {
-            match s.send_to(b"flood", SocketAddr::new(pay4, FLOOD_PORT)) {
-                Ok(_) => Tally::add(&tt.flood.sent),
-                Err(_) => Tally::add(&tt.flood.failed),
-            }
+        paced(&st, FLOOD_RATE, |_| match s.send_to(b"flood", SocketAddr::new(pay4, FLOOD_PORT)) {
+            Ok(_) => Tally::add(&tt.flood.sent),
+            Err(_) => Tally::add(&tt.flood.failed),
         });
     }));
     // Denied: a scan, one datagram to each of ever-new ports from 8 addresses (ports 1024 and
     // up, never repeating a (source, port) within the run: each is a new denial).
     let (tt, st) = (t.clone(), stop.clone());
     threads.push(spawn_in(h.attacker.clone(), move || {
-        let socks: Vec<UdpSocket> = attacker_sources(SCAN_SOURCES)
-            .into_iter()
-            .map(udp_socket)
-            .collect();
+        let socks: Vec<UdpSocket> = attacker_sources(SCAN_SOURCES).into_iter().map(udp_socket).collect();
         if scan_rate <= 0.0 {
             return;
         }

@@ -139,10 +139,7 @@ pub fn load_cases(dir: &Path) -> Result<Vec<Case>, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     paths.sort();
-    paths
-        .iter()
-        .map(|p| load_case(p).map_err(|e| format!("{}: {e}", p.display())))
-        .collect()
+    paths.iter().map(|p| load_case(p).map_err(|e| format!("{}: {e}", p.display()))).collect()
 }
 
 fn load_case(path: &Path) -> Result<Case, String> {
@@ -157,16 +154,8 @@ fn load_case(path: &Path) -> Result<Case, String> {
     if steps.is_empty() {
         return Err("a case has at least one step".into());
     }
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(Case {
-        name,
-        upstream: doc.upstream,
-        note: doc.note,
-        steps,
-    })
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Case { name, upstream: doc.upstream, note: doc.note, steps })
 }
 
 fn load_step(s: StepDoc, live: &mut BTreeSet<(String, String)>) -> Result<Step, String> {
@@ -181,33 +170,26 @@ fn load_step(s: StepDoc, live: &mut BTreeSet<(String, String)>) -> Result<Step, 
     for text in &s.update {
         let p = network_policy(text)?;
         if !live.contains(&(p.namespace.clone(), p.name.clone())) {
-            return Err(format!(
-                "{}/{} is updated before it is created",
-                p.namespace, p.name
-            ));
+            return Err(format!("{}/{} is updated before it is created", p.namespace, p.name));
         }
         changes.push(Change::Update(p));
     }
     for d in &s.delete {
-        let (ns, name) = d
-            .split_once('/')
-            .ok_or(format!("delete {d:?}: not `namespace/name`"))?;
+        let (ns, name) = d.split_once('/').ok_or(format!("delete {d:?}: not `namespace/name`"))?;
         if !live.remove(&(ns.to_string(), name.to_string())) {
             return Err(format!("{d} is deleted but does not exist"));
         }
-        changes.push(Change::Delete {
-            namespace: ns.into(),
-            name: name.into(),
-        });
+        changes.push(Change::Delete { namespace: ns.into(), name: name.into() });
     }
     for (pod, labels) in s.pod_labels {
         let i = pod_index(&pod).ok_or(format!("podLabels: {pod:?} is no pod of the model"))?;
         changes.push(Change::PodLabels(i, labels));
     }
     for (ns, labels) in s.namespace_labels {
-        let n = NAMESPACES.iter().position(|x| *x == ns).ok_or(format!(
-            "namespaceLabels: {ns:?} is no namespace of the model"
-        ))?;
+        let n = NAMESPACES
+            .iter()
+            .position(|x| *x == ns)
+            .ok_or(format!("namespaceLabels: {ns:?} is no namespace of the model"))?;
         changes.push(Change::NamespaceLabels(n, labels));
     }
     let mut tables: [Option<Truth>; 4] = [None; 4];
@@ -217,56 +199,35 @@ fn load_step(s: StepDoc, live: &mut BTreeSet<(String, String)>) -> Result<Step, 
             let k = PROBES
                 .iter()
                 .position(|p| probe_name(*p) == name)
-                .ok_or(format!(
-                    "expect: {name:?} is not one of the probes {}",
-                    PROBES.map(probe_name).join(", ")
-                ))?;
+                .ok_or(format!("expect: {name:?} is not one of the probes {}", PROBES.map(probe_name).join(", ")))?;
             if tables[k].replace(t).is_some() {
                 return Err(format!("expect: {name} has two tables"));
             }
         }
     }
-    let missing: Vec<String> = (0..4)
-        .filter(|k| tables[*k].is_none())
-        .map(|k| probe_name(PROBES[k]))
-        .collect();
+    let missing: Vec<String> = (0..4).filter(|k| tables[*k].is_none()).map(|k| probe_name(PROBES[k])).collect();
     if !missing.is_empty() {
         return Err(format!("expect: no table for {}", missing.join(", ")));
     }
     let expect = Matrix(tables.map(|t| t.expect("checked above")));
-    Ok(Step {
-        note: s.note,
-        changes,
-        expect,
-        native: s.native,
-    })
+    Ok(Step { note: s.note, changes, expect, native: s.native })
 }
 
 fn network_policy(text: &str) -> Result<NetworkPolicy, String> {
-    let v: Value =
-        serde_saphyr::from_str(text).map_err(|e| format!("a policy is not YAML: {e}"))?;
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| format!("a policy is not YAML: {e}"))?;
     let field = |f: &str| v.pointer(f).and_then(Value::as_str).map(String::from);
     if field("/apiVersion").as_deref() != Some("networking.k8s.io/v1")
         || field("/kind").as_deref() != Some("NetworkPolicy")
     {
         return Err(format!("not a networking.k8s.io/v1 NetworkPolicy:\n{text}"));
     }
-    let (Some(namespace), Some(name)) = (field("/metadata/namespace"), field("/metadata/name"))
-    else {
-        return Err(format!(
-            "a policy needs metadata.namespace and metadata.name:\n{text}"
-        ));
+    let (Some(namespace), Some(name)) = (field("/metadata/namespace"), field("/metadata/name")) else {
+        return Err(format!("a policy needs metadata.namespace and metadata.name:\n{text}"));
     };
     if !NAMESPACES.contains(&namespace.as_str()) {
-        return Err(format!(
-            "{namespace}/{name}: {namespace} is no namespace of the model"
-        ));
+        return Err(format!("{namespace}/{name}: {namespace} is no namespace of the model"));
     }
-    Ok(NetworkPolicy {
-        namespace,
-        name,
-        text: text.to_string(),
-    })
+    Ok(NetworkPolicy { namespace, name, text: text.to_string() })
 }
 
 /// The schema validator the bootstrap installs (`cargo xtask setup`: PyPI `kubernetes-validate`
@@ -274,13 +235,10 @@ fn network_policy(text: &str) -> Result<NetworkPolicy, String> {
 /// in `ZTAGENT_KUBERNETES_VALIDATE` (set by `cargo xtask test`), else where the bootstrap puts
 /// it. Panics, saying how to install it, when it is missing.
 pub fn kubernetes_validate() -> PathBuf {
-    let p = std::env::var_os("ZTAGENT_KUBERNETES_VALIDATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home =
-                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-            home.join(".local/share/ztagent/kubernetes-validate/bin/kubernetes-validate")
-        });
+    let p = std::env::var_os("ZTAGENT_KUBERNETES_VALIDATE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".local/share/ztagent/kubernetes-validate/bin/kubernetes-validate")
+    });
     assert!(
         p.exists(),
         "kubernetes-validate is not installed at {}: run `cargo xtask setup` (it installs PyPI kubernetes-validate)",
@@ -297,11 +255,7 @@ pub fn validate_manifests(files: &[PathBuf]) -> Result<(), String> {
         .args(files)
         .output()
         .unwrap_or_else(|e| panic!("run kubernetes-validate: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() && !text.contains("ERROR") && !text.contains("Couldn't find schema") {
         Ok(())
     } else {

@@ -64,11 +64,7 @@ impl Cluster {
     pub fn to_documents(&self) -> String {
         let objects = self.objects();
         let items = objects["items"].as_array().expect("items");
-        items
-            .iter()
-            .map(kubectl_yaml)
-            .collect::<Vec<_>>()
-            .join("---\n")
+        items.iter().map(kubectl_yaml).collect::<Vec<_>>().join("---\n")
     }
 
     fn namespace(&self, n: usize) -> Value {
@@ -93,10 +89,7 @@ impl Cluster {
     fn pod(&self, i: usize) -> Value {
         let (ns, name) = (NAMESPACES[i / 3], POD_NAMES[i % 3]);
         let (created, started) = ("2026-12-03T09:59:00Z", "2026-12-03T09:59:04Z");
-        let volume = format!(
-            "kube-api-access-{}",
-            &hex(&format!("volume/{ns}/{name}"), 5)
-        );
+        let volume = format!("kube-api-access-{}", &hex(&format!("volume/{ns}/{name}"), 5));
         let containers: Vec<Value> = PROBES
             .iter()
             .map(|p| {
@@ -132,7 +125,8 @@ impl Cluster {
                 })
             })
             .collect();
-        let condition = |t: &str, at: &str| json!({ "lastProbeTime": null, "lastTransitionTime": at, "status": "True", "type": t });
+        let condition =
+            |t: &str, at: &str| json!({ "lastProbeTime": null, "lastTransitionTime": at, "status": "True", "type": t });
         let ip = pod_ip(i).to_string();
         json!({
             "apiVersion": "v1",
@@ -215,14 +209,7 @@ fn hex(seed: &str, n: usize) -> String {
 /// A version-4-shaped UUID determined by `seed`.
 fn uid(seed: &str) -> String {
     let h = hex(seed, 32);
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
+    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
 }
 
 /// The directory the agent's `--k8s-objects` reads: `cluster.yaml` (the [`Cluster`]) and one

@@ -12,10 +12,7 @@ pub struct ConfigMap {
 
 impl ConfigMap {
     pub fn new(first: &str) -> ConfigMap {
-        let mut cm = ConfigMap {
-            dir: TempDir::new(),
-            versions: 0,
-        };
+        let mut cm = ConfigMap { dir: TempDir::new(), versions: 0 };
         cm.publish(first);
         std::os::unix::fs::symlink("..data/policy.yaml", cm.path().join("policy.yaml")).unwrap();
         cm
@@ -30,11 +27,7 @@ impl ConfigMap {
     pub fn publish(&mut self, text: &str) {
         let old = fs::read_link(self.path().join("..data")).ok();
         self.versions += 1;
-        let ts = format!(
-            "..2026_11_28_10_{:02}_00.{}",
-            self.versions,
-            std::process::id()
-        );
+        let ts = format!("..2026_11_28_10_{:02}_00.{}", self.versions, std::process::id());
         fs::create_dir(self.path().join(&ts)).unwrap();
         fs::write(self.path().join(&ts).join("policy.yaml"), text).unwrap();
         std::os::unix::fs::symlink(&ts, self.path().join("..data_tmp")).unwrap();

@@ -65,7 +65,8 @@ impl FakeState {
 
     /// Deletes an object (DELETED to the watches).
     pub fn delete(&mut self, resource: &'static str, namespace: &str, name: &str) {
-        let mut obj = self.objects.remove(&(resource, namespace.to_owned(), name.to_owned())).expect("an object the fake has");
+        let mut obj =
+            self.objects.remove(&(resource, namespace.to_owned(), name.to_owned())).expect("an object the fake has");
         self.rv += 1;
         let rv = self.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -250,7 +251,8 @@ fn serve(stream: TcpStream, state: &Mutex<FakeState>) {
                 return;
             }
             if gone {
-                let line = json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") }).to_string();
+                let line = json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") })
+                    .to_string();
                 let _ = w.write_all(chunk(&line).as_bytes());
             } else {
                 // Until the fake drops the sender (end_watches, drop).
@@ -291,7 +293,9 @@ fn serve(stream: TcpStream, state: &Mutex<FakeState>) {
         };
         match body {
             Some(b) => respond(&mut w, 200, &b),
-            None => respond(&mut w, 403, &status(403, "Forbidden", &format!("{resource} is forbidden: the test says no"))),
+            None => {
+                respond(&mut w, 403, &status(403, "Forbidden", &format!("{resource} is forbidden: the test says no")))
+            }
         }
     }
 }
@@ -325,7 +329,8 @@ pub fn namespace(name: &str, labels: Value) -> Value {
 /// A running Pod at `ips` (the first is `status.podIP`) with `labels` and `ports`
 /// (containerPort, name, protocol).
 pub fn pod(ns: &str, name: &str, labels: Value, ips: &[&str], ports: &[(u16, &str, &str)]) -> Value {
-    let ports: Vec<Value> = ports.iter().map(|(p, n, proto)| json!({ "containerPort": p, "name": n, "protocol": proto })).collect();
+    let ports: Vec<Value> =
+        ports.iter().map(|(p, n, proto)| json!({ "containerPort": p, "name": n, "protocol": proto })).collect();
     let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({ "ip": ip })).collect();
     json!({ "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "labels": labels },

@@ -39,8 +39,8 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
         }
         Value::Array(a) => {
             for x in a {
-                let nested = matches!(x, Value::Object(o) if !o.is_empty())
-                    || matches!(x, Value::Array(a) if !a.is_empty());
+                let nested =
+                    matches!(x, Value::Object(o) if !o.is_empty()) || matches!(x, Value::Array(a) if !a.is_empty());
                 if nested {
                     let mut sub = String::new();
                     emit(x, indent + 2, &mut sub);
@@ -75,26 +75,19 @@ fn scalar(v: &Value) -> String {
 
 fn needs_quotes(s: &str) -> bool {
     const YAML11_WORDS: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
-        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~",
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE",
+        "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~",
     ];
     let b = s.as_bytes();
     // An indicator that cannot start a plain scalar, or `-`, `?`, `:` alone or before a space.
-    let indicator = b
-        .first()
-        .is_some_and(|c| b",[]{}#&*!|>'\"%@`".contains(c) || c.is_ascii_whitespace())
+    let indicator = b.first().is_some_and(|c| b",[]{}#&*!|>'\"%@`".contains(c) || c.is_ascii_whitespace())
         || (b.first().is_some_and(|c| b"-?:".contains(c)) && b.get(1).is_none_or(|c| *c == b' '));
     let unsigned = s.trim_start_matches(['-', '+']);
-    let numeric = s
-        .replace('_', "")
-        .parse::<f64>()
-        .is_ok_and(|_| !s.contains(char::is_alphabetic) || s.contains(['e', 'E']))
-        || unsigned
-            .strip_prefix("0x")
-            .is_some_and(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()))
-        || [".inf", ".Inf", ".INF", ".nan", ".NaN", ".NAN"].contains(&unsigned);
-    let timestamp =
-        b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit);
+    let numeric =
+        s.replace('_', "").parse::<f64>().is_ok_and(|_| !s.contains(char::is_alphabetic) || s.contains(['e', 'E']))
+            || unsigned.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()))
+            || [".inf", ".Inf", ".INF", ".nan", ".NaN", ".NAN"].contains(&unsigned);
+    let timestamp = b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit);
     s.is_empty()
         || YAML11_WORDS.contains(&s)
         || indicator

@@ -10,10 +10,10 @@
 //! Each pod has its address as a /32 and the pod network on-link, so it ARPs for every peer
 //! and the node answers. Nothing else is routed: traffic stays between these namespaces.
 
-pub mod configmap;
-pub mod fake_api;
 mod cases;
 mod cluster;
+pub mod configmap;
+pub mod fake_api;
 mod kubectl_yaml;
 mod model;
 pub mod shop;

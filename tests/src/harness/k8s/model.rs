@@ -18,12 +18,7 @@ pub const POD_NAMES: [&str; 3] = ["a", "b", "c"];
 /// Pods of the model; pod `i` is `NAMESPACES[i / 3]/POD_NAMES[i % 3]`.
 pub const PODS: usize = 9;
 /// What every matrix probes, in this order: the ports and protocols every pod serves.
-pub const PROBES: [Probe; 4] = [
-    Probe::Tcp(80),
-    Probe::Tcp(81),
-    Probe::Udp(80),
-    Probe::Udp(81),
-];
+pub const PROBES: [Probe; 4] = [Probe::Tcp(80), Probe::Tcp(81), Probe::Udp(80), Probe::Udp(81)];
 /// How long one probe waits: a TCP handshake must complete, a UDP request be answered, within it.
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// The network every pod address is in, and that pods reach on-link (through the node's proxy ARP).
@@ -61,12 +56,7 @@ pub fn probe_name(p: Probe) -> String {
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {
     let out = ns.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
-    assert!(
-        out.status.success(),
-        "sysctl {key}={value} in {}: {}",
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "sysctl {key}={value} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
 }
 
 /// One pod's network namespace and the node side of its veth.
@@ -97,33 +87,15 @@ impl Topology {
             veth(&node, &node_iface, &netns, "eth0");
             netns.ip(&["addr", "add", &format!("{}/32", pod_ip(i)), "dev", "eth0"]);
             netns.ip(&["route", "add", POD_NETWORK, "dev", "eth0"]);
-            node.ip(&[
-                "route",
-                "add",
-                &format!("{}/32", pod_ip(i)),
-                "dev",
-                &node_iface,
-            ]);
+            node.ip(&["route", "add", &format!("{}/32", pod_ip(i)), "dev", &node_iface]);
             sysctl(&node, &format!("net.ipv4.conf.{node_iface}.proxy_arp"), "1");
             // Proxy ARP answers at once (the default delays a reply up to 0.8 s, beyond a probe).
-            sysctl(
-                &node,
-                &format!("net.ipv4.neigh.{node_iface}.proxy_delay"),
-                "0",
-            );
+            sysctl(&node, &format!("net.ipv4.neigh.{node_iface}.proxy_delay"), "0");
             pods.push(PodNet { netns, node_iface });
         }
         sysctl(&node, "net.ipv4.ip_forward", "1");
-        let servers = pods
-            .iter()
-            .map(|p| Servers::start(&p.netns, &[80, 81], &[80, 81]))
-            .collect();
-        Topology {
-            _servers: servers,
-            pods,
-            node,
-            prefix,
-        }
+        let servers = pods.iter().map(|p| Servers::start(&p.netns, &[80, 81], &[80, 81])).collect();
+        Topology { _servers: servers, pods, node, prefix }
     }
 
     /// The node-side interfaces, in pod order (what `--iface` takes, one each).
@@ -168,31 +140,19 @@ impl Topology {
     /// no earlier than `not_before`, or `within` has passed: then the error shows the tables. A
     /// change takes a moment to be enforced and a busy machine may miss an answer once, so a
     /// wrong round is probed again; a flow that must be denied can never seem allowed.
-    pub fn await_matrix(
-        &self,
-        expected: &Matrix,
-        not_before: Instant,
-        within: Duration,
-    ) -> Result<Duration, String> {
+    pub fn await_matrix(&self, expected: &Matrix, not_before: Instant, within: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         loop {
             let round = Instant::now();
             let observed = self.probe();
             let loopback = observed.loopback_failures();
-            if expected.mismatches(&observed).is_empty()
-                && loopback.is_empty()
-                && round >= not_before
-            {
+            if expected.mismatches(&observed).is_empty() && loopback.is_empty() && round >= not_before {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > within {
                 let mut msg = expected.report(&observed);
                 if !loopback.is_empty() {
-                    let _ = write!(
-                        msg,
-                        "a pod did not reach itself (loopback, never judged): {}",
-                        loopback.join(", ")
-                    );
+                    let _ = write!(msg, "a pod did not reach itself (loopback, never judged): {}", loopback.join(", "));
                 }
                 return Err(msg);
             }
@@ -212,9 +172,7 @@ impl Default for Topology {
 fn reachable(probe: Probe, dst: Ipv4Addr) -> bool {
     let deadline = Instant::now() + PROBE_WAIT;
     match probe {
-        Probe::Tcp(port) => {
-            TcpStream::connect_timeout(&SocketAddr::from((dst, port)), PROBE_WAIT).is_ok()
-        }
+        Probe::Tcp(port) => TcpStream::connect_timeout(&SocketAddr::from((dst, port)), PROBE_WAIT).is_ok(),
         Probe::Udp(port) => {
             let Ok(s) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
                 return false;
@@ -259,24 +217,17 @@ impl Truth {
         for (n, line) in lines.iter().enumerate() {
             let words: Vec<&str> = line.split_whitespace().collect();
             let [from, "->", to, verdict] = words[..] else {
-                return Err(format!(
-                    "table line {:?} is not `FROM -> TO allow|deny`",
-                    line
-                ));
+                return Err(format!("table line {:?} is not `FROM -> TO allow|deny`", line));
             };
             let allow = match verdict {
                 "allow" => true,
                 "deny" => false,
                 other => {
-                    return Err(format!(
-                        "table line {line:?}: {other:?} is neither allow nor deny"
-                    ));
+                    return Err(format!("table line {line:?}: {other:?} is neither allow nor deny"));
                 }
             };
             if n == 0 && (from, to) != ("*", "*") {
-                return Err(format!(
-                    "a table starts with `* -> * allow` or `* -> * deny`, not {line:?}"
-                ));
+                return Err(format!("a table starts with `* -> * allow` or `* -> * deny`, not {line:?}"));
             }
             let (from, to) = (peer(from)?, peer(to)?);
             for (i, row) in t.0.iter_mut().enumerate() {
@@ -306,11 +257,7 @@ impl Truth {
             for j in 0..PODS {
                 let c = if self.0[i][j] { "." } else { "X" };
                 let differs = against.is_some_and(|a| a.0[i][j] != self.0[i][j] && i != j);
-                let cell = if differs {
-                    format!("*{c}*")
-                } else {
-                    c.to_string()
-                };
+                let cell = if differs { format!("*{c}*") } else { c.to_string() };
                 let _ = write!(s, " {cell:^5}");
             }
             s.push('\n');
@@ -324,20 +271,15 @@ fn peer(spec: &str) -> Result<BTreeSet<usize>, String> {
     let (ns, pod) = if spec == "*" {
         ("*", "*")
     } else {
-        spec.split_once('/')
-            .ok_or(format!("{spec:?} is not `*`, `ns/pod`, `ns/*` or `*/pod`"))?
+        spec.split_once('/').ok_or(format!("{spec:?} is not `*`, `ns/pod`, `ns/*` or `*/pod`"))?
     };
     let ok_ns = ns == "*" || NAMESPACES.contains(&ns);
     let ok_pod = pod == "*" || POD_NAMES.contains(&pod);
     if !ok_ns || !ok_pod {
-        return Err(format!(
-            "{spec:?} names no pod of the model (namespaces x, y, z; pods a, b, c)"
-        ));
+        return Err(format!("{spec:?} names no pod of the model (namespaces x, y, z; pods a, b, c)"));
     }
     Ok((0..PODS)
-        .filter(|i| {
-            (ns == "*" || NAMESPACES[i / 3] == ns) && (pod == "*" || POD_NAMES[i % 3] == pod)
-        })
+        .filter(|i| (ns == "*" || NAMESPACES[i / 3] == ns) && (pod == "*" || POD_NAMES[i % 3] == pod))
         .collect())
 }
 
@@ -381,11 +323,7 @@ impl Matrix {
     /// Expected and observed tables of every probe that differs.
     pub fn report(&self, observed: &Matrix) -> String {
         let wrong = self.mismatches(observed);
-        let mut s = format!(
-            "{} of {} probes differ\n",
-            wrong.len(),
-            PROBES.len() * PODS * (PODS - 1)
-        );
+        let mut s = format!("{} of {} probes differ\n", wrong.len(), PROBES.len() * PODS * (PODS - 1));
         for (k, p) in PROBES.iter().enumerate() {
             if wrong.iter().any(|w| w.0 == k) {
                 let _ = write!(

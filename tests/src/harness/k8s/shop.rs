@@ -50,24 +50,10 @@ spec:
 /// Checked with real connections: frontend in (IPv4 and IPv6) but not on 8443; batch and the
 /// attacker (no pod) out.
 pub fn assert_only_frontend_reaches_payments(lan: &Lan, agent: &Agent) {
-    let (payments, frontend, batch, attacker) =
-        (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
-    assert!(
-        tcp_ok(&frontend.ns, payments.v4, 443),
-        "frontend denied:\n{}",
-        agent.log()
-    );
-    assert!(
-        tcp_ok(&frontend.ns, payments.v6, 443),
-        "frontend denied over IPv6"
-    );
-    assert!(
-        !tcp_ok(&frontend.ns, payments.v4, 8443),
-        "a port that is not the named one was allowed"
-    );
+    let (payments, frontend, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443), "frontend denied:\n{}", agent.log());
+    assert!(tcp_ok(&frontend.ns, payments.v6, 443), "frontend denied over IPv6");
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8443), "a port that is not the named one was allowed");
     assert!(!tcp_ok(&batch.ns, payments.v4, 443), "batch allowed");
-    assert!(
-        !tcp_ok(&attacker.ns, payments.v4, 443),
-        "an address that is no pod was allowed"
-    );
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 443), "an address that is no pod was allowed");
 }

@@ -61,5 +61,9 @@ fn check_line(r: &CheckResult, colour: bool) -> String {
         Some(p) => format!("{segment} {p}"),
         None => segment.to_string(),
     };
-    format!("{verdict} ({} -> {}) by {by}{limit}{audit}", side(&r.src_segment, &r.src_pod), side(&r.dst_segment, &r.dst_pod))
+    format!(
+        "{verdict} ({} -> {}) by {by}{limit}{audit}",
+        side(&r.src_segment, &r.src_pod),
+        side(&r.dst_segment, &r.dst_pod)
+    )
 }

@@ -2,9 +2,7 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::anyhow;
-use ztagent::{
-    api::{self as control, EventFilter, EventRecord, Request},
-};
+use ztagent::api::{self as control, EventFilter, EventRecord, Request};
 
 use crate::{
     args::{EventsArgs, Output},

@@ -37,7 +37,12 @@ pub async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({ "revision": s.revision, "sha256": s.sha256, "hosts": hosts });
         println!("{v}");
     } else {
-        println!("fleet revision {} (sha256 {}), {} hosts", s.revision, s.sha256.as_deref().unwrap_or("-"), s.hosts.len());
+        println!(
+            "fleet revision {} (sha256 {}), {} hosts",
+            s.revision,
+            s.sha256.as_deref().unwrap_or("-"),
+            s.hosts.len()
+        );
         println!("{:<24} {:>9} {:<11} {:<20} REJECTED", "HOST", "REVISION", "STATE", "SINCE");
         for h in &s.hosts {
             let rejected = h
@@ -45,7 +50,13 @@ pub async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map_or("-".into(), |r| format!("{}: {}", r.revision, r.message.lines().next().unwrap_or("")));
             let rev = h.revision.map_or("-".into(), |r| r.to_string());
-            println!("{:<24} {:>9} {:<11} {:<20} {rejected}", h.host, rev, s.state(h), h.time.get(..19).unwrap_or(&h.time));
+            println!(
+                "{:<24} {:>9} {:<11} {:<20} {rejected}",
+                h.host,
+                rev,
+                s.state(h),
+                h.time.get(..19).unwrap_or(&h.time)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

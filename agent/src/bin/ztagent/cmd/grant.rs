@@ -18,7 +18,12 @@ pub async fn grant(socket: &Path, args: GrantArgs) -> anyhow::Result<ExitCode> {
     let req = Request::Grant { from, to, ports, seconds: d.as_secs(), reason };
     match call(socket, &req).await? {
         Reply::Granted { grant, revision } => {
-            println!("grant {}: {} until {} (revision {revision})", grant.id, describe_grant(&grant), time_of(grant.expires_at));
+            println!(
+                "grant {}: {} until {} (revision {revision})",
+                grant.id,
+                describe_grant(&grant),
+                time_of(grant.expires_at)
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => unexpected(other),

@@ -38,7 +38,10 @@ pub async fn push(socket: &Path, file: &Path) -> anyhow::Result<ExitCode> {
     let origin = file.display().to_string();
     match call(socket, &Request::Push { origin, source }).await? {
         Reply::Pushed(r) => {
-            println!("revision {}: {} segments, {} rules, {} map entries written", r.revision, r.segments, r.rules, r.entries);
+            println!(
+                "revision {}: {} segments, {} rules, {} map entries written",
+                r.revision, r.segments, r.rules, r.entries
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => unexpected(other),

@@ -8,15 +8,30 @@ use crate::args::{Mode, RunArgs};
 
 /// The daemon's configuration from the command line, then the daemon until it stops.
 pub async fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
-    let RunArgs { interfaces, inputs, pin_path, xdp_mode, log: _, limits, events_history, socket_group, state_dir, exports } =
-        args;
+    let RunArgs {
+        interfaces,
+        inputs,
+        pin_path,
+        xdp_mode,
+        log: _,
+        limits,
+        events_history,
+        socket_group,
+        state_dir,
+        exports,
+    } = args;
     let fleet = match inputs.policy_source {
-        Some(url) => Some((inputs.etcd_auth.target(&url)?, inputs.fleet_host.unwrap_or_else(ztagent::sources::etcd::hostname))),
+        Some(url) => {
+            Some((inputs.etcd_auth.target(&url)?, inputs.fleet_host.unwrap_or_else(ztagent::sources::etcd::hostname)))
+        }
         None => None,
     };
     let access = ztagent::api::auth::Access::new(socket_group.as_deref())?;
-    let iface_patterns =
-        interfaces.iface_patterns.iter().map(|p| ztagent::kernel::node::Pattern::new(p)).collect::<Result<Vec<_>, _>>()?;
+    let iface_patterns = interfaces
+        .iface_patterns
+        .iter()
+        .map(|p| ztagent::kernel::node::Pattern::new(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = daemon::Config {
         ifaces: interfaces.ifaces,
         iface_patterns,

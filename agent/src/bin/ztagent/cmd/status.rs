@@ -76,7 +76,11 @@ fn print_policy_source(p: &PolicySource) {
     if p.connected.is_some() {
         let link = if p.connected == Some(true) { "connected" } else { "disconnected, retrying" };
         let state = if p.up_to_date { "up to date" } else { "newest revision rejected" };
-        println!("fleet {} ({link}, {state}): fleet revision {}", p.dir, p.fleet_revision.map_or("none".into(), |r| r.to_string()));
+        println!(
+            "fleet {} ({link}, {state}): fleet revision {}",
+            p.dir,
+            p.fleet_revision.map_or("none".into(), |r| r.to_string())
+        );
         if let Some(r) = &p.last_rejection {
             println!("  last rejected      {} {}", r.time, r.message.lines().next().unwrap_or(""));
         }

@@ -78,10 +78,7 @@ impl<'a> Reader<'a> {
     }
 
     fn pos(&self) -> Pos {
-        Pos {
-            line: self.line,
-            col: u32::try_from(self.i - self.line_start + 1).unwrap_or(u32::MAX),
-        }
+        Pos { line: self.line, col: u32::try_from(self.i - self.line_start + 1).unwrap_or(u32::MAX) }
     }
 
     /// Counts one more value; `None` beyond the limit (serde-saphyr then says so).
@@ -193,10 +190,7 @@ impl<'a> Reader<'a> {
                 Some(_) => return None,
             }
         }
-        Some(Node {
-            pos,
-            value: Value::Map(entries.finish(&mut self.entries)),
-        })
+        Some(Node { pos, value: Value::Map(entries.finish(&mut self.entries)) })
     }
 
     /// After the `:` of a key of a mapping in column `indent + 1`.
@@ -271,10 +265,7 @@ impl<'a> Reader<'a> {
                 Some(_) => return None,
             }
         }
-        Some(Node {
-            pos: pos?,
-            value: Value::Seq(items.finish(&mut self.items)),
-        })
+        Some(Node { pos: pos?, value: Value::Seq(items.finish(&mut self.items)) })
     }
 
     /// A value written on the line it starts on: a flow collection or a scalar.
@@ -314,10 +305,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        Some(Node {
-            pos,
-            value: Value::Seq(items.finish(&mut self.items)),
-        })
+        Some(Node { pos, value: Value::Seq(items.finish(&mut self.items)) })
     }
 
     /// `{ a: 1, b: [x] }`, on one line.
@@ -362,10 +350,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        Some(Node {
-            pos,
-            value: Value::Map(entries.finish(&mut self.entries)),
-        })
+        Some(Node { pos, value: Value::Map(entries.finish(&mut self.entries)) })
     }
 
     fn flow_node(&mut self, depth: usize) -> Option<Node<'a>> {
@@ -456,9 +441,8 @@ fn plain_value(s: &str) -> Option<Value<'_>> {
         c if c.is_ascii_digit() && b.contains(&b'/') => {}
         c if c.is_ascii_alphabetic() || *c == b'_' => {
             // Booleans (YAML 1.1 and 1.2), null, and the float words Rust would parse.
-            const WORDS: [&str; 12] = [
-                "y", "n", "yes", "no", "true", "false", "on", "off", "null", "nan", "inf", "infinity",
-            ];
+            const WORDS: [&str; 12] =
+                ["y", "n", "yes", "no", "true", "false", "on", "off", "null", "nan", "inf", "infinity"];
             if WORDS.iter().any(|w| s.eq_ignore_ascii_case(w)) {
                 return None;
             }
