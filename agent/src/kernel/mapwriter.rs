@@ -312,19 +312,15 @@ impl MapWriter {
 
     /// Of a limit in force: the theoretical arrival time (ticks) of its segment-scope bucket of
     /// `kind` (None if the limit is not in force or per address), and the number of its live
-    /// per-address buckets.
+    /// per-address buckets of every kind (packets, connections, bytes), as the kernel's
+    /// `buckets_created` counts them.
     pub fn bucket_state(&self, fingerprint: u64, kind: usize) -> (Option<u64>, usize) {
         let limit = self
             .active_slot()
             .and_then(|a| self.slot_limits(a).into_iter().map(|(_, c)| c).find(|c| c.fingerprint == fingerprint));
         let tat =
             limit.filter(|c| c.per_address == 0).and_then(|c| self.buckets.get(&(c.bucket * 3 + kind as u32), 0).ok());
-        let live = self
-            .addr_buckets
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.fingerprint == fingerprint && k.kind == kind as u32)
-            .count();
+        let live = self.addr_buckets.keys().filter_map(Result::ok).filter(|k| k.fingerprint == fingerprint).count();
         (tat, live)
     }
 

@@ -709,3 +709,27 @@ fn scope_address_gives_each_address_its_own_budget() {
     assert_eq!(drops + total, sent, "received {total} + dropped {drops} != {sent} sent");
     assert!(u64_of(&stats, "address_buckets") >= 2, "fewer than two per-address buckets: {stats}");
 }
+
+/// Issue 23, defect 2: `status` counted a per-address limit's live buckets of the packets kind
+/// only, so a bytes (or connections) limit showed "0 live, 2 evicted" while the map held two
+/// buckets. Two addresses under a per-address bytes limit: two live, none evicted.
+#[test]
+fn address_buckets_of_every_kind_are_counted_live() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lan = lan();
+    add_second_address(&lan);
+    let (pay, front) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let text = ADDRESS_POLICY.replace(
+        "packets: { rate: 50, per: second, burst: 20 }",
+        "bytes: { rate: 1000000, per: second, burst: 100000 }",
+    );
+    let policy = dir.file("policy.yaml", &text);
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&policy));
+    let _servers = Servers::start(&pay.ns, &[], &[5401, 5402]);
+    assert!(udp_ok(&front.ns, pay.v4, 5401), "frontend cannot reach payments:5401/udp");
+    assert!(udp_ok_from(&front.ns, FRONT2, pay.v4, 5402), "{FRONT2} cannot reach payments:5402/udp");
+    let stats = limit(&agent, "per-address");
+    assert_eq!(u64_of(&stats, "address_buckets"), 2, "two addresses, two live buckets: {stats}");
+    assert_eq!(u64_of(&stats, "evicted"), 0, "nothing was evicted: {stats}");
+}
