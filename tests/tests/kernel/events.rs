@@ -277,3 +277,36 @@ fn a_slow_client_holds_nobody_up() {
     assert!(rss_after < rss_before + 64 * 1024, "the agent grew from {rss_before} kB to {rss_after} kB");
     drop(slow);
 }
+
+/// Issue 23, defect 3: a follower whose agent stops must say so and exit non-zero, not end
+/// with status 0 and nothing on stderr as if the stream were complete.
+#[test]
+fn a_follower_says_the_stream_ended_when_the_agent_stops() {
+    let lan = Lan::four_hosts();
+    let pay = &lan.hosts[0];
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let mut follower = Command::new(bin("ztagent"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["events", "-f"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(matches!(follower.try_wait(), Ok(None)), "the follower ended while the agent ran");
+    agent.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && matches!(follower.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if matches!(follower.try_wait(), Ok(None)) {
+        let _ = follower.kill();
+        panic!("the follower did not end within 10 s of the agent's death");
+    }
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the follower exited {} when its stream ended; stderr: {stderr}", out.status);
+    assert!(stderr.contains("event stream ended"), "the follower did not say why it ended: {stderr}");
+}

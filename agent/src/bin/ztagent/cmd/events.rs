@@ -35,6 +35,13 @@ pub async fn events(socket: &Path, args: EventsArgs) -> anyhow::Result<ExitCode>
             println!("{}", event_line(&r, colour));
         }
     }
+    if follow {
+        // The agent never ends a live stream by itself: it stopped or restarted.
+        return Err(anyhow!(
+            "the event stream ended: the agent closed it (it stopped or restarted); \
+             follow again once it is back"
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
