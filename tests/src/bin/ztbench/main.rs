@@ -207,7 +207,7 @@ fn parse_args() -> Result<Options> {
                     "usage: ztbench [--quick] [--check] [--breakdown] [--fleet] [--packets] [--inventory] [--k8s] [--out PATH] [--runs N] [--repeat N] [--events N]\n\
                      \x20              [--parse] [--parse-mb N] [--compare] [--rounds N] [--json PATH]\n\
                      --compare    only the comparative benchmark (live traffic: ztagent, XDP drop-all,\n\
-                     \x20            nftables netdev ingress and inet input; also part of the default run)\n\
+                     \x20            xdp-filter, nftables netdev ingress and inet input; also part of the default run)\n\
                      --rounds N   rounds of the comparative benchmark (default 5, quick 3)\n\
                      --json PATH  also write the comparative benchmark's results as JSON\n\
                      --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
