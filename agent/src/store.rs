@@ -29,14 +29,29 @@ struct Saved {
     /// As written: its segments in the policy's order, which numbers them as the pinned maps
     /// do (a `serde_json::Value` would sort them by name).
     policy: Box<serde_json::value::RawValue>,
+    /// Where a pushed policy came from (`policy push`'s origin); absent for one the agent
+    /// took from `--policy`, a directory or etcd. A restart with `--policy FILE` keeps a
+    /// pushed policy (it is newer than FILE) unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pushed: Option<String>,
 }
 
-/// Saves `policy` as revision `revision` of the policy in force.
-pub fn save(dir: &Path, revision: u32, policy: &Policy) -> Result<(), StateError> {
+/// The last-known-good policy as saved.
+#[derive(Debug, PartialEq)]
+pub struct LastKnownGood {
+    pub revision: u32,
+    pub policy: Policy,
+    /// `policy push`'s origin when it was pushed (see [`save`]).
+    pub pushed: Option<String>,
+}
+
+/// Saves `policy` as revision `revision` of the policy in force; `pushed`: the origin of a
+/// pushed policy (None for one from `--policy`, a directory or etcd).
+pub fn save(dir: &Path, revision: u32, policy: &Policy, pushed: Option<&str>) -> Result<(), StateError> {
     let path = dir.join(FILE);
     let err = |source| StateError::Write { path: path.clone(), source };
     let value = serde_json::value::RawValue::from_string(policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
-    let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value }).map_err(|e| err(io::Error::other(e)))?;
+    let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value, pushed: pushed.map(str::to_owned) }).map_err(|e| err(io::Error::other(e)))?;
     write_atomic(dir, FILE, &bytes).map_err(err)
 }
 
@@ -74,6 +89,11 @@ pub fn write_json<T: Serialize>(dir: &Path, file: &str, value: &T) -> Result<(),
 
 /// The saved policy and its revision; None when there is none.
 pub fn load(dir: &Path) -> Result<Option<(u32, Policy)>, StateError> {
+    Ok(load_last_known_good(dir)?.map(|l| (l.revision, l.policy)))
+}
+
+/// The saved policy, its revision and whether it was pushed; None when there is none.
+pub fn load_last_known_good(dir: &Path) -> Result<Option<LastKnownGood>, StateError> {
     let path = dir.join(FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
@@ -83,7 +103,7 @@ pub fn load(dir: &Path) -> Result<Option<(u32, Policy)>, StateError> {
     let read = |message: String| StateError::Read { path: path.clone(), message };
     let saved: Saved = serde_json::from_str(&text).map_err(|e| read(e.to_string()))?;
     let policy = policy::parse(saved.policy.get(), &path.display().to_string()).map_err(|d| read(d.to_string()))?;
-    Ok(Some((saved.revision, policy)))
+    Ok(Some(LastKnownGood { revision: saved.revision, policy, pushed: saved.pushed }))
 }
 
 #[cfg(test)]
@@ -102,11 +122,12 @@ mod tests {
             "t",
         )
         .unwrap();
-        save(&dir, 1, &p0).unwrap();
+        save(&dir, 1, &p0, None).unwrap();
         assert_eq!(load(&dir).unwrap().unwrap(), (1, p0));
         let p2 = policy::parse("version: 1\ndefaultAction: allow\nsegments: {}\nrules: []\n", "t").unwrap();
-        save(&dir, 1, &p1).unwrap();
-        save(&dir, 2, &p2).unwrap();
+        save(&dir, 1, &p1, None).unwrap();
+        save(&dir, 2, &p2, Some("p2.yaml")).unwrap();
+        assert_eq!(load_last_known_good(&dir).unwrap().unwrap().pushed.as_deref(), Some("p2.yaml"));
         let (rev, p) = load(&dir).unwrap().unwrap();
         assert_eq!((rev, p), (2, p2));
         assert!(!dir.join(".policy.json.tmp").exists());

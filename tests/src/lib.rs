@@ -24,5 +24,5 @@ pub use harness::{
     },
     servers::Servers,
     topology::{ETCD_ADDR, Host, Lan, Mgmt, Pod, PodNode, fleet_lan},
-    util::{Rng, TempDir, bin, build_bin, json_of, require_root, sh, unique, wait_for},
+    util::{Rng, TempDir, bin, build_bin, check_json_of, json_of, require_root, sh, unique, wait_for},
 };

@@ -38,6 +38,14 @@ pub enum Request {
     Get,
     /// The verdict for one flow under the policy in force.
     Check(Flow),
+    /// As `Check`, each end an address, a segment's name or a pod (`namespace/name`), resolved
+    /// by the agent against the policy in force and the pods it knows.
+    CheckNamed {
+        src: String,
+        dst: String,
+        proto: u8,
+        port: u16,
+    },
     Status,
     /// Recent events matching the filter (one JSON line each), then, following, the live
     /// ones; `{"missed": N}` when the client fell behind.
@@ -256,6 +264,43 @@ pub struct MapFill {
     pub map: &'static str,
     pub entries: u64,
     pub capacity: u64,
+}
+
+/// `status --offline`: what the kernel enforces, read from the pinned maps and links alone
+/// (no agent needed).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OfflineStatus {
+    pub pin_path: String,
+    /// The revision in force (0: none was ever installed on these maps).
+    pub revision: u32,
+    /// "enforce" or "audit": the policy in force's.
+    pub mode: String,
+    /// One per interface with a pinned link, by name (from the pin's name).
+    pub interfaces: Vec<PinnedInterface>,
+    /// As in [`Status`]: packets by outcome since the maps were created.
+    #[serde(with = "counters")]
+    pub counters: Vec<(String, u64)>,
+    pub maps: Vec<MapStatus>,
+}
+
+/// An interface's pinned links.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PinnedInterface {
+    pub name: String,
+    /// The XDP link, null when none is pinned.
+    pub ingress: Option<PinnedLinkState>,
+    /// The TC (TCX) egress link, null when none is pinned.
+    pub egress: Option<PinnedLinkState>,
+}
+
+/// A pinned link, as the kernel describes it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PinnedLinkState {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// The interface it is attached to in its network namespace; 0 when that interface is
+    /// gone (the link enforces nothing), null when the kernel does not say.
+    pub ifindex: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -30,13 +30,15 @@ mod reconcile;
 mod startup;
 mod tasks;
 
-pub use handlers::check::{check, check_with_pods};
+pub use handlers::check::{ResolveError, check, check_with_pods, resolve};
 
 pub struct Config {
     pub ifaces: Vec<String>,
     /// Node mode: interfaces whose names match are enforced and guarded as they come and go.
     pub iface_patterns: Vec<crate::kernel::node::Pattern>,
     pub policy: Option<PathBuf>,
+    /// Install `policy` at start even over a newer policy pushed since.
+    pub policy_overrides_pushed: bool,
     pub socket: PathBuf,
     pub pins: PinLayout,
     pub xdp_mode: XdpMode,
@@ -121,6 +123,9 @@ struct State {
     writer: MapWriter,
     datapath: Datapath,
     installed: Option<Installed>,
+    /// The origin of the policy in force when it was pushed (`policy push`), kept with it as
+    /// the last-known-good; None when it came from `--policy`, a directory or etcd.
+    pushed_from: Option<String>,
     interfaces: Vec<Interface>,
     hub: Arc<EventHub>,
     state_dir: PathBuf,

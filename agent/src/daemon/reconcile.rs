@@ -93,7 +93,7 @@ pub(super) fn install_compiled(
     };
     state.alerts.lock().unwrap_or_else(|p| p.into_inner()).configure(parsed.alerts.clone(), unix_now());
     // Acknowledged only once the state directory holds it too.
-    crate::store::save(&state.state_dir, written.revision, &parsed)?;
+    crate::store::save(&state.state_dir, written.revision, &parsed, state.pushed_from.as_deref())?;
     state.installed =
         Some(Installed { revision: written.revision, policy: parsed, compiled, installed_at: unix_now() });
     Ok(result)

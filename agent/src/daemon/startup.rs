@@ -139,6 +139,7 @@ pub(super) fn load(
         writer: o.writer,
         datapath,
         installed: None,
+        pushed_from: None,
         interfaces: Vec::new(),
         hub: Arc::new(EventHub::new(cfg.events_history, CLIENT_LAG)),
         state_dir: cfg.state_dir.clone(),
@@ -193,8 +194,9 @@ fn enforce(
     cfg: &Config,
     initial: Option<(Policy, Initial<'_>)>,
 ) -> Result<UnixListener, DaemonError> {
-    if let Some(path) = &cfg.policy {
-        let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
+    let last_known_good = crate::store::load_last_known_good(&state.state_dir)?;
+    if let Some((path, parsed)) = from_file(cfg, last_known_good.as_ref())? {
+        state.pushed_from = None;
         let r = install(state, parsed)?;
         tracing::info!(revision = r.revision, entries = r.entries, "policy {} installed", path.display());
     } else if let Some((parsed, source)) = initial {
@@ -203,7 +205,8 @@ fn enforce(
             Initial::Dir(dir) => dir.installed(r.revision),
             Initial::Fleet(fleet) => fleet.installed(r.revision),
         }
-    } else if let Some((revision, saved)) = crate::store::load(&state.state_dir)? {
+    } else if let Some(crate::store::LastKnownGood { revision, policy: saved, pushed }) = last_known_good {
+        state.pushed_from = pushed;
         // With Kubernetes objects the kernel's policy was translated with an inventory that
         // may be gone: translate and install afresh.
         if state.k8s.is_none() && state.writer.active_slot().is_some() && state.writer.revision() == revision {
@@ -255,6 +258,36 @@ fn enforce(
     // ---
     // Last: clients take the socket as the sign that the agent enforces.
     bind(&cfg.socket, &cfg.access)
+}
+
+/// `--policy FILE` to install at start, or None: without `--policy`, and when a policy pushed
+/// since the agent last took FILE is newer (the last-known-good, a `policy push` that differs
+/// from FILE): that one stays in force, loudly, unless `--policy-overrides-pushed`.
+fn from_file<'a>(
+    cfg: &'a Config,
+    last_known_good: Option<&crate::store::LastKnownGood>,
+) -> Result<Option<(&'a Path, Policy)>, DaemonError> {
+    let Some(path) = cfg.policy.as_deref() else { return Ok(None) };
+    let parsed = policy::load(path).map_err(|d| DaemonError::Policy(path.display().to_string(), d))?;
+    let pushed = last_known_good.and_then(|l| Some((l.revision, l.pushed.as_deref()?, &l.policy)));
+    match pushed {
+        Some((revision, origin, pushed)) if *pushed != parsed => {
+            if cfg.policy_overrides_pushed {
+                tracing::warn!(
+                    "--policy-overrides-pushed: {} replaces the newer policy pushed since (revision {revision}, from {origin})",
+                    path.display()
+                );
+                Ok(Some((path, parsed)))
+            } else {
+                tracing::warn!(
+                    "{} was NOT installed: a policy pushed since (revision {revision}, from {origin}) is newer and stays in force; push the file, or restart with --policy-overrides-pushed, to enforce it",
+                    path.display()
+                );
+                Ok(None)
+            }
+        }
+        _ => Ok(Some((path, parsed))),
+    }
 }
 
 /// Node mode's state and its watch, when `--iface-pattern` is given.

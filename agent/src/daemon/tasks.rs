@@ -60,6 +60,7 @@ pub(super) fn spawn_sources(inputs: Inputs, shared: &Shared, cfg: &Config) -> Re
         let shared = shared.clone();
         dir.spawn(move |parsed| {
             let mut state = lock(&shared);
+            state.pushed_from = None;
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         })
         .map_err(|source| watcher_failed(&rollback, cfg.policy_dir.as_deref(), &source))?;
@@ -68,6 +69,7 @@ pub(super) fn spawn_sources(inputs: Inputs, shared: &Shared, cfg: &Config) -> Re
         let shared = shared.clone();
         fleet.spawn(Arc::new(move |parsed| {
             let mut state = lock(&shared);
+            state.pushed_from = None;
             install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
         }));
     }

@@ -156,6 +156,20 @@ impl Inventory {
         self.pods.get(&ip).map(String::as_str)
     }
 
+    /// An address of the pod `ns/pod` (the lowest, of the family `v4` says when given).
+    pub fn address_of(&self, pod: &str, v4: Option<bool>) -> Option<IpAddr> {
+        self.pods
+            .iter()
+            .filter(|(ip, id)| id.as_str() == pod && v4.is_none_or(|v4| ip.is_ipv4() == v4))
+            .map(|(ip, _)| *ip)
+            .min_by_key(|ip| (!ip.is_ipv4(), *ip))
+    }
+
+    /// The pods (`ns/pod`) that have an address.
+    pub fn names(&self) -> std::collections::BTreeSet<&str> {
+        self.pods.values().map(String::as_str).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.pods.len()
     }

@@ -133,8 +133,15 @@ impl PinLayout {
     }
     /// The interface a link pin's file name is for (the inverse of [`PinLayout::link`]).
     fn iface_of(file: &str) -> Option<String> {
+        Self::hook_and_iface(file).map(|(_, iface)| iface)
+    }
+    /// Whether a link pin's file name is an ingress (XDP) link, and its interface.
+    pub(crate) fn ingress_and_iface(file: &str) -> Option<(bool, String)> {
+        Self::hook_and_iface(file).map(|(hook, iface)| (hook == HOOK_INGRESS, iface))
+    }
+    fn hook_and_iface(file: &str) -> Option<(&str, String)> {
         let (hook, iface) = file.split_once('@')?;
-        (HOOKS.contains(&hook) && !iface.is_empty()).then(|| iface.replace(':', "."))
+        (HOOKS.contains(&hook) && !iface.is_empty()).then(|| (hook, iface.replace(':', ".")))
     }
 }
 

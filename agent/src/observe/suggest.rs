@@ -10,7 +10,9 @@
 //! - One rule per (source, destination), its ports exactly those seen: single ports, and
 //!   ranges only where every port of the range was seen; ICMP as `icmp` (echo). Traffic of
 //!   other protocols cannot be named by port in v1 and is listed in a comment instead.
-//! - The base's rate limits and alerts are kept as they are.
+//! - The base's deny rules, rate limits and alerts are kept as they are; an allow rule's
+//!   description goes to the suggested rules that took over its flows (those of the base's
+//!   allow rules that allowed nothing are listed as dropped, with their descriptions).
 //! - Against the base: the suggested rules that allow what the base denies (to add), and the
 //!   base's allow rules that decided nothing in the window (that could be removed).
 use std::{
@@ -31,6 +33,11 @@ pub struct Suggestion {
     pub added: Vec<String>,
     /// Names of the base's allow rules that allowed nothing in the window.
     pub unused: Vec<String>,
+    /// Names of the base's deny rules, kept as they are.
+    pub kept_denies: Vec<String>,
+    /// The base's allow rules whose descriptions no suggested rule carries (they allowed
+    /// nothing in the window): name and description.
+    pub dropped_descriptions: Vec<(String, String)>,
 }
 
 /// A segment name for a prefix in no segment: `10.20.9.0/24` -> `unknown-10-20-9-0-24`.
@@ -97,6 +104,8 @@ struct Learned {
     last: f64,
     /// Flows of it that the base denies (by its verdict, or as would-deny).
     denied_by_base: bool,
+    /// The base's rules that allowed flows of it.
+    rules: BTreeSet<String>,
 }
 
 impl Default for Learned {
@@ -112,6 +121,7 @@ impl Default for Learned {
             first: f64::MAX,
             last: 0.0,
             denied_by_base: false,
+            rules: BTreeSet::new(),
         }
     }
 }
@@ -122,7 +132,9 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
     let (pairs, used_rules) = learn(base, rows, min_flows);
     let mut text = segments_text(base, &pairs);
     // The rules (and the comments on what they were learned from), then `rules:` before them.
-    let (rules, added, any) = rules_text(&pairs);
+    let (mut rules, added, mut any) = rules_text(base, &pairs);
+    let kept_denies = denies_text(base, &mut rules);
+    any |= !kept_denies.is_empty();
     text.push_str(if any { "rules:\n" } else { "rules: []\n" });
     text.push_str(&rules);
     // The base's rate limits and alerts carry over as they are (its segments come first, in
@@ -141,7 +153,41 @@ pub fn suggest(base: &Policy, rows: &[Row], min_flows: u64) -> Suggestion {
         .filter(|r| r.action == Action::Allow && !used_rules.contains(&r.name))
         .map(|r| r.name.clone())
         .collect();
-    Suggestion { text, added, unused }
+    let dropped_descriptions = base
+        .rules
+        .iter()
+        .filter(|r| r.action == Action::Allow && !used_rules.contains(&r.name))
+        .filter_map(|r| Some((r.name.clone(), r.description.clone()?)))
+        .collect();
+    Suggestion { text, added, unused, kept_denies, dropped_descriptions }
+}
+
+/// The base's deny rules as they are (deny wins over the suggested allows, as it did over the
+/// base's), after a comment; their names.
+fn denies_text(base: &Policy, rules: &mut String) -> Vec<String> {
+    let denies: Vec<&policy::Rule> = base.rules.iter().filter(|r| r.action != Action::Allow).collect();
+    if !denies.is_empty() {
+        rules.push_str("  # kept from the base policy: its deny rules, as they are\n");
+    }
+    let names = |refs: &[policy::SegRef]| refs.iter().map(|r| scalar(&base.seg_ref_name(*r))).collect::<Vec<_>>();
+    for r in &denies {
+        let mut line = format!("  - {{ name: {}", scalar(&r.name));
+        if let Some(d) = &r.description {
+            let _ = write!(line, ", description: {}", scalar(d));
+        }
+        let _ = write!(line, ", from: [{}], to: [{}]", names(&r.from).join(", "), names(&r.to).join(", "));
+        if let Some(ports) = &r.ports {
+            let ports: Vec<String> = ports.iter().map(|p| scalar(&p.to_string())).collect();
+            let _ = write!(line, ", ports: [{}]", ports.join(", "));
+        }
+        line.push_str(", action: deny");
+        if r.mode == policy::Mode::Audit {
+            line.push_str(", mode: audit");
+        }
+        rules.push_str(&line);
+        rules.push_str(" }\n");
+    }
+    denies.iter().map(|r| r.name.clone()).collect()
 }
 
 /// (source, destination) -> what was seen of it, and the base's rules that allowed a flow.
@@ -159,6 +205,7 @@ fn learn(base: &Policy, rows: &[Row], min_flows: u64) -> (BTreeMap<(String, Stri
             continue;
         }
         let l = pairs.entry((r.key.src.clone(), r.key.dst.clone())).or_default();
+        l.rules.extend(r.seen.rule.iter().cloned());
         let (proto, port) = match r.key.proto.as_str() {
             "tcp" => {
                 l.tcp.insert(r.key.port);
@@ -219,7 +266,7 @@ fn segments_text(base: &Policy, pairs: &BTreeMap<(String, String), Learned>) -> 
 }
 
 /// The rules' lines, the names of those the base denies (added), and whether there is any.
-fn rules_text(pairs: &BTreeMap<(String, String), Learned>) -> (String, Vec<String>, bool) {
+fn rules_text(base: &Policy, pairs: &BTreeMap<(String, String), Learned>) -> (String, Vec<String>, bool) {
     let mut rules = String::new();
     let (mut added, mut names) = (Vec::new(), BTreeSet::new());
     for ((src, dst), l) in pairs {
@@ -244,9 +291,21 @@ fn rules_text(pairs: &BTreeMap<(String, String), Learned>) -> (String, Vec<Strin
             added.push(name.clone());
         }
         let ports: Vec<String> = ports.iter().map(|p| scalar(&p.to_string())).collect();
+        // The descriptions of the base's rules whose flows this one takes over.
+        let descriptions: Vec<&str> = base
+            .rules
+            .iter()
+            .filter(|r| l.rules.contains(&r.name))
+            .filter_map(|r| r.description.as_deref())
+            .collect();
+        let description = if descriptions.is_empty() {
+            String::new()
+        } else {
+            format!(", description: {}", scalar(&descriptions.join("; ")))
+        };
         let _ = writeln!(
             rules,
-            "  - {{ name: {}, from: [{}], to: [{}], ports: [{}], action: allow }}",
+            "  - {{ name: {}{description}, from: [{}], to: [{}], ports: [{}], action: allow }}",
             scalar(&name),
             scalar(&from),
             scalar(&to),
@@ -336,5 +395,30 @@ mod tests {
         // Deterministic, and --min-flows drops the rare.
         assert_eq!(suggest(&base, &rows, 1).text, s.text);
         assert!(!suggest(&base, &rows, 3).text.contains("6380"));
+    }
+
+    #[test]
+    fn the_base_deny_rules_and_descriptions_are_kept() {
+        let base = policy::parse(
+            "version: 1\nsegments:\n  web: { cidrs: [10.0.1.0/24] }\n  db: { cidrs: [10.0.2.5/32] }\nrules:\n  - { name: web-db, description: \"the app's queries\", from: [web], to: [db], ports: [\"5432/tcp\"], action: allow }\n  - { name: old, description: legacy sync, from: [db], to: [web], action: allow }\n  - { name: no-admin, description: nobody on the admin port, from: [\"*\"], to: [db], ports: [\"8081/tcp\", \"8000-8099/udp\"], action: deny }\n  - { name: no-db-out, from: [db], to: [world], action: deny, mode: audit }\n",
+            "t",
+        )
+        .unwrap();
+        let rows = [row("web", "db", "tcp", 5432, 4, 0, Some("web-db"))];
+        let s = suggest(&base, &rows, 1);
+        let p = policy::parse(&s.text, "suggested").unwrap_or_else(|d| panic!("invalid suggestion:\n{d}\n{}", s.text));
+        let kept: Vec<&policy::Rule> = p.rules.iter().filter(|r| r.action == Action::Deny).collect();
+        assert_eq!(kept.len(), 2, "{}", s.text);
+        assert_eq!(kept[0], &base.rules[2], "{}", s.text);
+        assert_eq!((kept[1].name.as_str(), kept[1].mode), ("no-db-out", policy::Mode::Audit));
+        let learned = p.rules.iter().find(|r| r.name == "web-to-db").unwrap();
+        assert_eq!(learned.description.as_deref(), Some("the app's queries"));
+        let c = policy::compile(&p);
+        let check = |port| policy::explain(&c, "10.0.1.7".parse().unwrap(), "10.0.2.5".parse().unwrap(), 6, port);
+        assert_eq!((check(5432).verdict.as_str(), check(8081).rule.as_deref()), ("allow", Some("no-admin")));
+        assert_eq!(s.kept_denies, ["no-admin", "no-db-out"]);
+        assert_eq!(s.dropped_descriptions, [("old".to_string(), "legacy sync".to_string())]);
+        // Without deny rules in the base, none appear.
+        assert!(!suggest(&policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap(), &[], 1).text.contains("deny"));
     }
 }

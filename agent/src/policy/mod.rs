@@ -61,7 +61,7 @@ pub use compile::{Bucket, CompiledLimit, CompiledPolicy, PortEntry, Summary, com
 pub(crate) use compile::{PORT_SPACE, cidr_key};
 pub(crate) use eval::mask;
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
-pub use explain::{Explanation, explain};
+pub use explain::{EndpointError, Explanation, explain, segment_address};
 pub use model::{
     ANY_NAME, Action, Alerts, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
     POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,

@@ -42,6 +42,17 @@ impl Agent {
         Self::start_on(ns, ifaces, policy, pins, &[])
     }
 
+    /// As [`Agent::start_with_pins`], with more `ztagent run` flags.
+    pub fn start_with_pins_args(
+        ns: &Netns,
+        ifaces: &[&str],
+        policy: Option<&Path>,
+        pins: &Path,
+        args: &[&str],
+    ) -> Agent {
+        Self::start_on(ns, ifaces, policy, pins, args)
+    }
+
     fn start_on(ns: &Netns, ifaces: &[&str], policy: Option<&Path>, pins: &Path, args: &[&str]) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("ztagent.sock");
@@ -198,6 +209,27 @@ impl Agent {
         let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: signalling the pid of a child we spawned and have not reaped.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0, "signal the agent");
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it (enforcement stays pinned); the guard
+    /// still removes the pins when dropped.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !matches!(self.child.try_wait(), Ok(None)),
+            "ztagent did not stop on SIGTERM within 10 s:\n{}",
+            self.log()
+        );
+    }
+
+    /// Marks the pins as taken over by another agent: dropping this guard leaves them.
+    pub fn hand_over(&mut self) {
+        self.handed_over = true;
     }
 
     /// Kills the daemon with SIGKILL (enforcement must stay).

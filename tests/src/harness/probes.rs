@@ -159,7 +159,8 @@ pub fn check_file(policy: &Path, src: IpAddr, dst: IpAddr, probe: Probe) -> anyh
 }
 
 pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
-    if !out.status.success() {
+    // 0 allow, 1 deny; anything else is an error.
+    if !matches!(out.status.code(), Some(0 | 1)) {
         anyhow::bail!("ztagent check failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value =
@@ -169,6 +170,9 @@ pub fn parse_check(out: std::process::Output) -> anyhow::Result<Why> {
         Some("deny") => false,
         other => anyhow::bail!("ztagent check gave the verdict {other:?}"),
     };
+    if out.status.code() != Some(if allow { 0 } else { 1 }) {
+        anyhow::bail!("ztagent check's exit status {} is not its verdict's ({v})", out.status);
+    }
     Ok(Why {
         allow,
         rule: v["rule"].as_str().map(String::from),

@@ -156,3 +156,12 @@ pub fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `ztagent check -o json`'s object; its exit status must be its verdict's (0 allow, 1 deny).
+pub fn check_json_of(out: &Output) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let want = if v["verdict"] == "allow" { 0 } else { 1 };
+    assert_eq!(out.status.code(), Some(want), "check's exit status is not its verdict's: {v}");
+    v
+}

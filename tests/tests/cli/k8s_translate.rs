@@ -84,11 +84,11 @@ metadata:
 const NATIVE: &str = "version: 1\nsegments:\n  nodes: { cidrs: [192.168.0.0/24] }\nrules:\n  - { name: nodes, from: [nodes], to: [nodes], action: allow }\n";
 
 fn verdict(policy: &str, src: &str, dst: &str, port: &str) -> String {
-    let (ok, out, err) =
-        ztagent(&["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["verdict"].as_str().unwrap().to_string()
+    let out = std::process::Command::new(integration_tests::build_bin("ztagent", "ztagent"))
+        .args(["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"])
+        .output()
+        .unwrap();
+    integration_tests::check_json_of(&out)["verdict"].as_str().unwrap().to_string()
 }
 
 #[test]

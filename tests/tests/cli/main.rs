@@ -10,5 +10,6 @@ mod bad_policy_corpus;
 
 mod bad_policies;
 mod cli_reference;
+mod help;
 mod k8s_translate;
 mod offline;

@@ -49,7 +49,7 @@ fn check_offline_prints_the_documented_fields() {
         "-o",
         "json",
     ]);
-    assert!(ok, "{err}");
+    assert!(!ok && err.is_empty(), "a denial exits 1, silently: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["rule"], "nobody-reaches-admin-port");
@@ -68,7 +68,7 @@ fn check_offline_prints_the_documented_fields() {
         "-o",
         "json",
     ]);
-    assert!(ok);
+    assert!(!ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (v["verdict"].as_str(), v["rule"].is_null(), v["src_segment"].as_str()),
@@ -104,4 +104,68 @@ fn errors_are_one_clear_sentence() {
         assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?}: {err}");
         assert!(err.lines().count() <= 2 && !err.trim().is_empty(), "{args:?}: {err}");
     }
+}
+
+/// `ztagent ARGS` from a clean environment: exit status, stdout, stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(build_bin("ztagent", "ztagent")).args(args).env_remove("ZTAGENT_SOCKET").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` gates CI: 0 allow, 1 deny, 2 usage or any other error; --src and --dst take a
+/// segment's name as well as an address, and a pod only where pods are known.
+#[test]
+fn check_exits_by_verdict_and_takes_segment_names() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml");
+    let check = |src: &str, dst: &str, port: &str| {
+        run(&["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"])
+    };
+    let verdict = |out: &str| -> serde_json::Value { serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}")) };
+    let (code, out, _) = check("10.20.1.7", "10.20.2.10", "443");
+    assert_eq!((code, verdict(&out)["verdict"].clone()), (Some(0), "allow".into()));
+    let (code, out, _) = check("10.20.3.4", "10.20.2.10", "8081");
+    assert_eq!((code, verdict(&out)["verdict"].clone()), (Some(1), "deny".into()));
+    // Segment names, alone or against an address (whose family they take).
+    let (code, out, err) = check("frontend", "payments", "443");
+    let v = verdict(&out);
+    assert_eq!(
+        (code, v["verdict"].as_str(), v["src_segment"].as_str(), v["dst_segment"].as_str()),
+        (Some(0), Some("allow"), Some("frontend"), Some("payments")),
+        "{err}"
+    );
+    let (code, out, _) = check("batch", "payments", "8081");
+    assert_eq!((code, verdict(&out)["rule"].as_str()), (Some(1), Some("nobody-reaches-admin-port")));
+    let (code, out, _) = check("world", "fd20:2::10", "443");
+    let v = verdict(&out);
+    assert_eq!((code, v["src_segment"].as_str(), v["rule"].is_null()), (Some(1), Some("world"), true));
+    // Errors: exit 2, one sentence.
+    let errors: [(&[&str], &str); 5] = [
+        (&["check", "--policy", policy, "--src", "paymnts", "--dst", "10.20.2.10", "--port", "1"], "did you mean `payments`?"),
+        (&["check", "--policy", policy, "--src", "shop/web-0", "--dst", "payments", "--port", "1"], "names a pod"),
+        (&["check", "--policy", policy, "--src", "10.20.1.0/24", "--dst", "payments", "--port", "1"], "is a network"),
+        (&["check", "--policy", "/nonexistent.yaml", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--port", "1"], "nonexistent"),
+        (&["check", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--bogus"], "--bogus"),
+    ];
+    for (args, says) in errors {
+        let (code, out, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(says) && err.lines().count() <= 6, "{args:?}: {err}");
+    }
+}
+
+/// Without an agent, `status` says so and points at `status --offline`.
+#[test]
+fn status_without_an_agent_points_at_offline() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("nobody.sock");
+    let (code, _, err) = run(&["status", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no agent answers") && err.contains("status --offline"), "{err}");
+    // The socket given before the command, as before, still counts.
+    let (_, _, err) = run(&["--socket", sock.to_str().unwrap(), "status"]);
+    assert!(err.contains(sock.to_str().unwrap()), "{err}");
 }

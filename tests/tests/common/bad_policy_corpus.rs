@@ -56,9 +56,9 @@ pub(crate) const CASES: &[Case] = &[
     case!("yaml-duplicate-top-key.yaml", 5:1, "duplicate key `version`"),
     case!("yaml-duplicate-segment.yaml", 4:3, "duplicate key `frontend`"),
     case!("yaml-multiple-documents.yaml", 12:1, "several YAML documents"),
-    case!("yaml-bad-indentation.yaml", 5:4, "did not find expected key"),
+    case!("yaml-bad-indentation.yaml", 5:4, "did not find expected key; indent `payments:` like `frontend:` on line 3"),
     case!("yaml-unterminated-string.yaml", 3:23, "unclosed quote"),
-    case!("yaml-mapping-in-sequence-context.yaml", 6:3, "did not find expected '-' indicator"),
+    case!("yaml-mapping-in-sequence-context.yaml", 6:3, "did not find expected '-' indicator; indent `from:` like `name:` on line 5"),
     // 100 levels: beyond the depth limit (64 levels, YAML and JSON alike), reported where the
     // limit is crossed.
     case!("yaml-nested-100-deep.yaml", 3:0, "nests deeper than 64 levels"),

@@ -1,6 +1,6 @@
 //! The daemon's control plane against the real kernel: push, get and live check; a rejected
 //! push changes nothing; SIGKILL leaves enforcement in place and a restart adopts it.
-use integration_tests::{Agent, Lan, Servers, TempDir, tcp_ok};
+use integration_tests::{Agent, Lan, Servers, TempDir, check_json_of, tcp_ok};
 
 const POLICY: &str = integration_tests::WEB_POLICY;
 
@@ -25,7 +25,7 @@ fn push_get_check_and_rejected_pushes() {
 
     // Live check agrees with the kernel, before and after a push.
     let live = |port: &str| {
-        json(&agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", port, "-o", "json"]))
+        check_json_of(&agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", port, "-o", "json"]))
     };
     assert_eq!((live("443")["verdict"].as_str(), live("443")["revision"].as_u64()), (Some("allow"), Some(1)));
     assert_eq!(live("8443")["verdict"], "deny");
@@ -128,4 +128,105 @@ fn a_policy_larger_than_the_configured_maps_is_refused_up_front() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("12 CIDR entries") && err.contains("--max-cidrs") && err.contains("unchanged"), "{err}");
     assert_eq!(json(&agent.cli(&["policy", "get", "-o", "json"]))["revision"], 1);
+}
+
+/// `run --policy FILE` after a newer policy was pushed: a restart keeps the pushed one and says
+/// so, loudly; `--policy-overrides-pushed` installs the file. A file equal to the pushed policy
+/// is simply installed.
+#[test]
+fn a_restart_with_policy_keeps_a_newer_pushed_policy_unless_told() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2")]);
+    let (payments, frontend) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let file = dir.file("p.yaml", POLICY);
+    let mut agent = Agent::start(&payments.ns, &[&payments.iface], Some(&file));
+    let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
+    agent.push(&dir.file("more.yaml", &POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#)));
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8443));
+    let ports = |a: &Agent| {
+        let got = json(&a.cli(&["policy", "get", "-o", "json"]));
+        (got["revision"].as_u64(), got["policy"]["rules"][0]["ports"].as_array().map_or(0, Vec::len))
+    };
+
+    // The README's daemon line again, as a service manager restarts it: the push stays.
+    agent.stop();
+    agent.hand_over();
+    let mut again = Agent::start_with_pins(&payments.ns, &[&payments.iface], Some(&file), &agent.pins);
+    assert_eq!(ports(&again), (Some(2), 2), "the restart reinstalled the file over the pushed policy");
+    let log = again.log();
+    assert!(
+        log.contains("WARN") && log.contains("p.yaml was NOT installed") && log.contains("--policy-overrides-pushed"),
+        "{log}"
+    );
+    assert!(tcp_ok(&frontend.ns, payments.v4, 8443), "the pushed policy is not enforced after the restart");
+
+    // Told otherwise: the file wins.
+    again.stop();
+    again.hand_over();
+    let told = Agent::start_with_pins_args(
+        &payments.ns,
+        &[&payments.iface],
+        Some(&file),
+        &agent.pins,
+        &["--policy-overrides-pushed"],
+    );
+    assert_eq!(ports(&told), (Some(3), 1));
+    assert!(told.log().contains("replaces the newer policy pushed since"), "{}", told.log());
+    assert!(!tcp_ok(&frontend.ns, payments.v4, 8443), "the file's policy is not enforced");
+    // The file is now the policy in force (not a push): a plain restart installs it again,
+    // without a warning.
+    let mut told = told;
+    told.stop();
+    told.hand_over();
+    let plain = Agent::start_with_pins(&payments.ns, &[&payments.iface], Some(&file), &agent.pins);
+    assert_eq!(ports(&plain), (Some(4), 1));
+    assert!(!plain.log().contains("NOT installed"), "{}", plain.log());
+}
+
+/// `status --offline`: with the agent stopped (enforcement pinned), the pins alone say what the
+/// kernel enforces: the revision, each interface's links, the counters, in text and JSON.
+#[test]
+fn status_offline_reads_what_the_pins_enforce() {
+    let lan = Lan::new(&[("10.20.2.10", "fd20:2::10"), ("10.20.1.2", "fd20:1::2"), ("10.20.9.2", "fd20:9::2")]);
+    let (payments, frontend, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&payments.ns, &[&payments.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&payments.ns, &[443], &[]);
+    agent.push(&dir.file("more.yaml", &POLICY.replace(r#"["443/tcp"]"#, r#"["443/tcp", "8443/tcp"]"#)));
+    assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&attacker.ns, payments.v4, 443));
+    let live = json(&agent.cli(&["status", "-o", "json"]));
+    agent.stop();
+
+    let pins = agent.pins.to_str().unwrap();
+    let out = agent.cli(&["status", "--offline", "--pin-path", pins, "-o", "json"]);
+    let s = json(&out);
+    assert_eq!((s["revision"].as_u64(), s["mode"].as_str(), s["pin_path"].as_str()), (Some(2), Some("enforce"), Some(pins)));
+    let ifaces = s["interfaces"].as_array().unwrap();
+    assert_eq!(ifaces.len(), 1, "{s}");
+    assert_eq!(ifaces[0]["name"], payments.iface.as_str());
+    // The interface's index in the agent's namespace (`ip -o link`: "N: name@peer: ...").
+    let shown = payments.ns.ip(&["-o", "link", "show", &payments.iface]);
+    let ifindex = shown.split(':').next().and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(ifindex.is_some(), "{shown}");
+    for hook in ["ingress", "egress"] {
+        let l = &ifaces[0][hook];
+        assert!(l["link_id"].as_u64().unwrap() > 0 && l["program_id"].as_u64().unwrap() > 0, "{hook}: {s}");
+        assert_eq!(l["ifindex"].as_u64(), ifindex, "{hook}: {s}");
+    }
+    // The counters are the kernel's: what the live agent showed, and no less since.
+    for name in ["pass_policy", "drop_default", "pass_tracked"] {
+        let (then, now) = (live["counters"][name].as_u64().unwrap(), s["counters"][name].as_u64().unwrap());
+        assert!(now >= then, "{name}: {then} live, {now} offline");
+    }
+    assert!(s["counters"]["drop_default"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["maps"].as_array().unwrap().iter().any(|m| m["map"] == "ZT_CT" && m["entries"].as_u64().unwrap() > 0), "{s}");
+    // Still enforced, with no agent; and the text says the same.
+    assert!(!tcp_ok(&attacker.ns, payments.v4, 443));
+    let text = agent.cli(&["status", "--offline", "--pin-path", pins]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("policy revision: 2 (enforce)"), "{text}");
+    assert!(text.contains(&format!("interface {}: ingress link", payments.iface)), "{text}");
+    // Nothing pinned there: one sentence, non-zero.
+    let none = agent.cli(&["status", "--offline", "--pin-path", "/sys/fs/bpf/zt-nothing-here", "-o", "json"]);
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("nothing of ztagent is pinned"));
 }

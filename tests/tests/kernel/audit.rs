@@ -130,6 +130,8 @@ fn a_rule_or_a_segment_in_audit_mode_passes_only_its_own_denials() {
     let check = agent.cli(&["check", "--src", "10.20.1.2", "--dst", "10.20.2.10", "--port", "8080", "-o", "json"]);
     let v: Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!((&v["verdict"], &v["rule"], &v["audit"]), (&"deny".into(), &"try-no-alt".into(), &true.into()), "{v}");
+    // An audited denial is still a denial for a CI gate: exit status 1 (docs/cli.md).
+    assert_eq!(check.status.code(), Some(1), "{v}");
 
     // A segment in audit mode: the outsider's segment (its /24 named, in audit) may reach
     // payments on anything while frontend's denials are still dropped.

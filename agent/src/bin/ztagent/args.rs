@@ -3,7 +3,7 @@
 //!
 //! The order of the fields is the order of `--help`: a flattened group stands where its
 //! options appeared before they were grouped.
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ztagent::{
@@ -18,9 +18,10 @@ use ztagent::{
     about = "Zero-trust enforcement agent: identity microsegmentation in the kernel (XDP + TC)"
 )]
 pub struct Cli {
-    /// The agent's control socket.
-    #[arg(long, global = true, env = "ZTAGENT_SOCKET", default_value = control::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket, for the commands that talk to the agent (which also take
+    /// it after their name) [default: $ZTAGENT_SOCKET, else /run/ztagent/ztagent.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,6 +58,27 @@ pub enum Command {
     Uninstall(UninstallArgs),
 }
 
+impl Cli {
+    /// The control socket: given after the command, else before it, else $ZTAGENT_SOCKET,
+    /// else the default.
+    pub fn socket(top: Option<&PathBuf>, given: &SocketArg) -> PathBuf {
+        given
+            .socket
+            .clone()
+            .or_else(|| top.cloned())
+            .or_else(|| std::env::var_os("ZTAGENT_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET))
+    }
+}
+
+/// `--socket PATH`, for the commands that talk to the agent (and `run`, which serves it).
+#[derive(Args)]
+pub struct SocketArg {
+    /// The agent's control socket [default: $ZTAGENT_SOCKET, else /run/ztagent/ztagent.sock].
+    #[arg(long = "socket", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
 // --- run
 
 // `ztagent run`: the daemon's configuration, in groups.
@@ -88,6 +110,8 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub exports: Exports,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 /// The interfaces `run` enforces: named ones, and (node mode) those matching a pattern.
@@ -109,8 +133,15 @@ pub struct Interfaces {
 pub struct PolicyInputs {
     /// The policy to install before attaching; without it, the policy already in the
     /// kernel is kept, or everything IP is dropped until one is pushed.
+    ///
+    /// A policy pushed since (`policy push`) is newer: a restart keeps it, with a warning,
+    /// unless --policy-overrides-pushed is given.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// At start, install --policy FILE even over a newer policy pushed since (the default
+    /// keeps the pushed one, the last-known-good, and warns that FILE was not installed).
+    #[arg(long, requires = "policy")]
+    pub policy_overrides_pushed: bool,
     /// Take the policy from this directory (e.g. a Kubernetes ConfigMap volume) and apply
     /// each new version; a broken version is rejected (logged, shown in `status`) and the
     /// policy in force stays. The file: policy.yaml, else policy.json, else the only
@@ -205,20 +236,26 @@ pub struct Exports {
 
 #[derive(Args)]
 pub struct CheckArgs {
-    #[arg(long)]
-    pub src: IpAddr,
-    #[arg(long)]
-    pub dst: IpAddr,
+    /// The source: an address, a segment's name (judged as an address whose identity it is),
+    /// or a pod as namespace/name (live, with an agent run with Kubernetes inputs).
+    #[arg(long, value_name = "ADDR|SEGMENT|NS/POD")]
+    pub src: String,
+    /// The destination: an address, a segment's name or a pod, as --src.
+    #[arg(long, value_name = "ADDR|SEGMENT|NS/POD")]
+    pub dst: String,
     /// Destination port (required for tcp and udp).
     #[arg(long)]
     pub port: Option<u16>,
+    /// The protocol (icmp: an echo request).
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     pub proto: Proto,
     /// Judge against this file instead of the running agent's policy.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
@@ -240,12 +277,23 @@ pub struct EventsArgs {
     pub port: Option<u16>,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
 pub struct StatusArgs {
+    /// Without asking the agent (which need not run): what the kernel enforces now, read
+    /// from the pinned maps and links under --pin-path.
+    #[arg(long)]
+    pub offline: bool,
+    /// With --offline: the bpffs directory of the pinned maps and links.
+    #[arg(long, value_name = "DIR", requires = "offline", default_value = datapath::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
@@ -267,14 +315,19 @@ pub struct GrantArgs {
     /// Why: reported with every event about the grant.
     #[arg(long)]
     pub reason: String,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
 pub struct GrantsArgs {
+    /// End this grant now (its id, as listed).
     #[arg(long, value_name = "ID")]
     pub revoke: Option<u32>,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
@@ -283,10 +336,13 @@ pub struct InventoryArgs {
     pub since: Since,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args)]
 pub struct UninstallArgs {
+    /// The bpffs directory of the pinned maps and links to remove.
     #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
 }
@@ -296,9 +352,17 @@ pub struct UninstallArgs {
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Check a policy file offline; prints FILE:LINE:COL: message for each problem.
-    Validate { file: PathBuf },
+    Validate {
+        /// The policy file (YAML or JSON).
+        file: PathBuf,
+    },
     /// Validate a policy file and install it in the running agent, atomically.
-    Push { file: PathBuf },
+    Push {
+        /// The policy file (YAML or JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The least policy that allows exactly what the agent's inventory saw allowed (or
     /// would-deny), each rule commented with what it was learned from; compared with the policy
     /// in force (or --base FILE): rules to add, rules unused in the window.
@@ -307,6 +371,8 @@ pub enum PolicyCommand {
     Get {
         #[command(flatten)]
         output: FormatArg,
+        #[command(flatten)]
+        socket: SocketArg,
     },
 }
 
@@ -320,6 +386,8 @@ pub struct SuggestArgs {
     /// Compare with this policy file instead of the policy in force.
     #[arg(long, value_name = "FILE")]
     pub base: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 // --- k8s
@@ -336,6 +404,7 @@ pub enum K8sCommand {
 
 #[derive(Args)]
 pub struct TranslateArgs {
+    /// Kubernetes object files, or directories of them.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// The native policy to combine them with (default: `version: 1`, nothing allowed).
@@ -358,6 +427,7 @@ pub enum FleetCommand {
 
 #[derive(Args)]
 pub struct FleetPushArgs {
+    /// The policy file (YAML or JSON).
     pub file: PathBuf,
     /// The fleet: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
     #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
@@ -371,6 +441,7 @@ pub struct FleetPushArgs {
 
 #[derive(Args)]
 pub struct FleetStatusArgs {
+    /// The fleet: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
     #[arg(long, value_name = "URL", env = "ZTAGENT_ETCD")]
     pub etcd: String,
     #[command(flatten)]
@@ -387,6 +458,7 @@ pub struct EtcdAuth {
     /// etcd user name (with --etcd-password).
     #[arg(long, value_name = "NAME", requires = "etcd_password")]
     pub etcd_user: Option<String>,
+    /// etcd password (with --etcd-user).
     #[arg(long, value_name = "PASSWORD", env = "ZTAGENT_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
     /// Speak TLS to etcd, trusting this CA (PEM) for the members' certificates.
@@ -415,6 +487,7 @@ impl EtcdAuth {
 /// `-o text|json`, for the commands that print a report.
 #[derive(Args)]
 pub struct OutputArg {
+    /// Output format: text, or json (its fields: docs/json.md).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -422,6 +495,7 @@ pub struct OutputArg {
 /// `-o yaml|json`, for the commands that print a policy.
 #[derive(Args)]
 pub struct FormatArg {
+    /// Output format of the policy: yaml, or json.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Yaml)]
     pub output: Format,
 }

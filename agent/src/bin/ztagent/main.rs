@@ -33,22 +33,31 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let socket = cli.socket;
+    let top = cli.socket;
+    let socket = |given: &args::SocketArg| Cli::socket(top.as_ref(), given);
     match cli.command {
         Command::Run(args) => {
             init_logging(&args.log);
+            let socket = socket(&args.socket);
             cmd::run::run(args, socket).await
         }
         Command::Policy(PolicyCommand::Validate { file }) => cmd::policy::validate(&file),
-        Command::Policy(PolicyCommand::Push { file }) => cmd::policy::push(&socket, &file).await,
-        Command::Policy(PolicyCommand::Get { output }) => cmd::policy::get(&socket, output.output).await,
-        Command::Policy(PolicyCommand::Suggest(args)) => cmd::policy::suggest(&socket, args).await,
-        Command::Check(args) => cmd::check::check(&socket, args).await,
-        Command::Events(args) => cmd::events::events(&socket, args).await,
-        Command::Status(args) => cmd::status::status(&socket, args.output.output).await,
-        Command::Grant(args) => cmd::grant::grant(&socket, args).await,
-        Command::Grants(args) => cmd::grants::grants(&socket, args).await,
-        Command::Inventory(args) => cmd::inventory::inventory(&socket, args).await,
+        Command::Policy(PolicyCommand::Push { file, socket: s }) => cmd::policy::push(&socket(&s), &file).await,
+        Command::Policy(PolicyCommand::Get { output, socket: s }) => cmd::policy::get(&socket(&s), output.output).await,
+        Command::Policy(PolicyCommand::Suggest(args)) => cmd::policy::suggest(&socket(&args.socket), args).await,
+        // `check` gates CI: 0 allow, 1 deny, 2 for every error (as for a usage error).
+        Command::Check(args) => match cmd::check::check(&socket(&args.socket), args).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Events(args) => cmd::events::events(&socket(&args.socket), args).await,
+        Command::Status(args) => cmd::status::status(&socket(&args.socket), args).await,
+        Command::Grant(args) => cmd::grant::grant(&socket(&args.socket), args).await,
+        Command::Grants(args) => cmd::grants::grants(&socket(&args.socket), args).await,
+        Command::Inventory(args) => cmd::inventory::inventory(&socket(&args.socket), args).await,
         Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
         Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
         Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,

@@ -106,6 +106,7 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 Request::Revoke { id } => grant::revoke(&mut state, id),
                 Request::Get => check::get(&state),
                 Request::Check(flow) => check::live(&state, flow),
+                Request::CheckNamed { src, dst, proto, port } => check::live_named(&state, &src, &dst, proto, port),
                 Request::Status => status::status(&state),
                 Request::Events { .. } => Reply::Error { message: "internal error: events are streamed".into() },
                 Request::Push { .. } | Request::Inventory { .. } => {

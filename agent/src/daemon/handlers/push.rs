@@ -33,11 +33,15 @@ pub(super) fn push(shared: &Shared, origin: &str, source: &str) -> Reply {
         }
     }
     state.last_k8s_warnings = warnings;
+    let before = state.pushed_from.replace(origin.to_owned());
     match install_compiled(&mut state, parsed, compiled) {
+        Err(e) => {
+            state.pushed_from = before;
+            Reply::Error { message: e.to_string() }
+        }
         Ok(r) => {
             tracing::info!(revision = r.revision, entries = r.entries, "policy {origin} pushed");
             Reply::Pushed(r)
         }
-        Err(e) => Reply::Error { message: e.to_string() },
     }
 }

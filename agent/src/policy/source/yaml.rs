@@ -223,9 +223,9 @@ pub(super) fn yaml_error(e: &serde_saphyr::Error, text: &str, limits: Limits) ->
                 pos = tab_start(text, pos);
                 lower_first(&one_line(&scan.kind().to_string()))
             }
-            _ => default_message(inner),
+            _ => with_indent_hint(default_message(inner), text, pos),
         },
-        other => default_message(other),
+        other => with_indent_hint(default_message(other), text, pos),
     };
     // `from: [*]` is the most likely YAML mistake in a policy: `*` starts an alias.
     if message.contains("alias") && char_at(text, pos) == Some('*') && alias_at(text, pos).is_none() {
@@ -248,4 +248,95 @@ pub(super) fn lower_first(s: &str) -> String {
         }
         _ => s.to_owned(),
     }
+}
+
+/// The parser's sentence, and the project's hint when the line at `pos` is a key indented
+/// like no block open above it: "; indent `to:` like `from:` on line 11".
+fn with_indent_hint(mut message: String, text: &str, pos: Pos) -> String {
+    if let Some(hint) = indent_hint(text, pos.line) {
+        message.push_str("; ");
+        message.push_str(&hint);
+    }
+    message
+}
+
+/// A line of block YAML as the indentation hint sees it: its indentation (spaces), whether it
+/// is a sequence item (`- `), and the plain key it starts (`name:`) with the key's column.
+struct BlockLine<'a> {
+    indent: usize,
+    item: bool,
+    key: Option<(usize, &'a str)>,
+}
+
+/// The key a line (or a sequence item's content) starts with, if it is a plain `key:`.
+fn plain_key(rest: &str) -> Option<&str> {
+    let end = rest.find(':')?;
+    let (key, after) = (&rest[..end], &rest[end + 1..]);
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    (plain && (after.is_empty() || after.starts_with([' ', '\t', '\r']))).then_some(key)
+}
+
+fn block_line(line: &str) -> Option<BlockLine<'_>> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let rest = line[indent..].trim_end_matches('\r');
+    if rest.is_empty() || rest.starts_with('#') {
+        return None;
+    }
+    match rest.strip_prefix("- ") {
+        Some(item) => {
+            let at = indent + 2 + (item.len() - item.trim_start_matches(' ').len());
+            Some(BlockLine { indent, item: true, key: plain_key(item.trim_start_matches(' ')).map(|k| (at, k)) })
+        }
+        None => Some(BlockLine { indent, item: false, key: plain_key(rest).map(|k| (indent, k)) }),
+    }
+}
+
+/// "indent `payments:` like `frontend:` on line 3": for a key on line `line` (1-based) indented
+/// like none of the mappings open above it (or like a sequence's `-`), the key it most likely
+/// belongs beside. None when its indentation fits (the error is something else).
+pub(super) fn indent_hint(text: &str, line: u32) -> Option<String> {
+    /// An open block: its column, the line (0-based) and key of its last entry, or a sequence.
+    struct Open<'a> {
+        col: usize,
+        line: usize,
+        key: Option<&'a str>,
+    }
+    let lines: Vec<&str> = text.split('\n').collect();
+    let at = usize::try_from(line.checked_sub(1)?).ok()?;
+    let bad = block_line(lines.get(at)?)?;
+    let (col, key) = bad.key.filter(|_| !bad.item)?;
+    let mut open: Vec<Open> = Vec::new();
+    for (n, l) in lines.iter().enumerate().take(at) {
+        let Some(b) = block_line(l) else { continue };
+        if b.key.is_none() && !b.item {
+            continue; // a continuation or flow text: not a block entry
+        }
+        while open.last().is_some_and(|o| o.col > b.indent) {
+            open.pop();
+        }
+        if b.item {
+            if !open.last().is_some_and(|o| o.col == b.indent && o.key.is_none()) {
+                open.push(Open { col: b.indent, line: n, key: None });
+            }
+            if let Some((c, k)) = b.key {
+                open.push(Open { col: c, line: n, key: Some(k) });
+            }
+        } else if let Some((c, k)) = b.key {
+            if open.last().is_some_and(|o| o.col == c) {
+                open.pop();
+            }
+            open.push(Open { col: c, line: n, key: Some(k) });
+        }
+    }
+    let like = match open.iter().position(|o| o.col == col) {
+        // Indented like a sequence's `-`: the item's keys are where it belongs.
+        Some(i) if open[i].key.is_none() => open.get(i + 1).filter(|o| o.key.is_some())?,
+        Some(_) => return None,
+        None => open
+            .iter()
+            .filter(|o| o.key.is_some() && o.col < col)
+            .max_by_key(|o| o.col)
+            .or_else(|| open.iter().filter(|o| o.key.is_some() && o.col > col).min_by_key(|o| o.col))?,
+    };
+    Some(format!("indent `{key}:` like `{}:` on line {}", like.key?, like.line + 1))
 }

@@ -295,3 +295,25 @@ fn load_reports_read_and_encoding_errors() {
     assert_eq!(d.0[0].message, "the file is not valid UTF-8 (byte 0xe9)");
     assert_eq!(loaded.unwrap(), ok(EXAMPLE));
 }
+
+/// A key indented like no block above it gets the project's hint beside the parser's sentence,
+/// at the parser's position; a YAML error that is not about indentation gets none.
+#[test]
+fn indentation_errors_say_where_the_key_belongs() {
+    let hint = |text: &str| {
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        e[0].clone()
+    };
+    // A sibling one column too deep.
+    let (line, _, m) = hint("version: 1\nsegments:\n  frontend:\n    cidrs: [10.20.1.0/24]\n   payments: { cidrs: [10.20.2.10/32] }\nrules: []\n");
+    assert_eq!(line, 5);
+    assert!(m.ends_with("; indent `payments:` like `frontend:` on line 3"), "{m}");
+    // A rule's key indented like the `-` of its item.
+    let (line, _, m) = hint("version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\nrules:\n  - name: web\n  from: [frontend]\n  to: [frontend]\n");
+    assert_eq!(line, 6);
+    assert!(m.ends_with("; indent `from:` like `name:` on line 5"), "{m}");
+    // Not an indentation problem: no hint.
+    let (_, _, m) = hint("version: 1\nsegments: {\nrules: []\n");
+    assert!(!m.contains("indent `"), "{m}");
+}

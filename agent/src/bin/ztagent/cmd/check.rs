@@ -1,5 +1,5 @@
 //! `ztagent check`: the verdict for a flow, and the rule that decides it.
-use std::process::ExitCode;
+use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{anyhow, bail};
 use ztagent::{
@@ -13,34 +13,46 @@ use crate::{
     output,
 };
 
+/// Exit status: 0 allow, 1 deny (an audited denial included: the flow is dropped once the
+/// policy is enforced); errors are 2 (in `main`), so that `check` can gate CI.
 pub async fn check(socket: &std::path::Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let CheckArgs { src, dst, port, proto, policy: file, output: out } = args;
+    let CheckArgs { src, dst, port, proto, policy: file, output: out, socket: _ } = args;
     let (proto, port) = match (proto, port) {
         (Proto::Icmp, _) => (agent_common::PROTO_ICMP, agent_common::ICMP_ECHO_REQUEST),
         (Proto::Tcp, Some(p)) => (agent_common::PROTO_TCP, p),
         (Proto::Udp, Some(p)) => (agent_common::PROTO_UDP, p),
         (_, None) => bail!("--port is required for tcp and udp"),
     };
-    if (src.is_ipv4()) != (dst.is_ipv4()) {
+    let addresses = (src.parse::<IpAddr>(), dst.parse::<IpAddr>());
+    if let (Ok(s), Ok(d)) = addresses
+        && s.is_ipv4() != d.is_ipv4()
+    {
         bail!("--src and --dst must be of the same address family");
     }
-    let flow = Flow { src, dst, proto, port };
     let result = match file {
         Some(path) => {
             let p = policy::load(&path).map_err(|d| anyhow!("the policy is invalid:\n{d}"))?;
-            daemon::check(&policy::compile(&p), &flow)
+            let compiled = policy::compile(&p);
+            let (src, dst) = daemon::resolve(&compiled, None, &src, &dst)?;
+            daemon::check(&compiled, &Flow { src, dst, proto, port })
         }
-        None => match call(socket, &Request::Check(flow)).await? {
-            Reply::Check(r) => r,
-            other => return unexpected(other),
-        },
+        None => {
+            let req = match addresses {
+                (Ok(src), Ok(dst)) => Request::Check(Flow { src, dst, proto, port }),
+                _ => Request::CheckNamed { src, dst, proto, port },
+            };
+            match call(socket, &req).await? {
+                Reply::Check(r) => r,
+                other => return unexpected(other),
+            }
+        }
     };
     if out.output == Output::Json {
         output::json(&result)?;
     } else {
         println!("{}", check_line(&result, output::colour()));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if result.verdict == "allow" { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `allow (frontend -> payments) by rule web`, the verdict coloured on a terminal.

@@ -10,7 +10,7 @@ use crate::{
 };
 
 pub async fn events(socket: &Path, args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let EventsArgs { follow, verdicts, from, to, port, output: out } = args;
+    let EventsArgs { follow, verdicts, from, to, port, output: out, socket: _ } = args;
     let json = out.output == Output::Json;
     let filter = EventFilter { verdicts, from, to, port };
     let mut lines = control::stream(socket, &Request::Events { follow, filter }).await?;

@@ -11,7 +11,7 @@ use crate::{
 
 /// Checked here first (duration, ports, address block), then asked of the agent.
 pub async fn grant(socket: &Path, args: GrantArgs) -> anyhow::Result<ExitCode> {
-    let GrantArgs { from, to, ports, duration, reason } = args;
+    let GrantArgs { from, to, ports, duration, reason, socket: _ } = args;
     let d = ztagent::daemon::grants::parse_duration(&duration)?;
     ztagent::daemon::grants::ports(&ports)?;
     ztagent::daemon::grants::block(&from)?;

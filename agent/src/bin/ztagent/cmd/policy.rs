@@ -81,6 +81,10 @@ pub async fn suggest(socket: &Path, args: SuggestArgs) -> anyhow::Result<ExitCod
     let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     println!("# Compared with the base policy: rules allowing what it denies: {}", list(&s.added));
     println!("# The base's allow rules that allowed nothing in the window: {}", list(&s.unused));
+    println!("# The base's deny rules, kept as they are: {}", list(&s.kept_denies));
+    for (rule, description) in &s.dropped_descriptions {
+        println!("# Dropped with unused rule {rule}, its description: {description}");
+    }
     print!("{}", s.text);
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         socket_group,
         state_dir,
         exports,
+        socket: _,
     } = args;
     let fleet = match inputs.policy_source {
         Some(url) => {
@@ -36,6 +37,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         ifaces: interfaces.ifaces,
         iface_patterns,
         policy: inputs.policy,
+        policy_overrides_pushed: inputs.policy_overrides_pushed,
         socket,
         pins: PinLayout::new(pin_path),
         xdp_mode: match xdp_mode {

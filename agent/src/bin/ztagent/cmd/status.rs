@@ -1,12 +1,31 @@
 //! `ztagent status`: the agent's interfaces, maps, counters, rate limits and policy sources.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::api::{K8sSource, LimitStatus, PolicySource, RejectedVersion, Reply, Request, Status};
+use anyhow::bail;
+use ztagent::{
+    api::{K8sSource, LimitStatus, PinnedLinkState, PolicySource, RejectedVersion, Reply, Request, Status},
+    kernel::datapath::PinLayout,
+};
 
 use super::{call, unexpected};
-use crate::{args::Output, output};
+use crate::{
+    args::{Output, StatusArgs},
+    output,
+};
 
-pub async fn status(socket: &Path, out: Output) -> anyhow::Result<ExitCode> {
+pub async fn status(socket: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let out = args.output.output;
+    if args.offline {
+        return offline(&args.pin_path, out);
+    }
+    if let Err(e) = std::os::unix::net::UnixStream::connect(socket)
+        && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+    {
+        bail!(
+            "no agent answers on {} ({e}); `ztagent status --offline` reads what the kernel enforces from the pins",
+            socket.display()
+        );
+    }
     match call(socket, &Request::Status).await? {
         Reply::Status(s) => {
             if out == Output::Json {
@@ -27,6 +46,42 @@ pub async fn status(socket: &Path, out: Output) -> anyhow::Result<ExitCode> {
         }
         other => unexpected(other),
     }
+}
+
+/// `status --offline`: what the pins under `pin_path` enforce, read from the kernel alone.
+fn offline(pin_path: &Path, out: Output) -> anyhow::Result<ExitCode> {
+    let s = ztagent::kernel::offline::read(&PinLayout::new(pin_path))?;
+    if out == Output::Json {
+        output::json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("read from the pins (no agent asked): what the kernel enforces now");
+    println!("policy revision: {} ({})", s.revision, s.mode);
+    println!("pin path: {}", s.pin_path);
+    let link = |l: &Option<PinnedLinkState>| match l {
+        None => "none pinned".to_string(),
+        Some(PinnedLinkState { ifindex: Some(0), link_id, .. }) => {
+            format!("link {link_id}, detached (the interface is gone)")
+        }
+        Some(PinnedLinkState { link_id, program_id, ifindex }) => format!(
+            "link {link_id} (program {program_id}) attached{}",
+            ifindex.map_or(String::new(), |i| format!(" to ifindex {i}"))
+        ),
+    };
+    for i in &s.interfaces {
+        println!("interface {}: ingress {}; egress {}", i.name, link(&i.ingress), link(&i.egress));
+    }
+    if s.interfaces.is_empty() {
+        println!("no interface: no link is pinned, nothing is enforced");
+    }
+    for m in &s.maps {
+        println!("map {:<16} {} of {} entries", m.map, m.entries, m.capacity);
+    }
+    println!("counters:");
+    for (name, n) in &s.counters {
+        println!("  {name:<18} {n}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The policy revision, the interfaces, the maps' fill and the packet counters.
