@@ -51,7 +51,8 @@ pub fn save(dir: &Path, revision: u32, policy: &Policy, pushed: Option<&str>) ->
     let path = dir.join(FILE);
     let err = |source| StateError::Write { path: path.clone(), source };
     let value = serde_json::value::RawValue::from_string(policy.to_json()).map_err(|e| err(io::Error::other(e)))?;
-    let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value, pushed: pushed.map(str::to_owned) }).map_err(|e| err(io::Error::other(e)))?;
+    let bytes = serde_json::to_vec_pretty(&Saved { revision, policy: value, pushed: pushed.map(str::to_owned) })
+        .map_err(|e| err(io::Error::other(e)))?;
     write_atomic(dir, FILE, &bytes).map_err(err)
 }
 

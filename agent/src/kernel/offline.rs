@@ -73,16 +73,13 @@ fn open(dir: &Path, name: &str) -> Result<MapData, OfflineError> {
 }
 
 fn map_error(dir: &Path, name: &str, e: &dyn std::error::Error) -> OfflineError {
-    OfflineError::Map {
-        path: dir.join(name).display().to_string(),
-        message: crate::kernel::datapath::error_chain(e),
-    }
+    OfflineError::Map { path: dir.join(name).display().to_string(), message: crate::kernel::datapath::error_chain(e) }
 }
 
 /// The revision in force and whether its policy is in audit mode ((0, false) before any).
 fn revision(dir: &Path) -> Result<(u32, bool), OfflineError> {
-    let active: Array<MapData, u32> =
-        Array::try_from(Map::Array(open(dir, maps::ACTIVE_SLOT)?)).map_err(|e| map_error(dir, maps::ACTIVE_SLOT, &e))?;
+    let active: Array<MapData, u32> = Array::try_from(Map::Array(open(dir, maps::ACTIVE_SLOT)?))
+        .map_err(|e| map_error(dir, maps::ACTIVE_SLOT, &e))?;
     let slot = match active.get(&0, 0) {
         Ok(v @ (1 | 2)) => v - 1,
         _ => return Ok((0, false)),

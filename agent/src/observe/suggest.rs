@@ -292,12 +292,8 @@ fn rules_text(base: &Policy, pairs: &BTreeMap<(String, String), Learned>) -> (St
         }
         let ports: Vec<String> = ports.iter().map(|p| scalar(&p.to_string())).collect();
         // The descriptions of the base's rules whose flows this one takes over.
-        let descriptions: Vec<&str> = base
-            .rules
-            .iter()
-            .filter(|r| l.rules.contains(&r.name))
-            .filter_map(|r| r.description.as_deref())
-            .collect();
+        let descriptions: Vec<&str> =
+            base.rules.iter().filter(|r| l.rules.contains(&r.name)).filter_map(|r| r.description.as_deref()).collect();
         let description = if descriptions.is_empty() {
             String::new()
         } else {
@@ -419,6 +415,7 @@ mod tests {
         assert_eq!(s.kept_denies, ["no-admin", "no-db-out"]);
         assert_eq!(s.dropped_descriptions, [("old".to_string(), "legacy sync".to_string())]);
         // Without deny rules in the base, none appear.
-        assert!(!suggest(&policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap(), &[], 1).text.contains("deny"));
+        let plain = suggest(&policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap(), &[], 1);
+        assert!(!plain.text.contains("action: deny") && plain.kept_denies.is_empty(), "{}", plain.text);
     }
 }

@@ -66,13 +66,18 @@ fn every_argument_of_every_command_has_help_text() {
         .collect();
     assert!(bare.is_empty(), "arguments without help text:\n  {}", bare.join("\n  "));
     // The walk itself finds a bare argument.
-    assert_eq!(undocumented("Options:\n      --src <SRC>\n      --dst <DST>\n          The destination\n"), ["--src <SRC>"]);
+    assert_eq!(
+        undocumented("Options:\n      --src <SRC>\n      --dst <DST>\n          The destination\n"),
+        ["--src <SRC>"]
+    );
 }
 
 #[test]
 fn only_the_commands_that_talk_to_the_agent_offer_socket() {
-    let offline = [&["policy", "validate"][..], &["k8s", "translate"], &["uninstall"], &["fleet", "push"], &["fleet", "status"]];
-    let online = [&["run"][..], &["status"], &["check"], &["events"], &["policy", "push"], &["policy", "get"], &["grants"]];
+    let offline =
+        [&["policy", "validate"][..], &["k8s", "translate"], &["uninstall"], &["fleet", "push"], &["fleet", "status"]];
+    let online =
+        [&["run"][..], &["status"], &["check"], &["events"], &["policy", "push"], &["policy", "get"], &["grants"]];
     for c in offline {
         let text = help(&c.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(!text.contains("--socket"), "ztagent {} --help offers --socket:\n{text}", c.join(" "));

@@ -124,7 +124,8 @@ fn check_exits_by_verdict_and_takes_segment_names() {
     let check = |src: &str, dst: &str, port: &str| {
         run(&["check", "--policy", policy, "--src", src, "--dst", dst, "--port", port, "-o", "json"])
     };
-    let verdict = |out: &str| -> serde_json::Value { serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}")) };
+    let verdict =
+        |out: &str| -> serde_json::Value { serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}")) };
     let (code, out, _) = check("10.20.1.7", "10.20.2.10", "443");
     assert_eq!((code, verdict(&out)["verdict"].clone()), (Some(0), "allow".into()));
     let (code, out, _) = check("10.20.3.4", "10.20.2.10", "8081");
@@ -144,10 +145,16 @@ fn check_exits_by_verdict_and_takes_segment_names() {
     assert_eq!((code, v["src_segment"].as_str(), v["rule"].is_null()), (Some(1), Some("world"), true));
     // Errors: exit 2, one sentence.
     let errors: [(&[&str], &str); 5] = [
-        (&["check", "--policy", policy, "--src", "paymnts", "--dst", "10.20.2.10", "--port", "1"], "did you mean `payments`?"),
+        (
+            &["check", "--policy", policy, "--src", "paymnts", "--dst", "10.20.2.10", "--port", "1"],
+            "did you mean `payments`?",
+        ),
         (&["check", "--policy", policy, "--src", "shop/web-0", "--dst", "payments", "--port", "1"], "names a pod"),
         (&["check", "--policy", policy, "--src", "10.20.1.0/24", "--dst", "payments", "--port", "1"], "is a network"),
-        (&["check", "--policy", "/nonexistent.yaml", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--port", "1"], "nonexistent"),
+        (
+            &["check", "--policy", "/nonexistent.yaml", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--port", "1"],
+            "nonexistent",
+        ),
         (&["check", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--bogus"], "--bogus"),
     ];
     for (args, says) in errors {

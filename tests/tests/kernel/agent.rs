@@ -200,7 +200,10 @@ fn status_offline_reads_what_the_pins_enforce() {
     let pins = agent.pins.to_str().unwrap();
     let out = agent.cli(&["status", "--offline", "--pin-path", pins, "-o", "json"]);
     let s = json(&out);
-    assert_eq!((s["revision"].as_u64(), s["mode"].as_str(), s["pin_path"].as_str()), (Some(2), Some("enforce"), Some(pins)));
+    assert_eq!(
+        (s["revision"].as_u64(), s["mode"].as_str(), s["pin_path"].as_str()),
+        (Some(2), Some("enforce"), Some(pins))
+    );
     let ifaces = s["interfaces"].as_array().unwrap();
     assert_eq!(ifaces.len(), 1, "{s}");
     assert_eq!(ifaces[0]["name"], payments.iface.as_str());
@@ -219,7 +222,10 @@ fn status_offline_reads_what_the_pins_enforce() {
         assert!(now >= then, "{name}: {then} live, {now} offline");
     }
     assert!(s["counters"]["drop_default"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["maps"].as_array().unwrap().iter().any(|m| m["map"] == "ZT_CT" && m["entries"].as_u64().unwrap() > 0), "{s}");
+    assert!(
+        s["maps"].as_array().unwrap().iter().any(|m| m["map"] == "ZT_CT" && m["entries"].as_u64().unwrap() > 0),
+        "{s}"
+    );
     // Still enforced, with no agent; and the text says the same.
     assert!(!tcp_ok(&attacker.ns, payments.v4, 443));
     let text = agent.cli(&["status", "--offline", "--pin-path", pins]);

@@ -332,8 +332,19 @@ fn network_policies_from_the_api_are_enforced_and_follow_its_changes() {
     );
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check =
-        |src: &str| integration_tests::check_json_of(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
+    let check = |src: &str| {
+        integration_tests::check_json_of(&agent.cli(&[
+            "check",
+            "--src",
+            src,
+            "--dst",
+            "10.20.2.10",
+            "--port",
+            "443",
+            "-o",
+            "json",
+        ]))
+    };
 
     // The first snapshot is in force from the start: frontend in, batch and the attacker out.
     assert_only_frontend_reaches_payments(&lan, &agent);

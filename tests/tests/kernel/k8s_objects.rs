@@ -27,8 +27,19 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
     let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check =
-        |src: &str| integration_tests::check_json_of(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]));
+    let check = |src: &str| {
+        integration_tests::check_json_of(&agent.cli(&[
+            "check",
+            "--src",
+            src,
+            "--dst",
+            "10.20.2.10",
+            "--port",
+            "443",
+            "-o",
+            "json",
+        ]))
+    };
 
     // Real traffic: frontend in, batch and the attacker (no pod) out; 8443 is not `https`.
     assert_only_frontend_reaches_payments(&lan, &agent);

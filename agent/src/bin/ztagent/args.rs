@@ -132,10 +132,9 @@ pub struct Interfaces {
 #[derive(Args)]
 pub struct PolicyInputs {
     /// The policy to install before attaching; without it, the policy already in the
-    /// kernel is kept, or everything IP is dropped until one is pushed.
-    ///
-    /// A policy pushed since (`policy push`) is newer: a restart keeps it, with a warning,
-    /// unless --policy-overrides-pushed is given.
+    /// kernel is kept, or everything IP is dropped until one is pushed. A policy pushed since
+    /// (`policy push`) is newer: a restart keeps it, with a warning, unless
+    /// --policy-overrides-pushed.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// At start, install --policy FILE even over a newer policy pushed since (the default

@@ -306,11 +306,15 @@ fn indentation_errors_say_where_the_key_belongs() {
         e[0].clone()
     };
     // A sibling one column too deep.
-    let (line, _, m) = hint("version: 1\nsegments:\n  frontend:\n    cidrs: [10.20.1.0/24]\n   payments: { cidrs: [10.20.2.10/32] }\nrules: []\n");
+    let (line, _, m) = hint(
+        "version: 1\nsegments:\n  frontend:\n    cidrs: [10.20.1.0/24]\n   payments: { cidrs: [10.20.2.10/32] }\nrules: []\n",
+    );
     assert_eq!(line, 5);
     assert!(m.ends_with("; indent `payments:` like `frontend:` on line 3"), "{m}");
     // A rule's key indented like the `-` of its item.
-    let (line, _, m) = hint("version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\nrules:\n  - name: web\n  from: [frontend]\n  to: [frontend]\n");
+    let (line, _, m) = hint(
+        "version: 1\nsegments:\n  frontend: { cidrs: [10.20.1.0/24] }\nrules:\n  - name: web\n  from: [frontend]\n  to: [frontend]\n",
+    );
     assert_eq!(line, 6);
     assert!(m.ends_with("; indent `from:` like `name:` on line 5"), "{m}");
     // Not an indentation problem: no hint.
