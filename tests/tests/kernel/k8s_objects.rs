@@ -61,6 +61,26 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     assert!(c["rule"].as_str().unwrap().contains("shop/payments-from-frontend"), "{c}");
     let c = check("10.20.9.2");
     assert_eq!((c["verdict"].as_str(), c["src_pod"].is_null()), (Some("deny"), true), "{c}");
+    // A pod by name (`check --src ns/pod`): resolved by the agent to its address.
+    let by_name = integration_tests::check_json_of(&agent.cli(&[
+        "check",
+        "--src",
+        "shop/frontend-0",
+        "--dst",
+        "shop/payments-0",
+        "--port",
+        "443",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        (by_name["verdict"].as_str(), by_name["src_pod"].as_str(), by_name["dst_pod"].as_str()),
+        (Some("allow"), Some("shop/frontend-0"), Some("shop/payments-0")),
+        "{by_name}"
+    );
+    let typo = agent.cli(&["check", "--src", "shop/frontend-O", "--dst", "10.20.2.10", "--port", "443"]);
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(typo.status.code() == Some(2) && said.contains("did you mean `shop/frontend-0`?"), "{said}");
     let allowed = wait_for(Duration::from_secs(5), || {
         agent
             .events(&["--verdict", "allowed"])
