@@ -20,7 +20,7 @@ pub use client::{ClientError, call, stream};
 pub use events::{EventFilter, EventRecord};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
-pub use server::{read_request, write_line, write_reply};
+pub use server::{RequestError, read_request, write_line, write_reply};
 
 pub const DEFAULT_SOCKET: &str = "/run/ztagent/ztagent.sock";
 /// The largest request the daemon reads (a policy of ~100,000 CIDRs is a few MB).

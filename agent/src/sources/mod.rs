@@ -40,6 +40,19 @@ pub enum WatchError {
     Dir { path: PathBuf, message: String },
 }
 
+/// The daemon's reconcile refused a version a source read (too large for the maps, a write the
+/// kernel refused, a translation that failed): the daemon's own error, whose sentence the
+/// source logs and reports in `status`.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Refused(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl Refused {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Refused {
+        Refused(Box::new(e))
+    }
+}
+
 /// That `dir` is a directory.
 pub(crate) fn usable(dir: &Path) -> Result<(), WatchError> {
     let err = |message: String| WatchError::Dir { path: dir.to_path_buf(), message };
