@@ -11,22 +11,22 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, from nanoseconds since the epoch.
+/// RFC 3339 in UTC with milliseconds, from nanoseconds since the epoch (truncated to the
+/// millisecond): `2026-11-28T03:54:56.000Z`.
 pub fn rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let ms = (unix_ns / 1_000_000) % 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+    // u64 nanoseconds end in 2554, well inside jiff's range: the conversion cannot fail.
+    let ms = i64::try_from(unix_ns / 1_000_000).unwrap_or(i64::MAX);
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => format!("{t:.3}"),
+        Err(_) => String::from("9999-12-31T23:59:59.999Z"),
+    }
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time (any offset, any fraction); `None` for
+/// anything else or a time before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let t: jiff::Timestamp = text.parse().ok()?;
+    u64::try_from(t.as_nanosecond()).ok()
 }
 
 #[cfg(test)]
@@ -38,5 +38,17 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123_000_000), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_795_838_096_000_000_000), "2026-11-28T03:54:56.000Z");
+        assert_eq!(rfc3339(1_795_838_096_999_999_999), "2026-11-28T03:54:56.999Z");
+        assert_eq!(rfc3339(u64::MAX), "2554-07-21T23:34:33.709Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trip() {
+        for ns in [0, 951_782_400_123_000_000, 1_795_838_096_000_000_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns));
+        }
+        assert_eq!(parse_rfc3339("2026-11-28T04:54:56+01:00"), Some(1_795_838_096_000_000_000));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -13,6 +13,10 @@ pub enum AuthError {
     NoSuchGroup(String),
     #[error("cannot set the owner or mode of {path}: {source}")]
     Permissions { path: String, source: io::Error },
+    #[error("cannot read the caller's credentials: {0}")]
+    Credentials(io::Error),
+    #[error("permission denied: uid {uid} may not use this agent (only {who} may)")]
+    Refused { uid: u32, who: String },
 }
 
 /// Who may connect: root, and the members of `group` if given.
@@ -52,9 +56,9 @@ impl Access {
         fs::set_permissions(socket, fs::Permissions::from_mode(mode)).map_err(err)
     }
 
-    /// Ok, or the sentence to refuse the peer with.
-    pub fn check(&self, stream: &UnixStream) -> Result<(), String> {
-        let cred = stream.peer_cred().map_err(|e| format!("cannot read the caller's credentials: {e}"))?;
+    /// Ok, or why the peer is refused (its sentence is the reply).
+    pub fn check(&self, stream: &UnixStream) -> Result<(), AuthError> {
+        let cred = stream.peer_cred().map_err(AuthError::Credentials)?;
         if cred.uid() == 0 {
             return Ok(());
         }
@@ -67,7 +71,7 @@ impl Access {
             Some((name, _)) => format!("root or members of group {name}"),
             None => "root".to_string(),
         };
-        Err(format!("permission denied: uid {} may not use this agent (only {who} may)", cred.uid()))
+        Err(AuthError::Refused { uid: cred.uid(), who })
     }
 }
 

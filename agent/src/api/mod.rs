@@ -20,7 +20,7 @@ pub use client::{ClientError, call, stream};
 pub use events::{EventFilter, EventRecord};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
-pub use server::{read_request, write_line, write_reply};
+pub use server::{RequestError, read_request, write_line, write_reply};
 
 pub const DEFAULT_SOCKET: &str = "/run/ztagent/ztagent.sock";
 /// The largest request the daemon reads (a policy of ~100,000 CIDRs is a few MB).
@@ -316,10 +316,11 @@ pub struct LimitStatus {
     pub name: String,
     /// "segment" or "address".
     pub scope: String,
-    /// e.g. "2000/second, burst 400"; null when the limit has no such bucket.
-    pub packets: Option<String>,
-    pub connections: Option<String>,
-    pub bytes: Option<String>,
+    /// Each bucket as configured (`{"rate": 2000, "per": "second", "burst": 400}`); null when
+    /// the limit has no such bucket.
+    pub packets: Option<LimitBucket>,
+    pub connections: Option<LimitBucket>,
+    pub bytes: Option<LimitBucket>,
     /// Packet tokens available now (segment scope, packets bucket); null otherwise.
     pub packet_tokens: Option<f64>,
     /// Live per-address buckets (address scope) and how many were evicted to make room.
@@ -331,6 +332,22 @@ pub struct LimitStatus {
     pub connections_dropped: u64,
     pub bytes_passed: u64,
     pub bytes_dropped: u64,
+}
+
+/// One bucket of a rate limit as configured: `rate` units (packets, connections or bytes) per
+/// `per` (`second`, `minute` or `hour`), bursts of `burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitBucket {
+    pub rate: u64,
+    pub per: String,
+    pub burst: u64,
+}
+
+/// `2000/second, burst 400`: as the policy's text says it.
+impl std::fmt::Display for LimitBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}, burst {}", self.rate, self.per, self.burst)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use crate::{
     events::EventHub,
     kernel::{datapath::error_chain, ring::EventSources},
     observe::{alerts, inventory::Inventory, metrics},
+    sources::Refused,
 };
 
 /// Every record published feeds the inventory and the alerts (each under its own lock).
@@ -61,7 +62,7 @@ pub(super) fn spawn_sources(inputs: Inputs, shared: &Shared, cfg: &Config) -> Re
         dir.spawn(move |parsed| {
             let mut state = lock(&shared);
             state.pushed_from = None;
-            install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
+            install(&mut state, parsed).map(|r| r.revision).map_err(Refused::new)
         })
         .map_err(|source| watcher_failed(&rollback, cfg.policy_dir.as_deref(), &source))?;
     }
@@ -70,13 +71,13 @@ pub(super) fn spawn_sources(inputs: Inputs, shared: &Shared, cfg: &Config) -> Re
         fleet.spawn(Arc::new(move |parsed| {
             let mut state = lock(&shared);
             state.pushed_from = None;
-            install(&mut state, parsed).map(|r| r.revision).map_err(|e| e.to_string())
+            install(&mut state, parsed).map(|r| r.revision).map_err(Refused::new)
         }));
     }
     let reconciler = |shared: Shared| {
         move |objects: crate::k8s::Objects| {
             let mut state = lock(&shared);
-            reconcile(&mut state, objects.cluster, objects.policies).map_err(|e| e.to_string())
+            reconcile(&mut state, objects.cluster, objects.policies).map_err(Refused::new)
         }
     };
     if let Some(dir) = inputs.objects_dir {

@@ -28,7 +28,7 @@ use ipnet::IpNet;
 
 use crate::policy::selector::{LabelSelector, Labels};
 pub use netpol::{TranslateError, Translation, translate};
-pub use objects::{Objects, load_dir, load_objects, parse_objects};
+pub use objects::{Objects, ObjectsError, load_dir, load_objects, parse_objects};
 
 /// The label the API server puts on every namespace: its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

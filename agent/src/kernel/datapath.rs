@@ -377,12 +377,7 @@ impl Datapath {
     }
 
     fn load_object(map_dir: &Path, limits: &Limits) -> Result<Ebpf, DatapathError> {
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(map_dir);
-        for (name, size) in limits.sizes() {
-            loader.map_max_entries(name, size);
-        }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        let mut ebpf = load_on_pins(OBJECT, map_dir, limits)?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::INGRESS)?;
         xdp.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let guarded: &mut Xdp = program(&mut ebpf, programs::INGRESS_GUARDED)?;
@@ -398,12 +393,7 @@ impl Datapath {
         if BENCH_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(self.pins.maps());
-        for (name, size) in limits.sizes() {
-            loader.map_max_entries(name, size);
-        }
-        loader.load(BENCH_OBJECT).map_err(|e| DatapathError::Load(error_chain(&e)))
+        load_on_pins(BENCH_OBJECT, &self.pins.maps(), limits)
     }
 
     /// The agent started: what this start pinned stays, and the maps it replaced are released.
@@ -551,6 +541,17 @@ pub fn uninstall(pins: &PinLayout) -> io::Result<Vec<PathBuf>> {
 }
 
 /// All the causes of an error in one line.
+/// Loads `object` (its programs not yet into the kernel) with its maps sized by `limits` and
+/// pinned under `map_dir`: maps pinned there already are reused.
+fn load_on_pins(object: &[u8], map_dir: &Path, limits: &Limits) -> Result<Ebpf, DatapathError> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(map_dir);
+    for (name, size) in limits.sizes() {
+        loader.map_max_entries(name, size);
+    }
+    loader.load(object).map_err(|e| DatapathError::Load(error_chain(&e)))
+}
+
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

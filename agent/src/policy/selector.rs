@@ -234,97 +234,107 @@ const EXPRESSION_FIELDS: &[&str] = &["key", "operator", "values"];
 
 /// A `matchExpressions` list.
 pub(crate) fn read_expressions(n: &Node, report: Report<'_>) -> Vec<Requirement> {
-    let items = match &n.value {
-        Value::Seq(items) => &items[..],
-        Value::Null => return Vec::new(),
+    match &n.value {
+        Value::Seq(items) => items.iter().filter_map(|item| read_expression(item, &mut *report)).collect(),
+        Value::Null => Vec::new(),
         v => {
             report(
                 n.pos,
                 format!("`matchExpressions` must be a list of {{ key, operator, values }}, not {}", v.kind()),
             );
-            return Vec::new();
+            Vec::new()
         }
+    }
+}
+
+/// One `{ key, operator, values }`; `None` (with every problem reported) if it is not a valid
+/// requirement.
+fn read_expression(item: &Node, report: Report<'_>) -> Option<Requirement> {
+    let Some(f) = known_fields(item, "a match expression", EXPRESSION_FIELDS, &mut *report) else {
+        report(
+            item.pos,
+            format!("a match expression must be a mapping with `key` and `operator`, not {}", item.value.kind()),
+        );
+        return None;
     };
-    let mut out = Vec::new();
-    for item in items {
-        let Some(f) = known_fields(item, "a match expression", EXPRESSION_FIELDS, report) else {
-            report(
-                item.pos,
-                format!("a match expression must be a mapping with `key` and `operator`, not {}", item.value.kind()),
-            );
-            continue;
-        };
-        let key = match field(&f, "key") {
-            Some(Node { value: Value::Str(s), .. }) if !s.is_empty() => Some(String::from(&**s)),
-            Some(k) => {
-                report(k.pos, format!("`key` must be a non-empty label key, not {}", k.value.kind()));
-                None
-            }
-            None => {
-                report(item.pos, "this match expression has no `key`".to_owned());
-                None
-            }
-        };
-        let operator = match field(&f, "operator") {
-            Some(Node { value: Value::Str(s), pos }) => match Operator::from_name(s) {
-                Some(op) => Some(op),
-                None => {
-                    let hint = suggest(s, Operator::NAMES).map_or(String::new(), |g| format!("; did you mean `{g}`?"));
-                    report(
-                        *pos,
-                        format!("unknown operator {}: expected In, NotIn, Exists or DoesNotExist{hint}", quote(s)),
-                    );
-                    None
-                }
-            },
-            Some(o) => {
-                report(o.pos, format!("`operator` must be In, NotIn, Exists or DoesNotExist, not {}", o.value.kind()));
-                None
-            }
-            None => {
+    let key = expression_key(field(&f, "key"), item, &mut *report);
+    let operator = expression_operator(field(&f, "operator"), item, &mut *report);
+    let values_node = field(&f, "values");
+    let values = expression_values(values_node, &mut *report);
+    let (key, operator) = (key?, operator?);
+    let at = values_node.map_or(item.pos, |v| v.pos);
+    match operator {
+        Operator::In | Operator::NotIn if values.is_empty() => {
+            report(at, format!("operator {operator} needs at least one value in `values`"));
+            None
+        }
+        Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+            report(at, format!("operator {operator} takes no `values`"));
+            None
+        }
+        _ => Some(Requirement { key, operator, values }),
+    }
+}
+
+/// A match expression's `key`: a non-empty string.
+fn expression_key(key: Option<&Node>, item: &Node, report: Report<'_>) -> Option<String> {
+    match key {
+        Some(Node { value: Value::Str(s), .. }) if !s.is_empty() => Some(String::from(&**s)),
+        Some(k) => {
+            report(k.pos, format!("`key` must be a non-empty label key, not {}", k.value.kind()));
+            None
+        }
+        None => {
+            report(item.pos, "this match expression has no `key`".to_owned());
+            None
+        }
+    }
+}
+
+/// A match expression's `operator`, with a did-you-mean for a misspelt one.
+fn expression_operator(operator: Option<&Node>, item: &Node, report: Report<'_>) -> Option<Operator> {
+    match operator {
+        Some(Node { value: Value::Str(s), pos }) => {
+            let op = Operator::from_name(s);
+            if op.is_none() {
+                let hint = suggest(s, Operator::NAMES).map_or(String::new(), |g| format!("; did you mean `{g}`?"));
                 report(
-                    item.pos,
-                    "this match expression has no `operator` (In, NotIn, Exists or DoesNotExist)".to_owned(),
+                    *pos,
+                    format!("unknown operator {}: expected In, NotIn, Exists or DoesNotExist{hint}", quote(s)),
                 );
-                None
             }
-        };
-        let values_node = field(&f, "values");
-        let mut values = Vec::new();
-        if let Some(vn) = values_node {
-            match &vn.value {
-                Value::Seq(vs) => {
-                    for v in vs.iter() {
-                        match &v.value {
-                            Value::Str(s) => values.push(String::from(&**s)),
-                            other => report(
-                                v.pos,
-                                format!("a value of `values` must be a string, not {}", not_a_string(other)),
-                            ),
-                        }
+            op
+        }
+        Some(o) => {
+            report(o.pos, format!("`operator` must be In, NotIn, Exists or DoesNotExist, not {}", o.value.kind()));
+            None
+        }
+        None => {
+            report(item.pos, "this match expression has no `operator` (In, NotIn, Exists or DoesNotExist)".to_owned());
+            None
+        }
+    }
+}
+
+/// A match expression's `values`: strings, sorted, without duplicates (absent or null: none).
+fn expression_values(values: Option<&Node>, report: Report<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    match values.map(|v| (v, &v.value)) {
+        Some((_, Value::Seq(vs))) => {
+            for v in vs.iter() {
+                match &v.value {
+                    Value::Str(s) => out.push(String::from(&**s)),
+                    other => {
+                        report(v.pos, format!("a value of `values` must be a string, not {}", not_a_string(other)))
                     }
                 }
-                Value::Null => {}
-                other => report(vn.pos, format!("`values` must be a list of strings, not {}", other.kind())),
             }
         }
-        values.sort();
-        values.dedup();
-        let (Some(key), Some(operator)) = (key, operator) else { continue };
-        let at = values_node.map_or(item.pos, |v| v.pos);
-        match operator {
-            Operator::In | Operator::NotIn if values.is_empty() => {
-                report(at, format!("operator {operator} needs at least one value in `values`"));
-                continue;
-            }
-            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
-                report(at, format!("operator {operator} takes no `values`"));
-                continue;
-            }
-            _ => {}
-        }
-        out.push(Requirement { key, operator, values });
+        Some((_, Value::Null)) | None => {}
+        Some((vn, other)) => report(vn.pos, format!("`values` must be a list of strings, not {}", other.kind())),
     }
+    out.sort();
+    out.dedup();
     out
 }
 

@@ -198,7 +198,7 @@ pub struct Source {
 }
 
 /// Installs a validated policy like a push; returns the agent's revision.
-pub type Apply = Arc<dyn Fn(Policy) -> Result<u32, String> + Send + Sync>;
+pub type Apply = Arc<dyn Fn(Policy) -> Result<u32, super::Refused> + Send + Sync>;
 
 impl Source {
     pub fn new(target: Target, host: String) -> Source {
@@ -348,10 +348,11 @@ impl Source {
             Err(message) => return self.reject(revision, text, message),
         };
         let apply = apply.clone();
-        let result = tokio::task::spawn_blocking(move || apply(parsed)).await.unwrap_or_else(|e| Err(e.to_string()));
+        let result =
+            tokio::task::spawn_blocking(move || apply(parsed)).await.unwrap_or_else(|e| Err(super::Refused::new(e)));
         match result {
             Ok(agent_revision) => self.accept(revision, sha256_hex(text), agent_revision),
-            Err(message) => self.reject(revision, text, message),
+            Err(e) => self.reject(revision, text, e.to_string()),
         }
     }
 

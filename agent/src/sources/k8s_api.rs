@@ -361,7 +361,7 @@ impl ApiSource {
     /// lock), for the rest of the process's life.
     pub fn spawn<F>(mut self, reconcile: F)
     where
-        F: Fn(Objects) -> Result<Reconciled, String> + Send + Sync + 'static,
+        F: Fn(Objects) -> Result<Reconciled, super::Refused> + Send + Sync + 'static,
     {
         let reconcile = Arc::new(reconcile);
         tokio::spawn(async move {
@@ -384,7 +384,7 @@ impl ApiSource {
                         self.versions.accept(snapshot.sha256, snapshot.inputs, &objects, &done);
                         self.applied = Some(objects);
                     }
-                    Ok(Err(message)) => self.versions.reject(Some(snapshot.sha256), &message),
+                    Ok(Err(e)) => self.versions.reject(Some(snapshot.sha256), &e.to_string()),
                     Err(e) => self.versions.reject(Some(snapshot.sha256), &format!("the reconcile failed: {e}")),
                 }
             }

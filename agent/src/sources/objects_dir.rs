@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::k8s_versions::{K8sReport, K8sVersions, Reconciled};
-use super::{WatchError, settle, sha256_hex, usable, watch_dir};
+use super::{Refused, WatchError, settle, sha256_hex, usable, watch_dir};
 
 /// One read of an objects directory: every object file's path and bytes (name order), or why
 /// the directory cannot be read.
@@ -71,13 +71,13 @@ impl ObjectsDir {
     /// new valid version goes to `reconcile`.
     pub fn spawn<F>(mut self, reconcile: F) -> std::io::Result<()>
     where
-        F: Fn(crate::k8s::Objects) -> Result<Reconciled, String> + Send + 'static,
+        F: Fn(crate::k8s::Objects) -> Result<Reconciled, Refused> + Send + 'static,
     {
         let dir = self.dir.clone();
         watch_dir(&dir, "the Kubernetes objects directory", "ztagent-k8s-dir", move || self.check(&reconcile))
     }
 
-    fn check(&mut self, reconcile: &dyn Fn(crate::k8s::Objects) -> Result<Reconciled, String>) {
+    fn check(&mut self, reconcile: &dyn Fn(crate::k8s::Objects) -> Result<Reconciled, Refused>) {
         let first = read_objects(&self.dir);
         if self.seen.as_ref() == Some(&first) {
             return;
@@ -101,7 +101,7 @@ impl ObjectsDir {
         };
         match reconcile(objects.clone()) {
             Ok(done) => self.accept(files, &objects, &done),
-            Err(message) => self.reject(Some(files_sha256(&files)), &message),
+            Err(e) => self.reject(Some(files_sha256(&files)), &e.to_string()),
         }
     }
 
@@ -125,7 +125,7 @@ fn files_of(seen: Option<&ObjectFiles>) -> Option<&[(PathBuf, Vec<u8>)]> {
 /// Every object file of `dir` and its bytes.
 fn read_objects(dir: &Path) -> ObjectFiles {
     let mut out = Vec::new();
-    for path in crate::k8s::load_dir(dir)? {
+    for path in crate::k8s::load_dir(dir).map_err(|e| e.to_string())? {
         // A file removed between the listing and the read is a change the next read sees.
         let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         out.push((path, bytes));

@@ -37,7 +37,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{WatchError, now, settle, sha256_hex, usable, watch_dir};
+use super::{Refused, WatchError, now, settle, sha256_hex, usable, watch_dir};
 use crate::{
     api::{AppliedVersion, PolicySource, RejectedVersion},
     policy::{self, Policy},
@@ -122,14 +122,14 @@ impl PolicyDir {
     /// `apply` installs a validated policy like a push and returns its revision.
     pub fn spawn<F>(mut self, apply: F) -> std::io::Result<()>
     where
-        F: Fn(Policy) -> Result<u32, String> + Send + 'static,
+        F: Fn(Policy) -> Result<u32, Refused> + Send + 'static,
     {
         let dir = self.dir.clone();
         watch_dir(&dir, "the policy directory", "ztagent-policy-dir", move || self.check(&apply))
     }
 
     /// Reads the directory and acts on a new version.
-    fn check(&mut self, apply: &dyn Fn(Policy) -> Result<u32, String>) {
+    fn check(&mut self, apply: &dyn Fn(Policy) -> Result<u32, Refused>) {
         let first = read(&self.dir);
         if self.seen.as_ref() == Some(&first) {
             return;
@@ -156,7 +156,7 @@ impl PolicyDir {
         };
         match apply(parsed) {
             Ok(revision) => self.accept(&v, revision),
-            Err(message) => self.reject(Some(&v), &message, ""),
+            Err(e) => self.reject(Some(&v), &e.to_string(), ""),
         }
     }
 
@@ -221,8 +221,11 @@ fn read(dir: &Path) -> Snapshot {
 /// `policy.yaml`, else `policy.json`, else the only `*.yaml`/`*.yml`/`*.json` regular file
 /// (through symlinks); hidden names are skipped.
 fn choose(dir: &Path) -> Result<String, String> {
-    let mut candidates: Vec<String> =
-        crate::k8s::load_dir(dir)?.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_string)).collect();
+    let mut candidates: Vec<String> = crate::k8s::load_dir(dir)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .collect();
     for preferred in ["policy.yaml", "policy.json"] {
         if candidates.iter().any(|n| n == preferred) {
             return Ok(preferred.into());

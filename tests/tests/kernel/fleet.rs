@@ -118,7 +118,8 @@ impl Fleet {
     fn host(&self, i: usize) -> serde_json::Value {
         let s = self.status();
         let name = format!("host{i}");
-        s["hosts"].as_array().unwrap().iter().find(|h| h["host"] == name.as_str()).cloned().unwrap_or_default()
+        assert!(s["hosts"].is_object(), "`hosts` is not an object keyed by host: {s}");
+        s["hosts"][name.as_str()].clone()
     }
 
     /// Writes `text` straight to PREFIX/policy through etcd's JSON gateway (past validation).
@@ -347,7 +348,7 @@ fn refused_without_and_served_with(f: &mut Fleet, without: &[&[&str]], creds: &[
     f.start_agent_with(0, creds);
     assert!(f.enforces(0, &[443]), "host0:\n{}", f.agent(0).log());
     let s = json(&f.cli(&[&["fleet", "status", "-o", "json"][..], creds].concat()));
-    assert_eq!(s["hosts"][0]["state"], "up to date", "{s}");
+    assert_eq!(s["hosts"]["host0"]["state"], "up to date", "{s}");
 }
 
 #[test]

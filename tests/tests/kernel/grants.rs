@@ -13,10 +13,19 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-fn grants(agent: &Agent) -> Vec<Value> {
+/// `ztagent grants -o json | jq .grants`: the grants in force, keyed by id.
+fn grants(agent: &Agent) -> serde_json::Map<String, Value> {
     let out = agent.cli(&["grants", "-o", "json"]);
     assert!(out.status.success(), "grants: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["grants"].as_object().unwrap_or_else(|| panic!("no object `grants` in {v}")).clone()
+}
+
+/// An RFC 3339 time of `grants -o json` (with its offset), in Unix seconds.
+fn unix_of(time: &Value) -> f64 {
+    let text = time.as_str().unwrap_or_else(|| panic!("{time} is not a string"));
+    assert!(text.ends_with('Z') || text.contains('+'), "{text} has no offset");
+    ztagent::clock::parse_rfc3339(text).unwrap_or_else(|| panic!("{text} is not RFC 3339")) as f64 / 1e9
 }
 
 /// What a test grants: `from` (as given and as listed) for 8080 to `client`, then `again` (as
@@ -53,8 +62,10 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
     grant(case.again.0, "9090/tcp", "10m", "a longer exception");
     let listed = grants(&agent);
     assert_eq!(listed.len(), 2, "{listed:?}");
-    assert_eq!((&listed[0]["from"], &listed[1]["from"]), (&case.from.1.into(), &case.again.1.into()), "{listed:?}");
-    let ends = listed[0]["expires_at"].as_f64().unwrap();
+    assert_eq!((&listed["1"]["from"], &listed["2"]["from"]), (&case.from.1.into(), &case.again.1.into()), "{listed:?}");
+    let ends = unix_of(&listed["1"]["expires_at"]);
+    let made = unix_of(&listed["1"]["granted_at"]);
+    assert!((ends - made - 5.0).abs() < 0.01, "a 5 s grant made at {made} ends at {ends}");
     // Open now, for the client only, and an established connection through it.
     assert!(tcp_ok(&client.ns, payments.v4, 8080), "the grant did not open 8080");
     if let Some(o) = case.outsider {
@@ -103,7 +114,7 @@ fn a_grant_ends_in_the_kernel_without_its_agent(case: &Case<'_>) {
     }
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
-        (&left[0]["id"], &left[0]["ports"][0], &left[0]["from"]),
+        (&left["2"]["id"], &left["2"]["ports"][0], &left["2"]["from"]),
         (&2.into(), &"9090/tcp".into(), &case.again.1.into())
     );
     let ended = agent.events(&["--verdict", "grant-ended"]);

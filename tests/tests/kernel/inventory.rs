@@ -139,6 +139,13 @@ fn the_inventory_lists_exactly_what_was_seen() {
     }
     let web = entry(&inv, "frontend", "tcp", 443);
     assert_eq!((&web["allowed_flows"], &web["denied_packets"]), (&3.into(), &0.into()), "{web}");
+    // Times in RFC 3339 with an offset, as events print them (issue 23), and in order.
+    let time = |f: &str| {
+        let t = web[f].as_str().unwrap_or_else(|| panic!("{f} is not a string: {web}"));
+        assert!(t.ends_with('Z'), "{f} {t} has no offset");
+        ztagent::clock::parse_rfc3339(t).unwrap_or_else(|| panic!("{f} {t} is not RFC 3339"))
+    };
+    assert!(time("first_seen") <= time("last_seen"), "{web}");
     assert_eq!(entry(&inv, "frontend", "tcp", 8443)["allowed_flows"], 1);
     // Packets and bytes of the allowed flows, both directions, exactly: TCP as nftables
     // counted it at the client (at least a handshake, a greeting and a close per connection),

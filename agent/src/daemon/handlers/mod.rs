@@ -37,9 +37,9 @@ pub(super) async fn accept_until_stopped(
 }
 
 async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) {
-    if let Err(message) = access.check(&stream) {
-        tracing::warn!("refused a control connection: {message}");
-        let _ = server::write_reply(stream, &Reply::Error { message }).await;
+    if let Err(e) = access.check(&stream) {
+        tracing::warn!("refused a control connection: {e}");
+        let _ = server::write_reply(stream, &Reply::Error { message: e.to_string() }).await;
         return;
     }
     let (read, write) = stream.into_split();
@@ -63,10 +63,10 @@ async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) 
             }
             reply
         }
-        Err(message) => {
+        Err(e) => {
             // Possibly a request over the size limit, read up to it.
             release_memory();
-            Reply::Error { message }
+            Reply::Error { message: e.to_string() }
         }
     };
     if let Err(e) = server::write_reply(write, &reply).await {

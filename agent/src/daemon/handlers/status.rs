@@ -3,7 +3,7 @@ use agent_common::{BUCKET_PACKETS, TICK_SHIFT};
 
 use super::super::State;
 use crate::{
-    api::{Interface, LimitStatus, MapStatus, Reply, Status},
+    api::{Interface, LimitBucket, LimitStatus, MapStatus, Reply, Status},
     kernel::{datapath::error_chain, mapwriter::MapWriter},
     policy::{self, CompiledPolicy, Mode},
 };
@@ -55,7 +55,7 @@ fn limit_status(writer: &MapWriter, compiled: &CompiledPolicy) -> Vec<LimitStatu
                 60 => "minute",
                 _ => "hour",
             };
-            format!("{}/{per}, burst {}", b.rate, b.burst)
+            LimitBucket { rate: b.rate, per: per.into(), burst: b.burst }
         })
     };
     let now = crate::clock::monotonic_ns() << TICK_SHIFT;

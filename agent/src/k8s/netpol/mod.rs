@@ -421,10 +421,21 @@ struct Emitted {
 
 /// The allow rules of what NetworkPolicy allows between blocks (see the module docs), named
 /// after their policies, unique among themselves and `taken`.
-fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut taken: BTreeSet<String>) -> Vec<Rule> {
+fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], taken: BTreeSet<String>) -> Vec<Rule> {
+    let (col_w, row_w) = wildcards(b);
+    let mut emitted = wildcard_rules(b, &col_w, &row_w);
+    emitted.extend(pair_rules(b, &col_w, &row_w));
+    emitted.sort_by_key(|e| (e.order, e.entry));
+    named_rules(emitted, entries, policies, taken)
+}
+
+/// The columns the same for every source (`from: ["*"]`), and the rows the same for every
+/// destination (`to: ["*"]`) worth writing so: those that spare more explicit pairs than the
+/// cross pairs they add with the `from: ["*"]` columns.
+#[allow(clippy::type_complexity)]
+fn wildcards(b: &Blocks<'_>) -> (Vec<Option<EntryId>>, Vec<Option<EntryId>>) {
     let nb = b.blocks.len();
     let uniform = |e: EntryId| (e != 0).then_some(e);
-    // A column the same for every source: `from: ["*"]`.
     let col_w: Vec<Option<EntryId>> = (0..nb)
         .map(|d| {
             let e = b.at(0, d);
@@ -432,8 +443,6 @@ fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut t
         })
         .collect();
     let n_col_w = col_w.iter().filter(|e| e.is_some()).count();
-    // A row the same for every destination: `to: ["*"]`, worth it when it spares more explicit
-    // pairs than the cross pairs it adds with the `from: ["*"]` columns.
     let row_w: Vec<Option<EntryId>> = (0..nb)
         .map(|s| {
             let e = b.at(s, 0);
@@ -442,32 +451,39 @@ fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut t
             (spared > 1 + n_col_w).then_some(e)
         })
         .collect();
-    let mut emitted: Vec<Emitted> = Vec::new();
-    let mut cols: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
-    for (d, e) in col_w.iter().enumerate() {
-        if let Some(e) = e {
-            cols.entry(*e).or_default().push(d);
+    (col_w, row_w)
+}
+
+/// The rules of the wildcard columns (`from: ["*"]`) and rows (`to: ["*"]`), one per entry.
+fn wildcard_rules(b: &Blocks<'_>, col_w: &[Option<EntryId>], row_w: &[Option<EntryId>]) -> Vec<Emitted> {
+    let by_entry = |w: &[Option<EntryId>]| {
+        let mut m: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
+        for (i, e) in w.iter().enumerate() {
+            if let Some(e) = e {
+                m.entry(*e).or_default().push(i);
+            }
         }
-    }
-    for (entry, to) in &cols {
-        emitted.push(Emitted { from: vec![SegRef::Any], to: b.refs(to), entry: *entry, order: (b.first(to), 0) });
-    }
-    let mut rows: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
-    for (s, e) in row_w.iter().enumerate() {
-        if let Some(e) = e {
-            rows.entry(*e).or_default().push(s);
-        }
-    }
-    for (entry, from) in &rows {
-        emitted.push(Emitted {
-            from: b.refs(from),
-            to: vec![SegRef::Any],
-            entry: *entry,
-            order: (usize::MAX - 1, b.first(from)),
-        });
-    }
-    // The other pairs: per destination, the sources of each entry; then the destinations
-    // sharing (sources, entry) in one rule.
+        m
+    };
+    let cols = by_entry(col_w).into_iter().map(|(entry, to)| Emitted {
+        from: vec![SegRef::Any],
+        to: b.refs(&to),
+        entry,
+        order: (b.first(&to), 0),
+    });
+    let rows = by_entry(row_w).into_iter().map(|(entry, from)| Emitted {
+        from: b.refs(&from),
+        to: vec![SegRef::Any],
+        entry,
+        order: (usize::MAX - 1, b.first(&from)),
+    });
+    cols.chain(rows).collect()
+}
+
+/// The other pairs: per destination, the sources of each entry; then the destinations sharing
+/// (sources, entry) in one rule.
+fn pair_rules(b: &Blocks<'_>, col_w: &[Option<EntryId>], row_w: &[Option<EntryId>]) -> Vec<Emitted> {
+    let nb = b.blocks.len();
     let mut groups: BTreeMap<(Vec<usize>, EntryId), Vec<usize>> = BTreeMap::new();
     for d in (0..nb).filter(|&d| col_w[d].is_none()) {
         let mut per_entry: BTreeMap<EntryId, Vec<usize>> = BTreeMap::new();
@@ -481,15 +497,25 @@ fn np_rules(b: &Blocks<'_>, entries: &Entries, policies: &[NetworkPolicy], mut t
             groups.entry((from, e)).or_default().push(d);
         }
     }
-    for ((from, entry), to) in &groups {
-        emitted.push(Emitted {
-            from: b.refs(from),
-            to: b.refs(to),
-            entry: *entry,
-            order: (b.first(to), b.first(from)),
-        });
-    }
-    emitted.sort_by_key(|e| (e.order, e.entry));
+    groups
+        .into_iter()
+        .map(|((from, entry), to)| Emitted {
+            order: (b.first(&to), b.first(&from)),
+            from: b.refs(&from),
+            to: b.refs(&to),
+            entry,
+        })
+        .collect()
+}
+
+/// The rules of `emitted`, in its order, named after their policies (`name#2`, ... when a name
+/// is taken already).
+fn named_rules(
+    emitted: Vec<Emitted>,
+    entries: &Entries,
+    policies: &[NetworkPolicy],
+    mut taken: BTreeSet<String>,
+) -> Vec<Rule> {
     let mut rules = Vec::with_capacity(emitted.len());
     for Emitted { from, to, entry, .. } in emitted {
         let (ports, why) = entries.get(entry);

@@ -80,11 +80,18 @@ pub fn parse_files(files: &[(String, &[u8])]) -> Result<Objects, Diagnostics> {
     with_errors(errors, parse_objects(&texts))
 }
 
+/// A directory of object files that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("cannot list {}: {source}", path.display())]
+    List { path: PathBuf, source: std::io::Error },
+}
+
 /// The object files of directory `dir` (a `--k8s-objects` directory, maybe a ConfigMap
 /// volume): every `*.yaml`, `*.yml` and `*.json` regular file (through symlinks), names
 /// starting with `.` skipped (the kubelet's `..data` and timestamped directories), sorted.
-pub fn load_dir(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+pub fn load_dir(dir: &Path) -> Result<Vec<PathBuf>, ObjectsError> {
+    let entries = fs::read_dir(dir).map_err(|source| ObjectsError::List { path: dir.to_path_buf(), source })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())

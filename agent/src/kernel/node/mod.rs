@@ -157,6 +157,22 @@ pub struct Node {
     failed: BTreeMap<u32, String>,
 }
 
+/// The interfaces a pattern matches, by index: (name, the pattern).
+type Wanted = BTreeMap<u32, (String, String)>;
+
+/// The sources each wanted interface may send from: the always-allowed ones and the
+/// destinations of the routes out of it.
+fn sources_of(want: &Wanted, routes: &[Route]) -> BTreeMap<u32, BTreeSet<Prefix>> {
+    let mut sources: BTreeMap<u32, BTreeSet<Prefix>> =
+        want.keys().map(|&i| (i, always_allowed().iter().map(prefix_of).collect())).collect();
+    for r in routes {
+        if let Some(s) = sources.get_mut(&r.oif) {
+            s.insert(prefix_of(&r.dst));
+        }
+    }
+    sources
+}
+
 /// The sources one guarded interface allows now, for `status`.
 #[derive(Clone, Debug)]
 pub struct PodStatus {
@@ -207,27 +223,26 @@ impl Node {
     /// tells); an interface that cannot be attached is tried again once it changes.
     pub fn reconcile(&mut self, dp: &mut Datapath, links: &[Link], routes: &[Route]) {
         let present: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
-        let want: BTreeMap<u32, (String, String)> = links
+        let want: Wanted = links
             .iter()
             .filter_map(|l| self.pattern_of(&l.name).map(|p| (l.index, (l.name.clone(), p.to_string()))))
             .collect();
-        let mut sources: BTreeMap<u32, BTreeSet<Prefix>> =
-            want.keys().map(|&i| (i, always_allowed().iter().map(prefix_of).collect())).collect();
-        for r in routes {
-            if let Some(s) = sources.get_mut(&r.oif) {
-                s.insert(prefix_of(&r.dst));
-            }
-        }
+        let sources = sources_of(&want, routes);
+        self.detach_stale(dp, &want, &present);
+        self.attach_new(dp, &want, &sources);
+        self.update_sources(&want, &present, &sources);
+    }
 
-        // Gone, renamed or no longer matching: detached first (a new interface may take the
-        // name of one that went).
+    /// Gone, renamed or no longer matching: detached first (a new interface may take the name
+    /// of one that went); a renamed one that still matches keeps its enforcement (the pins
+    /// follow the name).
+    fn detach_stale(&mut self, dp: &mut Datapath, want: &Wanted, present: &BTreeMap<u32, &str>) {
         let attached: Vec<u32> = self.pods.keys().copied().collect();
         for ifindex in attached {
             let pod = &self.pods[&ifindex];
             match want.get(&ifindex) {
                 Some((name, _)) if *name == pod.name => {}
                 Some((name, pattern)) => {
-                    // Renamed, and the new name matches too: the pins follow the name.
                     let (old, name, pattern) = (pod.name.clone(), name.clone(), pattern.clone());
                     match dp.rename(&old, &name) {
                         Ok(()) => {
@@ -251,12 +266,15 @@ impl Node {
             }
         }
         self.failed.retain(|i, name| want.get(i).is_some_and(|(n, _)| *n == *name));
+    }
 
-        for (&ifindex, (name, pattern)) in &want {
+    /// Attaches every wanted interface not enforced yet (nor failed as it is), its sources
+    /// written first: its first packets must not be dropped as spoofed.
+    fn attach_new(&mut self, dp: &mut Datapath, want: &Wanted, sources: &BTreeMap<u32, BTreeSet<Prefix>>) {
+        for (&ifindex, (name, pattern)) in want {
             if self.pods.contains_key(&ifindex) || self.failed.contains_key(&ifindex) {
                 continue;
             }
-            // Its sources first: its first packets must not be dropped as spoofed.
             self.sources.set(ifindex, &sources[&ifindex]);
             match dp.attach(name, self.mode, true) {
                 Ok([ingress, egress]) => {
@@ -272,10 +290,17 @@ impl Node {
                 }
             }
         }
+    }
 
-        // Sources: those of the enforced interfaces as the routes say; none for interfaces
-        // that are gone. (Entries of present interfaces this agent does not enforce, left by
-        // an earlier configuration, stay: their links may still run the guarded program.)
+    /// Sources: those of the enforced interfaces as the routes say; none for interfaces that
+    /// are gone. (Entries of present interfaces this agent does not enforce, left by an earlier
+    /// configuration, stay: their links may still run the guarded program.)
+    fn update_sources(
+        &mut self,
+        want: &Wanted,
+        present: &BTreeMap<u32, &str>,
+        sources: &BTreeMap<u32, BTreeSet<Prefix>>,
+    ) {
         let held: Vec<u32> = self.sources.held.keys().copied().collect();
         for ifindex in held {
             if !present.contains_key(&ifindex) || (want.contains_key(&ifindex) && !self.pods.contains_key(&ifindex)) {

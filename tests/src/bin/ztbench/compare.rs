@@ -45,7 +45,7 @@ use aya::{
     maps::DevMap,
     programs::{Xdp, XdpMode},
 };
-use integration_tests::{Netns, unique, veth};
+use integration_tests::{Netns, frame, unique, veth};
 use ztagent::{
     kernel::datapath::{Datapath, Limits, PinLayout},
     kernel::mapwriter::MapWriter,
@@ -152,7 +152,7 @@ fn udp_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> Vec<
     f.resize(60, 0);
     // The IPv4 header checksum: the stack drops a frame without a valid one before nft's inet
     // hooks (`scan_source` recomputes it for every scan frame).
-    let sum = ipv4_checksum(&f[14..34]);
+    let sum = frame::checksum(&[&f[14..34]]);
     f[24..26].copy_from_slice(&sum.to_be_bytes());
     f
 }
@@ -250,16 +250,8 @@ fn scan_source(frame: &mut [u8], i: u64) {
     let low = (i.wrapping_mul(40_503) & 0xffff) as u16;
     frame[28..30].copy_from_slice(&low.to_be_bytes());
     frame[24..26].copy_from_slice(&[0, 0]);
-    let sum = ipv4_checksum(&frame[14..34]);
+    let sum = frame::checksum(&[&frame[14..34]]);
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Sends `count` frames of `t` from a thread pinned to CPU 0; returns the seconds it took.

@@ -25,13 +25,14 @@ pub async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
     let target = args.auth.target(&args.etcd)?;
     let s = ztagent::sources::etcd::status(&target).await?;
     if args.output.output == Output::Json {
-        let hosts: Vec<serde_json::Value> = s
+        // Keyed by host name (`jq '.hosts.node1.state'`); serde_json's map orders them by name.
+        let hosts: serde_json::Map<String, serde_json::Value> = s
             .hosts
             .iter()
             .map(|h| {
                 let mut v = serde_json::to_value(h).unwrap_or_default();
                 v["state"] = s.state(h).into();
-                v
+                (h.host.clone(), v)
             })
             .collect();
         let v = serde_json::json!({ "revision": s.revision, "sha256": s.sha256, "hosts": hosts });

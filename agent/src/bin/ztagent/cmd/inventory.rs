@@ -1,7 +1,8 @@
 //! `ztagent inventory`: what has been seen talking to what.
 use std::{path::Path, process::ExitCode};
 
-use ztagent::api::{Reply, Request};
+use serde::Serialize;
+use ztagent::api::{Listing, Reply, Request, Row};
 
 use super::{call, since_of, unexpected};
 use crate::{
@@ -16,7 +17,7 @@ pub async fn inventory(socket: &Path, args: InventoryArgs) -> anyhow::Result<Exi
         other => return unexpected(other),
     };
     if args.output.output == Output::Json {
-        output::json(&l)?;
+        output::json(&ListingJson::of(&l))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -47,4 +48,60 @@ pub async fn inventory(socket: &Path, args: InventoryArgs) -> anyhow::Result<Exi
         l.evicted
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `inventory -o json`: `{"entries": [...], "evicted": N, "capacity": N}`, times in RFC 3339
+/// (docs/json.md#inventory). Entries have no name (a source, a service, a protocol and a port):
+/// a list.
+#[derive(Serialize)]
+struct ListingJson<'a> {
+    entries: Vec<EntryJson<'a>>,
+    evicted: u64,
+    capacity: usize,
+}
+
+impl<'a> ListingJson<'a> {
+    fn of(l: &'a Listing) -> Self {
+        ListingJson { entries: l.entries.iter().map(EntryJson::of).collect(), evicted: l.evicted, capacity: l.capacity }
+    }
+}
+
+/// One entry as `-o json` prints it.
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    src: &'a str,
+    dst: &'a str,
+    proto: &'a str,
+    port: u16,
+    first_seen: String,
+    last_seen: String,
+    allowed_flows: u64,
+    would_deny_flows: u64,
+    denied_packets: u64,
+    rate_limited_packets: u64,
+    packets: u64,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+}
+
+impl<'a> EntryJson<'a> {
+    fn of(r: &'a Row) -> Self {
+        let (k, s) = (&r.key, &r.seen);
+        EntryJson {
+            src: &k.src,
+            dst: &k.dst,
+            proto: &k.proto,
+            port: k.port,
+            first_seen: time_of(s.first_seen),
+            last_seen: time_of(s.last_seen),
+            allowed_flows: s.allowed_flows,
+            would_deny_flows: s.would_deny_flows,
+            denied_packets: s.denied_packets,
+            rate_limited_packets: s.rate_limited_packets,
+            packets: s.packets,
+            bytes: s.bytes,
+            rule: s.rule.as_deref(),
+        }
+    }
 }

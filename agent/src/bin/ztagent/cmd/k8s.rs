@@ -54,7 +54,7 @@ fn expand_dirs(files: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for f in files {
         if f.is_dir() {
-            paths.extend(k8s::load_dir(f).map_err(anyhow::Error::msg)?);
+            paths.extend(k8s::load_dir(f)?);
         } else {
             paths.push(f.clone());
         }
