@@ -15,9 +15,10 @@ pub use harness::{
         fake_api,
         shop::{SHOP_POLICIES, assert_only_frontend_reaches_payments, shop_pods},
     },
-    metrics::get_metrics,
+    metrics::{PROMETHEUS_ACCEPT, get_metrics, get_metrics_accepting, header, http_request, promtool_check_metrics, split_response},
     netns::{Netns, veth},
     policies::{WEB_POLICY, broken_ports_policy, ports_policy},
+    prometheus::Prometheus,
     probes::{
         ECHO, NO_ECHO, Probe, Why, check_args, check_file, echoes, hold_tcp, parse_check, ping_ok, tcp_ok, udp_ok,
         udp_ok_from,
