@@ -204,7 +204,8 @@ async fn head_other_methods_and_paths() {
     let addr = endpoint(Ok(scrape())).await;
     let head = request(addr, "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
-    let post = request(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    let post =
+        request(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
     let allow = header(&post, "allow").unwrap_or_else(|| panic!("no Allow in {post}"));
     assert!(allow.contains("GET") && allow.contains("HEAD"), "{post}");

@@ -13,7 +13,9 @@ use serde_json::Value;
 use super::{
     POLICY,
     events_file::{counts_by_verdict, file_matches_events, show},
-    exposition::{assert_counters_agree, kernel_matches_events, same_moment, scrape, status, status_counters, status_limit},
+    exposition::{
+        assert_counters_agree, kernel_matches_events, same_moment, scrape, status, status_counters, status_limit,
+    },
     is_igmp_chatter, metrics_flags, start,
     traffic::{denied_syns, pings, udp_send},
     unix_now,

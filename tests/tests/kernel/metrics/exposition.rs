@@ -101,11 +101,7 @@ pub(super) fn scrape_as(ns: &Netns, accept: Option<&str>, openmetrics: bool) -> 
     assert!(head.starts_with("HTTP/1.1 200 "), "metrics answered:\n{raw}");
     let want = if openmetrics { OPENMETRICS } else { TEXT };
     assert_eq!(header(head, "content-type"), Some(want), "the content type for Accept {accept:?}:\n{head}");
-    assert_eq!(
-        body.ends_with("# EOF\n"),
-        openmetrics,
-        "only OpenMetrics ends with # EOF (Accept {accept:?}):\n{body}"
-    );
+    assert_eq!(body.ends_with("# EOF\n"), openmetrics, "only OpenMetrics ends with # EOF (Accept {accept:?}):\n{body}");
     let mut samples = BTreeMap::new();
     for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (k, v) = parse_sample(line);

@@ -63,7 +63,11 @@ fn promtool_passes_a_live_scrape_and_both_formats_carry_the_same_samples() {
         ("ztagent_packets_total", &[("outcome", "pass_policy")][..], N as u64),
         ("ztagent_packets_total", &[("outcome", "drop_default")][..], 52),
         ("ztagent_packets_total", &[("outcome", "drop_rate_limit")][..], 1),
-        ("ztagent_event_packets_total", &[("src_segment", "frontend"), ("dst_segment", "payments"), ("verdict", "allowed")][..], N as u64),
+        (
+            "ztagent_event_packets_total",
+            &[("src_segment", "frontend"), ("dst_segment", "payments"), ("verdict", "allowed")][..],
+            N as u64,
+        ),
         ("ztagent_segment_packets_total", &[("segment", "batch"), ("outcome", "rate_limited")][..], 1),
         ("ztagent_rate_limit_dropped_packets_total", &[("limit", "batch-pings")][..], 1),
         ("ztagent_events_delivered_total", &[][..], 1),
