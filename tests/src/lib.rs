@@ -15,13 +15,17 @@ pub use harness::{
         fake_api,
         shop::{SHOP_POLICIES, assert_only_frontend_reaches_payments, shop_pods},
     },
-    metrics::get_metrics,
+    metrics::{
+        PROMETHEUS_ACCEPT, get_metrics, get_metrics_accepting, header, http_request, promtool_check_metrics,
+        split_response,
+    },
     netns::{Netns, veth},
     policies::{WEB_POLICY, broken_ports_policy, ports_policy},
     probes::{
         ECHO, NO_ECHO, Probe, Why, check_args, check_file, echoes, hold_tcp, parse_check, ping_ok, tcp_ok, udp_ok,
         udp_ok_from,
     },
+    prometheus::Prometheus,
     servers::Servers,
     topology::{ETCD_ADDR, Host, Lan, Mgmt, Pod, PodNode, fleet_lan},
     util::{Rng, TempDir, bin, build_bin, check_json_of, json_of, require_root, sh, unique, wait_for},

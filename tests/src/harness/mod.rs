@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod netns;
 pub mod policies;
 pub mod probes;
+pub mod prometheus;
 pub mod servers;
 pub mod topology;
 pub mod util;

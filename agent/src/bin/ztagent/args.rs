@@ -217,8 +217,9 @@ impl MapLimits {
 /// What `run` serves and writes for others: metrics and the events file.
 #[derive(Args)]
 pub struct Exports {
-    /// Serve Prometheus (OpenMetrics) metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090.
-    /// No authentication: keep it on loopback or a management network. Off by default.
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464: the text format
+    /// 0.0.4, or OpenMetrics when the scraper's Accept header asks for it. No authentication:
+    /// keep it on loopback or a management network. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Append every event to this file as one JSON line (the schema of `ztagent events
