@@ -6,8 +6,8 @@ use aya::programs::TestRun as _;
 
 use super::{
     ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr, LimitScope,
-    MapWriter, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
-    TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
+    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
+    Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
 };
 
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -309,4 +309,46 @@ pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Op
         ratio.push(l / u.max(0.5));
     }
     Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
+}
+
+/// The scan's sources: a segment of their own that no rule names.
+const SCANNERS: &str = "198.18.0.0/16";
+
+/// The cost of a scan packet: a TCP SYN from a source never seen, in a segment the policy allows
+/// nothing, while the CPU is under a flood (its per-flow budget spent: the datapath then keeps
+/// no per-flow state for it), against the one-LPM-lookup program on the same frames. The policy
+/// is the table's 10 rules over 1,000 CIDRs without its `*` rule, plus the scanners' segment.
+/// Each sample is one run (`repeat` = 1) of a frame from a new source, paired with one run of
+/// the empty program, whose difference cancels the fixed cost of a test run (see
+/// [`first_denied`]). Returns (scan ns, LPM ns, ratio).
+pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 3], empty_ns: f64) -> Result<(f64, f64, f64)> {
+    let [baseline, ingress, lpm] = progs;
+    let mut p = make_policy(10, 1000)?;
+    p.rules.retain(|r| !r.from.contains(&SegRef::Any));
+    p.segments.push(Segment {
+        name: "scanners".into(),
+        cidrs: vec![SCANNERS.parse().context("the scanners' CIDR")?],
+        mode: Mode::Enforce,
+        selector: None,
+    });
+    writer.apply(&policy::compile(&p)).context("installing the scan policy")?;
+    let server = host_in(SEG_SERVER, 20);
+    let empty_frame = tcp_frame(host_in(SEG_CLIENT, 10), server, 40000, 443, TCP_ACK);
+    let flood = tcp_frame(Ipv4Addr::new(198, 18, 255, 255), server, 40000, 443, TCP_SYN);
+    let budget = u32::try_from(agent_common::FLOOD_BUDGET).unwrap_or(u32::MAX) + 1;
+    let (mut scan, mut one_lpm) = (Vec::with_capacity(FIRST_SAMPLES.into()), Vec::with_capacity(FIRST_SAMPLES.into()));
+    for i in 0..FIRST_SAMPLES {
+        // Spend this CPU's budget (the test runs may move between CPUs), then a new source.
+        run_expect(ingress, "flood", &flood, budget, XDP_DROP)?;
+        let src = Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8);
+        let frame = tcp_frame(src, server, 40000 + i, 443, TCP_SYN);
+        let full = run_expect(ingress, "scan", &frame, 1, XDP_DROP)?;
+        let empty = run_expect(baseline, "empty", &empty_frame, 1, XDP_PASS)?;
+        scan.push(full as f64 - empty as f64);
+        let full = run_expect(lpm, "one LPM lookup", &frame, 1, XDP_DROP)?;
+        let empty = run_expect(baseline, "empty", &empty_frame, 1, XDP_PASS)?;
+        one_lpm.push(full as f64 - empty as f64);
+    }
+    let (scan, one_lpm) = (median(&mut scan) + empty_ns, median(&mut one_lpm) + empty_ns);
+    Ok((scan, one_lpm, scan / one_lpm.max(0.5)))
 }
