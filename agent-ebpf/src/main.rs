@@ -210,22 +210,6 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         return true;
     }
 
-    // Under a flood of denials (this CPU spent its per-flow budget this interval), a source
-    // the policy allows nothing is dropped right after its identity lookup: no denial-cache
-    // entry, no judgement, its packets counted per (segment, CPU). (Grants from address
-    // blocks and audit mode pass some such packets: they take the full path.)
-    if !audit
-        && cfg.flags & SLOT_F_GRANT_SOURCES == 0
-        && events::flooding(clock.coarse())
-        && let src = identity::denied_all(slot, cfg.world_flags, &pkt.tuple.src)
-        && src != SEG_ANY
-    {
-        pkt.now = clock.coarse();
-        count(counter::DROP_DEFAULT);
-        count_segment(src, SEGMENT_DENIED);
-        events::flood(&pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
-        return false;
-    }
     // A flow denied under this revision already: no need to judge it again.
     let deny_key =
         DenyKey { src: pkt.tuple.src, dst: pkt.tuple.dst, port: pkt.policy_port, proto: pkt.tuple.proto, _pad: 0 };
@@ -257,6 +241,24 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             return false;
         }
         renewing = Some(d);
+    }
+    // Under a flood of denials (this CPU spent its per-flow budget this interval), a new flow
+    // from a source the policy allows nothing is dropped right after its identity lookup: no
+    // denial-cache entry, no judgement, its packets counted per (segment, CPU). (After the
+    // cache lookup, so that a flow denied already keeps its cheaper hit; grants from address
+    // blocks and audit mode pass some such packets: they take the full path.)
+    if renewing.is_none()
+        && !audit
+        && cfg.flags & SLOT_F_GRANT_SOURCES == 0
+        && events::flooding(clock.coarse())
+        && let src = identity::denied_all(slot, cfg.world_flags, &pkt.tuple.src)
+        && src != SEG_ANY
+    {
+        pkt.now = clock.coarse();
+        count(counter::DROP_DEFAULT);
+        count_segment(src, SEGMENT_DENIED);
+        events::flood(&pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
+        return false;
     }
     let mut j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     policy::at(&mut j, cfg, clock.coarse());

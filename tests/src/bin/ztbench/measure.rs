@@ -311,18 +311,20 @@ pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Op
     Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
 }
 
+
 /// The scan's sources: a segment of their own that no rule names.
 const SCANNERS: &str = "198.18.0.0/16";
 
-/// The cost of a scan packet: a TCP SYN from a source never seen, in a segment the policy allows
-/// nothing, while the CPU is under a flood (its per-flow budget spent: the datapath then keeps
-/// no per-flow state for it), against the one-LPM-lookup program on the same frames. The policy
-/// is the table's 10 rules over 1,000 CIDRs without its `*` rule, plus the scanners' segment.
-/// Each sample is one run (`repeat` = 1) of a frame from a new source, paired with one run of
-/// the empty program, whose difference cancels the fixed cost of a test run (see
-/// [`first_denied`]). Returns (scan ns, LPM ns, ratio).
-pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 3], empty_ns: f64) -> Result<(f64, f64, f64)> {
-    let [baseline, ingress, lpm] = progs;
+/// The cost of a scan packet: a TCP SYN from a source never seen before the round, in a segment
+/// the policy allows nothing, while the CPU is under a flood (its per-flow budget spent: the
+/// datapath then keeps no per-flow state for such a source, so each of the `repeat` runs of the
+/// frame is a packet from a source never seen, with warm CPU caches), against the
+/// one-LPM-lookup program on the same frame in the same round. The policy is the table's 10
+/// rules over 1,000 CIDRs without its `*` rule, plus the scanners' segment. The thread stays on
+/// one CPU meanwhile (a test run runs on the caller's CPU, whose budget the round spends first).
+/// Returns (scan ns, LPM ns, median ratio).
+pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 2], lpm: &Xdp, opts: &Options) -> Result<(f64, f64, f64)> {
+    let [_, ingress] = progs;
     let mut p = make_policy(10, 1000)?;
     p.rules.retain(|r| !r.from.contains(&SegRef::Any));
     p.segments.push(Segment {
@@ -333,22 +335,40 @@ pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 3], empty_ns: f6
     });
     writer.apply(&policy::compile(&p)).context("installing the scan policy")?;
     let server = host_in(SEG_SERVER, 20);
-    let empty_frame = tcp_frame(host_in(SEG_CLIENT, 10), server, 40000, 443, TCP_ACK);
     let flood = tcp_frame(Ipv4Addr::new(198, 18, 255, 255), server, 40000, 443, TCP_SYN);
     let budget = u32::try_from(agent_common::FLOOD_BUDGET).unwrap_or(u32::MAX) + 1;
-    let (mut scan, mut one_lpm) = (Vec::with_capacity(FIRST_SAMPLES.into()), Vec::with_capacity(FIRST_SAMPLES.into()));
-    for i in 0..FIRST_SAMPLES {
-        // Spend this CPU's budget (the test runs may move between CPUs), then a new source.
-        run_expect(ingress, "flood", &flood, budget, XDP_DROP)?;
-        let src = Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8);
-        let frame = tcp_frame(src, server, 40000 + i, 443, TCP_SYN);
-        let full = run_expect(ingress, "scan", &frame, 1, XDP_DROP)?;
-        let empty = run_expect(baseline, "empty", &empty_frame, 1, XDP_PASS)?;
-        scan.push(full as f64 - empty as f64);
-        let full = run_expect(lpm, "one LPM lookup", &frame, 1, XDP_DROP)?;
-        let empty = run_expect(baseline, "empty", &empty_frame, 1, XDP_PASS)?;
-        one_lpm.push(full as f64 - empty as f64);
+    let rounds = opts.runs.max(1);
+    let (mut scan, mut one_lpm, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    on_one_cpu(|| -> Result<()> {
+        for i in 0..=rounds {
+            let frame = tcp_frame(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8), server, 40000, 443, TCP_SYN);
+            run_expect(ingress, "flood", &flood, budget, XDP_DROP)?;
+            let s = run_expect(ingress, "scan", &frame, opts.repeat, XDP_DROP)? as f64;
+            let l = run_expect(lpm, "one LPM lookup", &frame, opts.repeat, XDP_DROP)? as f64;
+            // The first round warms up.
+            if i > 0 {
+                (scan.push(s), one_lpm.push(l), ratio.push(s / l.max(0.5)));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((median(&mut scan), median(&mut one_lpm), median(&mut ratio)))
+}
+
+/// Runs `f` with this thread kept on the CPU it runs on, the earlier CPU mask restored after.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: affinity calls on this thread with cpu_set_t buffers of the size they are given.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let had = libc::sched_getaffinity(0, size, &mut old) == 0;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut one);
+        libc::sched_setaffinity(0, size, &one);
+        let r = f();
+        if had {
+            libc::sched_setaffinity(0, size, &old);
+        }
+        r
     }
-    let (scan, one_lpm) = (median(&mut scan) + empty_ns, median(&mut one_lpm) + empty_ns);
-    Ok((scan, one_lpm, scan / one_lpm.max(0.5)))
 }
