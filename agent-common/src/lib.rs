@@ -46,6 +46,11 @@ pub const SEG_F_DST_WILD: u32 = 2;
 /// The segment is in audit mode: what the policy denies to or from it passes, reported as
 /// would-deny (see [`VERDICT_F_AUDIT`]).
 pub const SEG_F_AUDIT: u32 = 4;
+/// The policy allows this segment nothing as a source: every packet from it that no tracked
+/// flow carries is denied by the default action (no rule names it, no rule has `*` on either
+/// side, no segment is in audit mode, the default is deny). Under a flood (see
+/// [`FLOOD_BUDGET`]) such a packet is dropped right after its source's identity lookup.
+pub const SEG_F_DENIED_ALL: u32 = 8;
 
 pub const ACTION_ALLOW: u32 = 1;
 pub const ACTION_DENY: u32 = 2;
@@ -280,6 +285,38 @@ pub struct AggValue {
     pub dst_segment: u32,
 }
 
+/// Policy denials each CPU handles per flow (the denial cache, one event per flow and interval)
+/// in one [`EVENT_INTERVAL_NS`]; past it the CPU is under a flood, and a denial that needs no
+/// per-flow state (a new denied flow, or any packet of a [`SEG_F_DENIED_ALL`] source) is
+/// counted in `FLOOD` per (source segment, class) instead: no cache entry, one event per
+/// aggregate and interval. Counters stay exact either way.
+pub const FLOOD_BUDGET: u64 = 1024;
+
+/// `FLOOD` (per CPU) holds `2 * MAX_COUNTED_SEGMENTS` aggregates: index
+/// `min(segment, MAX_COUNTED_SEGMENTS - 1) * 2 + class` (class 0: denied by default, 1: by a rule).
+#[inline]
+pub const fn flood_index(src_segment: u32, rule: u32) -> u32 {
+    let row = if src_segment < MAX_COUNTED_SEGMENTS { src_segment } else { MAX_COUNTED_SEGMENTS - 1 };
+    row * 2 + (rule != 0) as u32
+}
+
+/// A flood aggregate of one CPU: packets so far (only grows), time of its last event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodValue {
+    pub total: u64,
+    pub last_emit: u64,
+}
+
+/// `FLOOD_STATE` (per CPU, one entry): the policy denials this CPU handled per flow in the
+/// interval that started at `window`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodBudget {
+    pub window: u64,
+    pub used: u64,
+}
+
 /// Events of one aggregate (a flow and reason) are emitted at most this often; the packets in
 /// between are carried by the next event's `total` (or found by the agent's sweep of the maps).
 pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
@@ -344,9 +381,14 @@ pub struct Event {
     pub direction: u8,
     pub verdict: u8,
     pub reason: u8,
+    /// 0: a flow's event (or its aggregate's); `1 + cpu`: a flood aggregate of that CPU (see
+    /// [`FLOOD_BUDGET`]): `total` counts every packet of `src_segment` denied for `reason` on
+    /// that CPU, and the addresses and ports are those of the packet that triggered the event.
+    pub aggregate: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
 
 /// `SEGMENT_COUNTERS` (per CPU): packets by (source segment, outcome), at index
 /// `min(segment, MAX_COUNTED_SEGMENTS - 1) * SEGMENT_OUTCOMES + outcome`; segments past the
@@ -530,6 +572,8 @@ pub mod maps {
     pub const GRANTS: &str = "ZT_GRANTS";
     pub const GRANT_SOURCES: &str = "ZT_GRANT_SRCS";
     pub const SOURCES: &str = "ZT_SOURCES";
+    pub const FLOOD: &str = "ZT_FLOOD";
+    pub const FLOOD_STATE: &str = "ZT_FLOOD_STATE";
 }
 
 /// Program names in the object file.
@@ -580,4 +624,6 @@ mod pod {
     unsafe impl aya::Pod for AggValue {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for SourceData {}
+    unsafe impl aya::Pod for FloodValue {}
+    unsafe impl aya::Pod for FloodBudget {}
 }

@@ -5,11 +5,12 @@
 //! compare-and-exchange on the time of the last event. An event that does not fit in the ring
 //! is counted (`events_lost`), never silently dropped.
 use agent_common::{
-    AGG_AUDIT, AggKey, AggValue, EVENT_INTERVAL_NS, Event, SEG_ANY, counter, event::VERDICT_WOULD_RATE_LIMIT,
+    AGG_AUDIT, AggKey, AggValue, EVENT_INTERVAL_NS, Event, FLOOD_BUDGET, SEG_ANY, counter,
+    event::VERDICT_WOULD_RATE_LIMIT, flood_index,
 };
 
 use crate::{
-    maps::{AGG, EVENTS, count},
+    maps::{AGG, EVENTS, FLOOD, FLOOD_STATE, count},
     parse::Packet,
 };
 
@@ -19,6 +20,9 @@ pub const fn what(verdict: u8, reason: u8, ingress: bool) -> u32 {
     verdict as u32 | (reason as u32) << 8 | (!ingress as u32) << 16
 }
 
+/// In `what`: the event is a flood aggregate's (this CPU's, see [`flood`]).
+const WHAT_FLOOD: u32 = 1 << 24;
+
 /// Both segments in one argument; `SEG_ANY` where the datapath did not look them up.
 #[inline(always)]
 pub const fn segments(src: u32, dst: u32) -> u64 {
@@ -27,11 +31,16 @@ pub const fn segments(src: u32, dst: u32) -> u64 {
 
 pub const UNKNOWN_SEGMENTS: u64 = segments(SEG_ANY, SEG_ANY);
 
-/// Sends one event about `pkt`. (A subprogram: the event is built in its own stack frame.)
+/// Sends one event about `pkt`, written straight into the ring buffer (no copy on the stack:
+/// a subprogram whose frame stays small, as it is stacked under `dropped`'s).
 #[inline(never)]
 pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
     let t = &pkt.tuple;
-    let ev = Event {
+    entry.write(Event {
         time_ns: pkt.now,
         total,
         src: t.src,
@@ -48,10 +57,15 @@ pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
         direction: (what >> 16) as u8,
         verdict: what as u8,
         reason: (what >> 8) as u8,
-    };
-    if EVENTS.output::<Event>(&ev, 0).is_err() {
-        count(counter::EVENTS_LOST);
-    }
+        // SAFETY: a helper with no arguments, available to every program type.
+        aggregate: if what & WHAT_FLOOD != 0 {
+            1 + unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() }
+        } else {
+            0
+        },
+        _pad: 0,
+    });
+    entry.submit(0);
 }
 
 /// One more packet of an aggregate (`total`, `last_emit` in a map value). Returns the total to
@@ -96,4 +110,45 @@ pub fn dropped(pkt: &Packet, what: u32, rule: u32) {
     };
     let _ = AGG.insert(&key, &v, 0);
     emit(pkt, what, rule, UNKNOWN_SEGMENTS, 1);
+}
+
+/// Whether this CPU is under a flood of policy denials: it handled `FLOOD_BUDGET` of them per
+/// flow in the current interval already. (A per-CPU slot: no other CPU writes it.)
+#[inline(always)]
+pub fn flooding(now: u64) -> bool {
+    match FLOOD_STATE.get_ptr(0) {
+        // SAFETY: valid map value pointer for this program run.
+        Some(b) => unsafe { now.wrapping_sub((*b).window) < EVENT_INTERVAL_NS && (*b).used >= FLOOD_BUDGET },
+        None => false,
+    }
+}
+
+/// Takes one policy denial handled per flow from this CPU's budget (a new interval starts
+/// with a full one).
+#[inline(always)]
+pub fn spend(now: u64) {
+    if let Some(b) = FLOOD_STATE.get_ptr_mut(0) {
+        // SAFETY: valid map value pointer for this program run; only this CPU writes it.
+        let b = unsafe { &mut *b };
+        if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
+            (b.window, b.used) = (now, 0);
+        }
+        b.used += 1;
+    }
+}
+
+/// Counts a policy denial under a flood in this CPU's aggregate of (`src_segment`, class of
+/// `rule`), emitting an event for its first packet and then at most once per interval: no
+/// per-flow state. (Inlined: a subprogram calling `emit` would stack three frames, over the
+/// verifier's 512 bytes.)
+#[inline(always)]
+pub fn flood(pkt: &Packet, what: u32, rule: u32, src_segment: u32) {
+    let Some(v) = FLOOD.get_ptr_mut(flood_index(src_segment, rule)) else { return };
+    // SAFETY: valid map value pointer for this program run; a per-CPU slot only this CPU writes.
+    let v = unsafe { &mut *v };
+    v.total += 1;
+    if v.total == 1 || pkt.now.wrapping_sub(v.last_emit) >= EVENT_INTERVAL_NS {
+        v.last_emit = pkt.now;
+        emit(pkt, what | WHAT_FLOOD, rule, segments(src_segment, SEG_ANY), v.total);
+    }
 }

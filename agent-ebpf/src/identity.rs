@@ -1,5 +1,5 @@
 //! Identity: the segment of an address, by exact host match first, then longest prefix.
-use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_WORLD, SegmentInfo};
+use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_ANY, SEG_F_DENIED_ALL, SEG_WORLD, SegmentInfo};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{CIDRS, HOSTS};
@@ -16,4 +16,13 @@ pub fn segment_of(slot: u32, world_flags: u32, addr: &Addr) -> SegmentInfo {
         Some(info) => *info,
         None => SegmentInfo { id: SEG_WORLD, flags: world_flags },
     }
+}
+
+/// The segment of `addr` if the policy allows it nothing as a source (`SEG_F_DENIED_ALL`), else
+/// `SEG_ANY`. A subprogram of its own: its lookup keys stay off the caller's stack, which holds
+/// the whole packet pipeline.
+#[inline(never)]
+pub fn denied_all(slot: u32, world_flags: u32, addr: &Addr) -> u32 {
+    let s = segment_of(slot, world_flags, addr);
+    if s.flags & SEG_F_DENIED_ALL != 0 { s.id } else { SEG_ANY }
 }

@@ -2,8 +2,9 @@
 //! sharing maps and the same decision pipeline:
 //!
 //! parse -> (non-IP, neighbour discovery: pass) -> (guarded interfaces: anti-spoofing) ->
-//! fragments -> ICMP errors -> conntrack -> recent denials -> policy (identity, pair, ports) ->
-//! track the new flow, or remember the denial and drop.
+//! fragments -> ICMP errors -> conntrack -> (under a flood: a source allowed nothing, dropped
+//! after its identity lookup) -> recent denials -> policy (identity, pair, ports) -> track the
+//! new flow, or remember the denial (under a flood: count it per segment) and drop.
 #![no_std]
 #![no_main]
 // Compare-and-exchange and atomic add on map values (see `atomics`): core's atomics lack them on BPF,
@@ -28,7 +29,7 @@ use agent_common::event::{
 };
 use agent_common::{
     ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
-    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SLOT_F_AUDIT, counter,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, counter,
 };
 use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use aya_ebpf::{
@@ -230,6 +231,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             // SAFETY: as above; BPF compare-and-exchange.
             && unsafe { atomics::cas(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
         if !won {
+            events::spend(pkt.now);
             count_denied(dv.rule);
             count_segment(dv.src_segment, SEGMENT_DENIED);
             if let Some(total) = events::aggregate(&raw mut dv.total, &raw mut dv.last_emit, pkt.now) {
@@ -239,6 +241,24 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             return false;
         }
         renewing = Some(d);
+    }
+    // Under a flood of denials (this CPU spent its per-flow budget this interval), a new flow
+    // from a source the policy allows nothing is dropped right after its identity lookup: no
+    // denial-cache entry, no judgement, its packets counted per (segment, CPU). (After the
+    // cache lookup, so that a flow denied already keeps its cheaper hit; grants from address
+    // blocks and audit mode pass some such packets: they take the full path.)
+    if renewing.is_none()
+        && !audit
+        && cfg.flags & SLOT_F_GRANT_SOURCES == 0
+        && events::flooding(clock.coarse())
+        && let src = identity::denied_all(slot, cfg.world_flags, &pkt.tuple.src)
+        && src != SEG_ANY
+    {
+        pkt.now = clock.coarse();
+        count(counter::DROP_DEFAULT);
+        count_segment(src, SEGMENT_DENIED);
+        events::flood(&pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
+        return false;
     }
     let mut j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     policy::at(&mut j, cfg, clock.coarse());
@@ -250,6 +270,12 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);
         let what = what(VERDICT_DENIED, rule_reason(v.rule), INGRESS);
+        if renewing.is_none() && events::flooding(pkt.now) {
+            // A new denied flow under a flood: counted per (segment, CPU), not cached.
+            events::flood(&pkt, what, v.rule, j.src_segment);
+            return false;
+        }
+        events::spend(pkt.now);
         if let Some(d) = renewing {
             // SAFETY: valid map value pointer for this program run (the entry found above).
             let dv = unsafe { &mut *d };

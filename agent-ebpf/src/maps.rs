@@ -4,9 +4,9 @@
 //! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
 //! same.
 use agent_common::{
-    AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FragKey, HostKey, LimitConfig,
-    LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES, PairKey, PortData,
-    SEGMENT_OUTCOMES, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
+    AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FloodBudget, FloodValue, FragKey,
+    HostKey, LimitConfig, LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES,
+    PairKey, PortData, SEGMENT_OUTCOMES, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -72,6 +72,14 @@ pub static LIMIT_STATS: PerCpuArray<LimitStats> = PerCpuArray::pinned(2 * MAX_LI
 /// Aggregates of drops that are not policy denials, per flow and reason (see `events`).
 #[map(name = "ZT_AGG")]
 pub static AGG: LruHashMap<AggKey, AggValue> = LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
+
+/// Policy denials under a flood, per CPU and (source segment, class): see `events::flood`.
+#[map(name = "ZT_FLOOD")]
+pub static FLOOD: PerCpuArray<FloodValue> = PerCpuArray::pinned(2 * MAX_COUNTED_SEGMENTS, 0);
+
+/// This CPU's per-flow denials in the current interval (see `agent_common::FLOOD_BUDGET`).
+#[map(name = "ZT_FLOOD_STATE")]
+pub static FLOOD_STATE: PerCpuArray<FloodBudget> = PerCpuArray::pinned(1, 0);
 
 /// Events for the agent. The agent sets the size from its configuration.
 #[map(name = "ZT_EVENTS")]

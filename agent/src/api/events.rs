@@ -50,6 +50,12 @@ pub struct EventRecord {
     /// `anomaly` only: `low`, `medium` or `high`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
+    /// `segment` for a flood aggregate: under a flood of denials the kernel counts them per
+    /// (source segment, reason) and CPU instead of per flow; `count` packets from
+    /// `src_segment`, and the addresses, ports and rule are those of the last packet counted
+    /// when the record was made. Absent for a flow's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<String>,
 }
 
 impl EventRecord {
@@ -86,6 +92,7 @@ impl EventRecord {
             revision: 1,
             note: None,
             severity: None,
+            aggregate: None,
         }
     }
 }
@@ -118,6 +125,7 @@ impl EventRecord {
             revision: 0,
             note: None,
             severity: None,
+            aggregate: None,
         }
     }
 }

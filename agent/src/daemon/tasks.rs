@@ -34,7 +34,11 @@ pub(super) fn observe_events(hub: &EventHub, inventory: &Arc<Mutex<Inventory>>, 
 /// interval.
 pub(super) fn spawn_event_reader(events: EventSources, hub: Arc<EventHub>, delivered: Arc<AtomicU64>) {
     let reader = hub.clone();
-    events.spawn(move |batch| reader.publish(batch), move |denied, dropped| hub.sweep(denied, dropped), delivered);
+    events.spawn(
+        move |batch| reader.publish(batch),
+        move |denied, dropped, flood| hub.sweep(denied, dropped, flood),
+        delivered,
+    );
 }
 
 /// `/metrics`, served on its own task.

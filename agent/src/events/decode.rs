@@ -7,7 +7,7 @@ use std::{
 };
 
 use agent_common::{
-    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, SEG_ANY,
+    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, FloodValue, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_GRANT_EXPIRED, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
@@ -15,6 +15,7 @@ use agent_common::{
     },
 };
 
+use super::flood::Floods;
 use crate::api::EventRecord;
 use crate::clock::{monotonic_ns, rfc3339};
 use crate::policy::{CompiledPolicy, addr16};
@@ -100,6 +101,7 @@ pub struct Decoder {
     ifnames: HashMap<u32, String>,
     /// The pods of the inventory in force (`--k8s-objects`), to name pod addresses.
     pods: Arc<crate::k8s::Inventory>,
+    floods: Floods,
 }
 
 impl Default for Decoder {
@@ -117,6 +119,7 @@ impl Decoder {
             generation: 0,
             ifnames: HashMap::new(),
             pods: Arc::default(),
+            floods: Floods::default(),
         }
     }
 
@@ -150,6 +153,10 @@ impl Decoder {
         {
             return Some(Arc::new(self.record(ev, 1)));
         }
+        if ev.aggregate != 0 {
+            let count = self.floods.delta(ev)?;
+            return Some(Arc::new(self.record(ev, count)));
+        }
         let audit = if ev.verdict == VERDICT_WOULD_RATE_LIMIT { AGG_AUDIT } else { 0 };
         let reason = class(ev.reason) | audit;
         let flow = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason };
@@ -173,13 +180,21 @@ impl Decoder {
     }
 
     /// Reports of the packets the kernel aggregated since the last event of each aggregate, for
-    /// aggregates idle for a whole interval. `denied`/`dropped`: the kernel's aggregation maps.
+    /// aggregates idle for a whole interval. `denied`/`dropped`: the kernel's aggregation maps;
+    /// `flood`: the per-CPU values of a flood aggregate's index.
     pub fn sweep(
         &mut self,
         denied: impl Iterator<Item = (DenyKey, DenyValue)>,
         dropped: impl Iterator<Item = (AggKey, AggValue)>,
+        flood: &dyn Fn(u32) -> Vec<FloodValue>,
         now_ns: u64,
     ) -> Vec<Arc<EventRecord>> {
+        let mut out = Vec::new();
+        for index in self.floods.indexes() {
+            for (ev, count) in self.floods.sweep(index, &flood(index), now_ns) {
+                out.push(Arc::new(self.record(&ev, count)));
+            }
+        }
         self.generation = self.generation.wrapping_add(1);
         // Both maps as (aggregate, reason, value); a policy denial's reason follows its rule.
         let policy_denials = denied.map(|(k, v)| {
@@ -193,7 +208,6 @@ impl Decoder {
         let other_drops = dropped.map(|(k, v)| {
             (Aggregate { src: k.src, dst: k.dst, port: k.port, proto: k.proto, reason: k.reason }, k.reason, v)
         });
-        let mut out = Vec::new();
         for (flow, reason, v) in policy_denials.chain(other_drops) {
             let id = self.id(&flow);
             // Only aggregates this agent has seen an event of: their last total is known.
@@ -226,6 +240,8 @@ impl Decoder {
                     _ => VERDICT_DENIED,
                 },
                 reason: reason & !AGG_AUDIT,
+                aggregate: 0,
+                _pad: 0,
             };
             out.push(Arc::new(self.record(&ev, count)));
         }
@@ -273,6 +289,7 @@ impl Decoder {
             revision: ev.revision,
             note: None,
             severity: None,
+            aggregate: (ev.aggregate != 0).then(|| "segment".to_string()),
         }
     }
 
@@ -392,7 +409,7 @@ mod tests {
         // Its tail, found by the sweep under the key with AGG_AUDIT, keeps its verdict.
         let key = AggKey { src: would.src, dst: would.dst, port: 0, proto: 0, reason: REASON_RATE_LIMIT | AGG_AUDIT };
         let value = AggValue { total: 9, last_emit: 0, ..Default::default() };
-        let r = d.sweep(std::iter::empty(), [(key, value)].into_iter(), EVENT_INTERVAL_NS);
+        let r = d.sweep(std::iter::empty(), [(key, value)].into_iter(), &|_| Vec::new(), EVENT_INTERVAL_NS);
         assert_eq!(r.iter().map(|r| (r.count, r.verdict.as_str())).collect::<Vec<_>>(), [(5, "would-rate-limit")]);
         // A would-deny event is one flow's first packet, never aggregated.
         let first = Event { verdict: VERDICT_WOULD_DENY, ..event(1, REASON_DEFAULT) };
@@ -408,19 +425,27 @@ mod tests {
         let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
         let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
         // Not idle for an interval yet: nothing.
-        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_500).is_empty());
-        let r = d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 1_000 + EVENT_INTERVAL_NS);
+        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), &|_| Vec::new(), 1_500).is_empty());
+        let r = d.sweep(
+            [(key, value(25, 1_000))].into_iter(),
+            std::iter::empty(),
+            &|_| Vec::new(),
+            1_000 + EVENT_INTERVAL_NS,
+        );
         assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
         // Named from the aggregate's last event and the kernel's value.
         let r = &r[0];
         assert_eq!((r.sport, r.direction.as_str(), r.reason.as_str(), r.len), (4321, "egress", "default", 0));
         // Reported once.
-        assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), 3 * EVENT_INTERVAL_NS).is_empty());
+        assert!(
+            d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), &|_| Vec::new(), 3 * EVENT_INTERVAL_NS)
+                .is_empty()
+        );
         // Gone from the kernel maps: remembered for a few sweeps, then forgotten, so an
         // aggregate of the same flow starts from zero again.
         for _ in 0..FORGET_AFTER_SWEEPS {
             assert_eq!(d.seen.len(), 1);
-            d.sweep(std::iter::empty(), std::iter::empty(), 4 * EVENT_INTERVAL_NS);
+            d.sweep(std::iter::empty(), std::iter::empty(), &|_| Vec::new(), 4 * EVENT_INTERVAL_NS);
         }
         assert!(d.seen.is_empty());
         assert_eq!(d.decode(&e).map(|r| r.count), Some(10));

@@ -1,7 +1,7 @@
 //! The hub: recent events and the live stream, fanned out to every client and observer.
 use std::{collections::VecDeque, sync::Arc};
 
-use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event};
+use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue};
 
 use super::decode::Decoder;
 use crate::api::{EventFilter, EventRecord};
@@ -72,9 +72,10 @@ impl EventHub {
         &self,
         denied: impl Iterator<Item = (DenyKey, DenyValue)>,
         dropped: impl Iterator<Item = (AggKey, AggValue)>,
+        flood: &dyn Fn(u32) -> Vec<FloodValue>,
     ) {
         let mut st = self.state();
-        let records = st.decoder.sweep(denied, dropped, monotonic_ns());
+        let records = st.decoder.sweep(denied, dropped, flood, monotonic_ns());
         self.push(&mut st, records);
     }
 

@@ -1,12 +1,13 @@
 //! The kernel's event sources: the `EVENTS` ring buffer (read as the kernel fills it) and the
-//! aggregation maps (`DENIED`, `AGG`) a sweep reads once an interval for what no event carried.
+//! aggregation maps (`DENIED`, `AGG`, `FLOOD`) a sweep reads once an interval for what no event
+//! carried.
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
-use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, maps};
-use aya::maps::{MapData, RingBuf};
+use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue, maps};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 
 use super::datapath::DatapathError;
 
@@ -15,6 +16,7 @@ pub struct EventSources {
     ring: RingBuf<MapData>,
     denied: aya::maps::HashMap<MapData, DenyKey, DenyValue>,
     dropped: aya::maps::HashMap<MapData, AggKey, AggValue>,
+    flood: PerCpuArray<MapData, FloodValue>,
 }
 
 impl EventSources {
@@ -28,6 +30,7 @@ impl EventSources {
             ring: RingBuf::try_from(take(ebpf, maps::EVENTS)?).map_err(err(maps::EVENTS))?,
             denied: aya::maps::HashMap::try_from(take(ebpf, maps::DENIED)?).map_err(err(maps::DENIED))?,
             dropped: aya::maps::HashMap::try_from(take(ebpf, maps::AGG)?).map_err(err(maps::AGG))?,
+            flood: PerCpuArray::try_from(take(ebpf, maps::FLOOD)?).map_err(err(maps::FLOOD))?,
         })
     }
 
@@ -37,11 +40,14 @@ impl EventSources {
     pub fn spawn<P, S>(self, publish: P, sweep: S, delivered: Arc<AtomicU64>)
     where
         P: Fn(&[Event]) + Send + 'static,
-        S: Fn(&mut dyn Iterator<Item = (DenyKey, DenyValue)>, &mut dyn Iterator<Item = (AggKey, AggValue)>)
-            + Send
+        S: Fn(
+                &mut dyn Iterator<Item = (DenyKey, DenyValue)>,
+                &mut dyn Iterator<Item = (AggKey, AggValue)>,
+                &dyn Fn(u32) -> Vec<FloodValue>,
+            ) + Send
             + 'static,
     {
-        let EventSources { ring, denied, dropped } = self;
+        let EventSources { ring, denied, dropped, flood } = self;
         tokio::spawn(async move {
             // SAFETY: the RingBuf owns its map fd, which stays open and the same while the
             // AsyncFd owns the RingBuf.
@@ -76,7 +82,8 @@ impl EventSources {
                 tick.tick().await;
                 let mut d = denied.iter().filter_map(Result::ok);
                 let mut a = dropped.iter().filter_map(Result::ok);
-                sweep(&mut d, &mut a);
+                let f = |index: u32| flood.get(&index, 0).map(|v| v.iter().copied().collect()).unwrap_or_default();
+                sweep(&mut d, &mut a, &f);
             }
         });
     }

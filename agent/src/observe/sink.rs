@@ -330,6 +330,7 @@ mod tests {
             note: None,
             severity: None,
             src_pod: None,
+            aggregate: None,
             dst_pod: None,
         }
     }

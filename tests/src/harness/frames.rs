@@ -128,10 +128,15 @@ pub mod frame {
 /// Sends one raw Ethernet frame out of `iface` in `ns` (AF_PACKET): a frame the pod's own
 /// stack would not send (a forged source address).
 pub fn send_frame(ns: &Netns, iface: &str, frame: Vec<u8>) {
+    send_frames(ns, iface, vec![frame]);
+}
+
+/// Sends raw Ethernet frames out of `iface` in `ns`, in order, through one AF_PACKET socket.
+pub fn send_frames(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
     let iface = std::ffi::CString::new(iface).unwrap();
     ns.run(move || {
         // SAFETY: plain socket calls on a socket this closure owns; the address and the
-        // buffer outlive the calls.
+        // buffers outlive the calls.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
@@ -139,18 +144,23 @@ pub fn send_frame(ns: &Netns, iface: &str, frame: Vec<u8>) {
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
             addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let n = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            );
-            let err = std::io::Error::last_os_error();
+            for frame in &frames {
+                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                );
+                if n != frame.len() as isize {
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    panic!("send a raw frame: {err}");
+                }
+            }
             libc::close(fd);
-            assert_eq!(n, frame.len() as isize, "send a raw frame: {err}");
         }
     });
 }

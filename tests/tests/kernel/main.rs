@@ -26,6 +26,7 @@ mod deploy;
 mod events;
 mod failed_start;
 mod fleet;
+mod flood;
 mod fragments;
 mod grants;
 mod hostile;

@@ -62,10 +62,12 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use agent_common::{Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict};
+use agent_common::{
+    Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DENIED_ALL, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict,
+};
 
 use super::eval::addr16;
-use super::model::{BucketSpec, Mode, Policy, WORLD_NAME};
+use super::model::{Action, BucketSpec, Mode, Policy, WORLD_NAME};
 
 mod limits;
 mod pairs;
@@ -273,9 +275,13 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     let (pair_items, any_any_items) = pair_items(&sides, &src_wild, &dst_wild);
     let (profiles, pairs, any_any) = intern_profiles(pair_items, any_any_items);
     let ports = port_entries(policy, &profiles);
+    let denied_all = denied_all(policy, &pairs, any_any, &dst_wild);
     let flags_of = |id: u32| {
         let audited = id != SEG_WORLD && policy.segments.get(id as usize - 1).is_some_and(|s| s.mode == Mode::Audit);
         let mut f = if audited { SEG_F_AUDIT } else { 0 };
+        if denied_all(id) {
+            f |= SEG_F_DENIED_ALL;
+        }
         if src_wild.contains(&id) {
             f |= SEG_F_SRC_WILD;
         }
@@ -303,6 +309,27 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
         limits: policy.rate_limits.iter().map(|l| compile_limit(policy, l)).collect(),
         grant_sources: ids.grant_sources,
     }
+}
+
+/// Whether the policy allows a segment nothing as a source, in a form the datapath may trust
+/// without a judgement (`SEG_F_DENIED_ALL`): the default is deny, no segment is in audit mode
+/// (a denial to it would pass), no rule has `*` as its source (it would apply to this one) or
+/// neither side (`any_any`), and no pair starts at this segment (no rule, grant or rate limit
+/// names it as a source, nor `*` as its destination). Every packet from it is then denied by
+/// default, whatever its destination and port.
+fn denied_all(
+    policy: &Policy,
+    pairs: &[(u32, u32, u32)],
+    any_any: Option<u32>,
+    dst_wild: &BTreeSet<u32>,
+) -> impl Fn(u32) -> bool + use<> {
+    let possible = policy.default_action == Action::Deny
+        && policy.mode != Mode::Audit
+        && policy.segments.iter().all(|s| s.mode != Mode::Audit)
+        && any_any.is_none()
+        && dst_wild.is_empty();
+    let sources: BTreeSet<u32> = pairs.iter().map(|&(src, _, _)| src).collect();
+    move |id| possible && !sources.contains(&id)
 }
 
 /// The `PORTS` entries of every profile (its items sorted, rules first).

@@ -32,18 +32,21 @@ fn example_policy() {
     assert_eq!(c.segment_name(3), Some("batch"));
     assert_eq!(c.segment_name(4), None);
     assert_eq!(c.default_action, ACTION_DENY);
-    assert_eq!(c.hosts, vec![(addr16(ip("10.20.2.10")), SegmentInfo { id: 2, flags: 0 })]);
+    // Payments, batch and world are allowed nothing as sources: the datapath may drop them
+    // under a flood right after their identity lookup.
+    let nothing = SEG_F_DENIED_ALL;
+    assert_eq!(c.hosts, vec![(addr16(ip("10.20.2.10")), SegmentInfo { id: 2, flags: nothing })]);
     assert_eq!(
         c.cidrs,
         vec![
             (120, addr16(ip("10.20.1.0")), SegmentInfo { id: 1, flags: 0 }),
             (64, addr16(ip("fd20:1::")), SegmentInfo { id: 1, flags: 0 }),
-            (120, addr16(ip("10.20.3.0")), SegmentInfo { id: 3, flags: 0 }),
+            (120, addr16(ip("10.20.3.0")), SegmentInfo { id: 3, flags: nothing }),
         ]
     );
     assert_eq!(c.pairs, vec![(1, 2, 0)]);
     assert_eq!(c.any_any, None);
-    assert_eq!(c.world_flags, 0);
+    assert_eq!(c.world_flags, nothing);
     assert_eq!(c.profile_count, 1);
     let v = Verdict { action: ACTION_ALLOW, rule: 1, ..Default::default() };
     let mut expect = vec![
@@ -263,6 +266,31 @@ rules:
     let d = decide(&p, a, b, PROTO_UDP, 53);
     assert_eq!((d.src_segment, d.dst_segment), (1, 2));
     let c = compile(&p);
-    assert_eq!(c.hosts, vec![(addr16(ip(b)), SegmentInfo { id: 2, flags: 0 })]);
+    assert_eq!(c.hosts, vec![(addr16(ip(b)), SegmentInfo { id: 2, flags: SEG_F_DENIED_ALL })]);
     assert_eq!(c.cidrs[0].0, 48);
+}
+
+#[test]
+fn a_segment_is_allowed_nothing_only_when_no_rule_can_apply_to_it() {
+    let flags = |yaml: &str| {
+        let c = compile(&ok(yaml));
+        let of = |id| c.cidrs.iter().find(|x| x.2.id == id).map(|x| x.2.flags & SEG_F_DENIED_ALL != 0);
+        (c.world_flags & SEG_F_DENIED_ALL != 0, of(1).unwrap(), of(2).unwrap())
+    };
+    let base = "version: 1\nsegments:\n  a: { cidrs: [10.0.1.0/24] }\n  b: { cidrs: [10.0.2.0/24] }\nrules:\n";
+    // a is a source; world and b are allowed nothing.
+    assert_eq!(flags(&format!("{base}  - {{ name: r, from: [a], to: [b], action: allow }}\n")), (true, false, true));
+    // A deny rule names its source too (its events name the rule).
+    assert_eq!(flags(&format!("{base}  - {{ name: r, from: [b], to: [a], action: deny }}\n")), (true, true, false));
+    // `*` as a source, or as both sides, applies to everybody.
+    let star = format!("{base}  - {{ name: r, from: [\"*\"], to: [b], ports: [\"80/tcp\"], action: allow }}\n");
+    assert_eq!(flags(&star), (false, false, false));
+    // `*` as a destination applies to its source only.
+    let to_star = format!("{base}  - {{ name: r, from: [a], to: [\"*\"], action: allow }}\n");
+    assert_eq!(flags(&to_star), (true, false, true));
+    // A segment in audit mode passes denials to it; a default allow, everything.
+    let audit = base.replace("b: { cidrs: [10.0.2.0/24] }", "b: { cidrs: [10.0.2.0/24], mode: audit }");
+    assert_eq!(flags(&format!("{audit}  - {{ name: r, from: [a], to: [b], action: allow }}\n")), (false, false, false));
+    let allow = format!("{base}  - {{ name: r, from: [a], to: [b], action: deny }}\ndefaultAction: allow\n");
+    assert_eq!(flags(&allow), (false, false, false));
 }

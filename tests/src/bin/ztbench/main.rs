@@ -127,6 +127,9 @@ const MAX_CIDR_GROWTH: f64 = 2.0;
 const MAX_RULE_GROWTH: f64 = 1.5;
 /// A rate-limited allowed packet costs at most this much more than the same packet unlimited.
 const MAX_LIMIT_OVERHEAD: f64 = 1.5;
+/// A scan packet (a source never seen, under a flood) costs at most this much more than the
+/// one-LPM-lookup program (issue 18).
+const MAX_SCAN_VS_LPM: f64 = 2.0;
 
 /// Set by SIGINT/SIGTERM; checked between runs so the pins are still removed on Ctrl-C.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -372,7 +375,7 @@ fn limits_for(compiled: &[(CompiledPolicy, f64)]) -> Limits {
 fn load(pins: PinLayout, limits: &Limits) -> Result<(Datapath, Ebpf, MapWriter, RingBuf<MapData>)> {
     let mut dp = Datapath::load(pins, limits).context("loading the datapath")?;
     let mut bench = dp.load_bench(limits).context("loading the benchmark's object")?;
-    for name in [programs::BASELINE, programs::REFERENCE, programs::DENIED_FLOOR] {
+    for name in [programs::BASELINE, programs::REFERENCE, programs::DENIED_FLOOR, programs::BENCH_LPM] {
         let prog: &mut Xdp = bench
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the benchmark's object"))?
@@ -429,6 +432,17 @@ fn in_kernel(
         "\nRate limits (10 rules / 1,000 CIDRs, one rate limit): an established allowed packet \
          under a packets limit {limited:.0} ns, the same packet without one {plain:.0} ns.\n\n\
          - {}: rate-limited / unlimited allowed packet = {ratio:.2} <= {MAX_LIMIT_OVERHEAD}",
+        verdict(ok)
+    );
+    let lpm = xdp("bench", programs::BENCH_LPM)?;
+    let (scan, one_lpm, ratio) = scan_packet(&mut writer, [baseline, ingress], lpm, opts)?;
+    let ok = ratio <= MAX_SCAN_VS_LPM;
+    all_ok &= ok;
+    let _ = writeln!(
+        text,
+        "\nScan (10 rules / 1,000 CIDRs, the scanners a segment allowed nothing): a TCP SYN from a \
+         source never seen, under a flood (no per-flow state kept for it), {scan:.0} ns; the \
+         one-LPM-lookup program on the same frame {one_lpm:.0} ns.\n\n- {}: scan packet / one LPM lookup = {ratio:.2} <= {MAX_SCAN_VS_LPM}",
         verdict(ok)
     );
     if opts.packets_only {

@@ -6,8 +6,8 @@ use aya::programs::TestRun as _;
 
 use super::{
     ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr, LimitScope,
-    MapWriter, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
-    TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
+    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
+    Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
 };
 
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -309,4 +309,66 @@ pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Op
         ratio.push(l / u.max(0.5));
     }
     Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
+}
+
+
+/// The scan's sources: a segment of their own that no rule names.
+const SCANNERS: &str = "198.18.0.0/16";
+
+/// The cost of a scan packet: a TCP SYN from a source never seen before the round, in a segment
+/// the policy allows nothing, while the CPU is under a flood (its per-flow budget spent: the
+/// datapath then keeps no per-flow state for such a source, so each of the `repeat` runs of the
+/// frame is a packet from a source never seen, with warm CPU caches), against the
+/// one-LPM-lookup program on the same frame in the same round. The policy is the table's 10
+/// rules over 1,000 CIDRs without its `*` rule, plus the scanners' segment. The thread stays on
+/// one CPU meanwhile (a test run runs on the caller's CPU, whose budget the round spends first).
+/// Returns (scan ns, LPM ns, median ratio).
+pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 2], lpm: &Xdp, opts: &Options) -> Result<(f64, f64, f64)> {
+    let [_, ingress] = progs;
+    let mut p = make_policy(10, 1000)?;
+    p.rules.retain(|r| !r.from.contains(&SegRef::Any));
+    p.segments.push(Segment {
+        name: "scanners".into(),
+        cidrs: vec![SCANNERS.parse().context("the scanners' CIDR")?],
+        mode: Mode::Enforce,
+        selector: None,
+    });
+    writer.apply(&policy::compile(&p)).context("installing the scan policy")?;
+    let server = host_in(SEG_SERVER, 20);
+    let flood = tcp_frame(Ipv4Addr::new(198, 18, 255, 255), server, 40000, 443, TCP_SYN);
+    let budget = u32::try_from(agent_common::FLOOD_BUDGET).unwrap_or(u32::MAX) + 1;
+    let rounds = opts.runs.max(1);
+    let (mut scan, mut one_lpm, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    on_one_cpu(|| -> Result<()> {
+        for i in 0..=rounds {
+            let frame = tcp_frame(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8), server, 40000, 443, TCP_SYN);
+            run_expect(ingress, "flood", &flood, budget, XDP_DROP)?;
+            let s = run_expect(ingress, "scan", &frame, opts.repeat, XDP_DROP)? as f64;
+            let l = run_expect(lpm, "one LPM lookup", &frame, opts.repeat, XDP_DROP)? as f64;
+            // The first round warms up.
+            if i > 0 {
+                (scan.push(s), one_lpm.push(l), ratio.push(s / l.max(0.5)));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((median(&mut scan), median(&mut one_lpm), median(&mut ratio)))
+}
+
+/// Runs `f` with this thread kept on the CPU it runs on, the earlier CPU mask restored after.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: affinity calls on this thread with cpu_set_t buffers of the size they are given.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let had = libc::sched_getaffinity(0, size, &mut old) == 0;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut one);
+        libc::sched_setaffinity(0, size, &one);
+        let r = f();
+        if had {
+            libc::sched_setaffinity(0, size, &old);
+        }
+        r
+    }
 }
