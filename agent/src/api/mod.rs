@@ -43,8 +43,9 @@ pub enum Request {
     /// ones; `{"missed": N}` when the client fell behind.
     Events {
         follow: bool,
+        /// Boxed: the filters are larger than every other request.
         #[serde(default)]
-        filter: EventFilter,
+        filter: Box<EventFilter>,
     },
     /// A time-bound allow (see `grants`).
     Grant {

@@ -39,7 +39,7 @@ pub async fn events(socket: &Path, args: EventsArgs) -> anyhow::Result<ExitCode>
     let follow = args.follow;
     let colour = output::colour();
     loop {
-        let request = Request::Events { follow, filter: filter.clone() };
+        let request = Request::Events { follow, filter: Box::new(filter.clone()) };
         let last_time = match control::stream(socket, &request).await {
             Ok(lines) => print_stream(lines, json, colour).await?,
             Err(e) if args.reconnect => {
