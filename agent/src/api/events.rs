@@ -145,7 +145,10 @@ impl EventRecord {
 
     /// The destination port of a TCP/UDP packet, else 0 (what inventories and alerts key by).
     pub fn service_port(&self) -> u16 {
-        self.dport.unwrap_or(0)
+        match self.proto.as_deref() {
+            Some("tcp" | "udp") => self.dport.unwrap_or(0),
+            _ => 0,
+        }
     }
 }
 
