@@ -1,35 +1,50 @@
 //! The events stream's wire types: what `ztagent events` asks for and what it gets.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339;
 
 /// One event as clients see it (`ztagent events -o json` prints one per line; the field names
-/// are stable).
+/// are stable). What a kind of event does not have is absent, never a zero: the agent's own
+/// events (`granted`, `grant-ended`, a rate `anomaly`) carry no packet, ICMP no ports (an
+/// echo's identifier instead). The shape of each kind is in docs/json.md.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EventRecord {
     /// Wall-clock time, RFC 3339 with milliseconds (UTC).
     pub time: String,
-    /// Interface name (or index when unknown) and "ingress" | "egress".
-    pub iface: String,
-    pub direction: String,
+    /// Interface name (or index when unknown) and "ingress" | "egress" (packet events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
     /// "allowed" | "denied" | "rate-limited"; in audit mode "would-deny" | "would-rate-limit"
-    /// (the packet passed).
+    /// (the packet passed); the agent's own: "granted" | "grant-ended" | "anomaly".
     pub verdict: String,
-    /// "rule" | "default" | "fragment" | "malformed" | "revoked" | "no-policy" | "rate-limit".
+    /// "rule" | "default" | "fragment" | "malformed" | "revoked" | "no-policy" | "rate-limit"
+    /// | "grant-expired" | "spoofed"; grants: "grant" | "expired" | "revoked"; anomalies: their kind.
     pub reason: String,
-    /// The deciding rule's name (verdicts by a rule, revocations by a deny rule).
+    /// The deciding rule's name (verdicts by a rule, revocations by a deny rule; `grant-ID`).
     pub rule: Option<String>,
     /// The rate limit's name (rate-limited).
     pub rate_limit: Option<String>,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// TCP/UDP ports, or the ICMP echo identifier; 0 when not known.
-    pub sport: u16,
-    pub dport: u16,
-    /// "tcp" | "udp" | "icmp" | the protocol number.
-    pub proto: String,
+    /// The packet's addresses (absent for the agent's own events without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpAddr>,
+    /// TCP/UDP ports (absent for other protocols).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// "tcp" | "udp" | "icmp" | the protocol number (absent without a packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// ICMP echo request or reply: the identifier (absent for other messages; the kernel's
+    /// events do not carry an ICMP message's type and code yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
     pub src_segment: String,
     pub dst_segment: String,
     /// With `--k8s-objects`: the pod (`namespace/name`) at the source or destination address,
@@ -38,10 +53,16 @@ pub struct EventRecord {
     pub src_pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_pod: Option<String>,
-    /// Packets this record stands for (1 unless aggregated).
+    /// `granted` / `grant-ended`: the grant's port specs as in a rule (`9000/tcp`); absent for
+    /// a grant of every port, and for other events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// Packets this record stands for (1 unless aggregated; 0 for a grant; alerts: how many).
     pub count: u64,
-    /// Length of the packet that triggered the event (0 for a sweep's report).
-    pub len: u32,
+    /// Length of the packet that triggered the event (0 for a sweep's report; absent without
+    /// a packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
     pub revision: u32,
     /// What the agent itself reports (verdicts `granted`, `grant-ended`, `anomaly`): the grant's
     /// reason, or what the alert saw.
@@ -72,84 +93,222 @@ impl EventRecord {
     ) -> EventRecord {
         EventRecord {
             time: String::new(),
-            iface: "eth0".into(),
-            direction: "ingress".into(),
+            iface: Some("eth0".into()),
+            direction: Some("ingress".into()),
             verdict: verdict.into(),
             reason: reason.into(),
             rule: None,
             rate_limit: None,
-            src: src.1,
-            dst: dst.1,
-            sport: 40000,
-            dport,
-            proto: proto.into(),
+            src: Some(src.1),
+            dst: Some(dst.1),
+            sport: Some(40000),
+            dport: Some(dport),
+            proto: Some(proto.into()),
+            icmp_id: None,
             src_segment: src.0.into(),
             dst_segment: dst.0.into(),
             src_pod: None,
             dst_pod: None,
+            ports: Vec::new(),
             count,
-            len: 60,
+            len: Some(60),
             revision: 1,
             note: None,
             severity: None,
             aggregate: None,
         }
     }
-}
 
-impl EventRecord {
     /// A record the agent makes itself (a grant given or ended, an alert), now: no packet,
-    /// `count` 0, no addresses; `src_segment` and `dst_segment` name what it is about.
+    /// `count` 0; `src_segment` and `dst_segment` name what it is about.
     pub fn own(verdict: &str, reason: &str, src_segment: &str, dst_segment: &str) -> EventRecord {
-        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         EventRecord {
             time: rfc3339(now),
-            iface: String::new(),
-            direction: String::new(),
+            iface: None,
+            direction: None,
             verdict: verdict.into(),
             reason: reason.into(),
             rule: None,
             rate_limit: None,
-            src: unspecified,
-            dst: unspecified,
-            sport: 0,
-            dport: 0,
-            proto: String::new(),
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+            proto: None,
+            icmp_id: None,
             src_segment: src_segment.into(),
             dst_segment: dst_segment.into(),
             src_pod: None,
             dst_pod: None,
+            ports: Vec::new(),
             count: 0,
-            len: 0,
+            len: None,
             revision: 0,
             note: None,
             severity: None,
             aggregate: None,
         }
     }
+
+    /// The destination port of a TCP/UDP packet, else 0 (what inventories and alerts key by).
+    pub fn service_port(&self) -> u16 {
+        match self.proto.as_deref() {
+            Some("tcp" | "udp") => self.dport.unwrap_or(0),
+            _ => 0,
+        }
+    }
 }
 
-/// What `ztagent events` asks for.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct EventFilter {
-    /// Any of these verdicts ("allowed", "denied", "rate-limited", "would-deny",
-    /// "would-rate-limit"); empty = all.
-    #[serde(default)]
+/// Values of each kind of filter: an event meets a kind when it matches any of its values
+/// (OR within a repeated flag).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Criteria {
+    /// Verdicts ("allowed", "denied", "rate-limited", "would-deny", "would-rate-limit",
+    /// "granted", "grant-ended", "anomaly").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdicts: Vec<String>,
+    /// Source segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Destination segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// Destination ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Addresses, as the source or the destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
+    /// Pods (`namespace/name`, or a name in any namespace), as the source or the destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Kubernetes namespaces of the source or the destination pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+impl Criteria {
+    /// For each kind given, whether `r` matches one of its values (kinds not given: None).
+    fn kinds(&self, r: &EventRecord) -> [Option<bool>; 7] {
+        let given = |empty: bool, hit: &dyn Fn() -> bool| (!empty).then(hit);
+        let pod = |want: &str, at: &Option<String>| {
+            at.as_deref().is_some_and(|p| {
+                p == want || (!want.contains('/') && p.split_once('/').is_some_and(|(_, n)| n == want))
+            })
+        };
+        let namespace =
+            |ns: &str, at: &Option<String>| at.as_deref().and_then(|p| p.split_once('/')).is_some_and(|(n, _)| n == ns);
+        [
+            given(self.verdicts.is_empty(), &|| self.verdicts.contains(&r.verdict)),
+            given(self.from.is_empty(), &|| self.from.contains(&r.src_segment)),
+            given(self.to.is_empty(), &|| self.to.contains(&r.dst_segment)),
+            given(self.ports.is_empty(), &|| r.dport.is_some_and(|p| self.ports.contains(&p))),
+            given(self.ips.is_empty(), &|| self.ips.iter().any(|ip| r.src == Some(*ip) || r.dst == Some(*ip))),
+            given(self.pods.is_empty(), &|| self.pods.iter().any(|p| pod(p, &r.src_pod) || pod(p, &r.dst_pod))),
+            given(self.namespaces.is_empty(), &|| {
+                self.namespaces.iter().any(|ns| namespace(ns, &r.src_pod) || namespace(ns, &r.dst_pod))
+            }),
+        ]
+    }
+
+    /// The segment names these criteria use (to check them against the policy in force).
+    pub fn segments(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.from.iter().map(|s| ("--from", s.as_str())).chain(self.to.iter().map(|s| ("--to", s.as_str())))
+    }
+}
+
+/// What `ztagent events` asks for: every kind of `only` given must match (AND across
+/// flags), no value of `not` may; `since` / `until` bound the time (inclusive); `last` keeps the
+/// newest recent events only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventFilter {
+    #[serde(flatten)]
+    pub only: Criteria,
+    /// `--not`: an event matching any of these is left out.
     #[serde(default)]
-    pub from: Option<String>,
-    #[serde(default)]
-    pub to: Option<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
+    pub not: Criteria,
+    /// RFC 3339, UTC, milliseconds: as events' `time`, so that they compare as strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Of the recent events matching, only the last N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<usize>,
 }
 
 impl EventFilter {
     pub fn matches(&self, r: &EventRecord) -> bool {
-        (self.verdicts.is_empty() || self.verdicts.contains(&r.verdict))
-            && self.from.as_ref().is_none_or(|s| *s == r.src_segment)
-            && self.to.as_ref().is_none_or(|s| *s == r.dst_segment)
-            && self.port.is_none_or(|p| p == r.dport)
+        self.only.kinds(r).iter().all(|k| k.is_none_or(|hit| hit))
+            && !self.not.kinds(r).iter().any(|k| k.is_some_and(|hit| hit))
+            && self.since.as_ref().is_none_or(|t| r.time.as_str() >= t.as_str())
+            && self.until.as_ref().is_none_or(|t| r.time.as_str() <= t.as_str())
+    }
+
+    /// The segment names the filter uses, with the flag that gave each.
+    pub fn segments(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.only.segments().chain(self.not.segments().map(|(_, s)| ("--not", s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(verdict: &str, from: &str, ip: &str, dport: u16) -> EventRecord {
+        let mut r = EventRecord::flow(
+            verdict,
+            "rule",
+            (from, ip.parse().unwrap()),
+            ("payments", "10.0.0.9".parse().unwrap()),
+            "tcp",
+            dport,
+            1,
+        );
+        r.time = "2026-12-07T10:00:00.000Z".into();
+        r.src_pod = Some("x/a".into());
+        r
+    }
+
+    #[test]
+    fn or_within_a_flag_and_across_flags_not_negates() {
+        let (a, b) = (record("denied", "frontend", "10.0.0.1", 80), record("allowed", "batch", "10.0.0.2", 81));
+        let mut f = EventFilter::default();
+        assert!(f.matches(&a) && f.matches(&b));
+        f.only.from = vec!["frontend".into(), "batch".into()];
+        assert!(f.matches(&a) && f.matches(&b));
+        f.only.ports = vec![81];
+        assert!(!f.matches(&a) && f.matches(&b));
+        f.only.ports.clear();
+        f.not.ips = vec!["10.0.0.9".parse().unwrap()];
+        assert!(!f.matches(&a) && !f.matches(&b), "the destination address is negated");
+        f.not.ips = vec!["10.0.0.2".parse().unwrap()];
+        assert!(f.matches(&a) && !f.matches(&b));
+        f.not = Criteria::default();
+        f.only.pods = vec!["a".into()];
+        assert!(f.matches(&a));
+        f.only.pods = vec!["y/a".into()];
+        assert!(!f.matches(&a));
+        f.only.pods.clear();
+        f.only.namespaces = vec!["x".into()];
+        assert!(f.matches(&a));
+        f.since = Some("2026-12-07T10:00:00.001Z".into());
+        assert!(!f.matches(&a));
+        f.since = Some("2026-12-07T10:00:00.000Z".into());
+        f.until = Some("2026-12-07T10:00:00.000Z".into());
+        assert!(f.matches(&a));
+    }
+
+    #[test]
+    fn the_agents_own_events_have_no_packet_fields() {
+        let mut r = EventRecord::own("granted", "grant", "10.30.9.7/32", "payments");
+        r.ports = vec!["9000/tcp".into()];
+        let v = serde_json::to_value(&r).unwrap();
+        for absent in ["src", "dst", "sport", "dport", "proto", "iface", "direction", "len"] {
+            assert!(v.get(absent).is_none(), "{absent} in {v}");
+        }
+        assert_eq!(v["ports"], serde_json::json!(["9000/tcp"]));
+        assert_eq!(serde_json::from_value::<EventRecord>(v).unwrap(), r);
     }
 }

@@ -17,7 +17,7 @@ mod inventory;
 pub mod server;
 
 pub use client::{ClientError, call, stream};
-pub use events::{EventFilter, EventRecord};
+pub use events::{Criteria, EventFilter, EventRecord};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
 pub use server::{RequestError, read_request, write_line, write_reply};
@@ -51,8 +51,9 @@ pub enum Request {
     /// ones; `{"missed": N}` when the client fell behind.
     Events {
         follow: bool,
+        /// Boxed: the filters are larger than every other request.
         #[serde(default)]
-        filter: EventFilter,
+        filter: Box<EventFilter>,
     },
     /// A time-bound allow (see `grants`).
     Grant {
@@ -179,6 +180,10 @@ pub struct Status {
     /// The XDP attach mode asked for: "auto" (the kernel's choice), "native" or "generic".
     #[serde(default)]
     pub xdp_mode: String,
+    /// Whether every map and link is still pinned under `pin_path`, and what the agent did
+    /// about pins that vanished under it.
+    #[serde(default)]
+    pub pins: PinsStatus,
     /// `run --policy-dir`: the directory and what became of its versions (null without it).
     #[serde(default)]
     pub policy_source: Option<PolicySource>,
@@ -186,6 +191,22 @@ pub struct Status {
     /// versions (null without it).
     #[serde(default)]
     pub k8s_source: Option<K8sSource>,
+}
+
+/// The pin directory as the running agent checks it (every second): pins removed under a
+/// running agent (by hand, or `ztagent uninstall`) are pinned again from what it holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PinsStatus {
+    /// Every map and link is pinned under the pin path: enforcement outlives the agent.
+    pub intact: bool,
+    /// Pins found missing and pinned again since the agent started.
+    pub restored: u64,
+    /// When pins were last found missing and pinned again (RFC 3339), or null.
+    pub last_restored: Option<String>,
+    /// Pins missing that could not be pinned again (`PATH: why`): enforcement there ends with
+    /// the agent.
+    #[serde(default)]
+    pub missing: Vec<String>,
 }
 
 /// The Kubernetes objects source (`ztagent run --k8s-objects DIR`), as `status` shows it.

@@ -150,6 +150,8 @@ struct State {
     k8s_source: Option<crate::sources::k8s_versions::K8sReport>,
     /// The warnings of the last translation.
     last_k8s_warnings: Vec<String>,
+    /// The pin directory's last check (`status`).
+    pins: crate::api::PinsStatus,
 }
 
 impl State {
@@ -223,10 +225,24 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(sink) = sink {
         sink.finish().await;
     }
-    tracing::info!(
-        "stopping; enforcement stays in place (pinned under {}); `ztagent uninstall` removes it",
-        cfg.pins.root.display()
-    );
+    let pins = {
+        let mut state = lock(&shared);
+        tasks::check_pins(&mut state);
+        state.pins.clone()
+    };
+    if pins.intact {
+        tracing::info!(
+            "stopping; enforcement stays in place (pinned under {}); `ztagent uninstall` removes it",
+            cfg.pins.root.display()
+        );
+    } else {
+        tracing::error!(
+            "stopping; enforcement does NOT stay in place: pins missing under {} ({}); what they held ends \
+             with this process",
+            cfg.pins.root.display(),
+            pins.missing.join("; ")
+        );
+    }
     Ok(())
 }
 

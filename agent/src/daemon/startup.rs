@@ -151,6 +151,7 @@ pub(super) fn load(
         k8s: inputs.initial_objects.take().map(|o| Arc::new(K8sView::new(o.cluster, o.policies))),
         k8s_source: inputs.objects_dir.as_ref().map(|d| d.report()).or_else(|| inputs.api.as_ref().map(|a| a.report())),
         last_k8s_warnings: Vec::new(),
+        pins: crate::api::PinsStatus { intact: true, ..Default::default() },
         gauges: Arc::new(crate::kernel::counters::MapGauges::open(&cfg.pins.maps())),
         xdp_mode: match cfg.xdp_mode {
             XdpMode::Driver => "native",

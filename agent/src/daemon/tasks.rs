@@ -120,6 +120,7 @@ pub(super) fn spawn_housekeeping(shared: &Shared, state_dir: &Path) {
             tick.tick().await;
             let shared = housekeeping.clone();
             let _ = tokio::task::spawn_blocking(move || {
+                check_pins(&mut lock(&shared));
                 super::handlers::grant::expire_grants(&mut lock(&shared));
                 count_flows(&shared, false);
             })
@@ -269,4 +270,29 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, Str
             r.connected.map(|c| (c, r.fleet_revision.unwrap_or(0)))
         }),
     })
+}
+
+/// Pins that vanished under the running agent are pinned again, loudly; `status` says so.
+pub(super) fn check_pins(state: &mut State) {
+    let r = state.datapath.repin();
+    let root = state.datapath.pins.root.display().to_string();
+    if !r.restored.is_empty() {
+        let names: Vec<String> = r.restored.iter().map(|p| p.display().to_string()).collect();
+        tracing::error!(
+            "{} pins vanished from {root} while the agent runs (removed by hand, or `ztagent uninstall` against a \
+             running agent): pinned again from what the agent holds, so enforcement outlives it as before: {}",
+            names.len(),
+            names.join(", ")
+        );
+        state.pins.restored += names.len() as u64;
+        state.pins.last_restored = Some(crate::clock::rfc3339((unix_now() * 1e9) as u64));
+    }
+    for (pin, why) in &r.failed {
+        tracing::error!(
+            "the pin {} vanished and cannot be pinned again ({why}): it ends with this agent",
+            pin.display()
+        );
+    }
+    state.pins.missing = r.failed.iter().map(|(p, why)| format!("{}: {why}", p.display())).collect();
+    state.pins.intact = r.failed.is_empty();
 }

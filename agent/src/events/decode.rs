@@ -7,7 +7,8 @@ use std::{
 };
 
 use agent_common::{
-    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, FloodValue, SEG_ANY,
+    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, FloodValue, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_GRANT_EXPIRED, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
@@ -267,25 +268,32 @@ impl Decoder {
             (_, Some(c)) => (c.rule_name(ev.rule).map(str::to_string), None),
             _ => (None, None),
         };
+        let ports = ev.proto == PROTO_TCP || ev.proto == PROTO_UDP;
+        let icmp = ev.proto == PROTO_ICMP;
+        // ICMP: the kernel's flow key holds an echo's identifier in both ports (0 for other
+        // messages); the message's type and code are not in the kernel's event.
+        let echo = icmp && ev.sport == ev.dport && ev.dport != 0;
         EventRecord {
             time: rfc3339(wall_clock_of(ev.time_ns)),
-            iface: self.ifname(ev.ifindex),
-            direction: if ev.direction == DIRECTION_EGRESS { "egress" } else { "ingress" }.into(),
+            iface: Some(self.ifname(ev.ifindex)),
+            direction: Some(if ev.direction == DIRECTION_EGRESS { "egress" } else { "ingress" }.into()),
             verdict: verdict_name(ev.verdict).into(),
             reason: reason_name(ev.reason).into(),
             rule,
             rate_limit,
-            src,
-            dst,
-            sport: ev.sport,
-            dport: ev.dport,
-            proto: proto_name(ev.proto),
+            src: Some(src),
+            dst: Some(dst),
+            sport: ports.then_some(ev.sport),
+            dport: ports.then_some(ev.dport),
+            proto: Some(proto_name(ev.proto)),
+            icmp_id: echo.then_some(ev.dport),
             src_pod: self.pods.pod(src).map(str::to_string),
             dst_pod: self.pods.pod(dst).map(str::to_string),
             src_segment,
             dst_segment,
+            ports: Vec::new(),
             count,
-            len: ev.len,
+            len: Some(ev.len),
             revision: ev.revision,
             note: None,
             severity: None,
@@ -420,9 +428,9 @@ mod tests {
     #[test]
     fn the_sweep_reports_what_no_event_carried() {
         let mut d = Decoder::new();
-        let e = Event { sport: 4321, direction: DIRECTION_EGRESS, ..event(10, REASON_DEFAULT) };
+        let e = Event { sport: 4321, proto: PROTO_TCP, direction: DIRECTION_EGRESS, ..event(10, REASON_DEFAULT) };
         d.decode(&e);
-        let key = DenyKey { src: e.src, dst: e.dst, port: 0, proto: 0, _pad: 0 };
+        let key = DenyKey { src: e.src, dst: e.dst, port: e.dport, proto: PROTO_TCP, _pad: 0 };
         let value = |total, last_emit| DenyValue { total, last_emit, ..Default::default() };
         // Not idle for an interval yet: nothing.
         assert!(d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), &|_| Vec::new(), 1_500).is_empty());
@@ -435,7 +443,10 @@ mod tests {
         assert_eq!(r.iter().map(|r| r.count).collect::<Vec<_>>(), [15]);
         // Named from the aggregate's last event and the kernel's value.
         let r = &r[0];
-        assert_eq!((r.sport, r.direction.as_str(), r.reason.as_str(), r.len), (4321, "egress", "default", 0));
+        assert_eq!(
+            (r.sport, r.direction.as_deref(), r.reason.as_str(), r.len),
+            (Some(4321), Some("egress"), "default", Some(0))
+        );
         // Reported once.
         assert!(
             d.sweep([(key, value(25, 1_000))].into_iter(), std::iter::empty(), &|_| Vec::new(), 3 * EVENT_INTERVAL_NS)

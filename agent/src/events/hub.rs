@@ -106,11 +106,14 @@ impl EventHub {
         }
     }
 
-    /// The recent events matching `filter`, and a receiver for the ones after them (no gap,
+    /// The recent events matching `filter` (its `last` only, if given), and a receiver for the ones after them (no gap,
     /// no duplicate: both are taken under the lock `push` holds).
     pub fn subscribe(&self, filter: &EventFilter) -> Subscription {
         let st = self.state();
-        let history = st.history.iter().filter(|r| filter.matches(r)).cloned().collect();
+        let mut history: Vec<_> = st.history.iter().filter(|r| filter.matches(r)).cloned().collect();
+        if let Some(last) = filter.last {
+            history.drain(..history.len().saturating_sub(last));
+        }
         Subscription { history, live: self.tx.subscribe() }
     }
 }

@@ -210,9 +210,23 @@ macro_rules! attach_or_adopt {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pins: PinLayout,
+    /// The links of the enforced interfaces, held open by their pins' paths: the pins keep
+    /// enforcement after the agent is gone, these keep it while the agent runs even if the
+    /// pins are removed under it, so that [`Datapath::repin`] can put them back.
+    held: std::collections::HashMap<PathBuf, PinnedLink>,
+    /// The maps pinned under `pins.maps()`, by name, each held through a handle of its own
+    /// (the map writer and readers take theirs out of `ebpf`).
+    pinned_maps: Vec<(String, MapData)>,
     changes: Changes,
     /// Committed: later attachments are not rolled back.
     started: bool,
+}
+
+/// What [`Datapath::repin`] did.
+#[derive(Debug, Default)]
+pub struct Repinned {
+    pub restored: Vec<PathBuf>,
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// What this start changed under the pin directory, until [`Datapath::commit`]: a start that
@@ -368,7 +382,13 @@ impl Datapath {
         let loaded = Self::load_object(&map_dir, limits);
         changes.maps = pinned(&map_dir).into_iter().filter(|p| !before.contains(p)).collect();
         match loaded {
-            Ok(ebpf) => Ok(Datapath { ebpf, pins, changes, started: false }),
+            Ok(ebpf) => {
+                let pinned_maps = ebpf
+                    .maps()
+                    .filter_map(|(name, _)| Some((name.to_string(), MapData::from_pin(map_dir.join(name)).ok()?)))
+                    .collect();
+                Ok(Datapath { ebpf, pins, held: Default::default(), pinned_maps, changes, started: false })
+            }
             Err(e) => {
                 changes.rollback();
                 Err(e)
@@ -407,6 +427,8 @@ impl Datapath {
     /// puts back the maps it replaced, unless an earlier agent's link already runs this start's
     /// programs (then their maps stay, as that interface's enforcement needs them).
     pub fn rollback(&mut self) {
+        // Released first: removing a link's pin then detaches it.
+        self.held.clear();
         self.changes.rollback();
     }
 
@@ -431,6 +453,15 @@ impl Datapath {
         let egress =
             attach_or_adopt!(tc, SchedClassifierLink, pin.clone(), err, tc.attach(iface, TcAttachType::Egress));
         self.record(egress, pin);
+        for hook in HOOKS {
+            let pin = self.pins.link(iface, hook);
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => {
+                    self.held.insert(pin, link);
+                }
+                Err(e) => tracing::warn!("cannot hold the link pinned at {}: {}", pin.display(), error_chain(&e)),
+            }
+        }
         Ok([ingress, egress])
     }
 
@@ -444,7 +475,9 @@ impl Datapath {
     /// programs are detached; for an interface that is gone, the links are freed).
     pub fn detach(&mut self, iface: &str) {
         for hook in HOOKS {
-            remove_pin(&self.pins.link(iface, hook));
+            let pin = self.pins.link(iface, hook);
+            self.held.remove(&pin);
+            remove_pin(&pin);
         }
     }
 
@@ -454,6 +487,9 @@ impl Datapath {
             let (old, new) = (self.pins.link(from, hook), self.pins.link(to, hook));
             if old.exists() {
                 fs::rename(&old, &new)?;
+            }
+            if let Some(link) = self.held.remove(&old) {
+                self.held.insert(new, link);
             }
         }
         Ok(())
@@ -468,6 +504,7 @@ impl Datapath {
         for pin in pinned(&self.pins.links()) {
             let Some(iface) = pin.file_name().and_then(|n| n.to_str()).and_then(PinLayout::iface_of) else { continue };
             if !exists(&iface) {
+                self.held.remove(&pin);
                 remove_pin(&pin);
                 if !gone.contains(&iface) {
                     gone.push(iface);
@@ -475,6 +512,45 @@ impl Datapath {
             }
         }
         gone
+    }
+
+    /// Pins again what vanished from the pin directory while the agent runs (removed by hand,
+    /// or by `ztagent uninstall` against a running agent): the maps and links are still held
+    /// by this process, so pinning them again restores what the pins promise, enforcement
+    /// that outlives the agent. Returns the pins restored, and those that could not be.
+    pub fn repin(&mut self) -> Repinned {
+        let mut out = Repinned::default();
+        let (maps_dir, links_dir) = (self.pins.maps(), self.pins.links());
+        let missing_maps: Vec<&(String, MapData)> =
+            self.pinned_maps.iter().filter(|(n, _)| !maps_dir.join(n).exists()).collect();
+        let missing_links: Vec<PathBuf> = self.held.keys().filter(|p| !p.exists()).cloned().collect();
+        if missing_maps.is_empty() && missing_links.is_empty() {
+            return out;
+        }
+        for dir in [&self.pins.root, &maps_dir, &links_dir] {
+            if let Err(e) = fs::create_dir_all(dir) {
+                out.failed.push((dir.clone(), e.to_string()));
+                return out;
+            }
+        }
+        for (name, map) in missing_maps {
+            let pin = maps_dir.join(name);
+            match map.pin(&pin) {
+                Ok(()) => out.restored.push(pin),
+                Err(e) => out.failed.push((pin, error_chain(&e))),
+            }
+        }
+        for pin in missing_links {
+            let Some(link) = self.held.remove(&pin) else { continue };
+            match FdLink::from(link).pin(&pin) {
+                Ok(link) => {
+                    self.held.insert(pin.clone(), link);
+                    out.restored.push(pin);
+                }
+                Err(e) => out.failed.push((pin, error_chain(&e))),
+            }
+        }
+        out
     }
 
     /// Packets by source segment (ids `0..segments`, world first), summed over CPUs:

@@ -126,13 +126,17 @@ impl Engine {
     /// Takes in one event record, seen at unix time `now`.
     pub fn observe(&mut self, r: &EventRecord, now: f64) {
         let Some(cfg) = self.cfg.clone() else { return };
+        // Only records of a packet count (the agent's own records carry none).
+        if r.src.is_none() || r.dst.is_none() {
+            return;
+        }
         match r.verdict.as_str() {
             "allowed" | "would-deny" => {
-                self.tally(identity(&r.src_segment, r.src), 0, 1);
+                self.tally(identity(&r.src_segment, addr(r.src)), 0, 1);
                 self.flow(&cfg, r, now);
             }
             "denied" | "rate-limited" | "would-rate-limit" => {
-                self.tally(identity(&r.src_segment, r.src), r.count, 0);
+                self.tally(identity(&r.src_segment, addr(r.src)), r.count, 0);
                 if r.verdict == "denied" && (r.reason == "rule" || r.reason == "default") {
                     self.denial(&cfg, r, now);
                 }
@@ -228,11 +232,11 @@ impl Engine {
     }
 
     fn flow(&mut self, cfg: &Alerts, r: &EventRecord, now: f64) {
-        let (who, service) = (identity(&r.src_segment, r.src), identity(&r.dst_segment, r.dst));
-        let port = if r.proto == "tcp" || r.proto == "udp" { r.dport } else { 0 };
+        let (who, service) = (identity(&r.src_segment, addr(r.src)), identity(&r.dst_segment, addr(r.dst)));
+        let (port, proto) = (r.service_port(), r.proto.clone().unwrap_or_default());
         let learning = now - self.since.unwrap_or(now) < cfg.learn_seconds as f64;
         let known = self.baseline.entry(who.clone()).or_default();
-        let key = (service.clone(), r.proto.clone(), port);
+        let key = (service.clone(), proto.clone(), port);
         if known.ports.contains(&key) || known.ports.len() >= MAX_SERVICES {
             return;
         }
@@ -244,10 +248,10 @@ impl Engine {
         }
         let what = match (seen_service, cfg.new_peer, cfg.new_port) {
             (false, true, _) => {
-                ("new-peer", "medium", format!("{who} reached {service} ({}/{port}) for the first time", r.proto))
+                ("new-peer", "medium", format!("{who} reached {service} ({proto}/{port}) for the first time"))
             }
             (true, _, true) => {
-                ("new-port", "low", format!("{who} reached {service} on {}/{port} for the first time", r.proto))
+                ("new-port", "low", format!("{who} reached {service} on {proto}/{port} for the first time"))
             }
             _ => return,
         };
@@ -265,22 +269,25 @@ impl Engine {
                 self.windows.clear();
             }
         }
-        let w = self.windows.entry(r.src).or_insert(Window { start: now, targets: HashSet::new(), reported: false });
+        let w =
+            self.windows.entry(addr(r.src)).or_insert(Window { start: now, targets: HashSet::new(), reported: false });
         if now - w.start > cfg.scan_seconds as f64 {
             *w = Window { start: now, targets: HashSet::new(), reported: false };
         }
         if w.targets.len() as u64 >= cfg.scan_destinations {
             return;
         }
-        w.targets.insert((r.dst, r.dport));
+        w.targets.insert((addr(r.dst), r.service_port()));
         if w.targets.len() as u64 >= cfg.scan_destinations && !w.reported {
             w.reported = true;
-            let who = identity(&r.src_segment, r.src);
+            let who = identity(&r.src_segment, addr(r.src));
             let note = format!(
                 "{} denied on {} distinct destinations and ports within {} s",
-                r.src, cfg.scan_destinations, cfg.scan_seconds
+                addr(r.src),
+                cfg.scan_destinations,
+                cfg.scan_seconds
             );
-            self.alert(cfg, r, who, identity(&r.dst_segment, r.dst), ("scan", "high", note), now);
+            self.alert(cfg, r, who, identity(&r.dst_segment, addr(r.dst)), ("scan", "high", note), now);
         }
     }
 
@@ -311,7 +318,7 @@ impl Engine {
             src_segment: who,
             dst_segment: service,
             count,
-            len: 0,
+            len: None,
             severity: Some(severity.into()),
             note: Some(note),
             ..r.clone()
@@ -349,6 +356,11 @@ impl Engine {
     pub fn size(&self) -> (usize, usize) {
         (self.baseline.len(), self.rates.len())
     }
+}
+
+/// A packet record's address ([`Engine::observe`] takes no record without both).
+fn addr(a: Option<std::net::IpAddr>) -> std::net::IpAddr {
+    a.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 #[cfg(test)]

@@ -99,12 +99,12 @@ impl Inventory {
             // Malformed packets, fragments, no policy, the agent's own records: no service.
             _ => return,
         };
-        let port = if r.proto == "tcp" || r.proto == "udp" { r.dport } else { 0 };
+        let (Some(src), Some(dst), Some(proto)) = (r.src, r.dst, r.proto.as_ref()) else { return };
         let key = Key {
-            src: identity(&r.src_segment, r.src),
-            dst: identity(&r.dst_segment, r.dst),
-            proto: r.proto.clone(),
-            port,
+            src: identity(&r.src_segment, src),
+            dst: identity(&r.dst_segment, dst),
+            proto: proto.clone(),
+            port: r.service_port(),
         };
         if !self.map.contains_key(&key) && self.map.len() >= MAX_ENTRIES {
             self.evict();

@@ -176,3 +176,26 @@ fn status_without_an_agent_points_at_offline() {
     let (_, _, err) = run(&["--socket", sock.to_str().unwrap(), "status"]);
     assert!(err.contains(sock.to_str().unwrap()), "{err}");
 }
+
+/// `events`' usage errors are caught before any agent is asked: `--not` with no filter after
+/// it, a time that is neither a duration nor RFC 3339, `--until` with `-f`, `--reconnect`
+/// without `-f`, a verdict that does not exist.
+#[test]
+fn events_usage_errors_say_what_is_expected() {
+    let socket = ["--socket", "/nonexistent/ztagent.sock", "events"];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--not"], "--not negates the filter right after it"),
+        (&["--from", "a", "--not"], "--not negates the filter right after it"),
+        (&["--since", "yesterday"], "--since takes a duration back from now"),
+        (&["--until", "2026-13-01T00:00:00Z"], "--until takes a duration back from now"),
+        (&["-f", "--until", "5m"], "cannot be used with"),
+        (&["--not", "--verdict", "dropped"], "invalid value 'dropped'"),
+    ];
+    for (args, want) in cases {
+        let (ok, _, err) = ztagent(&[&socket[..], args].concat());
+        assert!(!ok && err.contains(want), "events {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (ok, _, err) = ztagent(&[&socket[..], &["--reconnect"]].concat());
+    assert!(!ok && err.contains("--follow"), "{err}");
+}

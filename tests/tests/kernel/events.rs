@@ -310,3 +310,172 @@ fn a_follower_says_the_stream_ended_when_the_agent_stops() {
     assert!(!out.status.success(), "the follower exited {} when its stream ended; stderr: {stderr}", out.status);
     assert!(stderr.contains("event stream ended"), "the follower did not say why it ended: {stderr}");
 }
+
+/// `ztagent events ARGS` as it ends: (success, stdout, stderr).
+fn events_cli(agent: &Agent, args: &[&str]) -> (bool, String, String) {
+    let out = agent.cli(&[&["events"], args].concat());
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Issue 23, defect 4: the agent's own events (a grant given, a grant ended) have a shape of
+/// their own, read as `jq` reads them: no packet fields at all (they said `"src":"0.0.0.0"`,
+/// `"sport":0`, `"iface":""`), and the grant's port spec in `ports`, not in `proto`.
+#[test]
+fn grant_events_carry_no_packet_and_their_ports_apart() {
+    let lan = Lan::four_hosts();
+    let pay = &lan.hosts[0];
+    let dir = TempDir::new();
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let out = agent.cli(&[
+        "grant",
+        "--from",
+        "10.30.9.7",
+        "--to",
+        "payments",
+        "--port",
+        "9000/tcp",
+        "--for",
+        "10m",
+        "--reason",
+        "ticket 7",
+    ]);
+    assert!(out.status.success(), "grant failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = agent.cli(&["grants", "--revoke", "1"]);
+    assert!(out.status.success(), "revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut evs = Vec::new();
+    assert!(eventually(|| {
+        evs = agent.events(&["--verdict", "granted", "--verdict", "grant-ended"]);
+        evs.len() == 2
+    }));
+    for e in &evs {
+        for absent in ["src", "dst", "sport", "dport", "proto", "iface", "direction", "len", "icmp_id"] {
+            assert!(e.get(absent).is_none(), "a grant event has `{absent}`: {e}");
+        }
+        assert_eq!(e["ports"], serde_json::json!(["9000/tcp"]), "{e}");
+        assert_eq!((e["src_segment"].as_str(), e["dst_segment"].as_str()), (Some("10.30.9.7/32"), Some("payments")));
+        assert_eq!(
+            (e["rule"].as_str(), e["note"].as_str(), e["count"].as_u64()),
+            (Some("grant-1"), Some("ticket 7"), Some(0))
+        );
+    }
+    assert_eq!((evs[0]["reason"].as_str(), evs[1]["reason"].as_str()), (Some("grant"), Some("revoked")));
+    // The text form says what it is about, without a packet.
+    let (ok, text, _) = events_cli(&agent, &["--verdict", "granted"]);
+    assert!(ok && text.contains("10.30.9.7/32 -> payments 9000/tcp") && !text.contains("0.0.0.0"), "{text}");
+}
+
+/// `events` filters as hubble users expect them: OR within a repeated flag, AND across
+/// flags, `--not` negating the next filter, `--ip` as source or destination; an unknown
+/// segment is an error with a suggestion; ICMP without ports; `--last`, `--since`, `--until`.
+#[test]
+fn event_filters_combine_negate_and_bound_time() {
+    let lan = Lan::four_hosts();
+    let (pay, front, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&pay.ns, &[443, 8081], &[]);
+    assert!(tcp_ok(&front.ns, pay.v4, 443));
+    assert!(!tcp_ok(&front.ns, pay.v4, 8081));
+    assert!(!tcp_ok(&attacker.ns, pay.v4, 443));
+    assert!(ping_ok(&batch.ns, pay.v4));
+    let s = |x: &str| Value::String(x.into());
+    let mut all = Vec::new();
+    assert!(eventually(|| {
+        all = agent.events(&[]);
+        [
+            vec![("verdict", s("allowed")), ("dport", 443.into())],
+            vec![("verdict", s("denied")), ("dport", 8081.into())],
+            vec![("verdict", s("denied")), ("src_segment", s("world"))],
+            vec![("verdict", s("allowed")), ("proto", s("icmp"))],
+        ]
+        .iter()
+        .all(|want| all.iter().any(|e| matches(e, want)))
+    }));
+    let segments = |evs: &[Value]| {
+        let mut v: Vec<String> = evs.iter().map(|e| e["src_segment"].as_str().unwrap_or("?").to_string()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    // OR within a flag.
+    let either = agent.events(&["--from", "frontend", "--from", "batch"]);
+    assert_eq!(segments(&either), ["batch", "frontend"], "{either:?}");
+    // AND across flags.
+    let both = agent.events(&["--from", "frontend", "--port", "8081"]);
+    assert!(!both.is_empty() && both.iter().all(|e| e["src_segment"] == "frontend" && e["dport"] == 8081), "{both:?}");
+    // --not negates the filter after it, and only that one.
+    let not = agent.events(&["--not", "--from", "frontend", "--verdict", "denied"]);
+    assert_eq!(segments(&not), ["world"], "{not:?}");
+    let not_two = agent.events(&["--not", "--from", "frontend", "--not", "--from", "world"]);
+    assert_eq!(segments(&not_two), ["batch"], "{not_two:?}");
+    // --ip: as the source or the destination.
+    let ip = front.v4.to_string();
+    let by_ip = agent.events(&["--ip", &ip]);
+    assert!(!by_ip.is_empty() && by_ip.iter().all(|e| e["src"] == s(&ip) || e["dst"] == s(&ip)), "{by_ip:?}");
+    assert!(agent.events(&["--ip", "10.20.7.7"]).is_empty());
+    // ICMP: the echo's identifier, not ports.
+    let ping = find(&all, &[("verdict", s("allowed")), ("proto", s("icmp"))]);
+    assert!(ping.get("sport").is_none() && ping.get("dport").is_none() && ping["icmp_id"].is_u64(), "{ping}");
+    // An unknown segment: an error with the closest name, not an empty stream.
+    let (ok, _, err) = events_cli(&agent, &["--from", "fronted"]);
+    assert!(!ok && err.contains("did you mean `frontend`"), "{err}");
+    let (ok, _, err) = events_cli(&agent, &["--not", "--to", "paymnts"]);
+    assert!(!ok && err.contains("did you mean `payments`"), "{err}");
+    // --last N: the newest N of those matching.
+    let last = agent.events(&["--last", "2"]);
+    let newest = agent.events(&[]);
+    assert_eq!(last.len(), 2);
+    assert!(newest.ends_with(&last) || newest.len() > all.len(), "{last:?} are not the newest of {newest:?}");
+    // --since / --until: durations and RFC 3339 times, with any offset.
+    assert_eq!(agent.events(&["--since", "1h"]).len(), agent.events(&[]).len());
+    assert!(agent.events(&["--until", "1h"]).is_empty());
+    let first = all[0]["time"].as_str().unwrap().to_string();
+    let until_first = agent.events(&["--until", &first]);
+    assert!(!until_first.is_empty() && until_first.iter().all(|e| e["time"].as_str().unwrap() <= first.as_str()));
+    let since_first = agent.events(&["--since", &first]);
+    assert!(since_first.iter().any(|e| e["time"] == all[0]["time"]));
+    assert!(agent.events(&["--since", "2500-01-01T01:00:00+01:00"]).is_empty());
+}
+
+/// `events -f --reconnect`: when the agent restarts, the follower says so on stderr and goes
+/// on with the new agent's events instead of ending.
+#[test]
+fn a_reconnecting_follower_outlives_an_agent_restart() {
+    let lan = Lan::four_hosts();
+    let (pay, front) = (&lan.hosts[0], &lan.hosts[1]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&pay.ns, &[443], &[]);
+    let out = dir.0.join("follower.out");
+    let err = dir.0.join("follower.err");
+    // The restarted agent gets a socket of its own: the follower's path is a link to the
+    // agent's socket of the moment.
+    let socket = dir.0.join("agent.sock");
+    std::os::unix::fs::symlink(&agent.socket, &socket).unwrap();
+    let mut follower = Command::new(bin("ztagent"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["events", "-f", "--reconnect", "-o", "json", "--port", "443"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(tcp_ok(&front.ns, pay.v4, 443));
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(eventually(|| lines(&out).lines().count() >= 1), "no event before the restart");
+    let agent = agent.stop_and_restart(&pay.ns, &[&pay.iface]);
+    std::fs::remove_file(&socket).unwrap();
+    std::os::unix::fs::symlink(&agent.socket, &socket).unwrap();
+    // The follower is still there, says it reconnected, and gets the new agent's events.
+    assert!(eventually(|| lines(&err).contains("reconnected")), "stderr: {}", lines(&err));
+    assert!(matches!(follower.try_wait(), Ok(None)), "the follower ended: {}", lines(&err));
+    let before = lines(&out).lines().count();
+    assert!(tcp_ok(&front.ns, pay.v4, 443));
+    let grew = eventually(|| lines(&out).lines().count() > before);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(grew, "no event after the restart; stderr: {}", lines(&err));
+    assert!(lines(&err).contains("event stream ended"), "{}", lines(&err));
+    drop(agent);
+}

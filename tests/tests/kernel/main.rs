@@ -38,6 +38,7 @@ mod malformed;
 mod matrix;
 mod metrics;
 mod node_mode;
+mod pins;
 mod policy_dir;
 mod ratelimit;
 mod ratelimit_traffic;

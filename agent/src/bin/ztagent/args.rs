@@ -263,22 +263,114 @@ pub struct EventsArgs {
     /// Follow the live stream after the recent events.
     #[arg(short = 'f', long)]
     pub follow: bool,
-    /// Only these verdicts (repeat for several).
-    #[arg(long = "verdict", value_parser = ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended", "anomaly"])]
-    pub verdicts: Vec<String>,
-    /// Only events from this source segment.
+    /// With -f: when the agent stops or restarts, say so on stderr and follow again once it is
+    /// back, instead of ending.
+    #[arg(long, requires = "follow")]
+    pub reconnect: bool,
+    /// Of the recent events, only the last N (then, with -f, the live ones).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Only events since then: a duration back from now (90s, 15m, 2h, 1d) or an RFC 3339 time
+    /// (2026-12-07T10:00:00Z, 2026-12-07T11:00:00+01:00).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events until then (a duration back from now, or an RFC 3339 time); not with -f.
+    #[arg(long, value_name = "TIME", conflicts_with = "follow")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub filters: EventFilters,
+    /// Leave out the events the next filter matches (--not --from batch).
     #[arg(long)]
-    pub from: Option<String>,
-    /// Only events to this destination segment.
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only events to this destination port.
-    #[arg(long)]
-    pub port: Option<u16>,
+    pub not: bool,
+    #[command(flatten)]
+    pub negated: NegatedFilters,
     #[command(flatten)]
     pub output: OutputArg,
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+/// The verdicts `events --verdict` takes.
+pub const VERDICTS: [&str; 8] =
+    ["allowed", "denied", "rate-limited", "would-deny", "would-rate-limit", "granted", "grant-ended", "anomaly"];
+
+/// `events`' filters: a repeated flag matches any of its values; different flags must all
+/// match.
+#[derive(Args)]
+pub struct EventFilters {
+    /// Only these verdicts (repeat for several).
+    #[arg(long = "verdict", value_name = "VERDICT", value_parser = VERDICTS)]
+    pub verdicts: Vec<String>,
+    /// Only events from this source segment (repeat for several).
+    #[arg(long, value_name = "SEGMENT")]
+    pub from: Vec<String>,
+    /// Only events to this destination segment (repeat for several).
+    #[arg(long, value_name = "SEGMENT")]
+    pub to: Vec<String>,
+    /// Only events to this destination port (repeat for several).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only events from or to this address (repeat for several).
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    pub ips: Vec<IpAddr>,
+    /// Kubernetes inputs: only events from or to this pod, NAMESPACE/NAME or a NAME in any
+    /// namespace (repeat for several).
+    #[arg(long = "pod", value_name = "POD")]
+    pub pods: Vec<String>,
+    /// Kubernetes inputs: only events from or to a pod of this namespace (repeat for several).
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    pub namespaces: Vec<String>,
+}
+
+/// `--not --FILTER VALUE`, as the command line is read: each filter negated has a hidden flag
+/// of its own (`--not --from a` arrives as `--not-from a`).
+#[derive(Args)]
+pub struct NegatedFilters {
+    #[arg(id = "not-verdict", long = "not-verdict", hide = true, value_parser = VERDICTS)]
+    pub verdicts: Vec<String>,
+    #[arg(id = "not-from", long = "not-from", hide = true)]
+    pub from: Vec<String>,
+    #[arg(id = "not-to", long = "not-to", hide = true)]
+    pub to: Vec<String>,
+    #[arg(id = "not-port", long = "not-port", hide = true)]
+    pub ports: Vec<u16>,
+    #[arg(id = "not-ip", long = "not-ip", hide = true)]
+    pub ips: Vec<IpAddr>,
+    #[arg(id = "not-pod", long = "not-pod", hide = true)]
+    pub pods: Vec<String>,
+    #[arg(id = "not-namespace", long = "not-namespace", hide = true)]
+    pub namespaces: Vec<String>,
+}
+
+/// The filters `--not` may come before.
+pub const NEGATABLE: [&str; 7] = ["verdict", "from", "to", "port", "ip", "pod", "namespace"];
+
+/// `ztagent events ... --not --from a ...` -> `... --not-from a ...`: `--not` negates the
+/// filter after it (a `--not` before anything else is left for clap... and for the command,
+/// which refuses it).
+pub fn negations(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let events = args.iter().position(|a| a == "events");
+    let Some(events) = events else { return args };
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().enumerate().peekable();
+    while let Some((i, a)) = it.next() {
+        if i > events && a == "--not" {
+            let next = it.peek().and_then(|(_, n)| n.to_str()).and_then(|n| n.strip_prefix("--")).map(str::to_string);
+            let negated = next.as_deref().map(|n| n.split_once('=').map_or((n, None), |(f, v)| (f, Some(v))));
+            if let Some((flag, value)) = negated
+                && NEGATABLE.contains(&flag)
+            {
+                out.push(match value {
+                    Some(v) => format!("--not-{flag}={v}").into(),
+                    None => format!("--not-{flag}").into(),
+                });
+                it.next();
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
 }
 
 #[derive(Args)]
@@ -342,9 +434,12 @@ pub struct InventoryArgs {
 
 #[derive(Args)]
 pub struct UninstallArgs {
-    /// The bpffs directory of the pinned maps and links to remove.
+    /// The bpffs directory of the pinned maps and links (refused while an agent answering on
+    /// --socket uses it: stop the agent first).
     #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 // --- policy

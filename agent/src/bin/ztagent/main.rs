@@ -13,7 +13,8 @@ use clap::Parser;
 use args::{Cli, Command, FleetCommand, K8sCommand, PolicyCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--not` negates the filter after it: read as a hidden flag of its own.
+    let cli = Cli::parse_from(args::negations(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,7 +62,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
         Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
         Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,
-        Command::Uninstall(args) => cmd::uninstall::uninstall(&args.pin_path),
+        Command::Uninstall(args) => cmd::uninstall::uninstall(&socket(&args.socket), &args.pin_path).await,
     }
 }
 

@@ -105,7 +105,7 @@ pub(in crate::daemon) fn expire_grants(state: &mut State) {
 fn note_grant(state: &State, g: &Grant, verdict: &str, reason: &str, revision: u32) {
     state.hub.note(EventRecord {
         rule: Some(format!("grant-{}", g.id)),
-        proto: g.ports.join(","),
+        ports: g.ports.clone(),
         revision,
         note: Some(g.reason.clone()),
         ..EventRecord::own(verdict, reason, &g.from, &g.to)

@@ -45,7 +45,14 @@ async fn serve(stream: tokio::net::UnixStream, shared: Shared, access: &Access) 
     let (read, write) = stream.into_split();
     let reply = match server::read_request(read).await {
         Ok(Request::Events { follow, filter }) => {
-            let hub = lock(&shared).hub.clone();
+            let (hub, unknown) = {
+                let state = lock(&shared);
+                (state.hub.clone(), events::unknown_segment(&state, &filter))
+            };
+            if let Some(message) = unknown {
+                let _ = server::write_reply(write, &Reply::Error { message }).await;
+                return;
+            }
             if let Err(e) = events::stream_events(write, &hub, follow, &filter).await {
                 tracing::debug!("events client went away: {e}");
             }

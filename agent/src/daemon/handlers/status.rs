@@ -43,6 +43,7 @@ pub(super) fn status(state: &State) -> Reply {
             .map(|m| MapStatus { map: m.map.into(), entries: m.entries, capacity: m.capacity })
             .collect(),
         xdp_mode: state.xdp_mode.into(),
+        pins: state.pins.clone(),
     }))
 }
 

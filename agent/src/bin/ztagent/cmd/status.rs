@@ -88,6 +88,15 @@ fn offline(pin_path: &Path, out: Output) -> anyhow::Result<ExitCode> {
 fn print_datapath(s: &Status) {
     println!("policy revision: {} ({})", s.revision, s.mode);
     println!("pin path: {}\nxdp mode: {}", s.pin_path, s.xdp_mode);
+    let restored = match (&s.pins.last_restored, s.pins.restored) {
+        (Some(t), n) => format!("; {n} vanished under the running agent and were pinned again (last at {t})"),
+        (None, _) => String::new(),
+    };
+    if s.pins.intact {
+        println!("pins: intact{restored}");
+    } else {
+        println!("pins: MISSING, enforcement ends with the agent: {}{restored}", s.pins.missing.join("; "));
+    }
     for i in &s.interfaces {
         let how = match &i.pattern {
             Some(p) => format!(" (pattern {p}, guarded)"),
