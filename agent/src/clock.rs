@@ -29,59 +29,6 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     u64::try_from(t.as_nanosecond()).ok()
 }
 
-/// Unix nanoseconds of an RFC 3339 time (`2026-12-07T10:00:00Z`, `...T10:00:00.5+01:00`; a
-/// space or `t` for `T`, `z` for `Z`), or None when it is not one (or before 1970).
-pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = text.get(from..from + len)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (hour, min, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: i64 = 0;
-    if b.get(i) == Some(&b'.') {
-        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        let frac = &text[i + 1..i + 1 + digits.min(9)];
-        nanos = frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32);
-        i += 1 + digits;
-    }
-    let offset = match &text[i..] {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && matches!(o.as_bytes()[0], b'+' | b'-') && o.as_bytes()[3] == b':' => {
-            let minutes = num(i + 1, 2)? * 60 + num(i + 4, 2)?;
-            if o.starts_with('-') { -minutes } else { minutes }
-        }
-        _ => return None,
-    };
-    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
-    let y = year - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset * 60;
-    u64::try_from(secs).ok()?.checked_mul(1_000_000_000)?.checked_add(nanos as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
