@@ -311,7 +311,6 @@ pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Op
     Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
 }
 
-
 /// The scan's sources: a segment of their own that no rule names.
 const SCANNERS: &str = "198.18.0.0/16";
 
@@ -323,7 +322,12 @@ const SCANNERS: &str = "198.18.0.0/16";
 /// rules over 1,000 CIDRs without its `*` rule, plus the scanners' segment. The thread stays on
 /// one CPU meanwhile (a test run runs on the caller's CPU, whose budget the round spends first).
 /// Returns (scan ns, LPM ns, median ratio).
-pub(crate) fn scan_packet(writer: &mut MapWriter, progs: [&Xdp; 2], lpm: &Xdp, opts: &Options) -> Result<(f64, f64, f64)> {
+pub(crate) fn scan_packet(
+    writer: &mut MapWriter,
+    progs: [&Xdp; 2],
+    lpm: &Xdp,
+    opts: &Options,
+) -> Result<(f64, f64, f64)> {
     let [_, ingress] = progs;
     let mut p = make_policy(10, 1000)?;
     p.rules.retain(|r| !r.from.contains(&SegRef::Any));
