@@ -51,6 +51,10 @@ pub const SEG_F_AUDIT: u32 = 4;
 /// side, no segment is in audit mode, the default is deny). Under a flood (see
 /// [`FLOOD_BUDGET`]) such a packet is dropped right after its source's identity lookup.
 pub const SEG_F_DENIED_ALL: u32 = 8;
+/// As [`SEG_F_DENIED_ALL`], and the policy allows nothing *to* this segment either (no rule
+/// names it as a destination, none has `*` as its destination): no flow with it can be tracked,
+/// so under a flood its packets are dropped before the conntrack lookup too.
+pub const SEG_F_ISOLATED: u32 = 16;
 
 pub const ACTION_ALLOW: u32 = 1;
 pub const ACTION_DENY: u32 = 2;

@@ -123,6 +123,25 @@ pub fn flooding(now: u64) -> bool {
     }
 }
 
+/// Whether this CPU spent its budget in the last interval it counted, without reading the
+/// clock: a cheap first test for every packet (confirm with [`flooding`]; a budget spent in an
+/// interval long past is reset then, so the hint is true for at most one more packet).
+#[inline(always)]
+pub fn flood_hint(now: impl FnOnce() -> u64) -> bool {
+    let Some(b) = FLOOD_STATE.get_ptr_mut(0) else { return false };
+    // SAFETY: valid map value pointer for this program run; only this CPU writes it.
+    let b = unsafe { &mut *b };
+    if b.used < FLOOD_BUDGET {
+        return false;
+    }
+    let now = now();
+    if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
+        (b.window, b.used) = (now, 0);
+        return false;
+    }
+    true
+}
+
 /// Takes one policy denial handled per flow from this CPU's budget (a new interval starts
 /// with a full one).
 #[inline(always)]

@@ -1,5 +1,5 @@
 //! Identity: the segment of an address, by exact host match first, then longest prefix.
-use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_ANY, SEG_F_DENIED_ALL, SEG_WORLD, SegmentInfo};
+use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_ANY, SEG_WORLD, SegmentInfo};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{CIDRS, HOSTS};
@@ -18,11 +18,12 @@ pub fn segment_of(slot: u32, world_flags: u32, addr: &Addr) -> SegmentInfo {
     }
 }
 
-/// The segment of `addr` if the policy allows it nothing as a source (`SEG_F_DENIED_ALL`), else
-/// `SEG_ANY`. A subprogram of its own: its lookup keys stay off the caller's stack, which holds
-/// the whole packet pipeline.
+/// The segment of `addr` if it has all the segment flags `flags` (`SEG_F_DENIED_ALL`: the policy
+/// allows it nothing as a source; `SEG_F_ISOLATED`: nor anything to it), else `SEG_ANY`. A
+/// subprogram of its own: its lookup keys stay off the caller's stack, which holds the whole
+/// packet pipeline.
 #[inline(never)]
-pub fn denied_all(slot: u32, world_flags: u32, addr: &Addr) -> u32 {
+pub fn flagged(slot: u32, world_flags: u32, addr: &Addr, flags: u32) -> u32 {
     let s = segment_of(slot, world_flags, addr);
-    if s.flags & SEG_F_DENIED_ALL != 0 { s.id } else { SEG_ANY }
+    if s.flags & flags == flags { s.id } else { SEG_ANY }
 }

@@ -2,8 +2,9 @@
 //! sharing maps and the same decision pipeline:
 //!
 //! parse -> (non-IP, neighbour discovery: pass) -> (guarded interfaces: anti-spoofing) ->
-//! fragments -> ICMP errors -> conntrack -> (under a flood: a source allowed nothing, dropped
-//! after its identity lookup) -> recent denials -> policy (identity, pair, ports) -> track the
+//! fragments -> ICMP errors -> (under a flood: a source allowed nothing, to or from, dropped
+//! after its identity lookup) -> conntrack -> recent denials -> (under a flood: a source allowed
+//! nothing, dropped after its identity lookup) -> policy (identity, pair, ports) -> track the
 //! new flow, or remember the denial (under a flood: count it per segment) and drop.
 #![no_std]
 #![no_main]
@@ -29,7 +30,8 @@ use agent_common::event::{
 };
 use agent_common::{
     ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
-    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, counter,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DENIED_ALL, SEG_F_ISOLATED, SLOT_F_AUDIT,
+    SLOT_F_GRANT_SOURCES, counter,
 };
 use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use aya_ebpf::{
@@ -150,6 +152,17 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         return true;
     }
 
+    // Under a flood of denials, a packet from a segment the policy allows nothing, neither from
+    // it nor to it (so no flow of it can be tracked), is dropped after its identity lookup
+    // alone, before the conntrack lookup (ICMP errors and later fragments were handled above).
+    if !audit
+        && cfg.flags & SLOT_F_GRANT_SOURCES == 0
+        && events::flood_hint(|| clock.coarse())
+        && let src = identity::flagged(slot, cfg.world_flags, &pkt.tuple.src, SEG_F_DENIED_ALL | SEG_F_ISOLATED)
+        && src != SEG_ANY
+    {
+        return flood_drop::<INGRESS>(&mut pkt, &mut clock, src);
+    }
     let key = &pkt.tuple;
     let syn = pkt.tuple.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A SYN always starts a new connection, judged afresh by the policy in force.
@@ -251,14 +264,10 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         && !audit
         && cfg.flags & SLOT_F_GRANT_SOURCES == 0
         && events::flooding(clock.coarse())
-        && let src = identity::denied_all(slot, cfg.world_flags, &pkt.tuple.src)
+        && let src = identity::flagged(slot, cfg.world_flags, &pkt.tuple.src, SEG_F_DENIED_ALL)
         && src != SEG_ANY
     {
-        pkt.now = clock.coarse();
-        count(counter::DROP_DEFAULT);
-        count_segment(src, SEGMENT_DENIED);
-        events::flood(&pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
-        return false;
+        return flood_drop::<INGRESS>(&mut pkt, &mut clock, src);
     }
     let mut j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     policy::at(&mut j, cfg, clock.coarse());
@@ -343,6 +352,17 @@ fn grant_ended(key: &CtKey, val: &CtValue) -> u32 {
     conntrack::remove(&orig);
     count(counter::DROP_REVOKED);
     rule
+}
+
+/// Drops a packet of `src`, a segment the policy allows nothing, under a flood: counted, and
+/// reported in the segment's flood aggregate.
+#[inline(always)]
+fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, src: u32) -> bool {
+    pkt.now = clock.coarse();
+    count(counter::DROP_DEFAULT);
+    count_segment(src, SEGMENT_DENIED);
+    events::flood(pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
+    false
 }
 
 /// Decided by a rule, or by the default action.

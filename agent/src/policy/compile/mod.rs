@@ -63,7 +63,8 @@ use std::fmt;
 use ipnet::IpNet;
 
 use agent_common::{
-    Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DENIED_ALL, SEG_F_DST_WILD, SEG_F_SRC_WILD, SEG_WORLD, SegmentInfo, Verdict,
+    Addr, PORT_KEY_BITS, SEG_F_AUDIT, SEG_F_DENIED_ALL, SEG_F_DST_WILD, SEG_F_ISOLATED, SEG_F_SRC_WILD, SEG_WORLD,
+    SegmentInfo, Verdict,
 };
 
 use super::eval::addr16;
@@ -276,11 +277,15 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     let (profiles, pairs, any_any) = intern_profiles(pair_items, any_any_items);
     let ports = port_entries(policy, &profiles);
     let denied_all = denied_all(policy, &pairs, any_any, &dst_wild);
+    let destinations: BTreeSet<u32> = pairs.iter().map(|&(_, dst, _)| dst).collect();
     let flags_of = |id: u32| {
         let audited = id != SEG_WORLD && policy.segments.get(id as usize - 1).is_some_and(|s| s.mode == Mode::Audit);
         let mut f = if audited { SEG_F_AUDIT } else { 0 };
         if denied_all(id) {
             f |= SEG_F_DENIED_ALL;
+            if src_wild.is_empty() && !destinations.contains(&id) {
+                f |= SEG_F_ISOLATED;
+            }
         }
         if src_wild.contains(&id) {
             f |= SEG_F_SRC_WILD;

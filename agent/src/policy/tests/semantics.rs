@@ -33,20 +33,20 @@ fn example_policy() {
     assert_eq!(c.segment_name(4), None);
     assert_eq!(c.default_action, ACTION_DENY);
     // Payments, batch and world are allowed nothing as sources: the datapath may drop them
-    // under a flood right after their identity lookup.
-    let nothing = SEG_F_DENIED_ALL;
+    // under a flood right after their identity lookup; batch and world nothing to them either.
+    let (nothing, isolated) = (SEG_F_DENIED_ALL, SEG_F_DENIED_ALL | SEG_F_ISOLATED);
     assert_eq!(c.hosts, vec![(addr16(ip("10.20.2.10")), SegmentInfo { id: 2, flags: nothing })]);
     assert_eq!(
         c.cidrs,
         vec![
             (120, addr16(ip("10.20.1.0")), SegmentInfo { id: 1, flags: 0 }),
             (64, addr16(ip("fd20:1::")), SegmentInfo { id: 1, flags: 0 }),
-            (120, addr16(ip("10.20.3.0")), SegmentInfo { id: 3, flags: nothing }),
+            (120, addr16(ip("10.20.3.0")), SegmentInfo { id: 3, flags: isolated }),
         ]
     );
     assert_eq!(c.pairs, vec![(1, 2, 0)]);
     assert_eq!(c.any_any, None);
-    assert_eq!(c.world_flags, nothing);
+    assert_eq!(c.world_flags, isolated);
     assert_eq!(c.profile_count, 1);
     let v = Verdict { action: ACTION_ALLOW, rule: 1, ..Default::default() };
     let mut expect = vec![
@@ -285,9 +285,13 @@ fn a_segment_is_allowed_nothing_only_when_no_rule_can_apply_to_it() {
     // `*` as a source, or as both sides, applies to everybody.
     let star = format!("{base}  - {{ name: r, from: [\"*\"], to: [b], ports: [\"80/tcp\"], action: allow }}\n");
     assert_eq!(flags(&star), (false, false, false));
-    // `*` as a destination applies to its source only.
+    // `*` as a destination applies to its source only (but then anybody may be a destination).
     let to_star = format!("{base}  - {{ name: r, from: [a], to: [\"*\"], action: allow }}\n");
     assert_eq!(flags(&to_star), (true, false, true));
+    let isolated = |yaml: &str| compile(&ok(yaml)).world_flags & SEG_F_ISOLATED != 0;
+    assert!(!isolated(&to_star), "world may be a destination of a's flows");
+    assert!(isolated(&format!("{base}  - {{ name: r, from: [a], to: [b], action: allow }}\n")));
+    assert!(!isolated(&format!("{base}  - {{ name: r, from: [a], to: [world], action: allow }}\n")));
     // A segment in audit mode passes denials to it; a default allow, everything.
     let audit = base.replace("b: { cidrs: [10.0.2.0/24] }", "b: { cidrs: [10.0.2.0/24], mode: audit }");
     assert_eq!(flags(&format!("{audit}  - {{ name: r, from: [a], to: [b], action: allow }}\n")), (false, false, false));
