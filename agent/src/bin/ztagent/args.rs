@@ -3,7 +3,7 @@
 //!
 //! The order of the fields is the order of `--help`: a flattened group stands where its
 //! options appeared before they were grouped.
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ztagent::{

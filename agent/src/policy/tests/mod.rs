@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use agent_common::{
     ACTION_ALLOW, ACTION_DENY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DENIED_ALL,
-    SEG_F_DST_WILD, SEG_F_SRC_WILD, SegmentInfo,
+    SEG_F_DST_WILD, SEG_F_ISOLATED, SEG_F_SRC_WILD, SegmentInfo,
 };
 
 use super::compile::PORT_SPACE;

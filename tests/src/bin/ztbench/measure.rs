@@ -351,7 +351,9 @@ pub(crate) fn scan_packet(
             let l = run_expect(lpm, "one LPM lookup", &frame, opts.repeat, XDP_DROP)? as f64;
             // The first round warms up.
             if i > 0 {
-                (scan.push(s), one_lpm.push(l), ratio.push(s / l.max(0.5)));
+                scan.push(s);
+                one_lpm.push(l);
+                ratio.push(s / l.max(0.5));
             }
         }
         Ok(())
