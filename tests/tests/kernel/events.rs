@@ -264,16 +264,19 @@ fn a_slow_client_holds_nobody_up() {
     for round in 0..3 {
         flood(&attacker.ns, pay.v4, 30000 + round * 1000, 20_000, true);
     }
-    eventually(|| lines.load(std::sync::atomic::Ordering::Relaxed) >= 15_000);
+    // Each flow's first denial is an event until the CPU's per-flow budget is spent (1,024 a
+    // second), then the flood's are aggregated per segment: at least the budget's worth.
+    eventually(|| lines.load(std::sync::atomic::Ordering::Relaxed) >= 1_000);
+    std::thread::sleep(Duration::from_secs(2));
     let rss_after = rss();
     let _ = fast.kill();
     let _ = fast.wait();
     reader.join().unwrap();
     let got = lines.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("fast client: {got} events; agent RSS {rss_before} kB -> {rss_after} kB");
-    // The fast client got the stream (every first denial of ~20,000 flows), however stuck the
-    // slow one is, and the agent's memory stayed bounded.
-    assert!(got >= 15_000, "the fast client got only {got} events");
+    // The fast client got the stream, however stuck the slow one is, and the agent's memory
+    // stayed bounded.
+    assert!(got >= 1_000, "the fast client got only {got} events");
     assert!(rss_after < rss_before + 64 * 1024, "the agent grew from {rss_before} kB to {rss_after} kB");
     drop(slow);
 }
