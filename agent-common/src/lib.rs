@@ -27,6 +27,8 @@
 //! denied flow cost one lookup until the next push.
 #![no_std]
 
+pub mod http;
+
 /// A 16-byte address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
 pub type Addr = [u8; 16];
 
@@ -143,6 +145,9 @@ pub const MAX_GRANTS: u32 = 256;
 /// `audit_deny` and reported as would-deny, as in a policy in audit mode; the rest of the
 /// policy enforces.
 pub const VERDICT_F_AUDIT: u32 = 1;
+/// [`Verdict::flags`], set by the datapath for a new flow (never in the maps): the flow goes to a
+/// port the policy declares HTTP (`http::ApiPortKey`); its conntrack entries get [`CT_F_HTTP`].
+pub const VERDICT_F_HTTP: u32 = 2;
 
 /// Per-slot settings, `SLOTS[slot]`. Written only while the slot is inactive.
 #[repr(C)]
@@ -167,6 +172,9 @@ pub const SLOT_F_AUDIT: u32 = 1;
 /// [`SlotConfig::flags`]: time-bound grants from address blocks are in force (`GRANT_SOURCES`
 /// holds them): a packet the policy denies by default is looked up there too.
 pub const SLOT_F_GRANT_SOURCES: u32 = 2;
+/// [`SlotConfig::flags`]: the policy declares HTTP ports (`API_PORTS` holds them): a new TCP flow's
+/// destination is looked up there.
+pub const SLOT_F_APIS: u32 = 4;
 
 /// Conntrack key: one entry per direction of a flow (the reply entry has the tuple reversed).
 #[repr(C)]
@@ -189,6 +197,8 @@ pub const CT_F_CLOSING: u32 = 2;
 pub const CT_F_SEEN_REPLY: u32 = 4;
 /// A flow the policy denies, passed in audit mode: its packets count as `audit_deny`.
 pub const CT_F_AUDIT: u32 = 8;
+/// A connection to a port the policy declares HTTP: its streams are parsed (see [`http`]).
+pub const CT_F_HTTP: u32 = 16;
 
 /// Conntrack value.
 #[repr(C)]
@@ -526,7 +536,14 @@ pub mod counter {
     pub const AUDIT_RATE_LIMIT: u32 = 15;
     /// Entered a guarded (pod) interface from a source address it may not send from.
     pub const DROP_SPOOFED: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// HTTP requests parsed on declared ports (not packets).
+    pub const HTTP_REQUESTS: u32 = 17;
+    /// HTTP responses matched to their requests (not packets).
+    pub const HTTP_RESPONSES: u32 = 18;
+    /// Connections on declared HTTP ports that stopped being parsed because they broke HTTP/1.x
+    /// framing or lost bytes (not TLS, HTTP/2 or upgrades, which are reported as such).
+    pub const HTTP_UNPARSABLE: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_tracked",
@@ -546,6 +563,9 @@ pub mod counter {
         "audit_deny",
         "audit_rate_limit",
         "drop_spoofed",
+        "http_requests",
+        "http_responses",
+        "http_unparsable",
     ];
 }
 
@@ -578,6 +598,8 @@ pub mod maps {
     pub const SOURCES: &str = "ZT_SOURCES";
     pub const FLOOD: &str = "ZT_FLOOD";
     pub const FLOOD_STATE: &str = "ZT_FLOOD_STATE";
+    pub const API_PORTS: &str = "ZT_API_PORTS";
+    pub const HTTP_FLOWS: &str = "ZT_HTTP_FLOWS";
 }
 
 /// Program names in the object file.
@@ -630,4 +652,7 @@ mod pod {
     unsafe impl aya::Pod for SourceData {}
     unsafe impl aya::Pod for FloodValue {}
     unsafe impl aya::Pod for FloodBudget {}
+    unsafe impl aya::Pod for http::ApiPortKey {}
+    unsafe impl aya::Pod for http::HttpFlow {}
+    unsafe impl aya::Pod for http::HttpEvent {}
 }

@@ -8,6 +8,7 @@ use agent_common::{
     HostKey, LimitConfig, LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES,
     PairKey, PortData, SEGMENT_OUTCOMES, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
 };
+use agent_common::http::{ApiPortKey, HttpFlow, MAX_API_PORTS};
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
@@ -80,6 +81,17 @@ pub static FLOOD: PerCpuArray<FloodValue> = PerCpuArray::pinned(2 * MAX_COUNTED_
 /// This CPU's per-flow denials in the current interval (see `agent_common::FLOOD_BUDGET`).
 #[map(name = "ZT_FLOOD_STATE")]
 pub static FLOOD_STATE: PerCpuArray<FloodBudget> = PerCpuArray::pinned(1, 0);
+
+/// HTTP ports the policy declares, per slot: (slot, destination segment, TCP port) -> `API_HTTP`
+/// (see `agent_common::http`). Looked up once per new TCP flow, only while the slot has any
+/// (`SLOT_F_APIS`).
+#[map(name = "ZT_API_PORTS")]
+pub static API_PORTS: HashMap<ApiPortKey, u32> = HashMap::pinned(2 * MAX_API_PORTS, BPF_F_NO_PREALLOC);
+
+/// The HTTP connections being parsed, keyed by their original (client -> server) tuple: an LRU,
+/// so connections closed without a FIN the datapath saw age out.
+#[map(name = "ZT_HTTP_FLOWS")]
+pub static HTTP_FLOWS: LruHashMap<CtKey, HttpFlow> = LruHashMap::pinned(16384, 0);
 
 /// Events for the agent. The agent sets the size from its configuration.
 #[map(name = "ZT_EVENTS")]
