@@ -2,8 +2,9 @@
 //! either direction is found with a single lookup. Entries remember the policy revision that
 //! allowed them; under a newer policy the flow is judged again (revocation).
 use agent_common::{
-    ACTION_ALLOW, CT_F_AUDIT, CT_F_CLOSING, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS, CT_TIMEOUT_TCP_CLOSING_NS,
-    CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP, VERDICT_GRANT_SHIFT, Verdict,
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_CLOSING, CT_F_HTTP, CT_F_REPLY, CT_REFRESH_NS, CT_TIMEOUT_ICMP_NS,
+    CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_NS, CT_TIMEOUT_UDP_NS, CtKey, CtValue, PROTO_ICMP, PROTO_TCP,
+    VERDICT_F_HTTP, VERDICT_GRANT_SHIFT, Verdict,
 };
 
 use crate::{
@@ -92,7 +93,8 @@ pub fn create(pkt: &Packet, now: u64, revision: u32, verdict: &Verdict, segments
     // A grant's flows carry it, to be cut past its deadline (BPF functions take 5 arguments:
     // it travels in the verdict).
     let grant = verdict.flags >> VERDICT_GRANT_SHIFT;
-    let flags = if verdict.action == ACTION_ALLOW { 0 } else { CT_F_AUDIT };
+    let flags = if verdict.action == ACTION_ALLOW { 0 } else { CT_F_AUDIT }
+        | if verdict.flags & VERDICT_F_HTTP != 0 { CT_F_HTTP } else { 0 };
     // The first packet is this one.
     let (packets, bytes) = (1, u64::from(pkt.len));
     let v = CtValue { last_seen: now, revision, flags, rule, limit, src_segment, grant, packets, bytes };

@@ -17,6 +17,7 @@ mod atomics;
 mod conntrack;
 mod events;
 mod guard;
+mod http;
 mod identity;
 mod maps;
 mod parse;
@@ -29,9 +30,9 @@ use agent_common::event::{
     VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
 };
 use agent_common::{
-    ACTION_ALLOW, CT_F_AUDIT, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
-    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DENIED_ALL, SEG_F_ISOLATED, SLOT_F_AUDIT,
-    SLOT_F_GRANT_SOURCES, counter,
+    ACTION_ALLOW, CT_F_AUDIT, CT_F_HTTP, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DENIED_ALL, SEG_F_ISOLATED, SLOT_F_APIS,
+    SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, VERDICT_F_HTTP, counter,
 };
 use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use aya_ebpf::{
@@ -60,7 +61,8 @@ pub fn zt_ingress_guarded(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn ingress<const GUARD: bool>(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if enforce::<true, GUARD>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
+    let raw = ctx.ctx.cast::<core::ffi::c_void>();
+    if enforce::<true, GUARD>(raw, ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -82,7 +84,8 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context's __sk_buff, valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if enforce::<false, false>(ctx.data(), ctx.data_end(), len, ifindex) {
+    let raw = ctx.skb.skb.cast::<core::ffi::c_void>();
+    if enforce::<false, false>(raw, ctx.data(), ctx.data_end(), len, ifindex) {
         TC_ACT_OK as i32
     } else {
         TC_ACT_SHOT as i32
@@ -93,7 +96,13 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
 /// aggregated). Rate limits apply at ingress only; anti-spoofing (`GUARD`) on guarded
 /// interfaces' ingress only.
 #[inline(always)]
-fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize, len: usize, ifindex: u32) -> bool {
+fn enforce<const INGRESS: bool, const GUARD: bool>(
+    ctx: *mut core::ffi::c_void,
+    data: usize,
+    data_end: usize,
+    len: usize,
+    ifindex: u32,
+) -> bool {
     let mut pkt = Packet::new();
     let mut clock = Clock::new();
     if parse::parse(data, data_end, len, &mut pkt).is_err() {
@@ -220,6 +229,10 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         first_fragment(&pkt, now);
         count(if val.flags & CT_F_AUDIT != 0 { counter::AUDIT_DENY } else { counter::PASS_TRACKED });
         count_segment(val.src_segment, SEGMENT_PASSED);
+        // A connection to a declared HTTP port: its bytes go through the HTTP parser.
+        if val.flags & CT_F_HTTP != 0 && (pkt.payload_len != 0 || pkt.tcp_flags & TCP_SYN != 0) {
+            http::observe::<INGRESS>(ctx, &pkt, val.flags & CT_F_REPLY != 0);
+        }
         return true;
     }
 
@@ -272,7 +285,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
     let mut j = policy::judge(slot, cfg, &pkt.tuple, pkt.policy_port);
     policy::at(&mut j, cfg, clock.coarse());
     let segs = events::segments(j.src_segment, j.dst_segment);
-    let v = j.verdict;
+    let mut v = j.verdict;
     let allowed = v.action == ACTION_ALLOW;
     if !allowed && !(audit || j.audit()) {
         pkt.now = clock.coarse();
@@ -332,6 +345,12 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
     let now = clock.coarse();
     count_segment(j.src_segment, SEGMENT_PASSED);
     if starts_flow {
+        // A new connection to a port the policy declares HTTP: tracked as such, its request
+        // stream starting after this SYN.
+        if syn && cfg.flags & SLOT_F_APIS != 0 && http::declared(slot, j.dst_segment, pkt.tuple.dport) {
+            v.flags |= VERDICT_F_HTTP;
+            http::open(&pkt, segs);
+        }
         conntrack::create(&pkt, now, cfg.revision, &v, segs);
         pkt.now = now;
         let verdict = if allowed { VERDICT_ALLOWED } else { VERDICT_WOULD_DENY };
@@ -424,7 +443,7 @@ fn frag_key(pkt: &Packet, id: u32) -> FragKey {
 /// Remembers an allowed first fragment so the rest of its datagram may follow.
 #[inline(always)]
 fn first_fragment(pkt: &Packet, now: u64) {
-    if let Some(id) = pkt.frag_id {
+    if let Some(id) = pkt.frag_id() {
         let _ = FRAGS.insert(&frag_key(pkt, id), &now, 0);
     }
 }
@@ -433,7 +452,7 @@ fn first_fragment(pkt: &Packet, now: u64) {
 #[inline(always)]
 fn later_fragment(pkt: &Packet) -> bool {
     let now = pkt.now;
-    let seen = pkt.frag_id.and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
+    let seen = pkt.frag_id().and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
     // SAFETY: valid map value pointer for this program run.
     if let Some(t) = seen
         && now.saturating_sub(unsafe { *t }) <= FRAG_TIMEOUT_NS

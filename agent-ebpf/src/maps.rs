@@ -3,12 +3,12 @@
 //! are defaults; the agent sets the real ones from its configuration before loading. The
 //! policy hashes are not preallocated: memory follows the policy's size, and lookups cost the
 //! same.
+use agent_common::http::{ApiPortKey, HttpFlow, MAX_API_PORTS};
 use agent_common::{
     AggKey, AggValue, BucketKey, CidrData, CtKey, CtValue, DenyKey, DenyValue, FloodBudget, FloodValue, FragKey,
     HostKey, LimitConfig, LimitStats, MAX_BUCKET_SETS, MAX_COUNTED_SEGMENTS, MAX_GRANTS, MAX_LIMITS, MAX_SOURCES,
     PairKey, PortData, SEGMENT_OUTCOMES, SegmentInfo, SlotConfig, SourceData, Verdict, counter,
 };
-use agent_common::http::{ApiPortKey, HttpFlow, MAX_API_PORTS};
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,

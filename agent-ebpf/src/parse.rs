@@ -57,8 +57,15 @@ pub struct Packet {
     /// The port policy judges: TCP/UDP destination port; ICMP type (echo request = 8).
     pub policy_port: u16,
     pub tcp_flags: u8,
-    /// `Some(id)` when the packet is a fragment (first or later).
-    pub frag_id: Option<u32>,
+    /// TCP: the segment's sequence number, and where its payload starts (from the frame's
+    /// first byte) and how long it is (0 for other protocols).
+    pub seq: u32,
+    pub payload_off: u16,
+    pub payload_len: u32,
+    /// When `fragment`: the packet's fragment identification (see [`Packet::frag_id`]). Two
+    /// fields rather than an `Option`: three bytes fewer in the datapath's frame.
+    pub frag: u32,
+    pub fragment: bool,
     /// For [`Kind::IcmpError`]: the embedded packet's tuple.
     pub inner: Tuple,
     /// Set by the pipeline, for events: frame length, interface, policy revision, and the
@@ -67,6 +74,14 @@ pub struct Packet {
     pub ifindex: u32,
     pub revision: u32,
     pub now: u64,
+}
+
+impl Packet {
+    /// `Some(id)` when the packet is a fragment (first or later).
+    #[inline(always)]
+    pub fn frag_id(&self) -> Option<u32> {
+        self.fragment.then_some(self.frag)
+    }
 }
 
 pub struct Malformed;
@@ -106,7 +121,11 @@ impl Packet {
             tuple: EMPTY,
             policy_port: 0,
             tcp_flags: 0,
-            frag_id: None,
+            seq: 0,
+            payload_off: 0,
+            payload_len: 0,
+            frag: 0,
+            fragment: false,
             inner: EMPTY,
             len: 0,
             ifindex: 0,
@@ -159,7 +178,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             let frag_off = frags & 0x1fff;
             let more = frags & 0x2000 != 0;
             if frag_off != 0 || more {
-                pkt.frag_id = Some(be16(ip.id) as u32);
+                (pkt.frag, pkt.fragment) = (be16(ip.id) as u32, true);
             }
             if frag_off != 0 {
                 // A later fragment that would overlap the first 16 bytes of the L4 header can
@@ -210,7 +229,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
                         let h: [u8; 8] = load(data, data_end, l4)?;
                         next = h[0];
                         let fo = be16([h[2], h[3]]);
-                        pkt.frag_id = Some(u32::from_be_bytes([h[4], h[5], h[6], h[7]]));
+                        (pkt.frag, pkt.fragment) = (u32::from_be_bytes([h[4], h[5], h[6], h[7]]), true);
                         l4 += 8;
                         if fo >> 3 != 0 {
                             if fo >> 3 < 2 {
@@ -222,7 +241,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
                         }
                         if fo & 1 == 0 {
                             // An "atomic" fragment (offset 0, no more): an ordinary packet.
-                            pkt.frag_id = None;
+                            pkt.fragment = false;
                         }
                     }
                     _ => {
@@ -262,6 +281,12 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             pkt.tuple.dport = be16([h[2], h[3]]);
             pkt.tcp_flags = h[13];
             pkt.policy_port = pkt.tuple.dport;
+            pkt.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let payload = l4_off + ((h[12] >> 4) as usize) * 4;
+            if payload <= ip_end {
+                pkt.payload_off = payload as u16;
+                pkt.payload_len = (ip_end - payload) as u32;
+            }
         }
         PROTO_UDP => {
             let h: [u8; 8] = load(data, data_end, l4_off)?;

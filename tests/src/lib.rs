@@ -4,6 +4,8 @@
 
 pub mod harness;
 
+pub use harness::nginx;
+
 pub use harness::{
     agent::{Agent, uninstall},
     bpf::{Loaded, link_pins, source_ifindexes},

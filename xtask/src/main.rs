@@ -70,8 +70,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     // Metrics (issue 23): promtool checks a live scrape, a real prometheus server scrapes the
     // agent (each test starts its own; the package's service is kept stopped: see
-    // `no_system_prometheus`).
+    // `no_system_service`).
     "prometheus",
+    // HTTP (issue 20): the server (its system service kept stopped, as prometheus's) and the
+    // load generator of the request benchmark.
+    "nginx",
+    "wrk",
 ];
 
 /// PyPI kubernetes-validate, pinned: it bundles the Kubernetes schemas of its version, so the
@@ -169,7 +173,8 @@ fn setup() -> Result<()> {
         bail!("ztagent's tests and demo load BPF programs and create network namespaces: run as root");
     }
     apt_packages()?;
-    no_system_prometheus()?;
+    no_system_service("prometheus")?;
+    no_system_service("nginx")?;
     rust_components()?;
     nightly()?;
     bpf_linker()?;
@@ -203,42 +208,41 @@ fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Debian's `prometheus` brings a service that listens on :9090 once started. The tests start
-/// their own servers on ports they choose and need none: the system's is stopped and disabled,
-/// idempotently (nothing is done when it is neither running nor enabled). With systemd as init,
-/// `systemctl disable --now`; without it (containers), the package's SysV script, which stops
-/// only the pid in its own pid file, and `update-rc.d disable`.
-fn no_system_prometheus() -> Result<()> {
-    const SERVICE: &str = "prometheus";
-    let script = Path::new("/etc/init.d/prometheus");
+/// Debian's `prometheus` and `nginx` bring services that listen (:9090, :80) once started. The
+/// tests start their own servers on ports they choose and need none: the system's are stopped
+/// and disabled, idempotently (nothing is done when one is neither running nor enabled). With
+/// systemd as init, `systemctl disable --now`; without it (containers), the package's SysV
+/// script, which stops only the pid in its own pid file, and `update-rc.d disable`.
+fn no_system_service(service: &str) -> Result<()> {
+    let script = Path::new("/etc/init.d").join(service);
     if Path::new("/run/systemd/system").exists() {
         let says = |verb: &str, word: &str| {
-            output(Command::new("systemctl").args([verb, SERVICE])).is_some_and(|s| s.trim() == word)
+            output(Command::new("systemctl").args([verb, service])).is_some_and(|s| s.trim() == word)
         };
         if says("is-active", "active") || says("is-enabled", "enabled") {
-            step("stopping and disabling the system's prometheus service (the tests run their own)");
-            run(Command::new("systemctl").args(["disable", "--now", SERVICE]))?;
+            step(&format!("stopping and disabling the system's {service} service (the tests run their own)"));
+            run(Command::new("systemctl").args(["disable", "--now", service]))?;
         }
         return Ok(());
     }
     if !script.exists() {
         return Ok(());
     }
-    if Command::new(script).arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
-        step("stopping the system's prometheus service (the tests run their own)");
-        run(Command::new(script).arg("stop"))?;
+    if Command::new(&script).arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
+        step(&format!("stopping the system's {service} service (the tests run their own)"));
+        run(Command::new(&script).arg("stop"))?;
     }
     let enabled = (1..=5).any(|level| {
         std::fs::read_dir(format!("/etc/rc{level}.d")).is_ok_and(|d| {
             d.flatten().any(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with('S') && name.get(3..) == Some(SERVICE)
+                name.starts_with('S') && name.get(3..) == Some(service)
             })
         })
     });
     if enabled {
-        step("disabling the system's prometheus service at boot");
-        run(Command::new("update-rc.d").args([SERVICE, "disable"]))?;
+        step(&format!("disabling the system's {service} service at boot"));
+        run(Command::new("update-rc.d").args([service, "disable"]))?;
     }
     Ok(())
 }

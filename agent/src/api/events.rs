@@ -77,6 +77,36 @@ pub struct EventRecord {
     /// when the record was made. Absent for a flow's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<String>,
+    /// A request on a declared HTTP port and its response (`reason` "request"), or such a
+    /// connection that stopped being parsed (`reason` "unparsable"); absent for other events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRecord>,
+}
+
+/// What the kernel saw of an HTTP/1.x request and its response (see docs/api.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The request-target's path, without its query (`?...`); at most 64 bytes kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The path was longer than the kernel keeps: `path` is its beginning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    /// The `Host` header (at most 32 bytes kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// From the request's first byte to the response's first byte, as the kernel saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// Why the connection stopped being parsed: "gap" | "start-line" | "framing" | "too-long" |
+    /// "pipeline" | "unsolicited" | "unsynced" (parse failures, counted `http_unparsable`), or
+    /// "tls" | "http2" | "upgrade" (another protocol on the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unparsable: Option<String>,
 }
 
 impl EventRecord {
@@ -116,6 +146,7 @@ impl EventRecord {
             note: None,
             severity: None,
             aggregate: None,
+            http: None,
         }
     }
 
@@ -148,6 +179,7 @@ impl EventRecord {
             note: None,
             severity: None,
             aggregate: None,
+            http: None,
         }
     }
 

@@ -35,7 +35,7 @@ pub(super) fn observe_events(hub: &EventHub, inventory: &Arc<Mutex<Inventory>>, 
 pub(super) fn spawn_event_reader(events: EventSources, hub: Arc<EventHub>, delivered: Arc<AtomicU64>) {
     let reader = hub.clone();
     events.spawn(
-        move |batch| reader.publish(batch),
+        move |batch, http| reader.publish(batch, http),
         move |denied, dropped, flood| hub.sweep(denied, dropped, flood),
         delivered,
     );

@@ -16,8 +16,14 @@ use agent_common::{
     },
 };
 
+use agent_common::http::{
+    HTTP_F_PATH_TRUNCATED, HttpEvent, KIND_EXCHANGE, UNPARSABLE_FRAMING, UNPARSABLE_GAP, UNPARSABLE_HTTP2,
+    UNPARSABLE_PIPELINE, UNPARSABLE_START_LINE, UNPARSABLE_TLS, UNPARSABLE_TOO_LONG, UNPARSABLE_UNSOLICITED,
+    UNPARSABLE_UNSYNCED, UNPARSABLE_UPGRADE,
+};
+
 use super::flood::Floods;
-use crate::api::EventRecord;
+use crate::api::{EventRecord, HttpRecord};
 use crate::clock::{monotonic_ns, rfc3339};
 use crate::policy::{CompiledPolicy, addr16};
 
@@ -298,7 +304,56 @@ impl Decoder {
             note: None,
             severity: None,
             aggregate: (ev.aggregate != 0).then(|| "segment".to_string()),
+            http: None,
         }
+    }
+
+    /// An HTTP event: a request with its response, or a connection no longer parsed.
+    pub fn decode_http(&mut self, ev: &HttpEvent) -> Arc<EventRecord> {
+        let (src, dst) = (ip_of(&ev.src), ip_of(&ev.dst));
+        let c = self.compiled(ev.revision);
+        let segment = |id: u32| c.and_then(|c| c.segment_name(id)).map_or_else(|| id.to_string(), str::to_string);
+        let (src_segment, dst_segment) = (segment(ev.src_segment), segment(ev.dst_segment));
+        let text = |b: &[u8], len: usize| {
+            (len > 0).then(|| String::from_utf8_lossy(b.get(..len.min(b.len())).unwrap_or_default()).into_owned())
+        };
+        let exchange = ev.kind == KIND_EXCHANGE;
+        let http = HttpRecord {
+            method: text(&ev.method, ev.method_len.into()),
+            path: text(&ev.path, ev.path_len.into()),
+            path_truncated: ev.flags & HTTP_F_PATH_TRUNCATED != 0,
+            host: text(&ev.host, ev.host_len.into()),
+            status: exchange.then_some(ev.status),
+            latency_us: exchange.then_some(ev.latency_ns / 1000),
+            unparsable: (!exchange).then(|| unparsable_name(ev.reason).to_string()),
+        };
+        Arc::new(EventRecord {
+            time: rfc3339(wall_clock_of(ev.time_ns)),
+            iface: Some(self.ifname(ev.ifindex)),
+            direction: None,
+            verdict: "allowed".into(),
+            reason: if exchange { "request" } else { "unparsable" }.into(),
+            rule: None,
+            rate_limit: None,
+            src: Some(src),
+            dst: Some(dst),
+            sport: Some(ev.sport),
+            dport: Some(ev.dport),
+            proto: Some("tcp".into()),
+            icmp_id: None,
+            src_pod: self.pods.pod(src).map(str::to_string),
+            dst_pod: self.pods.pod(dst).map(str::to_string),
+            src_segment,
+            dst_segment,
+            ports: Vec::new(),
+            count: 1,
+            len: None,
+            revision: ev.revision,
+            note: None,
+            severity: None,
+            aggregate: None,
+            http: Some(http),
+        })
     }
 
     fn ifname(&mut self, ifindex: u32) -> String {
@@ -346,6 +401,23 @@ pub fn reason_name(r: u8) -> &'static str {
         REASON_RATE_LIMIT => "rate-limit",
         REASON_GRANT_EXPIRED => "grant-expired",
         REASON_SPOOFED => "spoofed",
+        _ => "unknown",
+    }
+}
+
+/// Why an HTTP connection stopped being parsed (`agent_common::http::UNPARSABLE_*`).
+fn unparsable_name(reason: u8) -> &'static str {
+    match reason {
+        UNPARSABLE_GAP => "gap",
+        UNPARSABLE_START_LINE => "start-line",
+        UNPARSABLE_FRAMING => "framing",
+        UNPARSABLE_TOO_LONG => "too-long",
+        UNPARSABLE_PIPELINE => "pipeline",
+        UNPARSABLE_UNSOLICITED => "unsolicited",
+        UNPARSABLE_UNSYNCED => "unsynced",
+        UNPARSABLE_TLS => "tls",
+        UNPARSABLE_HTTP2 => "http2",
+        UNPARSABLE_UPGRADE => "upgrade",
         _ => "unknown",
     }
 }

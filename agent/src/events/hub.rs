@@ -1,7 +1,7 @@
 //! The hub: recent events and the live stream, fanned out to every client and observer.
 use std::{collections::VecDeque, sync::Arc};
 
-use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue};
+use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue, http::HttpEvent};
 
 use super::decode::Decoder;
 use crate::api::{EventFilter, EventRecord};
@@ -61,9 +61,10 @@ impl EventHub {
     }
 
     /// Decodes kernel events and publishes their records.
-    pub fn publish(&self, events: &[Event]) {
+    pub fn publish(&self, events: &[Event], http: &[HttpEvent]) {
         let mut st = self.state();
-        let records: Vec<_> = events.iter().filter_map(|e| st.decoder.decode(e)).collect();
+        let mut records: Vec<_> = events.iter().filter_map(|e| st.decoder.decode(e)).collect();
+        records.extend(http.iter().map(|e| st.decoder.decode_http(e)));
         self.push(&mut st, records);
     }
 

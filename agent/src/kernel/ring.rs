@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue, maps};
+use agent_common::{AggKey, AggValue, DenyKey, DenyValue, Event, FloodValue, http::HttpEvent, maps};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 
 use super::datapath::DatapathError;
@@ -39,7 +39,7 @@ impl EventSources {
     /// events read.
     pub fn spawn<P, S>(self, publish: P, sweep: S, delivered: Arc<AtomicU64>)
     where
-        P: Fn(&[Event]) + Send + 'static,
+        P: Fn(&[Event], &[HttpEvent]) + Send + 'static,
         S: Fn(
                 &mut dyn Iterator<Item = (DenyKey, DenyValue)>,
                 &mut dyn Iterator<Item = (AggKey, AggValue)>,
@@ -58,6 +58,7 @@ impl EventSources {
                 Err(e) => return tracing::error!("cannot watch the event ring buffer: {e}"),
             };
             let mut batch: Vec<Event> = Vec::with_capacity(4096);
+            let mut http: Vec<HttpEvent> = Vec::new();
             loop {
                 let mut guard = match fd.readable_mut().await {
                     Ok(g) => g,
@@ -65,15 +66,20 @@ impl EventSources {
                 };
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
-                    if item.len() >= std::mem::size_of::<Event>() {
+                    // Two kinds of records, told apart by their sizes.
+                    if item.len() == std::mem::size_of::<HttpEvent>() {
+                        // SAFETY: the kernel wrote an HttpEvent (plain data): the item is its size.
+                        http.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HttpEvent>()) });
+                    } else if item.len() >= std::mem::size_of::<Event>() {
                         // SAFETY: the kernel wrote an Event (plain data) at the start of the item.
                         batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
                     }
                 }
                 guard.clear_ready();
-                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                publish(&batch);
+                delivered.fetch_add((batch.len() + http.len()) as u64, Ordering::Relaxed);
+                publish(&batch, &http);
                 batch.clear();
+                http.clear();
             }
         });
         tokio::spawn(async move {

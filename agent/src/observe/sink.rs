@@ -333,6 +333,7 @@ mod tests {
             severity: None,
             src_pod: None,
             aggregate: None,
+            http: None,
             dst_pod: None,
         }
     }

@@ -9,6 +9,7 @@ pub mod frames;
 pub mod k8s;
 pub mod metrics;
 pub mod netns;
+pub mod nginx;
 pub mod policies;
 pub mod probes;
 pub mod prometheus;

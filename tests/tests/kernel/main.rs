@@ -30,6 +30,7 @@ mod flood;
 mod fragments;
 mod grants;
 mod hostile;
+mod http;
 mod inventory;
 mod k8s_api;
 mod k8s_netpol;
