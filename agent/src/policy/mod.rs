@@ -68,9 +68,9 @@ pub(crate) use eval::mask;
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use explain::{EndpointError, Explanation, explain, segment_address};
 pub use model::{
-    ANY_NAME, Action, Alerts, Api, ApiProtocol, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
-    POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
-    WORLD_NAME,
+    ANY_NAME, Action, Alerts, Api, ApiProtocol, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS,
+    MIN_BYTES_BURST, Mode, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule,
+    SegRef, Segment, WORLD_NAME,
 };
 pub(crate) use source::diag::utf8_diagnostic;
 pub use source::diag::{Diagnostic, Diagnostics};

@@ -87,7 +87,11 @@ pub fn dump(pins: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
             .map(|x| u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
             .collect()
     };
-    v.as_array().unwrap_or_else(|| panic!("bpftool: {out}")).iter().map(|e| (bytes(&e["key"]), bytes(&e["value"]))).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("bpftool: {out}"))
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
 }
 
 /// The interface indexes that hold entries in the pinned `ZT_SOURCES` map under `pins`

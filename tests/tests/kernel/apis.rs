@@ -84,10 +84,7 @@ fn declared_api_ports_reach_the_kernel_and_leave_it() {
     );
     let text = agent.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains("api payments-api: segment payments, ports 8080/tcp, 8443/tcp, protocol http"),
-        "{text}"
-    );
+    assert!(text.contains("api payments-api: segment payments, ports 8080/tcp, 8443/tcp, protocol http"), "{text}");
     // `policy get` shows them.
     let got = agent.cli(&["policy", "get"]);
     let got = String::from_utf8_lossy(&got.stdout);

@@ -373,7 +373,6 @@ pub(crate) fn insert_range(set: &mut Vec<(u32, u32)>, lo: u32, hi: u32) -> usize
     (u64::from(hi - lo) + 1 - covered_before) as usize
 }
 
-
 /// Whether the policy allows a segment nothing as a source, in a form the datapath may trust
 /// without a judgement (`SEG_F_DENIED_ALL`): the default is deny, no segment is in audit mode
 /// (a denial to it would pass), no rule has `*` as its source (it would apply to this one) or

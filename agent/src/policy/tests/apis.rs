@@ -193,7 +193,8 @@ fn apis_compile() {
     assert!(c.summary().to_string().ends_with(", 5 API ports"), "{}", c.summary());
     assert!(compile(&ok(EXAMPLE)).api_ports.is_empty());
     // Adjacent and overlapping ranges merge exactly.
-    let p = ok(&with_apis("  - segment: payments\n    ports: [\"10-12/tcp\", \"13-14/tcp\", \"11-20/tcp\", \"30/tcp\"]\n"));
+    let p =
+        ok(&with_apis("  - segment: payments\n    ports: [\"10-12/tcp\", \"13-14/tcp\", \"11-20/tcp\", \"30/tcp\"]\n"));
     let ports: Vec<u16> = compile(&p).api_ports.iter().map(|&(_, port)| port).collect();
     assert_eq!(ports, (10..=20).chain([30]).collect::<Vec<u16>>());
 }

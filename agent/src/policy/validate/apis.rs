@@ -146,7 +146,10 @@ impl Validator<'_> {
                     }
                     Ok(_) => self.err(
                         item.pos,
-                        format!("{} is not TCP: an API's ports are TCP ports or ranges, such as \"8080/tcp\"", quote(s)),
+                        format!(
+                            "{} is not TCP: an API's ports are TCP ports or ranges, such as \"8080/tcp\"",
+                            quote(s)
+                        ),
                     ),
                     Err(e) => self.err(item.pos, format!("invalid port spec {}: {e}", quote(s))),
                 },
