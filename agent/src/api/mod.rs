@@ -174,6 +174,10 @@ pub struct Status {
     /// The rate limits in force.
     #[serde(default)]
     pub limits: Vec<LimitStatus>,
+    /// The APIs the policy in force declares (`apis`), keyed by name (an unnamed one by
+    /// `SEGMENT:PORTS`): the flows the datapath parses as HTTP.
+    #[serde(default)]
+    pub apis: std::collections::BTreeMap<String, ApiStatus>,
     /// Fill of the state maps (conntrack, event aggregation, fragments, address buckets).
     #[serde(default)]
     pub maps: Vec<MapStatus>,
@@ -329,6 +333,17 @@ pub struct MapStatus {
     pub map: String,
     pub entries: u64,
     pub capacity: u64,
+}
+
+/// One declared API of the policy in force.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiStatus {
+    /// The servers' segment.
+    pub segment: String,
+    /// TCP ports and ranges as the policy writes them (`"8080/tcp"`, `"8000-8099/tcp"`).
+    pub ports: Vec<String>,
+    /// `http`: plaintext HTTP/1.x.
+    pub protocol: String,
 }
 
 /// One rate limit: configuration, state, and what it did since it was installed unchanged.

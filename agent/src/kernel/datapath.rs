@@ -300,7 +300,7 @@ fn pinned(dir: &Path) -> Vec<PathBuf> {
 /// The maps that hold the policy in force: its two slots, the active index and the rate-limit
 /// configs refer to each other, so they are kept or replaced together (a kept `ZT_ACTIVE`
 /// pointing into a new, empty `ZT_HOSTS` would judge by half a policy).
-const POLICY_MAPS: [&str; 8] = [
+const POLICY_MAPS: [&str; 9] = [
     maps::ACTIVE_SLOT,
     maps::SLOTS,
     maps::HOSTS,
@@ -309,6 +309,7 @@ const POLICY_MAPS: [&str; 8] = [
     maps::PORTS,
     maps::LIMITS,
     maps::GRANT_SOURCES,
+    maps::API_PORTS,
 ];
 
 /// Moves aside the maps pinned by an earlier agent whose layout (type, key and value sizes,

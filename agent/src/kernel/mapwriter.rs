@@ -9,8 +9,10 @@ use std::collections::HashSet;
 
 use agent_common::{
     BucketConfig, BucketKey, CIDR_SLOT_BITS, CidrData, HostKey, LimitConfig, LimitStats, MAX_BUCKET_SETS, MAX_GRANTS,
-    MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, SegmentInfo,
-    SlotConfig, TICK_SHIFT, Verdict, maps,
+    MAX_LIMITS, PROFILE_NONE, PROFILE_SLOT_SHIFT, PairKey, PortData, SLOT_F_APIS, SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES,
+    SegmentInfo, SlotConfig, TICK_SHIFT, Verdict,
+    http::{API_HTTP, ApiPortKey, MAX_API_PORTS},
+    maps,
 };
 use aya::{
     Ebpf,
@@ -56,6 +58,8 @@ pub struct MapWriter {
     grants: Array<MapData, u64>,
     /// The address blocks of grants, per slot.
     grant_sources: LpmTrie<MapData, CidrData, SegmentInfo>,
+    /// The declared HTTP ports (`apis`), per slot.
+    api_ports: HashMap<MapData, ApiPortKey, u32>,
     last_flip: Option<Instant>,
     /// Entries one policy may use in each map: half of each (two slots).
     room: crate::kernel::datapath::Limits,
@@ -97,6 +101,7 @@ impl MapWriter {
             limit_stats: take(ebpf, maps::LIMIT_STATS)?,
             grants: take(ebpf, maps::GRANTS)?,
             grant_sources: take(ebpf, maps::GRANT_SOURCES)?,
+            api_ports: take(ebpf, maps::API_PORTS)?,
             last_flip: None,
             room: limits.clone(),
         })
@@ -112,6 +117,7 @@ impl MapWriter {
             ("port entries", p.ports.len(), half(self.room.ports), "--max-port-entries"),
             ("rate limits", p.limits.len(), MAX_LIMITS as usize, "this build"),
             ("grant address blocks", p.grant_sources.len(), MAX_GRANTS as usize, "this build"),
+            ("declared API ports", p.api_ports.len(), MAX_API_PORTS as usize, "this build"),
         ];
         match checks.into_iter().find(|(_, needed, allowed, _)| needed > allowed) {
             Some((what, needed, allowed, flag)) => Err(WriteError::TooLarge { what, needed, allowed, flag }),
@@ -166,7 +172,8 @@ impl MapWriter {
             any_any: policy.any_any.map_or(PROFILE_NONE, |p| profile_id(slot, p)),
             world_flags: policy.world_flags,
             flags: if policy.mode == Mode::Audit { SLOT_F_AUDIT } else { 0 }
-                | if policy.grant_sources.is_empty() { 0 } else { SLOT_F_GRANT_SOURCES },
+                | if policy.grant_sources.is_empty() { 0 } else { SLOT_F_GRANT_SOURCES }
+                | if policy.api_ports.is_empty() { 0 } else { SLOT_F_APIS },
         };
         self.slots.set(slot, cfg, 0).map_err(full(maps::SLOTS))?;
         // The flip: ZT_ACTIVE holds 1 + slot, so it only ever changes in its low byte and a
@@ -220,6 +227,10 @@ impl MapWriter {
             .collect();
         for k in &ports {
             n += self.ports.remove(k).is_ok() as usize;
+        }
+        let apis: Vec<ApiPortKey> = self.api_ports.keys().filter_map(Result::ok).filter(|k| k.slot == slot).collect();
+        for k in &apis {
+            n += self.api_ports.remove(k).is_ok() as usize;
         }
         Ok(n)
     }
@@ -350,6 +361,10 @@ impl MapWriter {
             };
             self.ports.insert(&Key::new(32 + e.bits, data), e.verdict, 0).map_err(full(maps::PORTS))?;
         }
-        Ok(p.hosts.len() + p.cidrs.len() + p.grant_sources.len() + p.pairs.len() + p.ports.len())
+        for &(segment, port) in &p.api_ports {
+            let key = ApiPortKey { slot, segment, port, _pad: [0; 2] };
+            self.api_ports.insert(key, API_HTTP, 0).map_err(full(maps::API_PORTS))?;
+        }
+        Ok(p.hosts.len() + p.cidrs.len() + p.grant_sources.len() + p.pairs.len() + p.ports.len() + p.api_ports.len())
     }
 }

@@ -22,6 +22,11 @@
 //!     to: [payments]
 //!     ports: ["443/tcp", "8000-8099/tcp", "53/udp", "tcp", "udp", "icmp"]  # absent = all
 //!     action: allow          # a matching deny always beats a matching allow
+//! apis:                      # optional: the TCP ports whose flows the datapath parses
+//!   - name: payments-api     # optional; unique when given
+//!     segment: payments      # the servers: one named segment (not "*" or world)
+//!     ports: ["8080/tcp", "8443-8444/tcp"]   # TCP ports and ranges only
+//!     protocol: http         # plaintext HTTP/1.x (the only protocol for now)
 //! rateLimits:                # optional; bounds what the rules (or defaultAction) allow
 //!   - name: frontend-to-payments
 //!     from: frontend         # ONE source segment, or world
@@ -63,9 +68,9 @@ pub(crate) use eval::mask;
 pub use eval::{Decision, Lookup, addr16, evaluate_naive, port_key};
 pub use explain::{EndpointError, Explanation, explain, segment_address};
 pub use model::{
-    ANY_NAME, Action, Alerts, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS, MIN_BYTES_BURST, Mode,
-    POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule, SegRef, Segment,
-    WORLD_NAME,
+    ANY_NAME, Action, Alerts, Api, ApiProtocol, BucketSpec, GrantSource, LimitScope, MAX_RATE, MAX_REFILL_SECONDS,
+    MIN_BYTES_BURST, Mode, POLICY_VERSION, Per, PodSelector, Policy, PortSpec, PortSpecError, Proto, RateLimit, Rule,
+    SegRef, Segment, WORLD_NAME,
 };
 pub(crate) use source::diag::utf8_diagnostic;
 pub use source::diag::{Diagnostic, Diagnostics};

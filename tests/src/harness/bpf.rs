@@ -74,6 +74,26 @@ pub fn link_pins(pins: &Path) -> Vec<String> {
     v
 }
 
+/// Every entry of the pinned map `name` under `pins`, as (key bytes, value bytes), read by
+/// bpftool (the kernel's view, not the agent's).
+pub fn dump(pins: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let map = pins.join("maps").join(name);
+    let out = sh(&["bpftool", "-j", "map", "dump", "pinned", map.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool: {e}: {out}"));
+    let bytes = |b: &serde_json::Value| -> Vec<u8> {
+        b.as_array()
+            .unwrap_or_else(|| panic!("bpftool: no bytes in {b}"))
+            .iter()
+            .map(|x| u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    v.as_array()
+        .unwrap_or_else(|| panic!("bpftool: {out}"))
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}
+
 /// The interface indexes that hold entries in the pinned `ZT_SOURCES` map under `pins`
 /// (bpftool's dump; key bytes: prefix length (u32, host order), ifindex (big endian), address).
 pub fn source_ifindexes(pins: &Path) -> Vec<u32> {

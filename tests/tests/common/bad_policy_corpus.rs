@@ -207,6 +207,18 @@ pub(crate) const CASES: &[Case] = &[
     case!("rate-limit-burst-u64-overflow.yaml", 14:47, "`burst` must be at most 18446744073709551615"),
     case!("rate-limit-bytes-burst-too-small.yaml", 14:49, "`bytes.burst` must be at least 1500, not 1000"),
     case!("rate-limit-refill-too-long.yaml", 14:43, "takes about 25 hours to refill; at most 24 hours"),
+    // ---- apis (declared HTTP ports)
+    case!("api-unknown-segment.yaml", 13:14, "unknown segment `paymnts` in `segment`; did you mean `payments`?"),
+    case!("api-segment-star.yaml", 12:14, "the `segment` of an API must be a named segment, not `*`"),
+    case!("api-segment-world.yaml", 12:14, "the `segment` of an API must be a named segment, not `world`"),
+    case!("api-udp-port.yaml", 13:25, "`53/udp` is not TCP: HTTP/1.x runs over TCP; did you mean `53/tcp`?"),
+    case!("api-icmp-port.yaml", 13:13, "`icmp` is not TCP"),
+    case!("api-every-tcp-port.yaml", 13:13, "`tcp` would declare every TCP port"),
+    case!("api-unknown-protocol.yaml", 14:15, "unknown API protocol `htp`; did you mean `http`?"),
+    case!("api-duplicate-name.yaml", 15:11, "duplicate API name `payments-api` (first used on line 12)"),
+    case!("api-unknown-field.yaml", 14:5, "unknown field `protocl` in an API; did you mean `protocol`?"),
+    case!("api-missing-ports.yaml", 12:5, "API `payments-api` has no `ports`"),
+    case!("api-too-many-ports.yaml", 15:12, "declares more than 4096 (segment, port) pairs"),
 ];
 
 /// One parsed `FILE:LINE:COL: message` line.

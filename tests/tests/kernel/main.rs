@@ -18,6 +18,7 @@ mod bad_policy_corpus;
 
 mod agent;
 mod alerts;
+mod apis;
 mod atomic;
 mod audit;
 mod bad_policies;

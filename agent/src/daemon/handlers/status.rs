@@ -3,7 +3,7 @@ use agent_common::{BUCKET_PACKETS, TICK_SHIFT};
 
 use super::super::State;
 use crate::{
-    api::{Interface, LimitBucket, LimitStatus, MapStatus, Reply, Status},
+    api::{ApiStatus, Interface, LimitBucket, LimitStatus, MapStatus, Reply, Status},
     kernel::{datapath::error_chain, mapwriter::MapWriter},
     policy::{self, CompiledPolicy, Mode},
 };
@@ -16,6 +16,7 @@ pub(super) fn status(state: &State) -> Reply {
     let limits = state.installed.as_ref().map_or_else(Vec::new, |i| limit_status(&state.writer, &i.compiled));
     Reply::Status(Box::new(Status {
         limits,
+        apis: state.installed.as_ref().map_or_else(Default::default, |i| api_status(&i.policy)),
         revision: state.writer.revision(),
         mode: state.installed.as_ref().map_or(Mode::Enforce, |i| i.compiled.mode).as_str().into(),
         pin_path: state.datapath.pins.root.display().to_string(),
@@ -45,6 +46,21 @@ pub(super) fn status(state: &State) -> Reply {
         xdp_mode: state.xdp_mode.into(),
         pins: state.pins.clone(),
     }))
+}
+
+/// The APIs `policy` declares, keyed by name (or `SEGMENT:PORTS`).
+pub(crate) fn api_status(policy: &policy::Policy) -> std::collections::BTreeMap<String, ApiStatus> {
+    let mut out = std::collections::BTreeMap::new();
+    for api in &policy.apis {
+        let status = ApiStatus {
+            segment: policy.seg_ref_name(policy::SegRef::Named(api.segment)),
+            ports: api.ports.iter().map(|p| p.to_string()).collect(),
+            protocol: api.protocol.as_str().into(),
+        };
+        // Two unnamed APIs with the same segment and ports declare the same pairs: one entry.
+        out.insert(api.key(policy), status);
+    }
+    out
 }
 
 /// The state of every rate limit in force, read from the kernel.

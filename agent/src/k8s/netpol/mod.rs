@@ -72,7 +72,7 @@ pub use translate::translate;
 use super::{Cluster, NetworkPolicy, Peer, Pod, PortRef, Protocol};
 use crate::policy::selector::Labels;
 use crate::policy::{
-    self, Action, Addr, LimitScope, Mode, PORT_SPACE, Policy, PortSpec, Proto, RateLimit, Rule, SegRef, Segment,
+    self, Action, Addr, Api, LimitScope, Mode, PORT_SPACE, Policy, PortSpec, Proto, RateLimit, Rule, SegRef, Segment,
     addr16, cidr_key,
 };
 

@@ -58,6 +58,7 @@ pub fn translate(
         let view = Blocks { blocks: &blocks, m: &m, n, pos: &pos, seg_ref: &named.seg_ref };
         rules.extend(np_rules(&view, &entries, policies, taken));
     }
+    let apis = rewrite_apis(native, &named);
     let policy = Policy {
         mode: native.mode,
         default_action: native.default_action,
@@ -65,6 +66,7 @@ pub fn translate(
         rules,
         rate_limits,
         alerts: native.alerts.clone(),
+        apis,
         // The daemon applies no grant from an address block under Kubernetes inputs: the
         // native policy has no grant sources here.
         grant_sources: Vec::new(),
@@ -445,6 +447,28 @@ fn fill_cidrs(
 
 /// The native rules and rate limits, rewritten over the output's segments (a rate limit from a
 /// segment split in several classes becomes one per class).
+/// The native APIs over the output's segments: an API of a native segment that stands for
+/// several segments here is declared on each (named like rate limits, `NAME@SEGMENT` beyond the
+/// first); one whose segment holds no address here declares nothing.
+fn rewrite_apis(native: &Policy, named: &Named) -> Vec<Api> {
+    let mut apis = Vec::new();
+    for api in &native.apis {
+        let targets = named.of_native.get(api.segment).map_or(&[][..], |v| v.as_slice());
+        let segments = targets.iter().filter_map(|r| match r {
+            SegRef::Named(i) => Some(*i),
+            SegRef::Any | SegRef::World => None,
+        });
+        for (k, segment) in segments.enumerate() {
+            let name = match &api.name {
+                Some(n) if k > 0 => Some(format!("{n}@{}", seg_name(&named.segments, SegRef::Named(segment)))),
+                other => other.clone(),
+            };
+            apis.push(Api { name, segment, ..api.clone() });
+        }
+    }
+    apis
+}
+
 fn rewrite_native(native: &Policy, named: &Named, warnings: &mut Vec<String>) -> (Vec<Rule>, Vec<RateLimit>) {
     let rewrite = |refs: &[SegRef]| -> Vec<SegRef> {
         let mut out: Vec<SegRef> = Vec::new();

@@ -178,3 +178,40 @@ rateLimits:
     // The native allow admits x/b -> x/a although x/a is isolated.
     assert_eq!(c.lookup(pod_ip("x/b"), pod_ip("x/a"), TCP, 80).action, agent_common::ACTION_ALLOW);
 }
+
+#[test]
+fn apis_on_label_selected_segments() {
+    let native = r#"
+version: 1
+segments:
+  web: { selector: { namespace: x, labels: { pod: a } } }
+  db: { selector: { matchExpressions: [ { key: pod, operator: In, values: [c] } ] } }
+rules:
+  - { name: web-to-db, from: [web], to: [db], ports: ["5432/tcp"], action: allow }
+apis:
+  - { name: db-api, segment: db, ports: ["8080/tcp"], protocol: http }
+  - { segment: web, ports: ["9000-9001/tcp"] }
+"#;
+    let deny_all = ["x", "y", "z"]
+        .iter()
+        .map(|ns| np(ns, "deny-all", "podSelector: {}\npolicyTypes: [Ingress, Egress]"))
+        .collect::<String>();
+    let t = translated(native, &(model() + &deny_all));
+    let c = policy::compile(&t.policy);
+    // Every pod of a declaring segment has its ports declared on its own segment id, whatever
+    // class of addresses the translation made of it; no other pod has any.
+    let declared = |a: IpAddr| -> Vec<u16> {
+        let seg = c.lookup(a, a, TCP, 1).dst_segment;
+        c.api_ports.iter().filter(|(s, _)| *s == seg).map(|(_, p)| *p).collect()
+    };
+    for pod in PODS {
+        let want: &[u16] = match pod {
+            "x/a" => &[9000, 9001],
+            p if p.ends_with("/c") => &[8080],
+            _ => &[],
+        };
+        assert_eq!(declared(pod_ip(pod)), want, "{pod}\n{}", t.policy.to_yaml());
+    }
+    // The first segment a named API stands for keeps its name.
+    assert!(t.policy.apis.iter().any(|a| a.name.as_deref() == Some("db-api")), "{:?}", t.policy.apis);
+}

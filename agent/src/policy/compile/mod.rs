@@ -122,6 +122,9 @@ pub struct CompiledPolicy {
     pub profile_count: u32,
     /// The rate limits: index = limit id - 1 (limit ids are 1-based; 0 is no limit).
     pub limits: Vec<CompiledLimit>,
+    /// The declared API ports (`apis`): (destination segment id, TCP port), sorted, each once.
+    /// The datapath parses the TCP flows to these as HTTP/1.x ([`agent_common::http::API_HTTP`]).
+    pub api_ports: Vec<(u32, u16)>,
     /// (prefix length in IPv6 space, network address, info) of the address blocks of
     /// time-bound grants ([`Policy::grant_sources`]): `GRANT_SOURCES`, not the identity maps.
     pub grant_sources: Vec<(u32, Addr, SegmentInfo)>,
@@ -206,6 +209,8 @@ pub struct Summary {
     pub profiles: usize,
     pub port_entries: usize,
     pub rate_limits: usize,
+    /// Declared (segment, TCP port) pairs of `apis`.
+    pub api_ports: usize,
 }
 
 impl fmt::Display for Summary {
@@ -219,6 +224,11 @@ impl fmt::Display for Summary {
             0 => {}
             1 => write!(f, ", 1 rate limit")?,
             n => write!(f, ", {n} rate limits")?,
+        }
+        match self.api_ports {
+            0 => {}
+            1 => write!(f, ", 1 API port")?,
+            n => write!(f, ", {n} API ports")?,
         }
         Ok(())
     }
@@ -235,6 +245,7 @@ impl CompiledPolicy {
             profiles: self.profile_count as usize,
             port_entries: self.ports.len(),
             rate_limits: self.limits.len(),
+            api_ports: self.api_ports.len(),
         }
     }
 
@@ -313,7 +324,53 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
         profile_count: u32::try_from(profiles.len()).unwrap_or(u32::MAX),
         limits: policy.rate_limits.iter().map(|l| compile_limit(policy, l)).collect(),
         grant_sources: ids.grant_sources,
+        api_ports: api_ports(policy),
     }
+}
+
+/// The (segment id, TCP port) pairs the APIs declare, expanded, sorted and deduplicated.
+fn api_ports(policy: &Policy) -> Vec<(u32, u16)> {
+    let mut by_segment: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = std::collections::BTreeMap::new();
+    for api in &policy.apis {
+        // A dangling index (only in a hand-built policy) declares nothing.
+        let Some(id) = seg_id(super::model::SegRef::Named(api.segment), policy.segments.len()) else { continue };
+        let set = by_segment.entry(id).or_default();
+        for (lo, hi) in api.tcp_ranges() {
+            insert_range(set, u32::from(lo), u32::from(hi));
+        }
+    }
+    let mut out = Vec::new();
+    for (id, ranges) in by_segment {
+        for (lo, hi) in ranges {
+            // The ranges hold TCP ports (u16): the conversion never fails.
+            out.extend((lo..=hi).filter_map(|p| u16::try_from(p).ok()).map(|p| (id, p)));
+        }
+    }
+    out
+}
+
+/// Inserts `[lo, hi]` into sorted disjoint (non-adjacent) ranges; returns how many values were
+/// not covered before.
+pub(crate) fn insert_range(set: &mut Vec<(u32, u32)>, lo: u32, hi: u32) -> usize {
+    // The ranges that touch or overlap [lo, hi]: set[first..last].
+    let first = set.partition_point(|&(_, h)| h.saturating_add(1) < lo);
+    let last = set.partition_point(|&(l, _)| l <= hi.saturating_add(1));
+    if first < last && set[first].0 <= lo && set[first].1 >= hi {
+        return 0;
+    }
+    let mut covered_before = 0u64;
+    let (mut new_lo, mut new_hi) = (lo, hi);
+    for &(l, h) in &set[first..last] {
+        // Overlap of [l, h] with [lo, hi].
+        let (ol, oh) = (l.max(lo), h.min(hi));
+        if ol <= oh {
+            covered_before += u64::from(oh - ol) + 1;
+        }
+        new_lo = new_lo.min(l);
+        new_hi = new_hi.max(h);
+    }
+    set.splice(first..last, [(new_lo, new_hi)]);
+    (u64::from(hi - lo) + 1 - covered_before) as usize
 }
 
 /// Whether the policy allows a segment nothing as a source, in a form the datapath may trust

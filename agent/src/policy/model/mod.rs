@@ -365,6 +365,75 @@ pub struct RateLimit {
     pub scope: LimitScope,
 }
 
+/// What a declared API port speaks (`apis[].protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiProtocol {
+    /// Plaintext HTTP/1.x: the datapath frames its requests and responses (a TLS handshake or
+    /// an HTTP/2 preface on such a port is reported as such, not parsed).
+    #[default]
+    Http,
+}
+
+impl ApiProtocol {
+    /// The protocols `protocol` may name.
+    pub const NAMES: [&'static str; 1] = ["http"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiProtocol::Http => "http",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<ApiProtocol> {
+        match s {
+            "http" => Some(ApiProtocol::Http),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One declared API (`apis:`): the TCP ports of one segment's servers that speak `protocol`.
+/// Only flows to those (segment, port) pairs are parsed by the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Api {
+    /// Optional; unique among the named APIs of a policy file.
+    pub name: Option<String>,
+    /// The servers: a named segment (index in [`Policy::segments`]; never `*` or `world`).
+    pub segment: usize,
+    /// TCP ports and ranges ([`PortSpec::Range`] with [`Proto::Tcp`] only; validation rejects
+    /// anything else).
+    pub ports: Vec<PortSpec>,
+    pub protocol: ApiProtocol,
+}
+
+impl Api {
+    /// The inclusive TCP port ranges declared (anything but a TCP range is ignored).
+    pub fn tcp_ranges(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        self.ports.iter().filter_map(|p| match *p {
+            PortSpec::Range { proto: Proto::Tcp, lo, hi } => Some((lo, hi)),
+            _ => None,
+        })
+    }
+
+    /// How the API is known: its name, else `SEGMENT:PORTS` (`payments:8080/tcp,8443/tcp`).
+    pub fn key(&self, policy: &Policy) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => {
+                let ports: Vec<String> = self.ports.iter().map(|p| p.to_string()).collect();
+                format!("{}:{}", policy.seg_ref_name(SegRef::Named(self.segment)), ports.join(","))
+            }
+        }
+    }
+}
+
 /// A validated policy. Rule ids in the maps and in decisions are 1-based indexes of `rules`;
 /// rate limit ids are 1-based indexes of `rate_limits` (0 = no limit).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -381,6 +450,8 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
     /// Deviation alerts (`alerts`; absent = none).
     pub alerts: Option<Alerts>,
+    /// The declared APIs (`apis`; absent = none), in file order.
+    pub apis: Vec<Api>,
     /// Never in a file (the agent adds them, see `grants`): the last `grant_sources.len()`
     /// entries of `segments` are the address blocks of time-bound grants (`--from CIDR`),
     /// pseudo-segments that name no address (an address keeps its segment) and that only the

@@ -15,6 +15,17 @@ struct FileOut<'a> {
     rate_limits: Vec<RateLimitOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alerts: Option<Alerts>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    apis: Vec<ApiOut>,
+}
+
+#[derive(Serialize)]
+struct ApiOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    segment: String,
+    ports: Vec<PortSpec>,
+    protocol: ApiProtocol,
 }
 
 fn is_enforce(m: &Mode) -> bool {
@@ -155,6 +166,16 @@ impl Serialize for Policy {
                 })
                 .collect(),
             alerts: self.alerts.clone(),
+            apis: self
+                .apis
+                .iter()
+                .map(|a| ApiOut {
+                    name: a.name.clone(),
+                    segment: self.seg_ref_name(SegRef::Named(a.segment)),
+                    ports: a.ports.clone(),
+                    protocol: a.protocol,
+                })
+                .collect(),
         }
         .serialize(s)
     }

@@ -3,6 +3,7 @@
 //! reference semantics (`compiled`), rate limits (`limits`, `limit_config`), audit mode and
 //! label-selected segments (`modes`). The helpers they share are here.
 
+mod apis;
 mod compiled;
 mod diagnostics;
 mod limit_config;

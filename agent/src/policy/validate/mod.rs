@@ -14,6 +14,7 @@ use crate::policy::model::{
 use crate::policy::source::diag::{Diagnostic, Diagnostics, quote, suggest};
 use crate::policy::source::tree::{Node, Pos, Value, parse_tree};
 
+mod apis;
 mod refs;
 mod rules;
 mod sections;
@@ -51,7 +52,8 @@ pub fn load(path: &Path) -> Result<Policy, Diagnostics> {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["version", "mode", "defaultAction", "segments", "rules", "rateLimits", "alerts"];
+const TOP_FIELDS: &[&str] = &["version", "mode", "defaultAction", "segments", "rules", "rateLimits", "alerts", "apis"];
+const API_FIELDS: &[&str] = &["name", "segment", "ports", "protocol"];
 const ALERT_FIELDS: &[&str] = &[
     "learnSeconds",
     "newPeer",
@@ -295,6 +297,9 @@ impl Validator<'_> {
         }
         if let Some(n) = top.get("alerts") {
             policy.alerts = self.alerts(n);
+        }
+        if let Some(n) = top.get("apis") {
+            policy.apis = self.apis(n, &names);
         }
         policy
     }

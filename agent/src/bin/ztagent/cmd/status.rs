@@ -35,6 +35,14 @@ pub async fn status(socket: &Path, args: StatusArgs) -> anyhow::Result<ExitCode>
                 for l in &s.limits {
                     print_limit(l);
                 }
+                for (name, a) in &s.apis {
+                    println!(
+                        "api {name}: segment {}, ports {}, protocol {}",
+                        a.segment,
+                        a.ports.join(", "),
+                        a.protocol
+                    );
+                }
                 if let Some(p) = &s.policy_source {
                     print_policy_source(p);
                 }
