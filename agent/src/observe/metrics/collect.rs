@@ -36,8 +36,19 @@ impl Snapshot {
             None,
             MetricType::Counter,
         )?;
-        for (name, v) in s.counters.iter().filter(|(n, _)| *n != lost) {
+        // Requests and connections of declared HTTP ports are not packets: families of their own.
+        let http = |n: &str| n.starts_with("http_");
+        for (name, v) in s.counters.iter().filter(|(n, _)| *n != lost && !http(n)) {
             ConstCounter::new(*v).encode(e.encode_family(&[("outcome", *name)])?)?;
+        }
+        for (name, v) in s.counters.iter().filter(|(n, _)| http(n)) {
+            let help = match *name {
+                "http_requests" => "HTTP requests parsed on declared ports, since the pinned maps were created.",
+                "http_responses" => "HTTP responses matched to their requests, since the pinned maps were created.",
+                _ => "Connections on declared HTTP ports that stopped being parsed (broken framing, lost bytes).",
+            };
+            let e = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*v).encode(e)?;
         }
         if let Some((_, v)) = s.counters.iter().find(|(n, _)| *n == lost) {
             let e = enc.encode_descriptor(

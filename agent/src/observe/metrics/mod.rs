@@ -10,7 +10,10 @@
 //!
 //! - `ztagent_packets_total{outcome}` (counter): packets by outcome, summed over CPUs, since
 //!   the pinned maps were created; `outcome` is every name of `agent_common::counter::NAMES`
-//!   but `events_lost` (`pass_tracked`, `pass_policy`, ..., `drop_rate_limit`).
+//!   but `events_lost` and the `http_*` ones (`pass_tracked`, `pass_policy`, ..., `drop_rate_limit`).
+//! - `ztagent_http_requests_total`, `ztagent_http_responses_total` (counters): HTTP requests
+//!   parsed and responses matched on declared ports; `ztagent_http_unparsable_total`: such
+//!   connections that stopped being parsed (docs/api.md).
 //! - `ztagent_events_lost_total` (counter): events the kernel could not put in the full ring
 //!   buffer, since the maps were created.
 //! - `ztagent_events_delivered_total` (counter): events the agent read from the ring buffer,
