@@ -600,6 +600,9 @@ pub mod maps {
     pub const FLOOD_STATE: &str = "ZT_FLOOD_STATE";
     pub const API_PORTS: &str = "ZT_API_PORTS";
     pub const HTTP_FLOWS: &str = "ZT_HTTP_FLOWS";
+    /// The HTTP parser's programs, tail-called by the datapath's (one array per program type).
+    pub const HTTP_XDP: &str = "ZT_HTTP_XDP";
+    pub const HTTP_TC: &str = "ZT_HTTP_TC";
 }
 
 /// Program names in the object file.
@@ -608,6 +611,10 @@ pub mod programs {
     pub const EGRESS: &str = "zt_egress";
     /// Ingress on a guarded (pod) interface: anti-spoofing (`SOURCES`), then as `INGRESS`.
     pub const INGRESS_GUARDED: &str = "zt_ingress_guarded";
+    /// The HTTP parser (see `http`), tail-called from `zt_ingress*` (XDP) and `zt_egress` (TC)
+    /// through `ZT_HTTP_XDP[0]` and `ZT_HTTP_TC[0]`; loaded, never attached.
+    pub const HTTP_INGRESS: &str = "zt_http_ingress";
+    pub const HTTP_EGRESS: &str = "zt_http_egress";
     // The rest are in the benchmark's own object (`ztbench-ebpf`), never loaded by the agent.
     /// An empty XDP program, the benchmark's baseline.
     pub const BASELINE: &str = "zt_baseline";

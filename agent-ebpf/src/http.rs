@@ -143,9 +143,13 @@ struct Walk {
     /// The connection's original tuple, for events.
     key: CtKey,
     now: u64,
-    /// The payload's next byte not in the window, and its end (offsets in the frame).
+    /// The payload's next byte not in the window, and its end (offsets in the frame); from
+    /// `prepare`, its start and length.
     cur: u32,
     end: u32,
+    /// From `prepare`: the segment's sequence number and TCP flags.
+    seq: u32,
+    tcp_flags: u32,
     ifindex: u32,
     /// The window: its next byte, and how many it holds.
     i: u32,
@@ -163,11 +167,11 @@ struct Refs {
     ctx: *mut c_void,
 }
 
-/// Parses the payload of `pkt`, a packet of a declared connection that passes (`reply`: it
-/// goes from the server to the client). `ctx`: the program's context (`XDP`: an `xdp_md`,
-/// else a `__sk_buff`), to copy the payload from.
+/// Hands the passed packet `pkt` of a declared connection (`reply`: from the server to the
+/// client) to the parser, which the program tail-calls next: what it needs of the packet, in
+/// this CPU's scratch (the tail call runs on this CPU, right after).
 #[inline(never)]
-pub fn observe<const XDP: bool>(ctx: *mut c_void, pkt: &Packet, reply: bool) {
+pub fn prepare(pkt: &Packet, reply: bool) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's scratch value, for this program run.
     let w = unsafe { &mut (*scratch).walk };
@@ -179,6 +183,17 @@ pub fn observe<const XDP: bool>(ctx: *mut c_void, pkt: &Packet, reply: bool) {
     } else {
         (w.key.src, w.key.dst, w.key.sport, w.key.dport) = (t.src, t.dst, t.sport, t.dport);
     }
+    (w.seq, w.cur, w.end, w.tcp_flags) = (pkt.seq, pkt.payload_off as u32, pkt.payload_len, pkt.tcp_flags as u32);
+    (w.ifindex, w.response) = (pkt.ifindex, reply as u32);
+}
+
+/// The parser's program body: parses the payload of the packet [`prepare`] described. `ctx`:
+/// the program's context (`XDP`: an `xdp_md`, else a `__sk_buff`), to copy the payload from.
+#[inline(always)]
+pub fn observe<const XDP: bool>(ctx: *mut c_void) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch value, for this program run.
+    let w = unsafe { &mut (*scratch).walk };
     let Some(flow) = HTTP_FLOWS.get_ptr_mut(&w.key) else { return };
     // SAFETY: a map value pointer valid for this program run.
     let f = unsafe { &mut *flow };
@@ -187,17 +202,17 @@ pub fn observe<const XDP: bool>(ctx: *mut c_void, pkt: &Packet, reply: bool) {
     }
     // SAFETY: a helper with no arguments.
     w.now = unsafe { bpf_ktime_get_ns() };
-    (w.ifindex, w.response) = (pkt.ifindex, reply as u32);
+    // `prepare` left the payload's offset in `cur` and its length in `end`.
+    let (seq, len, reply) = (w.seq, w.end, w.response != 0);
     let st = if reply { &mut f.response } else { &mut f.request };
-    if pkt.tcp_flags & TCP_SYN != 0 {
+    if w.tcp_flags & TCP_SYN as u32 != 0 {
         // The SYN of the client (seen again at a second interface) or the server's SYN-ACK.
         if st.flags & STREAM_F_SYNCED == 0 {
-            st.next_seq = pkt.seq.wrapping_add(1);
+            st.next_seq = seq.wrapping_add(1);
             st.flags |= STREAM_F_SYNCED;
         }
         return;
     }
-    let len = pkt.payload_len;
     if len == 0 {
         return;
     }
@@ -205,7 +220,7 @@ pub fn observe<const XDP: bool>(ctx: *mut c_void, pkt: &Packet, reply: bool) {
         give_up(w, f, UNPARSABLE_UNSYNCED);
         return;
     }
-    let ahead = pkt.seq.wrapping_sub(st.next_seq) as i32;
+    let ahead = seq.wrapping_sub(st.next_seq) as i32;
     let mut skip = 0u32;
     if ahead > 0 {
         // Bytes missing: fine inside a body being skipped, fatal anywhere else.
@@ -223,8 +238,8 @@ pub fn observe<const XDP: bool>(ctx: *mut c_void, pkt: &Packet, reply: bool) {
             return;
         }
     }
-    st.next_seq = pkt.seq.wrapping_add(len);
-    (w.cur, w.end) = (pkt.payload_off as u32 + skip, pkt.payload_off as u32 + len);
+    st.next_seq = seq.wrapping_add(len);
+    (w.cur, w.end) = (w.cur + skip, w.cur + len);
     (w.i, w.n) = (0, 0);
     let mut refs = Refs { scratch, flow, ctx };
     // SAFETY: `step` has bpf_loop's callback signature; `refs` outlives the call.

@@ -61,11 +61,15 @@ pub fn zt_ingress_guarded(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn ingress<const GUARD: bool>(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    let raw = ctx.ctx.cast::<core::ffi::c_void>();
-    if enforce::<true, GUARD>(raw, ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
+    match enforce::<true, GUARD>(ctx.data(), ctx.data_end(), len, ctx.ingress_ifindex() as u32) {
+        DROP => xdp_action::XDP_DROP,
+        PASS => xdp_action::XDP_PASS,
+        _ => {
+            // SAFETY: a tail call with this program's own context; on failure (no parser
+            // loaded) the packet passes unparsed.
+            unsafe { maps::HTTP_XDP.tail_call(ctx, 0) };
+            xdp_action::XDP_PASS
+        }
     }
 }
 
@@ -84,25 +88,42 @@ pub fn zt_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context's __sk_buff, valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let raw = ctx.skb.skb.cast::<core::ffi::c_void>();
-    if enforce::<false, false>(raw, ctx.data(), ctx.data_end(), len, ifindex) {
-        TC_ACT_OK as i32
-    } else {
-        TC_ACT_SHOT as i32
+    match enforce::<false, false>(ctx.data(), ctx.data_end(), len, ifindex) {
+        DROP => TC_ACT_SHOT as i32,
+        PASS => TC_ACT_OK as i32,
+        _ => {
+            // SAFETY: as at ingress.
+            unsafe { maps::HTTP_TC.tail_call(&ctx, 0) };
+            TC_ACT_OK as i32
+        }
     }
 }
 
-/// true = pass, false = drop. Every outcome is counted, and reported as an event (drops
+/// The HTTP parser at ingress: tail-called by `zt_ingress*` for a passed packet of a declared
+/// connection (see `http`); the packet passes whatever it finds.
+#[xdp]
+pub fn zt_http_ingress(ctx: XdpContext) -> u32 {
+    http::observe::<true>(ctx.ctx.cast());
+    xdp_action::XDP_PASS
+}
+
+/// The HTTP parser at egress, tail-called by `zt_egress`.
+#[classifier]
+pub fn zt_http_egress(ctx: TcContext) -> i32 {
+    http::observe::<false>(ctx.skb.skb.cast());
+    TC_ACT_OK as i32
+}
+
+/// What `enforce` decides: drop, pass, or pass after the HTTP parser has seen the packet.
+const DROP: u32 = 0;
+const PASS: u32 = 1;
+const PASS_HTTP: u32 = 2;
+
+/// `PASS`, `PASS_HTTP` or `DROP`. Every outcome is counted, and reported as an event (drops
 /// aggregated). Rate limits apply at ingress only; anti-spoofing (`GUARD`) on guarded
 /// interfaces' ingress only.
 #[inline(always)]
-fn enforce<const INGRESS: bool, const GUARD: bool>(
-    ctx: *mut core::ffi::c_void,
-    data: usize,
-    data_end: usize,
-    len: usize,
-    ifindex: u32,
-) -> bool {
+fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize, len: usize, ifindex: u32) -> u32 {
     let mut pkt = Packet::new();
     let mut clock = Clock::new();
     if parse::parse(data, data_end, len, &mut pkt).is_err() {
@@ -111,18 +132,18 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
         pkt.ifindex = ifindex;
         pkt.now = clock.coarse();
         events::dropped(&pkt, what(VERDICT_DENIED, REASON_MALFORMED, INGRESS), 0);
-        return false;
+        return DROP;
     }
     pkt.len = len as u32;
     pkt.ifindex = ifindex;
     match pkt.kind {
         Kind::NonIp => {
             count(counter::PASS_NON_IP);
-            return true;
+            return PASS;
         }
         Kind::Ndp => {
             count(counter::PASS_NDP);
-            return true;
+            return PASS;
         }
         _ => {}
     }
@@ -143,7 +164,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
         count(counter::DROP_SPOOFED);
         pkt.now = clock.coarse();
         events::dropped(&pkt, what(VERDICT_DENIED, REASON_SPOOFED, INGRESS), 0);
-        return false;
+        return DROP;
     }
     // Audit mode: what the policy denies or rate-limits passes, counted and reported (a rule
     // or a segment in audit mode does the same for its own denials: `Judgement::audit`).
@@ -151,14 +172,18 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
     if pkt.kind == Kind::LaterFragment {
         pkt.now = clock.coarse();
         if later_fragment(&pkt) {
-            return true;
+            return PASS;
         }
         events::dropped(&pkt, what(VERDICT_DENIED, REASON_FRAGMENT, INGRESS), 0);
-        return false;
+        return DROP;
     }
-    if pkt.kind == Kind::IcmpError && conntrack::lookup(&pkt.inner, clock.coarse()).is_some() {
+    if pkt.kind == Kind::IcmpError
+        && let Some(inner) = maps::ICMP_INNER.get_ptr(0)
+        // SAFETY: this CPU's map value, written by `parse` for this packet.
+        && conntrack::lookup(unsafe { &*inner }, clock.coarse()).is_some()
+    {
         count(counter::PASS_ICMP_ERROR);
-        return true;
+        return PASS;
     }
 
     // Under a flood of denials, a packet from a segment the policy allows nothing, neither from
@@ -190,7 +215,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
             // Named by the policy that allowed the flow (the grant's rule may be gone since).
             (pkt.now, pkt.revision) = (now, val.revision);
             events::emit(&pkt, what(VERDICT_DENIED, REASON_GRANT_EXPIRED, INGRESS), rule, events::UNKNOWN_SEGMENTS, 1);
-            return false;
+            return DROP;
         }
         if val.revision != cfg.revision {
             // The policy changed since this flow was allowed: judge it again.
@@ -205,7 +230,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
                 pkt.now = now;
                 let segs = events::segments(j.src_segment, j.dst_segment);
                 events::emit(&pkt, what(VERDICT_DENIED, REASON_REVOKED, INGRESS), j.verdict.rule, segs, 1);
-                return false;
+                return DROP;
             }
             val.revision = cfg.revision;
             val.rule = j.verdict.rule;
@@ -222,18 +247,20 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
         }
         if over_limit::<INGRESS>(&mut pkt, slot, val.limit, false, &mut clock, audit) {
             count_segment(val.src_segment, SEGMENT_RATE_LIMITED);
-            return false;
+            return DROP;
         }
         conntrack::touch(v, now, pkt.tcp_flags);
         conntrack::count(v, pkt.len);
         first_fragment(&pkt, now);
         count(if val.flags & CT_F_AUDIT != 0 { counter::AUDIT_DENY } else { counter::PASS_TRACKED });
         count_segment(val.src_segment, SEGMENT_PASSED);
-        // A connection to a declared HTTP port: its bytes go through the HTTP parser.
+        // A connection to a declared HTTP port: its bytes go to the HTTP parser (tail-called by
+        // the program once this one is done with the packet).
         if val.flags & CT_F_HTTP != 0 && (pkt.payload_len != 0 || pkt.tcp_flags & TCP_SYN != 0) {
-            http::observe::<INGRESS>(ctx, &pkt, val.flags & CT_F_REPLY != 0);
+            http::prepare(&pkt, val.flags & CT_F_REPLY != 0);
+            return PASS_HTTP;
         }
-        return true;
+        return PASS;
     }
 
     // A flow denied under this revision already: no need to judge it again.
@@ -264,7 +291,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
                 let segs = events::segments(dv.src_segment, dv.dst_segment);
                 events::emit(&pkt, what(VERDICT_DENIED, rule_reason(dv.rule), INGRESS), dv.rule, segs, total);
             }
-            return false;
+            return DROP;
         }
         renewing = Some(d);
     }
@@ -295,7 +322,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
         if renewing.is_none() && events::flooding(pkt.now) {
             // A new denied flow under a flood: counted per (segment, CPU), not cached.
             events::flood(&pkt, what, v.rule, j.src_segment);
-            return false;
+            return DROP;
         }
         events::spend(pkt.now);
         if let Some(d) = renewing {
@@ -319,7 +346,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
             let _ = DENIED.insert(&deny_key, &d, 0);
             events::emit(&pkt, what, v.rule, segs, 1);
         }
-        return false;
+        return DROP;
     }
     // Allowed, or denied and passed in audit mode (a would-deny flow, tracked like an allowed
     // one but marked, so that its packets count as audit_deny).
@@ -340,7 +367,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
     let new_conn = starts_flow && (pkt.tuple.proto == PROTO_TCP || pkt.tuple.proto == PROTO_UDP);
     if over_limit::<INGRESS>(&mut pkt, slot, v.limit, new_conn, &mut clock, audit) {
         count_segment(j.src_segment, SEGMENT_RATE_LIMITED);
-        return false;
+        return DROP;
     }
     let now = clock.coarse();
     count_segment(j.src_segment, SEGMENT_PASSED);
@@ -358,7 +385,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(
     }
     first_fragment(&pkt, now);
     count(if allowed { counter::PASS_POLICY } else { counter::AUDIT_DENY });
-    true
+    PASS
 }
 
 /// Stops tracking a flow whose time-bound grant has ended (`val`: its entry found with `key`),
@@ -376,12 +403,12 @@ fn grant_ended(key: &CtKey, val: &CtValue) -> u32 {
 /// Drops a packet of `src`, a segment the policy allows nothing, under a flood: counted, and
 /// reported in the segment's flood aggregate.
 #[inline(always)]
-fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, src: u32) -> bool {
+fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, src: u32) -> u32 {
     pkt.now = clock.coarse();
     count(counter::DROP_DEFAULT);
     count_segment(src, SEGMENT_DENIED);
     events::flood(pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
-    false
+    DROP
 }
 
 /// Decided by a rule, or by the default action.
@@ -392,11 +419,11 @@ fn rule_reason(rule: u32) -> u8 {
 
 /// No policy installed (yet): everything IP is dropped (fail closed).
 #[inline(always)]
-fn no_policy<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock) -> bool {
+fn no_policy<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock) -> u32 {
     count(counter::DROP_NO_POLICY);
     pkt.now = clock.coarse();
     events::dropped(pkt, what(VERDICT_DENIED, REASON_NO_POLICY, INGRESS), 0);
-    false
+    DROP
 }
 
 /// A packet denied by policy: by a deny rule, or by default.

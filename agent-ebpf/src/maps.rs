@@ -12,7 +12,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 /// `[0]`: 1 + the slot in force, or `NO_POLICY` (0) before the first push.
@@ -92,6 +92,18 @@ pub static API_PORTS: HashMap<ApiPortKey, u32> = HashMap::pinned(2 * MAX_API_POR
 /// so connections closed without a FIN the datapath saw age out.
 #[map(name = "ZT_HTTP_FLOWS")]
 pub static HTTP_FLOWS: LruHashMap<CtKey, HttpFlow> = LruHashMap::pinned(16384, 0);
+
+/// The HTTP parser's programs, tail-called on a declared connection's passed packet (a program
+/// of its own: a fresh 512-byte stack, none of it under the datapath's frame). `[0]`: the XDP
+/// one (`ZT_HTTP_XDP`), the TC one (`ZT_HTTP_TC`); filled by the agent at load.
+#[map(name = "ZT_HTTP_XDP")]
+pub static HTTP_XDP: ProgramArray = ProgramArray::pinned(1, 0);
+#[map(name = "ZT_HTTP_TC")]
+pub static HTTP_TC: ProgramArray = ProgramArray::pinned(1, 0);
+
+/// For an ICMP error being parsed: the tuple of the packet it quotes (see `parse`), per CPU.
+#[map(name = "ZT_ICMP_INNER")]
+pub static ICMP_INNER: PerCpuArray<CtKey> = PerCpuArray::pinned(1, 0);
 
 /// Events for the agent. The agent sets the size from its configuration.
 #[map(name = "ZT_EVENTS")]

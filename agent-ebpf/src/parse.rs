@@ -4,6 +4,8 @@
 //! error and the packet is dropped.
 use agent_common::{Addr, CtKey, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use core::mem::size_of;
+
+use crate::maps::ICMP_INNER;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -66,8 +68,6 @@ pub struct Packet {
     /// fields rather than an `Option`: three bytes fewer in the datapath's frame.
     pub frag: u32,
     pub fragment: bool,
-    /// For [`Kind::IcmpError`]: the embedded packet's tuple.
-    pub inner: Tuple,
     /// Set by the pipeline, for events: frame length, interface, policy revision, and the
     /// time (coarse clock) once read.
     pub len: u32,
@@ -126,7 +126,6 @@ impl Packet {
             payload_len: 0,
             frag: 0,
             fragment: false,
-            inner: EMPTY,
             len: 0,
             ifindex: 0,
             revision: 0,
@@ -316,7 +315,11 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
                 (false, 3) | (false, 11) | (false, 12) | (true, 1..=4) => {
                     pkt.kind = Kind::IcmpError;
                     pkt.policy_port = ty as u16;
-                    parse_inner(data, data_end, l4_off + 8, v6, &mut pkt.inner)?;
+                    // The quoted packet's tuple goes to this CPU's `ICMP_INNER` (not into
+                    // `Packet`: 40 bytes off the datapath's frame for a rare packet).
+                    let inner = ICMP_INNER.get_ptr_mut(0).ok_or(Malformed)?;
+                    // SAFETY: this CPU's map value, for this program run.
+                    parse_inner(data, data_end, l4_off + 8, v6, unsafe { &mut *inner })?;
                 }
                 // MLD (130-132, 143) and neighbour discovery (133-137).
                 (true, 130..=137) | (true, 143) => pkt.kind = Kind::Ndp,

@@ -405,6 +405,21 @@ impl Datapath {
         guarded.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::EGRESS)?;
         tc.load().map_err(|e| DatapathError::Load(error_chain(&e)))?;
+        // The HTTP parser: loaded, never attached; the datapath tail-calls it through these
+        // arrays (pinned: enforcement without the agent keeps parsing).
+        let load = |e: aya::programs::ProgramError| DatapathError::Load(error_chain(&e));
+        let http: &mut Xdp = program(&mut ebpf, programs::HTTP_INGRESS)?;
+        http.load().map_err(load)?;
+        let xdp_fd = http.fd().map_err(load)?.try_clone().map_err(|e| DatapathError::Load(e.to_string()))?;
+        let http: &mut SchedClassifier = program(&mut ebpf, programs::HTTP_EGRESS)?;
+        http.load().map_err(load)?;
+        let tc_fd = http.fd().map_err(load)?.try_clone().map_err(|e| DatapathError::Load(e.to_string()))?;
+        for (name, fd) in [(maps::HTTP_XDP, &xdp_fd), (maps::HTTP_TC, &tc_fd)] {
+            let map = ebpf.map_mut(name).ok_or_else(|| DatapathError::Map { name, message: "missing".into() })?;
+            let mut array = aya::maps::ProgramArray::try_from(map)
+                .map_err(|e| DatapathError::Map { name, message: e.to_string() })?;
+            array.set(0, fd, 0).map_err(|e| DatapathError::Map { name, message: e.to_string() })?;
+        }
         Ok(ebpf)
     }
 
