@@ -186,7 +186,11 @@ impl TxRing {
         let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            // ENOBUFS: a frame was refused (and dropped); EAGAIN: nothing to do right now.
+            // ENOBUFS: a frame was refused (and dropped); EAGAIN: the socket's send buffer is
+            // full of frames the receiver has not taken yet (a veth's ring waiting for its NAPI
+            // thread): the slots stay marked and `wait_free` kicks again. (Debian's trafgen
+            // exits on this EAGAIN, which issue 18 took for a receive queue that stopped:
+            // docs/performance.md.)
             if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
                 return Err(e).context("send() on the TX ring");
             }
