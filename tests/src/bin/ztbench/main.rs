@@ -425,7 +425,7 @@ fn in_kernel(
     let mut rows = Vec::new();
     for (&(rules, cidrs), (c, compile_ms)) in sizes.iter().zip(compiled) {
         eprintln!("ztbench: measuring {} rules over {} CIDRs", fmt_count(rules), fmt_count(cidrs));
-        let row = measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), opts)
+        let row = measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), &pins, opts)
             .with_context(|| format!("{rules} rules over {cidrs} CIDRs"))?;
         rows.push(row);
     }
@@ -468,7 +468,7 @@ fn in_kernel(
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
     let cost =
-        event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, opts))?;
+        event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &pins, opts))?;
     let throughput = if opts.events > 0 { Some(event_throughput(opts)?) } else { None };
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), opts);
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;
