@@ -314,8 +314,9 @@ pub struct FloodValue {
 
 /// `FLOOD_STATE` (per CPU, one entry): the policy denials this CPU handled per flow in the
 /// interval that started at `window`, and the packets of isolated segments ([`SEG_F_ISOLATED`])
-/// its flood path dropped in that interval (while there are any, every packet's source is
-/// looked up before the conntrack lookup, to drop those early).
+/// seen in its flood in that interval (dropped by the flood path, or the packet that spent the
+/// budget): while there are any, every packet's source is looked up before the conntrack
+/// lookup, to drop those early.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodBudget {

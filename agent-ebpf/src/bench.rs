@@ -67,7 +67,9 @@ pub fn zt_bench_coarse(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     // SAFETY: a helper with no arguments.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok() && conntrack::get(&pkt.tuple).is_some() && now != 0
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok()
+        && conntrack::get(&pkt.tuple).is_some()
+        && now != 0
     {
         xdp_action::XDP_PASS
     } else {
@@ -83,7 +85,9 @@ pub fn zt_bench_fine(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     // SAFETY: a helper with no arguments.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok() && conntrack::get(&pkt.tuple).is_some() && now != 0
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok()
+        && conntrack::get(&pkt.tuple).is_some()
+        && now != 0
     {
         xdp_action::XDP_PASS
     } else {

@@ -114,11 +114,10 @@ pub fn dropped(pkt: &Packet, what: u32, rule: u32) {
 
 /// Whether this CPU is under a flood of policy denials: it handled `FLOOD_BUDGET` of them per
 /// flow in the current interval already. Reads the clock only once the budget is spent (a
-/// budget spent in an interval long past is reset then). With `isolated`, also that its flood
-/// path dropped a packet of an isolated segment in this interval ([`isolated_dropped`]): the
-/// gate before the conntrack lookup costs every packet an identity lookup, worth it only while
-/// such sources take part in the flood (a denied flow over the budget alone does not open it).
-/// (A per-CPU slot: no other CPU writes it.)
+/// budget spent in an interval long past is reset then). With `isolated`, also that packets
+/// of isolated segments take part in the flood ([`isolated_seen`]): the gate before the
+/// conntrack lookup costs every packet an identity lookup, worth it only then (a flood of one
+/// denied flow of another segment does not open it). (A per-CPU slot: no other CPU writes it.)
 #[inline(always)]
 pub fn flooding(clock: &mut Clock, isolated: bool) -> bool {
     let Some(b) = FLOOD_STATE.get_ptr_mut(0) else { return false };
@@ -135,10 +134,10 @@ pub fn flooding(clock: &mut Clock, isolated: bool) -> bool {
     true
 }
 
-/// Notes that the flood path dropped a packet of an isolated segment in this interval (see
-/// [`flooding`]).
+/// Notes a packet of an isolated segment in this interval's flood (see [`flooding`]): one the
+/// flood path dropped, or the one that spent the budget.
 #[inline(always)]
-pub fn isolated_dropped() {
+pub fn isolated_seen() {
     if let Some(b) = FLOOD_STATE.get_ptr_mut(0) {
         // SAFETY: valid map value pointer for this program run; only this CPU writes it.
         unsafe { (*b).isolated += 1 };
@@ -146,17 +145,17 @@ pub fn isolated_dropped() {
 }
 
 /// Takes one policy denial handled per flow from this CPU's budget (a new interval starts
-/// with a full one).
+/// with a full one). true when it took the last one: the CPU is under a flood from now on.
 #[inline(always)]
-pub fn spend(now: u64) {
-    if let Some(b) = FLOOD_STATE.get_ptr_mut(0) {
-        // SAFETY: valid map value pointer for this program run; only this CPU writes it.
-        let b = unsafe { &mut *b };
-        if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
-            (b.window, b.used, b.isolated) = (now, 0, 0);
-        }
-        b.used += 1;
+pub fn spend(now: u64) -> bool {
+    let Some(b) = FLOOD_STATE.get_ptr_mut(0) else { return false };
+    // SAFETY: valid map value pointer for this program run; only this CPU writes it.
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
+        (b.window, b.used, b.isolated) = (now, 0, 0);
     }
+    b.used += 1;
+    b.used == FLOOD_BUDGET
 }
 
 /// Counts a policy denial under a flood in this CPU's aggregate of (`src_segment`, class of

@@ -245,7 +245,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             // SAFETY: as above; BPF compare-and-exchange.
             && unsafe { atomics::cas(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
         if !won {
-            events::spend(pkt.now);
+            spend(&pkt, slot, cfg.world_flags);
             count_denied(dv.rule);
             count_segment(dv.src_segment, SEGMENT_DENIED);
             if let Some(total) = events::aggregate(&raw mut dv.total, &raw mut dv.last_emit, pkt.now) {
@@ -265,11 +265,8 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         && !audit
         && cfg.flags & SLOT_F_GRANT_SOURCES == 0
         && events::flooding(&mut clock, false)
-        && let src = if src_seg == identity::UNKNOWN {
-            identity::packed(slot, cfg.world_flags, &pkt.tuple.src)
-        } else {
-            src_seg
-        }
+        && let src =
+            if src_seg == identity::UNKNOWN { identity::packed(slot, cfg.world_flags, &pkt.tuple.src) } else { src_seg }
         && identity::has(src, SEG_F_DENIED_ALL)
     {
         return flood_drop::<INGRESS>(&mut pkt, &mut clock, src);
@@ -289,7 +286,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             events::flood(&pkt, what, v.rule, j.src_segment);
             return false;
         }
-        events::spend(pkt.now);
+        spend(&pkt, slot, cfg.world_flags);
         if let Some(d) = renewing {
             // SAFETY: valid map value pointer for this program run (the entry found above).
             let dv = unsafe { &mut *d };
@@ -365,13 +362,26 @@ fn grant_ended(key: &CtKey, val: &CtValue) -> u32 {
 fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, seg: identity::Packed) -> bool {
     pkt.now = clock.coarse();
     if identity::has(seg, SEG_F_ISOLATED) {
-        events::isolated_dropped();
+        events::isolated_seen();
     }
     let src = seg as u32;
     count(counter::DROP_DEFAULT);
     count_segment(src, SEGMENT_DENIED);
     events::flood(pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
     false
+}
+
+/// Spends one per-flow denial of this CPU's flood budget. The packet that spends the last one
+/// has its source looked up (once per interval): if it is of an isolated segment, the gate
+/// before conntrack opens, so that a flood from one such source, whose flow the denial cache
+/// holds (never reaching the flood path), is dropped after one identity lookup too.
+#[inline(always)]
+fn spend(pkt: &Packet, slot: u32, world_flags: u32) {
+    if events::spend(pkt.now)
+        && identity::has(identity::packed(slot, world_flags, &pkt.tuple.src), SEG_F_DENIED_ALL | SEG_F_ISOLATED)
+    {
+        events::isolated_seen();
+    }
 }
 
 /// Decided by a rule, or by the default action.

@@ -3,9 +3,9 @@
 
 use super::{
     DENIED, Datapath, EMPTY, Event, EventRun, FIRST_SAMPLES, INTERRUPTED, Limits, MapData, MapWriter, NEW_FLOW,
-    Options, Ordering, PACE_AHEAD, PinLayout, end_flood, PACE_CHUNK, Probe, Result, RingBuf, Row, SINK_DEPTH, Throughput, UNPACED_CHUNK,
-    XDP_PASS, Xdp, bail, check_shape, counter, ensure, first_denied, fmt_count, make_policy, median, policy,
-    run_expect, verdict,
+    Options, Ordering, PACE_AHEAD, PACE_CHUNK, PinLayout, Probe, Result, RingBuf, Row, SINK_DEPTH, Throughput,
+    UNPACED_CHUNK, XDP_PASS, Xdp, bail, check_shape, counter, end_flood, ensure, first_denied, fmt_count, make_policy,
+    median, policy, run_expect, verdict,
 };
 use anyhow::Context as _;
 use std::fmt::Write as _;

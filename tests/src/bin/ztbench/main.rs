@@ -213,7 +213,8 @@ fn parse_args() -> Result<Options> {
                      \x20            xdp-filter, nftables netdev ingress and inet input; also part of the default run)\n\
                      --rounds N   rounds of the comparative benchmark (default 5, quick 3)\n\
                      --json PATH  also write the comparative benchmark's results as JSON\n\
-                     --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats\n\
+                     --quick      only 10 and 1,000 rules over 1,000 CIDRs, fewer repeats (the comparative\n\
+                     \x20            benchmark keeps N = 10, 1,000 and 100,000, with fewer frames)\n\
                      --check      exit 1 if a target fails\n\
                      --breakdown  also measure frames that take part of the denied path\n\
                      --fleet      only the fleet section: push-to-enforced latency over etcd\n\
@@ -425,8 +426,9 @@ fn in_kernel(
     let mut rows = Vec::new();
     for (&(rules, cidrs), (c, compile_ms)) in sizes.iter().zip(compiled) {
         eprintln!("ztbench: measuring {} rules over {} CIDRs", fmt_count(rules), fmt_count(cidrs));
-        let row = measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), &pins, opts)
-            .with_context(|| format!("{rules} rules over {cidrs} CIDRs"))?;
+        let row =
+            measure(&mut writer, ([baseline, ingress], floors), &probes, c, (rules, cidrs, *compile_ms), &pins, opts)
+                .with_context(|| format!("{rules} rules over {cidrs} CIDRs"))?;
         rows.push(row);
     }
 
@@ -467,8 +469,15 @@ fn in_kernel(
 
     // Events: what one costs a packet (this process's ring), then what the agent sustains.
     eprintln!("ztbench: measuring the cost of an event (10 rules over 1,000 CIDRs)");
-    let cost =
-        event_cost(&mut writer, &mut ring, &dp, [baseline, ingress], &probes, &rows[0], (limits.events_bytes, &pins, opts))?;
+    let cost = event_cost(
+        &mut writer,
+        &mut ring,
+        &dp,
+        [baseline, ingress],
+        &probes,
+        &rows[0],
+        (limits.events_bytes, &pins, opts),
+    )?;
     let throughput = if opts.events > 0 { Some(event_throughput(opts)?) } else { None };
     all_ok &= event_report(&mut text, &cost, throughput.as_ref(), opts);
     let (parsing, ok) = parse::throughput(opts.parse_mb, parse_rounds)?;

@@ -6,8 +6,9 @@ use aya::programs::TestRun as _;
 
 use super::{
     ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr, LimitScope,
-    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
-    PinLayout, Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
+    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, PinLayout, RateLimit, Result, SEG_CLIENT, SEG_DENIED,
+    SEG_SERVER, SegRef, Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy,
+    tcp,
 };
 
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -403,8 +404,8 @@ pub(crate) fn end_flood(pins: &PinLayout) -> Result<()> {
     use aya::maps::{MapData, PerCpuArray, PerCpuValues};
     let path = pins.maps().join(maps::FLOOD_STATE);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut state: PerCpuArray<_, FloodBudget> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-        .context("opening the flood state")?;
+    let mut state: PerCpuArray<_, FloodBudget> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).context("opening the flood state")?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting the CPUs")?;
     let zero = PerCpuValues::try_from(vec![FloodBudget::default(); cpus]).context("the flood state's values")?;
     state.set(0, zero, 0).context("resetting the flood state")?;
