@@ -167,7 +167,7 @@ pub(crate) fn event_report(s: &mut String, c: &EventCost, t: Option<&Throughput>
          first denied packets estimated as in the table, each series on a CPU under no flood, so \
          that every denied flow is handled per flow, with an event of its own; past {} such \
          denials a second per CPU, new denied flows are counted per segment, one event a second, \
-         at about the repeat packet's cost):\n",
+         without a cache entry):\n",
         c.ring_bytes >> 10,
         fmt_count(c.ring_events as usize),
         opts.runs,
