@@ -169,8 +169,8 @@ impl TxRing {
             if st & TP_STATUS_WRONG_FORMAT != 0 {
                 bail!("the kernel refused a frame of the TX ring (TP_STATUS_WRONG_FORMAT)");
             }
-            if t0.elapsed() > std::time::Duration::from_secs(5) {
-                bail!("a frame of the TX ring was not sent for 5 s (the sender's veth is down or its queue is stuck)");
+            if t0.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("a frame of the TX ring was not sent for 30 s (the sender's veth is down or its queue is stuck)");
             }
             if st == TP_STATUS_SEND_REQUEST {
                 self.kick()?;
