@@ -323,12 +323,16 @@ pub struct FloodValue {
 }
 
 /// `FLOOD_STATE` (per CPU, one entry): the policy denials this CPU handled per flow in the
-/// interval that started at `window`.
+/// interval that started at `window`, and the packets of isolated segments ([`SEG_F_ISOLATED`])
+/// seen in its flood in that interval (dropped by the flood path, or the packet that spent the
+/// budget): while there are any, every packet's source is looked up before the conntrack
+/// lookup, to drop those early.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodBudget {
     pub window: u64,
     pub used: u64,
+    pub isolated: u64,
 }
 
 /// Events of one aggregate (a flow and reason) are emitted at most this often; the packets in
@@ -622,6 +626,10 @@ pub mod programs {
     pub const REFERENCE: &str = "zt_reference";
     /// Parse, a conntrack miss and one denial-cache lookup: the benchmark's denied floor.
     pub const DENIED_FLOOR: &str = "zt_denied_floor";
+    /// `REFERENCE` plus a read of the coarse clock, and of the nanosecond clock: their
+    /// difference is what the rate limits' clock costs a packet.
+    pub const BENCH_COARSE: &str = "zt_bench_coarse";
+    pub const BENCH_FINE: &str = "zt_bench_fine";
     /// The comparative benchmark's limit: drops everything.
     pub const BENCH_DROP: &str = "zt_bench_drop";
     /// The comparative benchmark's "XDP with one LPM lookup" (the active slot's CIDR trie).

@@ -60,6 +60,41 @@ pub fn zt_reference(ctx: XdpContext) -> u32 {
     }
 }
 
+/// `zt_reference` plus a read of the coarse clock (what the datapath reads for timeouts).
+#[xdp]
+pub fn zt_bench_coarse(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new();
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok()
+        && conntrack::get(&pkt.tuple).is_some()
+        && now != 0
+    {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// `zt_reference` plus a read of the nanosecond clock (what the datapath reads for rate limits
+/// instead of the coarse one): the two programs' difference is what the finer clock costs.
+#[xdp]
+pub fn zt_bench_fine(ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new();
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    if parse::parse(ctx.data(), ctx.data_end(), len, &mut pkt).is_ok()
+        && conntrack::get(&pkt.tuple).is_some()
+        && now != 0
+    {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
 /// The least a stateful program with a denial cache does with a repeat-denied packet: parse
 /// it, miss the conntrack table, find its flow in the denial cache (drop on a hit, pass on a
 /// miss, so the verdict proves the lookup). The benchmark's denied floor, next to

@@ -10,7 +10,7 @@ use agent_common::{
 };
 
 use crate::{
-    maps::{AGG, EVENTS, FLOOD, FLOOD_STATE, count},
+    maps::{AGG, Clock, EVENTS, FLOOD, FLOOD_STATE, count},
     parse::Packet,
 };
 
@@ -113,47 +113,49 @@ pub fn dropped(pkt: &Packet, what: u32, rule: u32) {
 }
 
 /// Whether this CPU is under a flood of policy denials: it handled `FLOOD_BUDGET` of them per
-/// flow in the current interval already. (A per-CPU slot: no other CPU writes it.)
+/// flow in the current interval already. Reads the clock only once the budget is spent (a
+/// budget spent in an interval long past is reset then). With `isolated`, also that packets
+/// of isolated segments take part in the flood ([`isolated_seen`]): the gate before the
+/// conntrack lookup costs every packet an identity lookup, worth it only then (a flood of one
+/// denied flow of another segment does not open it). (A per-CPU slot: no other CPU writes it.)
 #[inline(always)]
-pub fn flooding(now: u64) -> bool {
-    match FLOOD_STATE.get_ptr(0) {
-        // SAFETY: valid map value pointer for this program run.
-        Some(b) => unsafe { now.wrapping_sub((*b).window) < EVENT_INTERVAL_NS && (*b).used >= FLOOD_BUDGET },
-        None => false,
-    }
-}
-
-/// Whether this CPU spent its budget in the last interval it counted, without reading the
-/// clock: a cheap first test for every packet (confirm with [`flooding`]; a budget spent in an
-/// interval long past is reset then, so the hint is true for at most one more packet).
-#[inline(always)]
-pub fn flood_hint(now: impl FnOnce() -> u64) -> bool {
+pub fn flooding(clock: &mut Clock, isolated: bool) -> bool {
     let Some(b) = FLOOD_STATE.get_ptr_mut(0) else { return false };
     // SAFETY: valid map value pointer for this program run; only this CPU writes it.
     let b = unsafe { &mut *b };
-    if b.used < FLOOD_BUDGET {
+    if b.used < FLOOD_BUDGET || (isolated && b.isolated == 0) {
         return false;
     }
-    let now = now();
+    let now = clock.coarse();
     if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
-        (b.window, b.used) = (now, 0);
+        (b.window, b.used, b.isolated) = (now, 0, 0);
         return false;
     }
     true
 }
 
-/// Takes one policy denial handled per flow from this CPU's budget (a new interval starts
-/// with a full one).
+/// Notes a packet of an isolated segment in this interval's flood (see [`flooding`]): one the
+/// flood path dropped, or the one that spent the budget.
 #[inline(always)]
-pub fn spend(now: u64) {
+pub fn isolated_seen() {
     if let Some(b) = FLOOD_STATE.get_ptr_mut(0) {
         // SAFETY: valid map value pointer for this program run; only this CPU writes it.
-        let b = unsafe { &mut *b };
-        if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
-            (b.window, b.used) = (now, 0);
-        }
-        b.used += 1;
+        unsafe { (*b).isolated += 1 };
     }
+}
+
+/// Takes one policy denial handled per flow from this CPU's budget (a new interval starts
+/// with a full one). true when it took the last one: the CPU is under a flood from now on.
+#[inline(always)]
+pub fn spend(now: u64) -> bool {
+    let Some(b) = FLOOD_STATE.get_ptr_mut(0) else { return false };
+    // SAFETY: valid map value pointer for this program run; only this CPU writes it.
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window) >= EVENT_INTERVAL_NS {
+        (b.window, b.used, b.isolated) = (now, 0, 0);
+    }
+    b.used += 1;
+    b.used == FLOOD_BUDGET
 }
 
 /// Counts a policy denial under a flood in this CPU's aggregate of (`src_segment`, class of

@@ -1,5 +1,5 @@
 //! Identity: the segment of an address, by exact host match first, then longest prefix.
-use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_ANY, SEG_WORLD, SegmentInfo};
+use agent_common::{Addr, CIDR_SLOT_BITS, CidrData, HostKey, SEG_WORLD, SegmentInfo};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{CIDRS, HOSTS};
@@ -18,12 +18,24 @@ pub fn segment_of(slot: u32, world_flags: u32, addr: &Addr) -> SegmentInfo {
     }
 }
 
-/// The segment of `addr` if it has all the segment flags `flags` (`SEG_F_DENIED_ALL`: the policy
-/// allows it nothing as a source; `SEG_F_ISOLATED`: nor anything to it), else `SEG_ANY`. A
-/// subprogram of its own: its lookup keys stay off the caller's stack, which holds the whole
-/// packet pipeline.
+/// A segment and its flags packed in one word (flags in the high half, the id in the low half),
+/// or [`UNKNOWN`].
+pub type Packed = u64;
+
+/// Not looked up.
+pub const UNKNOWN: Packed = u64::MAX;
+
+/// The segment of `addr` and its flags (`SEG_F_DENIED_ALL`: the policy allows it nothing as a
+/// source; `SEG_F_ISOLATED`: nor anything to it). A subprogram of its own: its lookup keys stay
+/// off the caller's stack, which holds the whole packet pipeline.
 #[inline(never)]
-pub fn flagged(slot: u32, world_flags: u32, addr: &Addr, flags: u32) -> u32 {
+pub fn packed(slot: u32, world_flags: u32, addr: &Addr) -> Packed {
     let s = segment_of(slot, world_flags, addr);
-    if s.flags & flags == flags { s.id } else { SEG_ANY }
+    (s.flags as u64) << 32 | s.id as u64
+}
+
+/// Whether `seg` was looked up and has all the segment flags `flags`.
+#[inline(always)]
+pub fn has(seg: Packed, flags: u32) -> bool {
+    seg != UNKNOWN && (seg >> 32) as u32 & flags == flags
 }

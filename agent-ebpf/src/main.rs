@@ -2,8 +2,8 @@
 //! sharing maps and the same decision pipeline:
 //!
 //! parse -> (non-IP, neighbour discovery: pass) -> (guarded interfaces: anti-spoofing) ->
-//! fragments -> ICMP errors -> (under a flood: a source allowed nothing, to or from, dropped
-//! after its identity lookup) -> conntrack -> recent denials -> (under a flood: a source allowed
+//! fragments -> ICMP errors -> (under a flood that sources allowed nothing, to or from, take
+//! part in: such a source dropped after its identity lookup) -> conntrack -> recent denials -> (under a flood: a source allowed
 //! nothing, dropped after its identity lookup) -> policy (identity, pair, ports) -> track the
 //! new flow, or remember the denial (under a flood: count it per segment) and drop.
 #![no_std]
@@ -31,8 +31,8 @@ use agent_common::event::{
 };
 use agent_common::{
     ACTION_ALLOW, CT_F_AUDIT, CT_F_HTTP, CT_F_REPLY, CtKey, CtValue, DenyKey, DenyValue, FRAG_TIMEOUT_NS, FragKey,
-    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY, SEG_F_DENIED_ALL, SEG_F_ISOLATED, SLOT_F_APIS,
-    SLOT_F_AUDIT, SLOT_F_GRANT_SOURCES, VERDICT_F_HTTP, counter,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_F_DENIED_ALL, SEG_F_ISOLATED, SLOT_F_APIS, SLOT_F_AUDIT,
+    SLOT_F_GRANT_SOURCES, VERDICT_F_HTTP, counter,
 };
 use agent_common::{SEGMENT_DENIED, SEGMENT_PASSED, SEGMENT_RATE_LIMITED};
 use aya_ebpf::{
@@ -186,16 +186,17 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         return PASS;
     }
 
-    // Under a flood of denials, a packet from a segment the policy allows nothing, neither from
-    // it nor to it (so no flow of it can be tracked), is dropped after its identity lookup
-    // alone, before the conntrack lookup (ICMP errors and later fragments were handled above).
-    if !audit
-        && cfg.flags & SLOT_F_GRANT_SOURCES == 0
-        && events::flood_hint(|| clock.coarse())
-        && let src = identity::flagged(slot, cfg.world_flags, &pkt.tuple.src, SEG_F_DENIED_ALL | SEG_F_ISOLATED)
-        && src != SEG_ANY
-    {
-        return flood_drop::<INGRESS>(&mut pkt, &mut clock, src);
+    // Under a flood of denials in which segments the policy allows nothing, neither from them
+    // nor to them (so no flow of theirs can be tracked), take part, a packet from such a
+    // segment is dropped after its identity lookup alone, before the conntrack lookup (ICMP
+    // errors and later fragments were handled above). The lookup also serves the gate after
+    // the denial cache.
+    let mut src_seg = identity::UNKNOWN;
+    if !audit && cfg.flags & SLOT_F_GRANT_SOURCES == 0 && events::flooding(&mut clock, true) {
+        src_seg = identity::packed(slot, cfg.world_flags, &pkt.tuple.src);
+        if identity::has(src_seg, SEG_F_DENIED_ALL | SEG_F_ISOLATED) {
+            return flood_drop::<INGRESS>(&mut pkt, &mut clock, src_seg);
+        }
     }
     let key = &pkt.tuple;
     let syn = pkt.tuple.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -284,7 +285,7 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
             // SAFETY: as above; BPF compare-and-exchange.
             && unsafe { atomics::cas(word, old, (old & !0xffff_ffff) | cfg.revision as u64) };
         if !won {
-            events::spend(pkt.now);
+            spend(&pkt, slot, cfg.world_flags);
             count_denied(dv.rule);
             count_segment(dv.src_segment, SEGMENT_DENIED);
             if let Some(total) = events::aggregate(&raw mut dv.total, &raw mut dv.last_emit, pkt.now) {
@@ -303,9 +304,10 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
     if renewing.is_none()
         && !audit
         && cfg.flags & SLOT_F_GRANT_SOURCES == 0
-        && events::flooding(clock.coarse())
-        && let src = identity::flagged(slot, cfg.world_flags, &pkt.tuple.src, SEG_F_DENIED_ALL)
-        && src != SEG_ANY
+        && events::flooding(&mut clock, false)
+        && let src =
+            if src_seg == identity::UNKNOWN { identity::packed(slot, cfg.world_flags, &pkt.tuple.src) } else { src_seg }
+        && identity::has(src, SEG_F_DENIED_ALL)
     {
         return flood_drop::<INGRESS>(&mut pkt, &mut clock, src);
     }
@@ -319,12 +321,12 @@ fn enforce<const INGRESS: bool, const GUARD: bool>(data: usize, data_end: usize,
         count_denied(v.rule);
         count_segment(j.src_segment, SEGMENT_DENIED);
         let what = what(VERDICT_DENIED, rule_reason(v.rule), INGRESS);
-        if renewing.is_none() && events::flooding(pkt.now) {
+        if renewing.is_none() && events::flooding(&mut clock, false) {
             // A new denied flow under a flood: counted per (segment, CPU), not cached.
             events::flood(&pkt, what, v.rule, j.src_segment);
             return DROP;
         }
-        events::spend(pkt.now);
+        spend(&pkt, slot, cfg.world_flags);
         if let Some(d) = renewing {
             // SAFETY: valid map value pointer for this program run (the entry found above).
             let dv = unsafe { &mut *d };
@@ -400,15 +402,32 @@ fn grant_ended(key: &CtKey, val: &CtValue) -> u32 {
     rule
 }
 
-/// Drops a packet of `src`, a segment the policy allows nothing, under a flood: counted, and
-/// reported in the segment's flood aggregate.
+/// Drops a packet of `seg` (packed, see `identity::packed`), a segment the policy allows
+/// nothing, under a flood: counted, and reported in the segment's flood aggregate.
 #[inline(always)]
-fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, src: u32) -> u32 {
+fn flood_drop<const INGRESS: bool>(pkt: &mut Packet, clock: &mut Clock, seg: identity::Packed) -> u32 {
     pkt.now = clock.coarse();
+    if identity::has(seg, SEG_F_ISOLATED) {
+        events::isolated_seen();
+    }
+    let src = seg as u32;
     count(counter::DROP_DEFAULT);
     count_segment(src, SEGMENT_DENIED);
     events::flood(pkt, what(VERDICT_DENIED, REASON_DEFAULT, INGRESS), 0, src);
     DROP
+}
+
+/// Spends one per-flow denial of this CPU's flood budget. The packet that spends the last one
+/// has its source looked up (once per interval): if it is of an isolated segment, the gate
+/// before conntrack opens, so that a flood from one such source, whose flow the denial cache
+/// holds (never reaching the flood path), is dropped after one identity lookup too.
+#[inline(always)]
+fn spend(pkt: &Packet, slot: u32, world_flags: u32) {
+    if events::spend(pkt.now)
+        && identity::has(identity::packed(slot, world_flags, &pkt.tuple.src), SEG_F_DENIED_ALL | SEG_F_ISOLATED)
+    {
+        events::isolated_seen();
+    }
 }
 
 /// Decided by a rule, or by the default action.

@@ -57,6 +57,24 @@ fn bucket(limit: &LimitConfig, kind: usize, src: &Addr, now: u64, stats: *mut Li
     ADDR_BUCKETS.get_ptr_mut(&key)
 }
 
+/// Takes `units` from the bucket of `kind` (configured as `cfg`, 0 cost: none) of `limit` at
+/// `now` (ticks). true = admitted. (Inlined: a closure here became a subprogram called for
+/// every bucket.)
+#[inline(always)]
+fn charge(
+    limit: &LimitConfig,
+    (cfg, kind, units): (&BucketConfig, usize, u64),
+    src: &Addr,
+    now: u64,
+    stats: *mut LimitStats,
+) -> bool {
+    cfg.cost == 0
+        || match bucket(limit, kind, src, now, stats) {
+            Some(b) => take(b, cfg, units, now),
+            None => false, // the bucket map is full: fail closed for this identity only
+        }
+}
+
 /// The index in `LIMITS` of limit `id` (1-based) of `slot`.
 #[inline(always)]
 pub fn index(slot: u32, id: u32) -> u32 {
@@ -80,16 +98,9 @@ pub fn admit(index: u32, src: &Addr, len: u64, new_conn: bool, now_ns: u64) -> b
     // Destructured, not indexed: an index the compiler cannot bound would leave a panic path
     // the verifier rejects.
     let [packets, connections, bytes] = &limit.buckets;
-    let charge = |cfg: &BucketConfig, kind: usize, units: u64| {
-        cfg.cost == 0
-            || match bucket(limit, kind, src, now, stats) {
-                Some(b) => take(b, cfg, units, now),
-                None => false, // the bucket map is full: fail closed for this identity only
-            }
-    };
-    let ok = charge(packets, BUCKET_PACKETS, 1)
-        && (!new_conn || charge(connections, BUCKET_CONNECTIONS, 1))
-        && charge(bytes, BUCKET_BYTES, len);
+    let ok = charge(limit, (packets, BUCKET_PACKETS, 1), src, now, stats)
+        && (!new_conn || charge(limit, (connections, BUCKET_CONNECTIONS, 1), src, now, stats))
+        && charge(limit, (bytes, BUCKET_BYTES, len), src, now, stats);
     // SAFETY: per-CPU stats slot, only this CPU writes it.
     let st = unsafe { &mut *stats };
     if ok {

@@ -10,7 +10,7 @@ pub use harness::{
     agent::{Agent, uninstall},
     bpf::{Loaded, link_pins, source_ifindexes},
     etcd::{Etcd, EtcdCerts},
-    frames::{frame, send_frame, send_frames},
+    frames::{frame, send_frame, send_frames, send_frames_counted},
     k8s::{
         self,
         configmap::ConfigMap,

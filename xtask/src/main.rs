@@ -47,7 +47,8 @@ enum Cmd {
 
 /// Debian packages the tests and the demo use: ip/nsenter for namespaces, ping for ICMP,
 /// scapy to craft fragments, malformed and hostile frames, nmap for port scans, nftables,
-/// bpftool to inspect what is loaded, xdp-tools (xdp-filter, the comparative benchmark's XDP peer).
+/// bpftool to inspect what is loaded, xdp-tools (xdp-filter, the comparative benchmark's XDP peer),
+/// ethtool (GRO on a veth and its per-queue XDP counters, for the threaded-NAPI scan test).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -57,6 +58,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "nmap",
     "xdp-tools",
+    "ethtool",
     // Fleet distribution (issue 10): the etcd server the fleet tests start, and protoc with its
     // well-known types (google/protobuf/*.proto, in libprotobuf-dev) for etcd-client.
     // curl writes straight to etcd (its JSON gateway), past `fleet push`'s validation; openssl

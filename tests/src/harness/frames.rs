@@ -133,8 +133,23 @@ pub fn send_frame(ns: &Netns, iface: &str, frame: Vec<u8>) {
 
 /// Sends raw Ethernet frames out of `iface` in `ns`, in order, through one AF_PACKET socket.
 pub fn send_frames(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
+    send_frames_counted(ns, iface, frames);
+}
+
+/// How long one frame may be refused (the device's receive ring full) before the sender gives
+/// up: the receiver then took nothing for that long, its receive queue is stuck.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// As [`send_frames`]; returns how many times a frame was refused and sent again. A veth whose
+/// peer receives in NAPI (an XDP program, GRO, threaded NAPI on another CPU) queues each frame in
+/// a ring of 256 and, when it is full, drops the frame and fails the send with ENOBUFS (the
+/// frame never reached the peer's XDP program): the frame is then sent again, so that every
+/// frame reaches the receiver exactly once, however far it falls behind. Panics when a frame is
+/// refused for [`REFUSED_FOR`].
+pub fn send_frames_counted(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) -> u64 {
     let iface = std::ffi::CString::new(iface).unwrap();
     ns.run(move || {
+        let mut refused = 0;
         // SAFETY: plain socket calls on a socket this closure owns; the address and the
         // buffers outlive the calls.
         unsafe {
@@ -146,21 +161,34 @@ pub fn send_frames(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
             addr.sll_halen = 6;
             for frame in &frames {
                 addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-                let n = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                );
-                if n != frame.len() as isize {
+                let mut since: Option<std::time::Instant> = None;
+                loop {
+                    let n = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    );
+                    if n == frame.len() as isize {
+                        break;
+                    }
                     let err = std::io::Error::last_os_error();
+                    let t0 = *since.get_or_insert_with(std::time::Instant::now);
+                    if matches!(err.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN))
+                        && t0.elapsed() < REFUSED_FOR
+                    {
+                        refused += 1;
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        continue;
+                    }
                     libc::close(fd);
-                    panic!("send a raw frame: {err}");
+                    panic!("send a raw frame: {err} (refused for {:?})", t0.elapsed());
                 }
             }
             libc::close(fd);
         }
-    });
+        refused
+    })
 }

@@ -6,8 +6,9 @@ use aya::programs::TestRun as _;
 
 use super::{
     ACTION_ALLOW, ACTION_DENY, BucketSpec, CompiledPolicy, INTERRUPTED, Instant, IpAddr, Ipv4Addr, LimitScope,
-    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, RateLimit, Result, SEG_CLIENT, SEG_DENIED, SEG_SERVER, SegRef,
-    Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy, tcp,
+    MapWriter, Mode, Options, Ordering, PROTO_TCP, Per, PinLayout, RateLimit, Result, SEG_CLIENT, SEG_DENIED,
+    SEG_SERVER, SegRef, Segment, TestRunOptions, XDP_DROP, XDP_PASS, Xdp, bail, ensure, host_in, make_policy, policy,
+    tcp,
 };
 
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -214,6 +215,7 @@ pub(crate) fn measure(
     probes: &[Probe],
     compiled: &CompiledPolicy,
     (rules, cidrs, compile_ms): (usize, usize, f64),
+    pins: &PinLayout,
     opts: &Options,
 ) -> Result<Row> {
     let t = Instant::now();
@@ -262,17 +264,39 @@ pub(crate) fn measure(
         }
     }
     let cost: Vec<(f64, f64)> = ns.iter_mut().zip(&mut ratio).map(|(n, r)| (median(n), median(r))).collect();
+    // The repeat denied probe flooded the CPU: the first packets of denied flows are measured
+    // on the path they take on a CPU under no flood (one per flow: cached, one event each).
+    end_flood(pins)?;
     let first_denied = first_denied(progs, &probes[EMPTY].frame, cost[EMPTY].0)?;
     let summary = compiled.summary().to_string();
     let vs_floor = (median(&mut est_ref), median(&mut den_floor));
     Ok(Row { rules, cidrs, cost, vs_floor, first_denied, compile_ms, push_ms, summary })
 }
 
+/// What a rate limit adds to an allowed packet (see [`limit_overhead`]), ns (medians).
+pub(crate) struct LimitCost {
+    pub(crate) limited: f64,
+    pub(crate) plain: f64,
+    /// Median of the per-round ratios limited / plain.
+    pub(crate) ratio: f64,
+    /// `zt_bench_fine` - `zt_bench_coarse` on the same frame: what reading the nanosecond
+    /// clock instead of the coarse one costs.
+    pub(crate) clock: f64,
+}
+
 /// The cost a rate limit adds to an allowed packet. One policy (10 rules over 1,000 CIDRs) lets
 /// the client reach the server on 443 and 8443; a packets limit (high enough never to drop
 /// here) applies to 443 only. Two established flows of the same client, measured in the same
-/// rounds, differ only by the limit. Returns (limited ns, unlimited ns, median ratio).
-pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Options) -> Result<(f64, f64, f64)> {
+/// rounds, differ only by the limit; each round starts with the CPU under no flood (see
+/// [`end_flood`]). Beside them, `clocks` (`zt_bench_coarse`, `zt_bench_fine`) on the limited
+/// frame: what the finer clock costs of the difference.
+pub(crate) fn limit_overhead(
+    writer: &mut MapWriter,
+    progs: [&Xdp; 2],
+    clocks: [&Xdp; 2],
+    pins: &PinLayout,
+    opts: &Options,
+) -> Result<LimitCost> {
     let mut p = make_policy(10, 1000)?;
     let mut extra = p.rules[0].clone();
     extra.name = "client-8443".into();
@@ -300,15 +324,25 @@ pub(crate) fn limit_overhead(writer: &mut MapWriter, progs: [&Xdp; 2], opts: &Op
     for (syn, _) in &flows {
         run_expect(ingress, "rate-limited SYN", syn, 1, XDP_PASS)?;
     }
-    let (mut limited, mut plain, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let [coarse, fine] = clocks;
+    let (mut limited, mut plain, mut ratio, mut clock) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs {
+        end_flood(pins)?;
         let l = run_expect(ingress, "rate-limited established", &flows[0].1, opts.repeat, XDP_PASS)? as f64;
         let u = run_expect(ingress, "unlimited established", &flows[1].1, opts.repeat, XDP_PASS)? as f64;
+        let c = run_expect(coarse, "coarse clock", &flows[0].1, opts.repeat, XDP_PASS)? as f64;
+        let f = run_expect(fine, "nanosecond clock", &flows[0].1, opts.repeat, XDP_PASS)? as f64;
         limited.push(l);
         plain.push(u);
         ratio.push(l / u.max(0.5));
+        clock.push(f - c);
     }
-    Ok((median(&mut limited), median(&mut plain), median(&mut ratio)))
+    Ok(LimitCost {
+        limited: median(&mut limited),
+        plain: median(&mut plain),
+        ratio: median(&mut ratio),
+        clock: median(&mut clock),
+    })
 }
 
 /// The scan's sources: a segment of their own that no rule names.
@@ -359,6 +393,23 @@ pub(crate) fn scan_packet(
         Ok(())
     })?;
     Ok((median(&mut scan), median(&mut one_lpm), median(&mut ratio)))
+}
+
+/// Ends a flood on every CPU (`ZT_FLOOD_STATE` zeroed in the maps pinned under `pins`): what
+/// runs next is measured on a CPU that has its budget of per-flow denials, as on a host under
+/// no attack. (A probe that floods, e.g. a denied flow repeated 50,000 times, spends it: from
+/// then on, for up to a second, the datapath takes its flood paths.)
+pub(crate) fn end_flood(pins: &PinLayout) -> Result<()> {
+    use agent_common::{FloodBudget, maps};
+    use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+    let path = pins.maps().join(maps::FLOOD_STATE);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut state: PerCpuArray<_, FloodBudget> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).context("opening the flood state")?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting the CPUs")?;
+    let zero = PerCpuValues::try_from(vec![FloodBudget::default(); cpus]).context("the flood state's values")?;
+    state.set(0, zero, 0).context("resetting the flood state")?;
+    Ok(())
 }
 
 /// Runs `f` with this thread kept on the CPU it runs on, the earlier CPU mask restored after.

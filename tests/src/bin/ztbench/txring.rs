@@ -169,8 +169,8 @@ impl TxRing {
             if st & TP_STATUS_WRONG_FORMAT != 0 {
                 bail!("the kernel refused a frame of the TX ring (TP_STATUS_WRONG_FORMAT)");
             }
-            if t0.elapsed() > std::time::Duration::from_secs(5) {
-                bail!("a frame of the TX ring was not sent for 5 s (the sender's veth is down or its queue is stuck)");
+            if t0.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("a frame of the TX ring was not sent for 30 s (the sender's veth is down or its queue is stuck)");
             }
             if st == TP_STATUS_SEND_REQUEST {
                 self.kick()?;
@@ -186,7 +186,11 @@ impl TxRing {
         let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            // ENOBUFS: a frame was refused (and dropped); EAGAIN: nothing to do right now.
+            // ENOBUFS: a frame was refused (and dropped); EAGAIN: the socket's send buffer is
+            // full of frames the receiver has not taken yet (a veth's ring waiting for its NAPI
+            // thread): the slots stay marked and `wait_free` kicks again. (Debian's trafgen
+            // exits on this EAGAIN, which issue 18 took for a receive queue that stopped:
+            // docs/performance.md.)
             if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
                 return Err(e).context("send() on the TX ring");
             }
