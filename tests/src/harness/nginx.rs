@@ -76,7 +76,7 @@ http {{
             .expect("nginx: is Debian's nginx installed? (`cargo xtask setup` installs it)");
         let nginx = Nginx { child, dir };
         let up = wait_for(Duration::from_secs(10), || {
-            ns.exec(&["ss", "-Htln", &format!("sport = :{port}")]).stdout.len() > 0
+            !ns.exec(&["ss", "-Htln", &format!("sport = :{port}")]).stdout.is_empty()
         });
         assert!(up.is_some(), "nginx did not listen on {port}: {}", nginx.error_log());
         nginx

@@ -9,7 +9,6 @@ use std::{
 };
 
 use integration_tests::{Agent, Lan, Netns, TempDir, nginx::Nginx, wait_for};
-use serde_json::Value;
 
 const PORT: u16 = 8080;
 
@@ -56,7 +55,7 @@ fn split_at_every_byte(dst: SocketAddr) -> usize {
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
-    let len = format!("GET /split/00 HTTP/1.1\r\nHost: payments\r\n\r\n").len();
+    let len = "GET /split/00 HTTP/1.1\r\nHost: payments\r\n\r\n".len();
     for k in 1..len {
         let req = format!("GET /split/{k:02} HTTP/1.1\r\nHost: payments\r\n\r\n");
         s.write_all(&req.as_bytes()[..k]).unwrap();
