@@ -153,12 +153,17 @@ pub(super) fn same_moment(agent: &Agent, ns: &Netns) -> (Metrics, Value, usize) 
 }
 
 /// Every outcome of `status` has the same value in `ztagent_packets_total` (and no other
-/// outcome is there), and `events_lost` is `ztagent_events_lost_total`.
+/// outcome is there), `events_lost` is `ztagent_events_lost_total`, and each `http_*` counter
+/// is `ztagent_http_*_total`.
 pub(super) fn assert_counters_agree(m: &Metrics, s: &Value) {
     let from_status = status_counters(s);
     let mut from_metrics: BTreeMap<String, u64> =
         m.family("ztagent_packets_total").into_iter().map(|(l, v)| (l["outcome"].clone(), v)).collect();
     from_metrics.insert("events_lost".into(), m.u("ztagent_events_lost_total", &[]));
+    // Requests and connections of declared HTTP ports have families of their own.
+    for name in ["http_requests", "http_responses", "http_unparsable"] {
+        from_metrics.insert(name.into(), m.u(&format!("ztagent_{name}_total"), &[]));
+    }
     assert_eq!(from_metrics, from_status, "/metrics and `status` disagree at the same moment");
 }
 
