@@ -63,6 +63,8 @@ pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
         } else {
             0
         },
+        icmp_type: pkt.icmp[0],
+        icmp_code: pkt.icmp[1],
         _pad: 0,
     });
     entry.submit(0);

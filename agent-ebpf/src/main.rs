@@ -424,7 +424,7 @@ fn frag_key(pkt: &Packet, id: u32) -> FragKey {
 /// Remembers an allowed first fragment so the rest of its datagram may follow.
 #[inline(always)]
 fn first_fragment(pkt: &Packet, now: u64) {
-    if let Some(id) = pkt.frag_id {
+    if let Some(id) = pkt.frag_id() {
         let _ = FRAGS.insert(&frag_key(pkt, id), &now, 0);
     }
 }
@@ -433,7 +433,7 @@ fn first_fragment(pkt: &Packet, now: u64) {
 #[inline(always)]
 fn later_fragment(pkt: &Packet) -> bool {
     let now = pkt.now;
-    let seen = pkt.frag_id.and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
+    let seen = pkt.frag_id().and_then(|id| FRAGS.get_ptr(&frag_key(pkt, id)));
     // SAFETY: valid map value pointer for this program run.
     if let Some(t) = seen
         && now.saturating_sub(unsafe { *t }) <= FRAG_TIMEOUT_NS

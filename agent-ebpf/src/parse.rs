@@ -57,8 +57,13 @@ pub struct Packet {
     /// The port policy judges: TCP/UDP destination port; ICMP type (echo request = 8).
     pub policy_port: u16,
     pub tcp_flags: u8,
-    /// `Some(id)` when the packet is a fragment (first or later).
-    pub frag_id: Option<u32>,
+    /// ICMP/ICMPv6: the message's type and code as on the wire, for events only.
+    pub icmp: [u8; 2],
+    /// Whether the packet is a fragment (first or later), and its datagram's identifier
+    /// ([`Packet::frag_id`]). Two fields rather than an `Option<u32>`: the 3 bytes saved hold
+    /// `icmp` without growing the packet, whose frame is at the verifier's stack limit.
+    fragment: bool,
+    frag: u32,
     /// For [`Kind::IcmpError`]: the embedded packet's tuple.
     pub inner: Tuple,
     /// Set by the pipeline, for events: frame length, interface, policy revision, and the
@@ -106,13 +111,21 @@ impl Packet {
             tuple: EMPTY,
             policy_port: 0,
             tcp_flags: 0,
-            frag_id: None,
+            icmp: [0; 2],
+            fragment: false,
+            frag: 0,
             inner: EMPTY,
             len: 0,
             ifindex: 0,
             revision: 0,
             now: 0,
         }
+    }
+
+    /// `Some(id)` when the packet is a fragment (first or later).
+    #[inline(always)]
+    pub fn frag_id(&self) -> Option<u32> {
+        self.fragment.then_some(self.frag)
     }
 }
 
@@ -159,7 +172,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             let frag_off = frags & 0x1fff;
             let more = frags & 0x2000 != 0;
             if frag_off != 0 || more {
-                pkt.frag_id = Some(be16(ip.id) as u32);
+                (pkt.fragment, pkt.frag) = (true, be16(ip.id) as u32);
             }
             if frag_off != 0 {
                 // A later fragment that would overlap the first 16 bytes of the L4 header can
@@ -210,7 +223,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
                         let h: [u8; 8] = load(data, data_end, l4)?;
                         next = h[0];
                         let fo = be16([h[2], h[3]]);
-                        pkt.frag_id = Some(u32::from_be_bytes([h[4], h[5], h[6], h[7]]));
+                        (pkt.fragment, pkt.frag) = (true, u32::from_be_bytes([h[4], h[5], h[6], h[7]]));
                         l4 += 8;
                         if fo >> 3 != 0 {
                             if fo >> 3 < 2 {
@@ -222,7 +235,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
                         }
                         if fo & 1 == 0 {
                             // An "atomic" fragment (offset 0, no more): an ordinary packet.
-                            pkt.frag_id = None;
+                            pkt.fragment = false;
                         }
                     }
                     _ => {
@@ -274,6 +287,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             let h: [u8; 8] = load(data, data_end, l4_off)?;
             let v6 = raw_proto == PROTO_ICMPV6;
             let ty = h[0];
+            pkt.icmp = [ty, h[1]];
             let id = be16([h[4], h[5]]);
             match (v6, ty) {
                 (false, 8) | (true, 128) => {

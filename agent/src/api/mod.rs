@@ -17,7 +17,7 @@ mod inventory;
 pub mod server;
 
 pub use client::{ClientError, call, stream};
-pub use events::{Criteria, EventFilter, EventRecord};
+pub use events::{Criteria, EventFilter, EventRecord, Icmp};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
 pub use server::{RequestError, read_request, write_line, write_reply};
