@@ -435,9 +435,13 @@ pub struct InventoryArgs {
 #[derive(Args)]
 pub struct UninstallArgs {
     /// The bpffs directory of the pinned maps and links (refused while an agent answering on
-    /// --socket uses it: stop the agent first).
+    /// --socket uses it: stop the agent first, or give --stop-agent).
     #[arg(long, default_value = datapath::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// Stop the agent answering on --socket for this pin path first (SIGTERM to the process
+    /// behind the socket), wait up to 30 s for it to exit, then remove the pins.
+    #[arg(long)]
+    pub stop_agent: bool,
     #[command(flatten)]
     pub socket: SocketArg,
 }

@@ -308,11 +308,7 @@ fn run(o: &Options) -> Result<bool> {
     let (st, ev, m) = settle(&agent, &pay.ns, &events_path, 10)?;
     let c = counters(&st);
     let k = |name: &str| c.get(name).copied().unwrap_or(0);
-    let limit = st["limits"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["name"] == LIMIT_NAME))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let limit = st["limits"][LIMIT_NAME].clone();
     let lu = |f: &str| limit[f].as_u64().unwrap_or(0);
 
     let t = &*tallies;
