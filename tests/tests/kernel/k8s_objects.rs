@@ -7,8 +7,8 @@
 use std::{fs, time::Duration};
 
 use integration_tests::{
-    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, shop_queries,
-    shop_pods as pods, tcp_ok, wait_for,
+    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, shop_pods as pods,
+    shop_queries, tcp_ok, wait_for,
 };
 
 /// The protocol property, not a speed figure: the agent takes a change of the directory up on
