@@ -403,7 +403,12 @@ pub struct Event {
     /// [`FLOOD_BUDGET`]): `total` counts every packet of `src_segment` denied for `reason` on
     /// that CPU, and the addresses and ports are those of the packet that triggered the event.
     pub aggregate: u32,
-    pub _pad: u32,
+    /// ICMP and ICMPv6 (`proto` [`PROTO_ICMP`]): the message's type and code as on the wire
+    /// (ICMPv6's own numbers: an echo request is 128); 0 for other protocols. (The ports hold
+    /// an echo's identifier, as the conntrack key does.)
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 88);

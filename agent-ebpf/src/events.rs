@@ -63,6 +63,8 @@ pub fn emit(pkt: &Packet, what: u32, rule: u32, segments: u64, total: u64) {
         // A helper with no arguments, available to every program type.
         (*e).aggregate =
             if what & WHAT_FLOOD != 0 { 1 + aya_ebpf::helpers::generated::bpf_get_smp_processor_id() } else { 0 };
+        (*e).icmp_type = pkt.icmp[0];
+        (*e).icmp_code = pkt.icmp[1];
         (*e)._pad = 0;
     }
     entry.submit(0);

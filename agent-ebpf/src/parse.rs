@@ -68,20 +68,14 @@ pub struct Packet {
     /// fields rather than an `Option`: three bytes fewer in the datapath's frame.
     pub frag: u32,
     pub fragment: bool,
+    /// ICMP/ICMPv6: the message's type and code as on the wire, for events only.
+    pub icmp: [u8; 2],
     /// Set by the pipeline, for events: frame length, interface, policy revision, and the
     /// time (coarse clock) once read.
     pub len: u32,
     pub ifindex: u32,
     pub revision: u32,
     pub now: u64,
-}
-
-impl Packet {
-    /// `Some(id)` when the packet is a fragment (first or later).
-    #[inline(always)]
-    pub fn frag_id(&self) -> Option<u32> {
-        self.fragment.then_some(self.frag)
-    }
 }
 
 pub struct Malformed;
@@ -126,11 +120,18 @@ impl Packet {
             payload_len: 0,
             frag: 0,
             fragment: false,
+            icmp: [0; 2],
             len: 0,
             ifindex: 0,
             revision: 0,
             now: 0,
         }
+    }
+
+    /// `Some(id)` when the packet is a fragment (first or later).
+    #[inline(always)]
+    pub fn frag_id(&self) -> Option<u32> {
+        self.fragment.then_some(self.frag)
     }
 }
 
@@ -298,6 +299,7 @@ pub fn parse(data: usize, data_end: usize, pkt_len: usize, pkt: &mut Packet) -> 
             let h: [u8; 8] = load(data, data_end, l4_off)?;
             let v6 = raw_proto == PROTO_ICMPV6;
             let ty = h[0];
+            pkt.icmp = [ty, h[1]];
             let id = be16([h[4], h[5]]);
             match (v6, ty) {
                 (false, 8) | (true, 128) => {

@@ -15,7 +15,7 @@ pub use harness::{
         self,
         configmap::ConfigMap,
         fake_api,
-        shop::{SHOP_POLICIES, assert_only_frontend_reaches_payments, shop_pods},
+        shop::{SHOP_POLICIES, assert_only_frontend_reaches_payments, shop_pods, shop_queries},
     },
     metrics::{
         PROMETHEUS_ACCEPT, get_metrics, get_metrics_accepting, header, http_request, promtool_check_metrics,

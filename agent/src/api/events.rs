@@ -7,8 +7,8 @@ use crate::clock::rfc3339;
 
 /// One event as clients see it (`ztagent events -o json` prints one per line; the field names
 /// are stable). What a kind of event does not have is absent, never a zero: the agent's own
-/// events (`granted`, `grant-ended`, a rate `anomaly`) carry no packet, ICMP no ports (an
-/// echo's identifier instead). The shape of each kind is in docs/json.md.
+/// events (`granted`, `grant-ended`, a rate `anomaly`) carry no packet, ICMP no ports (its
+/// type and code, and an echo's identifier, instead). The shape of each kind is in docs/json.md.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EventRecord {
     /// Wall-clock time, RFC 3339 with milliseconds (UTC).
@@ -41,10 +41,12 @@ pub struct EventRecord {
     /// "tcp" | "udp" | "icmp" | the protocol number (absent without a packet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<String>,
-    /// ICMP echo request or reply: the identifier (absent for other messages; the kernel's
-    /// events do not carry an ICMP message's type and code yet).
+    /// ICMP echo request or reply: the identifier (absent for other messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_id: Option<u16>,
+    /// ICMP and ICMPv6: the message's type and code as on the wire (absent for other protocols).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<Icmp>,
     pub src_segment: String,
     pub dst_segment: String,
     /// With `--k8s-objects`: the pod (`namespace/name`) at the source or destination address,
@@ -109,6 +111,39 @@ pub struct HttpRecord {
     pub unparsable: Option<String>,
 }
 
+/// An ICMP or ICMPv6 message's type and code, as on the wire (`"icmp": {"type": 8, "code": 0}`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Icmp {
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub code: u8,
+}
+
+impl Icmp {
+    /// The message's name (`echo-request`, `destination-unreachable code 3`, `type 42`), by
+    /// ICMPv6's numbers when `v6`.
+    pub fn describe(&self, v6: bool) -> String {
+        let name = match (v6, self.kind) {
+            (false, 0) | (true, 129) => "echo-reply",
+            (false, 8) | (true, 128) => "echo-request",
+            (false, 3) | (true, 1) => "destination-unreachable",
+            (false, 11) | (true, 3) => "time-exceeded",
+            (false, 12) | (true, 4) => "parameter-problem",
+            (false, 4) => "source-quench",
+            (false, 5) | (true, 137) => "redirect",
+            (false, 9) | (true, 134) => "router-advertisement",
+            (false, 10) | (true, 133) => "router-solicitation",
+            (false, 13) => "timestamp-request",
+            (false, 14) => "timestamp-reply",
+            (true, 2) => "packet-too-big",
+            (true, 135) => "neighbour-solicitation",
+            (true, 136) => "neighbour-advertisement",
+            (_, n) => return format!("type {n} code {}", self.code),
+        };
+        if self.code == 0 { name.to_string() } else { format!("{name} code {}", self.code) }
+    }
+}
+
 impl EventRecord {
     /// A record of a flow from (segment, address) to (segment, address), on an interface's
     /// ingress, the other fields empty: for tests and benchmarks of what consumes records.
@@ -135,6 +170,7 @@ impl EventRecord {
             dport: Some(dport),
             proto: Some(proto.into()),
             icmp_id: None,
+            icmp: None,
             src_segment: src.0.into(),
             dst_segment: dst.0.into(),
             src_pod: None,
@@ -168,6 +204,7 @@ impl EventRecord {
             dport: None,
             proto: None,
             icmp_id: None,
+            icmp: None,
             src_segment: src_segment.into(),
             dst_segment: dst_segment.into(),
             src_pod: None,

@@ -17,7 +17,7 @@ mod inventory;
 pub mod server;
 
 pub use client::{ClientError, call, stream};
-pub use events::{Criteria, EventFilter, EventRecord, HttpRecord};
+pub use events::{Criteria, EventFilter, EventRecord, HttpRecord, Icmp};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
 pub use server::{RequestError, read_request, write_line, write_reply};
@@ -166,20 +166,23 @@ pub struct Status {
     #[serde(default)]
     pub mode: String,
     pub pin_path: String,
+    /// On the wire an object keyed by interface name (`jq '.interfaces.eth0.ingress'`).
+    #[serde(with = "keyed")]
     pub interfaces: Vec<Interface>,
     /// Packets by outcome since the maps were created, in the datapath's order; on the wire an
     /// object keyed by counter name (`jq .counters.events_lost`).
     #[serde(with = "counters")]
     pub counters: Vec<(String, u64)>,
-    /// The rate limits in force.
-    #[serde(default)]
+    /// The rate limits in force; on the wire an object keyed by limit name.
+    #[serde(default, with = "keyed")]
     pub limits: Vec<LimitStatus>,
     /// The APIs the policy in force declares (`apis`), keyed by name (an unnamed one by
     /// `SEGMENT:PORTS`): the flows the datapath parses as HTTP.
     #[serde(default)]
     pub apis: std::collections::BTreeMap<String, ApiStatus>,
-    /// Fill of the state maps (conntrack, event aggregation, fragments, address buckets).
-    #[serde(default)]
+    /// Fill of the state maps (conntrack, event aggregation, fragments, address buckets); on
+    /// the wire an object keyed by map name (`jq .maps.ZT_CT.entries`).
+    #[serde(default, with = "keyed")]
     pub maps: Vec<MapStatus>,
     /// The XDP attach mode asked for: "auto" (the kernel's choice), "native" or "generic".
     #[serde(default)]
@@ -300,11 +303,14 @@ pub struct OfflineStatus {
     pub revision: u32,
     /// "enforce" or "audit": the policy in force's.
     pub mode: String,
-    /// One per interface with a pinned link, by name (from the pin's name).
+    /// One per interface with a pinned link, keyed by name (from the pin's name).
+    #[serde(with = "keyed")]
     pub interfaces: Vec<PinnedInterface>,
     /// As in [`Status`]: packets by outcome since the maps were created.
     #[serde(with = "counters")]
     pub counters: Vec<(String, u64)>,
+    /// As in [`Status`], keyed by map name.
+    #[serde(with = "keyed")]
     pub maps: Vec<MapStatus>,
 }
 
@@ -415,6 +421,78 @@ pub enum Attachment {
     Adopted,
 }
 
+/// An item of a list that is an object keyed by name on the wire: the field holding its name
+/// (unique in the list).
+pub trait Named {
+    const NAME_FIELD: &'static str;
+}
+
+impl Named for Interface {
+    const NAME_FIELD: &'static str = "name";
+}
+
+impl Named for PinnedInterface {
+    const NAME_FIELD: &'static str = "name";
+}
+
+impl Named for LimitStatus {
+    const NAME_FIELD: &'static str = "name";
+}
+
+impl Named for MapStatus {
+    const NAME_FIELD: &'static str = "map";
+}
+
+/// A list of [`Named`] items as a JSON object keyed by their names, in the list's order (the
+/// name not repeated inside each item), read back in the order written.
+mod keyed {
+    use std::{fmt, marker::PhantomData};
+
+    use serde::{
+        Deserializer, Serialize, Serializer,
+        de::{DeserializeOwned, Error as _, MapAccess, Visitor},
+        ser::{Error as _, SerializeMap},
+    };
+    use serde_json::Value;
+
+    use super::Named;
+
+    pub fn serialize<T: Named + Serialize, S: Serializer>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(items.len()))?;
+        for item in items {
+            let mut value = serde_json::to_value(item).map_err(S::Error::custom)?;
+            let name = value.as_object_mut().and_then(|o| o.remove(T::NAME_FIELD));
+            let Some(Value::String(name)) = name else {
+                return Err(S::Error::custom(format!("an item without its `{}`", T::NAME_FIELD)));
+            };
+            map.serialize_entry(&name, &value)?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, T: Named + DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        struct Items<T>(PhantomData<T>);
+        impl<'de, T: Named + DeserializeOwned> Visitor<'de> for Items<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object keyed by name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, mut value)) = map.next_entry::<String, Value>()? {
+                    let Some(fields) = value.as_object_mut() else {
+                        return Err(A::Error::custom(format!("`{name}` is not an object")));
+                    };
+                    fields.insert(T::NAME_FIELD.into(), Value::String(name));
+                    out.push(serde_json::from_value(value).map_err(A::Error::custom)?);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Items(PhantomData))
+    }
+}
+
 /// `Status::counters` as a JSON object keyed by name, in the datapath's order (read back in the
 /// order written).
 mod counters {
@@ -466,5 +544,30 @@ mod tests {
         assert!(text.contains(r#""counters":{"pass":3,"events_lost":1}"#), "{text}");
         let back: Status = serde_json::from_str(&text).unwrap();
         assert_eq!(back.counters, status.counters);
+    }
+
+    #[test]
+    fn status_lists_are_objects_keyed_by_name_in_order() {
+        let limit = |name: &str| LimitStatus { name: name.into(), scope: "segment".into(), ..LimitStatus::default() };
+        let map = |name: &str, entries| MapStatus { map: name.into(), entries, capacity: 10 };
+        let status = Status {
+            interfaces: vec![Interface { name: "eth1".into(), ..Interface::default() }],
+            limits: vec![limit("zeta"), limit("alpha")],
+            maps: vec![map("ZT_CT", 3), map("ZT_AGG", 1)],
+            ..Status::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["maps"]["ZT_CT"], serde_json::json!({"entries": 3, "capacity": 10}));
+        assert_eq!(json["limits"]["alpha"]["scope"], "segment");
+        assert_eq!(json["interfaces"]["eth1"]["ingress"], "attached");
+        let text = serde_json::to_string(&status).unwrap();
+        assert!(text.contains(r#""limits":{"zeta":"#), "{text}");
+        let back: Status = serde_json::from_str(&text).unwrap();
+        let names = back.limits.iter().map(|l| l.name.as_str()).collect::<Vec<_>>();
+        assert_eq!(
+            (names, back.maps[1].map.as_str(), back.interfaces[0].name.as_str()),
+            (vec!["zeta", "alpha"], "ZT_AGG", "eth1")
+        );
+        assert!(serde_json::from_str::<Status>(&text.replace(r#""ZT_CT":{"#, r#""ZT_CT":[1],"x":{"#)).is_err());
     }
 }

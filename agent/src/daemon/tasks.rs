@@ -15,7 +15,7 @@ use super::startup::Inputs;
 use super::{Config, DaemonError, Shared, State, lock, unix_now};
 use crate::{
     events::EventHub,
-    kernel::{datapath::error_chain, ring::EventSources},
+    kernel::ring::EventSources,
     observe::{alerts, inventory::Inventory, metrics},
     sources::Refused,
 };
@@ -230,9 +230,9 @@ pub(super) fn save_learned(inventory: &Mutex<Inventory>, alerts: &Mutex<alerts::
 }
 
 /// What the metrics endpoint reads of the agent at a scrape: a few map lookups under the lock.
-fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, String> {
+fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, metrics::ReadError> {
     let state = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let counters = state.datapath.counters().map_err(|e| error_chain(&e))?;
+    let counters = state.datapath.counters()?;
     let limits = state.installed.as_ref().map_or_else(Vec::new, |i| {
         i.compiled
             .limits
@@ -251,7 +251,7 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, Str
     let segments = match &state.installed {
         Some(i) => {
             let names = &i.compiled.segment_names;
-            let counts = state.datapath.segment_counters(names.len()).map_err(|e| error_chain(&e))?;
+            let counts = state.datapath.segment_counters(names.len())?;
             names.iter().cloned().zip(counts).collect()
         }
         None => Vec::new(),

@@ -7,8 +7,8 @@ use std::{
 };
 
 use agent_common::{
-    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, FloodValue, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, SEG_ANY,
+    AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event, FloodValue, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SEG_ANY,
     event::{
         DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_GRANT_EXPIRED, REASON_MALFORMED, REASON_NO_POLICY,
         REASON_RATE_LIMIT, REASON_REVOKED, REASON_RULE, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_DENIED,
@@ -23,7 +23,7 @@ use agent_common::http::{
 };
 
 use super::flood::Floods;
-use crate::api::{EventRecord, HttpRecord};
+use crate::api::{EventRecord, HttpRecord, Icmp};
 use crate::clock::{monotonic_ns, rfc3339};
 use crate::policy::{CompiledPolicy, addr16};
 
@@ -54,6 +54,7 @@ struct Aggregate {
 struct Seen {
     total: u64,
     ifindex: u32,
+    /// The source port; for ICMP the message's type and code (`[type, code]` big-endian).
     sport: u16,
     direction: u8,
     /// The sweep generation (wrapping) that last found it in the kernel maps, or in which an
@@ -166,14 +167,19 @@ impl Decoder {
         }
         let audit = if ev.verdict == VERDICT_WOULD_RATE_LIMIT { AGG_AUDIT } else { 0 };
         let reason = class(ev.reason) | audit;
-        let flow = Aggregate { src: ev.src, dst: ev.dst, port: ev.dport, proto: ev.proto, reason };
+        let icmp = ev.proto == PROTO_ICMP;
+        // The kernel keys an ICMP policy denial by the message's type (its policy port), other
+        // drops by the flow's ports (an echo's identifier).
+        let port = if icmp && reason == POLICY_DENIAL { icmp_policy_port(ev) } else { ev.dport };
+        let flow = Aggregate { src: ev.src, dst: ev.dst, port, proto: ev.proto, reason };
         let id = self.id(&flow);
         let count = self.delta(id, ev.total)?;
         let record = Arc::new(self.record(ev, count));
         if self.seen.len() >= MAX_AGGREGATES && !self.seen.contains_key(&id) {
             self.seen.clear();
         }
-        let (ifindex, sport, direction, generation) = (ev.ifindex, ev.sport, ev.direction, self.generation);
+        let sport = if icmp { u16::from_be_bytes([ev.icmp_type, ev.icmp_code]) } else { ev.sport };
+        let (ifindex, direction, generation) = (ev.ifindex, ev.direction, self.generation);
         self.seen.insert(id, Seen { total: ev.total, ifindex, sport, direction, generation });
         Some(record)
     }
@@ -226,13 +232,20 @@ impl Decoder {
             let count = v.total - seen.total;
             seen.total = v.total;
             let seen = *seen;
+            // ICMP: the type and code were remembered in place of the source port; an echo's
+            // identifier is in the key of other drops, not in a policy denial's (its type is).
+            let (sport, dport, [icmp_type, icmp_code]) = match flow.proto {
+                PROTO_ICMP if flow.reason == POLICY_DENIAL => (0, 0, seen.sport.to_be_bytes()),
+                PROTO_ICMP => (flow.port, flow.port, seen.sport.to_be_bytes()),
+                _ => (seen.sport, flow.port, [0, 0]),
+            };
             let ev = Event {
                 time_ns: now_ns,
                 total: v.total,
                 src: flow.src,
                 dst: flow.dst,
-                sport: seen.sport,
-                dport: flow.port,
+                sport,
+                dport,
                 ifindex: seen.ifindex,
                 src_segment: v.src_segment,
                 dst_segment: v.dst_segment,
@@ -248,6 +261,8 @@ impl Decoder {
                 },
                 reason: reason & !AGG_AUDIT,
                 aggregate: 0,
+                icmp_type,
+                icmp_code,
                 _pad: 0,
             };
             out.push(Arc::new(self.record(&ev, count)));
@@ -277,8 +292,9 @@ impl Decoder {
         let ports = ev.proto == PROTO_TCP || ev.proto == PROTO_UDP;
         let icmp = ev.proto == PROTO_ICMP;
         // ICMP: the kernel's flow key holds an echo's identifier in both ports (0 for other
-        // messages); the message's type and code are not in the kernel's event.
-        let echo = icmp && ev.sport == ev.dport && ev.dport != 0;
+        // messages), the event the message's type and code.
+        let echo_type = matches!(icmp_policy_port(ev), ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY);
+        let echo = icmp && echo_type && ev.sport == ev.dport && ev.dport != 0;
         EventRecord {
             time: rfc3339(wall_clock_of(ev.time_ns)),
             iface: Some(self.ifname(ev.ifindex)),
@@ -293,6 +309,7 @@ impl Decoder {
             dport: ports.then_some(ev.dport),
             proto: Some(proto_name(ev.proto)),
             icmp_id: echo.then_some(ev.dport),
+            icmp: icmp.then_some(Icmp { kind: ev.icmp_type, code: ev.icmp_code }),
             src_pod: self.pods.pod(src).map(str::to_string),
             dst_pod: self.pods.pod(dst).map(str::to_string),
             src_segment,
@@ -419,6 +436,14 @@ fn unparsable_name(reason: u8) -> &'static str {
         UNPARSABLE_HTTP2 => "http2",
         UNPARSABLE_UPGRADE => "upgrade",
         _ => "unknown",
+
+/// An ICMP message's type as the kernel's policy lookups and denial cache key it: ICMPv6's echo
+/// request and reply folded into ICMP's numbers (8 and 0), other types as they are.
+fn icmp_policy_port(ev: &Event) -> u16 {
+    match (ip_of(&ev.src).is_ipv6(), ev.icmp_type) {
+        (true, 128) => ICMP_ECHO_REQUEST,
+        (true, 129) => ICMP_ECHO_REPLY,
+        (_, t) => u16::from(t),
     }
 }
 
@@ -454,8 +479,8 @@ mod tests {
     use agent_common::{
         AGG_AUDIT, AggKey, AggValue, DenyKey, DenyValue, EVENT_INTERVAL_NS, Event,
         event::{
-            DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_RATE_LIMIT, VERDICT_DENIED, VERDICT_RATE_LIMITED,
-            VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
+            DIRECTION_EGRESS, REASON_DEFAULT, REASON_FRAGMENT, REASON_RATE_LIMIT, REASON_RULE, VERDICT_DENIED,
+            VERDICT_RATE_LIMITED, VERDICT_WOULD_DENY, VERDICT_WOULD_RATE_LIMIT,
         },
     };
 
@@ -532,5 +557,32 @@ mod tests {
         }
         assert!(d.seen.is_empty());
         assert_eq!(d.decode(&e).map(|r| r.count), Some(10));
+    }
+
+    #[test]
+    fn icmp_events_carry_type_and_code_not_ports() {
+        let mut d = Decoder::new();
+        // An ICMPv6 echo request (identifier 77) denied: named by ICMPv6's own numbers.
+        let v6 = addr16("fd00::1".parse().unwrap());
+        let ping =
+            Event { src: v6, sport: 77, dport: 77, proto: PROTO_ICMP, icmp_type: 128, ..event(3, REASON_DEFAULT) };
+        let r = d.decode(&ping).unwrap();
+        assert_eq!((r.sport, r.dport, r.icmp_id), (None, None, Some(77)));
+        assert_eq!(r.icmp, Some(Icmp { kind: 128, code: 0 }));
+        assert_eq!(serde_json::to_value(&*r).unwrap()["icmp"], serde_json::json!({"type": 128, "code": 0}));
+        // The kernel's denial cache keys it by its type folded into ICMP's (8): the sweep finds
+        // it there and keeps its type and code (the identifier is not in that key).
+        let key = DenyKey { src: v6, dst: ping.dst, port: ICMP_ECHO_REQUEST, proto: PROTO_ICMP, _pad: 0 };
+        let value = DenyValue { total: 5, last_emit: 0, ..Default::default() };
+        let r = d.sweep([(key, value)].into_iter(), std::iter::empty(), &|_| Vec::new(), EVENT_INTERVAL_NS);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].count, r[0].icmp, r[0].icmp_id), (2, Some(Icmp { kind: 128, code: 0 }), None));
+        // A port unreachable: no identifier; TCP: no ICMP.
+        let unreachable = Event { proto: PROTO_ICMP, icmp_type: 3, icmp_code: 3, ..event(1, REASON_RULE) };
+        let r = d.decode(&unreachable).unwrap();
+        assert_eq!((r.icmp, r.icmp_id), (Some(Icmp { kind: 3, code: 3 }), None));
+        assert_eq!(r.icmp.map(|i| i.describe(false)).as_deref(), Some("destination-unreachable code 3"));
+        let tcp = Event { sport: 1, dport: 2, proto: PROTO_TCP, ..event(1, REASON_DEFAULT) };
+        assert_eq!(d.decode(&tcp).map(|r| r.icmp), Some(None));
     }
 }

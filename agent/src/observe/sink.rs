@@ -323,6 +323,7 @@ mod tests {
             dport: Some(22),
             proto: Some("tcp".into()),
             icmp_id: None,
+            icmp: None,
             ports: Vec::new(),
             src_segment: "world".into(),
             dst_segment: "payments".into(),

@@ -217,14 +217,15 @@ impl Agent {
         // SAFETY: signalling the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+        while Instant::now() < deadline && !self.exited() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            !matches!(self.child.try_wait(), Ok(None)),
-            "ztagent did not stop on SIGTERM within 10 s:\n{}",
-            self.log()
-        );
+        assert!(self.exited(), "ztagent did not stop on SIGTERM within 10 s:\n{}", self.log());
+    }
+
+    /// Whether the daemon exited (reaped here if so).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Marks the pins as taken over by another agent: dropping this guard leaves them.
@@ -247,24 +248,19 @@ impl Agent {
     /// Stops the daemon with SIGTERM (it saves what it keeps, and leaves enforcement in place)
     /// and starts another on the same pins and state, without a policy.
     pub fn stop_and_restart(mut self, ns: &Netns, ifaces: &[&str]) -> Agent {
-        // SAFETY: signalling the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            !matches!(self.child.try_wait(), Ok(None)),
-            "ztagent did not stop on SIGTERM within 10 s:\n{}",
-            self.log()
-        );
-        self.handed_over = true;
-        Agent::start_on(ns, ifaces, None, &self.pins, &[])
+        self.stop();
+        self.restart_on_same_pins(ns, ifaces, &[])
     }
 
     /// As [`Agent::crash_and_restart`], the new daemon with more `ztagent run` flags.
     pub fn crash_and_restart_with(mut self, ns: &Netns, ifaces: &[&str], args: &[&str]) -> Agent {
         self.kill();
+        self.restart_on_same_pins(ns, ifaces, args)
+    }
+
+    /// Another daemon on this (stopped) one's pins and state, without a policy: this guard
+    /// hands the pins over to it.
+    fn restart_on_same_pins(mut self, ns: &Netns, ifaces: &[&str], args: &[&str]) -> Agent {
         self.handed_over = true;
         Agent::start_on(ns, ifaces, None, &self.pins, args)
     }

@@ -441,6 +441,39 @@ fn event_filters_combine_negate_and_bound_time() {
     assert!(agent.events(&["--since", "2500-01-01T01:00:00+01:00"]).is_empty());
 }
 
+/// Issue 23: ICMP events show the message's type and code (`"icmp": {"type": 8, "code": 0}`,
+/// `icmp echo-request` in text), ICMPv6 by its own numbers, and no ports; an echo's identifier
+/// apart.
+#[test]
+fn icmp_events_show_type_and_code() {
+    let lan = Lan::four_hosts();
+    let (pay, front, batch) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
+    let dir = TempDir::new();
+    let agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    assert!(ping_ok(&batch.ns, pay.v4), "batch may ping payments");
+    assert!(!ping_ok(&front.ns, pay.v6), "frontend may not ping payments");
+    let s = |x: &str| Value::String(x.into());
+    let allowed = [("verdict", s("allowed")), ("proto", s("icmp")), ("src", s(&batch.v4.to_string()))];
+    let denied = [("verdict", s("denied")), ("proto", s("icmp")), ("src", s(&front.v6.to_string()))];
+    let mut all = Vec::new();
+    assert!(eventually(|| {
+        all = agent.events(&[]);
+        all.iter().any(|e| matches(e, &allowed)) && all.iter().any(|e| matches(e, &denied))
+    }));
+    let ping = find(&all, &allowed);
+    assert_eq!(ping["icmp"], serde_json::json!({"type": 8, "code": 0}), "{ping}");
+    assert!(ping.get("sport").is_none() && ping.get("dport").is_none() && ping["icmp_id"].is_u64(), "{ping}");
+    let ping6 = find(&all, &denied);
+    assert_eq!(ping6["icmp"], serde_json::json!({"type": 128, "code": 0}), "{ping6}");
+    assert!(ping6.get("sport").is_none() && ping6.get("dport").is_none(), "{ping6}");
+    // Text: the message by name, ICMPv6's too.
+    let (ok, text, err) = events_cli(&agent, &[]);
+    assert!(ok, "{err}");
+    let line = |src: IpAddr| text.lines().find(|l| l.contains(&src.to_string())).unwrap_or_default().to_string();
+    assert!(line(batch.v4).contains(" icmp echo-request "), "{text}");
+    assert!(line(front.v6).contains(" icmp echo-request "), "{text}");
+}
+
 /// `events -f --reconnect`: when the agent restarts, the follower says so on stderr and goes
 /// on with the new agent's events instead of ending.
 #[test]

@@ -115,7 +115,8 @@ fn a_failed_restart_keeps_the_enforcement_in_place() {
     // A good restart then takes over as usual.
     let restarted = Agent::start_with_pins(&payments.ns, &[&payments.iface], None, &agent.pins);
     let st: serde_json::Value = serde_json::from_slice(&restarted.cli(&["status", "-o", "json"]).stdout).unwrap();
-    assert_eq!((st["revision"].clone(), st["interfaces"][0]["ingress"].clone()), (1.into(), "adopted".into()));
+    let ingress = st["interfaces"][&payments.iface]["ingress"].clone();
+    assert_eq!((st["revision"].clone(), ingress), (1.into(), "adopted".into()), "{st}");
     assert!(tcp_ok(&frontend.ns, payments.v4, 443) && !tcp_ok(&outsider.ns, payments.v4, 443));
 }
 

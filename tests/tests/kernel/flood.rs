@@ -23,9 +23,7 @@ fn map_entries(agent: &Agent, name: &str) -> u64 {
     let out = agent.cli(&["status", "-o", "json"]);
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let maps = v["maps"].as_array().unwrap_or_else(|| panic!("no maps in {v}"));
-    let m = maps.iter().find(|m| m["map"] == name).unwrap_or_else(|| panic!("no map {name} in {maps:?}"));
-    m["entries"].as_u64().unwrap()
+    v["maps"][name]["entries"].as_u64().unwrap_or_else(|| panic!("no map {name} in {v}"))
 }
 
 #[test]

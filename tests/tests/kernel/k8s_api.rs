@@ -18,7 +18,7 @@ use std::{
 use integration_tests::{
     Agent, Lan, Servers, TempDir, assert_only_frontend_reaches_payments, bin,
     fake_api::{FakeApi, RESOURCES, TOKEN, namespace, network_policy, pod},
-    json_of as json, tcp_ok, wait_for,
+    shop_queries, tcp_ok, wait_for,
 };
 use serde_json::{Value, json};
 use ztagent::k8s::Objects;
@@ -331,20 +331,7 @@ fn network_policies_from_the_api_are_enforced_and_follow_its_changes() {
         &["--k8s-api", "--kubeconfig", kubeconfig.to_str().unwrap()],
     );
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
-    let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check = |src: &str| {
-        integration_tests::check_json_of(&agent.cli(&[
-            "check",
-            "--src",
-            src,
-            "--dst",
-            "10.20.2.10",
-            "--port",
-            "443",
-            "-o",
-            "json",
-        ]))
-    };
+    let (status, check) = shop_queries(&agent);
 
     // The first snapshot is in force from the start: frontend in, batch and the attacker out.
     assert_only_frontend_reaches_payments(&lan, &agent);

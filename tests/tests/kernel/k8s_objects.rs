@@ -2,12 +2,13 @@
 //! inventory (their addresses are the pods' IPs), a NetworkPolicy isolates payments and admits
 //! frontend on 443; real connections are allowed and denied as it says, `check` and events name
 //! the pods; a label change in the directory (no push) moves the verdicts; a broken file is
-//! kept out, its error (with its position) in `status`, and what was in force stays.
+//! kept out, its error (with its position) in `status`, and what was in force stays. `events
+//! --pod` / `--namespace` select live events by the pods they name.
 use std::{fs, time::Duration};
 
 use integration_tests::{
-    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, json_of as json,
-    shop_pods as pods, tcp_ok, wait_for,
+    Agent, Lan, SHOP_POLICIES as POLICIES, Servers, TempDir, assert_only_frontend_reaches_payments, shop_pods as pods,
+    shop_queries, tcp_ok, wait_for,
 };
 
 /// The protocol property, not a speed figure: the agent takes a change of the directory up on
@@ -26,20 +27,7 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     // No native policy: the NetworkPolicies alone.
     let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
     let _srv = Servers::start(&payments.ns, &[443, 8443], &[]);
-    let status = || json(&agent.cli(&["status", "-o", "json"]));
-    let check = |src: &str| {
-        integration_tests::check_json_of(&agent.cli(&[
-            "check",
-            "--src",
-            src,
-            "--dst",
-            "10.20.2.10",
-            "--port",
-            "443",
-            "-o",
-            "json",
-        ]))
-    };
+    let (status, check) = shop_queries(&agent);
 
     // Real traffic: frontend in, batch and the attacker (no pod) out; 8443 is not `https`.
     assert_only_frontend_reaches_payments(&lan, &agent);
@@ -148,4 +136,51 @@ fn network_policies_from_a_directory_are_enforced_and_follow_its_changes() {
     let fixed = wait_for(PICKED_UP, || status()["k8s_source"]["up_to_date"] == true);
     assert!(fixed.is_some(), "the directory did not come back:\n{}", agent.log());
     assert!(tcp_ok(&batch.ns, payments.v4, 443));
+}
+
+/// `events --pod` and `--namespace` on live events named by the objects directory: a pod by
+/// `namespace/name` or by name alone, a namespace, each as the source or the destination; OR
+/// within a flag, AND across flags, `--not`.
+#[test]
+fn events_select_pods_and_namespaces() {
+    let lan = Lan::four_hosts();
+    let (payments, frontend, batch, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2], &lan.hosts[3]);
+    let objects = TempDir::new();
+    // frontend-0 in a namespace of its own (`web`): payments' NetworkPolicy selects pods of its
+    // own namespace only, so frontend is denied too.
+    let web = pods("frontend", "batch")
+        .replace("name: frontend-0\n    namespace: shop", "name: frontend-0\n    namespace: web");
+    assert!(web.contains("namespace: web"));
+    objects.file("pods.yaml", &web);
+    objects.file("policies.yaml", POLICIES);
+    objects.file("web.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
+    let dir = objects.0.to_str().unwrap().to_string();
+    let agent = Agent::start_with(&payments.ns, &[&payments.iface], None, &["--k8s-objects", &dir]);
+    let _srv = Servers::start(&payments.ns, &[443], &[]);
+    for host in [frontend, batch, attacker] {
+        assert!(!tcp_ok(&host.ns, payments.v4, 443), "{} reached payments", host.v4);
+    }
+    let src_pods = |args: &[&str]| {
+        let mut v: Vec<String> =
+            agent.events(args).iter().map(|e| e["src_pod"].as_str().unwrap_or("-").to_string()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let all = wait_for(Duration::from_secs(20), || src_pods(&[]).len() == 3);
+    assert!(all.is_some(), "not every client's denial was reported: {:?}", agent.events(&[]));
+    assert_eq!(src_pods(&[]), ["-", "shop/batch-0", "web/frontend-0"]);
+    // A namespace: as the source (web) or the destination (shop: payments-0, for everyone).
+    assert_eq!(src_pods(&["--namespace", "web"]), ["web/frontend-0"]);
+    assert_eq!(src_pods(&["--namespace", "shop"]), ["-", "shop/batch-0", "web/frontend-0"]);
+    assert!(src_pods(&["--namespace", "kube-system"]).is_empty());
+    // A pod by name alone or with its namespace; OR within the flag, AND across flags, --not.
+    assert_eq!(src_pods(&["--pod", "batch-0"]), ["shop/batch-0"]);
+    assert_eq!(src_pods(&["--pod", "web/frontend-0", "--pod", "shop/batch-0"]), ["shop/batch-0", "web/frontend-0"]);
+    assert!(src_pods(&["--pod", "shop/frontend-0"]).is_empty(), "frontend-0 is in web, not shop");
+    assert!(src_pods(&["--pod", "batch-0", "--namespace", "web"]).is_empty());
+    assert_eq!(src_pods(&["--not", "--namespace", "web", "--pod", "payments-0"]), ["-", "shop/batch-0"]);
+    // Every event selected by a pod names it.
+    let named = agent.events(&["--pod", "shop/payments-0"]);
+    assert!(!named.is_empty() && named.iter().all(|e| e["dst_pod"] == "shop/payments-0"), "{named:?}");
 }

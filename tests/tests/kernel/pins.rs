@@ -1,7 +1,7 @@
 //! The pin directory under a running agent (issue 23, defect 1): `ztagent uninstall` refuses
 //! while the agent answers for it; pins removed anyway (by hand, or an uninstall that does not
 //! reach the agent) are noticed, said in `status` and the log, and pinned again, so that
-//! enforcement still outlives the agent.
+//! enforcement still outlives the agent; `uninstall --stop-agent` stops it, then removes them.
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -76,5 +76,42 @@ fn uninstall_refuses_a_running_agent_and_vanished_pins_are_restored() {
     assert!(!tcp_ok(&attacker.ns, pay.v4, 443));
     agent.kill();
     assert!(!tcp_ok(&attacker.ns, pay.v4, 443), "enforcement ended with the agent: its pins were not restored");
+    assert!(tcp_ok(&front.ns, pay.v4, 443));
+}
+
+/// `uninstall --stop-agent`: the agent answering for the pin path is stopped through its socket
+/// (its peer's pid), waited for, and only then are the pins removed: enforcement ends.
+#[test]
+fn uninstall_stop_agent_stops_the_agent_then_removes_the_pins() {
+    let lan = Lan::four_hosts();
+    let (pay, front, attacker) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[3]);
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&pay.ns, &[&pay.iface], Some(&dir.file("p.yaml", POLICY)));
+    let _srv = Servers::start(&pay.ns, &[443], &[]);
+    assert!(!tcp_ok(&attacker.ns, pay.v4, 443), "not enforced before the uninstall");
+    let (maps, links) = (agent.pins.join("maps"), agent.pins.join("links"));
+    assert!(pins_in(&maps) > 0 && pins_in(&links) == 2);
+
+    // Without the flag the refusal names it.
+    let pin_path = agent.pins.to_str().unwrap().to_string();
+    let out = agent.cli(&["uninstall", "--pin-path", &pin_path]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--stop-agent"));
+    assert!(!agent.exited(), "a refused uninstall stopped the agent");
+
+    let out = agent.cli(&["uninstall", "--stop-agent", "--pin-path", &pin_path]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "uninstall --stop-agent failed: {stderr}");
+    assert!(stdout.contains(&format!("stopped the agent (pid {})", agent.pid())), "{stdout}");
+    assert!(stdout.contains("enforcement detached"), "{stdout}");
+    // The agent exited on its own (SIGTERM, its usual stop) before the pins went.
+    assert!(agent.exited(), "the agent still runs after uninstall --stop-agent");
+    assert!(agent.log().contains("stopping"), "{}", agent.log());
+    assert_eq!((pins_in(&maps), pins_in(&links)), (0, 0), "pins left behind");
+    assert!(!agent.socket.exists(), "the agent's socket is still there");
+    // Nothing enforces any more: the attacker's connection, denied before, goes through (the
+    // kernel releases a link whose last holder went in deferred work: polled).
+    let open = integration_tests::wait_for(Duration::from_secs(10), || tcp_ok(&attacker.ns, pay.v4, 443));
+    let links = pay.ns.exec(&["bpftool", "net", "show"]);
+    assert!(open.is_some(), "still enforced after uninstall --stop-agent: {}", String::from_utf8_lossy(&links.stdout));
     assert!(tcp_ok(&front.ns, pay.v4, 443));
 }

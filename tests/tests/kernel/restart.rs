@@ -144,7 +144,7 @@ fn twenty_restarts_leave_no_gap_and_no_hole() {
     );
     // The last agent adopted everything and still takes pushes.
     let status: serde_json::Value = serde_json::from_slice(&agent.cli(&["status", "-o", "json"]).stdout).unwrap();
-    assert_eq!(status["interfaces"][0]["ingress"], "adopted");
+    assert_eq!(status["interfaces"][&pay.iface]["ingress"], "adopted", "{status}");
     assert!(
         agent.push(&dir.file("p2.yaml", &POLICY.replace("443/tcp", "443/tcp\", \"8443/tcp"))).starts_with("revision 2")
     );

@@ -62,7 +62,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
         Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
         Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,
-        Command::Uninstall(args) => cmd::uninstall::uninstall(&socket(&args.socket), &args.pin_path).await,
+        Command::Uninstall(args) => {
+            cmd::uninstall::uninstall(&socket(&args.socket), &args.pin_path, args.stop_agent).await
+        }
     }
 }
 

@@ -59,13 +59,22 @@ pub use http::{bind, serve};
 
 const PREFIX: &str = "ztagent";
 
+/// Why the agent's state could not be read for a scrape: the reader's own error (the daemon's
+/// is the datapath's), with its causes.
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a scrape produced no exposition (the endpoint answers 500 with this sentence).
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("cannot read the agent's counters: {0}")]
-    Read(String),
+    #[error("cannot read the agent's counters: {}", causes(.0.as_ref()))]
+    Read(ReadError),
     #[error("cannot encode the metrics")]
     Encode,
+}
+
+/// An error and its causes in one line (`error: cause: cause`).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |e| e.source()).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 /// The two text formats of the exposition.
@@ -194,7 +203,7 @@ impl EventCounters {
     }
 }
 
-type Read = Box<dyn Fn() -> Result<Scrape, String> + Send + Sync>;
+type Read = Box<dyn Fn() -> Result<Scrape, ReadError> + Send + Sync>;
 
 /// Everything `/metrics` shows.
 pub struct Exporter {
@@ -209,7 +218,7 @@ impl Exporter {
     pub fn new(
         events: &EventCounters,
         gauges: impl Fn() -> Vec<MapFill> + Send + Sync + 'static,
-        read: impl Fn() -> Result<Scrape, String> + Send + Sync + 'static,
+        read: impl Fn() -> Result<Scrape, ReadError> + Send + Sync + 'static,
     ) -> Exporter {
         Exporter { events: events.registry(), gauges: Box::new(gauges), read: Box::new(read) }
     }

@@ -148,10 +148,10 @@ fn negotiation_follows_the_accept_header_as_client_libraries_do() {
 // ---------------------------------------------------------------------------------------------
 // The endpoint itself, on loopback: axum and hyper as the agent runs them.
 
-async fn endpoint(read: Result<Scrape, String>) -> std::net::SocketAddr {
+async fn endpoint(read: Result<Scrape, &'static str>) -> std::net::SocketAddr {
     let listener = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let exporter = Exporter::new(&counters(), Vec::new, move || read.clone());
+    let exporter = Exporter::new(&counters(), Vec::new, move || read.clone().map_err(ReadError::from));
     tokio::spawn(serve(listener, Arc::new(exporter)));
     addr
 }
@@ -221,7 +221,7 @@ async fn head_other_methods_and_paths() {
 
 #[tokio::test]
 async fn a_failed_read_is_a_500_in_one_sentence() {
-    let addr = endpoint(Err("the pinned maps are gone".into())).await;
+    let addr = endpoint(Err("the pinned maps are gone")).await;
     let r = request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 500 "), "{r}");
     assert!(r.ends_with("\r\n\r\ncannot read the agent's counters: the pinned maps are gone\n"), "{r}");

@@ -45,6 +45,16 @@ spec:
     - port: https
 "#;
 
+/// The agent's `status -o json` and `check SRC -> payments:443/tcp -o json`: what the
+/// Kubernetes tests (objects directory and API server alike) ask of the agent over the shop.
+pub fn shop_queries(agent: &Agent) -> (impl Fn() -> serde_json::Value + '_, impl Fn(&str) -> serde_json::Value + '_) {
+    let status = || crate::json_of(&agent.cli(&["status", "-o", "json"]));
+    let check = |src: &str| {
+        crate::check_json_of(&agent.cli(&["check", "--src", src, "--dst", "10.20.2.10", "--port", "443", "-o", "json"]))
+    };
+    (status, check)
+}
+
 /// The Kubernetes tests' shop on [`Lan::four_hosts`] as its first NetworkPolicy has it:
 /// payments admits the pods labelled `app: frontend` on its port named `https` (443) only.
 /// Checked with real connections: frontend in (IPv4 and IPv6) but not on 8443; batch and the

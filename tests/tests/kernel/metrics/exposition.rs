@@ -121,12 +121,7 @@ pub(super) fn status_counters(s: &Value) -> BTreeMap<String, u64> {
 }
 
 pub(super) fn status_limit<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name)
-        .unwrap_or_else(|| panic!("no limit {name} in {s}"))
+    s["limits"].get(name).unwrap_or_else(|| panic!("no limit {name} in {s}"))
 }
 
 /// A scrape and a `status` taken at the same moment: the status is read between two scrapes

@@ -167,7 +167,7 @@ fn address_buckets_of_every_kind_are_counted_live() {
     assert_eq!(u64_of(&stats, "address_buckets"), 2, "two addresses, two live buckets: {stats}");
     assert_eq!(u64_of(&stats, "evicted"), 0, "nothing was evicted: {stats}");
     // Issue 23: a limit's buckets in JSON as values, not display strings
-    // (`jq '.limits[] | select(.name == "per-address") | .bytes.rate'`).
+    // (`jq '.limits["per-address"].bytes.rate'`).
     assert_eq!(stats["bytes"], serde_json::json!({"rate": 1_000_000, "per": "second", "burst": 100_000}), "{stats}");
     assert_eq!(
         (&stats["packets"], &stats["connections"], &stats["scope"]),

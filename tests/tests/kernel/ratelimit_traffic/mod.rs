@@ -240,10 +240,7 @@ fn limit(agent: &Agent, name: &str) -> Value {
     let out = agent.cli(&["status", "-o", "json"]);
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["limits"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no rate limit {name} in the status: {v}"))
+    v["limits"].get(name).cloned().unwrap_or_else(|| panic!("no rate limit {name} in the status: {v}"))
 }
 
 /// UDP receive errors (socket buffer overflows) in `ns` since boot, from /proc/net/snmp, which

@@ -175,11 +175,15 @@ fn event_line(r: &EventRecord, colour: bool) -> String {
         (_, _, Some(id)) => (src.to_string(), format!("{dst} id {id}")),
         _ => (src.to_string(), dst.to_string()),
     };
+    // ICMP with its message: `icmp echo-request`.
+    let proto = match (r.proto.as_deref(), r.icmp) {
+        (Some(p), Some(icmp)) => format!("{p} {}", icmp.describe(src.is_ipv6())),
+        (p, _) => p.unwrap_or("-").to_string(),
+    };
     format!(
-        "{time} {verdict} {:<8} {:<7} {:<4} {at_src:>22} {:<10} -> {at_dst:>22} {:<10} {why}{count}{pods}",
+        "{time} {verdict} {:<8} {:<7} {proto:<4} {at_src:>22} {:<10} -> {at_dst:>22} {:<10} {why}{count}{pods}",
         r.iface.as_deref().unwrap_or("-"),
         r.direction.as_deref().unwrap_or("-"),
-        r.proto.as_deref().unwrap_or("-"),
         r.src_segment,
         r.dst_segment,
     )

@@ -28,7 +28,6 @@
 //! Droppers are interleaved round by round; each figure is the median of the rounds, with
 //! their minimum and maximum.
 use std::{
-    fmt::Write as _,
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd,
@@ -52,7 +51,12 @@ use ztagent::{
     policy::{self, Action, Mode, Policy, PortSpec, Proto, Rule, SegRef, Segment},
 };
 
-use super::{INTERRUPTED, PinGuard, fmt_count, median, txring::TxRing, verdict};
+use super::{INTERRUPTED, PinGuard, fmt_count, txring::TxRing};
+
+mod frames;
+mod report;
+use frames::{pin_to_cpu, send, udp_frame};
+use report::{Cell, Results, report};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 20);
@@ -134,29 +138,6 @@ impl Traffic {
     }
 }
 
-/// Ethernet + IPv4 + UDP (8 bytes of payload), UDP checksum zero (none, valid for IPv4); the
-/// stack answers the allowed datagrams with (rate-limited) port unreachables.
-fn udp_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&[0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&PORT.to_be_bytes());
-    f.extend_from_slice(&16u16.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&[0; 8]);
-    f.resize(60, 0);
-    // The IPv4 header checksum: the stack drops a frame without a valid one before nft's inet
-    // hooks (`scan_source` recomputes it for every scan frame).
-    let sum = frame::checksum(&[&f[14..34]]);
-    f[24..26].copy_from_slice(&sum.to_be_bytes());
-    f
-}
-
 /// CIDR `k` of the filler: distinct IPv4 /28s in 11.0.0.0/8, never a benchmark address.
 fn filler(k: usize) -> String {
     format!("{}/28", Ipv4Addr::from(0x0b00_0000 + (k as u32) * 16))
@@ -226,50 +207,6 @@ fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
         })
         .join()
         .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
-    })
-}
-
-fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity({pid}, cpu {cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-/// The scan's frame `i`: the base frame with the low 16 bits of the source set to a
-/// permutation of `i` (every one of the 65,536 sources once in 65,536 frames) and the IPv4
-/// header checksum recomputed.
-fn scan_source(frame: &mut [u8], i: u64) {
-    let low = (i.wrapping_mul(40_503) & 0xffff) as u16;
-    frame[28..30].copy_from_slice(&low.to_be_bytes());
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let sum = frame::checksum(&[&frame[14..34]]);
-    frame[24..26].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// Sends `count` frames of `t` from a thread pinned to CPU 0; returns the seconds it took.
-fn send(ring: &mut TxRing, t: Traffic, frame: &[u8], count: u64) -> Result<f64> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<f64> {
-            pin_to_cpu(0, 0)?;
-            let t0 = Instant::now();
-            ring.send(count, frame.len(), |i, buf| {
-                buf[..frame.len()].copy_from_slice(frame);
-                if t == Traffic::Scan {
-                    scan_source(&mut buf[..frame.len()], i);
-                }
-            })?;
-            Ok(t0.elapsed().as_secs_f64())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?
     })
 }
 
@@ -422,35 +359,6 @@ fn cpu_ns(pids: &[libc::pid_t]) -> Result<u64> {
     }
     Ok(sum)
 }
-
-/// One measurement: Mpps per round.
-#[derive(Default, Clone)]
-struct Cell {
-    mpps: Vec<f64>,
-    /// What the generator offered (frames sent / the sender's time), Mpps per round.
-    offered: Vec<f64>,
-    /// The receiver's CPU time per packet received (its NAPI threads), ns per round.
-    rx_ns: Vec<f64>,
-    /// Nanoseconds per packet inside the dropper's XDP program, from the kernel's program
-    /// statistics in the extra round that has them on (they cost every program two clock
-    /// reads, so the rates are measured with them off).
-    prog_ns: Vec<f64>,
-}
-
-impl Cell {
-    fn med(&self) -> f64 {
-        median(&mut self.mpps.clone())
-    }
-    fn min(&self) -> f64 {
-        self.mpps.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-    fn max(&self) -> f64 {
-        self.mpps.iter().copied().fold(0.0, f64::max)
-    }
-}
-
-/// Results: [n][dropper][traffic].
-type Results = Vec<Vec<Vec<Cell>>>;
 
 /// An XDP program of the agent's object (`zt_ingress`) or of the benchmark's (the rest).
 fn prog_mut<'a>(dp: &'a mut Datapath, obj: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -651,147 +559,4 @@ pub fn run(opts: &CompareOptions) -> Result<bool> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ok)
-}
-
-fn report(
-    sizes: &[usize],
-    r: &Results,
-    opts: &CompareOptions,
-    napi: usize,
-    repeat: u32,
-) -> (String, serde_json::Value, bool) {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\nComparative benchmark, live traffic over a veth (AF_PACKET TX ring and XDP forwarder on CPU 0, {napi} receiver NAPI thread(s) \
-         pinned to CPU 1), median of {} rounds of {} frames [min-max].\n",
-        opts.rounds,
-        fmt_count(repeat as usize)
-    );
-    let mut json =
-        serde_json::json!({ "rounds": opts.rounds, "frames_per_run": repeat, "results": [], "breakdown": [] });
-    for (ti, t) in Traffic::ALL.iter().enumerate() {
-        rate_table(&mut s, &mut json, sizes, r, ti, *t);
-    }
-    breakdown(&mut s, &mut json, sizes, r);
-    let ok = targets(&mut s, sizes, r);
-    json["targets_pass"] = serde_json::Value::Bool(ok);
-    (s, json, ok)
-}
-
-fn med(v: &[f64]) -> f64 {
-    if v.is_empty() { f64::NAN } else { median(&mut v.to_vec()) }
-}
-
-fn di(d: Dropper) -> usize {
-    Dropper::ALL.iter().position(|&x| x == d).unwrap_or(0)
-}
-
-/// One traffic's table: per N, each dropper's received Mpps, the generator's offered Mpps and
-/// the receiver's CPU ns per packet.
-fn rate_table(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &Results, ti: usize, t: Traffic) {
-    let _ = write!(
-        s,
-        "**{}**: Mpps received [min-max] / the generator's offered Mpps / the receiver's CPU ns per packet\n\n| CIDRs |",
-        t.name()
-    );
-    for d in Dropper::ALL {
-        let _ = write!(s, " {} |", d.name());
-    }
-    let _ = writeln!(s, "\n|---:|{}", "---:|".repeat(Dropper::ALL.len()));
-    for (ni, &n) in sizes.iter().enumerate() {
-        let _ = write!(s, "| {} |", fmt_count(n));
-        for (di, d) in Dropper::ALL.iter().enumerate() {
-            let c = &r[ni][di][ti];
-            if c.mpps.is_empty() {
-                let _ = write!(s, " - |");
-                continue;
-            }
-            let (offered, rx_ns) = (med(&c.offered), med(&c.rx_ns));
-            let _ = write!(s, " {:.2} [{:.2}-{:.2}] / {offered:.2} / {rx_ns:.0} |", c.med(), c.min(), c.max());
-            if let Some(a) = json["results"].as_array_mut() {
-                a.push(serde_json::json!({
-                    "traffic": t.name(), "cidrs": n, "dropper": d.name(),
-                    "mpps_median": c.med(), "mpps_min": c.min(), "mpps_max": c.max(), "mpps": c.mpps,
-                    "offered_mpps_median": offered, "rx_cpu_ns_per_packet_median": rx_ns,
-                }));
-            }
-        }
-        let _ = writeln!(s);
-    }
-    let _ = writeln!(s);
-}
-
-/// Where a packet's time goes inside each XDP program (the kernel's program statistics).
-fn breakdown(s: &mut String, json: &mut serde_json::Value, sizes: &[usize], r: &Results) {
-    let _ = writeln!(
-        s,
-        "**Where a packet's time goes** on the receiving CPU: its NAPI thread's CPU time per packet, of it inside \
-         the XDP program (the kernel's program statistics, in an extra round: run time / runs; they include the \
-         statistics' own clock reads, see the empty program's), the rest the veth, NAPI and, for passed packets, \
-         the stack.\n\n| traffic | CIDRs | dropper | receiver ns per packet | in the program | rest |\n|---|---:|---|---:|---:|---:|"
-    );
-    for (ti, t) in Traffic::ALL.iter().enumerate() {
-        for (ni, &n) in sizes.iter().enumerate() {
-            for (di, d) in Dropper::ALL.iter().enumerate() {
-                let c = &r[ni][di][ti];
-                if c.rx_ns.is_empty() || c.prog_ns.is_empty() {
-                    continue;
-                }
-                let (total, prog) = (med(&c.rx_ns), med(&c.prog_ns));
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {total:.0} | {prog:.0} | {:.0} |",
-                    t.name(),
-                    fmt_count(n),
-                    d.name(),
-                    total - prog
-                );
-                if let Some(a) = json["breakdown"].as_array_mut() {
-                    a.push(serde_json::json!({
-                        "traffic": t.name(), "cidrs": n, "dropper": d.name(), "rx_cpu_ns_per_packet": total, "ns_in_program": prog,
-                    }));
-                }
-            }
-        }
-    }
-    let _ = writeln!(s);
-}
-
-/// Issue 18's targets. Each is judged by what a packet costs the receiving host (its NAPI
-/// thread's CPU time per packet: the other dropper's over ztagent's, so 2x = ztagent costs
-/// half), which the generator's ceiling cannot cap; the ratio of received rates is printed
-/// beside it.
-fn targets(s: &mut String, sizes: &[usize], r: &Results) -> bool {
-    let _ = writeln!(
-        s,
-        "Targets (cost ratio = the other's receiver CPU ns per packet / ztagent's; rate ratio beside it):\n"
-    );
-    let zi = di(Dropper::Ztagent);
-    let mut ok = true;
-    for (ni, &n) in sizes.iter().enumerate() {
-        let mut line = |ti: usize, d: Dropper, min: f64, what: &str| {
-            let (z, o) = (&r[ni][zi][ti], &r[ni][di(d)][ti]);
-            let cost = med(&o.rx_ns) / med(&z.rx_ns).max(1e-9);
-            let rate = z.med() / o.med().max(1e-9);
-            let pass = cost >= min;
-            ok &= pass;
-            let _ = writeln!(
-                s,
-                "- {}: {} CIDRs: {what}, ztagent {cost:.2}x {} >= {min}x (rates: {rate:.2}x)",
-                verdict(pass),
-                fmt_count(n),
-                d.name()
-            );
-        };
-        line(1, Dropper::NftNetdev, 2.0, "scan");
-        line(1, Dropper::XdpFilter, 1.0, "scan");
-        line(0, Dropper::Lpm, 0.9, "denied, one source");
-        line(0, Dropper::NftNetdev, 2.0, "denied, one source");
-        if n == 1_000 {
-            line(0, Dropper::DropAll, 0.5, "denied, one source");
-        }
-        line(2, Dropper::None, 0.9, "allowed, established");
-    }
-    ok
 }
