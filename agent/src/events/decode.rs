@@ -436,6 +436,8 @@ fn unparsable_name(reason: u8) -> &'static str {
         UNPARSABLE_HTTP2 => "http2",
         UNPARSABLE_UPGRADE => "upgrade",
         _ => "unknown",
+    }
+}
 
 /// An ICMP message's type as the kernel's policy lookups and denial cache key it: ICMPv6's echo
 /// request and reply folded into ICMP's numbers (8 and 0), other types as they are.

@@ -183,7 +183,7 @@ pub(crate) const CASES: &[Case] = &[
     case!("rate-limit-burst-zero.yaml", 14:50, "`burst` must be at least 1, not 0"),
     case!("rate-limit-burst-u64-overflow.yaml", 14:47, "`burst` must be at most 18446744073709551615"),
     case!("rate-limit-bytes-burst-too-small.yaml", 14:49, "`bytes.burst` must be at least 1500, not 1000"),
-    case!("rate-limit-refill-too-long.yaml", 14:43, "takes about 25 hours to refill; at most 24 hours"),    // ---- apis (declared HTTP ports)
+    case!("rate-limit-refill-too-long.yaml", 14:43, "takes about 25 hours to refill; at most 24 hours"), // ---- apis (declared HTTP ports)
     case!("api-unknown-segment.yaml", 13:14, "unknown segment `paymnts` in `segment`; did you mean `payments`?"),
     case!("api-segment-star.yaml", 12:14, "the `segment` of an API must be a named segment, not `*`"),
     case!("api-segment-world.yaml", 12:14, "the `segment` of an API must be a named segment, not `world`"),
