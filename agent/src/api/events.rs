@@ -255,11 +255,39 @@ pub struct Criteria {
     /// Kubernetes namespaces of the source or the destination pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// HTTP request methods (`GET`), compared exactly; only request events have one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Beginnings of HTTP request paths (`/v1/`); only request events have one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_prefixes: Vec<String>,
+    /// HTTP response statuses: a code (`404`) or a class (`5xx`); see [`status_spec`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<String>,
+}
+
+/// Whether `spec` is a status filter: a code 100-599 (`404`) or a class `1xx`..`5xx`.
+pub fn status_spec(spec: &str) -> bool {
+    let b = spec.as_bytes();
+    b.len() == 3
+        && (b'1'..=b'5').contains(&b[0])
+        && ((b[1].is_ascii_digit() && b[2].is_ascii_digit()) || spec[1..].eq_ignore_ascii_case("xx"))
+}
+
+/// Whether `status` is what `spec` (see [`status_spec`]) names.
+pub fn status_matches(spec: &str, status: u16) -> bool {
+    if !status_spec(spec) {
+        return false;
+    }
+    match spec.get(1..) {
+        Some(x) if x.eq_ignore_ascii_case("xx") => status / 100 == u16::from(spec.as_bytes()[0] - b'0'),
+        _ => spec.parse::<u16>().is_ok_and(|s| s == status),
+    }
 }
 
 impl Criteria {
     /// For each kind given, whether `r` matches one of its values (kinds not given: None).
-    fn kinds(&self, r: &EventRecord) -> [Option<bool>; 7] {
+    fn kinds(&self, r: &EventRecord) -> [Option<bool>; 10] {
         let given = |empty: bool, hit: &dyn Fn() -> bool| (!empty).then(hit);
         let pod = |want: &str, at: &Option<String>| {
             at.as_deref().is_some_and(|p| {
@@ -268,6 +296,7 @@ impl Criteria {
         };
         let namespace =
             |ns: &str, at: &Option<String>| at.as_deref().and_then(|p| p.split_once('/')).is_some_and(|(n, _)| n == ns);
+        let http = r.http.as_ref();
         [
             given(self.verdicts.is_empty(), &|| self.verdicts.contains(&r.verdict)),
             given(self.from.is_empty(), &|| self.from.contains(&r.src_segment)),
@@ -277,6 +306,16 @@ impl Criteria {
             given(self.pods.is_empty(), &|| self.pods.iter().any(|p| pod(p, &r.src_pod) || pod(p, &r.dst_pod))),
             given(self.namespaces.is_empty(), &|| {
                 self.namespaces.iter().any(|ns| namespace(ns, &r.src_pod) || namespace(ns, &r.dst_pod))
+            }),
+            given(self.methods.is_empty(), &|| {
+                http.and_then(|h| h.method.as_ref()).is_some_and(|m| self.methods.contains(m))
+            }),
+            given(self.path_prefixes.is_empty(), &|| {
+                http.and_then(|h| h.path.as_deref())
+                    .is_some_and(|p| self.path_prefixes.iter().any(|x| p.starts_with(x.as_str())))
+            }),
+            given(self.statuses.is_empty(), &|| {
+                http.and_then(|h| h.status).is_some_and(|s| self.statuses.iter().any(|x| status_matches(x, s)))
             }),
         ]
     }
@@ -367,6 +406,59 @@ mod tests {
         f.since = Some("2026-12-07T10:00:00.000Z".into());
         f.until = Some("2026-12-07T10:00:00.000Z".into());
         assert!(f.matches(&a));
+    }
+
+    #[test]
+    fn http_filters_match_request_events_only() {
+        let mut a = record("allowed", "frontend", "10.0.0.1", 8080);
+        a.reason = "request".into();
+        a.http = Some(HttpRecord {
+            method: Some("GET".into()),
+            path: Some("/v1/payments/42".into()),
+            status: Some(503),
+            ..HttpRecord::default()
+        });
+        let mut b = a.clone();
+        b.http = Some(HttpRecord {
+            method: Some("POST".into()),
+            path: Some("/health".into()),
+            status: Some(404),
+            ..HttpRecord::default()
+        });
+        let plain = record("denied", "frontend", "10.0.0.1", 8080);
+        let mut f = EventFilter::default();
+        f.only.methods = vec!["GET".into(), "PUT".into()];
+        assert!(f.matches(&a) && !f.matches(&b) && !f.matches(&plain));
+        f.only.methods.clear();
+        f.only.path_prefixes = vec!["/v2/".into(), "/v1/".into()];
+        assert!(f.matches(&a) && !f.matches(&b) && !f.matches(&plain));
+        f.only.path_prefixes.clear();
+        f.only.statuses = vec!["5xx".into()];
+        assert!(f.matches(&a) && !f.matches(&b) && !f.matches(&plain));
+        f.only.statuses = vec!["2xx".into(), "404".into()];
+        assert!(!f.matches(&a) && f.matches(&b));
+        // AND across flags, and negated.
+        f.only.statuses = vec!["5xx".into(), "404".into()];
+        f.only.methods = vec!["POST".into()];
+        assert!(!f.matches(&a) && f.matches(&b));
+        f.only = Criteria::default();
+        f.not.statuses = vec!["5xx".into()];
+        assert!(!f.matches(&a) && f.matches(&b) && f.matches(&plain), "--not leaves events without a status");
+        f.not.statuses.clear();
+        f.not.path_prefixes = vec!["/health".into()];
+        assert!(f.matches(&a) && !f.matches(&b));
+    }
+
+    #[test]
+    fn status_specs() {
+        for ok in ["5xx", "2XX", "404", "100", "599"] {
+            assert!(status_spec(ok), "{ok}");
+        }
+        for bad in ["6xx", "0xx", "40", "4040", "x04", "4x4", "", "699", "5xy"] {
+            assert!(!status_spec(bad), "{bad}");
+        }
+        assert!(status_matches("5xx", 500) && status_matches("5xx", 599) && !status_matches("5xx", 499));
+        assert!(status_matches("404", 404) && !status_matches("404", 405) && !status_matches("6xx", 600));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+mod apis;
 pub mod auth;
 pub mod client;
 mod events;
@@ -16,8 +17,9 @@ mod grants;
 mod inventory;
 pub mod server;
 
+pub use apis::{ApiEndpoint, ApiListing};
 pub use client::{ClientError, call, stream};
-pub use events::{Criteria, EventFilter, EventRecord, HttpRecord, Icmp};
+pub use events::{Criteria, EventFilter, EventRecord, HttpRecord, Icmp, status_matches, status_spec};
 pub use grants::Grant;
 pub use inventory::{Key, Listing, Row, Seen};
 pub use server::{RequestError, read_request, write_line, write_reply};
@@ -74,6 +76,8 @@ pub enum Request {
         #[serde(default)]
         since: Option<f64>,
     },
+    /// The HTTP endpoints seen on declared ports (`ztagent api inventory`).
+    ApiInventory,
 }
 
 /// Told to an events client that fell behind the stream.
@@ -115,6 +119,7 @@ pub enum Reply {
         revision: u32,
     },
     Inventory(Listing),
+    ApiInventory(ApiListing),
     Error {
         message: String,
     },

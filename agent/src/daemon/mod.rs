@@ -99,6 +99,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Inventory(#[from] crate::observe::inventory::InventoryError),
     #[error(transparent)]
+    ApiInventory(#[from] crate::observe::apis::ApiInventoryError),
+    #[error(transparent)]
     FlowCount(#[from] crate::kernel::flowcount::FlowCountError),
     #[error(transparent)]
     Baseline(#[from] crate::observe::alerts::BaselineError),
@@ -137,6 +139,8 @@ struct State {
     grants: crate::daemon::grants::Store,
     /// What talks to what, fed by the event stream (its own lock: the hub's observer).
     inventory: Arc<Mutex<crate::observe::inventory::Inventory>>,
+    /// The HTTP endpoints seen on declared ports, fed the same way.
+    apis: Arc<Mutex<crate::observe::apis::ApiInventory>>,
     /// Deviation alerts, fed the same way.
     alerts: Arc<Mutex<crate::observe::alerts::Engine>>,
     /// Reads the flows' packet and byte counters (for the inventory and the alerts' rates).
@@ -196,14 +200,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let (hub, inventory, alerts) = (state.hub.clone(), state.inventory.clone(), state.alerts.clone());
+    let (hub, alerts) = (state.hub.clone(), state.alerts.clone());
+    let learned = tasks::Learned { inventory: state.inventory.clone(), apis: state.apis.clone() };
     // --- metrics and event files: subscribed before the reader starts, they miss nothing.
     let sink = outputs.events_file.map(|f| {
         tracing::info!(path = %f.path().display(), max_bytes = cfg.events_file_max_bytes, "writing events to a file");
         crate::observe::sink::Sink::start(f, &hub)
     });
     let event_counters = outputs.metrics.as_ref().map(|_| crate::observe::metrics::EventCounters::start(&hub));
-    tasks::observe_events(&hub, &inventory, &alerts);
+    tasks::observe_events(&hub, &learned, &alerts);
     let delivered = Arc::new(AtomicU64::new(0));
     tasks::spawn_event_reader(events, hub.clone(), delivered.clone());
     let access = Arc::new(cfg.access.clone());
@@ -221,7 +226,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     handlers::accept_until_stopped(&listener, &shared, &access, &mut term).await;
     let _ = fs::remove_file(&cfg.socket);
     tasks::count_flows(&shared, true);
-    tasks::save_learned(&inventory, &alerts, &cfg.state_dir);
+    tasks::save_learned(&learned, &alerts, &cfg.state_dir);
     if let Some(sink) = sink {
         sink.finish().await;
     }

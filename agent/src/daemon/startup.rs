@@ -94,6 +94,7 @@ struct Opened {
     events: EventSources,
     grants: super::grants::Store,
     inventory: crate::observe::inventory::Inventory,
+    apis: crate::observe::apis::ApiInventory,
     alerts: crate::observe::alerts::Engine,
     flows: crate::kernel::flowcount::FlowReader,
     node: Option<(crate::kernel::node::Node, crate::kernel::node::Watch)>,
@@ -105,11 +106,12 @@ fn open(cfg: &Config, datapath: &mut Datapath) -> Result<Opened, DaemonError> {
     let grants = super::grants::Store::load(&cfg.state_dir)?;
     let inventory = crate::observe::inventory::Inventory::load(&cfg.state_dir)?;
     let alerts = crate::observe::alerts::Engine::load(&cfg.state_dir)?;
+    let apis = crate::observe::apis::ApiInventory::load(&cfg.state_dir)?;
     let flows = crate::kernel::flowcount::FlowReader::open(&cfg.pins.maps())?;
     // Node mode: subscribed to link and route changes before the first dump, so that no
     // change between that dump and the watch is missed.
     let node = node_mode(cfg, datapath)?;
-    Ok(Opened { writer, events, grants, inventory, alerts, flows, node })
+    Ok(Opened { writer, events, grants, inventory, apis, alerts, flows, node })
 }
 
 /// Loads the datapath and the stores: the agent's state, the kernel's event sources, and node
@@ -135,6 +137,7 @@ pub(super) fn load(
         node,
         grants: o.grants,
         inventory: Arc::new(Mutex::new(o.inventory)),
+        apis: Arc::new(Mutex::new(o.apis)),
         alerts: Arc::new(Mutex::new(o.alerts)),
         writer: o.writer,
         datapath,

@@ -15,18 +15,33 @@ use super::startup::Inputs;
 use super::{Config, DaemonError, Shared, State, lock, unix_now};
 use crate::{
     events::EventHub,
-    kernel::ring::EventSources,
-    observe::{alerts, inventory::Inventory, metrics},
+    kernel::{datapath::error_chain, ring::EventSources},
+    observe::{alerts, apis::ApiInventory, inventory::Inventory, metrics},
     sources::Refused,
 };
 
-/// Every record published feeds the inventory and the alerts (each under its own lock).
-pub(super) fn observe_events(hub: &EventHub, inventory: &Arc<Mutex<Inventory>>, alerts: &Arc<Mutex<alerts::Engine>>) {
-    let (inventory, alerts) = (inventory.clone(), alerts.clone());
+/// What the agent learns from the events and keeps in its state directory.
+#[derive(Clone)]
+pub(super) struct Learned {
+    pub inventory: Arc<Mutex<Inventory>>,
+    pub apis: Arc<Mutex<ApiInventory>>,
+}
+
+/// Every record published feeds the inventory, the API inventory and the alerts (each under
+/// its own lock).
+pub(super) fn observe_events(hub: &EventHub, learned: &Learned, alerts: &Arc<Mutex<alerts::Engine>>) {
+    let (learned, alerts) = (learned.clone(), alerts.clone());
     hub.observe(move |r| {
         let now = unix_now();
-        inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, now);
-        alerts.lock().unwrap_or_else(|p| p.into_inner()).observe(r, now);
+        learned.inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, now);
+        let novelty = if r.http.is_some() {
+            learned.apis.lock().unwrap_or_else(|p| p.into_inner()).record(r, now)
+        } else {
+            Default::default()
+        };
+        let mut alerts = alerts.lock().unwrap_or_else(|p| p.into_inner());
+        alerts.observe(r, now);
+        alerts.observe_api(r, &novelty, now);
     });
 }
 
@@ -110,7 +125,7 @@ pub(super) fn spawn_housekeeping(shared: &Shared, state_dir: &Path) {
     let housekeeping = shared.clone();
     let (saved, engine, alert_hub) = {
         let s = lock(shared);
-        (s.inventory.clone(), s.alerts.clone(), s.hub.clone())
+        (Learned { inventory: s.inventory.clone(), apis: s.apis.clone() }, s.alerts.clone(), s.hub.clone())
     };
     let state_dir: PathBuf = state_dir.to_path_buf();
     tokio::spawn(async move {
@@ -220,8 +235,11 @@ pub(super) fn count_flows(shared: &Shared, now: bool) {
 }
 
 /// Saves what the agent learned: the inventory and the alerts' baseline.
-pub(super) fn save_learned(inventory: &Mutex<Inventory>, alerts: &Mutex<alerts::Engine>, dir: &Path) {
-    if let Err(e) = inventory.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
+pub(super) fn save_learned(learned: &Learned, alerts: &Mutex<alerts::Engine>, dir: &Path) {
+    if let Err(e) = learned.inventory.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
+        tracing::warn!("{e}");
+    }
+    if let Err(e) = learned.apis.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
         tracing::warn!("{e}");
     }
     if let Err(e) = alerts.lock().unwrap_or_else(|p| p.into_inner()).save(dir) {
@@ -264,6 +282,8 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, met
         last_push: state.installed.as_ref().map(|i| i.installed_at),
         segments,
         inventory: state.inventory.lock().unwrap_or_else(|p| p.into_inner()).size(),
+        api_endpoints: state.apis.lock().unwrap_or_else(|p| p.into_inner()).size(),
+        api_requests: state.apis.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
         grants: state.grants.grants.len() as u64,
         fleet: state.policy_source.as_ref().and_then(|r| {
             let r = r.lock().unwrap_or_else(|p| p.into_inner());

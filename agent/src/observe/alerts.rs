@@ -145,6 +145,34 @@ impl Engine {
         }
     }
 
+    /// Takes in what the API inventory found new in a request event seen at unix time `now`
+    /// (see [`crate::observe::apis`]): after the learning period, an endpoint never seen is a
+    /// `new-endpoint` alert (medium), a known endpoint called by a caller never seen calling
+    /// it a `new-caller` alert (low). The API inventory is their baseline.
+    pub fn observe_api(&mut self, r: &EventRecord, novelty: &crate::observe::apis::Novelty, now: f64) {
+        let Some(cfg) = self.cfg.clone() else { return };
+        if now - self.since.unwrap_or(now) < cfg.learn_seconds as f64 {
+            return;
+        }
+        let Some(http) = r.http.as_ref() else { return };
+        let who = r.src.map_or_else(|| r.src_segment.clone(), |a| identity(&r.src_segment, a));
+        let what = format!(
+            "{} {} on {}:{}",
+            http.method.as_deref().unwrap_or("?"),
+            crate::observe::apis::route(http.path.as_deref().unwrap_or("")),
+            r.dst_segment,
+            r.service_port()
+        );
+        let alert = if novelty.new_endpoint {
+            ("new-endpoint", "medium", format!("{who} called {what}, an endpoint never seen before"))
+        } else if novelty.new_caller {
+            ("new-caller", "low", format!("{who} called {what} for the first time"))
+        } else {
+            return;
+        };
+        self.alert(&cfg, r, who, r.dst_segment.clone(), alert, now);
+    }
+
     /// Takes in the packets of allowed flows the agent read from the kernel's counters, per
     /// source identity.
     pub fn traffic(&mut self, counted: Vec<(String, u64)>) {
@@ -385,6 +413,39 @@ mod tests {
             dport,
             count,
         )
+    }
+
+    #[test]
+    fn new_endpoints_and_callers_after_learning() {
+        use crate::{api::HttpRecord, observe::apis::ApiInventory};
+        let mut e = Engine::default();
+        e.configure(Some(Alerts { learn_seconds: 10, interval_seconds: 60, ..Alerts::default() }), 0.0);
+        let mut apis = ApiInventory::default();
+        let mut feed = |e: &mut Engine, from: &str, path: &str, now: f64| {
+            let mut r = rec("allowed", "request", (from, "10.0.1.2"), ("payments", "10.0.2.10"), "tcp", 8080, 1);
+            r.http = Some(HttpRecord { method: Some("GET".into()), path: Some(path.into()), ..HttpRecord::default() });
+            let novelty = apis.record(&r, now);
+            e.observe_api(&r, &novelty, now);
+        };
+        // Learning: everything new, nothing raised.
+        feed(&mut e, "frontend", "/v1/payments/1", 1.0);
+        feed(&mut e, "batch", "/v1/payments/2", 2.0);
+        assert!(e.take().is_empty());
+        // Afterwards: known endpoint and caller, nothing.
+        feed(&mut e, "frontend", "/v1/payments/3", 20.0);
+        assert!(e.take().is_empty());
+        feed(&mut e, "frontend", "/v1/refunds/3", 21.0);
+        feed(&mut e, "admin", "/v1/payments/4", 22.0);
+        let a = e.take();
+        assert_eq!(
+            a.iter().map(|r| (r.reason.as_str(), r.src_segment.as_str(), r.severity.as_deref())).collect::<Vec<_>>(),
+            [("new-endpoint", "frontend", Some("medium")), ("new-caller", "admin", Some("low"))]
+        );
+        assert!(a[0].note.as_deref().unwrap().contains("GET /v1/refunds/{id} on payments:8080"), "{a:?}");
+        // No alerts section: nothing.
+        let mut quiet = Engine::default();
+        feed(&mut quiet, "other", "/new", 100.0);
+        assert!(quiet.take().is_empty());
     }
 
     #[test]

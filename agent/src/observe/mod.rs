@@ -3,6 +3,7 @@
 //! inventory ([`suggest`]), the events file ([`sink`]), the Prometheus endpoint ([`metrics`]).
 
 pub mod alerts;
+pub mod apis;
 pub mod inventory;
 pub mod metrics;
 pub mod sink;

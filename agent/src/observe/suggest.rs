@@ -330,6 +330,55 @@ fn learned_comment(rules: &mut String, l: &Learned) {
     }
 }
 
+/// The HTTP requests the API inventory saw, per (caller segment, server segment, port), as
+/// YAML comments in the syntax issue 24 proposes for a rule (`http: [ { methods: [GET],
+/// paths: ["/v1/payments/*"] } ]`): the policy format has no `http:` yet, so the suggestion
+/// stays valid. A route's `{id}` segments become `*`, a truncated path's route ends in `*`;
+/// paths used with the same methods share an entry. Empty without requests.
+pub fn api_comments(apis: &crate::api::ApiListing) -> String {
+    // (caller, server, port) -> path pattern -> methods.
+    let mut used: BTreeMap<(String, String, u16), BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for e in apis.endpoints.values() {
+        let mut path = e.route.replace("{id}", "*");
+        if e.path_truncated {
+            path.push('*');
+        }
+        for caller in e.callers.keys() {
+            // `segment`, `world PREFIX`, then ` namespace/pod` with Kubernetes inputs.
+            let mut words = caller.split(' ');
+            let segment = match (words.next(), words.next()) {
+                (Some(WORLD_NAME), Some(prefix)) => format!("{WORLD_NAME} {prefix}"),
+                (first, _) => first.unwrap_or_default().to_owned(),
+            };
+            let key = (segment_of(&segment), e.dst_segment.clone(), e.port);
+            used.entry(key).or_default().entry(path.clone()).or_default().insert(e.method.clone());
+        }
+    }
+    if used.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n# HTTP requests seen on declared ports, per caller, server and port, as per-endpoint rules\n\
+         # would allow them (the syntax issue 24 proposes; the policy format has no `http:` yet):\n",
+    );
+    for ((caller, server, port), paths) in used {
+        // Paths with the same methods together.
+        let mut by_methods: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+        for (path, methods) in paths {
+            by_methods.entry(methods.into_iter().collect()).or_default().push(path);
+        }
+        let entries: Vec<String> = by_methods
+            .into_iter()
+            .map(|(methods, paths)| {
+                let paths: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+                format!("{{ methods: [{}], paths: [{}] }}", methods.join(", "), paths.join(", "))
+            })
+            .collect();
+        let _ = writeln!(out, "# {caller} -> {server} tcp/{port}:\n#   http: [ {} ]", entries.join(", "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +396,54 @@ mod tests {
                 ..Seen::default()
             },
         }
+    }
+
+    #[test]
+    fn api_comments_list_methods_and_paths_per_caller_and_stay_valid() {
+        use crate::api::{ApiEndpoint, ApiListing};
+        let endpoint = |method: &str, route: &str, truncated: bool, callers: &[&str]| ApiEndpoint {
+            dst_segment: "payments".into(),
+            port: 8080,
+            method: method.into(),
+            route: route.into(),
+            path_truncated: truncated,
+            requests: 1,
+            callers: callers.iter().map(|c| ((*c).to_owned(), 1)).collect(),
+            ..ApiEndpoint::default()
+        };
+        let mut l = ApiListing::default();
+        for (i, e) in [
+            endpoint("GET", "/v1/payments/{id}", false, &["frontend", "world 10.9.9.0/24"]),
+            endpoint("POST", "/v1/payments", false, &["frontend default/web-1"]),
+            endpoint("GET", "/v1/refunds/{id}", false, &["frontend"]),
+            endpoint("GET", "/v1/very/long", true, &["batch", "world 10.9.8.0/24 default/x"]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            l.endpoints.insert(i.to_string(), e);
+        }
+        let text = api_comments(&l);
+        assert!(
+            text.contains(
+                "# frontend -> payments tcp/8080:\n#   http: [ { methods: [GET], paths: [\"/v1/payments/*\", \"/v1/refunds/*\"] }, { methods: [POST], paths: [\"/v1/payments\"] } ]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# batch -> payments tcp/8080:\n#   http: [ { methods: [GET], paths: [\"/v1/very/long*\"] } ]"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# unknown-10-9-9-0-24 -> payments tcp/8080:"), "{text}");
+        assert!(text.contains("# unknown-10-9-8-0-24 -> payments tcp/8080:"), "{text}");
+        assert!(text.lines().all(|l| l.is_empty() || l.starts_with('#')), "{text}");
+        // Appended to a suggestion, it still validates.
+        let base = policy::parse("version: 1\nsegments: {}\nrules: []\n", "t").unwrap();
+        let full = suggest(&base, &[], 1).text + &text;
+        policy::parse(&full, "suggested").unwrap_or_else(|d| panic!("invalid:\n{d}\n{full}"));
+        assert_eq!(api_comments(&ApiListing::default()), "");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command, FleetCommand, K8sCommand, PolicyCommand};
+use args::{ApiCommand, Cli, Command, FleetCommand, K8sCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     // `--not` negates the filter after it: read as a hidden flag of its own.
@@ -59,6 +59,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grant(args) => cmd::grant::grant(&socket(&args.socket), args).await,
         Command::Grants(args) => cmd::grants::grants(&socket(&args.socket), args).await,
         Command::Inventory(args) => cmd::inventory::inventory(&socket(&args.socket), args).await,
+        Command::Api(ApiCommand::Inventory(args)) => cmd::api::inventory(&socket(&args.socket), args).await,
         Command::K8s(K8sCommand::Translate(args)) => cmd::k8s::translate(&args),
         Command::Fleet(FleetCommand::Push(args)) => cmd::fleet::push(args).await,
         Command::Fleet(FleetCommand::Status(args)) => cmd::fleet::status(args).await,

@@ -115,6 +115,9 @@ fn handle(req: Request, shared: &Shared) -> Reply {
                 Request::Check(flow) => check::live(&state, flow),
                 Request::CheckNamed { src, dst, proto, port } => check::live_named(&state, &src, &dst, proto, port),
                 Request::Status => status::status(&state),
+                Request::ApiInventory => {
+                    Reply::ApiInventory(state.apis.lock().unwrap_or_else(|p| p.into_inner()).list())
+                }
                 Request::Events { .. } => Reply::Error { message: "internal error: events are streamed".into() },
                 Request::Push { .. } | Request::Inventory { .. } => {
                     Reply::Error { message: "internal error: handled above".into() }

@@ -139,6 +139,35 @@ impl Snapshot {
             MetricType::Counter,
         )?;
         ConstCounter::new(s.inventory.1).encode(e)?;
+        let e =
+            enc.encode_descriptor("api_endpoints", "HTTP endpoints in the API inventory.", None, MetricType::Gauge)?;
+        ConstGauge::new(s.api_endpoints.0).encode(e)?;
+        let e = enc.encode_descriptor(
+            "api_endpoints_evicted",
+            "API inventory endpoints evicted to stay within its bound.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.api_endpoints.1).encode(e)?;
+        if !s.api_requests.is_empty() {
+            let mut e = enc.encode_descriptor(
+                "api_requests",
+                "HTTP requests on declared ports by endpoint and status class (route other: beyond the bound).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((segment, port, method, route, class), n) in &s.api_requests {
+                let port = port.to_string();
+                let labels: [(&str, &str); 5] = [
+                    ("dst_segment", segment),
+                    ("port", &port),
+                    ("method", method),
+                    ("route", route),
+                    ("status_class", class),
+                ];
+                ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
+            }
+        }
         let e = enc.encode_descriptor("grants", "Time-bound grants in force.", None, MetricType::Gauge)?;
         ConstGauge::new(s.grants).encode(e)?;
         if let Some(t) = s.last_push {

@@ -33,6 +33,12 @@
 //!   `ZT_ADDR_BUCKETS`.
 //! - `ztagent_policy_revision` (gauge): revision of the policy in force (0: none).
 //! - `ztagent_inventory_entries` (gauge), `ztagent_inventory_evicted_total` (counter).
+//! - `ztagent_api_requests_total{dst_segment, port, method, route, status_class}` (counter):
+//!   HTTP requests on declared ports by endpoint (the API inventory's route template) and
+//!   status class (`2xx`..`5xx`, `other`), since the agent started; at most
+//!   [`crate::observe::apis::MAX_METRIC_ROUTES`] endpoints are named, requests to the others
+//!   count under `route="other"`. `ztagent_api_endpoints` (gauge),
+//!   `ztagent_api_endpoints_evicted_total` (counter): the API inventory's size.
 //! - `ztagent_grants` (gauge): time-bound grants in force.
 //! - `ztagent_policy_last_push_timestamp_seconds` (gauge): unix time of the last policy this
 //!   agent installed (absent when it installed none, e.g. it kept the kernel's).
@@ -154,6 +160,9 @@ pub struct Scrape {
     pub segments: Vec<(String, [u64; 3])>,
     /// The inventory: entries kept, and entries evicted since it began.
     pub inventory: (u64, u64),
+    /// The API inventory: endpoints kept and evicted, and its request counters.
+    pub api_endpoints: (u64, u64),
+    pub api_requests: Vec<(crate::observe::apis::MetricKey, u64)>,
     /// Time-bound grants in force.
     pub grants: u64,
     /// With an etcd source: (connected, fleet revision in force, 0 for none).

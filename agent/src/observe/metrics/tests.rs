@@ -16,6 +16,11 @@ fn scrape() -> Scrape {
         last_push: Some(1_700_000_000.5),
         segments: vec![("frontend".into(), [5, 1, 2])],
         inventory: (42, 3),
+        api_endpoints: (5, 1),
+        api_requests: vec![
+            (("payments".into(), 8080, "GET".into(), "/v1/payments/{id}".into(), "2xx"), 9),
+            (("payments".into(), 8080, "GET".into(), "other".into(), "5xx"), 2),
+        ],
         grants: 2,
         fleet: Some((false, 12)),
     }
@@ -49,6 +54,10 @@ const SAMPLES: &[&str] = &[
     "ztagent_inventory_entries 42",
     "ztagent_inventory_evicted_total 3",
     "ztagent_grants 2",
+    "ztagent_api_endpoints 5",
+    "ztagent_api_endpoints_evicted_total 1",
+    r#"ztagent_api_requests_total{dst_segment="payments",port="8080",method="GET",route="/v1/payments/{id}",status_class="2xx"} 9"#,
+    r#"ztagent_api_requests_total{dst_segment="payments",port="8080",method="GET",route="other",status_class="5xx"} 2"#,
     "ztagent_policy_last_push_timestamp_seconds 1700000000.5",
     "ztagent_fleet_connected 0",
     "ztagent_fleet_revision 12",

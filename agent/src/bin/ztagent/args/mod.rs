@@ -48,6 +48,9 @@ pub enum Command {
     /// What has been seen talking to what: every (source identity, destination service,
     /// protocol, port), when, and what the policy did with it.
     Inventory(InventoryArgs),
+    /// HTTP APIs on declared ports: the endpoints seen, their callers and statuses.
+    #[command(subcommand)]
+    Api(ApiCommand),
     /// Kubernetes: NetworkPolicies and label-selected segments.
     #[command(subcommand)]
     K8s(K8sCommand),
@@ -172,6 +175,25 @@ pub struct EventFilters {
     /// Kubernetes inputs: only events from or to a pod of this namespace (repeat for several).
     #[arg(long = "namespace", value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
+    /// Only HTTP requests with this method, e.g. GET (repeat for several).
+    #[arg(long = "method", value_name = "METHOD")]
+    pub methods: Vec<String>,
+    /// Only HTTP requests whose path begins so, e.g. /v1/ (repeat for several).
+    #[arg(long = "path-prefix", value_name = "PREFIX")]
+    pub path_prefixes: Vec<String>,
+    /// Only HTTP requests answered with this status: a code (404) or a class (5xx) (repeat for
+    /// several).
+    #[arg(long = "status", value_name = "STATUS", value_parser = status)]
+    pub statuses: Vec<String>,
+}
+
+/// `--status`: a code 100-599 or a class 1xx..5xx.
+fn status(s: &str) -> Result<String, String> {
+    if ztagent::api::status_spec(s) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("a status is a code from 100 to 599 (404) or a class from 1xx to 5xx (5xx)".into())
+    }
 }
 
 /// `--not --FILTER VALUE`, as the command line is read: each filter negated has a hidden flag
@@ -192,10 +214,17 @@ pub struct NegatedFilters {
     pub pods: Vec<String>,
     #[arg(id = "not-namespace", long = "not-namespace", hide = true)]
     pub namespaces: Vec<String>,
+    #[arg(id = "not-method", long = "not-method", hide = true)]
+    pub methods: Vec<String>,
+    #[arg(id = "not-path-prefix", long = "not-path-prefix", hide = true)]
+    pub path_prefixes: Vec<String>,
+    #[arg(id = "not-status", long = "not-status", hide = true, value_parser = status)]
+    pub statuses: Vec<String>,
 }
 
 /// The filters `--not` may come before.
-pub const NEGATABLE: [&str; 7] = ["verdict", "from", "to", "port", "ip", "pod", "namespace"];
+pub const NEGATABLE: [&str; 10] =
+    ["verdict", "from", "to", "port", "ip", "pod", "namespace", "method", "path-prefix", "status"];
 
 /// `ztagent events ... --not --from a ...` -> `... --not-from a ...`: `--not` negates the
 /// filter after it (a `--not` before anything else is left for clap... and for the command,
@@ -278,6 +307,22 @@ pub struct GrantsArgs {
 pub struct InventoryArgs {
     #[command(flatten)]
     pub since: Since,
+    #[command(flatten)]
+    pub output: OutputArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Subcommand)]
+pub enum ApiCommand {
+    /// Every endpoint (destination segment and pod, port, method, route template) seen on a
+    /// declared HTTP port: its callers, requests, status classes, p50/p99 latency, first and
+    /// last seen.
+    Inventory(ApiInventoryArgs),
+}
+
+#[derive(Args)]
+pub struct ApiInventoryArgs {
     #[command(flatten)]
     pub output: OutputArg,
     #[command(flatten)]

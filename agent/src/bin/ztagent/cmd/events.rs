@@ -29,6 +29,9 @@ pub async fn events(socket: &Path, args: EventsArgs) -> anyhow::Result<ExitCode>
                 ips: n.ips,
                 pods: n.pods,
                 namespaces: n.namespaces,
+                methods: n.methods,
+                path_prefixes: n.path_prefixes,
+                statuses: n.statuses,
             };
             criteria(f)
         },
@@ -112,8 +115,8 @@ async fn print_stream(
 }
 
 fn criteria(f: EventFilters) -> Criteria {
-    let EventFilters { verdicts, from, to, ports, ips, pods, namespaces } = f;
-    Criteria { verdicts, from, to, ports, ips, pods, namespaces }
+    let EventFilters { verdicts, from, to, ports, ips, pods, namespaces, methods, path_prefixes, statuses } = f;
+    Criteria { verdicts, from, to, ports, ips, pods, namespaces, methods, path_prefixes, statuses }
 }
 
 /// `--since` / `--until`: a duration back from now or an RFC 3339 time, as events' times

@@ -1,4 +1,5 @@
 //! One file per command; here what the commands that talk to the agent share.
+pub mod api;
 pub mod check;
 pub mod events;
 pub mod fleet;

@@ -86,6 +86,10 @@ pub async fn suggest(socket: &Path, args: SuggestArgs) -> anyhow::Result<ExitCod
         println!("# Dropped with unused rule {rule}, its description: {description}");
     }
     print!("{}", s.text);
+    // The HTTP endpoints seen, as comments (an agent without an API inventory has none).
+    if let Ok(Reply::ApiInventory(apis)) = call(socket, &Request::ApiInventory).await {
+        print!("{}", ztagent::observe::suggest::api_comments(&apis));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
