@@ -33,15 +33,15 @@ pub(super) fn observe_events(hub: &EventHub, learned: &Learned, alerts: &Arc<Mut
     let (learned, alerts) = (learned.clone(), alerts.clone());
     hub.observe(move |r| {
         let now = unix_now();
+        // A request event is not a flow: it feeds the API inventory and its alerts only (the
+        // flow inventory and the flow alerts would count one flow per request).
+        if r.http.is_some() {
+            let novelty = learned.apis.lock().unwrap_or_else(|p| p.into_inner()).record(r, now);
+            alerts.lock().unwrap_or_else(|p| p.into_inner()).observe_api(r, &novelty, now);
+            return;
+        }
         learned.inventory.lock().unwrap_or_else(|p| p.into_inner()).record(r, now);
-        let novelty = if r.http.is_some() {
-            learned.apis.lock().unwrap_or_else(|p| p.into_inner()).record(r, now)
-        } else {
-            Default::default()
-        };
-        let mut alerts = alerts.lock().unwrap_or_else(|p| p.into_inner());
-        alerts.observe(r, now);
-        alerts.observe_api(r, &novelty, now);
+        alerts.lock().unwrap_or_else(|p| p.into_inner()).observe(r, now);
     });
 }
 

@@ -190,7 +190,12 @@ impl EventCounters {
     pub fn start(hub: &EventHub) -> EventCounters {
         let counters = EventCounters::default();
         let c = counters.clone();
-        hub.observe(move |r| c.record(&r.src_segment, &r.dst_segment, &r.verdict, r.count));
+        // Packets only: a request event (`http`) stands for a request, not a packet.
+        hub.observe(move |r| {
+            if r.http.is_none() {
+                c.record(&r.src_segment, &r.dst_segment, &r.verdict, r.count);
+            }
+        });
         counters
     }
 
