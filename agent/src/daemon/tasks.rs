@@ -15,7 +15,7 @@ use super::startup::Inputs;
 use super::{Config, DaemonError, Shared, State, lock, unix_now};
 use crate::{
     events::EventHub,
-    kernel::{datapath::error_chain, ring::EventSources},
+    kernel::ring::EventSources,
     observe::{alerts, apis::ApiInventory, inventory::Inventory, metrics},
     sources::Refused,
 };

@@ -357,6 +357,7 @@ impl Decoder {
             sport: Some(ev.sport),
             dport: Some(ev.dport),
             proto: Some("tcp".into()),
+            icmp: None,
             icmp_id: None,
             src_pod: self.pods.pod(src).map(str::to_string),
             dst_pod: self.pods.pod(dst).map(str::to_string),

@@ -1,7 +1,8 @@
 //! HTTP on a declared port (issue 20): nginx serves payments on 8080, which the policy declares
 //! `http`; curl and raw sockets from frontend send requests in every framing a server must
 //! handle. Every request the server logged is reported exactly once, with its method, path and
-//! status, and nothing is reported that it did not log; no connection is unparsable.
+//! status, and nothing is reported that it did not log; no connection is unparsable. The API
+//! inventory counts them by endpoint.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -179,6 +180,17 @@ fn every_request_the_server_logs_is_seen_once_with_its_response() {
     assert_eq!(one("/long/")["http"]["path_truncated"], true);
     assert_eq!(one("/query")["http"]["path"], "/query");
     assert_eq!(one("/post/expect")["http"]["status"], 200);
+
+    // The API inventory: the ten keep-alive requests are one endpoint by their route template,
+    // called by frontend; the 404 is counted in its class.
+    let out = agent.cli(&["api", "inventory", "-o", "json"]);
+    assert!(out.status.success(), "api inventory: {}", String::from_utf8_lossy(&out.stderr));
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ka = &inv["endpoints"][format!("payments:{PORT} GET /ka/{{id}}")];
+    assert_eq!(ka["requests"], 10, "{inv:#}");
+    assert_eq!(ka["callers"]["frontend"], 10, "{inv:#}");
+    assert_eq!(ka["status"]["2xx"], 10, "{inv:#}");
+    assert_eq!(inv["endpoints"][format!("payments:{PORT} GET /files/missing")]["status"]["4xx"], 1, "{inv:#}");
 }
 
 /// TLS and HTTP/2 on a port declared HTTP/1 are reported as such (not parse failures).
