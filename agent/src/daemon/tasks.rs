@@ -274,6 +274,12 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, met
         }
         None => Vec::new(),
     };
+    // One lock at a time: a guard taken in the literal below would live to its end.
+    let (api_endpoints, api_requests) = {
+        let apis = state.apis.lock().unwrap_or_else(|p| p.into_inner());
+        (apis.size(), apis.metrics())
+    };
+    let inventory = state.inventory.lock().unwrap_or_else(|p| p.into_inner()).size();
     Ok(metrics::Scrape {
         counters,
         events_delivered: delivered.load(Ordering::Relaxed),
@@ -281,9 +287,9 @@ fn scrape(shared: &Shared, delivered: &AtomicU64) -> Result<metrics::Scrape, met
         revision: state.writer.revision(),
         last_push: state.installed.as_ref().map(|i| i.installed_at),
         segments,
-        inventory: state.inventory.lock().unwrap_or_else(|p| p.into_inner()).size(),
-        api_endpoints: state.apis.lock().unwrap_or_else(|p| p.into_inner()).size(),
-        api_requests: state.apis.lock().unwrap_or_else(|p| p.into_inner()).metrics(),
+        inventory,
+        api_endpoints,
+        api_requests,
         grants: state.grants.grants.len() as u64,
         fleet: state.policy_source.as_ref().and_then(|r| {
             let r = r.lock().unwrap_or_else(|p| p.into_inner());
